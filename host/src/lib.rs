@@ -1,0 +1,1 @@
+//! terrahost host library.

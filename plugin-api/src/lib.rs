@@ -1,0 +1,76 @@
+//! # terrahost-plugin-api
+//!
+//! The one crate that the `terrahost` host and every plugin share. It has two halves:
+//!
+//! * **The stable ABI** ([`root`], [`source`], [`module`], [`host`], [`tensor`],
+//!   [`error`], [`params`], [`manifest`]): `#[repr(C)]` / [`abi_stable::StableAbi`] types
+//!   and `#[sabi_trait]` objects, the only things that cross the boundary between the
+//!   host and a plugin library. `abi_stable` checks their layout when a plugin loads.
+//! * **The SDK** ([`sdk`], [`args`]): plain Rust helpers that turn a `tch` model into an
+//!   ABI module, a list of entries into a registry source, and a few lines into a whole
+//!   plugin ([`declare_plugin!`]).
+//!
+//! Rules that keep the boundary sound (see `docs/ARCHITECTURE.md`): tensors cross as
+//! owned or borrowed handles to one `at::Tensor`, never copied; no panic unwinds across
+//! (every exported entry point runs in `catch_unwind`); arguments cross as a JSON value
+//! tree; and both sides record the plugin-api, libtorch and C++ ABI versions they were
+//! built with, which the host checks before it calls into a plugin.
+
+#![allow(non_camel_case_types)]
+#![allow(non_local_definitions)] // emitted by `#[sabi_trait]` // abi_stable names generated types `X_Ref`, `X_TO`.
+
+pub mod args;
+pub mod error;
+pub mod host;
+pub mod manifest;
+pub mod module;
+pub mod params;
+pub mod root;
+pub mod sdk;
+pub mod source;
+pub mod tensor;
+
+pub use args::Args;
+pub use error::{ErrorKind, PluginError, Result};
+pub use host::{Host, HostRef, Host_TO};
+pub use manifest::{Manifest, SourceDecl};
+pub use module::{Module, ModuleBox, Module_TO, NamedTensor};
+pub use params::{BuildRequest, EntryInfo, ParamSpec, ParamType};
+pub use root::{PluginRoot, PluginRoot_Ref, SourceEntry};
+pub use source::{Source, SourceBox, Source_TO};
+pub use tensor::{RDevice, TensorHandle, TensorRef};
+
+/// Re-exported so that plugin crates and [`declare_plugin!`] use exactly our versions.
+pub mod reexports {
+    pub use abi_stable;
+    pub use tch;
+}
+
+/// The plugin-api version this crate is (semver). A plugin built against a version
+/// that is not semver-compatible with the host's is refused.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The libtorch version this crate was compiled against (for example `2.13.0`).
+pub const TORCH_VERSION: &str = env!("TERRAHOST_TORCH_VERSION");
+/// Whether libtorch was built with the C++11 string ABI (`_GLIBCXX_USE_CXX11_ABI=1`).
+pub const TORCH_CXX11_ABI: bool = matches!(env!("TERRAHOST_TORCH_CXX11_ABI").as_bytes(), b"1");
+/// The directory of the libtorch shared libraries this crate was linked against.
+pub const TORCH_LIB_DIR: &str = env!("TERRAHOST_TORCH_LIB");
+/// The Rust target triple this crate was compiled for.
+pub const TARGET: &str = env!("TERRAHOST_TARGET");
+
+/// The names of the registries a source can contribute to, in the order the host
+/// creates them. `model_factory` is a plain registry; the others are multi-source.
+pub mod registry_names {
+    /// Feature extractors (encoders).
+    pub const BACKBONE: &str = "backbone";
+    /// Modules between backbone and decoder.
+    pub const NECK: &str = "neck";
+    /// Decoders (which may include their own head).
+    pub const DECODER: &str = "decoder";
+    /// Complete models.
+    pub const FULL_MODEL: &str = "full_model";
+    /// Model factories (a plain registry, not multi-source).
+    pub const MODEL_FACTORY: &str = "model_factory";
+    /// All registries, in display order.
+    pub const ALL: [&str; 5] = [BACKBONE, NECK, DECODER, FULL_MODEL, MODEL_FACTORY];
+}

@@ -1,0 +1,531 @@
+//! The plugin-author SDK: everything needed to turn `tch` models into registry entries
+//! with a few lines, and to use modules that other plugins built.
+//!
+//! ```ignore
+//! fn backbones() -> Catalog {
+//!     Catalog::new("timm").add(
+//!         Entry::new("resnet18", "ResNet-18 feature extractor", |ctx| {
+//!             let vs = nn::VarStore::new(Device::Cpu);
+//!             let model = ResNet::new(vs.root(), &Config::resnet18(ctx.args.get("in_chans")?))?;
+//!             Ok(Built::new(ctx.qualified(), vs, model).boxed())
+//!         })
+//!         .opt("in_chans", ParamType::INT, json!(3), "input channels"),
+//!     )
+//! }
+//! terrahost_plugin_api::declare_plugin! {
+//!     name: "timm", version: env!("CARGO_PKG_VERSION"),
+//!     sources: [("backbone", "timm", backbones())],
+//! }
+//! ```
+use crate::args::Args;
+use crate::error::{catch, catch_as, ErrorKind, PluginError, Result};
+use crate::host::HostRef;
+use crate::module::{Module, ModuleBox, Module_TO, NamedTensor};
+use crate::params::{did_you_mean, BuildRequest, EntryInfo, ParamSpec, ParamType};
+use crate::source::{Source, SourceBox, Source_TO};
+use crate::tensor::{RDevice, TensorHandle, TensorRef};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RResult, RStr, RString, RVec},
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use tch::{nn, Device, Tensor};
+
+/// A model implemented inside a plugin. Its parameters live in the `nn::VarStore`
+/// handed to [`Built::new`] together with it.
+pub trait Model: Send + 'static {
+    /// Runs the model. `train` is the module's training flag (dropout, BatchNorm).
+    fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>>;
+
+    /// The channels of each output (TerraTorch's `out_channels`).
+    fn out_channels(&self) -> Vec<i64>;
+
+    /// Whether the model ends in its own prediction head.
+    fn includes_head(&self) -> bool {
+        false
+    }
+
+    /// Modules this model holds that were built elsewhere (through the host), each
+    /// with the `state_dict` prefix it sits under (`encoder`, `decoder`, `neck.0`).
+    fn children(&self) -> Vec<(&str, &DynModule)> {
+        Vec::new()
+    }
+
+    /// The same children, mutably (for `set_train` and `to_device`).
+    fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
+        Vec::new()
+    }
+}
+
+/// Adapts a [`Model`] and the `VarStore` that owns its parameters into an ABI
+/// [`Module`]. Every call is guarded by `catch_unwind`.
+pub struct Built<M: Model> {
+    name: String,
+    vs: nn::VarStore,
+    model: M,
+    train: bool,
+}
+
+impl<M: Model> Built<M> {
+    /// Wraps `model`, whose parameters live in `vs`, under the display name `name`.
+    /// Starts in eval mode, as a model loaded for inference.
+    pub fn new(name: impl Into<String>, vs: nn::VarStore, model: M) -> Self {
+        Self { name: name.into(), vs, model, train: false }
+    }
+
+    /// Erases the type into an owned ABI module.
+    pub fn boxed(self) -> ModuleBox {
+        Module_TO::from_value(self, TD_Opaque)
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    fn collect(&self, want_params: bool) -> RVec<NamedTensor<'_>> {
+        let mut out: Vec<NamedTensor<'_>> = Vec::new();
+        {
+            let vars = self.vs.variables_.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, t) in vars.named_variables.iter() {
+                // Parameters require grad; buffers (created with `*_no_train`) do not.
+                if t.requires_grad() == want_params {
+                    // SAFETY: the tensor object lives in `self.vs` for as long as `self`
+                    // is borrowed, and nothing adds variables after construction.
+                    let r = unsafe { TensorRef::from_raw(t.as_ptr()) };
+                    out.push(NamedTensor { name: name.as_str().into(), tensor: r });
+                }
+            }
+        }
+        for (prefix, child) in self.model.children() {
+            let theirs = if want_params {
+                child.module().named_parameters()
+            } else {
+                child.module().named_buffers()
+            };
+            out.extend(theirs.into_iter().map(|nt| NamedTensor {
+                name: format!("{prefix}.{}", nt.name).into(),
+                tensor: nt.tensor,
+            }));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.into()
+    }
+}
+
+impl<M: Model> Module for Built<M> {
+    fn forward(&self, inputs: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, PluginError> {
+        let _span = tracing::debug_span!("forward", module = %self.name).entered();
+        catch_as(format_args!("forward of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
+            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+            let ys = self
+                .model
+                .forward(&xs, self.train)
+                .map_err(|e| e.with_kind_if_torch(ErrorKind::FORWARD_FAILED).context(format_args!("forward of `{}`", self.name)))?;
+            Ok(ys.into_iter().map(TensorHandle::new).collect())
+        })
+        .into()
+    }
+
+    fn out_channels(&self) -> RVec<i64> {
+        self.model.out_channels().into()
+    }
+
+    fn includes_head(&self) -> bool {
+        self.model.includes_head()
+    }
+
+    fn named_parameters(&self) -> RVec<NamedTensor<'_>> {
+        self.collect(true)
+    }
+
+    fn named_buffers(&self) -> RVec<NamedTensor<'_>> {
+        self.collect(false)
+    }
+
+    fn set_train(&mut self, train: bool) {
+        self.train = train;
+        for (_, child) in self.model.children_mut() {
+            child.set_train(train);
+        }
+    }
+
+    fn to_device(&mut self, device: RDevice) -> RResult<(), PluginError> {
+        let name = self.name.clone();
+        catch(format_args!("moving `{name}` to a device"), || {
+            self.vs.set_device(Device::from(device));
+            for (_, child) in self.model.children_mut() {
+                child.to_device(Device::from(device))?;
+            }
+            Ok(())
+        })
+        .into()
+    }
+}
+
+impl PluginError {
+    /// Forward errors raised by libtorch during construction become build errors, and
+    /// the reverse; errors of other kinds keep theirs.
+    pub fn with_kind_if_torch(self, kind: ErrorKind) -> Self {
+        if self.kind == ErrorKind::FORWARD_FAILED || self.kind == ErrorKind::BUILD_FAILED {
+            self.with_kind(kind)
+        } else {
+            self
+        }
+    }
+}
+
+impl<'a> TensorRef<'a> {
+    /// A borrow of a raw `at::Tensor*`.
+    ///
+    /// # Safety
+    /// The pointer must point to a live `at::Tensor` for all of `'a`.
+    pub unsafe fn from_raw(ptr: *const torch_sys::C_tensor) -> Self {
+        // Go through a ManuallyDrop Tensor so we never touch its representation.
+        let t = std::mem::ManuallyDrop::new(Tensor::from_ptr(ptr as *mut _));
+        let r = TensorRef::new(&t);
+        std::mem::transmute::<TensorRef<'_>, TensorRef<'a>>(r)
+    }
+}
+
+/// A module built by any plugin (or by this one), held by value: the host keeps its
+/// models in these, and a factory keeps the parts it built through the host.
+pub struct DynModule {
+    label: String,
+    module: ModuleBox,
+}
+
+impl DynModule {
+    /// Wraps `module`, naming it `label` in error messages.
+    pub fn new(label: impl Into<String>, module: ModuleBox) -> Self {
+        Self { label: label.into(), module }
+    }
+
+    /// The name used in messages (normally the qualified registry name).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Runs the module on shallow clones of `xs` (no data is copied).
+    pub fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let out = self.module.forward(inputs).into_result()?;
+        Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
+    }
+
+    /// See [`Module::out_channels`].
+    pub fn out_channels(&self) -> Vec<i64> {
+        self.module.out_channels().into_vec()
+    }
+
+    /// See [`Module::includes_head`].
+    pub fn includes_head(&self) -> bool {
+        self.module.includes_head()
+    }
+
+    /// See [`Module::set_train`].
+    pub fn set_train(&mut self, train: bool) {
+        self.module.set_train(train)
+    }
+
+    /// See [`Module::to_device`].
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        self.module.to_device(device.into()).into_result()
+    }
+
+    /// Parameters and buffers together, as `(state_dict key, tensor)`, sorted by key.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut all: Vec<(String, Tensor)> = self
+            .module
+            .named_parameters()
+            .into_iter()
+            .chain(self.module.named_buffers())
+            .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The ABI object.
+    pub fn module(&self) -> &ModuleBox {
+        &self.module
+    }
+
+    /// The ABI object, mutably.
+    pub fn module_mut(&mut self) -> &mut ModuleBox {
+        &mut self.module
+    }
+
+    /// Unwraps the ABI object.
+    pub fn into_inner(self) -> ModuleBox {
+        self.module
+    }
+}
+
+type BuildFn = dyn Fn(&BuildCtx<'_, '_>) -> Result<ModuleBox> + Send + Sync;
+
+/// One registry entry: its description and how to build it.
+pub struct Entry {
+    info: EntryInfo,
+    build: Box<BuildFn>,
+}
+
+impl Entry {
+    /// An entry called `name` with one paragraph of `doc`, built by `build`.
+    pub fn new(
+        name: &str,
+        doc: &str,
+        build: impl Fn(&BuildCtx<'_, '_>) -> Result<ModuleBox> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            info: EntryInfo {
+                name: name.into(),
+                doc: doc.into(),
+                takes_channels: false,
+                params: RVec::new(),
+                accepts_extra: false,
+            },
+            build: Box::new(build),
+        }
+    }
+    /// Adds a parameter.
+    pub fn param(mut self, p: ParamSpec) -> Self {
+        self.info.params.push(p);
+        self
+    }
+    /// Adds a parameter with a default.
+    pub fn opt(self, name: &str, ty: ParamType, default: Value, doc: &str) -> Self {
+        self.param(ParamSpec::optional(name, ty, default, doc))
+    }
+    /// Adds a required parameter.
+    pub fn req(self, name: &str, ty: ParamType, doc: &str) -> Self {
+        self.param(ParamSpec::required(name, ty, doc))
+    }
+    /// Marks the entry as taking the channel list first (decoders, necks).
+    pub fn takes_channels(mut self) -> Self {
+        self.info.takes_channels = true;
+        self
+    }
+    /// Lets unknown keyword arguments through to the entry.
+    pub fn accepts_extra(mut self) -> Self {
+        self.info.accepts_extra = true;
+        self
+    }
+    /// The entry's description.
+    pub fn info(&self) -> &EntryInfo {
+        &self.info
+    }
+}
+
+/// What an entry's build function receives.
+pub struct BuildCtx<'a, 'h> {
+    /// The entry name inside its source.
+    pub name: &'a str,
+    /// The prefix of the source (`timm`).
+    pub prefix: &'a str,
+    /// The validated arguments, defaults filled in.
+    pub args: Args,
+    /// The channel list, when the entry takes one (checked to be present).
+    pub channels: Vec<i64>,
+    /// The host's registries.
+    pub host: HostRef<'h>,
+}
+
+impl BuildCtx<'_, '_> {
+    /// `prefix_name`, for messages and module labels.
+    pub fn qualified(&self) -> String {
+        format!("{}_{}", self.prefix, self.name)
+    }
+
+    /// Builds `name` from the host's `registry`, for composition across plugins.
+    pub fn build(
+        &self,
+        registry: &str,
+        name: &str,
+        args: &Map<String, Value>,
+        channels: Option<&[i64]>,
+    ) -> Result<DynModule> {
+        let req = BuildRequest::new(args, channels);
+        let m = self.host.build(RStr::from(registry), RStr::from(name), req).into_result()?;
+        Ok(DynModule::new(name, m))
+    }
+}
+
+/// A registry source made of [`Entry`]s: the usual way a plugin implements
+/// [`Source`].
+pub struct Catalog {
+    prefix: String,
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// An empty catalog for the source `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned(), entries: Vec::new(), index: HashMap::new() }
+    }
+
+    /// Adds an entry. A second entry with the same name is a programming error in the
+    /// plugin and panics when the sources are created, which the host reports.
+    pub fn add(mut self, entry: Entry) -> Self {
+        let name = entry.info.name.to_string();
+        assert!(!self.index.contains_key(&name), "duplicate entry `{name}` in source `{}`", self.prefix);
+        self.index.insert(name, self.entries.len());
+        self.entries.push(entry);
+        self
+    }
+
+    /// The entries, in order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Erases the type into an owned ABI source.
+    pub fn into_source(self) -> SourceBox {
+        Source_TO::from_value(self, TD_Opaque)
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.index.get(name).map(|&i| &self.entries[i]).ok_or_else(|| {
+            let hint = did_you_mean(name, self.entries.iter().map(|e| e.info.name.as_str()))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            PluginError::not_found(format!("`{name}` is not in source `{}`{hint}", self.prefix))
+        })
+    }
+}
+
+impl Source for Catalog {
+    fn names(&self) -> RVec<RString> {
+        self.entries.iter().map(|e| e.info.name.clone()).collect()
+    }
+
+    fn contains(&self, name: RStr<'_>) -> bool {
+        self.index.contains_key(name.as_str())
+    }
+
+    fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        self.entry(name.as_str()).map(|e| e.info.clone()).into()
+    }
+
+    fn build(&self, name: RStr<'_>, request: BuildRequest, host: HostRef<'_>) -> RResult<ModuleBox, PluginError> {
+        let qualified = format!("{}_{}", self.prefix, name);
+        let _span = tracing::info_span!("build", entry = %qualified).entered();
+        catch_as(format_args!("building `{qualified}`"), ErrorKind::BUILD_FAILED, || {
+            let entry = self.entry(name.as_str())?;
+            let args = entry.info.validate(&qualified, &request.parse_args()?)?;
+            let channels = match (entry.info.takes_channels, request.channels()) {
+                (true, None) => {
+                    return Err(PluginError::invalid_argument(format!(
+                        "`{qualified}` needs the channel list of the features it receives \
+                         (for example --channels 64,128,256,512)"
+                    )))
+                }
+                (_, c) => c.unwrap_or_default(),
+            };
+            let ctx = BuildCtx {
+                name: name.as_str(),
+                prefix: &self.prefix,
+                args: Args::new(qualified.clone(), args),
+                channels,
+                host,
+            };
+            (entry.build)(&ctx).map_err(|e| e.with_kind_if_torch(ErrorKind::BUILD_FAILED))
+        })
+        .into()
+    }
+}
+
+/// A host with empty registries, for building entries that compose nothing (plugin
+/// unit tests). Asking it for anything is a not-found error.
+pub struct NoHost;
+
+impl crate::host::Host for NoHost {
+    fn contains(&self, _: RStr<'_>, _: RStr<'_>) -> bool {
+        false
+    }
+    fn names(&self, _: RStr<'_>) -> RVec<RString> {
+        RVec::new()
+    }
+    fn describe(&self, registry: RStr<'_>, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        RResult::RErr(PluginError::not_found(format!("no host registries here: `{name}` in `{registry}`")))
+    }
+    fn build(&self, registry: RStr<'_>, name: RStr<'_>, _: BuildRequest) -> RResult<ModuleBox, PluginError> {
+        RResult::RErr(PluginError::not_found(format!("no host registries here: `{name}` in `{registry}`")))
+    }
+}
+
+impl NoHost {
+    /// A borrowed handle to the empty host.
+    pub fn handle() -> HostRef<'static> {
+        static NO_HOST: NoHost = NoHost;
+        crate::host::Host_TO::from_ptr(abi_stable::sabi_types::RRef::new(&NO_HOST), TD_Opaque)
+    }
+}
+
+/// Declares a plugin: its manifest, its sources and the exported root module.
+///
+/// ```ignore
+/// terrahost_plugin_api::declare_plugin! {
+///     name: "smp",
+///     version: env!("CARGO_PKG_VERSION"),
+///     sources: [("decoder", "smp", decoders())],
+/// }
+/// ```
+/// Each source is `(registry, prefix, expression returning a Catalog)`. The
+/// expressions run when the host asks for the sources (once, after the version checks),
+/// inside `catch_unwind`. The macro also defines `plugin_manifest()` and
+/// `plugin_sources()` for the plugin's own unit tests.
+#[macro_export]
+macro_rules! declare_plugin {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        sources: [ $( ($registry:expr, $prefix:expr, $make:expr) ),* $(,)? ] $(,)?
+    ) => {
+        /// This plugin's manifest (name, version, what it was built against, sources).
+        pub fn plugin_manifest() -> $crate::Manifest {
+            $crate::Manifest::current(
+                $name,
+                $version,
+                vec![$($crate::SourceDecl { registry: $registry.into(), prefix: $prefix.into() }),*],
+            )
+        }
+
+        /// This plugin's registry sources, freshly created.
+        pub fn plugin_sources() -> $crate::Result<Vec<$crate::SourceEntry>> {
+            Ok(vec![$($crate::SourceEntry {
+                registry: $registry.into(),
+                prefix: $prefix.into(),
+                source: $crate::sdk::Catalog::into_source($make),
+            }),*])
+        }
+
+        extern "C" fn __terrahost_manifest() -> $crate::Manifest {
+            // Building a manifest only copies constants; if even that panics the
+            // library is broken beyond reporting, and aborting beats unwinding into C.
+            match ::std::panic::catch_unwind(plugin_manifest) {
+                Ok(m) => m,
+                Err(_) => ::std::process::abort(),
+            }
+        }
+
+        extern "C" fn __terrahost_sources() -> $crate::reexports::abi_stable::std_types::RResult<
+            $crate::reexports::abi_stable::std_types::RVec<$crate::SourceEntry>,
+            $crate::PluginError,
+        > {
+            $crate::error::catch("creating the plugin's sources", plugin_sources)
+                .map($crate::reexports::abi_stable::std_types::RVec::from)
+                .into()
+        }
+
+        /// The root module the host loads.
+        #[::abi_stable::export_root_module]
+        pub fn __terrahost_root_module() -> $crate::PluginRoot_Ref {
+            use $crate::reexports::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::PluginRoot { manifest: __terrahost_manifest, sources: __terrahost_sources }
+                .leak_into_prefix()
+        }
+    };
+}
