@@ -1,1 +1,27 @@
-//! terrahost host library.
+//! # terrahost
+//!
+//! A dynamic plugin host for TerraTorch-style model registries. Plugins are shared
+//! libraries that contribute *sources* (prefixes such as `timm` or `smp`) to the host's
+//! registries (`backbone`, `neck`, `decoder`, `full_model`, `model_factory`). The host
+//! finds them at runtime ([`loader`]), checks that they were built against a compatible
+//! plugin-api and the same libtorch, merges them into TerraTorch's registries
+//! ([`registry`]), and builds and runs models whose parts come from different plugins
+//! ([`Host::build`], [`weights`], [`config`]).
+//!
+//! Which crate does what: `abi_stable` defines and checks the binary interface,
+//! `libloading` opens candidate files and tells "not a library" from "not a plugin",
+//! `semver` decides plugin-api compatibility, `tch` runs the tensors, and `tracing`
+//! reports discovery, loading, registration and builds.
+
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod loader;
+pub mod registry;
+pub mod weights;
+
+pub use error::HostError;
+pub use host::{Host, LoadedPlugin, RegistryRef, Rejected};
+pub use registry::{MultiSourceRegistry, Registry, SourceSlot};
+pub use terrahost_plugin_api as api;
+pub use terrahost_plugin_api::sdk::DynModule;

@@ -369,11 +369,35 @@ impl Catalog {
     /// Adds an entry. A second entry with the same name is a programming error in the
     /// plugin and panics when the sources are created, which the host reports.
     pub fn add(mut self, entry: Entry) -> Self {
+        if let Err(e) = self.try_add(entry) {
+            panic!("{e}");
+        }
+        self
+    }
+
+    /// Adds an entry, refusing an invalid or duplicate name.
+    pub fn try_add(&mut self, entry: Entry) -> Result<()> {
         let name = entry.info.name.to_string();
-        assert!(!self.index.contains_key(&name), "duplicate entry `{name}` in source `{}`", self.prefix);
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(PluginError::invalid_argument(format!(
+                "invalid entry name {name:?} for source `{}`: names are non-empty and have no spaces",
+                self.prefix
+            )));
+        }
+        if self.index.contains_key(&name) {
+            return Err(PluginError::invalid_argument(format!(
+                "duplicate entry `{name}` in source `{}`",
+                self.prefix
+            )));
+        }
         self.index.insert(name, self.entries.len());
         self.entries.push(entry);
-        self
+        Ok(())
+    }
+
+    /// The source's prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The entries, in order.

@@ -557,6 +557,18 @@ CASES: dict[str, Callable[[], Case]] = {
 # ---------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------
+def dump_json(obj: Any, indent: int = 2, _level: int = 0) -> str:
+    """JSON with dicts indented but lists of scalars (shapes, channel lists) kept on one line."""
+    pad, pad1 = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad1}{json.dumps(str(k))}: {dump_json(v, indent, _level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        items = [pad1 + dump_json(v, indent, _level + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
@@ -610,7 +622,7 @@ def write_case(case_name: str, case: Case) -> dict:
 
     # state_dict.json
     sd_list = [[k, list(t.shape), _dtype_name(t)] for k, t in new_sd.items()]
-    (out_dir / "state_dict.json").write_text(json.dumps(sd_list, indent=0) + "\n")
+    (out_dir / "state_dict.json").write_text("[\n" + ",\n".join(json.dumps(e) for e in sd_list) + "\n]\n")
 
     # io.safetensors
     io = {f"input.{i}": t.contiguous() for i, t in enumerate(inputs)}
@@ -669,14 +681,59 @@ def write_case(case_name: str, case: Case) -> dict:
         meta["lightning"] = "lightning.yaml"
         meta["lightning_check"] = _check_lightning(case, new_sd, inputs[0], outputs[0])
 
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / "meta.json").write_text(dump_json(meta) + "\n")
     return meta
+
+
+def synth_from_key_list(path: Path) -> dict[str, torch.Tensor]:
+    """Regenerate the synthetic state_dict from state_dict.json alone (what the Rust side does)."""
+    out = {}
+    for key, shape, dtype in json.loads(path.read_text()):
+        out[key] = synth(key, torch.zeros(shape, dtype=getattr(torch, dtype)))
+    return out
+
+
+def check_case(case_name: str, case: Case) -> list[str]:
+    """Recompute a case in memory and compare with the files on disk; returns a list of problems."""
+    from safetensors.torch import load_file
+
+    d = FIXTURES / case_name
+    problems = []
+    new_sd = apply_synth(case.model)
+    keys = [[k, list(t.shape), _dtype_name(t)] for k, t in new_sd.items()]
+    if json.loads((d / "state_dict.json").read_text()) != keys:
+        problems.append("state_dict.json differs")
+    regen = synth_from_key_list(d / "state_dict.json")
+    if (d / "weights.safetensors").exists():
+        w = load_file(str(d / "weights.safetensors"))
+        if set(w) != set(regen):
+            problems.append("weights.safetensors keys differ")
+        elif not all(torch.equal(w[k], regen[k]) for k in regen):
+            problems.append("weights.safetensors != synth(state_dict.json)")
+    if not all(torch.equal(new_sd[k], regen[k]) for k in new_sd):
+        problems.append("synth(model.state_dict()) != synth(state_dict.json)")
+    io = load_file(str(d / "io.safetensors"))
+    inputs = [io[f"input.{i}"] for i in range(len(case.input_shapes))]
+    with torch.no_grad():
+        outputs = case.forward(case.model, [i.clone() for i in inputs])
+    for i, o in enumerate(outputs):
+        ref = io[f"output.{i}"]
+        if ref.shape != o.shape:
+            problems.append(f"output.{i} shape {list(o.shape)} != {list(ref.shape)}")
+        elif not torch.equal(ref, o.float()):
+            problems.append(f"output.{i} max abs diff {float((ref - o).abs().max()):.3g}")
+    return problems
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", default=[], help="case name (repeatable)")
     p.add_argument("--list", action="store_true", help="list case names and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="recompute the cases and compare with tests/fixtures (writes nothing); exit 1 on any difference",
+    )
     a = p.parse_args()
     if a.list:
         print("\n".join(CASES))
@@ -688,6 +745,13 @@ def main() -> None:
     torch.set_num_threads(1)  # reduce any thread-count dependence of CPU reductions
     torch.use_deterministic_algorithms(True)
     names = a.only or list(CASES)
+    if a.check:
+        bad = 0
+        for name in names:
+            problems = check_case(name, CASES[name]())
+            bad += bool(problems)
+            print(f"{name:28s} {'OK' if not problems else 'FAIL: ' + '; '.join(problems)}")
+        sys.exit(1 if bad else 0)
     for name in names:
         meta = write_case(name, CASES[name]())
         mags = ", ".join(f"{s['max_abs']:.3g}" for s in meta["output_stats"])

@@ -1,1 +1,274 @@
-//! testkit
+//! Test support shared by the plugins' unit tests, the integration tests and the
+//! benchmarks: reference fixtures, the synthetic-weights convention, in-process hosts
+//! and numeric comparison.
+//!
+//! A fixture (`tests/fixtures/<case>/`, written by `scripts/reference/make_fixtures.py`
+//! with the real Python libraries) holds `meta.json` (what to build), `state_dict.json`
+//! (the reference's keys and shapes), `io.safetensors` (`input.N`, `output.N`) and, for
+//! small cases, `weights.safetensors`. Weights follow a formula both sides compute with
+//! libtorch (see [`synth`]), so large models need no committed weight file.
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+use terrahost::Host;
+use terrahost_plugin_api::{sdk::DynModule, Manifest, SourceEntry};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// `tests/fixtures/<case>`.
+pub fn fixture_dir(case: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(case)
+}
+
+/// The synthetic value of state_dict entry `key` with `shape` and `kind`: a sine
+/// sequence in float64 whose phase depends on the key, scaled like an initialiser
+/// (1/sqrt(fan_in) for weights, positive variances, near-one norm weights).
+/// `scripts/reference/make_fixtures.py` computes the same thing in PyTorch.
+pub fn synth(key: &str, shape: &[i64], kind: Kind) -> Tensor {
+    if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+        return Tensor::zeros(shape, (kind, tch::Device::Cpu));
+    }
+    let n: i64 = shape.iter().product();
+    let phase = (key.bytes().map(u64::from).sum::<u64>() % 997) as f64 * 0.01;
+    let v = (Tensor::arange(n, (Kind::Double, tch::Device::Cpu)) * 0.618 + phase).sin();
+    let v = if key.ends_with("running_var") {
+        v * 0.5 + 1.0
+    } else if key.ends_with("running_mean") {
+        v * 0.1
+    } else if shape.len() >= 2 {
+        let fan_in = n as f64 / shape[0] as f64;
+        v / fan_in.sqrt()
+    } else if key.ends_with("weight") {
+        v * 0.1 + 1.0
+    } else {
+        v * 0.1
+    };
+    v.reshape(shape).to_kind(kind)
+}
+
+fn kind_of(name: &str) -> Kind {
+    match name {
+        "float64" => Kind::Double,
+        "float16" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "int64" => Kind::Int64,
+        "int32" => Kind::Int,
+        "bool" => Kind::Bool,
+        _ => Kind::Float,
+    }
+}
+
+/// One reference fixture.
+pub struct Fixture {
+    /// The case name (directory name).
+    pub case: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// `meta.json`.
+    pub meta: Value,
+    /// `(key, shape, dtype)` from `state_dict.json`, in the reference's order.
+    pub keys: Vec<(String, Vec<i64>, String)>,
+    /// `input.0`, `input.1`, ...
+    pub inputs: Vec<Tensor>,
+    /// `output.0`, `output.1`, ...
+    pub outputs: Vec<Tensor>,
+}
+
+impl Fixture {
+    /// Loads `tests/fixtures/<case>`; panics with the command that makes it if absent.
+    pub fn load(case: &str) -> Self {
+        let dir = fixture_dir(case);
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| {
+                panic!(
+                    "fixture {case}: cannot read {}: {e}; regenerate with `.venv-ref/bin/python scripts/reference/make_fixtures.py --only {case}`",
+                    dir.join(f).display()
+                )
+            })
+        };
+        let meta: Value = serde_json::from_str(&read("meta.json")).expect("meta.json is JSON");
+        let keys_json: Value = serde_json::from_str(&read("state_dict.json")).expect("state_dict.json is JSON");
+        let keys = keys_json
+            .as_array()
+            .expect("state_dict.json is a list")
+            .iter()
+            .map(|e| {
+                let e = e.as_array().expect("[key, shape, dtype]");
+                let shape = e[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+                (e[0].as_str().unwrap().to_owned(), shape, e[2].as_str().unwrap_or("float32").to_owned())
+            })
+            .collect();
+        let io = Tensor::read_safetensors(dir.join("io.safetensors")).expect("io.safetensors");
+        let take = |prefix: &str| {
+            let mut v: Vec<(usize, Tensor)> = io
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(prefix).and_then(|i| i.parse().ok()).map(|i| (i, t.shallow_clone())))
+                .collect();
+            v.sort_by_key(|(i, _)| *i);
+            v.into_iter().map(|(_, t)| t).collect::<Vec<_>>()
+        };
+        let inputs = take("input.");
+        let outputs = take("output.");
+        Self { case: case.to_owned(), dir, meta, keys, inputs, outputs }
+    }
+
+    /// The terrahost name to build (`timm_resnet18`).
+    pub fn name(&self) -> &str {
+        self.meta["name"].as_str().expect("meta.name")
+    }
+
+    /// The registry (`backbone`, `decoder`, ...).
+    pub fn registry(&self) -> &str {
+        self.meta["registry"].as_str().expect("meta.registry")
+    }
+
+    /// The keyword arguments.
+    pub fn args(&self) -> Map<String, Value> {
+        self.meta.get("args").and_then(Value::as_object).cloned().unwrap_or_default()
+    }
+
+    /// The channel list, for decoders and necks.
+    pub fn channels(&self) -> Option<Vec<i64>> {
+        self.meta.get("channels").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_i64().unwrap()).collect())
+    }
+
+    /// The tolerance: `meta.atol`, else 1e-4.
+    pub fn atol(&self) -> f64 {
+        self.meta.get("atol").and_then(Value::as_f64).unwrap_or(1e-4)
+    }
+
+    /// The reference weights: synthetic, and checked against `weights.safetensors`
+    /// (written by Python) when the fixture has one.
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        let synthetic: Vec<(String, Tensor)> =
+            self.keys.iter().map(|(k, shape, dtype)| (k.clone(), synth(k, shape, kind_of(dtype)))).collect();
+        let file = self.dir.join("weights.safetensors");
+        if file.exists() {
+            let written: std::collections::HashMap<String, Tensor> =
+                Tensor::read_safetensors(&file).expect("weights.safetensors").into_iter().collect();
+            for (k, t) in &synthetic {
+                let w = written.get(k).unwrap_or_else(|| panic!("{}: weights.safetensors lacks {k}", self.case));
+                assert!(
+                    w.size() == t.size() && w.to_kind(Kind::Double).allclose(&t.to_kind(Kind::Double), 0.0, 1e-7, false),
+                    "{}: the synthetic value of {k} differs from the one Python wrote",
+                    self.case
+                );
+            }
+        }
+        synthetic
+    }
+
+    /// The Python-written weight file, if the fixture has one.
+    pub fn weights_file(&self) -> Option<PathBuf> {
+        Some(self.dir.join("weights.safetensors")).filter(|p| p.exists())
+    }
+}
+
+/// An in-process host made of `sources` (one plugin called "under-test").
+pub fn host_with(sources: Vec<SourceEntry>) -> Host {
+    host_with_plugins(vec![sources])
+}
+
+/// An in-process host made of several plugins' sources.
+pub fn host_with_plugins(plugins: Vec<Vec<SourceEntry>>) -> Host {
+    let list = plugins
+        .into_iter()
+        .enumerate()
+        .map(|(i, sources)| {
+            let decls = sources
+                .iter()
+                .map(|s| terrahost_plugin_api::SourceDecl { registry: s.registry.clone(), prefix: s.prefix.clone() })
+                .collect();
+            (Manifest::current(&format!("under-test-{i}"), "0.0.0", decls), sources)
+        })
+        .collect();
+    Host::with_plugins(list).expect("in-process host")
+}
+
+/// Builds the fixture's entry from `host`, loads its weights strictly and returns it.
+pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
+    let module = host
+        .build(fx.registry(), fx.name(), &fx.args(), fx.channels().as_deref())
+        .unwrap_or_else(|e| panic!("{}: building {} failed: {e}", fx.case, fx.name()));
+    terrahost::weights::load_state_dict(&module, fx.weights())
+        .unwrap_or_else(|e| panic!("{}: loading weights failed: {e}", fx.case));
+    module
+}
+
+/// Runs `module` on the fixture's inputs (eval mode, no grad) and compares every output.
+pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
+    let outputs = tch::no_grad(|| module.forward(&fx.inputs))
+        .unwrap_or_else(|e| panic!("{}: forward failed: {e}", fx.case));
+    assert_eq!(outputs.len(), fx.outputs.len(), "{}: number of outputs", fx.case);
+    for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {
+        assert_close(&format!("{} output.{i}", fx.case), a, e, fx.atol());
+    }
+}
+
+/// The whole parity check: build `meta.name` from `sources`, load the synthetic
+/// weights strictly, run, compare.
+pub fn check_fixture(sources: Vec<SourceEntry>, case: &str) {
+    let fx = Fixture::load(case);
+    let host = host_with(sources);
+    let module = build_fixture(&host, &fx);
+    compare_outputs(&fx, &module);
+}
+
+/// Copies `weights` into the variables of `vs`, strictly (same key set, same shapes;
+/// `num_batches_tracked` ignored).
+pub fn load_varstore(vs: &mut nn::VarStore, weights: &[(String, Tensor)]) {
+    let vars = vs.variables();
+    let given: std::collections::HashMap<&str, &Tensor> =
+        weights.iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).map(|(k, t)| (k.as_str(), t)).collect();
+    let mut missing: Vec<&String> = vars.keys().filter(|k| !given.contains_key(k.as_str())).collect();
+    let mut unexpected: Vec<&&str> = given.keys().filter(|k| !vars.contains_key(**k)).collect();
+    missing.sort();
+    unexpected.sort();
+    assert!(missing.is_empty() && unexpected.is_empty(), "missing {missing:?}, unexpected {unexpected:?}");
+    tch::no_grad(|| {
+        for (k, v) in vars {
+            let src = given[k.as_str()];
+            assert_eq!(v.size(), src.size(), "shape of {k}");
+            let mut dst = v;
+            dst.copy_(&src.to_kind(dst.kind()));
+        }
+    });
+}
+
+/// Asserts `actual` and `expected` have the same shape and differ by at most `atol`.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let diff = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double)).abs().max().double_value(&[]);
+    let scale = expected.abs().max().double_value(&[]);
+    assert!(diff <= atol, "{what}: max abs difference {diff:.3e} > {atol:.0e} (reference max |x| = {scale:.3e})");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_weights_follow_the_convention() {
+        // Values computed by hand from the formula in scripts/reference/README.md.
+        let t = synth("a", &[3], Kind::Float); // bias-like: 0.1 * sin(i*0.618 + 0.97)
+        let v = Vec::<f32>::try_from(&t).unwrap();
+        let phase = (b'a' as f64 % 997.0) * 0.01;
+        for (i, x) in v.iter().enumerate() {
+            assert!((*x as f64 - 0.1 * (i as f64 * 0.618 + phase).sin()).abs() < 1e-7);
+        }
+        let var = synth("bn.running_var", &[100], Kind::Float);
+        assert!(var.min().double_value(&[]) >= 0.5);
+        assert_eq!(synth("bn.num_batches_tracked", &[], Kind::Int64).int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn assert_close_fails_on_a_real_difference() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]);
+        let b = Tensor::from_slice(&[1.0f32, 2.001]);
+        assert!(std::panic::catch_unwind(|| assert_close("x", &a, &b, 1e-4)).is_err());
+        assert_close("x", &a, &a, 0.0);
+    }
+}

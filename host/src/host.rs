@@ -1,0 +1,245 @@
+//! The host: TerraTorch's five registries, filled by plugins.
+use crate::registry::{MultiSourceRegistry, Registry};
+use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RRef, std_types::{RResult, RStr, RString, RVec}};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use terrahost_plugin_api::{
+    registry_names as names, sdk::DynModule, BuildRequest, EntryInfo, HostRef, Host_TO, Manifest, ModuleBox,
+    PluginError, Result, SourceEntry,
+};
+
+/// A plugin that loaded and registered its sources.
+#[derive(Clone, Debug)]
+pub struct LoadedPlugin {
+    /// What the plugin says about itself.
+    pub manifest: Manifest,
+    /// The library it came from (`None` for an in-process plugin).
+    pub path: Option<PathBuf>,
+    /// `(registry, prefix, number of entries)` for each source it registered.
+    pub sources: Vec<(String, String, usize)>,
+}
+
+/// A file that was not loaded, and why.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was refused, in words a user can act on.
+    pub reason: String,
+}
+
+/// A borrowed registry of either kind.
+pub enum RegistryRef<'a> {
+    /// `backbone`, `neck`, `decoder`, `full_model`.
+    Multi(&'a MultiSourceRegistry),
+    /// `model_factory`.
+    Plain(&'a Registry),
+}
+
+/// The host: the registries, the plugins that filled them and the files refused.
+pub struct Host {
+    backbone: MultiSourceRegistry,
+    neck: MultiSourceRegistry,
+    decoder: MultiSourceRegistry,
+    full_model: MultiSourceRegistry,
+    model_factory: Registry,
+    plugins: Vec<LoadedPlugin>,
+    rejected: Vec<Rejected>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Host {
+    /// A host with empty registries.
+    pub fn new() -> Self {
+        Self {
+            backbone: MultiSourceRegistry::new(names::BACKBONE),
+            neck: MultiSourceRegistry::new(names::NECK),
+            decoder: MultiSourceRegistry::new(names::DECODER),
+            full_model: MultiSourceRegistry::new(names::FULL_MODEL),
+            model_factory: Registry::new(names::MODEL_FACTORY),
+            plugins: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Loads every plugin found in `dirs` (see [`crate::loader`]).
+    pub fn load(dirs: &[PathBuf]) -> Self {
+        let mut host = Self::new();
+        crate::loader::load_into(&mut host, dirs);
+        host
+    }
+
+    /// A host whose plugins are linked into this process (no dlopen): for tests,
+    /// benchmarks and embedding. Each item is a manifest and the plugin's sources.
+    pub fn with_plugins(plugins: Vec<(Manifest, Vec<SourceEntry>)>) -> Result<Self> {
+        let mut host = Self::new();
+        for (manifest, sources) in plugins {
+            host.add_plugin(manifest, None, sources)?;
+        }
+        Ok(host)
+    }
+
+    /// The plugins that loaded, in load order.
+    pub fn plugins(&self) -> &[LoadedPlugin] {
+        &self.plugins
+    }
+
+    /// The files that were refused, with reasons.
+    pub fn rejected(&self) -> &[Rejected] {
+        &self.rejected
+    }
+
+    /// Records a refused file.
+    pub fn reject(&mut self, path: PathBuf, reason: String) {
+        tracing::warn!(path = %path.display(), %reason, "plugin rejected");
+        self.rejected.push(Rejected { path, reason });
+    }
+
+    /// The registry called `name`.
+    pub fn registry(&self, name: &str) -> Option<RegistryRef<'_>> {
+        Some(match name {
+            names::BACKBONE => RegistryRef::Multi(&self.backbone),
+            names::NECK => RegistryRef::Multi(&self.neck),
+            names::DECODER => RegistryRef::Multi(&self.decoder),
+            names::FULL_MODEL => RegistryRef::Multi(&self.full_model),
+            names::MODEL_FACTORY => RegistryRef::Plain(&self.model_factory),
+            _ => return None,
+        })
+    }
+
+    fn multi_mut(&mut self, name: &str) -> Option<&mut MultiSourceRegistry> {
+        match name {
+            names::BACKBONE => Some(&mut self.backbone),
+            names::NECK => Some(&mut self.neck),
+            names::DECODER => Some(&mut self.decoder),
+            names::FULL_MODEL => Some(&mut self.full_model),
+            _ => None,
+        }
+    }
+
+    fn unknown_registry(name: &str) -> PluginError {
+        PluginError::not_found(format!(
+            "there is no registry `{name}`; the registries are {}",
+            names::ALL.join(", ")
+        ))
+    }
+
+    /// Registers a plugin's sources: all of them or, if any is refused (a prefix that
+    /// another plugin holds, an unknown registry, a source the manifest did not
+    /// declare), none.
+    pub fn add_plugin(&mut self, manifest: Manifest, path: Option<PathBuf>, sources: Vec<SourceEntry>) -> Result<()> {
+        let plugin = manifest.name.to_string();
+        let _span = tracing::info_span!("register", plugin = %plugin).entered();
+        if let Some(other) = self.plugins.iter().find(|p| p.manifest.name == manifest.name) {
+            let at = other.path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default();
+            return Err(PluginError::invalid_argument(format!(
+                "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
+            )));
+        }
+        for s in &sources {
+            let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
+            if !manifest.sources.iter().any(|d| d.registry == s.registry && d.prefix == s.prefix) {
+                return Err(PluginError::invalid_argument(format!(
+                    "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
+                )));
+            }
+            match registry {
+                names::MODEL_FACTORY => self.model_factory.check_source(&s.source, &plugin)?,
+                _ => match self.registry(registry) {
+                    Some(RegistryRef::Multi(r)) => r.check_prefix(prefix, &plugin)?,
+                    _ => return Err(Self::unknown_registry(registry).context(format_args!("plugin `{plugin}`"))),
+                },
+            }
+        }
+        let mut registered = Vec::new();
+        for s in sources {
+            let (registry, prefix) = (s.registry.to_string(), s.prefix.to_string());
+            let count = s.source.names().len();
+            match self.multi_mut(&registry) {
+                Some(r) => r.register_source(&prefix, &plugin, s.source)?,
+                None => self.model_factory.register_source(&prefix, &plugin, s.source)?,
+            }
+            tracing::info!(%registry, %prefix, entries = count, "source registered");
+            registered.push((registry, prefix, count));
+        }
+        // Every prefix any plugin declares is a source name, in every registry: so
+        // `mmseg_X` in a registry mmseg does not serve is reported as a missing source.
+        for d in manifest.sources.iter() {
+            for r in [&mut self.backbone, &mut self.neck, &mut self.decoder, &mut self.full_model] {
+                r.note_prefix(d.prefix.as_str());
+            }
+        }
+        self.plugins.push(LoadedPlugin { manifest, path, sources: registered });
+        Ok(())
+    }
+
+    /// Whether `registry` has `name`.
+    pub fn contains(&self, registry: &str, name: &str) -> bool {
+        match self.registry(registry) {
+            Some(RegistryRef::Multi(r)) => r.contains(name),
+            Some(RegistryRef::Plain(r)) => r.contains(name),
+            None => false,
+        }
+    }
+
+    /// The qualified name and description of `name` in `registry`.
+    pub fn describe(&self, registry: &str, name: &str) -> Result<(String, EntryInfo)> {
+        match self.registry(registry) {
+            Some(RegistryRef::Multi(r)) => r.describe(name),
+            Some(RegistryRef::Plain(r)) => Ok((name.to_owned(), r.describe(name)?)),
+            None => Err(Self::unknown_registry(registry)),
+        }
+    }
+
+    /// Builds `name` from `registry` with keyword `args` (and the channel list for
+    /// decoders and necks). The result is labelled with its qualified name.
+    pub fn build(&self, registry: &str, name: &str, args: &Map<String, Value>, channels: Option<&[i64]>) -> Result<DynModule> {
+        let (qualified, module) = self.build_raw(registry, name, BuildRequest::new(args, channels))?;
+        Ok(DynModule::new(qualified, module))
+    }
+
+    fn build_raw(&self, registry: &str, name: &str, request: BuildRequest) -> Result<(String, ModuleBox)> {
+        let callbacks = Callbacks(self);
+        let handle: HostRef<'_> = Host_TO::from_ptr(RRef::new(&callbacks), TD_Opaque);
+        match self.registry(registry) {
+            Some(RegistryRef::Multi(r)) => r.build(name, request, handle),
+            Some(RegistryRef::Plain(r)) => Ok((name.to_owned(), r.build(name, request, handle)?)),
+            None => Err(Self::unknown_registry(registry)),
+        }
+    }
+
+    /// All names of `registry` (prefixed for multi-source registries).
+    pub fn names(&self, registry: &str) -> Vec<String> {
+        match self.registry(registry) {
+            Some(RegistryRef::Multi(r)) => r.iter().collect(),
+            Some(RegistryRef::Plain(r)) => r.iter().map(str::to_owned).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The host as plugins see it, through the ABI.
+struct Callbacks<'a>(&'a Host);
+
+impl terrahost_plugin_api::Host for Callbacks<'_> {
+    fn contains(&self, registry: RStr<'_>, name: RStr<'_>) -> bool {
+        self.0.contains(registry.as_str(), name.as_str())
+    }
+
+    fn names(&self, registry: RStr<'_>) -> RVec<RString> {
+        self.0.names(registry.as_str()).into_iter().map(RString::from).collect()
+    }
+
+    fn describe(&self, registry: RStr<'_>, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        self.0.describe(registry.as_str(), name.as_str()).map(|(_, info)| info).into()
+    }
+
+    fn build(&self, registry: RStr<'_>, name: RStr<'_>, request: BuildRequest) -> RResult<ModuleBox, PluginError> {
+        self.0.build_raw(registry.as_str(), name.as_str(), request).map(|(_, m)| m).into()
+    }
+}

@@ -1,0 +1,357 @@
+//! TerraTorch's registries, made stricter.
+//!
+//! * [`Registry`]: a set of names that can build them (TerraTorch's `Registry`). It is
+//!   mutable ([`Registry::register`]) for entries defined in the host process, and it
+//!   can also merge plugin sources whose names then live in one flat namespace (the
+//!   `model_factory` registry).
+//! * [`MultiSourceRegistry`]: ordered sources keyed by prefix (TerraTorch's
+//!   `MultiSourceRegistry`): `timm_resnet18` routes to the `timm` source, a bare name is
+//!   searched source by source in registration order.
+//!
+//! Stricter than TerraTorch: "not found" and "construction failed" are different error
+//! kinds; a bare name falls through to the next source only when it is *not found*,
+//! never when its build fails; a prefixed name is checked for existence; unknown names
+//! get did-you-mean suggestions; and a prefix that belongs to a plugin that is not
+//! installed is reported as such.
+use std::collections::HashMap;
+use terrahost_plugin_api::{
+    params::suggestions,
+    sdk::{Catalog, Entry},
+    BuildRequest, EntryInfo, HostRef, ModuleBox, PluginError, Result, Source, SourceBox,
+};
+
+/// Prefixes that name a source even when its plugin is not installed, so that
+/// `mmseg_FCNHead` without the mmseg plugin says "install mmseg" rather than "unknown
+/// name". Prefixes declared by any loaded plugin are added at run time.
+pub const WELL_KNOWN_PREFIXES: [&str; 4] = ["terratorch", "timm", "smp", "mmseg"];
+
+/// One source of a registry: a plugin's (or the host's) set of entries under a prefix.
+pub struct SourceSlot {
+    /// The prefix (`timm`).
+    pub prefix: String,
+    /// The plugin that registered it (`host` for in-process sources).
+    pub plugin: String,
+    /// The entries.
+    pub source: SourceBox,
+}
+
+impl SourceSlot {
+    /// The entry names, in the source's order.
+    pub fn names(&self) -> Vec<String> {
+        self.source.names().into_iter().map(|s| s.into_string()).collect()
+    }
+
+    /// Whether the source has `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.contains(name.into())
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.source.names().len()
+    }
+
+    /// Whether the source is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn not_found_message(what: &str, registry: &str, candidates: &[String]) -> String {
+    let close = suggestions(what, candidates.iter().map(String::as_str));
+    let hint = if close.is_empty() {
+        format!("; `terrahost list {registry}` shows what is available")
+    } else {
+        format!("; did you mean {}?", close.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
+    };
+    format!("`{what}` is not in the {registry} registry{hint}")
+}
+
+/// TerraTorch's `MultiSourceRegistry`: ordered sources keyed by prefix.
+pub struct MultiSourceRegistry {
+    name: String,
+    sources: Vec<SourceSlot>,
+    known_prefixes: Vec<String>,
+}
+
+impl MultiSourceRegistry {
+    /// An empty registry called `name` (used in messages).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            sources: Vec::new(),
+            known_prefixes: WELL_KNOWN_PREFIXES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The registry's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a source at the end of the search order. A prefix that already exists is
+    /// refused, naming the plugin that holds it.
+    pub fn register_source(&mut self, prefix: &str, plugin: &str, source: SourceBox) -> Result<()> {
+        self.check_prefix(prefix, plugin)?;
+        self.note_prefix(prefix);
+        self.sources.push(SourceSlot { prefix: prefix.to_owned(), plugin: plugin.to_owned(), source });
+        Ok(())
+    }
+
+    /// Fails if `prefix` cannot be registered (already present, or not a valid prefix).
+    pub fn check_prefix(&self, prefix: &str, plugin: &str) -> Result<()> {
+        if prefix.is_empty() || prefix.contains('_') || prefix.chars().any(char::is_whitespace) {
+            return Err(PluginError::invalid_argument(format!(
+                "plugin `{plugin}` declares an invalid prefix {prefix:?} for the {} registry: a prefix is a non-empty word without `_`",
+                self.name
+            )));
+        }
+        if let Some(existing) = self.get(prefix) {
+            return Err(PluginError::invalid_argument(format!(
+                "Source for prefix {prefix} already exists in the {} registry: plugin `{}` registered it first, so plugin `{plugin}` cannot register it again",
+                self.name, existing.plugin
+            )));
+        }
+        Ok(())
+    }
+
+    /// Remembers `prefix` as a source name, so a missing plugin can be reported as such.
+    pub fn note_prefix(&mut self, prefix: &str) {
+        if !self.known_prefixes.iter().any(|p| p == prefix) {
+            self.known_prefixes.push(prefix.to_owned());
+        }
+    }
+
+    /// The prefixes, in search order (TerraTorch's `keys()`).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.prefix.as_str())
+    }
+
+    /// The sources, in search order.
+    pub fn sources(&self) -> &[SourceSlot] {
+        &self.sources
+    }
+
+    /// The source with `prefix` (TerraTorch's `registry[prefix]`).
+    pub fn get(&self, prefix: &str) -> Option<&SourceSlot> {
+        self.sources.iter().find(|s| s.prefix == prefix)
+    }
+
+    /// The number of entries over all sources.
+    pub fn len(&self) -> usize {
+        self.sources.iter().map(SourceSlot::len).sum()
+    }
+
+    /// Whether there are no entries at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All entries as `prefix_name`, sources in order.
+    pub fn iter(&self) -> impl Iterator<Item = String> + '_ {
+        self.sources.iter().flat_map(|s| s.names().into_iter().map(move |n| format!("{}_{n}", s.prefix)))
+    }
+
+    /// `(source, rest)` when the part before the first `_` is a registered prefix.
+    pub fn parse_prefix<'n>(&self, name: &'n str) -> Option<(&SourceSlot, &'n str)> {
+        let (prefix, rest) = name.split_once('_')?;
+        if rest.is_empty() {
+            return None;
+        }
+        self.get(prefix).map(|s| (s, rest))
+    }
+
+    /// Whether `name` (prefixed or bare) can be built.
+    pub fn contains(&self, name: &str) -> bool {
+        match self.parse_prefix(name) {
+            Some((slot, rest)) => slot.contains(rest),
+            None => self.sources.iter().any(|s| s.contains(name)),
+        }
+    }
+
+    /// The source that holds `name` and the name inside it (TerraTorch's
+    /// `find_registry`). Bare names are searched in order.
+    pub fn find(&self, name: &str) -> Result<(&SourceSlot, String)> {
+        if let Some((slot, rest)) = self.parse_prefix(name) {
+            if slot.contains(rest) {
+                return Ok((slot, rest.to_owned()));
+            }
+            let names = slot.names();
+            let close = suggestions(rest, names.iter().map(String::as_str));
+            let hint = if close.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; did you mean {}?",
+                    close.iter().map(|c| format!("`{}_{c}`", slot.prefix)).collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(PluginError::not_found(format!(
+                "`{rest}` is not in source `{}` of the {} registry (plugin `{}`){hint}",
+                slot.prefix, self.name, slot.plugin
+            )));
+        }
+        if let Some(slot) = self.sources.iter().find(|s| s.contains(name)) {
+            return Ok((slot, name.to_owned()));
+        }
+        if let Some((prefix, _)) = name.split_once('_') {
+            if self.known_prefixes.iter().any(|p| p == prefix) {
+                let installed: Vec<&str> = self.keys().collect();
+                return Err(PluginError::not_found(format!(
+                    "no source `{prefix}` in the {} registry (installed: {}); install the `{prefix}` plugin library into a plugin directory to build `{name}`",
+                    self.name,
+                    if installed.is_empty() { "none".to_owned() } else { installed.join(", ") }
+                )));
+            }
+        }
+        let all: Vec<String> = self.iter().chain(self.sources.iter().flat_map(|s| s.names())).collect();
+        Err(PluginError::not_found(not_found_message(name, &self.name, &all)))
+    }
+
+    /// The qualified name (`timm_resnet18`) and description of `name`.
+    pub fn describe(&self, name: &str) -> Result<(String, EntryInfo)> {
+        let (slot, rest) = self.find(name)?;
+        let info = slot.source.describe(rest.as_str().into()).into_result()?;
+        Ok((format!("{}_{rest}", slot.prefix), info))
+    }
+
+    /// Builds `name`. A bare name goes to the first source that has it; if that build
+    /// fails, the error is returned (no fall-through).
+    pub fn build(&self, name: &str, request: BuildRequest, host: HostRef<'_>) -> Result<(String, ModuleBox)> {
+        let (slot, rest) = self.find(name)?;
+        let qualified = format!("{}_{rest}", slot.prefix);
+        let _span = tracing::info_span!("build", registry = %self.name, entry = %qualified, plugin = %slot.plugin).entered();
+        let module = slot.source.build(rest.as_str().into(), request, host).into_result()?;
+        Ok((qualified, module))
+    }
+}
+
+/// Where a flat registry's name lives.
+#[derive(Clone, Copy)]
+enum Origin {
+    Local,
+    Slot(usize),
+}
+
+/// TerraTorch's plain `Registry`: one flat set of names. Entries come from
+/// [`Registry::register`] (in-process, mutable) or from merged plugin sources.
+pub struct Registry {
+    name: String,
+    local: Catalog,
+    slots: Vec<SourceSlot>,
+    order: Vec<(String, Origin)>,
+    index: HashMap<String, usize>,
+}
+
+impl Registry {
+    /// An empty registry called `name`.
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), local: Catalog::new("host"), slots: Vec::new(), order: Vec::new(), index: HashMap::new() }
+    }
+
+    /// The registry's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers an in-process entry under its own name (TerraTorch's `@register`). An
+    /// empty or duplicate name is refused.
+    pub fn register(&mut self, entry: Entry) -> Result<()> {
+        let name = entry.info().name.to_string();
+        if self.index.contains_key(&name) {
+            return Err(PluginError::invalid_argument(format!("`{name}` is already in the {} registry", self.name)));
+        }
+        self.local.try_add(entry)?;
+        self.index.insert(name.clone(), self.order.len());
+        self.order.push((name, Origin::Local));
+        Ok(())
+    }
+
+    /// Fails if any name of `source` is already present, naming both plugins.
+    pub fn check_source(&self, source: &SourceBox, plugin: &str) -> Result<()> {
+        for name in source.names() {
+            if let Some(&i) = self.index.get(name.as_str()) {
+                let holder = match self.order[i].1 {
+                    Origin::Local => "host",
+                    Origin::Slot(s) => self.slots[s].plugin.as_str(),
+                };
+                return Err(PluginError::invalid_argument(format!(
+                    "`{name}` is already in the {} registry from plugin `{holder}`, so plugin `{plugin}` cannot register it again",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a plugin source's names into the registry. Refused as a whole if any of
+    /// its names is already present.
+    pub fn register_source(&mut self, prefix: &str, plugin: &str, source: SourceBox) -> Result<()> {
+        self.check_source(&source, plugin)?;
+        let slot = self.slots.len();
+        for name in source.names() {
+            self.index.insert(name.to_string(), self.order.len());
+            self.order.push((name.into_string(), Origin::Slot(slot)));
+        }
+        self.slots.push(SourceSlot { prefix: prefix.to_owned(), plugin: plugin.to_owned(), source });
+        Ok(())
+    }
+
+    /// The merged plugin sources, in order.
+    pub fn sources(&self) -> &[SourceSlot] {
+        &self.slots
+    }
+
+    /// The names of in-process entries, in order.
+    pub fn local_names(&self) -> Vec<String> {
+        self.order.iter().filter(|(_, o)| matches!(o, Origin::Local)).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The number of names.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the registry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The names, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn origin(&self, name: &str) -> Result<Origin> {
+        match self.index.get(name) {
+            Some(&i) => Ok(self.order[i].1),
+            None => {
+                let names: Vec<String> = self.iter().map(str::to_owned).collect();
+                Err(PluginError::not_found(not_found_message(name, &self.name, &names)))
+            }
+        }
+    }
+
+    /// The description of `name`.
+    pub fn describe(&self, name: &str) -> Result<EntryInfo> {
+        match self.origin(name)? {
+            Origin::Local => self.local.describe(name.into()).into_result(),
+            Origin::Slot(s) => self.slots[s].source.describe(name.into()).into_result(),
+        }
+    }
+
+    /// Builds `name`; an unknown name is a not-found error that names it.
+    pub fn build(&self, name: &str, request: BuildRequest, host: HostRef<'_>) -> Result<ModuleBox> {
+        let origin = self.origin(name)?;
+        let _span = tracing::info_span!("build", registry = %self.name, entry = %name).entered();
+        match origin {
+            Origin::Local => self.local.build(name.into(), request, host).into_result(),
+            Origin::Slot(s) => self.slots[s].source.build(name.into(), request, host).into_result(),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Checkpoints: reading state_dicts and loading them into built modules, strictly.
+use crate::error::{HostError, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use tch::Tensor;
+use terrahost_plugin_api::sdk::DynModule;
+
+/// Keys PyTorch saves for BatchNorm that carry no numbers a forward pass uses. They
+/// may be present or absent on either side.
+fn tolerated(key: &str) -> bool {
+    key.ends_with("num_batches_tracked")
+}
+
+/// Reads a state_dict. `.safetensors` is read directly; other formats are refused
+/// with the command that converts them.
+pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !path.exists() {
+        return Err(HostError::Weights(format!("checkpoint {} does not exist", path.display())));
+    }
+    match ext {
+        "safetensors" => Tensor::read_safetensors(path)
+            .map_err(|e| HostError::Weights(format!("cannot read {} as safetensors: {e}", path.display()))),
+        _ => Err(HostError::Weights(format!(
+            "{}: only .safetensors checkpoints are supported; convert a PyTorch checkpoint with \
+             python -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu'); \
+             sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\"",
+            path.display(),
+            path.display()
+        ))),
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors copied into the model.
+    pub loaded: usize,
+    /// A prefix that was stripped from every checkpoint key (`model.` in Lightning checkpoints).
+    pub stripped_prefix: Option<String>,
+}
+
+/// Loads `state` into `module`, strictly: every parameter and buffer of the module must
+/// be in the checkpoint with the same shape, and the checkpoint may hold nothing else
+/// (`num_batches_tracked` excepted). The error lists what is missing, unexpected or of
+/// the wrong shape. Values are converted to the parameter's dtype and device. Keys
+/// that all start with `model.` (a Lightning task's state_dict) are accepted too.
+pub fn load_state_dict(module: &DynModule, state: Vec<(String, Tensor)>) -> Result<LoadReport> {
+    let _span = tracing::info_span!("load_weights", module = module.label()).entered();
+    let targets: BTreeMap<String, Tensor> = module.state_dict().into_iter().collect();
+    let mut source: BTreeMap<String, Tensor> = state.into_iter().collect();
+    let mut report = LoadReport::default();
+
+    let matches = |src: &BTreeMap<String, Tensor>| src.keys().filter(|k| targets.contains_key(*k)).count();
+    if matches(&source) == 0 && !source.is_empty() && source.keys().all(|k| k.starts_with("model.")) {
+        source = source.into_iter().map(|(k, v)| (k["model.".len()..].to_owned(), v)).collect();
+        report.stripped_prefix = Some("model.".to_owned());
+    }
+
+    let missing: Vec<&str> =
+        targets.keys().filter(|k| !source.contains_key(*k) && !tolerated(k)).map(String::as_str).collect();
+    let unexpected: Vec<&str> =
+        source.keys().filter(|k| !targets.contains_key(*k) && !tolerated(k)).map(String::as_str).collect();
+    let mut wrong_shape = Vec::new();
+    for (k, t) in &targets {
+        if let Some(s) = source.get(k) {
+            if s.size() != t.size() {
+                wrong_shape.push(format!("{k}: checkpoint {:?}, model {:?}", s.size(), t.size()));
+            }
+        }
+    }
+    if !missing.is_empty() || !unexpected.is_empty() || !wrong_shape.is_empty() {
+        let mut msg = format!("the checkpoint does not fit `{}`:", module.label());
+        let list = |title: &str, items: &[String]| {
+            let shown: Vec<&str> = items.iter().take(20).map(String::as_str).collect();
+            let more = if items.len() > 20 { format!(", ... ({} more)", items.len() - 20) } else { String::new() };
+            format!("\n  {title} ({}): {}{more}", items.len(), shown.join(", "))
+        };
+        if !missing.is_empty() {
+            msg += &list("missing keys", &missing.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+        if !unexpected.is_empty() {
+            msg += &list("unexpected keys", &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+        if !wrong_shape.is_empty() {
+            msg += &list("wrong shapes", &wrong_shape);
+        }
+        if let Some(p) = common_prefix_hint(&unexpected, &missing) {
+            msg += &format!("\n  hint: {p}");
+        }
+        return Err(HostError::Weights(msg));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (k, t) in &targets {
+            if let Some(s) = source.get(k) {
+                let mut dst = t.shallow_clone();
+                let value = s.to_device(t.device()).to_kind(t.kind());
+                dst.f_copy_(&value).map_err(|e| HostError::Weights(format!("copying `{k}`: {e}")))?;
+                report.loaded += 1;
+            }
+        }
+        Ok(())
+    })?;
+    tracing::info!(loaded = report.loaded, "weights loaded");
+    Ok(report)
+}
+
+/// When every unexpected key is a missing key with one extra leading component, say so.
+fn common_prefix_hint(unexpected: &[&str], missing: &[&str]) -> Option<String> {
+    let first = unexpected.first()?;
+    let (head, _) = first.split_once('.')?;
+    let missing: BTreeSet<&str> = missing.iter().copied().collect();
+    let all = unexpected.iter().all(|k| k.strip_prefix(head).and_then(|r| r.strip_prefix('.')).is_some_and(|r| missing.contains(r)));
+    all.then(|| format!("every unexpected key is a missing key under `{head}.`; was the checkpoint saved from a wrapper module?"))
+}
+
+/// Saves named tensors as `.safetensors`.
+pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let owned: Vec<(&str, Tensor)> = tensors.iter().map(|(k, t)| (*k, t.contiguous())).collect();
+    Tensor::write_safetensors(&owned, path)
+        .map_err(|e| HostError::Usage(format!("cannot write {}: {e}", path.display())))
+}
