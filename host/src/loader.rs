@@ -113,10 +113,11 @@ pub fn load_library(path: &Path) -> Result<(Manifest, Vec<SourceEntry>), String>
     let has_root = unsafe { lib.get::<*const ()>(symbol) }.is_ok();
     std::mem::forget(lib);
     if !has_root {
-        return Err(format!(
-            "not a terrahost plugin: the library exports no `{}` root module (plugins are built with `terrahost_plugin_api::declare_plugin!`)",
-            abi_stable::library::ROOT_MODULE_LOADER_NAME
-        ));
+        return Err(
+            "not a terrahost plugin: the library exports no abi_stable root module \
+             (plugins declare one with `terrahost_plugin_api::declare_plugin!`)"
+                .to_owned(),
+        );
     }
     let header = lib_header_from_path(path).map_err(|e| format!("not a terrahost plugin: {e}"))?;
     let root = header.init_root_module::<PluginRoot_Ref>().map_err(|e| {

@@ -488,6 +488,16 @@ impl NoHost {
     }
 }
 
+/// Replaces this library's panic hook (each plugin has its own copy of std) with one
+/// that logs at debug level instead of printing to stderr: every panic in plugin code
+/// is caught at the boundary and reported to the host as an error value, so printing
+/// it as well would only add noise. `TERRAHOST_PLUGIN_PANICS=1` keeps the default hook.
+pub fn quiet_panics() {
+    if std::env::var_os("TERRAHOST_PLUGIN_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|info| tracing::debug!("plugin panic (caught): {info}")));
+    }
+}
+
 /// Declares a plugin: its manifest, its sources and the exported root module.
 ///
 /// ```ignore
@@ -539,6 +549,7 @@ macro_rules! declare_plugin {
             $crate::reexports::abi_stable::std_types::RVec<$crate::SourceEntry>,
             $crate::PluginError,
         > {
+            $crate::sdk::quiet_panics();
             $crate::error::catch("creating the plugin's sources", plugin_sources)
                 .map($crate::reexports::abi_stable::std_types::RVec::from)
                 .into()

@@ -1,1 +1,3 @@
 //! Model families, one file each.
+
+pub mod resnet;

@@ -1,0 +1,124 @@
+//! The command line. Every command writes its result to stdout (only JSON with
+//! `--json`) and its diagnostics to stderr.
+mod build;
+mod list;
+mod plugins;
+mod run;
+mod show;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use terrahost::{loader, Host, HostError};
+
+/// A dynamic plugin host for TerraTorch-style model registries.
+#[derive(Parser, Debug)]
+#[command(name = "terrahost", version, about, long_about = None)]
+pub struct Cli {
+    /// A directory to load plugins from (repeatable). Default: $TERRAHOST_PLUGIN_PATH
+    /// (colon-separated), else `plugins/` beside the directory of this executable,
+    /// then ~/.local/share/terrahost/plugins.
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The plugins that loaded and the files that were refused, with reasons.
+    Plugins {
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The registries and their sources (all of them, or one).
+    List {
+        /// backbone, neck, decoder, full_model or model_factory.
+        registry: Option<String>,
+        /// Only names matching this glob (matched against `name` and `prefix_name`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An entry's documentation and parameters (types, defaults, docs).
+    Show {
+        /// The registry.
+        registry: String,
+        /// The name, with or without prefix.
+        name: String,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Builds an entry and reports what was built.
+    Build {
+        /// The registry.
+        registry: String,
+        /// The name, with or without prefix.
+        name: String,
+        /// The channel list decoders and necks take first, e.g. 64,128,256,512.
+        #[arg(long, value_name = "C1,C2,...")]
+        channels: Option<String>,
+        /// Keyword arguments as a JSON object, e.g. '{"num_classes": 3}'.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Builds a model from a TerraTorch config and runs it.
+    Run(run::RunArgs),
+}
+
+/// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Loads the plugins and runs the command.
+pub fn run(cli: Cli) -> Result<(), HostError> {
+    let dirs = loader::plugin_dirs(&cli.plugin_dirs);
+    let host = Host::load(&dirs);
+    if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
+        tracing::warn!(
+            "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    match cli.command {
+        Command::Plugins { json } => plugins::run(&host, &dirs, json),
+        Command::List { registry, filter, json } => list::run(&host, registry.as_deref(), filter.as_deref(), json),
+        Command::Show { registry, name, json } => show::run(&host, &registry, &name, json),
+        Command::Build { registry, name, channels, args, json } => {
+            build::run(&host, &registry, &name, channels.as_deref(), args.as_deref(), json)
+        }
+        Command::Run(args) => run::run(&host, &args),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+}

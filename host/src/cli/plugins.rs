@@ -1,0 +1,52 @@
+//! `terrahost plugins`.
+use serde_json::json;
+use std::path::PathBuf;
+use terrahost::{Host, HostError};
+
+pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
+    let loaded: Vec<_> = host
+        .plugins()
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.manifest.name.as_str(),
+                "version": p.manifest.version.as_str(),
+                "path": p.path.as_ref().map(|p| p.display().to_string()),
+                "api_version": p.manifest.api_version.as_str(),
+                "torch_version": p.manifest.torch_version.as_str(),
+                "sources": p.sources.iter().map(|(r, prefix, n)| json!({"registry": r, "prefix": prefix, "count": n})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let rejected: Vec<_> = host
+        .rejected()
+        .iter()
+        .map(|r| json!({"path": r.path.display().to_string(), "reason": r.reason}))
+        .collect();
+    if json {
+        crate::cli::print_json(&json!({"loaded": loaded, "rejected": rejected}));
+        return Ok(());
+    }
+    println!("plugin directories: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"));
+    if host.plugins().is_empty() {
+        println!("no plugins loaded");
+    }
+    for p in host.plugins() {
+        let m = &p.manifest;
+        println!(
+            "{} {}  (plugin-api {}, libtorch {}, {})",
+            m.name,
+            m.version,
+            m.api_version,
+            m.torch_version,
+            p.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "in-process".into())
+        );
+        for (r, prefix, n) in &p.sources {
+            println!("    {r:<14} {prefix:<12} {n} entries");
+        }
+    }
+    for r in host.rejected() {
+        println!("rejected {}: {}", r.path.display(), r.reason);
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `terrahost run`: build a model from a TerraTorch config, load a checkpoint, run it on
+//! an input and save the output.
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use terrahost::{config::ModelConfig, weights, Host, HostError};
+
+/// Arguments of `terrahost run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The model config (YAML): `model_factory` + `model_args`, or a LightningCLI config.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// A `.safetensors` state_dict with TerraTorch's keys (`encoder.`, `decoder.`, `head.`).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// A `.safetensors` file holding the tensor `input`.
+    #[arg(long, value_name = "FILE", conflicts_with = "input_shape")]
+    pub input: Option<PathBuf>,
+    /// The shape of a random input (seed 0), e.g. 1,6,224,224.
+    #[arg(long, value_name = "B,C,H,W")]
+    pub input_shape: Option<String>,
+    /// Where to write the output (`.safetensors`, tensor `output`).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// cpu, cuda or auto (cuda when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print JSON only.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_device(text: &str) -> Result<Device, HostError> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(HostError::Usage("--device cuda: this libtorch sees no CUDA device; use --device cpu".into())),
+        "auto" => Ok(Device::cuda_if_available()),
+        other => Err(HostError::Usage(format!("--device must be cpu, cuda or auto, got `{other}`"))),
+    }
+}
+
+fn parse_shape(text: &str) -> Result<Vec<i64>, HostError> {
+    let dims: Result<Vec<i64>, _> = text.split(',').map(|d| d.trim().parse::<i64>()).collect();
+    match dims {
+        Ok(d) if !d.is_empty() && d.iter().all(|v| *v > 0) => Ok(d),
+        _ => Err(HostError::Usage(format!("--input-shape `{text}`: expected positive integers like 1,3,224,224"))),
+    }
+}
+
+fn read_input(path: &PathBuf) -> Result<Tensor, HostError> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| HostError::Usage(format!("--input {}: cannot read safetensors: {e}", path.display())))?;
+    let names: Vec<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
+    tensors.into_iter().find(|(k, _)| k == "input").map(|(_, t)| t).ok_or_else(|| {
+        HostError::Usage(format!("--input {}: no tensor named `input` (it has: {})", path.display(), names.join(", ")))
+    })
+}
+
+pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
+    let device = parse_device(&a.device)?;
+    let cfg = ModelConfig::from_file(&a.config)?;
+    let input = match (&a.input, &a.input_shape) {
+        (Some(p), _) => read_input(p)?,
+        (None, Some(s)) => {
+            tch::manual_seed(0);
+            Tensor::randn(parse_shape(s)?, (Kind::Float, Device::Cpu))
+        }
+        (None, None) => return Err(HostError::Usage("give --input FILE or --input-shape B,C,H,W".into())),
+    };
+
+    let t0 = Instant::now();
+    let mut model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None)?;
+    let build_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    let t1 = Instant::now();
+    let loaded = match &a.weights {
+        Some(p) => Some(weights::load_state_dict(&model, weights::read_state_dict(p)?)?),
+        None => None,
+    };
+    let load_ms = t1.elapsed().as_secs_f64() * 1e3;
+    model.set_train(false);
+    if device != Device::Cpu {
+        model.to_device(device)?;
+    }
+
+    let t2 = Instant::now();
+    let outputs = tch::no_grad(|| model.forward(&[input.to_device(device)]))?;
+    let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
+    let output = outputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| HostError::Usage("the model returned no output".into()))?
+        .to_device(Device::Cpu);
+
+    if let Some(path) = &a.output {
+        weights::write_tensors(path, &[("output", &output)])?;
+    }
+    let (mean, std) = (output.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]), output.to_kind(Kind::Double).std(true).double_value(&[]));
+    if a.json {
+        crate::cli::print_json(&json!({
+            "model_factory": cfg.model_factory,
+            "model": model.label(),
+            "device": format!("{device:?}"),
+            "input_shape": input.size(),
+            "output_shape": output.size(),
+            "output_mean": mean,
+            "output_std": std,
+            "weights_loaded": loaded.as_ref().map(|r| r.loaded),
+            "output_file": a.output.as_ref().map(|p| p.display().to_string()),
+            "build_ms": build_ms,
+            "load_ms": load_ms,
+            "forward_ms": forward_ms,
+        }));
+        return Ok(());
+    }
+    println!("model:   {} from {}", cfg.model_factory, a.config.display());
+    println!("build:   {build_ms:.1} ms");
+    match &loaded {
+        Some(r) => println!("weights: {} tensors in {load_ms:.1} ms{}", r.loaded, r.stripped_prefix.as_ref().map(|p| format!(" (stripped `{p}`)")).unwrap_or_default()),
+        None => println!("weights: none (random initialisation)"),
+    }
+    println!("forward: {forward_ms:.1} ms on {device:?}");
+    println!("input:   {:?}", input.size());
+    println!("output:  {:?}  mean {mean:.5}  std {std:.5}", output.size());
+    if let Some(p) = &a.output {
+        println!("written: {}", p.display());
+    }
+    Ok(())
+}

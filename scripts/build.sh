@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the host and the four plugins (PROFILE=release by default, or debug) and
+# installs the plugin libraries into target/plugins/, where target/<profile>/terrahost
+# finds them by default.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+profile="${PROFILE:-release}"
+command -v cargo >/dev/null || { echo "error: cargo is needed (install Rust with rustup)" >&2; exit 1; }
+bash scripts/setup-libtorch.sh
+flag=(); [ "$profile" = release ] && flag=(--release)
+echo "==> building terrahost and plugins ($profile)" >&2
+cargo build "${flag[@]}" -p terrahost -p terrahost-plugin-terratorch -p terrahost-plugin-timm \
+    -p terrahost-plugin-smp -p terrahost-plugin-mmseg
+mkdir -p target/plugins
+for p in terratorch timm smp mmseg; do
+    cp -f "target/$profile/libterrahost_plugin_$p.so" target/plugins/
+done
+echo "==> plugins installed in target/plugins/: $(ls target/plugins | tr '\n' ' ')" >&2
