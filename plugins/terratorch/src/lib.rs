@@ -2,8 +2,13 @@
 
 pub mod models;
 
-
-use terrahost_plugin_api::sdk::Catalog;
+use models::{encoder_decoder_factory, fcn_decoder, identity_decoder, necks};
+use serde_json::json;
+use tch::{nn, Device};
+use terrahost_plugin_api::{
+    sdk::{Built, Catalog, Entry},
+    ParamType,
+};
 
 /// The `terratorch` entries of the `backbone` registry.
 fn backbones() -> Catalog {
@@ -12,12 +17,59 @@ fn backbones() -> Catalog {
 
 /// The `terratorch` entries of the `neck` registry.
 fn necks() -> Catalog {
-    Catalog::new("terratorch")
+    Catalog::new("terratorch").add(
+        Entry::new(
+            "SelectIndices",
+            "Keeps the features at `indices` (in that order) and drops the others; the channel list \
+             is selected the same way.",
+            |ctx| {
+                let cfg = necks::SelectIndicesConfig { indices: ctx.args.get("indices")? };
+                let model = necks::SelectIndices::new(&ctx.channels, &cfg)?;
+                Ok(Built::new(ctx.qualified(), nn::VarStore::new(Device::Cpu), model).boxed())
+            },
+        )
+        .req("indices", ParamType::INT_LIST, "indices of the features to keep (negative counts from the end)")
+        .takes_channels(),
+    )
 }
 
 /// The `terratorch` entries of the `decoder` registry.
 fn decoders() -> Catalog {
     Catalog::new("terratorch")
+        .add(
+            Entry::new(
+                "FCNDecoder",
+                "Fully convolutional decoder: `num_convs` blocks of ConvTranspose2d(2x2, stride 2), 3x3 conv, \
+                 LayerNorm over channels and GELU applied to one feature map; each block doubles the size.",
+                |ctx| {
+                    let cfg = fcn_decoder::Config {
+                        channels: ctx.args.get("channels")?,
+                        num_convs: ctx.args.get("num_convs")?,
+                        in_index: ctx.args.get("in_index")?,
+                    };
+                    let vs = nn::VarStore::new(Device::Cpu);
+                    let model = fcn_decoder::FCNDecoder::new(vs.root(), &ctx.channels, &cfg)?;
+                    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+                },
+            )
+            .opt("channels", ParamType::INT, json!(256), "width of every block (the decoder's out_channels)")
+            .opt("num_convs", ParamType::INT, json!(4), "number of upsampling blocks (>= 1)")
+            .opt("in_index", ParamType::INT, json!(-1), "which feature map to decode (negative counts from the end)")
+            .takes_channels(),
+        )
+        .add(
+            Entry::new(
+                "IdentityDecoder",
+                "Passes one feature map straight to the head; out_channels is that map's channel count.",
+                |ctx| {
+                    let cfg = identity_decoder::Config { out_index: ctx.args.get("out_index")? };
+                    let model = identity_decoder::IdentityDecoder::new(&ctx.channels, &cfg)?;
+                    Ok(Built::new(ctx.qualified(), nn::VarStore::new(Device::Cpu), model).boxed())
+                },
+            )
+            .opt("out_index", ParamType::INT, json!(-1), "which feature map to return (negative counts from the end)")
+            .takes_channels(),
+        )
 }
 
 /// The `terratorch` entries of the `full_model` registry.
@@ -27,7 +79,7 @@ fn full_models() -> Catalog {
 
 /// The `terratorch` entries of the `model_factory` registry.
 fn model_factories() -> Catalog {
-    Catalog::new("terratorch")
+    Catalog::new("terratorch").add(encoder_decoder_factory::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -41,3 +93,6 @@ terrahost_plugin_api::declare_plugin! {
         ("model_factory", "terratorch", model_factories()),
     ],
 }
+
+#[cfg(test)]
+mod tests;

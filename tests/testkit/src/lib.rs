@@ -272,3 +272,55 @@ mod tests {
         assert_close("x", &a, &a, 0.0);
     }
 }
+
+/// The directory cargo puts the workspace's libraries in for the running test's profile
+/// (`target/debug`): the test executable lives in its `deps/`.
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().unwrap().to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// The built shared library of crate `crate_name` (`terrahost_plugin_timm`).
+pub fn built_library(crate_name: &str) -> PathBuf {
+    let file = format!("lib{crate_name}.{}", std::env::consts::DLL_EXTENSION);
+    let path = build_dir().join(&file);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The four real plugins.
+pub const PLUGINS: [&str; 4] = ["terratorch", "timm", "smp", "mmseg"];
+
+/// A fresh temporary directory holding copies of the named libraries (crate names).
+pub fn plugin_dir(crates: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for c in crates {
+        let src = built_library(c);
+        std::fs::copy(&src, dir.path().join(src.file_name().unwrap())).expect("copy plugin");
+    }
+    dir
+}
+
+/// A temporary directory with the real plugins named (`timm`, `smp`, ...).
+pub fn real_plugins(names: &[&str]) -> tempfile::TempDir {
+    let crates: Vec<String> = names.iter().map(|n| format!("terrahost_plugin_{n}")).collect();
+    plugin_dir(&crates.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Writes the fixture's synthetic weights as a `.safetensors` checkpoint in `dir`.
+pub fn write_weights(fx: &Fixture, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("{}.safetensors", fx.case));
+    let weights = fx.weights();
+    let named: Vec<(&str, &Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    terrahost::weights::write_tensors(&path, &named).expect("write weights");
+    path
+}
