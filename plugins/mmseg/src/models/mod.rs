@@ -1,1 +1,4 @@
 //! Model families, one file each.
+
+pub mod conv_module;
+pub mod fcn_head;

@@ -1,1 +1,4 @@
 //! Model families, one file each.
+
+pub mod unet;
+pub mod wrapper;
