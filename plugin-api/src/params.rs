@@ -56,8 +56,8 @@ impl ParamType {
         }
     }
 
-    /// Whether `v` has this type. `null` is accepted for every type: it means "use
-    /// the default", as `None` does in TerraTorch.
+    /// Whether `v` has this type. `null` (Python's `None`) is accepted for every type;
+    /// whether the entry accepts `None` is its own business.
     pub fn accepts(self, v: &Value) -> bool {
         let all = |pred: fn(&Value) -> bool| v.as_array().is_some_and(|a| a.iter().all(pred));
         v.is_null()
@@ -177,20 +177,27 @@ impl EntryInfo {
             out.insert(key.clone(), value.clone());
         }
         for p in self.params.iter() {
-            let given = out.get(p.name.as_str()).is_some_and(|v| !v.is_null());
-            if given {
-                continue;
-            }
-            match p.default_value() {
-                Some(d) => {
-                    out.insert(p.name.to_string(), d);
-                }
-                None => {
+            match out.get(p.name.as_str()) {
+                // An explicit `null` is Python's `None`: kept as given, except where
+                // the parameter is required.
+                Some(Value::Null) if p.is_required() => {
                     return Err(PluginError::invalid_argument(format!(
-                        "`{qualified}` needs argument `{}` ({}): {}",
+                        "`{qualified}` needs argument `{}` ({}), got null: {}",
                         p.name, p.ty, p.doc
                     )))
                 }
+                Some(_) => {}
+                None => match p.default_value() {
+                    Some(d) => {
+                        out.insert(p.name.to_string(), d);
+                    }
+                    None => {
+                        return Err(PluginError::invalid_argument(format!(
+                            "`{qualified}` needs argument `{}` ({}): {}",
+                            p.name, p.ty, p.doc
+                        )))
+                    }
+                },
             }
         }
         Ok(out)
@@ -340,6 +347,16 @@ mod tests {
     fn missing_required_argument_is_named() {
         let e = info().validate("FCNDecoder", &Map::new()).unwrap_err();
         assert!(e.message().contains("needs argument `num_classes`"), "{e}");
+    }
+
+    #[test]
+    fn explicit_null_is_kept_as_none_but_not_for_required_arguments() {
+        let args = json!({"num_classes": 3, "channels": null}).as_object().unwrap().clone();
+        let out = info().validate("FCNDecoder", &args).unwrap();
+        assert_eq!(out["channels"], Value::Null);
+        let args = json!({"num_classes": null}).as_object().unwrap().clone();
+        let e = info().validate("FCNDecoder", &args).unwrap_err();
+        assert!(e.message().contains("`num_classes`") && e.message().contains("null"), "{e}");
     }
 
     #[test]

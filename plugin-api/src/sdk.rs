@@ -129,26 +129,29 @@ impl<M: Model> Module for Built<M> {
     }
 
     fn out_channels(&self) -> RVec<i64> {
-        self.model.out_channels().into()
+        guarded(&self.name, "out_channels", || self.model.out_channels().into())
     }
 
     fn includes_head(&self) -> bool {
-        self.model.includes_head()
+        guarded(&self.name, "includes_head", || self.model.includes_head())
     }
 
     fn named_parameters(&self) -> RVec<NamedTensor<'_>> {
-        self.collect(true)
+        guarded(&self.name, "named_parameters", || self.collect(true))
     }
 
     fn named_buffers(&self) -> RVec<NamedTensor<'_>> {
-        self.collect(false)
+        guarded(&self.name, "named_buffers", || self.collect(false))
     }
 
     fn set_train(&mut self, train: bool) {
-        self.train = train;
-        for (_, child) in self.model.children_mut() {
-            child.set_train(train);
-        }
+        let name = self.name.clone();
+        guarded(&name, "set_train", || {
+            self.train = train;
+            for (_, child) in self.model.children_mut() {
+                child.set_train(train);
+            }
+        })
     }
 
     fn to_device(&mut self, device: RDevice) -> RResult<(), PluginError> {
@@ -161,6 +164,19 @@ impl<M: Model> Module for Built<M> {
             Ok(())
         })
         .into()
+    }
+}
+
+/// Runs an infallible ABI method inside `catch_unwind`. These methods only read what
+/// the model decided at construction, so a panic here is a bug in the plugin: it is
+/// logged and the neutral value returned, rather than unwinding into the host.
+fn guarded<T: Default>(module: &str, method: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            tracing::error!(module, method, "plugin panicked: {}", crate::error::panic_message(p.as_ref()));
+            T::default()
+        }
     }
 }
 
@@ -422,15 +438,15 @@ impl Catalog {
 
 impl Source for Catalog {
     fn names(&self) -> RVec<RString> {
-        self.entries.iter().map(|e| e.info.name.clone()).collect()
+        guarded(&self.prefix, "names", || self.entries.iter().map(|e| e.info.name.clone()).collect())
     }
 
     fn contains(&self, name: RStr<'_>) -> bool {
-        self.index.contains_key(name.as_str())
+        guarded(&self.prefix, "contains", || self.index.contains_key(name.as_str()))
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
-        self.entry(name.as_str()).map(|e| e.info.clone()).into()
+        catch(format_args!("describing `{}_{name}`", self.prefix), || self.entry(name.as_str()).map(|e| e.info.clone())).into()
     }
 
     fn build(&self, name: RStr<'_>, request: BuildRequest, host: HostRef<'_>) -> RResult<ModuleBox, PluginError> {

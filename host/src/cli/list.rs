@@ -66,7 +66,9 @@ pub fn run(host: &Host, registry: Option<&str>, filter: Option<&str>, json: bool
     for r in &registries {
         let gs = groups(host, r, matcher.as_ref());
         let total: usize = gs.iter().map(|g| g.names.len()).sum();
-        println!("{r} ({} sources, {total} entries)", gs.len());
+        let sources = if gs.len() == 1 { "source" } else { "sources" };
+        let entries = if total == 1 { "entry" } else { "entries" };
+        println!("{r} ({} {sources}, {total} {entries})", gs.len());
         for g in gs {
             let names = if g.names.is_empty() { "-".to_owned() } else { g.names.join(", ") };
             println!("  {:<11} [{}] {names}", g.prefix, g.plugin);
