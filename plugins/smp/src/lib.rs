@@ -126,72 +126,21 @@ mod tests {
     //! Parity against TerraTorch 1.2.11 + smp 0.6.0. Every expected key, shape, value
     //! and message below was printed by the reference Python (see each constant).
     use super::*;
-    use tch::{Kind, Tensor};
-    use terrahost_plugin_api::sdk::{DynModule, NoHost};
-    use terrahost_plugin_api::{BuildRequest, ErrorKind};
+    use tch::Tensor;
+    use terrahost_plugin_api::sdk::DynModule;
+    use terrahost_plugin_api::ErrorKind;
+    use terrahost_testkit::{build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case};
 
     fn build(channels: &[i64], args: Value) -> Result<DynModule> {
-        let source = plugin_sources()?.into_iter().find(|s| s.registry.as_str() == "decoder").expect("decoder source");
-        let req = BuildRequest::new(args.as_object().expect("args object"), Some(channels));
-        let module = source.source.build("Unet".into(), req, NoHost::handle()).into_result()?;
-        Ok(DynModule::new("smp_Unet", module))
+        build_from(plugin_sources()?, "decoder", "Unet", Some(channels), &args)
     }
 
     fn build_err(channels: &[i64], args: Value) -> PluginError {
         build(channels, args).err().expect("the build should fail")
     }
 
-    /// `sin(0.37 * k + 0.5 * i + 0.1)` over the elements of input `i`.
-    fn input(i: usize, shape: &[i64]) -> Tensor {
-        let n: i64 = shape.iter().product();
-        (Tensor::arange(n, (Kind::Double, tch::Device::Cpu)) * 0.37 + (0.5 * i as f64 + 0.1))
-            .sin()
-            .reshape(shape)
-            .to_kind(Kind::Float)
-    }
-
-    /// Overwrites every parameter and buffer with the fixtures' synthetic weights.
-    fn set_synthetic(m: &DynModule) {
-        tch::no_grad(|| {
-            for (k, t) in m.state_dict() {
-                let mut t = t;
-                t.copy_(&terrahost_testkit::synth(&k, &t.size(), t.kind()));
-            }
-        });
-    }
-
-    fn keys_and_shapes(m: &DynModule) -> Vec<(String, Vec<i64>)> {
-        let mut v: Vec<(String, Vec<i64>)> = m.state_dict().into_iter().map(|(k, t)| (k, t.size())).collect();
-        v.sort();
-        v
-    }
-
-    fn reference(keys: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
-        let mut v: Vec<(String, Vec<i64>)> = keys.iter().map(|(k, s)| (k.to_string(), s.to_vec())).collect();
-        v.sort();
-        v
-    }
-
-    /// A configuration with the reference's output for synthetic weights and inputs.
-    struct Case {
-        channels: &'static [i64],
-        args: &'static str,
-        inputs: &'static [[i64; 4]],
-        n_keys: usize,
-        out_shape: &'static [i64],
-        out: &'static [f32],
-    }
-
     fn check_case(name: &str, c: &Case) {
-        let args: Value = serde_json::from_str(c.args).unwrap();
-        let m = build(c.channels, args).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(m.state_dict().len(), c.n_keys, "{name}: number of state_dict entries");
-        set_synthetic(&m);
-        let xs: Vec<Tensor> = c.inputs.iter().enumerate().map(|(i, s)| input(i, s)).collect();
-        let ys = tch::no_grad(|| m.forward(&xs)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(ys.len(), 1, "{name}: one output");
-        let expected = Tensor::from_slice(c.out).reshape(c.out_shape);
-        terrahost_testkit::assert_close(name, &ys[0], &expected, 1e-4);
+        terrahost_testkit::check_case(name, c, build)
     }
 
     #[test]

@@ -324,3 +324,85 @@ pub fn write_weights(fx: &Fixture, dir: &Path) -> PathBuf {
     terrahost::weights::write_tensors(&path, &named).expect("write weights");
     path
 }
+
+/// A deterministic test input, `sin(0.37 k + 0.5 i + 0.1)` over the elements of input
+/// `i`; the reference scripts that printed hard-coded expected values use the same.
+pub fn sine_input(i: usize, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    (Tensor::arange(n, (Kind::Double, tch::Device::Cpu)) * 0.37 + (0.5 * i as f64 + 0.1))
+        .sin()
+        .reshape(shape)
+        .to_kind(Kind::Float)
+}
+
+/// Overwrites every parameter and buffer of `m` with its [`synth`] value.
+pub fn set_synthetic(m: &DynModule) {
+    tch::no_grad(|| {
+        for (k, mut t) in m.state_dict() {
+            let v = synth(&k, &t.size(), t.kind());
+            t.copy_(&v);
+        }
+    });
+}
+
+/// `(key, shape)` of `m`'s state_dict, sorted.
+pub fn keys_and_shapes(m: &DynModule) -> Vec<(String, Vec<i64>)> {
+    let mut v: Vec<(String, Vec<i64>)> = m.state_dict().into_iter().map(|(k, t)| (k, t.size())).collect();
+    v.sort();
+    v
+}
+
+/// A hard-coded reference key list in the form of [`keys_and_shapes`].
+pub fn sorted_keys(keys: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
+    let mut v: Vec<(String, Vec<i64>)> = keys.iter().map(|(k, s)| (k.to_string(), s.to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// Builds `name` from the `registry` source among `sources`, with no host behind it.
+pub fn build_from(
+    sources: Vec<SourceEntry>,
+    registry: &str,
+    name: &str,
+    channels: Option<&[i64]>,
+    args: &Value,
+) -> terrahost_plugin_api::Result<DynModule> {
+    let source = sources.into_iter().find(|s| s.registry.as_str() == registry).expect("a source for the registry");
+    let req = terrahost_plugin_api::BuildRequest::new(args.as_object().expect("args object"), channels);
+    let module = source.source.build(name.into(), req, terrahost_plugin_api::sdk::NoHost::handle()).into_result()?;
+    Ok(DynModule::new(format!("{}_{name}", source.prefix), module))
+}
+
+/// A configuration with the output the reference printed for synthetic weights and
+/// [`sine_input`]s.
+pub struct Case {
+    /// The channel list.
+    pub channels: &'static [i64],
+    /// The keyword arguments, as JSON text.
+    pub args: &'static str,
+    /// The input shapes.
+    pub inputs: &'static [[i64; 4]],
+    /// The number of state_dict entries.
+    pub n_keys: usize,
+    /// The output's shape.
+    pub out_shape: &'static [i64],
+    /// The output's values, flattened.
+    pub out: &'static [f32],
+}
+
+/// Builds `case` with `build`, sets synthetic weights, runs it and compares (1e-4).
+pub fn check_case(
+    name: &str,
+    case: &Case,
+    build: impl Fn(&[i64], Value) -> terrahost_plugin_api::Result<DynModule>,
+) {
+    let args: Value = serde_json::from_str(case.args).unwrap();
+    let m = build(case.channels, args).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(m.state_dict().len(), case.n_keys, "{name}: number of state_dict entries");
+    set_synthetic(&m);
+    let xs: Vec<Tensor> = case.inputs.iter().enumerate().map(|(i, s)| sine_input(i, s)).collect();
+    let ys = tch::no_grad(|| m.forward(&xs)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(ys.len(), 1, "{name}: one output");
+    let expected = Tensor::from_slice(case.out).reshape(case.out_shape);
+    assert_close(name, &ys[0], &expected, 1e-4);
+}
