@@ -45,7 +45,8 @@ pub fn run(host: &Host, registry: &str, name: &str, channels: Option<&str>, args
         return Ok(());
     }
     println!("built {registry} {} in {:.1} ms", module.label(), elapsed.as_secs_f64() * 1e3);
-    println!("  parameters:    {params} in {} tensors (parameters and buffers)", state.len());
+    println!("  parameters:    {params}");
+    println!("  state_dict:    {} tensors (parameters and buffers)", state.len());
     println!("  out_channels:  {:?}", module.out_channels());
     println!("  includes_head: {}", module.includes_head());
     Ok(())

@@ -42,7 +42,7 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
             p.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "in-process".into())
         );
         for (r, prefix, n) in &p.sources {
-            println!("    {r:<14} {prefix:<12} {n} entries");
+            println!("    {r:<14} {prefix:<12} {n} {}", if *n == 1 { "entry" } else { "entries" });
         }
     }
     for r in host.rejected() {
