@@ -514,7 +514,9 @@ pub fn quiet_panics() {
     }
 }
 
-/// Declares a plugin: its manifest, its sources and the exported root module.
+/// Declares a plugin: defines `plugin_manifest()` and `plugin_sources()` in the
+/// calling crate. [`export_plugin!`] then exports them as the root module of a shared
+/// library.
 ///
 /// ```ignore
 /// terrahost_plugin_api::declare_plugin! {
@@ -522,11 +524,16 @@ pub fn quiet_panics() {
 ///     version: env!("CARGO_PKG_VERSION"),
 ///     sources: [("decoder", "smp", decoders())],
 /// }
+/// terrahost_plugin_api::export_plugin!(crate); // in the crate built as the cdylib
 /// ```
 /// Each source is `(registry, prefix, expression returning a Catalog)`. The
 /// expressions run when the host asks for the sources (once, after the version checks),
-/// inside `catch_unwind`. The macro also defines `plugin_manifest()` and
-/// `plugin_sources()` for the plugin's own unit tests.
+/// inside `catch_unwind`.
+///
+/// Declaring and exporting are separate so that a plugin's code can live in an `rlib`
+/// that several plugins share a process with (tests, benchmarks, embedding the host
+/// with plugins linked in), while a thin `cdylib` crate exports it: a shared library
+/// has exactly one root-module symbol, and two of them cannot be linked together.
 #[macro_export]
 macro_rules! declare_plugin {
     (
@@ -551,11 +558,20 @@ macro_rules! declare_plugin {
                 source: $crate::sdk::Catalog::into_source($make),
             }),*])
         }
+    };
+}
 
+/// Exports the plugin declared with [`declare_plugin!`] in crate `$krate` (a path such
+/// as `crate` or `terrahost_timm`) as this shared library's root module. Use it once,
+/// in the crate built as `cdylib`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($krate:path) => {
         extern "C" fn __terrahost_manifest() -> $crate::Manifest {
+            use $krate as plugin;
             // Building a manifest only copies constants; if even that panics the
             // library is broken beyond reporting, and aborting beats unwinding into C.
-            match ::std::panic::catch_unwind(plugin_manifest) {
+            match ::std::panic::catch_unwind(plugin::plugin_manifest) {
                 Ok(m) => m,
                 Err(_) => ::std::process::abort(),
             }
@@ -565,8 +581,9 @@ macro_rules! declare_plugin {
             $crate::reexports::abi_stable::std_types::RVec<$crate::SourceEntry>,
             $crate::PluginError,
         > {
+            use $krate as plugin;
             $crate::sdk::quiet_panics();
-            $crate::error::catch("creating the plugin's sources", plugin_sources)
+            $crate::error::catch("creating the plugin's sources", plugin::plugin_sources)
                 .map($crate::reexports::abi_stable::std_types::RVec::from)
                 .into()
         }

@@ -52,22 +52,32 @@ fn main() {
     }
     println!("`contains` bare name -> last source: median {:.0} ns per call", median(runs).as_secs_f64() * 1e9);
 
-    // 3. build + forward of the fixture model
+    // 3. build + forward of the fixture model, across plugin libraries and, for
+    //    comparison, with the same plugins' code linked into this process.
+    let in_process = Host::with_plugins(vec![
+        (terrahost_terratorch::plugin_manifest(), terrahost_terratorch::plugin_sources().unwrap()),
+        (terrahost_timm::plugin_manifest(), terrahost_timm::plugin_sources().unwrap()),
+        (terrahost_smp::plugin_manifest(), terrahost_smp::plugin_sources().unwrap()),
+        (terrahost_mmseg::plugin_manifest(), terrahost_mmseg::plugin_sources().unwrap()),
+    ])
+    .unwrap();
     let fx = Fixture::load("factory_segmentation");
     let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
-    let (mut builds, mut forwards) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
-        let t = Instant::now();
-        let model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap();
-        builds.push(t.elapsed());
-        let t = Instant::now();
-        let y = tch::no_grad(|| model.forward(&fx.inputs)).unwrap();
-        forwards.push(t.elapsed());
-        assert_eq!(y[0].size(), fx.outputs[0].size());
+    for (label, host) in [("plugin libraries", &host), ("linked in-process", &in_process)] {
+        let (mut builds, mut forwards) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let t = Instant::now();
+            let model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap();
+            builds.push(t.elapsed());
+            let t = Instant::now();
+            let y = tch::no_grad(|| model.forward(&fx.inputs)).unwrap();
+            forwards.push(t.elapsed());
+            assert_eq!(y[0].size(), fx.outputs[0].size());
+        }
+        println!(
+            "fixture model (resnet18 -> smp Unet -> head, 1x3x64x64), {label}: build median {:.1} ms, forward median {:.2} ms",
+            ms(median(builds)),
+            ms(median(forwards))
+        );
     }
-    println!(
-        "fixture model (resnet18 -> smp Unet -> head, 1x3x64x64): build median {:.1} ms, forward median {:.1} ms",
-        ms(median(builds)),
-        ms(median(forwards))
-    );
 }

@@ -25,3 +25,5 @@ terrahost_plugin_api::declare_plugin! {
     version: "0.1.0",
     sources: [("backbone", "timm", backbones())],
 }
+
+terrahost_plugin_api::export_plugin!(crate);

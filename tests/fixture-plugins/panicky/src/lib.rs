@@ -56,3 +56,5 @@ terrahost_plugin_api::declare_plugin! {
     version: "0.1.0",
     sources: [("backbone", "panicky", backbones())],
 }
+
+terrahost_plugin_api::export_plugin!(crate);
