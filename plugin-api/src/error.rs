@@ -97,6 +97,16 @@ impl PluginError {
     pub fn with_kind(self, kind: ErrorKind) -> Self {
         Self { kind, ..self }
     }
+    /// A libtorch failure keeps its message but takes `kind`: the build boundary turns
+    /// it into build-failed, the forward boundary into forward-failed. Errors of other
+    /// kinds (not-found, invalid-argument, panicked) keep theirs.
+    pub fn with_kind_if_torch(self, kind: ErrorKind) -> Self {
+        if self.kind == ErrorKind::FORWARD_FAILED || self.kind == ErrorKind::BUILD_FAILED {
+            self.with_kind(kind)
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Debug for PluginError {

@@ -180,31 +180,6 @@ fn guarded<T: Default>(module: &str, method: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
-impl PluginError {
-    /// Forward errors raised by libtorch during construction become build errors, and
-    /// the reverse; errors of other kinds keep theirs.
-    pub fn with_kind_if_torch(self, kind: ErrorKind) -> Self {
-        if self.kind == ErrorKind::FORWARD_FAILED || self.kind == ErrorKind::BUILD_FAILED {
-            self.with_kind(kind)
-        } else {
-            self
-        }
-    }
-}
-
-impl<'a> TensorRef<'a> {
-    /// A borrow of a raw `at::Tensor*`.
-    ///
-    /// # Safety
-    /// The pointer must point to a live `at::Tensor` for all of `'a`.
-    pub unsafe fn from_raw(ptr: *const torch_sys::C_tensor) -> Self {
-        // Go through a ManuallyDrop Tensor so we never touch its representation.
-        let t = std::mem::ManuallyDrop::new(Tensor::from_ptr(ptr as *mut _));
-        let r = TensorRef::new(&t);
-        std::mem::transmute::<TensorRef<'_>, TensorRef<'a>>(r)
-    }
-}
-
 /// A module built by any plugin (or by this one), held by value: the host keeps its
 /// models in these, and a factory keeps the parts it built through the host.
 pub struct DynModule {
@@ -384,6 +359,7 @@ impl Catalog {
 
     /// Adds an entry. A second entry with the same name is a programming error in the
     /// plugin and panics when the sources are created, which the host reports.
+    #[allow(clippy::should_implement_trait)] // a builder step, not arithmetic
     pub fn add(mut self, entry: Entry) -> Self {
         if let Err(e) = self.try_add(entry) {
             panic!("{e}");

@@ -74,6 +74,14 @@ impl<'a> TensorRef<'a> {
         Self { ptr: tensor.as_ptr() as *mut c_void, _borrow: PhantomData }
     }
 
+    /// A borrow of a raw `at::Tensor*` (as `Tensor::as_ptr` returns it).
+    ///
+    /// # Safety
+    /// The pointer must point to a live `at::Tensor` for all of `'a`.
+    pub unsafe fn from_raw(ptr: *const torch_sys::C_tensor) -> Self {
+        Self { ptr: ptr as *mut c_void, _borrow: PhantomData }
+    }
+
     /// Runs `f` on the borrowed tensor. In-place operations (`copy_`, `set_data`)
     /// change the owner's tensor, which is how checkpoints are loaded.
     pub fn with<R>(&self, f: impl FnOnce(&Tensor) -> R) -> R {

@@ -246,33 +246,6 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64) {
     assert!(diff <= atol, "{what}: max abs difference {diff:.3e} > {atol:.0e} (reference max |x| = {scale:.3e})");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn synthetic_weights_follow_the_convention() {
-        // Values computed by hand from the formula in scripts/reference/README.md.
-        let t = synth("a", &[3], Kind::Float); // bias-like: 0.1 * sin(i*0.618 + 0.97)
-        let v = Vec::<f32>::try_from(&t).unwrap();
-        let phase = (b'a' as f64 % 997.0) * 0.01;
-        for (i, x) in v.iter().enumerate() {
-            assert!((*x as f64 - 0.1 * (i as f64 * 0.618 + phase).sin()).abs() < 1e-7);
-        }
-        let var = synth("bn.running_var", &[100], Kind::Float);
-        assert!(var.min().double_value(&[]) >= 0.5);
-        assert_eq!(synth("bn.num_batches_tracked", &[], Kind::Int64).int64_value(&[]), 0);
-    }
-
-    #[test]
-    fn assert_close_fails_on_a_real_difference() {
-        let a = Tensor::from_slice(&[1.0f32, 2.0]);
-        let b = Tensor::from_slice(&[1.0f32, 2.001]);
-        assert!(std::panic::catch_unwind(|| assert_close("x", &a, &b, 1e-4)).is_err());
-        assert_close("x", &a, &a, 0.0);
-    }
-}
-
 /// The directory cargo puts the workspace's libraries in for the running test's profile
 /// (`target/debug`): the test executable lives in its `deps/`.
 pub fn build_dir() -> PathBuf {
@@ -405,4 +378,31 @@ pub fn check_case(
     assert_eq!(ys.len(), 1, "{name}: one output");
     let expected = Tensor::from_slice(case.out).reshape(case.out_shape);
     assert_close(name, &ys[0], &expected, 1e-4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_weights_follow_the_convention() {
+        // Values computed by hand from the formula in scripts/reference/README.md.
+        let t = synth("a", &[3], Kind::Float); // bias-like: 0.1 * sin(i*0.618 + 0.97)
+        let v = Vec::<f32>::try_from(&t).unwrap();
+        let phase = (b'a' as f64 % 997.0) * 0.01;
+        for (i, x) in v.iter().enumerate() {
+            assert!((*x as f64 - 0.1 * (i as f64 * 0.618 + phase).sin()).abs() < 1e-7);
+        }
+        let var = synth("bn.running_var", &[100], Kind::Float);
+        assert!(var.min().double_value(&[]) >= 0.5);
+        assert_eq!(synth("bn.num_batches_tracked", &[], Kind::Int64).int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn assert_close_fails_on_a_real_difference() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]);
+        let b = Tensor::from_slice(&[1.0f32, 2.001]);
+        assert!(std::panic::catch_unwind(|| assert_close("x", &a, &b, 1e-4)).is_err());
+        assert_close("x", &a, &a, 0.0);
+    }
 }
