@@ -138,6 +138,12 @@ pub fn load_library(path: &Path) -> Result<(Manifest, Vec<SourceEntry>), String>
 /// The version checks, each with both sides' values in the message.
 pub fn check_manifest(m: &Manifest) -> Result<(), String> {
     let name = m.name.as_str();
+    if name.is_empty() {
+        return Err("the plugin's manifest has an empty name".to_owned());
+    }
+    semver::Version::parse(m.version.as_str()).map_err(|e| {
+        format!("plugin `{name}` declares version {:?}, which is not semver: {e}", m.version.as_str())
+    })?;
     let host_api = semver::Version::parse(terrahost_plugin_api::API_VERSION).expect("our own version is semver");
     let plugin_api = semver::Version::parse(m.api_version.as_str())
         .map_err(|e| format!("plugin `{name}` has an invalid plugin-api version {:?}: {e}", m.api_version.as_str()))?;
@@ -191,6 +197,13 @@ mod tests {
         let e = check_manifest(&manifest("99.0.0", terrahost_plugin_api::TORCH_VERSION)).unwrap_err();
         assert!(e.contains("99.0.0") && e.contains(ours), "{e}");
         assert!(check_manifest(&manifest("not-a-version", terrahost_plugin_api::TORCH_VERSION)).is_err());
+    }
+
+    #[test]
+    fn the_plugin_version_must_be_semver() {
+        let mut m = manifest(terrahost_plugin_api::API_VERSION, terrahost_plugin_api::TORCH_VERSION);
+        m.version = "one".into();
+        assert!(check_manifest(&m).unwrap_err().contains("not semver"));
     }
 
     #[test]

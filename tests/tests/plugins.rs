@@ -145,3 +145,50 @@ fn cross_plugin_factory_model_reproduces_terratorch() {
         terrahost_testkit::compare_outputs(&fx, &model);
     }
 }
+
+/// TerraTorch 1.2.11 cannot build this (it adds a head on the mmseg wrapper); terrahost
+/// gives `num_classes` to the decoder, adds no head, and the model is exactly
+/// mmseg's FCNHead on the timm features, resized to the input.
+#[test]
+fn factory_with_an_mmseg_decoder_gives_it_num_classes_and_adds_no_head() {
+    let dir = real_plugins(&PLUGINS);
+    let host = Host::load(&[dir.path().to_path_buf()]);
+    let args = json!({
+        "task": "segmentation",
+        "backbone": "timm_resnet18",
+        "necks": [{"name": "SelectIndices", "indices": [-1]}],
+        "decoder": "mmseg_FCNHead",
+        "decoder_channels": 16,
+        "num_classes": 3,
+        "rescale": true,
+    });
+    let model = host.build("model_factory", "EncoderDecoderFactory", args.as_object().unwrap(), None).unwrap();
+    assert_eq!(model.out_channels(), vec![3]);
+    let keys: Vec<String> = model.state_dict().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().all(|k| !k.starts_with("head.")), "no head: {keys:?}");
+    // TerraTorch's mmseg wrapper keeps the head under `decoder`, inside the factory's `decoder`.
+    assert!(keys.iter().any(|k| k == "decoder.decoder.conv_seg.weight"), "{keys:?}");
+
+    // The same computation, part by part.
+    let backbone = host.build("backbone", "timm_resnet18", &Map::new(), None).unwrap();
+    let head = host
+        .build("decoder", "mmseg_FCNHead", json!({"num_classes": 3, "channels": 16}).as_object().unwrap(), Some(&[512]))
+        .unwrap();
+    terrahost_testkit::set_synthetic(&model);
+    let whole_state: std::collections::HashMap<String, tch::Tensor> = model.state_dict().into_iter().collect();
+    tch::no_grad(|| {
+        for (prefix, part) in [("encoder.", &backbone), ("decoder.", &head)] {
+            for (k, mut t) in part.state_dict() {
+                t.copy_(&whole_state[&format!("{prefix}{k}")]);
+            }
+        }
+    });
+    let x = terrahost_testkit::sine_input(0, &[1, 3, 64, 64]);
+    let whole = tch::no_grad(|| model.forward(&[x.shallow_clone()])).unwrap();
+    let by_parts = tch::no_grad(|| {
+        let features = backbone.forward(&[x]).unwrap();
+        let logits = head.forward(&features[4..]).unwrap().remove(0);
+        logits.upsample_bilinear2d([64, 64], false, None, None)
+    });
+    terrahost_testkit::assert_close("factory vs parts", &whole[0], &by_parts, 1e-5);
+}

@@ -62,6 +62,12 @@ fn read_input(path: &PathBuf) -> Result<Tensor, HostError> {
 
 pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     let device = parse_device(&a.device)?;
+    // Refuse an output path that cannot be written before spending time on the model.
+    if let Some(dir) = a.output.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(HostError::Usage(format!("--output: directory {} does not exist", dir.display())));
+        }
+    }
     let cfg = ModelConfig::from_file(&a.config)?;
     let input = match (&a.input, &a.input_shape) {
         (Some(p), _) => read_input(p)?,
