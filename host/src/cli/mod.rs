@@ -20,6 +20,11 @@ pub struct Cli {
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
 
+    /// The number of threads libtorch uses for CPU work (default: libtorch's choice,
+    /// normally the number of cores).
+    #[arg(long, value_name = "N", global = true)]
+    pub threads: Option<i32>,
+
     /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -99,6 +104,12 @@ pub fn init_logging(verbose: u8) {
 
 /// Loads the plugins and runs the command.
 pub fn run(cli: Cli) -> Result<(), HostError> {
+    if let Some(n) = cli.threads {
+        if n < 1 {
+            return Err(HostError::Usage(format!("--threads must be at least 1, got {n}")));
+        }
+        tch::set_num_threads(n);
+    }
     let dirs = loader::plugin_dirs(&cli.plugin_dirs);
     let host = Host::load(&dirs);
     if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
