@@ -34,11 +34,11 @@ fn fcn_config(ctx: &BuildCtx<'_, '_>) -> Result<fcn_head::Config> {
     check_conv_cfg(a.raw("conv_cfg").unwrap_or(&Value::Null)).map_err(|why| arg_error(ctx, "conv_cfg", why))?;
     cfg.conv.norm_cfg =
         NormCfg::from_json(a.raw("norm_cfg").unwrap_or(&Value::Null)).map_err(|why| arg_error(ctx, "norm_cfg", why))?;
-    // `null` means "the default" to the SDK, so `false` stands for mmseg's act_cfg=None.
+    // Left out, act_cfg is the declared default ({"type": "ReLU"}); an explicit null is
+    // mmseg's act_cfg=None (no activation).
     cfg.conv.act_cfg = match a.raw("act_cfg") {
-        Some(Value::Bool(false)) => None,
         Some(v) => ActCfg::from_json(v).map_err(|why| arg_error(ctx, "act_cfg", why))?,
-        None => Some(ActCfg::ReLU),
+        None => None,
     };
     cfg.in_index = a.get::<InIndex>("in_index")?;
     cfg.input_transform = a
@@ -110,7 +110,7 @@ fn decoders() -> Catalog {
             "act_cfg",
             ParamType::ANY,
             json!({"type": "ReLU"}),
-            "activation after each norm: {type: ReLU|LeakyReLU|GELU|...}; false for none",
+            "activation after each norm: {type: ReLU|LeakyReLU|GELU|...}, or null for none",
         )
         .opt(
             "in_index",
@@ -382,7 +382,7 @@ mod tests {
     /// `mmseg_FCNHead` on channels [4] with {'num_classes': 2, 'channels': 4, 'num_convs': 0, 'act_cfg': None, 'dropout_ratio': 0.0}; inputs [[1, 4, 4, 4]].
     #[rustfmt::skip]
     const MMSEG_NO_CONVS_NO_ACT: Case = Case {
-        channels: &[4], args: r#"{"num_classes": 2, "channels": 4, "num_convs": 0, "act_cfg": false, "dropout_ratio": 0.0}"#, inputs: &[[1, 4, 4, 4]], n_keys: 4, out_shape: &[1, 2, 4, 4], out: &[
+        channels: &[4], args: r#"{"num_classes": 2, "channels": 4, "num_convs": 0, "act_cfg": null, "dropout_ratio": 0.0}"#, inputs: &[[1, 4, 4, 4]], n_keys: 4, out_shape: &[1, 2, 4, 4], out: &[
             2.5727662e-01, 3.9443940e-01, 3.4253868e-01, 1.4616369e-01, 1.2084219e-01, -1.0012954e-01,
             -3.0739197e-01, -3.1662828e-01, -3.9267388e-01, -5.9242344e-01, -5.3211570e-01,
             -2.3297229e-01, -5.9580177e-02, 9.9685781e-02, 2.2529832e-01, 2.3551853e-01, 8.6783111e-02,
