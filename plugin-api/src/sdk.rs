@@ -180,6 +180,22 @@ fn guarded<T: Default>(module: &str, method: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// `nn.BatchNorm2d(c, eps, momentum)` as PyTorch initialises it (weight 1, bias 0;
+/// tch's default draws the weight at random). Its running statistics are buffers.
+pub fn batch_norm2d(p: nn::Path, c: i64, eps: f64, momentum: f64) -> nn::BatchNorm {
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            eps,
+            momentum,
+            ws_init: nn::Init::Const(1.),
+            bs_init: nn::Init::Const(0.),
+            ..Default::default()
+        },
+    )
+}
+
 /// A module built by any plugin (or by this one), held by value: the host keeps its
 /// models in these, and a factory keeps the parts it built through the host.
 pub struct DynModule {

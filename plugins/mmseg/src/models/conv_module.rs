@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tch::{nn, Tensor};
-use terrahost_plugin_api::{PluginError, Result};
+use terrahost_plugin_api::{sdk::batch_norm2d, PluginError, Result};
 
 /// Reads the keyword arguments of a `{type: ..., **kwargs}` config: checks that no
 /// unknown key is present and hands out typed values. Errors are reasons only; the
@@ -355,20 +355,9 @@ impl ConvModule {
         let norm = cfg.norm_cfg.as_ref().map(|n| {
             let np = &p / n.abbr();
             let (norm, requires_grad) = match *n {
-                NormCfg::BatchNorm { eps, momentum, requires_grad } => (
-                    Norm::Batch(nn::batch_norm2d(
-                        np,
-                        c_out,
-                        nn::BatchNormConfig {
-                            eps,
-                            momentum,
-                            ws_init: nn::Init::Const(1.),
-                            bs_init: nn::Init::Const(0.),
-                            ..Default::default()
-                        },
-                    )),
-                    requires_grad,
-                ),
+                NormCfg::BatchNorm { eps, momentum, requires_grad } => {
+                    (Norm::Batch(batch_norm2d(np, c_out, eps, momentum)), requires_grad)
+                }
                 NormCfg::GroupNorm { num_groups, eps, requires_grad } => (
                     Norm::Group(nn::group_norm(
                         np,

@@ -12,7 +12,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{nn, nn::Module, Tensor};
-use terrahost_plugin_api::{sdk::Model, PluginError, Result};
+use terrahost_plugin_api::{
+    sdk::{batch_norm2d, Model},
+    PluginError, Result,
+};
 
 /// The normalisation between each convolution and its ReLU (smp's `use_norm`).
 ///
@@ -356,17 +359,7 @@ impl Norm {
     fn new(p: nn::Path, cfg: &NormConfig, c: i64) -> Self {
         // smp's initialize_decoder: weight 1, bias 0.
         match *cfg {
-            NormConfig::BatchNorm { eps, momentum } => Self::Batch(nn::batch_norm2d(
-                p,
-                c,
-                nn::BatchNormConfig {
-                    eps,
-                    momentum,
-                    ws_init: nn::Init::Const(1.),
-                    bs_init: nn::Init::Const(0.),
-                    ..Default::default()
-                },
-            )),
+            NormConfig::BatchNorm { eps, momentum } => Self::Batch(batch_norm2d(p, c, eps, momentum)),
             NormConfig::Identity => Self::Identity,
             NormConfig::LayerNorm { eps } => Self::Layer(
                 nn::layer_norm(
