@@ -1,0 +1,343 @@
+"""Shared pieces of the reference fixture writer: the mmcv.ops stand-in, the synthetic
+weights convention, the `Case` description and the fixture writer/checker.
+
+Case modules live in `cases/` (one per area) and each defines `CASES: dict[str, Callable[[], Case]]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+import sys
+import types
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+WEIGHTS_FILE_LIMIT = 1_000_000  # bytes; write weights.safetensors only below this
+
+
+# ---------------------------------------------------------------------------
+# Stand-ins for optional compiled dependencies.
+#
+# mmcv-lite ships `mmcv/ops/*.py` but not the compiled `mmcv._ext`, so
+# `import mmcv.ops` fails, and mmseg imports it at module level (e.g.
+# mmseg/utils/mask_classification.py: `from mmcv.ops import point_sample`).
+# TerraTorch imports `mmseg.models.decode_heads` when `terratorch.registry` is
+# imported (mmseg_registry.py), so the stand-in must be installed BEFORE
+# importing terratorch. Every attribute of the stand-in is a class that raises
+# when instantiated/called; heads that use no mmcv op (FCNHead, UPerHead, ...)
+# never touch it. `mmcv.cnn.bricks.transformer` also tries
+# `from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention`
+# inside a try/except ImportError, which just warns; that is fine.
+# ---------------------------------------------------------------------------
+class _MmcvOpStandIn:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(
+            f"{type(self).__name__} is a stand-in: compiled mmcv.ops is not available (mmcv-lite)"
+        )
+
+
+class _MmcvOpsModule(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # keep import machinery / introspection sane
+            raise AttributeError(name)
+        return type(name, (_MmcvOpStandIn,), {})
+
+
+def install_stand_ins() -> None:
+    if "mmcv.ops" not in sys.modules:
+        sys.modules["mmcv.ops"] = _MmcvOpsModule("mmcv.ops")
+
+
+install_stand_ins()
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import terratorch  # noqa: E402,F401  (registers all sources)
+from terratorch.registry import (  # noqa: E402
+    BACKBONE_REGISTRY,
+    DECODER_REGISTRY,
+    MODEL_FACTORY_REGISTRY,
+    NECK_REGISTRY,
+)
+
+
+def versions() -> dict[str, str]:
+    def v(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "torch": torch.__version__,
+        "terratorch": v("terratorch"),
+        "timm": v("timm"),
+        "smp": v("segmentation-models-pytorch"),
+        "mmseg": v("mmsegmentation"),
+        "mmcv": v("mmcv-lite"),
+        "mmengine": v("mmengine"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Synthetic weights convention (must stay bit-identical with the Rust side).
+# ---------------------------------------------------------------------------
+def synth(key: str, t: torch.Tensor) -> torch.Tensor:
+    # integer tensors (e.g. num_batches_tracked) are left as they are (zeros)
+    if not t.is_floating_point():
+        return torch.zeros_like(t)
+    n = t.numel()
+    phase = (sum(key.encode("utf-8")) % 997) * 0.01
+    v = torch.sin(torch.arange(n, dtype=torch.float64) * 0.618 + phase)
+    if key.endswith("running_var"):
+        v = 1.0 + 0.5 * v
+    elif key.endswith("running_mean"):
+        v = 0.1 * v
+    elif t.dim() >= 2:
+        v = v / math.sqrt(n / t.shape[0])  # 1/sqrt(fan_in)
+    elif key.endswith("weight"):
+        v = 1.0 + 0.1 * v  # 1-D norm weights
+    else:
+        v = 0.1 * v  # biases and other 1-D
+    return v.reshape(t.shape).to(t.dtype)
+
+
+def apply_synth(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    new_sd = {k: synth(k, t) for k, t in sd.items()}
+    model.load_state_dict(new_sd, strict=True)
+    model.eval()
+    return new_sd
+
+
+def make_inputs(shapes: list[list[int]], seed: int = 0) -> list[torch.Tensor]:
+    """Deterministic inputs (stored in the fixture anyway)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=torch.float32) for s in shapes]
+
+
+# ---------------------------------------------------------------------------
+# Case description
+# ---------------------------------------------------------------------------
+@dataclass
+class Case:
+    registry: str  # backbone | neck | decoder | head | model
+    name: str  # terrahost registry name
+    channels: list[int] | None  # input channel list given to the registry (None for backbones/models)
+    args: dict[str, Any]  # kwargs as JSON
+    reference: str  # python expression / explanation
+    model: torch.nn.Module
+    input_shapes: list[list[int]]
+    # forward(model, inputs) -> list of output tensors
+    forward: Callable[[torch.nn.Module, list[torch.Tensor]], list[torch.Tensor]]
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    # for full models: the TerraTorch model_factory config (model_factory + model_args)
+    factory_config: dict[str, Any] | None = None
+    lightning_task: str | None = None  # e.g. terratorch.tasks.SemanticSegmentationTask
+
+
+def fwd_list(model, inputs):
+    """forward(list_of_tensors) -> tensor or list of tensors"""
+    out = model(list(inputs))
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def fwd_single(model, inputs):
+    """forward(tensor) -> tensor or list of tensors"""
+    out = model(inputs[0])
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def fwd_model_output(model, inputs):
+    """TerraTorch Model.forward(tensor) -> ModelOutput; take .output"""
+    return [model(inputs[0]).output]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+def dump_json(obj: Any, indent: int = 2, _level: int = 0) -> str:
+    """JSON with dicts indented but lists of scalars (shapes, channel lists) kept on one line."""
+    pad, pad1 = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad1}{json.dumps(str(k))}: {dump_json(v, indent, _level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        items = [pad1 + dump_json(v, indent, _level + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _stats(t: torch.Tensor) -> dict[str, float]:
+    t = t.double()
+    return {
+        "max_abs": float(t.abs().max()),
+        "mean": float(t.mean()),
+        "std": float(t.std()) if t.numel() > 1 else 0.0,
+    }
+
+
+def _lightning_init_args(case: Case) -> dict:
+    """The Lightning task passes its own `task` to build_model(self.task, ..., **model_args), so model_args
+    there must NOT contain `task` (otherwise: "build_model() got multiple values for argument 'task'")."""
+    cfg = json.loads(json.dumps(case.factory_config))
+    model_args = {k: v for k, v in cfg["model_args"].items() if k != "task"}
+    return {"model_factory": cfg["model_factory"], "model_args": model_args}
+
+
+def _check_lightning(case: Case, new_sd: dict[str, torch.Tensor], x: torch.Tensor, out: torch.Tensor) -> dict:
+    """Instantiate the Lightning task from the same model_args and check it reproduces the output."""
+    import importlib
+
+    mod, cls = case.lightning_task.rsplit(".", 1)
+    task_cls = getattr(importlib.import_module(mod), cls)
+    task = task_cls(**_lightning_init_args(case))
+    task.model.load_state_dict(new_sd, strict=True)
+    task.model.eval()
+    with torch.no_grad():
+        out2 = task.model(x).output
+    keys = list(task.state_dict().keys())
+    return {
+        "task_state_dict_prefix": sorted({k.split(".")[0] + "." for k in keys}),
+        "task_output_identical": bool(torch.equal(out, out2)),
+    }
+
+
+def write_case(case_name: str, case: Case) -> dict:
+    out_dir = FIXTURES / case_name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+
+    model = case.model
+    new_sd = apply_synth(model)
+    inputs = make_inputs(case.input_shapes)
+    with torch.no_grad():
+        outputs = [o.detach().contiguous().float() for o in case.forward(model, [i.clone() for i in inputs])]
+
+    # state_dict.json
+    sd_list = [[k, list(t.shape), _dtype_name(t)] for k, t in new_sd.items()]
+    (out_dir / "state_dict.json").write_text("[\n" + ",\n".join(json.dumps(e) for e in sd_list) + "\n]\n")
+
+    # io.safetensors
+    io = {f"input.{i}": t.contiguous() for i, t in enumerate(inputs)}
+    io.update({f"output.{i}": t.clone().contiguous() for i, t in enumerate(outputs)})
+    if case.registry == "model":  # CLI format as well
+        io["input"] = inputs[0].clone().contiguous()
+        io["output"] = outputs[0].clone().contiguous()
+    save_file(io, str(out_dir / "io.safetensors"))
+
+    # weights.safetensors (tiny components only)
+    nbytes = sum(t.numel() * t.element_size() for t in new_sd.values())
+    wrote_weights = nbytes < WEIGHTS_FILE_LIMIT
+    if wrote_weights:
+        save_file({k: t.contiguous() for k, t in new_sd.items()}, str(out_dir / "weights.safetensors"))
+
+    stats = [_stats(o) for o in outputs]
+    warn = []
+    for i, s in enumerate(stats):
+        if s["max_abs"] > 1e4:
+            warn.append(f"output.{i} max_abs {s['max_abs']:.3g} > 1e4")
+        if s["max_abs"] < 1e-6:
+            warn.append(f"output.{i} is all ~0 (max_abs {s['max_abs']:.3g})")
+
+    meta = {
+        "case": case_name,
+        "registry": case.registry,
+        "name": case.name,
+        "channels": case.channels,
+        "args": case.args,
+        "reference": case.reference,
+        "n_inputs": len(inputs),
+        "n_outputs": len(outputs),
+        "input_shapes": [list(t.shape) for t in inputs],
+        "output_shapes": [list(t.shape) for t in outputs],
+        "n_params": n_params(model),
+        "n_state_dict_entries": len(new_sd),
+        "state_dict_bytes": nbytes,
+        "weights_file": wrote_weights,
+        "output_stats": stats,
+        "warnings": warn,
+        "versions": versions(),
+        **case.extra_meta,
+    }
+
+    if case.factory_config is not None:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(case.factory_config, sort_keys=False))
+        meta["config"] = "config.yaml"
+    if case.lightning_task is not None:
+        lightning = {
+            "model": {
+                "class_path": case.lightning_task,
+                "init_args": _lightning_init_args(case),
+            }
+        }
+        (out_dir / "lightning.yaml").write_text(yaml.safe_dump(lightning, sort_keys=False))
+        meta["lightning"] = "lightning.yaml"
+        meta["lightning_check"] = _check_lightning(case, new_sd, inputs[0], outputs[0])
+
+    (out_dir / "meta.json").write_text(dump_json(meta) + "\n")
+    return meta
+
+
+def synth_from_key_list(path: Path) -> dict[str, torch.Tensor]:
+    """Regenerate the synthetic state_dict from state_dict.json alone (what the Rust side does)."""
+    out = {}
+    for key, shape, dtype in json.loads(path.read_text()):
+        out[key] = synth(key, torch.zeros(shape, dtype=getattr(torch, dtype)))
+    return out
+
+
+def check_case(case_name: str, case: Case) -> list[str]:
+    """Recompute a case in memory and compare with the files on disk; returns a list of problems."""
+    from safetensors.torch import load_file
+
+    d = FIXTURES / case_name
+    problems = []
+    new_sd = apply_synth(case.model)
+    keys = [[k, list(t.shape), _dtype_name(t)] for k, t in new_sd.items()]
+    if json.loads((d / "state_dict.json").read_text()) != keys:
+        problems.append("state_dict.json differs")
+    regen = synth_from_key_list(d / "state_dict.json")
+    if (d / "weights.safetensors").exists():
+        w = load_file(str(d / "weights.safetensors"))
+        if set(w) != set(regen):
+            problems.append("weights.safetensors keys differ")
+        elif not all(torch.equal(w[k], regen[k]) for k in regen):
+            problems.append("weights.safetensors != synth(state_dict.json)")
+    if not all(torch.equal(new_sd[k], regen[k]) for k in new_sd):
+        problems.append("synth(model.state_dict()) != synth(state_dict.json)")
+    io = load_file(str(d / "io.safetensors"))
+    inputs = [io[f"input.{i}"] for i in range(len(case.input_shapes))]
+    with torch.no_grad():
+        outputs = case.forward(case.model, [i.clone() for i in inputs])
+    for i, o in enumerate(outputs):
+        ref = io[f"output.{i}"]
+        if ref.shape != o.shape:
+            problems.append(f"output.{i} shape {list(o.shape)} != {list(ref.shape)}")
+        elif not torch.equal(ref, o.float()):
+            problems.append(f"output.{i} max abs diff {float((ref - o).abs().max()):.3g}")
+    return problems
+
+
