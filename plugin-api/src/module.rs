@@ -3,7 +3,7 @@ use crate::error::PluginError;
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
 use abi_stable::{
     sabi_trait,
-    std_types::{RBox, RResult, RString, RVec},
+    std_types::{RBox, ROption, RResult, RString, RVec},
     StableAbi,
 };
 
@@ -45,6 +45,20 @@ pub trait Module: Send {
     /// Moves every parameter and buffer to `device`.
     #[sabi(last_prefix_field)]
     fn to_device(&mut self, device: RDevice) -> RResult<(), PluginError>;
+
+    /// Runs the module with keyword arguments, a JSON object such as
+    /// `{"image_size": [224, 224]}` (what TerraTorch's model passes its necks).
+    /// Modules that take none ignore them.
+    fn forward_kw(&self, inputs: RVec<TensorHandle>, kwargs: RString) -> RResult<RVec<TensorHandle>, PluginError>;
+
+    /// Facts about the built module that a composer needs, as a JSON object. Known keys:
+    /// `patch_size` (a backbone's patch size, TerraTorch's `module.patch_size`, which the
+    /// factory pads the input to a multiple of) and `img_size`.
+    fn meta(&self) -> RString;
+
+    /// The backbone's `prepare_features_for_image_model` (tokens to image-like maps), or
+    /// `None` when the module has none.
+    fn prepare_features(&self, inputs: RVec<TensorHandle>) -> RResult<ROption<RVec<TensorHandle>>, PluginError>;
 }
 
 /// An owned, type-erased module.

@@ -26,7 +26,7 @@ use crate::source::{Source, SourceBox, Source_TO};
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RStr, RString, RVec},
+    std_types::{ROption, RResult, RStr, RString, RVec},
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -55,6 +55,25 @@ pub trait Model: Send + 'static {
     /// The same children, mutably (for `set_train` and `to_device`).
     fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
         Vec::new()
+    }
+
+    /// Runs the model with keyword arguments (see [`Module::forward_kw`]); models that
+    /// take none need not implement it.
+    fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>, train: bool) -> Result<Vec<Tensor>> {
+        let _ = kwargs;
+        self.forward(xs, train)
+    }
+
+    /// Facts a composer needs (see [`Module::meta`]), such as a backbone's `patch_size`.
+    fn meta(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    /// TerraTorch's `prepare_features_for_image_model`: turns this backbone's outputs
+    /// into image-like maps. `None` (the default) when the backbone has no such step.
+    fn prepare_features(&self, xs: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
+        let _ = xs;
+        None
     }
 }
 
@@ -124,6 +143,43 @@ impl<M: Model> Module for Built<M> {
                 .forward(&xs, self.train)
                 .map_err(|e| e.with_kind_if_torch(ErrorKind::FORWARD_FAILED).context(format_args!("forward of `{}`", self.name)))?;
             Ok(ys.into_iter().map(TensorHandle::new).collect())
+        })
+        .into()
+    }
+
+    fn forward_kw(&self, inputs: RVec<TensorHandle>, kwargs: RString) -> RResult<RVec<TensorHandle>, PluginError> {
+        let _span = tracing::debug_span!("forward", module = %self.name).entered();
+        catch_as(format_args!("forward of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
+            let kwargs: Map<String, Value> = serde_json::from_str(kwargs.as_str()).map_err(|e| {
+                PluginError::invalid_argument(format!("forward keyword arguments of `{}` are not a JSON object: {e}", self.name))
+            })?;
+            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+            let ys = self
+                .model
+                .forward_kw(&xs, &kwargs, self.train)
+                .map_err(|e| e.with_kind_if_torch(ErrorKind::FORWARD_FAILED).context(format_args!("forward of `{}`", self.name)))?;
+            Ok(ys.into_iter().map(TensorHandle::new).collect())
+        })
+        .into()
+    }
+
+    fn meta(&self) -> RString {
+        guarded(&self.name, "meta", || Value::Object(self.model.meta()).to_string().into())
+    }
+
+    fn prepare_features(&self, inputs: RVec<TensorHandle>) -> RResult<ROption<RVec<TensorHandle>>, PluginError> {
+        catch_as(format_args!("prepare_features of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
+            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+            match self.model.prepare_features(&xs) {
+                None => Ok(ROption::RNone),
+                Some(ys) => {
+                    let ys = ys.map_err(|e| {
+                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                            .context(format_args!("prepare_features of `{}`", self.name))
+                    })?;
+                    Ok(ROption::RSome(ys.into_iter().map(TensorHandle::new).collect()))
+                }
+            }
         })
         .into()
     }
@@ -219,6 +275,29 @@ impl DynModule {
         let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
         let out = self.module.forward(inputs).into_result()?;
         Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
+    }
+
+    /// Runs the module with keyword arguments (see [`Module::forward_kw`]).
+    pub fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>) -> Result<Vec<Tensor>> {
+        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let kwargs = Value::Object(kwargs.clone()).to_string();
+        let out = self.module.forward_kw(inputs, kwargs.into()).into_result()?;
+        Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
+    }
+
+    /// See [`Module::meta`]; an unreadable answer counts as no facts.
+    pub fn meta(&self) -> Map<String, Value> {
+        match serde_json::from_str(self.module.meta().as_str()) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// See [`Module::prepare_features`].
+    pub fn prepare_features(&self, xs: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let out = self.module.prepare_features(inputs).into_result()?;
+        Ok(out.into_option().map(|v| v.into_iter().map(TensorHandle::into_tensor).collect()))
     }
 
     /// See [`Module::out_channels`].
