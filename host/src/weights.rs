@@ -11,24 +11,11 @@ fn tolerated(key: &str) -> bool {
     key.ends_with("num_batches_tracked")
 }
 
-/// Reads a state_dict. `.safetensors` is read directly; other formats are refused
-/// with the command that converts them.
+/// Reads a state_dict: `.safetensors`, or a `torch.save` archive (`.pt`, `.pth`,
+/// `.ckpt`, `.bin`; a Lightning checkpoint's `state_dict` is unwrapped). See
+/// [`terrahost_plugin_api::checkpoint`].
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !path.exists() {
-        return Err(HostError::Weights(format!("checkpoint {} does not exist", path.display())));
-    }
-    match ext {
-        "safetensors" => Tensor::read_safetensors(path)
-            .map_err(|e| HostError::Weights(format!("cannot read {} as safetensors: {e}", path.display()))),
-        _ => Err(HostError::Weights(format!(
-            "{}: only .safetensors checkpoints are supported; convert a PyTorch checkpoint with \
-             python -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu'); \
-             sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\"",
-            path.display(),
-            path.display()
-        ))),
-    }
+    terrahost_plugin_api::checkpoint::read_state_dict(path).map_err(|e| HostError::Weights(e.message().to_owned()))
 }
 
 /// What a load did.

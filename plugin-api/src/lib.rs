@@ -20,6 +20,7 @@
 #![allow(non_local_definitions)] // emitted by `#[sabi_trait]` // abi_stable names generated types `X_Ref`, `X_TO`.
 
 pub mod args;
+pub mod checkpoint;
 pub mod error;
 pub mod host;
 pub mod manifest;
@@ -29,6 +30,7 @@ pub mod root;
 pub mod sdk;
 pub mod source;
 pub mod tensor;
+mod torch_pickle;
 
 pub use args::Args;
 pub use error::{ErrorKind, PluginError, Result};
