@@ -17,20 +17,7 @@ fn backbones() -> Catalog {
 
 /// The `terratorch` entries of the `neck` registry.
 fn necks() -> Catalog {
-    Catalog::new("terratorch").add(
-        Entry::new(
-            "SelectIndices",
-            "Keeps the features at `indices` (in that order) and drops the others; the channel list \
-             is selected the same way.",
-            |ctx| {
-                let cfg = necks::SelectIndicesConfig { indices: ctx.args.get("indices")? };
-                let model = necks::SelectIndices::new(&ctx.channels, &cfg)?;
-                Ok(Built::new(ctx.qualified(), nn::VarStore::new(Device::Cpu), model).boxed())
-            },
-        )
-        .req("indices", ParamType::INT_LIST, "indices of the features to keep (negative counts from the end)")
-        .takes_channels(),
-    )
+    necks::entries().into_iter().fold(Catalog::new("terratorch"), Catalog::add)
 }
 
 /// The `terratorch` entries of the `decoder` registry.
@@ -96,3 +83,5 @@ terrahost_plugin_api::declare_plugin! {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_necks;

@@ -198,9 +198,14 @@ pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
     module
 }
 
-/// Runs `module` on the fixture's inputs (eval mode, no grad) and compares every output.
+/// Runs `module` on the fixture's inputs (eval mode, no grad), with the keyword
+/// arguments of `meta.forward_kwargs` if the reference got some (`image_size` for a
+/// neck), and compares every output.
 pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
-    let outputs = tch::no_grad(|| module.forward(&fx.inputs))
+    let outputs = tch::no_grad(|| match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
+        Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
+        None => module.forward(&fx.inputs),
+    })
         .unwrap_or_else(|e| panic!("{}: forward failed: {e}", fx.case));
     assert_eq!(outputs.len(), fx.outputs.len(), "{}: number of outputs", fx.case);
     for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {

@@ -1,8 +1,6 @@
-//! Necks: operations between a backbone and a decoder that reshape the feature list.
-//! Mirrors `terratorch/models/necks.py` (`SelectIndices`; the chaining of necks,
-//! upstream `build_neck_list`, lives in `encoder_decoder_factory.rs`).
+//! `SelectIndices` (`terratorch/models/necks.py`): keep some of the features.
 
-use super::py_index;
+use crate::models::py_index;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use terrahost_plugin_api::{sdk::Model, PluginError, Result};
