@@ -15,9 +15,15 @@ fn main() {
         None => cxx11_abi(lib).unwrap_or(true),
     };
     println!("cargo:rustc-env=TERRAHOST_TORCH_VERSION={version}");
-    println!("cargo:rustc-env=TERRAHOST_TORCH_CXX11_ABI={}", if cxx11 { 1 } else { 0 });
+    println!(
+        "cargo:rustc-env=TERRAHOST_TORCH_CXX11_ABI={}",
+        if cxx11 { 1 } else { 0 }
+    );
     println!("cargo:rustc-env=TERRAHOST_TORCH_LIB={}", lib.display());
-    println!("cargo:rustc-env=TERRAHOST_TARGET={}", env::var("TARGET").unwrap_or_default());
+    println!(
+        "cargo:rustc-env=TERRAHOST_TARGET={}",
+        env::var("TARGET").unwrap_or_default()
+    );
     // Our own test binaries find libtorch without LD_LIBRARY_PATH.
     if !lib.as_os_str().is_empty() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -33,7 +39,10 @@ fn torch_version(lib: &Path) -> Option<String> {
     if let Ok(text) = fs::read_to_string(root.join("version.py")) {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("__version__") {
-                let v = rest.trim_start_matches([' ', '=']).trim().trim_matches(['\'', '"']);
+                let v = rest
+                    .trim_start_matches([' ', '='])
+                    .trim()
+                    .trim_matches(['\'', '"']);
                 return Some(v.split('+').next().unwrap_or(v).to_owned());
             }
         }

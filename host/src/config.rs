@@ -38,17 +38,28 @@ impl ModelConfig {
     /// config with `model.init_args.model_factory` / `model_args` (the task then comes
     /// from `model.class_path` unless `model_args.task` is set).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let doc: Value = serde_yaml::from_str(text).map_err(|e| HostError::Config(format!("not valid YAML: {e}")))?;
+        let doc: Value = serde_yaml::from_str(text)
+            .map_err(|e| HostError::Config(format!("not valid YAML: {e}")))?;
         let Value::Object(top) = doc else {
-            return Err(HostError::Config("expected a mapping at the top level".into()));
+            return Err(HostError::Config(
+                "expected a mapping at the top level".into(),
+            ));
         };
-        let (section, task) = if top.contains_key("model_factory") || top.contains_key("model_args") {
+        let (section, task) = if top.contains_key("model_factory") || top.contains_key("model_args")
+        {
             (top, None)
         } else if let Some(Value::Object(model)) = top.get("model") {
-            let task = model.get("class_path").and_then(Value::as_str).and_then(task_of_class);
+            let task = model
+                .get("class_path")
+                .and_then(Value::as_str)
+                .and_then(task_of_class);
             match model.get("init_args") {
                 Some(Value::Object(init)) => (init.clone(), task),
-                _ => return Err(HostError::Config("`model` has no `init_args` mapping".into())),
+                _ => {
+                    return Err(HostError::Config(
+                        "`model` has no `init_args` mapping".into(),
+                    ))
+                }
             }
         } else {
             return Err(HostError::Config(
@@ -58,17 +69,30 @@ impl ModelConfig {
         let model_factory = match section.get("model_factory") {
             Some(Value::String(s)) => s.clone(),
             None => "EncoderDecoderFactory".to_owned(),
-            Some(other) => return Err(HostError::Config(format!("`model_factory` must be a string, got {other}"))),
+            Some(other) => {
+                return Err(HostError::Config(format!(
+                    "`model_factory` must be a string, got {other}"
+                )))
+            }
         };
         let mut model_args = match section.get("model_args") {
             Some(Value::Object(m)) => m.clone(),
-            Some(other) => return Err(HostError::Config(format!("`model_args` must be a mapping, got {other}"))),
+            Some(other) => {
+                return Err(HostError::Config(format!(
+                    "`model_args` must be a mapping, got {other}"
+                )))
+            }
             None => return Err(HostError::Config("`model_args` is missing".into())),
         };
         if let Some(task) = task {
-            model_args.entry("task").or_insert_with(|| Value::String(task.to_owned()));
+            model_args
+                .entry("task")
+                .or_insert_with(|| Value::String(task.to_owned()));
         }
-        Ok(Self { model_factory, model_args })
+        Ok(Self {
+            model_factory,
+            model_args,
+        })
     }
 }
 

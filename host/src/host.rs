@@ -1,11 +1,15 @@
 //! The host: TerraTorch's five registries, filled by plugins.
 use crate::registry::{MultiSourceRegistry, Registry};
-use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RRef, std_types::{RResult, RStr, RString, RVec}};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    sabi_types::RRef,
+    std_types::{RResult, RStr, RString, RVec},
+};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use terrahost_plugin_api::{
-    registry_names as names, sdk::DynModule, BuildRequest, EntryInfo, HostRef, Host_TO, Manifest, ModuleBox,
-    PluginError, Result, SourceEntry,
+    registry_names as names, sdk::DynModule, BuildRequest, EntryInfo, HostRef, Host_TO, Manifest,
+    ModuleBox, PluginError, Result, SourceEntry,
 };
 
 /// A plugin that loaded and registered its sources.
@@ -132,18 +136,35 @@ impl Host {
     /// Registers a plugin's sources: all of them or, if any is refused (a prefix that
     /// another plugin holds, an unknown registry, a source the manifest did not
     /// declare), none.
-    pub fn add_plugin(&mut self, manifest: Manifest, path: Option<PathBuf>, sources: Vec<SourceEntry>) -> Result<()> {
+    pub fn add_plugin(
+        &mut self,
+        manifest: Manifest,
+        path: Option<PathBuf>,
+        sources: Vec<SourceEntry>,
+    ) -> Result<()> {
         let plugin = manifest.name.to_string();
         let _span = tracing::info_span!("register", plugin = %plugin).entered();
-        if let Some(other) = self.plugins.iter().find(|p| p.manifest.name == manifest.name) {
-            let at = other.path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default();
+        if let Some(other) = self
+            .plugins
+            .iter()
+            .find(|p| p.manifest.name == manifest.name)
+        {
+            let at = other
+                .path
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
             return Err(PluginError::invalid_argument(format!(
                 "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
             )));
         }
         for s in &sources {
             let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
-            if !manifest.sources.iter().any(|d| d.registry == s.registry && d.prefix == s.prefix) {
+            if !manifest
+                .sources
+                .iter()
+                .any(|d| d.registry == s.registry && d.prefix == s.prefix)
+            {
                 return Err(PluginError::invalid_argument(format!(
                     "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
                 )));
@@ -152,7 +173,10 @@ impl Host {
                 names::MODEL_FACTORY => self.model_factory.check_source(&s.source, &plugin)?,
                 _ => match self.registry(registry) {
                     Some(RegistryRef::Multi(r)) => r.check_prefix(prefix, &plugin)?,
-                    _ => return Err(Self::unknown_registry(registry).context(format_args!("plugin `{plugin}`"))),
+                    _ => {
+                        return Err(Self::unknown_registry(registry)
+                            .context(format_args!("plugin `{plugin}`")))
+                    }
                 },
             }
         }
@@ -162,7 +186,9 @@ impl Host {
             let count = s.source.names().len();
             match self.multi_mut(&registry) {
                 Some(r) => r.register_source(&prefix, &plugin, s.source)?,
-                None => self.model_factory.register_source(&prefix, &plugin, s.source)?,
+                None => self
+                    .model_factory
+                    .register_source(&prefix, &plugin, s.source)?,
             }
             tracing::info!(%registry, %prefix, entries = count, "source registered");
             registered.push((registry, prefix, count));
@@ -170,11 +196,20 @@ impl Host {
         // Every prefix any plugin declares is a source name, in every registry: so
         // `mmseg_X` in a registry mmseg does not serve is reported as a missing source.
         for d in manifest.sources.iter() {
-            for r in [&mut self.backbone, &mut self.neck, &mut self.decoder, &mut self.full_model] {
+            for r in [
+                &mut self.backbone,
+                &mut self.neck,
+                &mut self.decoder,
+                &mut self.full_model,
+            ] {
                 r.note_prefix(d.prefix.as_str());
             }
         }
-        self.plugins.push(LoadedPlugin { manifest, path, sources: registered });
+        self.plugins.push(LoadedPlugin {
+            manifest,
+            path,
+            sources: registered,
+        });
         Ok(())
     }
 
@@ -198,12 +233,24 @@ impl Host {
 
     /// Builds `name` from `registry` with keyword `args` (and the channel list for
     /// decoders and necks). The result is labelled with its qualified name.
-    pub fn build(&self, registry: &str, name: &str, args: &Map<String, Value>, channels: Option<&[i64]>) -> Result<DynModule> {
-        let (qualified, module) = self.build_raw(registry, name, BuildRequest::new(args, channels))?;
+    pub fn build(
+        &self,
+        registry: &str,
+        name: &str,
+        args: &Map<String, Value>,
+        channels: Option<&[i64]>,
+    ) -> Result<DynModule> {
+        let (qualified, module) =
+            self.build_raw(registry, name, BuildRequest::new(args, channels))?;
         Ok(DynModule::new(qualified, module))
     }
 
-    fn build_raw(&self, registry: &str, name: &str, request: BuildRequest) -> Result<(String, ModuleBox)> {
+    fn build_raw(
+        &self,
+        registry: &str,
+        name: &str,
+        request: BuildRequest,
+    ) -> Result<(String, ModuleBox)> {
         let callbacks = Callbacks(self);
         let handle: HostRef<'_> = Host_TO::from_ptr(RRef::new(&callbacks), TD_Opaque);
         match self.registry(registry) {
@@ -232,14 +279,29 @@ impl terrahost_plugin_api::Host for Callbacks<'_> {
     }
 
     fn names(&self, registry: RStr<'_>) -> RVec<RString> {
-        self.0.names(registry.as_str()).into_iter().map(RString::from).collect()
+        self.0
+            .names(registry.as_str())
+            .into_iter()
+            .map(RString::from)
+            .collect()
     }
 
     fn describe(&self, registry: RStr<'_>, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
-        self.0.describe(registry.as_str(), name.as_str()).map(|(_, info)| info).into()
+        self.0
+            .describe(registry.as_str(), name.as_str())
+            .map(|(_, info)| info)
+            .into()
     }
 
-    fn build(&self, registry: RStr<'_>, name: RStr<'_>, request: BuildRequest) -> RResult<ModuleBox, PluginError> {
-        self.0.build_raw(registry.as_str(), name.as_str(), request).map(|(_, m)| m).into()
+    fn build(
+        &self,
+        registry: RStr<'_>,
+        name: RStr<'_>,
+        request: BuildRequest,
+    ) -> RResult<ModuleBox, PluginError> {
+        self.0
+            .build_raw(registry.as_str(), name.as_str(), request)
+            .map(|(_, m)| m)
+            .into()
     }
 }

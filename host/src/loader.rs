@@ -49,7 +49,9 @@ pub fn plugin_dirs(cli: &[PathBuf]) -> Vec<PathBuf> {
         return cli.to_vec();
     }
     match std::env::var_os(PLUGIN_PATH_VAR) {
-        Some(v) if !v.is_empty() => std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect(),
+        Some(v) if !v.is_empty() => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         _ => default_plugin_dirs(),
     }
 }
@@ -107,7 +109,8 @@ pub fn load_library(path: &Path) -> Result<(Manifest, Vec<SourceEntry>), String>
     // own message. The handle is leaked on purpose: plugins are never unloaded.
     // SAFETY: loading a library runs its initialisers; plugin directories are trusted
     // the way PATH is.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("not a loadable library: {e}"))?;
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| format!("not a loadable library: {e}"))?;
     let symbol = abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes();
     // SAFETY: we only test for the symbol's presence; it is not called through this type.
     let has_root = unsafe { lib.get::<*const ()>(symbol) }.is_ok();
@@ -130,7 +133,10 @@ pub fn load_library(path: &Path) -> Result<(Manifest, Vec<SourceEntry>), String>
     let manifest = (root.manifest())();
     check_manifest(&manifest)?;
     let sources = (root.sources())().into_result().map_err(|e| {
-        format!("plugin `{}` failed to create its sources: {e}", manifest.name)
+        format!(
+            "plugin `{}` failed to create its sources: {e}",
+            manifest.name
+        )
     })?;
     Ok((manifest, sources.into_vec()))
 }
@@ -142,14 +148,23 @@ pub fn check_manifest(m: &Manifest) -> Result<(), String> {
         return Err("the plugin's manifest has an empty name".to_owned());
     }
     semver::Version::parse(m.version.as_str()).map_err(|e| {
-        format!("plugin `{name}` declares version {:?}, which is not semver: {e}", m.version.as_str())
+        format!(
+            "plugin `{name}` declares version {:?}, which is not semver: {e}",
+            m.version.as_str()
+        )
     })?;
-    let host_api = semver::Version::parse(terrahost_plugin_api::API_VERSION).expect("our own version is semver");
-    let plugin_api = semver::Version::parse(m.api_version.as_str())
-        .map_err(|e| format!("plugin `{name}` has an invalid plugin-api version {:?}: {e}", m.api_version.as_str()))?;
+    let host_api = semver::Version::parse(terrahost_plugin_api::API_VERSION)
+        .expect("our own version is semver");
+    let plugin_api = semver::Version::parse(m.api_version.as_str()).map_err(|e| {
+        format!(
+            "plugin `{name}` has an invalid plugin-api version {:?}: {e}",
+            m.api_version.as_str()
+        )
+    })?;
     // A plugin built against plugin-api P runs on a host with API H when H is a
     // semver-compatible release at least as new as P (it may use fields P added).
-    let req = semver::VersionReq::parse(&format!("^{plugin_api}")).expect("a caret requirement of a valid version");
+    let req = semver::VersionReq::parse(&format!("^{plugin_api}"))
+        .expect("a caret requirement of a valid version");
     if !req.matches(&host_api) {
         return Err(format!(
             "plugin `{name}` was built against plugin-api {plugin_api}, which is not compatible with this host's plugin-api {host_api}; rebuild the plugin against plugin-api {host_api}"
@@ -194,14 +209,22 @@ mod tests {
     fn api_versions_are_checked_with_semver() {
         let ours = terrahost_plugin_api::API_VERSION;
         assert!(check_manifest(&manifest(ours, terrahost_plugin_api::TORCH_VERSION)).is_ok());
-        let e = check_manifest(&manifest("99.0.0", terrahost_plugin_api::TORCH_VERSION)).unwrap_err();
+        let e =
+            check_manifest(&manifest("99.0.0", terrahost_plugin_api::TORCH_VERSION)).unwrap_err();
         assert!(e.contains("99.0.0") && e.contains(ours), "{e}");
-        assert!(check_manifest(&manifest("not-a-version", terrahost_plugin_api::TORCH_VERSION)).is_err());
+        assert!(check_manifest(&manifest(
+            "not-a-version",
+            terrahost_plugin_api::TORCH_VERSION
+        ))
+        .is_err());
     }
 
     #[test]
     fn the_plugin_version_must_be_semver() {
-        let mut m = manifest(terrahost_plugin_api::API_VERSION, terrahost_plugin_api::TORCH_VERSION);
+        let mut m = manifest(
+            terrahost_plugin_api::API_VERSION,
+            terrahost_plugin_api::TORCH_VERSION,
+        );
         m.version = "one".into();
         assert!(check_manifest(&m).unwrap_err().contains("not semver"));
     }
@@ -209,18 +232,31 @@ mod tests {
     #[test]
     fn libtorch_version_must_match_exactly() {
         let e = check_manifest(&manifest(terrahost_plugin_api::API_VERSION, "2.12.0")).unwrap_err();
-        assert!(e.contains("2.12.0") && e.contains(terrahost_plugin_api::TORCH_VERSION), "{e}");
+        assert!(
+            e.contains("2.12.0") && e.contains(terrahost_plugin_api::TORCH_VERSION),
+            "{e}"
+        );
     }
 
     #[test]
     fn discovery_is_sorted_and_filters_by_suffix() {
         let dir = tempfile::tempdir().unwrap();
         for f in ["b.so", "a.so", "notes.txt", "c.so.bak"] {
-            std::fs::write(dir.path().join(f.replace(".so", &format!(".{LIB_SUFFIX}"))), b"x").unwrap();
+            std::fs::write(
+                dir.path().join(f.replace(".so", &format!(".{LIB_SUFFIX}"))),
+                b"x",
+            )
+            .unwrap();
         }
         let found = discover(&[dir.path().to_path_buf(), dir.path().to_path_buf()]);
-        let names: Vec<String> = found.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, vec![format!("a.{LIB_SUFFIX}"), format!("b.{LIB_SUFFIX}")]);
+        let names: Vec<String> = found
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("a.{LIB_SUFFIX}"), format!("b.{LIB_SUFFIX}")]
+        );
     }
 
     #[test]

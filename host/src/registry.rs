@@ -38,7 +38,11 @@ pub struct SourceSlot {
 impl SourceSlot {
     /// The entry names, in the source's order.
     pub fn names(&self) -> Vec<String> {
-        self.source.names().into_iter().map(|s| s.into_string()).collect()
+        self.source
+            .names()
+            .into_iter()
+            .map(|s| s.into_string())
+            .collect()
     }
 
     /// Whether the source has `name`.
@@ -62,7 +66,14 @@ fn not_found_message(what: &str, registry: &str, candidates: &[String]) -> Strin
     let hint = if close.is_empty() {
         format!("; `terrahost list {registry}` shows what is available")
     } else {
-        format!("; did you mean {}?", close.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            "; did you mean {}?",
+            close
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     format!("`{what}` is not in the {registry} registry{hint}")
 }
@@ -94,7 +105,11 @@ impl MultiSourceRegistry {
     pub fn register_source(&mut self, prefix: &str, plugin: &str, source: SourceBox) -> Result<()> {
         self.check_prefix(prefix, plugin)?;
         self.note_prefix(prefix);
-        self.sources.push(SourceSlot { prefix: prefix.to_owned(), plugin: plugin.to_owned(), source });
+        self.sources.push(SourceSlot {
+            prefix: prefix.to_owned(),
+            plugin: plugin.to_owned(),
+            source,
+        });
         Ok(())
     }
 
@@ -149,7 +164,11 @@ impl MultiSourceRegistry {
 
     /// All entries as `prefix_name`, sources in order.
     pub fn iter(&self) -> impl Iterator<Item = String> + '_ {
-        self.sources.iter().flat_map(|s| s.names().into_iter().map(move |n| format!("{}_{n}", s.prefix)))
+        self.sources.iter().flat_map(|s| {
+            s.names()
+                .into_iter()
+                .map(move |n| format!("{}_{n}", s.prefix))
+        })
     }
 
     /// `(source, rest)` when the part before the first `_` is a registered prefix.
@@ -183,7 +202,11 @@ impl MultiSourceRegistry {
             } else {
                 format!(
                     "; did you mean {}?",
-                    close.iter().map(|c| format!("`{}_{c}`", slot.prefix)).collect::<Vec<_>>().join(", ")
+                    close
+                        .iter()
+                        .map(|c| format!("`{}_{c}`", slot.prefix))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             return Err(PluginError::not_found(format!(
@@ -204,8 +227,13 @@ impl MultiSourceRegistry {
                 )));
             }
         }
-        let all: Vec<String> = self.iter().chain(self.sources.iter().flat_map(|s| s.names())).collect();
-        Err(PluginError::not_found(not_found_message(name, &self.name, &all)))
+        let all: Vec<String> = self
+            .iter()
+            .chain(self.sources.iter().flat_map(|s| s.names()))
+            .collect();
+        Err(PluginError::not_found(not_found_message(
+            name, &self.name, &all,
+        )))
     }
 
     /// The qualified name (`timm_resnet18`) and description of `name`.
@@ -217,11 +245,19 @@ impl MultiSourceRegistry {
 
     /// Builds `name`. A bare name goes to the first source that has it; if that build
     /// fails, the error is returned (no fall-through).
-    pub fn build(&self, name: &str, request: BuildRequest, host: HostRef<'_>) -> Result<(String, ModuleBox)> {
+    pub fn build(
+        &self,
+        name: &str,
+        request: BuildRequest,
+        host: HostRef<'_>,
+    ) -> Result<(String, ModuleBox)> {
         let (slot, rest) = self.find(name)?;
         let qualified = format!("{}_{rest}", slot.prefix);
         let _span = tracing::info_span!("build", registry = %self.name, entry = %qualified, plugin = %slot.plugin).entered();
-        let module = slot.source.build(rest.as_str().into(), request, host).into_result()?;
+        let module = slot
+            .source
+            .build(rest.as_str().into(), request, host)
+            .into_result()?;
         Ok((qualified, module))
     }
 }
@@ -246,7 +282,13 @@ pub struct Registry {
 impl Registry {
     /// An empty registry called `name`.
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_owned(), local: Catalog::new("host"), slots: Vec::new(), order: Vec::new(), index: HashMap::new() }
+        Self {
+            name: name.to_owned(),
+            local: Catalog::new("host"),
+            slots: Vec::new(),
+            order: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 
     /// The registry's name.
@@ -259,7 +301,10 @@ impl Registry {
     pub fn register(&mut self, entry: Entry) -> Result<()> {
         let name = entry.info().name.to_string();
         if self.index.contains_key(&name) {
-            return Err(PluginError::invalid_argument(format!("`{name}` is already in the {} registry", self.name)));
+            return Err(PluginError::invalid_argument(format!(
+                "`{name}` is already in the {} registry",
+                self.name
+            )));
         }
         self.local.try_add(entry)?;
         self.index.insert(name.clone(), self.order.len());
@@ -293,7 +338,11 @@ impl Registry {
             self.index.insert(name.to_string(), self.order.len());
             self.order.push((name.into_string(), Origin::Slot(slot)));
         }
-        self.slots.push(SourceSlot { prefix: prefix.to_owned(), plugin: plugin.to_owned(), source });
+        self.slots.push(SourceSlot {
+            prefix: prefix.to_owned(),
+            plugin: plugin.to_owned(),
+            source,
+        });
         Ok(())
     }
 
@@ -304,7 +353,11 @@ impl Registry {
 
     /// The names of in-process entries, in order.
     pub fn local_names(&self) -> Vec<String> {
-        self.order.iter().filter(|(_, o)| matches!(o, Origin::Local)).map(|(n, _)| n.clone()).collect()
+        self.order
+            .iter()
+            .filter(|(_, o)| matches!(o, Origin::Local))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Whether `name` is registered.
@@ -332,7 +385,9 @@ impl Registry {
             Some(&i) => Ok(self.order[i].1),
             None => {
                 let names: Vec<String> = self.iter().map(str::to_owned).collect();
-                Err(PluginError::not_found(not_found_message(name, &self.name, &names)))
+                Err(PluginError::not_found(not_found_message(
+                    name, &self.name, &names,
+                )))
             }
         }
     }
@@ -351,7 +406,10 @@ impl Registry {
         let _span = tracing::info_span!("build", registry = %self.name, entry = %name).entered();
         match origin {
             Origin::Local => self.local.build(name.into(), request, host).into_result(),
-            Origin::Slot(s) => self.slots[s].source.build(name.into(), request, host).into_result(),
+            Origin::Slot(s) => self.slots[s]
+                .source
+                .build(name.into(), request, host)
+                .into_result(),
         }
     }
 }

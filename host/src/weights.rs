@@ -15,7 +15,8 @@ fn tolerated(key: &str) -> bool {
 /// `.ckpt`, `.bin`; a Lightning checkpoint's `state_dict` is unwrapped). See
 /// [`terrahost_plugin_api::checkpoint`].
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    terrahost_plugin_api::checkpoint::read_state_dict(path).map_err(|e| HostError::Weights(e.message().to_owned()))
+    terrahost_plugin_api::checkpoint::read_state_dict(path)
+        .map_err(|e| HostError::Weights(e.message().to_owned()))
 }
 
 /// What a load did.
@@ -38,21 +39,36 @@ pub fn load_state_dict(module: &DynModule, state: Vec<(String, Tensor)>) -> Resu
     let mut source: BTreeMap<String, Tensor> = state.into_iter().collect();
     let mut report = LoadReport::default();
 
-    let matches = |src: &BTreeMap<String, Tensor>| src.keys().filter(|k| targets.contains_key(*k)).count();
-    if matches(&source) == 0 && !source.is_empty() && source.keys().all(|k| k.starts_with("model.")) {
-        source = source.into_iter().map(|(k, v)| (k["model.".len()..].to_owned(), v)).collect();
+    let matches =
+        |src: &BTreeMap<String, Tensor>| src.keys().filter(|k| targets.contains_key(*k)).count();
+    if matches(&source) == 0 && !source.is_empty() && source.keys().all(|k| k.starts_with("model."))
+    {
+        source = source
+            .into_iter()
+            .map(|(k, v)| (k["model.".len()..].to_owned(), v))
+            .collect();
         report.stripped_prefix = Some("model.".to_owned());
     }
 
-    let missing: Vec<&str> =
-        targets.keys().filter(|k| !source.contains_key(*k) && !tolerated(k)).map(String::as_str).collect();
-    let unexpected: Vec<&str> =
-        source.keys().filter(|k| !targets.contains_key(*k) && !tolerated(k)).map(String::as_str).collect();
+    let missing: Vec<&str> = targets
+        .keys()
+        .filter(|k| !source.contains_key(*k) && !tolerated(k))
+        .map(String::as_str)
+        .collect();
+    let unexpected: Vec<&str> = source
+        .keys()
+        .filter(|k| !targets.contains_key(*k) && !tolerated(k))
+        .map(String::as_str)
+        .collect();
     let mut wrong_shape = Vec::new();
     for (k, t) in &targets {
         if let Some(s) = source.get(k) {
             if s.size() != t.size() {
-                wrong_shape.push(format!("{k}: checkpoint {:?}, model {:?}", s.size(), t.size()));
+                wrong_shape.push(format!(
+                    "{k}: checkpoint {:?}, model {:?}",
+                    s.size(),
+                    t.size()
+                ));
             }
         }
     }
@@ -60,14 +76,24 @@ pub fn load_state_dict(module: &DynModule, state: Vec<(String, Tensor)>) -> Resu
         let mut msg = format!("the checkpoint does not fit `{}`:", module.label());
         let list = |title: &str, items: &[String]| {
             let shown: Vec<&str> = items.iter().take(20).map(String::as_str).collect();
-            let more = if items.len() > 20 { format!(", ... ({} more)", items.len() - 20) } else { String::new() };
+            let more = if items.len() > 20 {
+                format!(", ... ({} more)", items.len() - 20)
+            } else {
+                String::new()
+            };
             format!("\n  {title} ({}): {}{more}", items.len(), shown.join(", "))
         };
         if !missing.is_empty() {
-            msg += &list("missing keys", &missing.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            msg += &list(
+                "missing keys",
+                &missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
         }
         if !unexpected.is_empty() {
-            msg += &list("unexpected keys", &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            msg += &list(
+                "unexpected keys",
+                &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
         }
         if !wrong_shape.is_empty() {
             msg += &list("wrong shapes", &wrong_shape);
@@ -82,7 +108,8 @@ pub fn load_state_dict(module: &DynModule, state: Vec<(String, Tensor)>) -> Resu
             if let Some(s) = source.get(k) {
                 let mut dst = t.shallow_clone();
                 let value = s.to_device(t.device()).to_kind(t.kind());
-                dst.f_copy_(&value).map_err(|e| HostError::Weights(format!("copying `{k}`: {e}")))?;
+                dst.f_copy_(&value)
+                    .map_err(|e| HostError::Weights(format!("copying `{k}`: {e}")))?;
                 report.loaded += 1;
             }
         }
@@ -97,7 +124,11 @@ fn common_prefix_hint(unexpected: &[&str], missing: &[&str]) -> Option<String> {
     let first = unexpected.first()?;
     let (head, _) = first.split_once('.')?;
     let missing: BTreeSet<&str> = missing.iter().copied().collect();
-    let all = unexpected.iter().all(|k| k.strip_prefix(head).and_then(|r| r.strip_prefix('.')).is_some_and(|r| missing.contains(r)));
+    let all = unexpected.iter().all(|k| {
+        k.strip_prefix(head)
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|r| missing.contains(r))
+    });
     all.then(|| format!("every unexpected key is a missing key under `{head}.`; was the checkpoint saved from a wrapper module?"))
 }
 

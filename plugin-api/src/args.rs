@@ -15,7 +15,10 @@ pub struct Args {
 impl Args {
     /// Wraps validated arguments of entry `entry`.
     pub fn new(entry: impl Into<String>, map: Map<String, Value>) -> Self {
-        Self { entry: entry.into(), map }
+        Self {
+            entry: entry.into(),
+            map,
+        }
     }
 
     /// The entry these arguments are for.
@@ -69,7 +72,10 @@ impl Args {
         if ok {
             Ok(())
         } else {
-            Err(PluginError::invalid_argument(format!("argument `{name}` of `{}` {what}", self.entry)))
+            Err(PluginError::invalid_argument(format!(
+                "argument `{name}` of `{}` {what}",
+                self.entry
+            )))
         }
     }
 }
@@ -81,7 +87,13 @@ mod tests {
 
     #[test]
     fn typed_getters_name_the_argument() {
-        let a = Args::new("X", json!({"n": 3, "s": "a", "l": [1, 2]}).as_object().unwrap().clone());
+        let a = Args::new(
+            "X",
+            json!({"n": 3, "s": "a", "l": [1, 2]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
         assert_eq!(a.get::<i64>("n").unwrap(), 3);
         assert_eq!(a.get::<Vec<i64>>("l").unwrap(), vec![1, 2]);
         assert_eq!(a.get_or::<i64>("missing", 7).unwrap(), 7);

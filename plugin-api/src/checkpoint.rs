@@ -22,7 +22,11 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
             path.display()
         )));
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "safetensors" => Tensor::read_safetensors(path).map_err(|e| {
             PluginError::invalid_argument(format!("cannot read {} as safetensors: {e}", path.display()))

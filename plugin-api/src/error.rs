@@ -63,7 +63,10 @@ pub type Result<T, E = PluginError> = std::result::Result<T, E>;
 impl PluginError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: RString::from(message.into()) }
+        Self {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
     /// See [`ErrorKind::NOT_FOUND`].
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -151,13 +154,20 @@ pub fn catch<T>(what: impl fmt::Display, f: impl FnOnce() -> Result<T>) -> Resul
 /// Like [`catch`], but a panic that carries a libtorch error (tch's infallible methods
 /// unwrap `TchError::Torch`, for example on a shape mismatch) becomes an error of
 /// `torch_kind` with libtorch's message: it is bad input, not a bug in the plugin.
-pub fn catch_as<T>(what: impl fmt::Display, torch_kind: ErrorKind, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn catch_as<T>(
+    what: impl fmt::Display,
+    torch_kind: ErrorKind,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
             let msg = panic_message(payload.as_ref());
             match torch_message(&msg) {
-                Some(torch) => Err(PluginError::new(torch_kind, format!("{what} failed in libtorch: {torch}"))),
+                Some(torch) => Err(PluginError::new(
+                    torch_kind,
+                    format!("{what} failed in libtorch: {torch}"),
+                )),
                 None => Err(PluginError::panicked(format!("{what} panicked: {msg}"))),
             }
         }
@@ -186,14 +196,21 @@ mod tests {
 
     #[test]
     fn libtorch_panics_become_the_given_kind() {
-        let e = catch_as("forward of `x`", ErrorKind::FORWARD_FAILED, || -> Result<()> {
-            let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
-            let b = tch::Tensor::zeros([4, 5], (tch::Kind::Float, tch::Device::Cpu));
-            let _ = a.matmul(&b);
-            Ok(())
-        })
+        let e = catch_as(
+            "forward of `x`",
+            ErrorKind::FORWARD_FAILED,
+            || -> Result<()> {
+                let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+                let b = tch::Tensor::zeros([4, 5], (tch::Kind::Float, tch::Device::Cpu));
+                let _ = a.matmul(&b);
+                Ok(())
+            },
+        )
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::FORWARD_FAILED, "{e}");
-        assert!(e.message().contains("failed in libtorch") && e.message().contains("2x3"), "{e}");
+        assert!(
+            e.message().contains("failed in libtorch") && e.message().contains("2x3"),
+            "{e}"
+        );
     }
 }

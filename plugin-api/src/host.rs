@@ -23,8 +23,12 @@ pub trait Host: Sync {
 
     /// Builds `name` from `registry`.
     #[sabi(last_prefix_field)]
-    fn build(&self, registry: RStr<'_>, name: RStr<'_>, request: BuildRequest)
-        -> RResult<ModuleBox, PluginError>;
+    fn build(
+        &self,
+        registry: RStr<'_>,
+        name: RStr<'_>,
+        request: BuildRequest,
+    ) -> RResult<ModuleBox, PluginError>;
 }
 
 /// A borrowed host handle.

@@ -49,7 +49,11 @@ pub trait Module: Send {
     /// Runs the module with keyword arguments, a JSON object such as
     /// `{"image_size": [224, 224]}` (what TerraTorch's model passes its necks).
     /// Modules that take none ignore them.
-    fn forward_kw(&self, inputs: RVec<TensorHandle>, kwargs: RString) -> RResult<RVec<TensorHandle>, PluginError>;
+    fn forward_kw(
+        &self,
+        inputs: RVec<TensorHandle>,
+        kwargs: RString,
+    ) -> RResult<RVec<TensorHandle>, PluginError>;
 
     /// Facts about the built module that a composer needs, as a JSON object. Known keys:
     /// `patch_size` (a backbone's patch size, TerraTorch's `module.patch_size`, which the
@@ -58,7 +62,10 @@ pub trait Module: Send {
 
     /// The backbone's `prepare_features_for_image_model` (tokens to image-like maps), or
     /// `None` when the module has none.
-    fn prepare_features(&self, inputs: RVec<TensorHandle>) -> RResult<ROption<RVec<TensorHandle>>, PluginError>;
+    fn prepare_features(
+        &self,
+        inputs: RVec<TensorHandle>,
+    ) -> RResult<ROption<RVec<TensorHandle>>, PluginError>;
 }
 
 /// An owned, type-erased module.

@@ -71,7 +71,9 @@ impl ParamType {
                 Self::STR_LIST => all(Value::is_string),
                 Self::DICT => v.is_object(),
                 Self::DICT_LIST => all(Value::is_object),
-                Self::INT_OR_INT_LIST => v.is_i64() || v.is_u64() || all(|x| x.is_i64() || x.is_u64()),
+                Self::INT_OR_INT_LIST => {
+                    v.is_i64() || v.is_u64() || all(|x| x.is_i64() || x.is_u64())
+                }
                 _ => true,
             }
     }
@@ -115,7 +117,12 @@ impl ParamSpec {
     }
     /// A parameter that must be given.
     pub fn required(name: &str, ty: ParamType, doc: &str) -> Self {
-        Self { name: name.into(), ty, default: ROption::RNone, doc: doc.into() }
+        Self {
+            name: name.into(),
+            ty,
+            default: ROption::RNone,
+            doc: doc.into(),
+        }
     }
     /// Whether the parameter has no default.
     pub fn is_required(&self) -> bool {
@@ -123,7 +130,10 @@ impl ParamSpec {
     }
     /// The default, parsed.
     pub fn default_value(&self) -> Option<Value> {
-        self.default.as_ref().into_option().and_then(|s| serde_json::from_str(s.as_str()).ok())
+        self.default
+            .as_ref()
+            .into_option()
+            .and_then(|s| serde_json::from_str(s.as_str()).ok())
     }
 }
 
@@ -143,6 +153,10 @@ pub struct EntryInfo {
     /// Whether unknown keyword arguments are passed through instead of refused (for
     /// entries that forward `**kwargs` to a documented inner constructor).
     pub accepts_extra: bool,
+    /// Whether the entry makes the final prediction itself, as TerraTorch's
+    /// `includes_head` of its registry says (true for mmseg's decode heads): a factory
+    /// then passes it `num_classes` and adds no head.
+    pub includes_head: bool,
 }
 
 impl EntryInfo {
@@ -150,7 +164,11 @@ impl EntryInfo {
     ///
     /// Errors name the argument: an unknown keyword (with a did-you-mean), a wrong
     /// type, or a missing required one.
-    pub fn validate(&self, qualified: &str, args: &Map<String, Value>) -> Result<Map<String, Value>> {
+    pub fn validate(
+        &self,
+        qualified: &str,
+        args: &Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
         let mut out = Map::new();
         for (key, value) in args {
             match self.params.iter().find(|p| p.name.as_str() == key) {
@@ -170,7 +188,11 @@ impl EntryInfo {
                         .unwrap_or_default();
                     return Err(PluginError::invalid_argument(format!(
                         "unknown argument `{key}` for `{qualified}`{hint}; it accepts: {}",
-                        if names.is_empty() { "no arguments".to_owned() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "no arguments".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
                     )));
                 }
             }
@@ -231,7 +253,9 @@ impl BuildRequest {
                 "arguments must be a JSON object, got {}",
                 describe_json(&other)
             ))),
-            Err(e) => Err(PluginError::invalid_argument(format!("arguments are not valid JSON: {e}"))),
+            Err(e) => Err(PluginError::invalid_argument(format!(
+                "arguments are not valid JSON: {e}"
+            ))),
         }
     }
     /// The channel list, if any.
@@ -267,7 +291,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -293,7 +319,10 @@ pub fn suggestions<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>
 }
 
 /// The single closest candidate, if any.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     suggestions(name, candidates).into_iter().next()
 }
 
@@ -308,6 +337,7 @@ mod tests {
             doc: "".into(),
             takes_channels: true,
             accepts_extra: false,
+            includes_head: false,
             params: vec![
                 ParamSpec::optional("channels", ParamType::INT, json!(256), "width"),
                 ParamSpec::required("num_classes", ParamType::INT, "number of classes"),
@@ -328,10 +358,16 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_argument_and_the_type() {
-        let args = json!({"num_classes": 3, "channels": "wide"}).as_object().unwrap().clone();
+        let args = json!({"num_classes": 3, "channels": "wide"})
+            .as_object()
+            .unwrap()
+            .clone();
         let e = info().validate("FCNDecoder", &args).unwrap_err();
         assert_eq!(e.kind, crate::ErrorKind::INVALID_ARGUMENT);
-        assert!(e.message().contains("`channels`") && e.message().contains("int"), "{e}");
+        assert!(
+            e.message().contains("`channels`") && e.message().contains("int"),
+            "{e}"
+        );
         assert!(e.message().contains("a string"), "{e}");
     }
 
@@ -351,17 +387,26 @@ mod tests {
 
     #[test]
     fn explicit_null_is_kept_as_none_but_not_for_required_arguments() {
-        let args = json!({"num_classes": 3, "channels": null}).as_object().unwrap().clone();
+        let args = json!({"num_classes": 3, "channels": null})
+            .as_object()
+            .unwrap()
+            .clone();
         let out = info().validate("FCNDecoder", &args).unwrap();
         assert_eq!(out["channels"], Value::Null);
         let args = json!({"num_classes": null}).as_object().unwrap().clone();
         let e = info().validate("FCNDecoder", &args).unwrap_err();
-        assert!(e.message().contains("`num_classes`") && e.message().contains("null"), "{e}");
+        assert!(
+            e.message().contains("`num_classes`") && e.message().contains("null"),
+            "{e}"
+        );
     }
 
     #[test]
     fn list_element_types_are_checked() {
-        let args = json!({"num_classes": 3, "dilations": [1, "x"]}).as_object().unwrap().clone();
+        let args = json!({"num_classes": 3, "dilations": [1, "x"]})
+            .as_object()
+            .unwrap()
+            .clone();
         assert!(info().validate("FCNDecoder", &args).is_err());
     }
 

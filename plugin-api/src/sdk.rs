@@ -59,7 +59,12 @@ pub trait Model: Send + 'static {
 
     /// Runs the model with keyword arguments (see [`Module::forward_kw`]); models that
     /// take none need not implement it.
-    fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>, train: bool) -> Result<Vec<Tensor>> {
+    fn forward_kw(
+        &self,
+        xs: &[Tensor],
+        kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
         let _ = kwargs;
         self.forward(xs, train)
     }
@@ -90,7 +95,12 @@ impl<M: Model> Built<M> {
     /// Wraps `model`, whose parameters live in `vs`, under the display name `name`.
     /// Starts in eval mode, as a model loaded for inference.
     pub fn new(name: impl Into<String>, vs: nn::VarStore, model: M) -> Self {
-        Self { name: name.into(), vs, model, train: false }
+        Self {
+            name: name.into(),
+            vs,
+            model,
+            train: false,
+        }
     }
 
     /// Erases the type into an owned ABI module.
@@ -113,7 +123,10 @@ impl<M: Model> Built<M> {
                     // SAFETY: the tensor object lives in `self.vs` for as long as `self`
                     // is borrowed, and nothing adds variables after construction.
                     let r = unsafe { TensorRef::from_raw(t.as_ptr()) };
-                    out.push(NamedTensor { name: name.as_str().into(), tensor: r });
+                    out.push(NamedTensor {
+                        name: name.as_str().into(),
+                        tensor: r,
+                    });
                 }
             }
         }
@@ -136,56 +149,88 @@ impl<M: Model> Built<M> {
 impl<M: Model> Module for Built<M> {
     fn forward(&self, inputs: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, PluginError> {
         let _span = tracing::debug_span!("forward", module = %self.name).entered();
-        catch_as(format_args!("forward of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
-            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
-            let ys = self
-                .model
-                .forward(&xs, self.train)
-                .map_err(|e| e.with_kind_if_torch(ErrorKind::FORWARD_FAILED).context(format_args!("forward of `{}`", self.name)))?;
-            Ok(ys.into_iter().map(TensorHandle::new).collect())
-        })
+        catch_as(
+            format_args!("forward of `{}`", self.name),
+            ErrorKind::FORWARD_FAILED,
+            || {
+                let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+                let ys = self.model.forward(&xs, self.train).map_err(|e| {
+                    e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                        .context(format_args!("forward of `{}`", self.name))
+                })?;
+                Ok(ys.into_iter().map(TensorHandle::new).collect())
+            },
+        )
         .into()
     }
 
-    fn forward_kw(&self, inputs: RVec<TensorHandle>, kwargs: RString) -> RResult<RVec<TensorHandle>, PluginError> {
+    fn forward_kw(
+        &self,
+        inputs: RVec<TensorHandle>,
+        kwargs: RString,
+    ) -> RResult<RVec<TensorHandle>, PluginError> {
         let _span = tracing::debug_span!("forward", module = %self.name).entered();
-        catch_as(format_args!("forward of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
-            let kwargs: Map<String, Value> = serde_json::from_str(kwargs.as_str()).map_err(|e| {
-                PluginError::invalid_argument(format!("forward keyword arguments of `{}` are not a JSON object: {e}", self.name))
-            })?;
-            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
-            let ys = self
-                .model
-                .forward_kw(&xs, &kwargs, self.train)
-                .map_err(|e| e.with_kind_if_torch(ErrorKind::FORWARD_FAILED).context(format_args!("forward of `{}`", self.name)))?;
-            Ok(ys.into_iter().map(TensorHandle::new).collect())
-        })
+        catch_as(
+            format_args!("forward of `{}`", self.name),
+            ErrorKind::FORWARD_FAILED,
+            || {
+                let kwargs: Map<String, Value> =
+                    serde_json::from_str(kwargs.as_str()).map_err(|e| {
+                        PluginError::invalid_argument(format!(
+                            "forward keyword arguments of `{}` are not a JSON object: {e}",
+                            self.name
+                        ))
+                    })?;
+                let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+                let ys = self
+                    .model
+                    .forward_kw(&xs, &kwargs, self.train)
+                    .map_err(|e| {
+                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                            .context(format_args!("forward of `{}`", self.name))
+                    })?;
+                Ok(ys.into_iter().map(TensorHandle::new).collect())
+            },
+        )
         .into()
     }
 
     fn meta(&self) -> RString {
-        guarded(&self.name, "meta", || Value::Object(self.model.meta()).to_string().into())
+        guarded(&self.name, "meta", || {
+            Value::Object(self.model.meta()).to_string().into()
+        })
     }
 
-    fn prepare_features(&self, inputs: RVec<TensorHandle>) -> RResult<ROption<RVec<TensorHandle>>, PluginError> {
-        catch_as(format_args!("prepare_features of `{}`", self.name), ErrorKind::FORWARD_FAILED, || {
-            let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
-            match self.model.prepare_features(&xs) {
-                None => Ok(ROption::RNone),
-                Some(ys) => {
-                    let ys = ys.map_err(|e| {
-                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
-                            .context(format_args!("prepare_features of `{}`", self.name))
-                    })?;
-                    Ok(ROption::RSome(ys.into_iter().map(TensorHandle::new).collect()))
+    fn prepare_features(
+        &self,
+        inputs: RVec<TensorHandle>,
+    ) -> RResult<ROption<RVec<TensorHandle>>, PluginError> {
+        catch_as(
+            format_args!("prepare_features of `{}`", self.name),
+            ErrorKind::FORWARD_FAILED,
+            || {
+                let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
+                match self.model.prepare_features(&xs) {
+                    None => Ok(ROption::RNone),
+                    Some(ys) => {
+                        let ys = ys.map_err(|e| {
+                            e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                                .context(format_args!("prepare_features of `{}`", self.name))
+                        })?;
+                        Ok(ROption::RSome(
+                            ys.into_iter().map(TensorHandle::new).collect(),
+                        ))
+                    }
                 }
-            }
-        })
+            },
+        )
         .into()
     }
 
     fn out_channels(&self) -> RVec<i64> {
-        guarded(&self.name, "out_channels", || self.model.out_channels().into())
+        guarded(&self.name, "out_channels", || {
+            self.model.out_channels().into()
+        })
     }
 
     fn includes_head(&self) -> bool {
@@ -230,7 +275,12 @@ fn guarded<T: Default>(module: &str, method: &str, f: impl FnOnce() -> T) -> T {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(p) => {
-            tracing::error!(module, method, "plugin panicked: {}", crate::error::panic_message(p.as_ref()));
+            tracing::error!(
+                module,
+                method,
+                "plugin panicked: {}",
+                crate::error::panic_message(p.as_ref())
+            );
             T::default()
         }
     }
@@ -262,7 +312,10 @@ pub struct DynModule {
 impl DynModule {
     /// Wraps `module`, naming it `label` in error messages.
     pub fn new(label: impl Into<String>, module: ModuleBox) -> Self {
-        Self { label: label.into(), module }
+        Self {
+            label: label.into(),
+            module,
+        }
     }
 
     /// The name used in messages (normally the qualified registry name).
@@ -272,16 +325,25 @@ impl DynModule {
 
     /// Runs the module on shallow clones of `xs` (no data is copied).
     pub fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let inputs: RVec<TensorHandle> = xs
+            .iter()
+            .map(|t| TensorHandle::new(t.shallow_clone()))
+            .collect();
         let out = self.module.forward(inputs).into_result()?;
         Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
     }
 
     /// Runs the module with keyword arguments (see [`Module::forward_kw`]).
     pub fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>) -> Result<Vec<Tensor>> {
-        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let inputs: RVec<TensorHandle> = xs
+            .iter()
+            .map(|t| TensorHandle::new(t.shallow_clone()))
+            .collect();
         let kwargs = Value::Object(kwargs.clone()).to_string();
-        let out = self.module.forward_kw(inputs, kwargs.into()).into_result()?;
+        let out = self
+            .module
+            .forward_kw(inputs, kwargs.into())
+            .into_result()?;
         Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
     }
 
@@ -295,9 +357,14 @@ impl DynModule {
 
     /// See [`Module::prepare_features`].
     pub fn prepare_features(&self, xs: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
-        let inputs: RVec<TensorHandle> = xs.iter().map(|t| TensorHandle::new(t.shallow_clone())).collect();
+        let inputs: RVec<TensorHandle> = xs
+            .iter()
+            .map(|t| TensorHandle::new(t.shallow_clone()))
+            .collect();
         let out = self.module.prepare_features(inputs).into_result()?;
-        Ok(out.into_option().map(|v| v.into_iter().map(TensorHandle::into_tensor).collect()))
+        Ok(out
+            .into_option()
+            .map(|v| v.into_iter().map(TensorHandle::into_tensor).collect()))
     }
 
     /// See [`Module::out_channels`].
@@ -371,6 +438,7 @@ impl Entry {
                 takes_channels: false,
                 params: RVec::new(),
                 accepts_extra: false,
+                includes_head: false,
             },
             build: Box::new(build),
         }
@@ -433,7 +501,10 @@ impl BuildCtx<'_, '_> {
         channels: Option<&[i64]>,
     ) -> Result<DynModule> {
         let req = BuildRequest::new(args, channels);
-        let m = self.host.build(RStr::from(registry), RStr::from(name), req).into_result()?;
+        let m = self
+            .host
+            .build(RStr::from(registry), RStr::from(name), req)
+            .into_result()?;
         Ok(DynModule::new(name, m))
     }
 }
@@ -444,12 +515,29 @@ pub struct Catalog {
     prefix: String,
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
+    includes_heads: bool,
 }
 
 impl Catalog {
     /// An empty catalog for the source `prefix`.
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned(), entries: Vec::new(), index: HashMap::new() }
+        Self {
+            prefix: prefix.to_owned(),
+            entries: Vec::new(),
+            index: HashMap::new(),
+            includes_heads: false,
+        }
+    }
+
+    /// Marks every entry of this source, added before or after, as making the final
+    /// prediction itself ([`EntryInfo::includes_head`]), as TerraTorch's registries for
+    /// mmseg heads declare `includes_head = True`.
+    pub fn includes_heads(mut self) -> Self {
+        self.includes_heads = true;
+        for e in &mut self.entries {
+            e.info.includes_head = true;
+        }
+        self
     }
 
     /// Adds an entry. A second entry with the same name is a programming error in the
@@ -477,6 +565,8 @@ impl Catalog {
                 self.prefix
             )));
         }
+        let mut entry = entry;
+        entry.info.includes_head |= self.includes_heads;
         self.index.insert(name, self.entries.len());
         self.entries.push(entry);
         Ok(())
@@ -498,52 +588,71 @@ impl Catalog {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry> {
-        self.index.get(name).map(|&i| &self.entries[i]).ok_or_else(|| {
-            let hint = did_you_mean(name, self.entries.iter().map(|e| e.info.name.as_str()))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            PluginError::not_found(format!("`{name}` is not in source `{}`{hint}", self.prefix))
-        })
+        self.index
+            .get(name)
+            .map(|&i| &self.entries[i])
+            .ok_or_else(|| {
+                let hint = did_you_mean(name, self.entries.iter().map(|e| e.info.name.as_str()))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                PluginError::not_found(format!("`{name}` is not in source `{}`{hint}", self.prefix))
+            })
     }
 }
 
 impl Source for Catalog {
     fn names(&self) -> RVec<RString> {
-        guarded(&self.prefix, "names", || self.entries.iter().map(|e| e.info.name.clone()).collect())
+        guarded(&self.prefix, "names", || {
+            self.entries.iter().map(|e| e.info.name.clone()).collect()
+        })
     }
 
     fn contains(&self, name: RStr<'_>) -> bool {
-        guarded(&self.prefix, "contains", || self.index.contains_key(name.as_str()))
+        guarded(&self.prefix, "contains", || {
+            self.index.contains_key(name.as_str())
+        })
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
-        catch(format_args!("describing `{}_{name}`", self.prefix), || self.entry(name.as_str()).map(|e| e.info.clone())).into()
+        catch(format_args!("describing `{}_{name}`", self.prefix), || {
+            self.entry(name.as_str()).map(|e| e.info.clone())
+        })
+        .into()
     }
 
-    fn build(&self, name: RStr<'_>, request: BuildRequest, host: HostRef<'_>) -> RResult<ModuleBox, PluginError> {
+    fn build(
+        &self,
+        name: RStr<'_>,
+        request: BuildRequest,
+        host: HostRef<'_>,
+    ) -> RResult<ModuleBox, PluginError> {
         let qualified = format!("{}_{}", self.prefix, name);
         let _span = tracing::info_span!("build", entry = %qualified).entered();
-        catch_as(format_args!("building `{qualified}`"), ErrorKind::BUILD_FAILED, || {
-            let entry = self.entry(name.as_str())?;
-            let args = entry.info.validate(&qualified, &request.parse_args()?)?;
-            let channels = match (entry.info.takes_channels, request.channels()) {
-                (true, None) => {
-                    return Err(PluginError::invalid_argument(format!(
-                        "`{qualified}` needs the channel list of the features it receives \
+        catch_as(
+            format_args!("building `{qualified}`"),
+            ErrorKind::BUILD_FAILED,
+            || {
+                let entry = self.entry(name.as_str())?;
+                let args = entry.info.validate(&qualified, &request.parse_args()?)?;
+                let channels = match (entry.info.takes_channels, request.channels()) {
+                    (true, None) => {
+                        return Err(PluginError::invalid_argument(format!(
+                            "`{qualified}` needs the channel list of the features it receives \
                          (for example --channels 64,128,256,512)"
-                    )))
-                }
-                (_, c) => c.unwrap_or_default(),
-            };
-            let ctx = BuildCtx {
-                name: name.as_str(),
-                prefix: &self.prefix,
-                args: Args::new(qualified.clone(), args),
-                channels,
-                host,
-            };
-            (entry.build)(&ctx).map_err(|e| e.with_kind_if_torch(ErrorKind::BUILD_FAILED))
-        })
+                        )))
+                    }
+                    (_, c) => c.unwrap_or_default(),
+                };
+                let ctx = BuildCtx {
+                    name: name.as_str(),
+                    prefix: &self.prefix,
+                    args: Args::new(qualified.clone(), args),
+                    channels,
+                    host,
+                };
+                (entry.build)(&ctx).map_err(|e| e.with_kind_if_torch(ErrorKind::BUILD_FAILED))
+            },
+        )
         .into()
     }
 }
@@ -560,10 +669,19 @@ impl crate::host::Host for NoHost {
         RVec::new()
     }
     fn describe(&self, registry: RStr<'_>, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
-        RResult::RErr(PluginError::not_found(format!("no host registries here: `{name}` in `{registry}`")))
+        RResult::RErr(PluginError::not_found(format!(
+            "no host registries here: `{name}` in `{registry}`"
+        )))
     }
-    fn build(&self, registry: RStr<'_>, name: RStr<'_>, _: BuildRequest) -> RResult<ModuleBox, PluginError> {
-        RResult::RErr(PluginError::not_found(format!("no host registries here: `{name}` in `{registry}`")))
+    fn build(
+        &self,
+        registry: RStr<'_>,
+        name: RStr<'_>,
+        _: BuildRequest,
+    ) -> RResult<ModuleBox, PluginError> {
+        RResult::RErr(PluginError::not_found(format!(
+            "no host registries here: `{name}` in `{registry}`"
+        )))
     }
 }
 
@@ -581,7 +699,9 @@ impl NoHost {
 /// it as well would only add noise. `TERRAHOST_PLUGIN_PANICS=1` keeps the default hook.
 pub fn quiet_panics() {
     if std::env::var_os("TERRAHOST_PLUGIN_PANICS").is_none() {
-        std::panic::set_hook(Box::new(|info| tracing::debug!("plugin panic (caught): {info}")));
+        std::panic::set_hook(Box::new(|info| {
+            tracing::debug!("plugin panic (caught): {info}")
+        }));
     }
 }
 
@@ -663,8 +783,11 @@ macro_rules! export_plugin {
         #[::abi_stable::export_root_module]
         pub fn __terrahost_root_module() -> $crate::PluginRoot_Ref {
             use $crate::reexports::abi_stable::prefix_type::PrefixTypeTrait;
-            $crate::PluginRoot { manifest: __terrahost_manifest, sources: __terrahost_sources }
-                .leak_into_prefix()
+            $crate::PluginRoot {
+                manifest: __terrahost_manifest,
+                sources: __terrahost_sources,
+            }
+            .leak_into_prefix()
         }
     };
 }

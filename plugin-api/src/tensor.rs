@@ -24,7 +24,9 @@ impl TensorHandle {
     /// Moves `tensor` into a handle without copying its data.
     pub fn new(tensor: Tensor) -> Self {
         let mut tensor = ManuallyDrop::new(tensor);
-        Self { ptr: tensor.as_mut_ptr().cast() }
+        Self {
+            ptr: tensor.as_mut_ptr().cast(),
+        }
     }
 
     /// Takes the tensor back out of the handle.
@@ -36,7 +38,10 @@ impl TensorHandle {
 
     /// Borrows the tensor without taking it out.
     pub fn as_ref(&self) -> TensorRef<'_> {
-        TensorRef { ptr: self.ptr, _borrow: PhantomData }
+        TensorRef {
+            ptr: self.ptr,
+            _borrow: PhantomData,
+        }
     }
 }
 
@@ -55,7 +60,8 @@ impl Drop for TensorHandle {
 
 impl fmt::Debug for TensorHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.as_ref().with(|t| write!(f, "TensorHandle({:?}, {:?})", t.size(), t.kind()))
+        self.as_ref()
+            .with(|t| write!(f, "TensorHandle({:?}, {:?})", t.size(), t.kind()))
     }
 }
 
@@ -71,7 +77,10 @@ pub struct TensorRef<'a> {
 impl<'a> TensorRef<'a> {
     /// Borrows `tensor`.
     pub fn new(tensor: &'a Tensor) -> Self {
-        Self { ptr: tensor.as_ptr() as *mut c_void, _borrow: PhantomData }
+        Self {
+            ptr: tensor.as_ptr() as *mut c_void,
+            _borrow: PhantomData,
+        }
     }
 
     /// A borrow of a raw `at::Tensor*` (as `Tensor::as_ptr` returns it).
@@ -79,7 +88,10 @@ impl<'a> TensorRef<'a> {
     /// # Safety
     /// The pointer must point to a live `at::Tensor` for all of `'a`.
     pub unsafe fn from_raw(ptr: *const torch_sys::C_tensor) -> Self {
-        Self { ptr: ptr as *mut c_void, _borrow: PhantomData }
+        Self {
+            ptr: ptr as *mut c_void,
+            _borrow: PhantomData,
+        }
     }
 
     /// Runs `f` on the borrowed tensor. In-place operations (`copy_`, `set_data`)
@@ -110,7 +122,10 @@ impl From<Device> for RDevice {
     fn from(d: Device) -> Self {
         match d {
             Device::Cpu => Self { kind: 0, index: 0 },
-            Device::Cuda(i) => Self { kind: 1, index: i as u32 },
+            Device::Cuda(i) => Self {
+                kind: 1,
+                index: i as u32,
+            },
             Device::Mps => Self { kind: 2, index: 0 },
             Device::Vulkan => Self { kind: 3, index: 0 },
         }

@@ -39,13 +39,18 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_owned()))
         .find(|n| n.ends_with("data.pkl") && n.matches('/').count() == 1)
-        .ok_or_else(|| bad("the archive has no <name>/data.pkl, so torch.save did not write it".into()))?;
+        .ok_or_else(|| {
+            bad("the archive has no <name>/data.pkl, so torch.save did not write it".into())
+        })?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_owned();
     if let Ok(mut f) = zip.by_name(&format!("{prefix}byteorder")) {
         let mut order = String::new();
         let _ = f.read_to_string(&mut order);
         if order.trim() != "little" {
-            return Err(bad(format!("it was saved on a `{}`-endian machine", order.trim())));
+            return Err(bad(format!(
+                "it was saved on a `{}`-endian machine",
+                order.trim()
+            )));
         }
     }
     let mut pickle = Vec::new();
@@ -55,12 +60,17 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
     let mut storages = |key: &str| -> std::result::Result<Vec<u8>, String> {
         let name = format!("{prefix}data/{key}");
-        let mut f = zip.by_name(&name).map_err(|e| format!("storage `{name}` is missing: {e}"))?;
+        let mut f = zip
+            .by_name(&name)
+            .map_err(|e| format!("storage `{name}` is missing: {e}"))?;
         let mut bytes = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut bytes).map_err(|e| format!("cannot read storage `{name}`: {e}"))?;
+        f.read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read storage `{name}`: {e}"))?;
         Ok(bytes)
     };
-    let root = Unpickler::new(&pickle, &mut storages).run().map_err(|e| bad(format!("cannot unpickle data.pkl: {e}")))?;
+    let root = Unpickler::new(&pickle, &mut storages)
+        .run()
+        .map_err(|e| bad(format!("cannot unpickle data.pkl: {e}")))?;
     state_dict_of(&root).ok_or_else(|| {
         bad(format!(
             "it holds {}, not a state_dict (a dict of tensors, or a dict with one under `state_dict` or `model`)",
@@ -84,7 +94,10 @@ fn state_dict_of(v: &Val) -> Option<Vec<(String, Tensor)>> {
         return Some(tensors);
     }
     for wrapper in ["state_dict", "model", "module"] {
-        if let Some((_, inner)) = items.iter().find(|(k, _)| matches!(k, Val::Str(s) if s == wrapper)) {
+        if let Some((_, inner)) = items
+            .iter()
+            .find(|(k, _)| matches!(k, Val::Str(s) if s == wrapper))
+        {
             if let Some(sd) = state_dict_of(inner) {
                 return Some(sd);
             }
@@ -202,11 +215,22 @@ type R<T> = std::result::Result<T, String>;
 
 impl<'a, 'r> Unpickler<'a, 'r> {
     fn new(data: &'a [u8], read_storage: &'r mut StorageReader<'r>) -> Self {
-        Self { data, pos: 0, stack: Vec::new(), memo: HashMap::new(), read_storage, storages: HashMap::new() }
+        Self {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            memo: HashMap::new(),
+            read_storage,
+            storages: HashMap::new(),
+        }
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("truncated pickle")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or("truncated pickle")?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -230,7 +254,10 @@ impl<'a, 'r> Unpickler<'a, 'r> {
 
     fn line(&mut self) -> R<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle (line)")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated pickle (line)")?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -238,7 +265,9 @@ impl<'a, 'r> Unpickler<'a, 'r> {
 
     fn utf8(&mut self, n: usize) -> R<Val> {
         let b = self.take(n)?;
-        Ok(Val::Str(String::from_utf8(b.to_vec()).map_err(|e| format!("invalid UTF-8 string: {e}"))?))
+        Ok(Val::Str(
+            String::from_utf8(b.to_vec()).map_err(|e| format!("invalid UTF-8 string: {e}"))?,
+        ))
     }
 
     fn pop(&mut self) -> R<Val> {
@@ -246,12 +275,18 @@ impl<'a, 'r> Unpickler<'a, 'r> {
     }
 
     fn top(&mut self) -> R<&mut Val> {
-        self.stack.last_mut().ok_or_else(|| "stack underflow".to_owned())
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "stack underflow".to_owned())
     }
 
     /// Pops everything above the topmost mark, and the mark.
     fn pop_mark(&mut self) -> R<Vec<Val>> {
-        let at = self.stack.iter().rposition(|v| matches!(v, Val::Mark)).ok_or("no mark on the stack")?;
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Val::Mark))
+            .ok_or("no mark on the stack")?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
@@ -296,7 +331,11 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let pairs = items.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
+                    let pairs = items
+                        .chunks(2)
+                        .filter(|c| c.len() == 2)
+                        .map(|c| (c[0].clone(), c[1].clone()))
+                        .collect();
                     self.stack.push(Val::Dict(Rc::new(RefCell::new(pairs))));
                 }
                 b'a' => {
@@ -332,12 +371,20 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                     self.stack.push(Val::Int(v as i64));
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
                     let b = self.take(n)?;
                     if n > 8 {
                         return Err(format!("an integer of {n} bytes does not fit in 64 bits"));
                     }
-                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
+                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                        [0xffu8; 8]
+                    } else {
+                        [0u8; 8]
+                    };
                     buf[..n].copy_from_slice(b);
                     self.stack.push(Val::Int(i64::from_le_bytes(buf)));
                 }
@@ -357,7 +404,9 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                 }
                 b'F' => {
                     let l = self.line()?;
-                    self.stack.push(Val::Float(l.parse().map_err(|_| format!("bad float `{l}`"))?));
+                    self.stack.push(Val::Float(
+                        l.parse().map_err(|_| format!("bad float `{l}`"))?,
+                    ));
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
@@ -426,7 +475,11 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                         b'j' => self.u32()?,
                         _ => self.line()?.parse().map_err(|_| "bad GET index")?,
                     };
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| format!("memo {i} is not set"))?;
+                    let v = self
+                        .memo
+                        .get(&i)
+                        .cloned()
+                        .ok_or_else(|| format!("memo {i} is not set"))?;
                     self.stack.push(v);
                 }
                 b'0' => {
@@ -469,7 +522,12 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                     // a Parameter's attributes. Nothing here needs it.
                     self.pop()?;
                 }
-                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", self.pos - 1)),
+                other => {
+                    return Err(format!(
+                        "unsupported pickle opcode 0x{other:02x} at byte {}",
+                        self.pos - 1
+                    ))
+                }
             }
         }
     }
@@ -505,7 +563,9 @@ impl<'a, 'r> Unpickler<'a, 'r> {
     /// `('storage', storage_type, key, location, numel)`: the storage's element type
     /// comes from its class; the bytes are read when a tensor first uses it.
     fn persistent_load(&mut self, pid: Val) -> R<Val> {
-        let Val::Tuple(t) = pid else { return Err("persistent id is not a tuple".into()) };
+        let Val::Tuple(t) = pid else {
+            return Err("persistent id is not a tuple".into());
+        };
         match t.as_slice() {
             [Val::Str(tag), Val::Global(class), Val::Str(key), ..] if tag == "storage" => {
                 let kind = storage_kind(&class.1)
@@ -518,30 +578,36 @@ impl<'a, 'r> Unpickler<'a, 'r> {
 
     fn new_object(&mut self, cls: Val, args: Val) -> Val {
         match &cls {
-            Val::Global(g) if g.0 == "collections" && g.1 == "OrderedDict" => Val::Dict(Rc::default()),
+            Val::Global(g) if g.0 == "collections" && g.1 == "OrderedDict" => {
+                Val::Dict(Rc::default())
+            }
             _ => Val::Opaque(Rc::new((cls, args))),
         }
     }
 
     fn reduce(&mut self, func: Val, args: Val) -> R<Val> {
-        let Val::Global(g) = &func else { return Ok(Val::Opaque(Rc::new((func, args)))) };
+        let Val::Global(g) = &func else {
+            return Ok(Val::Opaque(Rc::new((func, args))));
+        };
         let argv: Vec<Val> = match &args {
             Val::Tuple(t) => t.as_ref().clone(),
             _ => Vec::new(),
         };
         match (g.0.as_str(), g.1.as_str()) {
             ("collections", "OrderedDict") => Ok(Val::Dict(Rc::default())),
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => self.rebuild_tensor(&argv),
-            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                self.rebuild_tensor(&argv)
+            }
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
                 Ok(argv.into_iter().next().unwrap_or(Val::None))
             }
             // A tensor subclass: `(func, type, args, state)`; rebuild with `func(*args)`.
-            ("torch._tensor", "_rebuild_from_type_v2") | ("torch._tensor", "_rebuild_from_type") => {
-                match argv.as_slice() {
-                    [f, _, a, ..] => self.reduce(f.clone(), a.clone()),
-                    _ => Err("_rebuild_from_type_v2 with too few arguments".into()),
-                }
-            }
+            ("torch._tensor", "_rebuild_from_type_v2")
+            | ("torch._tensor", "_rebuild_from_type") => match argv.as_slice() {
+                [f, _, a, ..] => self.reduce(f.clone(), a.clone()),
+                _ => Err("_rebuild_from_type_v2 with too few arguments".into()),
+            },
             _ => Ok(Val::Opaque(Rc::new((func, args)))),
         }
     }
@@ -562,10 +628,14 @@ impl<'a, 'r> Unpickler<'a, 'r> {
                 let bytes = (self.read_storage)(key)?;
                 let elt = kind.elt_size_in_bytes();
                 if bytes.len() % elt != 0 {
-                    return Err(format!("storage `{key}` has {} bytes, not a multiple of {elt}", bytes.len()));
+                    return Err(format!(
+                        "storage `{key}` has {} bytes, not a multiple of {elt}",
+                        bytes.len()
+                    ));
                 }
                 let numel = (bytes.len() / elt) as i64;
-                let s = Tensor::f_from_data_size(&bytes, &[numel], *kind).map_err(|e| e.to_string())?;
+                let s =
+                    Tensor::f_from_data_size(&bytes, &[numel], *kind).map_err(|e| e.to_string())?;
                 self.storages.insert(key.to_string(), s.shallow_clone());
                 s
             }
@@ -574,7 +644,9 @@ impl<'a, 'r> Unpickler<'a, 'r> {
         let t = storage
             .f_as_strided(&size, &stride, Some(offset))
             .and_then(|v| v.f_contiguous())
-            .map_err(|e| format!("tensor of size {size:?} does not fit its storage `{key}`: {e}"))?;
+            .map_err(|e| {
+                format!("tensor of size {size:?} does not fit its storage `{key}`: {e}")
+            })?;
         Ok(Val::Tensor(Rc::new(t)))
     }
 }

@@ -7,7 +7,9 @@ use terrahost_plugin_api::checkpoint::read_state_dict;
 use terrahost_plugin_api::ErrorKind;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/torch_save").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/torch_save")
+        .join(name)
 }
 
 fn assert_same(file: &str) {
@@ -17,7 +19,19 @@ fn assert_same(file: &str) {
     // torch.save keeps the dict's order.
     assert_eq!(
         names,
-        ["conv.weight", "conv.bias", "bn.num_batches_tracked", "half", "bf16", "mask", "ints", "bytes", "view.t", "view.row", "scalar"],
+        [
+            "conv.weight",
+            "conv.bias",
+            "bn.num_batches_tracked",
+            "half",
+            "bf16",
+            "mask",
+            "ints",
+            "bytes",
+            "view.t",
+            "view.row",
+            "scalar"
+        ],
         "{file}"
     );
     for (k, t) in &got {
@@ -48,13 +62,19 @@ fn unwraps_a_lightning_checkpoint_with_other_python_objects() {
 fn refuses_the_legacy_format_with_a_conversion_hint() {
     let e = read_state_dict(&fixture("legacy.pt")).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
-    assert!(e.message().contains("not a zip archive") && e.message().contains("safetensors"), "{e}");
+    assert!(
+        e.message().contains("not a zip archive") && e.message().contains("safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
 fn refuses_an_archive_that_is_not_a_state_dict() {
     let e = read_state_dict(&fixture("list.pt")).unwrap_err();
-    assert!(e.message().contains("not a state_dict") && e.message().contains("a list"), "{e}");
+    assert!(
+        e.message().contains("not a state_dict") && e.message().contains("a list"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -30,11 +30,23 @@ fn main() {
     let mut runs = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let out = Command::new(&exe).arg("--plugin-dir").arg(dir.path()).args(["list", "--json"]).output().unwrap();
+        let out = Command::new(&exe)
+            .arg("--plugin-dir")
+            .arg(dir.path())
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
         runs.push(t.elapsed());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    println!("cold `terrahost list --json` (4 plugins): median {:.1} ms", ms(median(runs)));
+    println!(
+        "cold `terrahost list --json` (4 plugins): median {:.1} ms",
+        ms(median(runs))
+    );
 
     // 2. contains, falling through to the last source
     let host = Host::load(&[dir.path().to_path_buf()]);
@@ -45,29 +57,52 @@ fn main() {
         let t = Instant::now();
         let mut hits = 0usize;
         for _ in 0..n {
-            hits += usize::from(host.contains(std::hint::black_box("decoder"), std::hint::black_box("FCNDecoder")));
+            hits += usize::from(host.contains(
+                std::hint::black_box("decoder"),
+                std::hint::black_box("FCNDecoder"),
+            ));
         }
         runs.push(t.elapsed() / n);
         assert_eq!(hits, n as usize);
     }
-    println!("`contains` bare name -> last source: median {:.0} ns per call", median(runs).as_secs_f64() * 1e9);
+    println!(
+        "`contains` bare name -> last source: median {:.0} ns per call",
+        median(runs).as_secs_f64() * 1e9
+    );
 
     // 3. build + forward of the fixture model, across plugin libraries and, for
     //    comparison, with the same plugins' code linked into this process.
     let in_process = Host::with_plugins(vec![
-        (terrahost_terratorch::plugin_manifest(), terrahost_terratorch::plugin_sources().unwrap()),
-        (terrahost_timm::plugin_manifest(), terrahost_timm::plugin_sources().unwrap()),
-        (terrahost_smp::plugin_manifest(), terrahost_smp::plugin_sources().unwrap()),
-        (terrahost_mmseg::plugin_manifest(), terrahost_mmseg::plugin_sources().unwrap()),
+        (
+            terrahost_terratorch::plugin_manifest(),
+            terrahost_terratorch::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_timm::plugin_manifest(),
+            terrahost_timm::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_smp::plugin_manifest(),
+            terrahost_smp::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_mmseg::plugin_manifest(),
+            terrahost_mmseg::plugin_sources().unwrap(),
+        ),
     ])
     .unwrap();
     let fx = Fixture::load("factory_segmentation");
     let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
-    for (label, host) in [("plugin libraries", &host), ("linked in-process", &in_process)] {
+    for (label, host) in [
+        ("plugin libraries", &host),
+        ("linked in-process", &in_process),
+    ] {
         let (mut builds, mut forwards) = (Vec::new(), Vec::new());
         for _ in 0..10 {
             let t = Instant::now();
-            let model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap();
+            let model = host
+                .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
+                .unwrap();
             builds.push(t.elapsed());
             let t = Instant::now();
             let y = tch::no_grad(|| model.forward(&fx.inputs)).unwrap();

@@ -7,7 +7,11 @@ use terrahost_testkit::{build_dir, real_plugins, Fixture, PLUGINS};
 
 fn terrahost() -> PathBuf {
     let exe = build_dir().join("terrahost");
-    assert!(exe.exists(), "{} is not built; run `cargo build --workspace` first", exe.display());
+    assert!(
+        exe.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        exe.display()
+    );
     exe
 }
 
@@ -25,9 +29,16 @@ fn run(dir: &Path, args: &[&str]) -> Output {
 
 fn ok_json(dir: &Path, args: &[&str]) -> Value {
     let out = run(dir, args);
-    assert!(out.status.success(), "terrahost {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "terrahost {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout of terrahost {args:?} is not JSON only ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout of terrahost {args:?} is not JSON only ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -47,9 +58,15 @@ fn plugins_json_lists_the_four_plugins_and_their_sources() {
     let timm = loaded.iter().find(|p| p["name"] == "timm").unwrap();
     assert_eq!(timm["torch_version"], terrahost_plugin_api::TORCH_VERSION);
     assert_eq!(timm["api_version"], terrahost_plugin_api::API_VERSION);
-    assert!(timm["path"].as_str().unwrap().ends_with("libterrahost_plugin_timm.so"));
+    assert!(timm["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("libterrahost_plugin_timm.so"));
     let src = &timm["sources"][0];
-    assert_eq!((src["registry"].as_str(), src["prefix"].as_str()), (Some("backbone"), Some("timm")));
+    assert_eq!(
+        (src["registry"].as_str(), src["prefix"].as_str()),
+        (Some("backbone"), Some("timm"))
+    );
     assert!(src["count"].as_u64().unwrap() >= 2);
 }
 
@@ -60,15 +77,36 @@ fn list_json_has_every_registry_with_sources_in_order() {
     for r in ["backbone", "neck", "decoder", "full_model", "model_factory"] {
         assert!(v[r].is_array(), "{r} missing");
     }
-    let prefixes: Vec<&str> = v["decoder"].as_array().unwrap().iter().map(|s| s["prefix"].as_str().unwrap()).collect();
+    let prefixes: Vec<&str> = v["decoder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["prefix"].as_str().unwrap())
+        .collect();
     assert_eq!(prefixes, vec!["mmseg", "smp", "terratorch"]);
-    let timm = &v["backbone"].as_array().unwrap().iter().find(|s| s["prefix"] == "timm").unwrap();
+    let timm = &v["backbone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["prefix"] == "timm")
+        .unwrap();
     assert_eq!(timm["plugin"], "timm");
-    assert!(timm["names"].as_array().unwrap().contains(&Value::from("resnet18")));
+    assert!(timm["names"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("resnet18")));
 
-    let only = ok_json(dir.path(), &["list", "backbone", "--filter", "*34", "--json"]);
+    let only = ok_json(
+        dir.path(),
+        &["list", "backbone", "--filter", "*34", "--json"],
+    );
     assert_eq!(only.as_object().unwrap().len(), 1);
-    let names: Vec<&Value> = only["backbone"].as_array().unwrap().iter().flat_map(|s| s["names"].as_array().unwrap()).collect();
+    let names: Vec<&Value> = only["backbone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["names"].as_array().unwrap())
+        .collect();
     assert_eq!(names, vec![&Value::from("resnet34")]);
 }
 
@@ -77,7 +115,12 @@ fn show_prints_parameters_with_types_and_defaults() {
     let dir = real_plugins(&PLUGINS);
     let v = ok_json(dir.path(), &["show", "backbone", "resnet18", "--json"]);
     assert_eq!(v["name"], "timm_resnet18");
-    let in_chans = v["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "in_chans").unwrap();
+    let in_chans = v["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "in_chans")
+        .unwrap();
     assert_eq!(in_chans["type"], "int");
     assert_eq!(in_chans["default"], 3);
     let text = run(dir.path(), &["show", "decoder", "mmseg_FCNHead"]);
@@ -88,26 +131,66 @@ fn show_prints_parameters_with_types_and_defaults() {
 #[test]
 fn build_reports_what_it_built() {
     let dir = real_plugins(&PLUGINS);
-    let v = ok_json(dir.path(), &["build", "backbone", "resnet18", "--args", r#"{"in_chans": 6}"#, "--json"]);
+    let v = ok_json(
+        dir.path(),
+        &[
+            "build",
+            "backbone",
+            "resnet18",
+            "--args",
+            r#"{"in_chans": 6}"#,
+            "--json",
+        ],
+    );
     assert_eq!(v["resolved"], "timm_resnet18");
-    assert_eq!(v["out_channels"], serde_json::json!([64, 64, 128, 256, 512]));
+    assert_eq!(
+        v["out_channels"],
+        serde_json::json!([64, 64, 128, 256, 512])
+    );
     assert_eq!(v["includes_head"], false);
     // timm's resnet18 feature extractor with 6 input channels: 11,176,512 parameters
     // for 3 channels (the reference fixture) plus 3*64*7*7 for the extra channels.
     assert_eq!(v["parameters"], 11_176_512 + 3 * 64 * 49);
 
-    let v = ok_json(dir.path(), &["build", "decoder", "mmseg_FCNHead", "--channels", "32", "--args", r#"{"num_classes": 3, "channels": 16}"#, "--json"]);
+    let v = ok_json(
+        dir.path(),
+        &[
+            "build",
+            "decoder",
+            "mmseg_FCNHead",
+            "--channels",
+            "32",
+            "--args",
+            r#"{"num_classes": 3, "channels": 16}"#,
+            "--json",
+        ],
+    );
     assert_eq!(v["includes_head"], true);
 }
 
 #[test]
 fn bad_input_gets_errors_that_name_what_was_wrong() {
     let dir = real_plugins(&PLUGINS);
-    let e = err_text(dir.path(), &["build", "backbone", "resnet18", "--args", "{not json"]);
+    let e = err_text(
+        dir.path(),
+        &["build", "backbone", "resnet18", "--args", "{not json"],
+    );
     assert!(e.contains("--args is not valid JSON"), "{e}");
-    let e = err_text(dir.path(), &["build", "backbone", "resnet18", "--args", r#"{"in_chans": [3]}"#]);
+    let e = err_text(
+        dir.path(),
+        &[
+            "build",
+            "backbone",
+            "resnet18",
+            "--args",
+            r#"{"in_chans": [3]}"#,
+        ],
+    );
     assert!(e.contains("`in_chans`"), "{e}");
-    let e = err_text(dir.path(), &["build", "decoder", "FCNDecoder", "--channels", "32,abc"]);
+    let e = err_text(
+        dir.path(),
+        &["build", "decoder", "FCNDecoder", "--channels", "32,abc"],
+    );
     assert!(e.contains("`abc`"), "{e}");
     let e = err_text(dir.path(), &["build", "decoder", "FCNDecoder"]);
     assert!(e.contains("channel list"), "{e}");
@@ -115,6 +198,50 @@ fn bad_input_gets_errors_that_name_what_was_wrong() {
     assert!(e.contains("did you mean"), "{e}");
     let e = err_text(dir.path(), &["list", "decoders"]);
     assert!(e.contains("no registry `decoders`"), "{e}");
+}
+
+/// Every whole-model fixture through the binary: its TerraTorch config, the checkpoint
+/// and the input file give the reference outputs, auxiliary heads included.
+#[test]
+fn run_reproduces_every_model_fixture() {
+    let dir = real_plugins(&PLUGINS);
+    for case in terrahost_testkit::model_fixtures() {
+        let fx = Fixture::load(&case);
+        let work = tempfile::tempdir().unwrap();
+        let weights = terrahost_testkit::write_weights(&fx, work.path());
+        let output = work.path().join("out.safetensors");
+        let v = ok_json(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                fx.dir.join("config.yaml").to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--input",
+                fx.dir.join("io.safetensors").to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        let names = terrahost_testkit::output_names(&fx);
+        assert_eq!(names.len(), fx.outputs.len(), "{case}: output names");
+        assert_eq!(
+            v["outputs"].as_array().map(Vec::len),
+            Some(names.len()),
+            "{case}: {v}"
+        );
+        let got = tch::Tensor::read_safetensors(&output).unwrap();
+        for (name, expected) in names.iter().zip(&fx.outputs) {
+            let out = &got
+                .iter()
+                .find(|(k, _)| k == name)
+                .unwrap_or_else(|| panic!("{case}: no tensor `{name}`"))
+                .1;
+            terrahost_testkit::assert_close(&format!("{case} {name}"), out, expected, fx.atol());
+        }
+    }
 }
 
 #[test]
@@ -144,7 +271,11 @@ fn run_reproduces_the_terratorch_fixture_from_config_weights_and_input() {
         );
         assert_eq!(v["output_shape"], serde_json::json!(fx.outputs[0].size()));
         let got = tch::Tensor::read_safetensors(&output).unwrap();
-        let out = &got.iter().find(|(k, _)| k == "output").expect("tensor `output`").1;
+        let out = &got
+            .iter()
+            .find(|(k, _)| k == "output")
+            .expect("tensor `output`")
+            .1;
         terrahost_testkit::assert_close(config, out, &fx.outputs[0], fx.atol());
     }
 }
@@ -156,13 +287,24 @@ fn run_refuses_a_checkpoint_that_does_not_fit_and_lists_the_keys() {
     let work = tempfile::tempdir().unwrap();
     let mut weights = fx.weights();
     weights.retain(|(k, _)| k != "head.head.2.weight");
-    weights.push(("head.extra.weight".into(), tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu))));
+    weights.push((
+        "head.extra.weight".into(),
+        tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)),
+    ));
     let named: Vec<(&str, &tch::Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let path = work.path().join("bad.safetensors");
     terrahost::weights::write_tensors(&path, &named).unwrap();
     let e = err_text(
         dir.path(),
-        &["run", "--config", fx.dir.join("config.yaml").to_str().unwrap(), "--weights", path.to_str().unwrap(), "--input-shape", "1,3,64,64"],
+        &[
+            "run",
+            "--config",
+            fx.dir.join("config.yaml").to_str().unwrap(),
+            "--weights",
+            path.to_str().unwrap(),
+            "--input-shape",
+            "1,3,64,64",
+        ],
     );
     assert!(e.contains("missing keys (1): head.head.2.weight"), "{e}");
     assert!(e.contains("unexpected keys (1): head.extra.weight"), "{e}");

@@ -5,10 +5,22 @@ use terrahost_testkit::{compare_outputs, Fixture};
 
 fn in_process_host() -> Host {
     Host::with_plugins(vec![
-        (terrahost_terratorch::plugin_manifest(), terrahost_terratorch::plugin_sources().unwrap()),
-        (terrahost_timm::plugin_manifest(), terrahost_timm::plugin_sources().unwrap()),
-        (terrahost_smp::plugin_manifest(), terrahost_smp::plugin_sources().unwrap()),
-        (terrahost_mmseg::plugin_manifest(), terrahost_mmseg::plugin_sources().unwrap()),
+        (
+            terrahost_terratorch::plugin_manifest(),
+            terrahost_terratorch::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_timm::plugin_manifest(),
+            terrahost_timm::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_smp::plugin_manifest(),
+            terrahost_smp::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_mmseg::plugin_manifest(),
+            terrahost_mmseg::plugin_sources().unwrap(),
+        ),
     ])
     .unwrap()
 }
@@ -20,7 +32,9 @@ fn the_cross_plugin_fixture_model_matches_in_process_too() {
     assert!(host.plugins().iter().all(|p| p.path.is_none()));
     let fx = Fixture::load("factory_segmentation");
     let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
-    let model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap();
+    let model = host
+        .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
+        .unwrap();
     terrahost::weights::load_state_dict(&model, fx.weights()).unwrap();
     compare_outputs(&fx, &model);
 }

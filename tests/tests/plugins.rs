@@ -17,7 +17,11 @@ fn all_four_plugins_load_and_fill_the_registries() {
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
     assert!(host.rejected().is_empty(), "{:?}", host.rejected());
-    let mut names: Vec<&str> = host.plugins().iter().map(|p| p.manifest.name.as_str()).collect();
+    let mut names: Vec<&str> = host
+        .plugins()
+        .iter()
+        .map(|p| p.manifest.name.as_str())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["mmseg", "smp", "terratorch", "timm"]);
     // Load order is by file name, so the registry order is deterministic.
@@ -31,7 +35,10 @@ fn all_four_plugins_load_and_fill_the_registries() {
     assert!(host.contains("neck", "SelectIndices"));
     assert!(host.contains("model_factory", "EncoderDecoderFactory"));
     for p in host.plugins() {
-        assert_eq!(p.manifest.torch_version.as_str(), terrahost_plugin_api::TORCH_VERSION);
+        assert_eq!(
+            p.manifest.torch_version.as_str(),
+            terrahost_plugin_api::TORCH_VERSION
+        );
     }
 }
 
@@ -42,18 +49,36 @@ fn without_the_mmseg_library_mmseg_is_absent_and_named_as_missing() {
     assert!(!keys(&host, "decoder").contains(&"mmseg".to_owned()));
     assert!(!host.contains("decoder", "mmseg_FCNHead"));
     let e = host
-        .build("decoder", "mmseg_FCNHead", json!({"num_classes": 2}).as_object().unwrap(), Some(&[32]))
+        .build(
+            "decoder",
+            "mmseg_FCNHead",
+            json!({"num_classes": 2}).as_object().unwrap(),
+            Some(&[32]),
+        )
         .err()
         .expect("no mmseg");
     assert_eq!(e.kind, ErrorKind::NOT_FOUND);
-    assert!(e.message().contains("no source `mmseg` in the decoder registry (installed: smp, terratorch)"), "{e}");
+    assert!(
+        e.message()
+            .contains("no source `mmseg` in the decoder registry (installed: smp, terratorch)"),
+        "{e}"
+    );
     assert!(e.message().contains("install the `mmseg` plugin"), "{e}");
 }
 
 #[test]
 fn files_that_are_not_plugins_are_refused_with_reasons_and_the_rest_load() {
-    let dir = plugin_dir(&["terrahost_plugin_timm", "terrahost_fixture_not_a_plugin", "terrahost_fixture_bad_api"]);
-    std::fs::write(dir.path().join(format!("garbage.{}", std::env::consts::DLL_EXTENSION)), b"not an ELF file").unwrap();
+    let dir = plugin_dir(&[
+        "terrahost_plugin_timm",
+        "terrahost_fixture_not_a_plugin",
+        "terrahost_fixture_bad_api",
+    ]);
+    std::fs::write(
+        dir.path()
+            .join(format!("garbage.{}", std::env::consts::DLL_EXTENSION)),
+        b"not an ELF file",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("README.txt"), b"ignored: wrong suffix").unwrap();
     let host = Host::load(&[dir.path().to_path_buf()]);
     assert_eq!(host.plugins().len(), 1, "timm still loads");
@@ -68,7 +93,10 @@ fn files_that_are_not_plugins_are_refused_with_reasons_and_the_rest_load() {
     assert!(reason("garbage").contains("not a loadable library"));
     assert!(reason("not_a_plugin").contains("not a terrahost plugin"));
     let bad = reason("bad_api");
-    assert!(bad.contains("plugin-api") && bad.contains(terrahost_plugin_api::API_VERSION), "{bad}");
+    assert!(
+        bad.contains("plugin-api") && bad.contains(terrahost_plugin_api::API_VERSION),
+        "{bad}"
+    );
     assert_eq!(host.rejected().len(), 3, "{:?}", host.rejected());
 }
 
@@ -79,7 +107,11 @@ fn a_duplicate_prefix_is_refused_for_the_second_plugin_naming_both() {
     let host = Host::load(&[first.path().to_path_buf(), second.path().to_path_buf()]);
     assert_eq!(host.plugins().len(), 1);
     let r = &host.rejected()[0];
-    assert!(r.reason.contains("`timm`") && r.reason.contains("`dup-prefix`"), "{}", r.reason);
+    assert!(
+        r.reason.contains("`timm`") && r.reason.contains("`dup-prefix`"),
+        "{}",
+        r.reason
+    );
     // The first plugin's entries are untouched.
     assert!(host.contains("backbone", "timm_resnet18"));
     assert!(!host.contains("backbone", "timm_identity"));
@@ -90,11 +122,16 @@ fn panics_in_build_and_forward_become_errors_and_the_host_goes_on() {
     let dir = plugin_dir(&["terrahost_fixture_panicky"]);
     let host = Host::load(&[dir.path().to_path_buf()]);
     let none = Map::new();
-    let e = host.build("backbone", "build_panics", &none, None).err().unwrap();
+    let e = host
+        .build("backbone", "build_panics", &none, None)
+        .err()
+        .unwrap();
     assert_eq!(e.kind, ErrorKind::PANICKED);
     assert!(e.message().contains("deliberate panic in build"), "{e}");
 
-    let m = host.build("backbone", "forward_panics", &none, None).unwrap();
+    let m = host
+        .build("backbone", "forward_panics", &none, None)
+        .unwrap();
     let x = tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
     let e = m.forward(&[x.shallow_clone()]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PANICKED);
@@ -109,22 +146,46 @@ fn panics_in_build_and_forward_become_errors_and_the_host_goes_on() {
 fn a_forward_with_the_wrong_channel_count_is_an_error_not_an_abort() {
     let dir = real_plugins(&["timm"]);
     let host = Host::load(&[dir.path().to_path_buf()]);
-    let m = host.build("backbone", "timm_resnet18", &Map::new(), None).unwrap();
+    let m = host
+        .build("backbone", "timm_resnet18", &Map::new(), None)
+        .unwrap();
     let x = tch::Tensor::zeros([1, 5, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
     let e = m.forward(&[x]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::FORWARD_FAILED, "{e}");
-    assert!(e.message().contains("5"), "the message shows the channel count: {e}");
+    assert!(
+        e.message().contains("5"),
+        "the message shows the channel count: {e}"
+    );
 }
 
 #[test]
 fn malformed_and_wrong_typed_arguments_name_the_argument() {
     let dir = real_plugins(&["timm"]);
     let host = Host::load(&[dir.path().to_path_buf()]);
-    let e = host.build("backbone", "timm_resnet18", json!({"in_chans": "three"}).as_object().unwrap(), None).err().unwrap();
+    let e = host
+        .build(
+            "backbone",
+            "timm_resnet18",
+            json!({"in_chans": "three"}).as_object().unwrap(),
+            None,
+        )
+        .err()
+        .unwrap();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
     assert!(e.message().contains("`in_chans`"), "{e}");
-    let e = host.build("backbone", "timm_resnet18", json!({"in_chan": 3}).as_object().unwrap(), None).err().unwrap();
-    assert!(e.message().contains("`in_chan`") && e.message().contains("did you mean `in_chans`"), "{e}");
+    let e = host
+        .build(
+            "backbone",
+            "timm_resnet18",
+            json!({"in_chan": 3}).as_object().unwrap(),
+            None,
+        )
+        .err()
+        .unwrap();
+    assert!(
+        e.message().contains("`in_chan`") && e.message().contains("did you mean `in_chans`"),
+        "{e}"
+    );
 }
 
 /// The foundation's end-to-end check: timm_resnet18 -> smp_Unet -> terratorch head,
@@ -134,14 +195,21 @@ fn malformed_and_wrong_typed_arguments_name_the_argument() {
 fn cross_plugin_factory_model_reproduces_terratorch() {
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
-    for case in ["factory_segmentation", "factory_regression", "factory_classification"] {
+    let cases = terrahost_testkit::model_fixtures();
+    assert!(cases.len() >= 6, "model fixtures: {cases:?}");
+    for case in &cases {
         let fx = Fixture::load(case);
         let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
-        let model = host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let model = host
+            .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
         let ckpt_dir = tempfile::tempdir().unwrap();
         let ckpt = terrahost_testkit::write_weights(&fx, ckpt_dir.path());
-        terrahost::weights::load_state_dict(&model, terrahost::weights::read_state_dict(&ckpt).unwrap())
-            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        terrahost::weights::load_state_dict(
+            &model,
+            terrahost::weights::read_state_dict(&ckpt).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
         terrahost_testkit::compare_outputs(&fx, &model);
     }
 }
@@ -162,20 +230,43 @@ fn factory_with_an_mmseg_decoder_gives_it_num_classes_and_adds_no_head() {
         "num_classes": 3,
         "rescale": true,
     });
-    let model = host.build("model_factory", "EncoderDecoderFactory", args.as_object().unwrap(), None).unwrap();
+    let model = host
+        .build(
+            "model_factory",
+            "EncoderDecoderFactory",
+            args.as_object().unwrap(),
+            None,
+        )
+        .unwrap();
     assert_eq!(model.out_channels(), vec![3]);
     let keys: Vec<String> = model.state_dict().into_iter().map(|(k, _)| k).collect();
-    assert!(keys.iter().all(|k| !k.starts_with("head.")), "no head: {keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.starts_with("head.")),
+        "no head: {keys:?}"
+    );
     // TerraTorch's mmseg wrapper keeps the head under `decoder`, inside the factory's `decoder`.
-    assert!(keys.iter().any(|k| k == "decoder.decoder.conv_seg.weight"), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k == "decoder.decoder.conv_seg.weight"),
+        "{keys:?}"
+    );
 
     // The same computation, part by part.
-    let backbone = host.build("backbone", "timm_resnet18", &Map::new(), None).unwrap();
+    let backbone = host
+        .build("backbone", "timm_resnet18", &Map::new(), None)
+        .unwrap();
     let head = host
-        .build("decoder", "mmseg_FCNHead", json!({"num_classes": 3, "channels": 16}).as_object().unwrap(), Some(&[512]))
+        .build(
+            "decoder",
+            "mmseg_FCNHead",
+            json!({"num_classes": 3, "channels": 16})
+                .as_object()
+                .unwrap(),
+            Some(&[512]),
+        )
         .unwrap();
     terrahost_testkit::set_synthetic(&model);
-    let whole_state: std::collections::HashMap<String, tch::Tensor> = model.state_dict().into_iter().collect();
+    let whole_state: std::collections::HashMap<String, tch::Tensor> =
+        model.state_dict().into_iter().collect();
     tch::no_grad(|| {
         for (prefix, part) in [("encoder.", &backbone), ("decoder.", &head)] {
             for (k, mut t) in part.state_dict() {

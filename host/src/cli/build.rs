@@ -6,31 +6,57 @@ use terrahost::{api::params::describe_json, Host, HostError};
 pub fn parse_channels(text: &str) -> Result<Vec<i64>, HostError> {
     text.split(',')
         .map(|c| {
-            c.trim().parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-                HostError::Usage(format!("--channels: `{}` is not a positive integer (expected e.g. 64,128,256)", c.trim()))
-            })
+            c.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| {
+                    HostError::Usage(format!(
+                        "--channels: `{}` is not a positive integer (expected e.g. 64,128,256)",
+                        c.trim()
+                    ))
+                })
         })
         .collect()
 }
 
 /// Parses `--args '{...}'` into a JSON object.
 pub fn parse_args(text: Option<&str>) -> Result<Map<String, Value>, HostError> {
-    let Some(text) = text else { return Ok(Map::new()) };
+    let Some(text) = text else {
+        return Ok(Map::new());
+    };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(HostError::Usage(format!("--args must be a JSON object like '{{\"num_classes\": 3}}', got {}", describe_json(&other)))),
-        Err(e) => Err(HostError::Usage(format!("--args is not valid JSON ({e}); write it like '{{\"num_classes\": 3}}'"))),
+        Ok(other) => Err(HostError::Usage(format!(
+            "--args must be a JSON object like '{{\"num_classes\": 3}}', got {}",
+            describe_json(&other)
+        ))),
+        Err(e) => Err(HostError::Usage(format!(
+            "--args is not valid JSON ({e}); write it like '{{\"num_classes\": 3}}'"
+        ))),
     }
 }
 
-pub fn run(host: &Host, registry: &str, name: &str, channels: Option<&str>, args: Option<&str>, json: bool) -> Result<(), HostError> {
+pub fn run(
+    host: &Host,
+    registry: &str,
+    name: &str,
+    channels: Option<&str>,
+    args: Option<&str>,
+    json: bool,
+) -> Result<(), HostError> {
     let channels = channels.map(parse_channels).transpose()?;
     let args = parse_args(args)?;
     let start = std::time::Instant::now();
     let module = host.build(registry, name, &args, channels.as_deref())?;
     let elapsed = start.elapsed();
     let state = module.state_dict();
-    let params: i64 = module.module().named_parameters().iter().map(|nt| nt.tensor.with(|t| t.numel() as i64)).sum();
+    let params: i64 = module
+        .module()
+        .named_parameters()
+        .iter()
+        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
+        .sum();
     if json {
         crate::cli::print_json(&json!({
             "registry": registry,
@@ -44,9 +70,16 @@ pub fn run(host: &Host, registry: &str, name: &str, channels: Option<&str>, args
         }));
         return Ok(());
     }
-    println!("built {registry} {} in {:.1} ms", module.label(), elapsed.as_secs_f64() * 1e3);
+    println!(
+        "built {registry} {} in {:.1} ms",
+        module.label(),
+        elapsed.as_secs_f64() * 1e3
+    );
     println!("  parameters:    {params}");
-    println!("  state_dict:    {} tensors (parameters and buffers)", state.len());
+    println!(
+        "  state_dict:    {} tensors (parameters and buffers)",
+        state.len()
+    );
     println!("  out_channels:  {:?}", module.out_channels());
     println!("  includes_head: {}", module.includes_head());
     Ok(())
@@ -66,8 +99,14 @@ mod tests {
 
     #[test]
     fn args_must_be_an_object() {
-        assert!(parse_args(Some("[1]")).unwrap_err().to_string().contains("JSON object"));
-        assert!(parse_args(Some("{bad")).unwrap_err().to_string().contains("not valid JSON"));
+        assert!(parse_args(Some("[1]"))
+            .unwrap_err()
+            .to_string()
+            .contains("JSON object"));
+        assert!(parse_args(Some("{bad"))
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
         assert_eq!(parse_args(Some("{\"a\": 1}")).unwrap()["a"], 1);
     }
 }

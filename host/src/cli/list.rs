@@ -24,19 +24,36 @@ fn groups(host: &Host, registry: &str, filter: Option<&GlobMatcher>) -> Vec<Grou
         .map(|s| Group {
             prefix: s.prefix.clone(),
             plugin: s.plugin.clone(),
-            names: s.names().into_iter().filter(|n| keep(&s.prefix, n)).collect(),
+            names: s
+                .names()
+                .into_iter()
+                .filter(|n| keep(&s.prefix, n))
+                .collect(),
         })
         .collect();
     if let Some(RegistryRef::Plain(r)) = host.registry(registry) {
-        let local: Vec<String> = r.local_names().into_iter().filter(|n| keep("host", n)).collect();
+        let local: Vec<String> = r
+            .local_names()
+            .into_iter()
+            .filter(|n| keep("host", n))
+            .collect();
         if !local.is_empty() {
-            out.push(Group { prefix: "host".into(), plugin: "host".into(), names: local });
+            out.push(Group {
+                prefix: "host".into(),
+                plugin: "host".into(),
+                names: local,
+            });
         }
     }
     out
 }
 
-pub fn run(host: &Host, registry: Option<&str>, filter: Option<&str>, json: bool) -> Result<(), HostError> {
+pub fn run(
+    host: &Host,
+    registry: Option<&str>,
+    filter: Option<&str>,
+    json: bool,
+) -> Result<(), HostError> {
     let registries: Vec<&str> = match registry {
         Some(r) if host.registry(r).is_some() => vec![r],
         Some(r) => {
@@ -70,7 +87,11 @@ pub fn run(host: &Host, registry: Option<&str>, filter: Option<&str>, json: bool
         let entries = if total == 1 { "entry" } else { "entries" };
         println!("{r} ({} {sources}, {total} {entries})", gs.len());
         for g in gs {
-            let names = if g.names.is_empty() { "-".to_owned() } else { g.names.join(", ") };
+            let names = if g.names.is_empty() {
+                "-".to_owned()
+            } else {
+                g.names.join(", ")
+            };
             println!("  {:<11} [{}] {names}", g.prefix, g.plugin);
         }
     }

@@ -106,7 +106,9 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> Result<(), HostError> {
     if let Some(n) = cli.threads {
         if n < 1 {
-            return Err(HostError::Usage(format!("--threads must be at least 1, got {n}")));
+            return Err(HostError::Usage(format!(
+                "--threads must be at least 1, got {n}"
+            )));
         }
         tch::set_num_threads(n);
     }
@@ -115,21 +117,46 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
     if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
         tracing::warn!(
             "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     match cli.command {
         Command::Plugins { json } => plugins::run(&host, &dirs, json),
-        Command::List { registry, filter, json } => list::run(&host, registry.as_deref(), filter.as_deref(), json),
-        Command::Show { registry, name, json } => show::run(&host, &registry, &name, json),
-        Command::Build { registry, name, channels, args, json } => {
-            build::run(&host, &registry, &name, channels.as_deref(), args.as_deref(), json)
-        }
+        Command::List {
+            registry,
+            filter,
+            json,
+        } => list::run(&host, registry.as_deref(), filter.as_deref(), json),
+        Command::Show {
+            registry,
+            name,
+            json,
+        } => show::run(&host, &registry, &name, json),
+        Command::Build {
+            registry,
+            name,
+            channels,
+            args,
+            json,
+        } => build::run(
+            &host,
+            &registry,
+            &name,
+            channels.as_deref(),
+            args.as_deref(),
+            json,
+        ),
         Command::Run(args) => run::run(&host, &args),
     }
 }
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
 }

@@ -27,7 +27,13 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
         crate::cli::print_json(&json!({"loaded": loaded, "rejected": rejected}));
         return Ok(());
     }
-    println!("plugin directories: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"));
+    println!(
+        "plugin directories: {}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
     if host.plugins().is_empty() {
         println!("no plugins loaded");
     }
@@ -39,10 +45,16 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
             m.version,
             m.api_version,
             m.torch_version,
-            p.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "in-process".into())
+            p.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "in-process".into())
         );
         for (r, prefix, n) in &p.sources {
-            println!("    {r:<14} {prefix:<12} {n} {}", if *n == 1 { "entry" } else { "entries" });
+            println!(
+                "    {r:<14} {prefix:<12} {n} {}",
+                if *n == 1 { "entry" } else { "entries" }
+            );
         }
     }
     for r in host.rejected() {

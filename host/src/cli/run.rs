@@ -13,16 +13,19 @@ pub struct RunArgs {
     /// The model config (YAML): `model_factory` + `model_args`, or a LightningCLI config.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// A `.safetensors` state_dict with TerraTorch's keys (`encoder.`, `decoder.`, `head.`).
+    /// A state_dict with TerraTorch's keys (`encoder.`, `decoder.`, `head.`): `.safetensors`,
+    /// or a `torch.save` file (`.pt`, `.pth`, `.ckpt`; a Lightning checkpoint's `model.` keys work).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// A `.safetensors` file holding the tensor `input`.
+    /// A `.safetensors` file holding the tensor `input`, and optionally `temporal_coords`
+    /// and `location_coords` for backbones that take them (Prithvi `_tl` models).
     #[arg(long, value_name = "FILE", conflicts_with = "input_shape")]
     pub input: Option<PathBuf>,
     /// The shape of a random input (seed 0), e.g. 1,6,224,224.
     #[arg(long, value_name = "B,C,H,W")]
     pub input_shape: Option<String>,
-    /// Where to write the output (`.safetensors`, tensor `output`).
+    /// Where to write the outputs (`.safetensors`: tensor `output`, and `aux_<name>` per
+    /// auxiliary head).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// cpu, cuda or auto (cuda when available).
@@ -37,9 +40,13 @@ fn parse_device(text: &str) -> Result<Device, HostError> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(HostError::Usage("--device cuda: this libtorch sees no CUDA device; use --device cpu".into())),
+        "cuda" => Err(HostError::Usage(
+            "--device cuda: this libtorch sees no CUDA device; use --device cpu".into(),
+        )),
         "auto" => Ok(Device::cuda_if_available()),
-        other => Err(HostError::Usage(format!("--device must be cpu, cuda or auto, got `{other}`"))),
+        other => Err(HostError::Usage(format!(
+            "--device must be cpu, cuda or auto, got `{other}`"
+        ))),
     }
 }
 
@@ -47,35 +54,101 @@ fn parse_shape(text: &str) -> Result<Vec<i64>, HostError> {
     let dims: Result<Vec<i64>, _> = text.split(',').map(|d| d.trim().parse::<i64>()).collect();
     match dims {
         Ok(d) if !d.is_empty() && d.iter().all(|v| *v > 0) => Ok(d),
-        _ => Err(HostError::Usage(format!("--input-shape `{text}`: expected positive integers like 1,3,224,224"))),
+        _ => Err(HostError::Usage(format!(
+            "--input-shape `{text}`: expected positive integers like 1,3,224,224"
+        ))),
     }
 }
 
-fn read_input(path: &PathBuf) -> Result<Tensor, HostError> {
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| HostError::Usage(format!("--input {}: cannot read safetensors: {e}", path.display())))?;
+/// The model inputs in a `.safetensors` file: `input`, then `temporal_coords` and
+/// `location_coords` when present (an empty tensor stands for a missing one before a
+/// present one, which the plugins read as Python's `None`).
+fn read_input(path: &PathBuf) -> Result<Vec<Tensor>, HostError> {
+    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+        HostError::Usage(format!(
+            "--input {}: cannot read safetensors: {e}",
+            path.display()
+        ))
+    })?;
     let names: Vec<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
-    tensors.into_iter().find(|(k, _)| k == "input").map(|(_, t)| t).ok_or_else(|| {
-        HostError::Usage(format!("--input {}: no tensor named `input` (it has: {})", path.display(), names.join(", ")))
-    })
+    let get = |name: &str| {
+        tensors
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let input = get("input").ok_or_else(|| {
+        HostError::Usage(format!(
+            "--input {}: no tensor named `input` (it has: {})",
+            path.display(),
+            names.join(", ")
+        ))
+    })?;
+    let mut inputs = vec![input];
+    match (get("temporal_coords"), get("location_coords")) {
+        (None, None) => {}
+        (Some(t), None) => inputs.push(t),
+        (t, Some(l)) => {
+            inputs.push(t.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))));
+            inputs.push(l);
+        }
+    }
+    Ok(inputs)
+}
+
+/// The names the model gives its outputs (`output`, `aux_<name>`...), else `output`,
+/// `output.1`, ...
+fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> Vec<String> {
+    let given: Vec<String> = meta
+        .get("output_names")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            given.get(i).cloned().unwrap_or_else(|| {
+                if i == 0 {
+                    "output".into()
+                } else {
+                    format!("output.{i}")
+                }
+            })
+        })
+        .collect()
 }
 
 pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     let device = parse_device(&a.device)?;
     // Refuse an output path that cannot be written before spending time on the model.
-    if let Some(dir) = a.output.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = a
+        .output
+        .as_ref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         if !dir.is_dir() {
-            return Err(HostError::Usage(format!("--output: directory {} does not exist", dir.display())));
+            return Err(HostError::Usage(format!(
+                "--output: directory {} does not exist",
+                dir.display()
+            )));
         }
     }
     let cfg = ModelConfig::from_file(&a.config)?;
-    let input = match (&a.input, &a.input_shape) {
+    let inputs = match (&a.input, &a.input_shape) {
         (Some(p), _) => read_input(p)?,
         (None, Some(s)) => {
             tch::manual_seed(0);
-            Tensor::randn(parse_shape(s)?, (Kind::Float, Device::Cpu))
+            vec![Tensor::randn(parse_shape(s)?, (Kind::Float, Device::Cpu))]
         }
-        (None, None) => return Err(HostError::Usage("give --input FILE or --input-shape B,C,H,W".into())),
+        (None, None) => {
+            return Err(HostError::Usage(
+                "give --input FILE or --input-shape B,C,H,W".into(),
+            ))
+        }
     };
 
     let t0 = Instant::now();
@@ -84,7 +157,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
 
     let t1 = Instant::now();
     let loaded = match &a.weights {
-        Some(p) => Some(weights::load_state_dict(&model, weights::read_state_dict(p)?)?),
+        Some(p) => Some(weights::load_state_dict(
+            &model,
+            weights::read_state_dict(p)?,
+        )?),
         None => None,
     };
     let load_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -94,18 +170,35 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     }
 
     let t2 = Instant::now();
-    let outputs = tch::no_grad(|| model.forward(&[input.to_device(device)]))?;
+    let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect();
+    let outputs = tch::no_grad(|| model.forward(&on_device))?;
     let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
-    let output = outputs
-        .into_iter()
-        .next()
-        .ok_or_else(|| HostError::Usage("the model returned no output".into()))?
-        .to_device(Device::Cpu);
+    if outputs.is_empty() {
+        return Err(HostError::Usage("the model returned no output".into()));
+    }
+    let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_device(Device::Cpu)).collect();
+    let names = output_names(&model.meta(), outputs.len());
+    let input = &inputs[0];
+    let output = &outputs[0];
 
     if let Some(path) = &a.output {
-        weights::write_tensors(path, &[("output", &output)])?;
+        let named: Vec<(&str, &Tensor)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(outputs.iter())
+            .collect();
+        weights::write_tensors(path, &named)?;
     }
-    let (mean, std) = (output.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]), output.to_kind(Kind::Double).std(true).double_value(&[]));
+    let stats = |t: &Tensor| {
+        let d = t.to_kind(Kind::Double);
+        let std = if t.numel() > 1 {
+            d.std(true).double_value(&[])
+        } else {
+            0.0
+        };
+        (d.mean(Kind::Double).double_value(&[]), std)
+    };
+    let (mean, std) = stats(output);
     if a.json {
         crate::cli::print_json(&json!({
             "model_factory": cfg.model_factory,
@@ -116,6 +209,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "output_mean": mean,
             "output_std": std,
             "weights_loaded": loaded.as_ref().map(|r| r.loaded),
+            "outputs": names.iter().zip(&outputs).map(|(n, t)| {
+                let (mean, std) = stats(t);
+                json!({"name": n, "shape": t.size(), "mean": mean, "std": std})
+            }).collect::<Vec<_>>(),
             "output_file": a.output.as_ref().map(|p| p.display().to_string()),
             "build_ms": build_ms,
             "load_ms": load_ms,
@@ -126,12 +223,26 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     println!("model:   {} from {}", cfg.model_factory, a.config.display());
     println!("build:   {build_ms:.1} ms");
     match &loaded {
-        Some(r) => println!("weights: {} tensors in {load_ms:.1} ms{}", r.loaded, r.stripped_prefix.as_ref().map(|p| format!(" (stripped `{p}`)")).unwrap_or_default()),
+        Some(r) => println!(
+            "weights: {} tensors in {load_ms:.1} ms{}",
+            r.loaded,
+            r.stripped_prefix
+                .as_ref()
+                .map(|p| format!(" (stripped `{p}`)"))
+                .unwrap_or_default()
+        ),
         None => println!("weights: none (random initialisation)"),
     }
     println!("forward: {forward_ms:.1} ms on {device:?}");
     println!("input:   {:?}", input.size());
-    println!("output:  {:?}  mean {mean:.5}  std {std:.5}", output.size());
+    for (n, t) in names.iter().zip(&outputs) {
+        let (mean, std) = stats(t);
+        println!(
+            "{:<8} {:?}  mean {mean:.5}  std {std:.5}",
+            format!("{n}:"),
+            t.size()
+        );
+    }
     if let Some(p) = &a.output {
         println!("written: {}", p.display());
     }

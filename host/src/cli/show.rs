@@ -45,7 +45,13 @@ pub fn run(host: &Host, registry: &str, name: &str, json: bool) -> Result<(), Ho
             Some(d) => format!("= {d}"),
             None => "(required)".to_owned(),
         };
-        println!("    {:<width$}  {:<16} {:<24} {}", p.name, p.ty.name(), default, p.doc);
+        println!(
+            "    {:<width$}  {:<16} {:<24} {}",
+            p.name,
+            p.ty.name(),
+            default,
+            p.doc
+        );
     }
     if info.accepts_extra {
         println!("    further keyword arguments are passed through");

@@ -1,6 +1,10 @@
 //! The `mmseg` plugin: mmsegmentation decode heads (which include their own classifier), as TerraTorch's `MMSegRegistry` builds them.
 
 pub mod models;
+#[cfg(test)]
+mod tests_a;
+#[cfg(test)]
+mod tests_b;
 
 use models::conv_module::{check_conv_cfg, ActCfg, NormCfg};
 use models::fcn_head::{self, FcnHead, InIndex, InputTransform, MmsegDecoderWrapper};
@@ -31,9 +35,10 @@ fn fcn_config(ctx: &BuildCtx<'_, '_>) -> Result<fcn_head::Config> {
     cfg.concat_input = a.get("concat_input")?;
     cfg.dilation = a.get("dilation")?;
     cfg.dropout_ratio = a.get("dropout_ratio")?;
-    check_conv_cfg(a.raw("conv_cfg").unwrap_or(&Value::Null)).map_err(|why| arg_error(ctx, "conv_cfg", why))?;
-    cfg.conv.norm_cfg =
-        NormCfg::from_json(a.raw("norm_cfg").unwrap_or(&Value::Null)).map_err(|why| arg_error(ctx, "norm_cfg", why))?;
+    check_conv_cfg(a.raw("conv_cfg").unwrap_or(&Value::Null))
+        .map_err(|why| arg_error(ctx, "conv_cfg", why))?;
+    cfg.conv.norm_cfg = NormCfg::from_json(a.raw("norm_cfg").unwrap_or(&Value::Null))
+        .map_err(|why| arg_error(ctx, "norm_cfg", why))?;
     // Left out, act_cfg is the declared default ({"type": "ReLU"}); an explicit null is
     // mmseg's act_cfg=None (no activation).
     cfg.conv.act_cfg = match a.raw("act_cfg") {
@@ -47,7 +52,8 @@ fn fcn_config(ctx: &BuildCtx<'_, '_>) -> Result<fcn_head::Config> {
         .transpose()
         .map_err(|why| arg_error(ctx, "input_transform", why))?;
     cfg.align_corners = a.get("align_corners")?;
-    cfg.validate().map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.validate()
+        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
     Ok(cfg)
 }
 
@@ -60,7 +66,8 @@ fn build_fcn_head(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
 
 /// The `mmseg` entries of the `decoder` registry.
 fn decoders() -> Catalog {
-    Catalog::new("mmseg").add(
+    Catalog::new("mmseg")
+        .includes_heads().add(
         Entry::new(
             "FCNHead",
             "Fully convolutional decode head of mmsegmentation (FCNHead, wrapped as TerraTorch's MMSegRegistry wraps \
@@ -150,6 +157,32 @@ fn decoders() -> Catalog {
             "mmseg's init_weights config; unused, as TerraTorch never calls init_weights",
         ),
     )
+    // decode heads, part B
+    .add(models::nl_head::entry())
+    .add(models::nl_head::dnl_entry())
+    .add(models::gc_head::entry())
+    .add(models::da_head::entry())
+    .add(models::ema_head::entry())
+    .add(models::apc_head::entry())
+    .add(models::dm_head::entry())
+    .add(models::isa_head::entry())
+    .add(models::ocr_head::entry())
+    .add(models::ann_head::entry())
+    .add(models::enc_head::entry())
+    .add(models::ham_head::entry())
+    // decode heads, part A
+    .add(models::uper_head::entry())
+    .add(models::psp_head::entry())
+    .add(models::aspp_head::aspp_entry())
+    .add(models::aspp_head::sep_aspp_entry())
+    .add(models::sep_fcn_head::entry())
+    .add(models::stdc_head::entry())
+    .add(models::segformer_head::entry())
+    .add(models::fpn_head::entry())
+    .add(models::setr_up_head::entry())
+    .add(models::setr_mla_head::entry())
+    .add(models::lraspp_head::entry())
+    .add(models::dpt_head::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -169,10 +202,18 @@ mod tests {
 
     use terrahost_plugin_api::sdk::DynModule;
     use terrahost_plugin_api::ErrorKind;
-    use terrahost_testkit::{build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case};
+    use terrahost_testkit::{
+        build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case,
+    };
 
     fn build(channels: &[i64], args: Value) -> Result<DynModule> {
-        build_from(plugin_sources()?, "decoder", "FCNHead", Some(channels), &args)
+        build_from(
+            plugin_sources()?,
+            "decoder",
+            "FCNHead",
+            Some(channels),
+            &args,
+        )
     }
 
     fn build_err(channels: &[i64], args: Value) -> PluginError {
@@ -191,7 +232,9 @@ mod tests {
     #[test]
     fn missing_num_classes_carries_terratorchs_message_from_the_fixture() {
         let fx = terrahost_testkit::Fixture::load("mmseg_FCNHead");
-        let text = fx.meta["missing_num_classes_error"].as_str().expect("missing_num_classes_error");
+        let text = fx.meta["missing_num_classes_error"]
+            .as_str()
+            .expect("missing_num_classes_error");
         let text = text.strip_prefix("ValueError: ").unwrap_or(text);
         let e = build_err(&[32], json!({"channels": 16}));
         assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
@@ -216,7 +259,11 @@ mod tests {
 
     #[test]
     fn state_dict_keys_match_the_reference() {
-        let m = build(&[32], json!({"num_classes": 3, "channels": 16, "norm_cfg": {"type": "BN"}})).unwrap();
+        let m = build(
+            &[32],
+            json!({"num_classes": 3, "channels": 16, "norm_cfg": {"type": "BN"}}),
+        )
+        .unwrap();
         assert_eq!(keys_and_shapes(&m), reference(REF_BN_KEYS));
         let m = build(
             &[8, 16],
@@ -225,14 +272,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys_and_shapes(&m), reference(REF_GN_KEYS));
-        let buffers: Vec<String> =
-            build(&[32], json!({"num_classes": 3, "channels": 16, "norm_cfg": {"type": "SyncBN"}}))
-                .unwrap()
-                .module()
-                .named_buffers()
-                .into_iter()
-                .map(|n| n.name.into_string())
-                .collect();
+        let buffers: Vec<String> = build(
+            &[32],
+            json!({"num_classes": 3, "channels": 16, "norm_cfg": {"type": "SyncBN"}}),
+        )
+        .unwrap()
+        .module()
+        .named_buffers()
+        .into_iter()
+        .map(|n| n.name.into_string())
+        .collect();
         assert_eq!(buffers.len(), 6, "{buffers:?}");
     }
 
@@ -242,10 +291,15 @@ mod tests {
         assert!(m.includes_head());
         assert_eq!(m.out_channels(), vec![3]);
         // in_index -1 picks the last map; no resize to any input size.
-        let ys = tch::no_grad(|| m.forward(&[input(0, &[2, 5, 16, 16]), input(1, &[2, 32, 7, 9])])).unwrap();
+        let ys = tch::no_grad(|| m.forward(&[input(0, &[2, 5, 16, 16]), input(1, &[2, 32, 7, 9])]))
+            .unwrap();
         assert_eq!(ys.len(), 1);
         assert_eq!(ys[0].size(), vec![2, 3, 7, 9]);
-        let m = build(&[32], json!({"num_classes": 2, "out_channels": 1, "channels": 16})).unwrap();
+        let m = build(
+            &[32],
+            json!({"num_classes": 2, "out_channels": 1, "channels": 16}),
+        )
+        .unwrap();
         assert_eq!(m.out_channels(), vec![1]);
     }
 
@@ -259,7 +313,11 @@ mod tests {
 
     #[test]
     fn dropout_acts_in_training_only() {
-        let mut m = build(&[8], json!({"num_classes": 2, "channels": 8, "dropout_ratio": 0.5})).unwrap();
+        let mut m = build(
+            &[8],
+            json!({"num_classes": 2, "channels": 8, "dropout_ratio": 0.5}),
+        )
+        .unwrap();
         let x = [input(0, &[1, 8, 6, 6])];
         let a = tch::no_grad(|| m.forward(&x)).unwrap().remove(0);
         let b = tch::no_grad(|| m.forward(&x)).unwrap().remove(0);
@@ -267,35 +325,80 @@ mod tests {
         m.set_train(true);
         tch::manual_seed(0);
         let c = tch::no_grad(|| m.forward(&x)).unwrap().remove(0);
-        assert!(!a.allclose(&c, 1e-6, 1e-6, false), "Dropout2d changes the training output");
+        assert!(
+            !a.allclose(&c, 1e-6, 1e-6, false),
+            "Dropout2d changes the training output"
+        );
     }
 
     #[test]
     fn argument_errors_say_what_to_change() {
         let base = |extra: Value| {
             let mut a = json!({"num_classes": 2, "channels": 8});
-            a.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            a.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             a
         };
         let cases: Vec<(&[i64], Value, &str)> = vec![
             (&[8, 16], base(json!({})), "must have one entry"),
             (&[8], base(json!({"in_index": [0]})), "in_index"),
-            (&[8, 16], base(json!({"input_transform": "multiple_select", "in_index": [0, 1]})), "multiple_select"),
-            (&[8], base(json!({"input_transform": "resize_concat", "in_index": [0]})), "resize_concat"),
-            (&[8, 16], base(json!({"input_transform": "resize_concat", "in_index": [0]})), "in_index"),
-            (&[8, 16], base(json!({"input_transform": "resize_concat", "in_index": 0})), "in_index"),
-            (&[8, 16], base(json!({"input_transform": "concat", "in_index": [0, 1]})), "input_transform"),
+            (
+                &[8, 16],
+                base(json!({"input_transform": "multiple_select", "in_index": [0, 1]})),
+                "multiple_select",
+            ),
+            (
+                &[8],
+                base(json!({"input_transform": "resize_concat", "in_index": [0]})),
+                "resize_concat",
+            ),
+            (
+                &[8, 16],
+                base(json!({"input_transform": "resize_concat", "in_index": [0]})),
+                "in_index",
+            ),
+            (
+                &[8, 16],
+                base(json!({"input_transform": "resize_concat", "in_index": 0})),
+                "in_index",
+            ),
+            (
+                &[8, 16],
+                base(json!({"input_transform": "concat", "in_index": [0, 1]})),
+                "input_transform",
+            ),
             (&[8], base(json!({"out_channels": 3})), "out_channels"),
             (&[4], base(json!({"num_convs": 0})), "num_convs"),
             (&[8], base(json!({"dilation": 0})), "dilation"),
             (&[8], base(json!({"dropout_ratio": 1.5})), "dropout_ratio"),
             (&[8], base(json!({"norm_cfg": {"type": "LN"}})), "norm_cfg"),
-            (&[8], base(json!({"norm_cfg": {"type": "GN"}})), "num_groups"),
-            (&[8], base(json!({"norm_cfg": {"type": "GN", "num_groups": 3}})), "divide"),
-            (&[8], base(json!({"norm_cfg": {"type": "BN", "epsilon": 1e-3}})), "epsilon"),
+            (
+                &[8],
+                base(json!({"norm_cfg": {"type": "GN"}})),
+                "num_groups",
+            ),
+            (
+                &[8],
+                base(json!({"norm_cfg": {"type": "GN", "num_groups": 3}})),
+                "divide",
+            ),
+            (
+                &[8],
+                base(json!({"norm_cfg": {"type": "BN", "epsilon": 1e-3}})),
+                "epsilon",
+            ),
             (&[8], base(json!({"act_cfg": {"type": "PReLU"}})), "act_cfg"),
-            (&[8], base(json!({"conv_cfg": {"type": "deconv"}})), "conv_cfg"),
-            (&[8], base(json!({"num_clases": 2})), "did you mean `num_classes`"),
+            (
+                &[8],
+                base(json!({"conv_cfg": {"type": "deconv"}})),
+                "conv_cfg",
+            ),
+            (
+                &[8],
+                base(json!({"num_clases": 2})),
+                "did you mean `num_classes`",
+            ),
         ];
         for (channels, args, needle) in cases {
             let e = build_err(channels, args.clone());
@@ -306,11 +409,21 @@ mod tests {
 
     #[test]
     fn forward_checks_its_inputs() {
-        let m = build(&[8], json!({"num_classes": 2, "channels": 8, "in_index": 2})).unwrap();
+        let m = build(
+            &[8],
+            json!({"num_classes": 2, "channels": 8, "in_index": 2}),
+        )
+        .unwrap();
         let e = m.forward(&[input(0, &[1, 8, 4, 4])]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::FORWARD_FAILED);
         assert!(e.message().contains("in_index 2 is out of range"), "{e}");
-        let e = m.forward(&[input(0, &[1, 8, 4, 4]), input(1, &[1, 8, 4, 4]), input(2, &[1, 4, 4, 4])]).unwrap_err();
+        let e = m
+            .forward(&[
+                input(0, &[1, 8, 4, 4]),
+                input(1, &[1, 8, 4, 4]),
+                input(2, &[1, 4, 4, 4]),
+            ])
+            .unwrap_err();
         assert!(e.message().contains("[B, 8, H, W]"), "{e}");
     }
 

@@ -1,41 +1,37 @@
 //! The `smp` plugin: segmentation_models_pytorch decoders, wrapped as TerraTorch's `SMPRegistry` wraps them.
 
 pub mod models;
+#[cfg(test)]
+mod tests_a;
+#[cfg(test)]
+mod tests_b;
 
 use models::unet::{self, AttentionType, Interpolation, NormConfig, UnetDecoder};
-use models::wrapper::SmpDecoderWrapper;
+use models::wrapper::{self, SmpDecoderWrapper};
 use serde_json::{json, Value};
-use tch::{nn, Device};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Catalog, Entry};
+use terrahost_plugin_api::sdk::{BuildCtx, Catalog};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
-
-/// Refuses `aux_params`: TerraTorch's wrapper keeps only smp's decoder, so an
-/// auxiliary classification head would never be part of the module.
-fn refuse_aux_params(ctx: &BuildCtx<'_, '_>) -> Result<()> {
-    match ctx.args.raw("aux_params") {
-        None => Ok(()),
-        Some(_) => Err(PluginError::invalid_argument(format!(
-            "argument `aux_params` of `{}` is not supported: TerraTorch's SMP decoder wrapper keeps only smp's \
-             decoder and discards the auxiliary classification head smp builds on the encoder (TerraTorch itself \
-             forwards `aux_params` to smp as {{\"params\": ...}}, which smp rejects); put a terratorch \
-             classification head on the encoder features instead",
-            ctx.qualified()
-        ))),
-    }
-}
 
 /// The Unet decoder configuration TerraTorch's `SMPRegistry.build("Unet", channels, **kwargs)` makes.
 fn unet_config(ctx: &BuildCtx<'_, '_>) -> Result<unet::Config> {
-    refuse_aux_params(ctx)?;
     let mut cfg = unet::Config::terratorch(&ctx.channels);
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
     // smp keeps `decoder_use_batchnorm` as a deprecated alias that wins when given.
     let (norm_arg, norm) = match ctx.args.raw("decoder_use_batchnorm") {
         Some(v) => ("decoder_use_batchnorm", v.clone()),
-        None => ("decoder_use_norm", ctx.args.raw("decoder_use_norm").cloned().unwrap_or(json!("batchnorm"))),
+        None => (
+            "decoder_use_norm",
+            ctx.args
+                .raw("decoder_use_norm")
+                .cloned()
+                .unwrap_or(json!("batchnorm")),
+        ),
     };
     cfg.use_norm = NormConfig::from_smp(&norm).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `{norm_arg}` of `{}`: {why}", ctx.qualified()))
+        PluginError::invalid_argument(format!(
+            "argument `{norm_arg}` of `{}`: {why}",
+            ctx.qualified()
+        ))
     })?;
     cfg.attention_type = ctx
         .args
@@ -43,28 +39,33 @@ fn unet_config(ctx: &BuildCtx<'_, '_>) -> Result<unet::Config> {
         .map(|s| AttentionType::parse(&s))
         .transpose()
         .map_err(|why| {
-            PluginError::invalid_argument(format!("argument `decoder_attention_type` of `{}`: {why}", ctx.qualified()))
+            PluginError::invalid_argument(format!(
+                "argument `decoder_attention_type` of `{}`: {why}",
+                ctx.qualified()
+            ))
         })?;
     let mode: String = ctx.args.get("decoder_interpolation")?;
     cfg.interpolation_mode = Interpolation::parse(&mode).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `decoder_interpolation` of `{}`: {why}", ctx.qualified()))
+        PluginError::invalid_argument(format!(
+            "argument `decoder_interpolation` of `{}`: {why}",
+            ctx.qualified()
+        ))
     })?;
-    cfg.validate().map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.validate()
+        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
     Ok(cfg)
 }
 
 fn build_unet(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let cfg = unet_config(ctx)?;
-    let vs = nn::VarStore::new(Device::Cpu);
     // TerraTorch reads out_channels from smp's segmentation head: decoder_channels[-1].
-    let model = SmpDecoderWrapper::new(vs.root(), cfg.out_channels(), |p| UnetDecoder::new(p, &cfg))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    SmpDecoderWrapper::build(ctx, cfg.out_channels(), |p| UnetDecoder::new(p, &cfg))
 }
 
 /// The `smp` entries of the `decoder` registry.
 fn decoders() -> Catalog {
     Catalog::new("smp").add(
-        Entry::new(
+        wrapper::entry(
             "Unet",
             "U-Net decoder of segmentation_models_pytorch (smp.Unet's decoder, as TerraTorch's SMPRegistry wraps \
              it): takes the encoder's feature maps, full resolution first (depth = number of maps - 1), upsamples \
@@ -72,7 +73,6 @@ fn decoders() -> Catalog {
              decoder_channels[-1] channels at the first map's resolution.",
             build_unet,
         )
-        .takes_channels()
         .opt(
             "decoder_channels",
             ParamType::INT_LIST,
@@ -102,14 +102,19 @@ fn decoders() -> Catalog {
             ParamType::STR,
             json!("nearest"),
             "upsampling mode: \"nearest\", \"bilinear\", \"bicubic\", \"area\" or \"nearest-exact\"",
-        )
-        .opt(
-            "aux_params",
-            ParamType::DICT,
-            Value::Null,
-            "not supported: TerraTorch's wrapper discards smp's auxiliary classification head",
         ),
     )
+    .add(models::deeplabv3::deeplabv3_entry())
+    .add(models::deeplabv3::deeplabv3plus_entry())
+    .add(models::fpn::entry())
+    .add(models::linknet::entry())
+    .add(models::pspnet::entry())
+    .add(models::pan::entry())
+    .add(models::dpt::entry())
+    .add(models::manet::entry())
+    .add(models::segformer::entry())
+    .add(models::upernet::entry())
+    .add(models::unetplusplus::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -129,7 +134,9 @@ mod tests {
     use tch::Tensor;
     use terrahost_plugin_api::sdk::DynModule;
     use terrahost_plugin_api::ErrorKind;
-    use terrahost_testkit::{build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case};
+    use terrahost_testkit::{
+        build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case,
+    };
 
     fn build(channels: &[i64], args: Value) -> Result<DynModule> {
         build_from(plugin_sources()?, "decoder", "Unet", Some(channels), &args)
@@ -155,7 +162,11 @@ mod tests {
 
     #[test]
     fn state_dict_keys_match_the_reference() {
-        let m = build(&[16, 16, 32, 64, 128], json!({"decoder_channels": [16, 16, 8, 8]})).unwrap();
+        let m = build(
+            &[16, 16, 32, 64, 128],
+            json!({"decoder_channels": [16, 16, 8, 8]}),
+        )
+        .unwrap();
         assert_eq!(keys_and_shapes(&m), reference(REF_TINY_KEYS));
         let m = build(
             &[16, 16, 32],
@@ -167,10 +178,24 @@ mod tests {
 
     #[test]
     fn batchnorm_statistics_are_buffers() {
-        let m = build(&[16, 16, 32, 64, 128], json!({"decoder_channels": [16, 16, 8, 8]})).unwrap();
-        let buffers: Vec<String> = m.module().named_buffers().into_iter().map(|n| n.name.into_string()).collect();
+        let m = build(
+            &[16, 16, 32, 64, 128],
+            json!({"decoder_channels": [16, 16, 8, 8]}),
+        )
+        .unwrap();
+        let buffers: Vec<String> = m
+            .module()
+            .named_buffers()
+            .into_iter()
+            .map(|n| n.name.into_string())
+            .collect();
         assert_eq!(buffers.len(), 16, "{buffers:?}");
-        assert!(buffers.iter().all(|b| b.ends_with("running_mean") || b.ends_with("running_var")), "{buffers:?}");
+        assert!(
+            buffers
+                .iter()
+                .all(|b| b.ends_with("running_mean") || b.ends_with("running_var")),
+            "{buffers:?}"
+        );
     }
 
     #[test]
@@ -180,8 +205,12 @@ mod tests {
         assert_eq!(m.out_channels(), vec![8]);
         assert!(!m.includes_head());
         let sizes = [32, 16, 8, 4, 2];
-        let xs: Vec<Tensor> =
-            channels.iter().zip(sizes).enumerate().map(|(i, (&c, s))| input(i, &[2, c, s, s])).collect();
+        let xs: Vec<Tensor> = channels
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (&c, s))| input(i, &[2, c, s, s]))
+            .collect();
         let ys = tch::no_grad(|| m.forward(&xs)).unwrap();
         assert_eq!(ys.len(), 1);
         assert_eq!(ys[0].size(), vec![2, 8, 32, 32]);
@@ -204,7 +233,11 @@ mod tests {
         // smp's defaults have five decoder channels; five maps make a depth of four.
         let e = build_err(&[64, 64, 128, 256, 512], json!({}));
         assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
-        assert!(e.message().contains("Model depth is 4, but you provide `decoder_channels` for 5 blocks."), "{e}");
+        assert!(
+            e.message()
+                .contains("Model depth is 4, but you provide `decoder_channels` for 5 blocks."),
+            "{e}"
+        );
     }
 
     #[test]
@@ -212,21 +245,51 @@ mod tests {
         let ch = [16, 16, 32];
         let dc = json!([16, 8]);
         let cases = [
-            (json!({"decoder_channels": dc, "aux_params": {"classes": 3}}), "aux_params"),
-            (json!({"decoder_channels": dc, "decoder_attention_type": "cbam"}), "Attention cbam is not implemented"),
-            (json!({"decoder_channels": dc, "decoder_interpolation": "linear"}), "decoder_interpolation"),
-            (json!({"decoder_channels": dc, "decoder_use_norm": "groupnorm"}), "Unrecognized normalization type"),
-            (json!({"decoder_channels": dc, "decoder_use_norm": "inplace"}), "inplace_abn"),
-            (json!({"decoder_channels": dc, "decoder_use_norm": "instancenorm"}), "affine"),
-            (json!({"decoder_channels": dc, "decoder_use_norm": {"eps": 1e-3}}), "\"type\""),
-            (json!({"decoder_channels": dc, "decoder_use_batchnorm": 3}), "decoder_use_batchnorm"),
+            (
+                json!({"decoder_channels": dc, "aux_params": {"classes": 3}}),
+                "aux_params",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_attention_type": "cbam"}),
+                "Attention cbam is not implemented",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_interpolation": "linear"}),
+                "decoder_interpolation",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "groupnorm"}),
+                "Unrecognized normalization type",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "inplace"}),
+                "inplace_abn",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "instancenorm"}),
+                "affine",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": {"eps": 1e-3}}),
+                "\"type\"",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_batchnorm": 3}),
+                "decoder_use_batchnorm",
+            ),
             (json!({"decoder_channels": [16, 0]}), "positive"),
-            (json!({"decoder_channel": dc}), "did you mean `decoder_channels`"),
+            (
+                json!({"decoder_channel": dc}),
+                "did you mean `decoder_channels`",
+            ),
         ];
         for (args, needle) in cases {
             let e = build_err(&ch, args.clone());
             assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT, "{args}: {e}");
-            assert!(e.message().to_lowercase().contains(&needle.to_lowercase()), "{args}: {e}");
+            assert!(
+                e.message().to_lowercase().contains(&needle.to_lowercase()),
+                "{args}: {e}"
+            );
         }
         let e = build_err(&[16], json!({"decoder_channels": []}));
         assert!(e.message().contains("at least two feature maps"), "{e}");
@@ -235,23 +298,47 @@ mod tests {
     #[test]
     fn forward_checks_its_inputs() {
         let m = build(&[4, 16, 32], json!({"decoder_channels": [8, 4]})).unwrap();
-        let e = m.forward(&[input(0, &[1, 4, 4, 4]), input(1, &[1, 16, 2, 2])]).unwrap_err();
+        let e = m
+            .forward(&[input(0, &[1, 4, 4, 4]), input(1, &[1, 16, 2, 2])])
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::FORWARD_FAILED);
         assert!(e.message().contains("3 feature maps"), "{e}");
-        let e = m.forward(&[input(0, &[1, 4, 4, 4]), input(1, &[1, 8, 2, 2]), input(2, &[1, 32, 1, 1])]).unwrap_err();
+        let e = m
+            .forward(&[
+                input(0, &[1, 4, 4, 4]),
+                input(1, &[1, 8, 2, 2]),
+                input(2, &[1, 32, 1, 1]),
+            ])
+            .unwrap_err();
         assert!(e.message().contains("feature map 1 has 8 channels"), "{e}");
         // The first map only sets the output size, so its channels are free (as in smp).
-        let ys = m.forward(&[input(0, &[1, 3, 5, 5]), input(1, &[1, 16, 2, 2]), input(2, &[1, 32, 1, 1])]).unwrap();
+        let ys = m
+            .forward(&[
+                input(0, &[1, 3, 5, 5]),
+                input(1, &[1, 16, 2, 2]),
+                input(2, &[1, 32, 1, 1]),
+            ])
+            .unwrap();
         assert_eq!(ys[0].size(), vec![1, 4, 5, 5]);
     }
 
     #[test]
     fn describes_smps_defaults() {
         let sources = plugin_sources().unwrap();
-        let info = sources[0].source.describe("Unet".into()).into_result().unwrap();
+        let info = sources[0]
+            .source
+            .describe("Unet".into())
+            .into_result()
+            .unwrap();
         assert!(info.takes_channels);
-        let default =
-            |name: &str| info.params.iter().find(|p| p.name.as_str() == name).unwrap().default_value().unwrap();
+        let default = |name: &str| {
+            info.params
+                .iter()
+                .find(|p| p.name.as_str() == name)
+                .unwrap()
+                .default_value()
+                .unwrap()
+        };
         assert_eq!(default("decoder_channels"), json!([256, 128, 64, 32, 16]));
         assert_eq!(default("decoder_use_norm"), json!("batchnorm"));
         assert_eq!(default("decoder_attention_type"), Value::Null);
@@ -305,36 +392,108 @@ mod tests {
     const REF_SCSE_KEYS: &[(&str, &[i64])] = &[
         ("_smp_decoder.blocks.0.conv1.0.weight", &[16, 48, 3, 3]),
         ("_smp_decoder.blocks.0.conv1.0.bias", &[16]),
-        ("_smp_decoder.blocks.0.attention1.attention.cSE.1.weight", &[3, 48, 1, 1]),
-        ("_smp_decoder.blocks.0.attention1.attention.cSE.1.bias", &[3]),
-        ("_smp_decoder.blocks.0.attention1.attention.cSE.3.weight", &[48, 3, 1, 1]),
-        ("_smp_decoder.blocks.0.attention1.attention.cSE.3.bias", &[48]),
-        ("_smp_decoder.blocks.0.attention1.attention.sSE.0.weight", &[1, 48, 1, 1]),
-        ("_smp_decoder.blocks.0.attention1.attention.sSE.0.bias", &[1]),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.1.weight",
+            &[3, 48, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.1.bias",
+            &[3],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.3.weight",
+            &[48, 3, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.3.bias",
+            &[48],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.sSE.0.weight",
+            &[1, 48, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.sSE.0.bias",
+            &[1],
+        ),
         ("_smp_decoder.blocks.0.conv2.0.weight", &[16, 16, 3, 3]),
         ("_smp_decoder.blocks.0.conv2.0.bias", &[16]),
-        ("_smp_decoder.blocks.0.attention2.attention.cSE.1.weight", &[1, 16, 1, 1]),
-        ("_smp_decoder.blocks.0.attention2.attention.cSE.1.bias", &[1]),
-        ("_smp_decoder.blocks.0.attention2.attention.cSE.3.weight", &[16, 1, 1, 1]),
-        ("_smp_decoder.blocks.0.attention2.attention.cSE.3.bias", &[16]),
-        ("_smp_decoder.blocks.0.attention2.attention.sSE.0.weight", &[1, 16, 1, 1]),
-        ("_smp_decoder.blocks.0.attention2.attention.sSE.0.bias", &[1]),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.1.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.1.bias",
+            &[1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.3.weight",
+            &[16, 1, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.3.bias",
+            &[16],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.sSE.0.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.sSE.0.bias",
+            &[1],
+        ),
         ("_smp_decoder.blocks.1.conv1.0.weight", &[8, 16, 3, 3]),
         ("_smp_decoder.blocks.1.conv1.0.bias", &[8]),
-        ("_smp_decoder.blocks.1.attention1.attention.cSE.1.weight", &[1, 16, 1, 1]),
-        ("_smp_decoder.blocks.1.attention1.attention.cSE.1.bias", &[1]),
-        ("_smp_decoder.blocks.1.attention1.attention.cSE.3.weight", &[16, 1, 1, 1]),
-        ("_smp_decoder.blocks.1.attention1.attention.cSE.3.bias", &[16]),
-        ("_smp_decoder.blocks.1.attention1.attention.sSE.0.weight", &[1, 16, 1, 1]),
-        ("_smp_decoder.blocks.1.attention1.attention.sSE.0.bias", &[1]),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.1.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.1.bias",
+            &[1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.3.weight",
+            &[16, 1, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.3.bias",
+            &[16],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.sSE.0.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.sSE.0.bias",
+            &[1],
+        ),
         ("_smp_decoder.blocks.1.conv2.0.weight", &[8, 8, 3, 3]),
         ("_smp_decoder.blocks.1.conv2.0.bias", &[8]),
-        ("_smp_decoder.blocks.1.attention2.attention.cSE.1.weight", &[0, 8, 1, 1]),
-        ("_smp_decoder.blocks.1.attention2.attention.cSE.1.bias", &[0]),
-        ("_smp_decoder.blocks.1.attention2.attention.cSE.3.weight", &[8, 0, 1, 1]),
-        ("_smp_decoder.blocks.1.attention2.attention.cSE.3.bias", &[8]),
-        ("_smp_decoder.blocks.1.attention2.attention.sSE.0.weight", &[1, 8, 1, 1]),
-        ("_smp_decoder.blocks.1.attention2.attention.sSE.0.bias", &[1]),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.1.weight",
+            &[0, 8, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.1.bias",
+            &[0],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.3.weight",
+            &[8, 0, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.3.bias",
+            &[8],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.sSE.0.weight",
+            &[1, 8, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.sSE.0.bias",
+            &[1],
+        ),
     ];
 
     /// `smp_Unet` on channels [4, 16, 32] with {'decoder_channels': [16, 16], 'decoder_attention_type': 'scse', 'decoder_use_norm': False, 'decoder_interpolation': 'bilinear'}; inputs [[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]].

@@ -12,12 +12,18 @@ use terrahost_plugin_api::{
 
 /// The `terratorch` entries of the `backbone` registry.
 fn backbones() -> Catalog {
-    Catalog::new("terratorch")
+    let mut c = Catalog::new("terratorch");
+    c = models::prithvi_vit::backbone_entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c
 }
 
 /// The `terratorch` entries of the `neck` registry.
 fn necks() -> Catalog {
-    necks::entries().into_iter().fold(Catalog::new("terratorch"), Catalog::add)
+    necks::entries()
+        .into_iter()
+        .fold(Catalog::new("terratorch"), Catalog::add)
 }
 
 /// The `terratorch` entries of the `decoder` registry.
@@ -57,11 +63,24 @@ fn decoders() -> Catalog {
             .opt("out_index", ParamType::INT, json!(-1), "which feature map to return (negative counts from the end)")
             .takes_channels(),
         )
+        .add(models::unet_decoder::entry())
+        .add(models::upernet_decoder::entry())
+        .add(models::linear_decoder::entry())
+        .add(models::mlp_decoder::entry())
+        .add(models::satmae_head::entry())
+        .add(models::aspp_head::module_entry())
+        .add(models::aspp_head::head_entry())
+        .add(models::aspp_head::segmentation_entry())
+        .add(models::aspp_head::regression_entry())
 }
 
 /// The `terratorch` entries of the `full_model` registry.
 fn full_models() -> Catalog {
-    Catalog::new("terratorch")
+    let mut c = Catalog::new("terratorch");
+    c = models::prithvi_vit::full_model_entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c
 }
 
 /// The `terratorch` entries of the `model_factory` registry.
@@ -84,4 +103,8 @@ terrahost_plugin_api::declare_plugin! {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_decoders;
+#[cfg(test)]
 mod tests_necks;
+#[cfg(test)]
+mod tests_prithvi;

@@ -4,7 +4,8 @@
 
 use crate::models::encoder_decoder_factory::{self as factory, Task};
 use crate::models::heads::{
-    RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead, SegmentationHeadConfig,
+    RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead,
+    SegmentationHeadConfig,
 };
 use serde_json::{json, Map, Value};
 use tch::{nn, nn::Module as _, Device, Kind, Tensor};
@@ -12,7 +13,9 @@ use terrahost_plugin_api::{
     sdk::{Built, Catalog, Entry, Model},
     ErrorKind, ParamType, Result, SourceEntry,
 };
-use terrahost_testkit::{assert_close, check_fixture, host_with, host_with_plugins, load_varstore, synth, Fixture};
+use terrahost_testkit::{
+    assert_close, check_fixture, host_with, host_with_plugins, load_varstore, synth, Fixture,
+};
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().expect("a JSON object").clone()
@@ -29,7 +32,10 @@ fn parity_fcn_decoder() {
 
 #[test]
 fn parity_identity_decoder() {
-    check_fixture(crate::plugin_sources().unwrap(), "terratorch_IdentityDecoder");
+    check_fixture(
+        crate::plugin_sources().unwrap(),
+        "terratorch_IdentityDecoder",
+    );
 }
 
 #[test]
@@ -81,8 +87,11 @@ fn entries_are_registered_with_their_parameters() {
     let host = host_with(crate::plugin_sources().unwrap());
     let (_, info) = host.describe("decoder", "FCNDecoder").unwrap();
     assert!(info.takes_channels);
-    let params: Vec<(String, Option<Value>)> =
-        info.params.iter().map(|p| (p.name.to_string(), p.default_value())).collect();
+    let params: Vec<(String, Option<Value>)> = info
+        .params
+        .iter()
+        .map(|p| (p.name.to_string(), p.default_value()))
+        .collect();
     assert_eq!(
         params,
         vec![
@@ -91,11 +100,19 @@ fn entries_are_registered_with_their_parameters() {
             ("in_index".to_owned(), Some(json!(-1))),
         ]
     );
-    let (_, info) = host.describe("decoder", "terratorch_IdentityDecoder").unwrap();
-    assert!(info.takes_channels && info.params.len() == 1 && info.params[0].name.as_str() == "out_index");
+    let (_, info) = host
+        .describe("decoder", "terratorch_IdentityDecoder")
+        .unwrap();
+    assert!(
+        info.takes_channels
+            && info.params.len() == 1
+            && info.params[0].name.as_str() == "out_index"
+    );
     let (_, info) = host.describe("neck", "SelectIndices").unwrap();
     assert!(info.takes_channels && info.params[0].is_required());
-    let (_, info) = host.describe("model_factory", "EncoderDecoderFactory").unwrap();
+    let (_, info) = host
+        .describe("model_factory", "EncoderDecoderFactory")
+        .unwrap();
     assert!(info.accepts_extra);
     let names: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, factory::DECLARED.to_vec());
@@ -104,26 +121,69 @@ fn entries_are_registered_with_their_parameters() {
 #[test]
 fn built_parts_report_upstream_out_channels() {
     let host = host_with(crate::plugin_sources().unwrap());
-    let fcn = host.build("decoder", "FCNDecoder", &obj(json!({"channels": 16})), Some(&[32, 64, 128])).unwrap();
+    let fcn = host
+        .build(
+            "decoder",
+            "FCNDecoder",
+            &obj(json!({"channels": 16})),
+            Some(&[32, 64, 128]),
+        )
+        .unwrap();
     assert_eq!(fcn.out_channels(), vec![16]);
     assert!(!fcn.includes_head());
-    let id = host.build("decoder", "IdentityDecoder", &Map::new(), Some(&[32, 64, 128])).unwrap();
+    let id = host
+        .build(
+            "decoder",
+            "IdentityDecoder",
+            &Map::new(),
+            Some(&[32, 64, 128]),
+        )
+        .unwrap();
     assert_eq!(id.out_channels(), vec![128]);
     assert!(!id.includes_head());
-    let neck = host.build("neck", "SelectIndices", &obj(json!({"indices": [0, -1]})), Some(&[16, 32, 64])).unwrap();
+    let neck = host
+        .build(
+            "neck",
+            "SelectIndices",
+            &obj(json!({"indices": [0, -1]})),
+            Some(&[16, 32, 64]),
+        )
+        .unwrap();
     assert_eq!(neck.out_channels(), vec![16, 64]);
 }
 
 #[test]
 fn bad_decoder_arguments_are_refused() {
     let host = host_with(crate::plugin_sources().unwrap());
-    let e = host.build("decoder", "FCNDecoder", &obj(json!({"num_convs": 0})), Some(&[8])).err().unwrap();
+    let e = host
+        .build(
+            "decoder",
+            "FCNDecoder",
+            &obj(json!({"num_convs": 0})),
+            Some(&[8]),
+        )
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("num_convs"), "{e}");
-    let e = host.build("decoder", "FCNDecoder", &Map::new(), None).err().unwrap();
+    let e = host
+        .build("decoder", "FCNDecoder", &Map::new(), None)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("channel list"), "{e}");
-    let e = host.build("neck", "SelectIndices", &Map::new(), Some(&[8])).err().unwrap();
+    let e = host
+        .build("neck", "SelectIndices", &Map::new(), Some(&[8]))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("indices"), "{e}");
-    let e = host.build("neck", "SelectIndices", &obj(json!({"indices": [5]})), Some(&[8, 16])).err().unwrap();
+    let e = host
+        .build(
+            "neck",
+            "SelectIndices",
+            &obj(json!({"indices": [5]})),
+            Some(&[8, 16]),
+        )
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("index 5"), "{e}");
 }
 
@@ -145,12 +205,23 @@ fn prefixed_arguments_are_split_by_group() {
     })))
     .unwrap();
     assert_eq!(plan.task, Task::Segmentation);
-    assert_eq!(plan.backbone_kwargs, obj(json!({"pretrained": false, "features_only": true})));
-    assert_eq!(plan.decoder_kwargs, obj(json!({"decoder_channels": [256, 128, 64, 32]})));
+    assert_eq!(
+        plan.backbone_kwargs,
+        obj(json!({"pretrained": false, "features_only": true}))
+    );
+    assert_eq!(
+        plan.decoder_kwargs,
+        obj(json!({"decoder_channels": [256, 128, 64, 32]}))
+    );
     assert_eq!(plan.head_kwargs, obj(json!({"dropout": 0.1})));
     assert_eq!(plan.outputs(), Some(("num_classes", 3)));
     assert!(plan.rescale);
-    assert_eq!(plan.padding, None, "no patch size, no padding");
+    assert_eq!(plan.patch_size, None, "no patch size given");
+    assert_eq!(
+        plan.padding_mode.as_deref(),
+        Some("reflect"),
+        "upstream's default padding mode"
+    );
 }
 
 #[test]
@@ -169,7 +240,10 @@ fn explicit_kwargs_dicts_win_and_leave_prefixed_ones_unused() {
     })))
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
-    assert!(e.message().contains("`backbone_in_chans`") && e.message().contains("not used"), "{e}");
+    assert!(
+        e.message().contains("`backbone_in_chans`") && e.message().contains("not used"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -178,7 +252,10 @@ fn unknown_unprefixed_arguments_are_named() {
         "task": "segmentation", "backbone": "b", "decoder": "d", "num_class": 3, "dropout": 0.2,
     })))
     .unwrap_err();
-    assert!(e.message().contains("`num_class`") && e.message().contains("`dropout`"), "{e}");
+    assert!(
+        e.message().contains("`num_class`") && e.message().contains("`dropout`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -189,28 +266,56 @@ fn unsupported_options_are_refused_clearly() {
         m.insert(k.to_owned(), v);
         factory::plan(&m).unwrap_err()
     };
-    let e = with("aux_decoders", json!([{"name": "aux", "decoder": "FCNDecoder"}]));
-    assert!(e.message().contains("aux_decoders") && e.message().contains("not supported yet"), "{e}");
+    let e = with(
+        "aux_decoders",
+        json!([{"name": "aux", "decoder": "FCNDecoder", "decoder_args": {"channels": 8}}]),
+    );
+    assert!(
+        e.message().contains("aux_decoders[0]") && e.message().contains("`channels`"),
+        "{e}"
+    );
+    let e = with(
+        "aux_decoders",
+        json!([{"name": "a", "decoder": "d"}, {"name": "a", "decoder": "d"}]),
+    );
+    assert!(
+        e.message().contains("`a`") && e.message().contains("unique"),
+        "{e}"
+    );
+    let e = with("aux_decoders", json!([{"decoder": "d"}]));
+    assert!(e.message().contains("needs `name`"), "{e}");
     let e = with("peft_config", json!({"method": "LORA"}));
-    assert!(e.message().contains("peft_config") && e.message().contains("not supported yet"), "{e}");
+    assert!(
+        e.message().contains("peft_config") && e.message().contains("not supported yet"),
+        "{e}"
+    );
     let e = with("backbone_use_temporal", json!(true));
     assert!(e.message().contains("use_temporal"), "{e}");
     let e = with("task", json!("embedding_generation"));
-    assert!(e.message().contains("not supported yet"), "{e}");
+    assert!(e.message().contains("uses no decoder"), "{e}");
     let e = with("task", json!("detection"));
     assert!(e.message().contains("detection"), "{e}");
     let mut m = obj(base.clone());
     m.insert("num_classes".into(), json!(2));
     m.insert("num_outputs".into(), json!(2));
-    assert!(factory::plan(&m).unwrap_err().message().contains("only one"));
+    assert!(factory::plan(&m)
+        .unwrap_err()
+        .message()
+        .contains("only one"));
     let e = with("necks", json!([{"indices": [1]}]));
-    assert!(e.message().contains("necks[0]") && e.message().contains("name"), "{e}");
+    assert!(
+        e.message().contains("necks[0]") && e.message().contains("name"),
+        "{e}"
+    );
     // temporal keys are consumed, never passed to the backbone
     let mut m = obj(base);
     m.insert("backbone_use_temporal".into(), json!(false));
     m.insert("backbone_temporal_pooling".into(), json!("mean"));
     m.insert("backbone_in_chans".into(), json!(4));
-    assert_eq!(factory::plan(&m).unwrap().backbone_kwargs, obj(json!({"in_chans": 4})));
+    assert_eq!(
+        factory::plan(&m).unwrap().backbone_kwargs,
+        obj(json!({"in_chans": 4}))
+    );
 }
 
 #[test]
@@ -219,15 +324,18 @@ fn padding_comes_from_backbone_arguments() {
         "task": "regression", "backbone": "b", "decoder": "d", "backbone_patch_size": [4, 8],
     })))
     .unwrap();
-    let p = plan.padding.expect("padding");
-    assert_eq!((p.patch.h, p.patch.w, p.mode.as_str()), (4, 8, "reflect"));
+    let p = plan.patch_size.expect("patch size");
+    assert_eq!(
+        (p.h, p.w, plan.padding_mode.as_deref()),
+        (4, 8, Some("reflect"))
+    );
     // still passed on to the backbone, as upstream
     assert_eq!(plan.backbone_kwargs.get("patch_size"), Some(&json!([4, 8])));
     let plan = factory::plan(&obj(json!({
         "task": "regression", "backbone": "b", "decoder": "d", "backbone_patch_size": 16, "backbone_padding": null,
     })))
     .unwrap();
-    assert_eq!(plan.padding, None, "padding=None disables padding");
+    assert_eq!(plan.padding_mode, None, "padding=None disables padding");
     let e = factory::plan(&obj(json!({
         "task": "regression", "backbone": "b", "decoder": "d", "backbone_patch_size": 16, "backbone_padding": "mirror",
     })))
@@ -235,40 +343,67 @@ fn padding_comes_from_backbone_arguments() {
     assert!(e.message().contains("mirror"), "{e}");
 }
 
-fn info_with(params: Vec<terrahost_plugin_api::ParamSpec>) -> terrahost_plugin_api::EntryInfo {
+fn info_with(
+    params: Vec<terrahost_plugin_api::ParamSpec>,
+    includes_head: bool,
+) -> terrahost_plugin_api::EntryInfo {
     terrahost_plugin_api::EntryInfo {
         name: "X".into(),
         doc: "".into(),
         takes_channels: true,
         params: params.into(),
         accepts_extra: false,
+        includes_head,
     }
 }
 
 #[test]
 fn num_classes_goes_to_decoders_with_their_own_head() {
     use terrahost_plugin_api::ParamSpec;
-    let mmseg_like = info_with(vec![
-        ParamSpec::optional("channels", ParamType::INT, json!(256), ""),
-        ParamSpec::required("num_classes", ParamType::INT, ""),
-    ]);
-    let aspp_like = info_with(vec![ParamSpec::optional("num_classes", ParamType::INT, json!(2), "")]);
+    let mmseg_like = info_with(
+        vec![
+            ParamSpec::optional("channels", ParamType::INT, json!(256), ""),
+            ParamSpec::required("num_classes", ParamType::INT, ""),
+        ],
+        true,
+    );
+    let aspp_like = info_with(
+        vec![ParamSpec::optional(
+            "num_classes",
+            ParamType::INT,
+            json!(2),
+            "",
+        )],
+        false,
+    );
+    // A required num_classes is not enough: TerraTorch routes by the registry's includes_head
+    // (terratorch's LinearDecoder requires num_classes and still gets a head).
+    let linear_like = info_with(
+        vec![ParamSpec::required("num_classes", ParamType::INT, "")],
+        false,
+    );
     assert!(factory::decoder_takes_num_classes(&mmseg_like));
     assert!(!factory::decoder_takes_num_classes(&aspp_like));
+    assert!(!factory::decoder_takes_num_classes(&linear_like));
 
-    let plan = factory::plan(&obj(json!({"task": "segmentation", "backbone": "b", "decoder": "d", "num_classes": 5})))
-        .unwrap();
+    let plan = factory::plan(&obj(
+        json!({"task": "segmentation", "backbone": "b", "decoder": "d", "num_classes": 5}),
+    ))
+    .unwrap();
     let mut kw = Map::new();
     assert!(factory::route_to_decoder(&plan, true, &mut kw));
     assert_eq!(kw, obj(json!({"num_classes": 5})));
     // the decoder makes the prediction: no head
-    assert_eq!(factory::head_kwargs_after_decoder(&plan, "d", true, true).unwrap(), None);
+    assert_eq!(
+        factory::head_kwargs_after_decoder(&plan, &plan.head_kwargs, "d", true, true).unwrap(),
+        None
+    );
     // a decoder without a head: the head gets the class count
     let mut kw = Map::new();
     assert!(!factory::route_to_decoder(&plan, false, &mut kw));
     assert!(kw.is_empty());
     assert_eq!(
-        factory::head_kwargs_after_decoder(&plan, "d", false, false).unwrap(),
+        factory::head_kwargs_after_decoder(&plan, &plan.head_kwargs, "d", false, false).unwrap(),
         Some(obj(json!({"num_classes": 5})))
     );
     // a head-including decoder with head arguments is an error, as upstream
@@ -276,13 +411,16 @@ fn num_classes_goes_to_decoders_with_their_own_head() {
         "task": "segmentation", "backbone": "b", "decoder": "d", "num_classes": 5, "head_dropout": 0.1,
     })))
     .unwrap();
-    let e = factory::head_kwargs_after_decoder(&plan, "d", true, true).unwrap_err();
+    let e =
+        factory::head_kwargs_after_decoder(&plan, &plan.head_kwargs, "d", true, true).unwrap_err();
     assert!(e.message().contains("head_dropout"), "{e}");
     // regression passes `num_outputs` under its own name
-    let plan =
-        factory::plan(&obj(json!({"task": "regression", "backbone": "b", "decoder": "d", "num_outputs": 2}))).unwrap();
+    let plan = factory::plan(&obj(
+        json!({"task": "regression", "backbone": "b", "decoder": "d", "num_outputs": 2}),
+    ))
+    .unwrap();
     assert_eq!(
-        factory::head_kwargs_after_decoder(&plan, "d", false, false).unwrap(),
+        factory::head_kwargs_after_decoder(&plan, &plan.head_kwargs, "d", false, false).unwrap(),
         Some(obj(json!({"num_outputs": 2})))
     );
 }
@@ -290,23 +428,51 @@ fn num_classes_goes_to_decoders_with_their_own_head() {
 #[test]
 fn heads_are_built_per_task_with_upstream_checks() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let e = factory::build_head(Task::Segmentation, vs.root() / "a", 8, Map::new()).err().unwrap();
+    let e = factory::build_head(Task::Segmentation, vs.root() / "a", 8, Map::new())
+        .err()
+        .unwrap();
     assert!(e.message().contains("num_classes"), "{e}");
-    let e = factory::build_head(Task::Classification, vs.root() / "b", 8, Map::new()).err().unwrap();
+    let e = factory::build_head(Task::Classification, vs.root() / "b", 8, Map::new())
+        .err()
+        .unwrap();
     assert!(e.message().contains("num_classes"), "{e}");
-    let e = factory::build_head(Task::Regression, vs.root() / "c", 8, obj(json!({"num_classes": 3}))).err().unwrap();
-    assert!(e.message().contains("RegressionHead") && e.message().contains("num_classes"), "{e}");
-    let e =
-        factory::build_head(Task::Segmentation, vs.root() / "d", 8, obj(json!({"num_classes": 3, "in_channels": 4})))
-            .err()
-            .unwrap();
+    let e = factory::build_head(
+        Task::Regression,
+        vs.root() / "c",
+        8,
+        obj(json!({"num_classes": 3})),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.message().contains("RegressionHead") && e.message().contains("num_classes"),
+        "{e}"
+    );
+    let e = factory::build_head(
+        Task::Segmentation,
+        vs.root() / "d",
+        8,
+        obj(json!({"num_classes": 3, "in_channels": 4})),
+    )
+    .err()
+    .unwrap();
     assert!(e.message().contains("head_in_channels"), "{e}");
-    let e =
-        factory::build_head(Task::Segmentation, vs.root() / "e", 8, obj(json!({"num_classes": 3, "chanel_list": [4]})))
-            .err()
-            .unwrap();
+    let e = factory::build_head(
+        Task::Segmentation,
+        vs.root() / "e",
+        8,
+        obj(json!({"num_classes": 3, "chanel_list": [4]})),
+    )
+    .err()
+    .unwrap();
     assert!(e.message().contains("chanel_list"), "{e}");
-    assert!(factory::build_head(Task::ScalarRegression, vs.root() / "f", 8, obj(json!({"num_outputs": 1}))).is_ok());
+    assert!(factory::build_head(
+        Task::ScalarRegression,
+        vs.root() / "f",
+        8,
+        obj(json!({"num_outputs": 1}))
+    )
+    .is_ok());
 }
 
 // ---------------------------------------------------------------------------------
@@ -336,7 +502,11 @@ fn toy_sources() -> Vec<SourceEntry> {
     let catalog = Catalog::new("toy").add(
         Entry::new("ToyPyramid", "test backbone", |ctx| {
             let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
+            let cfg = nn::ConvConfig {
+                stride: 2,
+                padding: 1,
+                ..Default::default()
+            };
             let c_in: i64 = ctx.args.get("in_chans")?;
             let model = ToyPyramid {
                 stem: nn::conv2d(vs.root() / "stem", c_in, 4, 3, cfg),
@@ -348,7 +518,11 @@ fn toy_sources() -> Vec<SourceEntry> {
         .opt("patch_size", ParamType::ANY, Value::Null, "ignored")
         .opt("padding", ParamType::ANY, Value::Null, "ignored"),
     );
-    vec![SourceEntry { registry: "backbone".into(), prefix: "toy".into(), source: catalog.into_source() }]
+    vec![SourceEntry {
+        registry: "backbone".into(),
+        prefix: "toy".into(),
+        source: catalog.into_source(),
+    }]
 }
 
 /// An in-process host with this plugin and the toy backbone (a macro because the host
@@ -362,7 +536,10 @@ macro_rules! toy_host {
 /// `sin(0.37 * i)` over the elements, as the reference script made its input.
 fn toy_input(shape: &[i64]) -> Tensor {
     let n: i64 = shape.iter().product();
-    (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37).sin().reshape(shape).to_kind(Kind::Float)
+    (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37)
+        .sin()
+        .reshape(shape)
+        .to_kind(Kind::Float)
 }
 
 struct Expected {
@@ -378,11 +555,18 @@ struct Expected {
 /// runs on `input` and compares with numbers printed by terratorch 1.2.11.
 fn check_factory(args: Value, input: &[i64], want: Expected) {
     let host = toy_host!();
-    let model = host.build("model_factory", "EncoderDecoderFactory", &obj(args), None).unwrap();
+    let model = host
+        .build("model_factory", "EncoderDecoderFactory", &obj(args), None)
+        .unwrap();
     let sd = model.state_dict();
     let mut ours: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
     ours.sort();
-    let mut theirs: Vec<&str> = want.keys.iter().copied().filter(|k| !k.ends_with("num_batches_tracked")).collect();
+    let mut theirs: Vec<&str> = want
+        .keys
+        .iter()
+        .copied()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .collect();
     theirs.sort();
     assert_eq!(ours, theirs);
     tch::no_grad(|| {
@@ -395,10 +579,19 @@ fn check_factory(args: Value, input: &[i64], want: Expected) {
     assert_eq!(y.len(), 1);
     let y = y[0].to_kind(Kind::Double);
     assert_eq!(y.size(), want.shape.to_vec());
-    let close = |what: &str, a: f64, e: f64| assert!((a - e).abs() < 1e-4, "{what}: {a} vs reference {e}");
+    let close =
+        |what: &str, a: f64, e: f64| assert!((a - e).abs() < 1e-4, "{what}: {a} vs reference {e}");
     close("sum", y.sum(Kind::Double).double_value(&[]), want.sum);
-    close("abs sum", y.abs().sum(Kind::Double).double_value(&[]), want.abs);
-    close("square sum", (&y * &y).sum(Kind::Double).double_value(&[]), want.sq);
+    close(
+        "abs sum",
+        y.abs().sum(Kind::Double).double_value(&[]),
+        want.abs,
+    );
+    close(
+        "square sum",
+        (&y * &y).sum(Kind::Double).double_value(&[]),
+        want.sq,
+    );
     let flat = y.flatten(0, -1);
     for (i, e) in want.first.iter().enumerate() {
         close(&format!("element {i}"), flat.double_value(&[i as i64]), *e);
@@ -509,19 +702,27 @@ fn factory_classification_with_kwargs_dict() {
 #[test]
 fn factory_errors_name_the_failing_part() {
     let host = toy_host!();
-    let build =
-        |args: Value| host.build("model_factory", "EncoderDecoderFactory", &obj(args), None).err().unwrap().to_string();
-    let e = build(json!({"task": "segmentation", "backbone": "NoSuchNet", "decoder": "FCNDecoder", "num_classes": 2}));
+    let build = |args: Value| {
+        host.build("model_factory", "EncoderDecoderFactory", &obj(args), None)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = build(
+        json!({"task": "segmentation", "backbone": "NoSuchNet", "decoder": "FCNDecoder", "num_classes": 2}),
+    );
     assert!(e.contains("NoSuchNet"), "{e}");
-    let e =
-        build(json!({"task": "segmentation", "backbone": "ToyPyramid", "decoder": "NoSuchDecoder", "num_classes": 2}));
+    let e = build(
+        json!({"task": "segmentation", "backbone": "ToyPyramid", "decoder": "NoSuchDecoder", "num_classes": 2}),
+    );
     assert!(e.contains("NoSuchDecoder"), "{e}");
     let e = build(json!({
         "task": "segmentation", "backbone": "ToyPyramid", "decoder": "FCNDecoder", "num_classes": 2,
         "necks": [{"name": "SelectIndices", "indices": [7]}],
     }));
     assert!(e.contains("SelectIndices") && e.contains("7"), "{e}");
-    let e = build(json!({"task": "segmentation", "backbone": "ToyPyramid", "decoder": "FCNDecoder"}));
+    let e =
+        build(json!({"task": "segmentation", "backbone": "ToyPyramid", "decoder": "FCNDecoder"}));
     assert!(e.contains("num_classes"), "{e}");
     let e = build(
         json!({"task": "segmentation", "backbone": "ToyPyramid", "decoder": "FCNDecoder", "num_classes": 2, "foo": 1}),
@@ -536,7 +737,9 @@ fn factory_model_switches_train_mode_through_its_children() {
         "task": "segmentation", "backbone": "ToyPyramid", "decoder": "IdentityDecoder", "num_classes": 2,
         "head_dropout": 0.5, "rescale": false,
     }));
-    let mut model = host.build("model_factory", "EncoderDecoderFactory", &args, None).unwrap();
+    let mut model = host
+        .build("model_factory", "EncoderDecoderFactory", &args, None)
+        .unwrap();
     assert_eq!(model.out_channels(), vec![2]);
     assert!(model.includes_head());
     let x = toy_input(&[1, 3, 16, 16]);
@@ -545,7 +748,10 @@ fn factory_model_switches_train_mode_through_its_children() {
     assert_eq!(eval.size(), vec![1, 2, 4, 4]);
     model.set_train(true);
     let train = model.forward(&[x.shallow_clone()]).unwrap().remove(0);
-    assert!(!train.allclose(&eval, 1e-6, 1e-6, false), "dropout must act in train mode");
+    assert!(
+        !train.allclose(&eval, 1e-6, 1e-6, false),
+        "dropout must act in train mode"
+    );
     model.set_train(false);
     let again = model.forward(&[x]).unwrap().remove(0);
     assert!(again.allclose(&eval, 0.0, 0.0, false));

@@ -56,7 +56,13 @@ fn parity_feature_pyramid_network_neck() {
 }
 
 fn build_err(name: &str, channels: &[i64], args: Value) -> String {
-    match build_from(crate::plugin_sources().unwrap(), "neck", name, Some(channels), &args) {
+    match build_from(
+        crate::plugin_sources().unwrap(),
+        "neck",
+        name,
+        Some(channels),
+        &args,
+    ) {
         Ok(_) => panic!("{name} with {args} built"),
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT, "{e}");
@@ -66,26 +72,62 @@ fn build_err(name: &str, channels: &[i64], args: Value) -> String {
 }
 
 fn out_channels(name: &str, channels: &[i64], args: Value) -> Vec<i64> {
-    build_from(crate::plugin_sources().unwrap(), "neck", name, Some(channels), &args)
-        .unwrap()
-        .out_channels()
+    build_from(
+        crate::plugin_sources().unwrap(),
+        "neck",
+        name,
+        Some(channels),
+        &args,
+    )
+    .unwrap()
+    .out_channels()
 }
 
 #[test]
 fn channel_bookkeeping_follows_process_channel_list() {
-    assert_eq!(out_channels("AddBottleneckLayer", &[8, 16], json!({})), [8, 16, 8]);
-    assert_eq!(out_channels("LearnedInterpolateToPyramidal", &[16, 16, 32, 32], json!({})), [4, 8, 32, 32]);
-    assert_eq!(out_channels("FeaturePyramidNetworkNeck", &[8, 16, 32], json!({"out_channel": 4})), [4, 4, 4]);
+    assert_eq!(
+        out_channels("AddBottleneckLayer", &[8, 16], json!({})),
+        [8, 16, 8]
+    );
+    assert_eq!(
+        out_channels(
+            "LearnedInterpolateToPyramidal",
+            &[16, 16, 32, 32],
+            json!({})
+        ),
+        [4, 8, 32, 32]
+    );
+    assert_eq!(
+        out_channels(
+            "FeaturePyramidNetworkNeck",
+            &[8, 16, 32],
+            json!({"out_channel": 4})
+        ),
+        [4, 4, 4]
+    );
     // Upstream's AggregateTokens passes the list on without selecting.
-    assert_eq!(out_channels("AggregateTokens", &[8, 16], json!({"indices": [1]})), [8, 16]);
-    assert_eq!(out_channels("ReshapeTokensToImage", &[8, 8], json!({})), [8, 8]);
+    assert_eq!(
+        out_channels("AggregateTokens", &[8, 16], json!({"indices": [1]})),
+        [8, 16]
+    );
+    assert_eq!(
+        out_channels("ReshapeTokensToImage", &[8, 8], json!({})),
+        [8, 8]
+    );
 }
 
 #[test]
 fn bad_arguments_are_named() {
     let e = build_err("LearnedInterpolateToPyramidal", &[8, 8, 8], json!({}));
-    assert!(e.contains("exactly 4") && e.contains("SelectIndices"), "{e}");
-    let e = build_err("AggregateTokens", &[8], json!({"pooling": "cls", "drop_cls": true}));
+    assert!(
+        e.contains("exactly 4") && e.contains("SelectIndices"),
+        "{e}"
+    );
+    let e = build_err(
+        "AggregateTokens",
+        &[8],
+        json!({"pooling": "cls", "drop_cls": true}),
+    );
     assert!(e.contains("drop_cls") && e.contains("cls"), "{e}");
     let e = build_err("AggregateTokens", &[8], json!({"pooling": "median"}));
     assert!(e.contains("median"), "{e}");
@@ -101,7 +143,14 @@ fn bad_arguments_are_named() {
 
 #[test]
 fn reshape_tokens_without_a_grid_is_a_forward_error() {
-    let m = build_from(crate::plugin_sources().unwrap(), "neck", "ReshapeTokensToImage", Some(&[8]), &json!({})).unwrap();
+    let m = build_from(
+        crate::plugin_sources().unwrap(),
+        "neck",
+        "ReshapeTokensToImage",
+        Some(&[8]),
+        &json!({}),
+    )
+    .unwrap();
     let x = tch::Tensor::zeros([1, 13, 8], (tch::Kind::Float, tch::Device::Cpu));
     let e = m.forward(&[x]).unwrap_err();
     assert!(e.message().contains("image_size"), "{e}");

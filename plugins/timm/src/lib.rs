@@ -26,9 +26,10 @@ fn out_indices_arg(ctx: &BuildCtx<'_, '_>) -> Result<Vec<i64>> {
     }
 }
 
-/// Reads the checkpoint named by `pretrained_cfg_overlay={"file": ...}`, or explains why
-/// `pretrained=true` cannot be honoured.
-fn pretrained_weights(ctx: &BuildCtx<'_, '_>) -> Result<Vec<(String, Tensor)>> {
+/// Reads the checkpoint named by `pretrained_cfg_overlay={"file": ...}` (`.safetensors` or a
+/// `torch.save` file), or explains why `pretrained=true` cannot be honoured. Shared by every
+/// timm entry; keys come back as stored (see [`clean_checkpoint_key`]).
+pub(crate) fn pretrained_weights(ctx: &BuildCtx<'_, '_>) -> Result<Vec<(String, Tensor)>> {
     let qualified = ctx.qualified();
     let overlay: Option<Map<String, Value>> = ctx.args.opt("pretrained_cfg_overlay")?;
     let file = overlay
@@ -43,22 +44,53 @@ fn pretrained_weights(ctx: &BuildCtx<'_, '_>) -> Result<Vec<(String, Tensor)>> {
              pretrained_cfg_overlay={{\"file\": \"<path>.safetensors\"}})"
         )));
     };
-    if !file.ends_with(".safetensors") {
-        return Err(PluginError::invalid_argument(format!(
-            "`{qualified}`: pretrained_cfg_overlay.file `{file}` is not a .safetensors file, the only format read \
-             here; convert it (safetensors.torch.save_file(torch.load(f), \"weights.safetensors\")) or pass it \
-             with `terrahost run --weights <file>`"
-        )));
-    }
-    if !std::path::Path::new(file).is_file() {
-        return Err(PluginError::not_found(format!(
-            "`{qualified}`: pretrained_cfg_overlay.file `{file}` does not exist or is not a file"
-        )));
-    }
-    Tensor::read_safetensors(file).map_err(|e| {
-        PluginError::invalid_argument(format!(
-            "`{qualified}`: cannot read pretrained_cfg_overlay.file `{file}`: {e}"
+    terrahost_plugin_api::checkpoint::read_state_dict(std::path::Path::new(file)).map_err(|e| {
+        e.context(format_args!(
+            "`{qualified}`: pretrained_cfg_overlay.file `{file}`"
         ))
+    })
+}
+
+/// A checkpoint key without the wrappers timm's `clean_state_dict` removes (`module.` from
+/// DataParallel, `_orig_mod.` from `torch.compile`).
+pub(crate) fn clean_checkpoint_key(mut k: String) -> String {
+    for prefix in ["_orig_mod.", "module.", "_orig_mod."] {
+        if let Some(rest) = k.strip_prefix(prefix) {
+            k = rest.to_owned();
+        }
+    }
+    k
+}
+
+/// Copies `given` into `vs` strictly: every variable must be given with its shape and
+/// nothing else may be left over, as `load_state_dict(strict=True)`; `what` names the model
+/// in errors.
+pub(crate) fn load_strict(
+    vs: &mut nn::VarStore,
+    given: std::collections::BTreeMap<String, Tensor>,
+    what: &str,
+) -> Result<()> {
+    let mut vars = vs.variables();
+    let missing: Vec<&String> = vars.keys().filter(|k| !given.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = given.keys().filter(|k| !vars.contains_key(*k)).collect();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        return Err(PluginError::invalid_argument(format!(
+            "the checkpoint does not fit this {what}: missing keys {missing:?}, unexpected keys {unexpected:?}"
+        )));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (k, v) in vars.iter_mut() {
+            let src = &given[k];
+            if src.size() != v.size() {
+                return Err(PluginError::invalid_argument(format!(
+                    "checkpoint tensor `{k}` has shape {:?}, the {what} expects {:?}",
+                    src.size(),
+                    v.size()
+                )));
+            }
+            v.f_copy_(&src.f_to_device(v.device())?.f_to_kind(v.kind())?)?;
+        }
+        Ok(())
     })
 }
 
@@ -137,6 +169,36 @@ fn backbones() -> Catalog {
             "timm ResNet-34 (BasicBlock, 3-4-6-3) as a feature extractor: features at strides 2, 4, 8, 16, 32 \
              with 64, 64, 128, 256, 512 channels.",
         ))
+        .add(resnet_entry(
+            "resnet50",
+            "timm ResNet-50 (Bottleneck, 3-4-6-3) as a feature extractor: features at strides 2, 4, 8, 16, 32 \
+             with 64, 256, 512, 1024, 2048 channels.",
+        ))
+        .add(resnet_entry(
+            "resnet101",
+            "timm ResNet-101 (Bottleneck, 3-4-23-3) as a feature extractor: features at strides 2, 4, 8, 16, 32 \
+             with 64, 256, 512, 1024, 2048 channels.",
+        ))
+        .add(resnet_entry(
+            "resnet152",
+            "timm ResNet-152 (Bottleneck, 3-8-36-3) as a feature extractor: features at strides 2, 4, 8, 16, 32 \
+             with 64, 256, 512, 1024, 2048 channels.",
+        ))
+        .add(models::vit::entry("vit_tiny_patch16_224"))
+        .add(models::vit::entry("vit_small_patch16_224"))
+        .add(models::vit::entry("vit_base_patch16_224"))
+        .add(models::vit::entry("vit_large_patch16_224"))
+        .add(models::convnext::entry("convnext_tiny"))
+        .add(models::convnext::entry("convnext_small"))
+        .add(models::convnext::entry("convnext_base"))
+        .add(models::swin::entry("swin_tiny_patch4_window7_224"))
+        .add(models::swin::entry("swin_small_patch4_window7_224"))
+        .add(models::swin::entry("swin_base_patch4_window7_224"))
+        .add(models::prithvi_swin::entry("prithvi_swin_B"))
+        .add(models::prithvi_swin::entry("prithvi_swin_L"))
+        .add(models::prithvi_vit::entry("prithvi_vit_tiny", "prithvi_eo_tiny"))
+        .add(models::prithvi_vit::entry("prithvi_vit_100", "prithvi_eo_v1_100"))
+        .add(models::prithvi_vit::entry("prithvi_vit_300", "prithvi_eo_v2_300"))
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -149,3 +211,5 @@ terrahost_plugin_api::declare_plugin! {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_timm_a;

@@ -64,7 +64,7 @@ fn bn(prefix: &str, c: i64) -> Vec<(String, Vec<i64>)> {
 }
 
 #[test]
-fn registers_resnet18_and_resnet34_only() {
+fn registers_the_resnet_entries() {
     let sources = crate::plugin_sources().unwrap();
     assert_eq!(sources.len(), 1);
     assert_eq!(sources[0].registry.as_str(), "backbone");
@@ -75,7 +75,10 @@ fn registers_resnet18_and_resnet34_only() {
         .into_iter()
         .map(|s| s.into_string())
         .collect();
-    assert_eq!(names, ["resnet18", "resnet34"]);
+    // Other families add entries; the ResNet ones must be there.
+    for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
     let info = sources[0]
         .source
         .describe("resnet18".into())
@@ -174,8 +177,8 @@ fn resnet34_has_timm_counts() {
 
 #[test]
 fn resnet50_bottleneck_keys_match_timm() {
-    // Not registered (no parity fixture yet); checks the Bottleneck layout through the
-    // model type directly. Reference: resnet50 features_only out_indices=(2,).
+    // Checks the Bottleneck layout through the model type directly (the registered entry
+    // has its parity fixture). Reference: resnet50 features_only out_indices=(2,).
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = Config {
         out_indices: vec![2],

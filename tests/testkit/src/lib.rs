@@ -15,7 +15,10 @@ use terrahost_plugin_api::{sdk::DynModule, Manifest, SourceEntry};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// `tests/fixtures/<case>`.
@@ -28,7 +31,10 @@ pub fn fixture_dir(case: &str) -> PathBuf {
 /// (1/sqrt(fan_in) for weights, positive variances, near-one norm weights).
 /// `scripts/reference/make_fixtures.py` computes the same thing in PyTorch.
 pub fn synth(key: &str, shape: &[i64], kind: Kind) -> Tensor {
-    if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+    if !matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
         return Tensor::zeros(shape, (kind, tch::Device::Cpu));
     }
     let n: i64 = shape.iter().product();
@@ -61,6 +67,38 @@ fn kind_of(name: &str) -> Kind {
     }
 }
 
+/// The fixture cases of whole models (those with a `config.yaml`), sorted.
+pub fn model_fixtures() -> Vec<String> {
+    let mut cases: Vec<String> = std::fs::read_dir(workspace_root().join("tests/fixtures"))
+        .expect("tests/fixtures")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.yaml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// The names a model fixture's outputs are written under by `terrahost run`:
+/// `meta.output_names`, else `output`, `output.1`, ... as the CLI names them.
+pub fn output_names(fx: &Fixture) -> Vec<String> {
+    match fx.meta.get("output_names").and_then(Value::as_array) {
+        Some(a) => a
+            .iter()
+            .map(|v| v.as_str().expect("output name").to_owned())
+            .collect(),
+        None => (0..fx.outputs.len())
+            .map(|i| {
+                if i == 0 {
+                    "output".to_owned()
+                } else {
+                    format!("output.{i}")
+                }
+            })
+            .collect(),
+    }
+}
+
 /// One reference fixture.
 pub struct Fixture {
     /// The case name (directory name).
@@ -90,29 +128,50 @@ impl Fixture {
             })
         };
         let meta: Value = serde_json::from_str(&read("meta.json")).expect("meta.json is JSON");
-        let keys_json: Value = serde_json::from_str(&read("state_dict.json")).expect("state_dict.json is JSON");
+        let keys_json: Value =
+            serde_json::from_str(&read("state_dict.json")).expect("state_dict.json is JSON");
         let keys = keys_json
             .as_array()
             .expect("state_dict.json is a list")
             .iter()
             .map(|e| {
                 let e = e.as_array().expect("[key, shape, dtype]");
-                let shape = e[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-                (e[0].as_str().unwrap().to_owned(), shape, e[2].as_str().unwrap_or("float32").to_owned())
+                let shape = e[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_i64().unwrap())
+                    .collect();
+                (
+                    e[0].as_str().unwrap().to_owned(),
+                    shape,
+                    e[2].as_str().unwrap_or("float32").to_owned(),
+                )
             })
             .collect();
         let io = Tensor::read_safetensors(dir.join("io.safetensors")).expect("io.safetensors");
         let take = |prefix: &str| {
             let mut v: Vec<(usize, Tensor)> = io
                 .iter()
-                .filter_map(|(k, t)| k.strip_prefix(prefix).and_then(|i| i.parse().ok()).map(|i| (i, t.shallow_clone())))
+                .filter_map(|(k, t)| {
+                    k.strip_prefix(prefix)
+                        .and_then(|i| i.parse().ok())
+                        .map(|i| (i, t.shallow_clone()))
+                })
                 .collect();
             v.sort_by_key(|(i, _)| *i);
             v.into_iter().map(|(_, t)| t).collect::<Vec<_>>()
         };
         let inputs = take("input.");
         let outputs = take("output.");
-        Self { case: case.to_owned(), dir, meta, keys, inputs, outputs }
+        Self {
+            case: case.to_owned(),
+            dir,
+            meta,
+            keys,
+            inputs,
+            outputs,
+        }
     }
 
     /// The terrahost name to build (`timm_resnet18`).
@@ -127,32 +186,56 @@ impl Fixture {
 
     /// The keyword arguments.
     pub fn args(&self) -> Map<String, Value> {
-        self.meta.get("args").and_then(Value::as_object).cloned().unwrap_or_default()
+        self.meta
+            .get("args")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The channel list, for decoders and necks.
     pub fn channels(&self) -> Option<Vec<i64>> {
-        self.meta.get("channels").and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_i64().unwrap()).collect())
+        self.meta
+            .get("channels")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_i64().unwrap()).collect())
     }
 
     /// The tolerance: `meta.atol`, else 1e-4.
     pub fn atol(&self) -> f64 {
-        self.meta.get("atol").and_then(Value::as_f64).unwrap_or(1e-4)
+        self.meta
+            .get("atol")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-4)
     }
 
     /// The reference weights: synthetic, and checked against `weights.safetensors`
     /// (written by Python) when the fixture has one.
     pub fn weights(&self) -> Vec<(String, Tensor)> {
-        let synthetic: Vec<(String, Tensor)> =
-            self.keys.iter().map(|(k, shape, dtype)| (k.clone(), synth(k, shape, kind_of(dtype)))).collect();
+        let synthetic: Vec<(String, Tensor)> = self
+            .keys
+            .iter()
+            .map(|(k, shape, dtype)| (k.clone(), synth(k, shape, kind_of(dtype))))
+            .collect();
         let file = self.dir.join("weights.safetensors");
         if file.exists() {
             let written: std::collections::HashMap<String, Tensor> =
-                Tensor::read_safetensors(&file).expect("weights.safetensors").into_iter().collect();
+                Tensor::read_safetensors(&file)
+                    .expect("weights.safetensors")
+                    .into_iter()
+                    .collect();
             for (k, t) in &synthetic {
-                let w = written.get(k).unwrap_or_else(|| panic!("{}: weights.safetensors lacks {k}", self.case));
+                let w = written
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{}: weights.safetensors lacks {k}", self.case));
                 assert!(
-                    w.size() == t.size() && w.to_kind(Kind::Double).allclose(&t.to_kind(Kind::Double), 0.0, 1e-7, false),
+                    w.size() == t.size()
+                        && w.to_kind(Kind::Double).allclose(
+                            &t.to_kind(Kind::Double),
+                            0.0,
+                            1e-7,
+                            false
+                        ),
                     "{}: the synthetic value of {k} differs from the one Python wrote",
                     self.case
                 );
@@ -180,9 +263,15 @@ pub fn host_with_plugins(plugins: Vec<Vec<SourceEntry>>) -> Host {
         .map(|(i, sources)| {
             let decls = sources
                 .iter()
-                .map(|s| terrahost_plugin_api::SourceDecl { registry: s.registry.clone(), prefix: s.prefix.clone() })
+                .map(|s| terrahost_plugin_api::SourceDecl {
+                    registry: s.registry.clone(),
+                    prefix: s.prefix.clone(),
+                })
                 .collect();
-            (Manifest::current(&format!("under-test-{i}"), "0.0.0", decls), sources)
+            (
+                Manifest::current(&format!("under-test-{i}"), "0.0.0", decls),
+                sources,
+            )
         })
         .collect();
     Host::with_plugins(list).expect("in-process host")
@@ -191,7 +280,12 @@ pub fn host_with_plugins(plugins: Vec<Vec<SourceEntry>>) -> Host {
 /// Builds the fixture's entry from `host`, loads its weights strictly and returns it.
 pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
     let module = host
-        .build(fx.registry(), fx.name(), &fx.args(), fx.channels().as_deref())
+        .build(
+            fx.registry(),
+            fx.name(),
+            &fx.args(),
+            fx.channels().as_deref(),
+        )
         .unwrap_or_else(|e| panic!("{}: building {} failed: {e}", fx.case, fx.name()));
     terrahost::weights::load_state_dict(&module, fx.weights())
         .unwrap_or_else(|e| panic!("{}: loading weights failed: {e}", fx.case));
@@ -202,12 +296,19 @@ pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
 /// arguments of `meta.forward_kwargs` if the reference got some (`image_size` for a
 /// neck), and compares every output.
 pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
-    let outputs = tch::no_grad(|| match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
-        Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
-        None => module.forward(&fx.inputs),
-    })
-        .unwrap_or_else(|e| panic!("{}: forward failed: {e}", fx.case));
-    assert_eq!(outputs.len(), fx.outputs.len(), "{}: number of outputs", fx.case);
+    let outputs = tch::no_grad(
+        || match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
+            Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
+            None => module.forward(&fx.inputs),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: forward failed: {e}", fx.case));
+    assert_eq!(
+        outputs.len(),
+        fx.outputs.len(),
+        "{}: number of outputs",
+        fx.case
+    );
     for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {
         assert_close(&format!("{} output.{i}", fx.case), a, e, fx.atol());
     }
@@ -226,13 +327,22 @@ pub fn check_fixture(sources: Vec<SourceEntry>, case: &str) {
 /// `num_batches_tracked` ignored).
 pub fn load_varstore(vs: &mut nn::VarStore, weights: &[(String, Tensor)]) {
     let vars = vs.variables();
-    let given: std::collections::HashMap<&str, &Tensor> =
-        weights.iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).map(|(k, t)| (k.as_str(), t)).collect();
-    let mut missing: Vec<&String> = vars.keys().filter(|k| !given.contains_key(k.as_str())).collect();
+    let given: std::collections::HashMap<&str, &Tensor> = weights
+        .iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, t)| (k.as_str(), t))
+        .collect();
+    let mut missing: Vec<&String> = vars
+        .keys()
+        .filter(|k| !given.contains_key(k.as_str()))
+        .collect();
     let mut unexpected: Vec<&&str> = given.keys().filter(|k| !vars.contains_key(**k)).collect();
     missing.sort();
     unexpected.sort();
-    assert!(missing.is_empty() && unexpected.is_empty(), "missing {missing:?}, unexpected {unexpected:?}");
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "missing {missing:?}, unexpected {unexpected:?}"
+    );
     tch::no_grad(|| {
         for (k, v) in vars {
             let src = given[k.as_str()];
@@ -246,9 +356,15 @@ pub fn load_varstore(vs: &mut nn::VarStore, weights: &[(String, Tensor)]) {
 /// Asserts `actual` and `expected` have the same shape and differ by at most `atol`.
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64) {
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
-    let diff = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double)).abs().max().double_value(&[]);
+    let diff = (actual.to_kind(Kind::Double) - expected.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[]);
     let scale = expected.abs().max().double_value(&[]);
-    assert!(diff <= atol, "{what}: max abs difference {diff:.3e} > {atol:.0e} (reference max |x| = {scale:.3e})");
+    assert!(
+        diff <= atol,
+        "{what}: max abs difference {diff:.3e} > {atol:.0e} (reference max |x| = {scale:.3e})"
+    );
 }
 
 /// The directory cargo puts the workspace's libraries in for the running test's profile
@@ -290,7 +406,10 @@ pub fn plugin_dir(crates: &[&str]) -> tempfile::TempDir {
 
 /// A temporary directory with the real plugins named (`timm`, `smp`, ...).
 pub fn real_plugins(names: &[&str]) -> tempfile::TempDir {
-    let crates: Vec<String> = names.iter().map(|n| format!("terrahost_plugin_{n}")).collect();
+    let crates: Vec<String> = names
+        .iter()
+        .map(|n| format!("terrahost_plugin_{n}"))
+        .collect();
     plugin_dir(&crates.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
@@ -325,14 +444,21 @@ pub fn set_synthetic(m: &DynModule) {
 
 /// `(key, shape)` of `m`'s state_dict, sorted.
 pub fn keys_and_shapes(m: &DynModule) -> Vec<(String, Vec<i64>)> {
-    let mut v: Vec<(String, Vec<i64>)> = m.state_dict().into_iter().map(|(k, t)| (k, t.size())).collect();
+    let mut v: Vec<(String, Vec<i64>)> = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, t.size()))
+        .collect();
     v.sort();
     v
 }
 
 /// A hard-coded reference key list in the form of [`keys_and_shapes`].
 pub fn sorted_keys(keys: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
-    let mut v: Vec<(String, Vec<i64>)> = keys.iter().map(|(k, s)| (k.to_string(), s.to_vec())).collect();
+    let mut v: Vec<(String, Vec<i64>)> = keys
+        .iter()
+        .map(|(k, s)| (k.to_string(), s.to_vec()))
+        .collect();
     v.sort();
     v
 }
@@ -345,9 +471,20 @@ pub fn build_from(
     channels: Option<&[i64]>,
     args: &Value,
 ) -> terrahost_plugin_api::Result<DynModule> {
-    let source = sources.into_iter().find(|s| s.registry.as_str() == registry).expect("a source for the registry");
-    let req = terrahost_plugin_api::BuildRequest::new(args.as_object().expect("args object"), channels);
-    let module = source.source.build(name.into(), req, terrahost_plugin_api::sdk::NoHost::handle()).into_result()?;
+    let source = sources
+        .into_iter()
+        .find(|s| s.registry.as_str() == registry)
+        .expect("a source for the registry");
+    let req =
+        terrahost_plugin_api::BuildRequest::new(args.as_object().expect("args object"), channels);
+    let module = source
+        .source
+        .build(
+            name.into(),
+            req,
+            terrahost_plugin_api::sdk::NoHost::handle(),
+        )
+        .into_result()?;
     Ok(DynModule::new(format!("{}_{name}", source.prefix), module))
 }
 
@@ -376,9 +513,18 @@ pub fn check_case(
 ) {
     let args: Value = serde_json::from_str(case.args).unwrap();
     let m = build(case.channels, args).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(m.state_dict().len(), case.n_keys, "{name}: number of state_dict entries");
+    assert_eq!(
+        m.state_dict().len(),
+        case.n_keys,
+        "{name}: number of state_dict entries"
+    );
     set_synthetic(&m);
-    let xs: Vec<Tensor> = case.inputs.iter().enumerate().map(|(i, s)| sine_input(i, s)).collect();
+    let xs: Vec<Tensor> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sine_input(i, s))
+        .collect();
     let ys = tch::no_grad(|| m.forward(&xs)).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(ys.len(), 1, "{name}: one output");
     let expected = Tensor::from_slice(case.out).reshape(case.out_shape);
@@ -400,7 +546,10 @@ mod tests {
         }
         let var = synth("bn.running_var", &[100], Kind::Float);
         assert!(var.min().double_value(&[]) >= 0.5);
-        assert_eq!(synth("bn.num_batches_tracked", &[], Kind::Int64).int64_value(&[]), 0);
+        assert_eq!(
+            synth("bn.num_batches_tracked", &[], Kind::Int64).int64_value(&[]),
+            0
+        );
     }
 
     #[test]

@@ -20,11 +20,22 @@ struct Kwargs<'a> {
 }
 
 impl<'a> Kwargs<'a> {
-    fn new(ty: &'a str, map: &'a Map<String, Value>, allowed: &[&str]) -> std::result::Result<Self, String> {
-        if let Some(k) = map.keys().find(|k| k.as_str() != "type" && !allowed.contains(&k.as_str())) {
+    fn new(
+        ty: &'a str,
+        map: &'a Map<String, Value>,
+        allowed: &[&str],
+    ) -> std::result::Result<Self, String> {
+        if let Some(k) = map
+            .keys()
+            .find(|k| k.as_str() != "type" && !allowed.contains(&k.as_str()))
+        {
             return Err(format!(
                 "key `{k}` is not supported for type {ty:?} (supported: {})",
-                if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
             ));
         }
         Ok(Self { ty, map })
@@ -33,14 +44,18 @@ impl<'a> Kwargs<'a> {
     fn f64(&self, k: &str, default: f64) -> std::result::Result<f64, String> {
         match self.map.get(k) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| format!("`{k}` of type {:?} must be a number, got {v}", self.ty)),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| format!("`{k}` of type {:?} must be a number, got {v}", self.ty)),
         }
     }
 
     fn bool(&self, k: &str, default: bool) -> std::result::Result<bool, String> {
         match self.map.get(k) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| format!("`{k}` of type {:?} must be a bool, got {v}", self.ty)),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| format!("`{k}` of type {:?} must be a bool, got {v}", self.ty)),
         }
     }
 
@@ -48,16 +63,20 @@ impl<'a> Kwargs<'a> {
         match self.map.get(k) {
             None | Some(Value::Null) => Ok(default.to_owned()),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(format!("`{k}` of type {:?} must be a string, got {v}", self.ty)),
+            Some(v) => Err(format!(
+                "`{k}` of type {:?} must be a string, got {v}",
+                self.ty
+            )),
         }
     }
 
     fn i64(&self, k: &str) -> std::result::Result<Option<i64>, String> {
         match self.map.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => {
-                v.as_i64().map(Some).ok_or_else(|| format!("`{k}` of type {:?} must be an integer, got {v}", self.ty))
-            }
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| format!("`{k}` of type {:?} must be an integer, got {v}", self.ty)),
         }
     }
 }
@@ -105,7 +124,11 @@ impl NormCfg {
         let map = match v {
             Value::Null => return Ok(None),
             Value::Object(m) => m,
-            other => return Err(format!("must be None or a dict like {{\"type\": \"BN\"}}, got {other}")),
+            other => {
+                return Err(format!(
+                    "must be None or a dict like {{\"type\": \"BN\"}}, got {other}"
+                ))
+            }
         };
         let ty = cfg_type(map)?;
         let cfg = match ty {
@@ -119,14 +142,21 @@ impl NormCfg {
             }
             "GN" => {
                 let kw = Kwargs::new(ty, map, &["num_groups", "eps", "requires_grad"])?;
-                let num_groups = kw.i64("num_groups")?.ok_or("type \"GN\" needs `num_groups`")?;
+                let num_groups = kw
+                    .i64("num_groups")?
+                    .ok_or("type \"GN\" needs `num_groups`")?;
                 Self::GroupNorm {
                     num_groups,
                     eps: kw.f64("eps", 1e-5)?,
                     requires_grad: kw.bool("requires_grad", true)?,
                 }
             }
-            other => return Err(format!("norm type {other:?} is not supported (supported: {})", Self::SUPPORTED)),
+            other => {
+                return Err(format!(
+                    "norm type {other:?} is not supported (supported: {})",
+                    Self::SUPPORTED
+                ))
+            }
         };
         Ok(Some(cfg))
     }
@@ -143,7 +173,9 @@ impl NormCfg {
     pub fn check(&self, c: i64) -> std::result::Result<(), String> {
         match *self {
             Self::GroupNorm { num_groups, .. } if num_groups <= 0 || c % num_groups != 0 => {
-                Err(format!("GN's num_groups ({num_groups}) must be positive and divide the {c} channels"))
+                Err(format!(
+                    "GN's num_groups ({num_groups}) must be positive and divide the {c} channels"
+                ))
             }
             _ => Ok(()),
         }
@@ -195,7 +227,8 @@ pub enum ActCfg {
 }
 
 impl ActCfg {
-    const SUPPORTED: &'static str = "ReLU, LeakyReLU, ReLU6, ELU, GELU, SiLU, Swish, Sigmoid, Tanh, HSigmoid, HSwish";
+    const SUPPORTED: &'static str =
+        "ReLU, LeakyReLU, ReLU6, ELU, GELU, SiLU, Swish, Sigmoid, Tanh, HSigmoid, HSwish";
 
     /// Parses an mmcv `act_cfg` (`None` stays `None`). `inplace` is accepted and has
     /// no effect on results.
@@ -203,7 +236,11 @@ impl ActCfg {
         let map = match v {
             Value::Null => return Ok(None),
             Value::Object(m) => m,
-            other => return Err(format!("must be None or a dict like {{\"type\": \"ReLU\"}}, got {other}")),
+            other => {
+                return Err(format!(
+                    "must be None or a dict like {{\"type\": \"ReLU\"}}, got {other}"
+                ))
+            }
         };
         let ty = cfg_type(map)?;
         let cfg = match ty {
@@ -225,13 +262,19 @@ impl ActCfg {
                 }
             }
             "LeakyReLU" => Self::LeakyReLU {
-                negative_slope: Kwargs::new(ty, map, &["negative_slope", "inplace"])?.f64("negative_slope", 0.01)?,
+                negative_slope: Kwargs::new(ty, map, &["negative_slope", "inplace"])?
+                    .f64("negative_slope", 0.01)?,
             },
-            "ELU" => Self::ELU { alpha: Kwargs::new(ty, map, &["alpha", "inplace"])?.f64("alpha", 1.0)? },
+            "ELU" => Self::ELU {
+                alpha: Kwargs::new(ty, map, &["alpha", "inplace"])?.f64("alpha", 1.0)?,
+            },
             "GELU" => {
-                let approximate = Kwargs::new(ty, map, &["approximate"])?.str("approximate", "none")?;
+                let approximate =
+                    Kwargs::new(ty, map, &["approximate"])?.str("approximate", "none")?;
                 if approximate != "none" && approximate != "tanh" {
-                    return Err(format!("GELU's `approximate` must be \"none\" or \"tanh\", got {approximate:?}"));
+                    return Err(format!(
+                        "GELU's `approximate` must be \"none\" or \"tanh\", got {approximate:?}"
+                    ));
                 }
                 Self::GELU { approximate }
             }
@@ -249,7 +292,10 @@ impl ActCfg {
                 }
             }
             other => {
-                return Err(format!("activation type {other:?} is not supported (supported: {})", Self::SUPPORTED))
+                return Err(format!(
+                    "activation type {other:?} is not supported (supported: {})",
+                    Self::SUPPORTED
+                ))
             }
         };
         Ok(Some(cfg))
@@ -259,17 +305,29 @@ impl ActCfg {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::ReLU => x.f_relu()?,
-            Self::LeakyReLU { negative_slope } => x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(*negative_slope)?)?,
+            Self::LeakyReLU { negative_slope } => {
+                x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(*negative_slope)?)?
+            }
             Self::ReLU6 => x.f_clamp(0.0, 6.0)?,
-            Self::ELU { alpha } => x.f_where_self(&x.f_gt(0.0)?, &x.f_expm1()?.f_mul_scalar(*alpha)?)?,
+            Self::ELU { alpha } => {
+                x.f_where_self(&x.f_gt(0.0)?, &x.f_expm1()?.f_mul_scalar(*alpha)?)?
+            }
             Self::GELU { approximate } => x.f_gelu(approximate)?,
             Self::SiLU => x.f_silu()?,
             Self::Sigmoid => x.f_sigmoid()?,
             Self::Tanh => x.f_tanh()?,
-            Self::HSigmoid { bias, divisor, min_value, max_value } => {
-                x.f_add_scalar(*bias)?.f_div_scalar(*divisor)?.f_clamp(*min_value, *max_value)?
-            }
-            Self::HSwish => x.f_mul(&x.f_add_scalar(3.0)?.f_clamp(0.0, 6.0)?)?.f_div_scalar(6.0)?,
+            Self::HSigmoid {
+                bias,
+                divisor,
+                min_value,
+                max_value,
+            } => x
+                .f_add_scalar(*bias)?
+                .f_div_scalar(*divisor)?
+                .f_clamp(*min_value, *max_value)?,
+            Self::HSwish => x
+                .f_mul(&x.f_add_scalar(3.0)?.f_clamp(0.0, 6.0)?)?
+                .f_div_scalar(6.0)?,
         })
     }
 }
@@ -280,9 +338,13 @@ pub fn check_conv_cfg(v: &Value) -> std::result::Result<(), String> {
         Value::Null => Ok(()),
         Value::Object(m) => match cfg_type(m)? {
             "Conv" | "Conv2d" => Kwargs::new("Conv2d", m, &[]).map(|_| ()),
-            other => Err(format!("conv type {other:?} is not supported (supported: None, Conv, Conv2d)")),
+            other => Err(format!(
+                "conv type {other:?} is not supported (supported: None, Conv, Conv2d)"
+            )),
         },
-        other => Err(format!("must be None or a dict like {{\"type\": \"Conv2d\"}}, got {other}")),
+        other => Err(format!(
+            "must be None or a dict like {{\"type\": \"Conv2d\"}}, got {other}"
+        )),
     }
 }
 
@@ -298,7 +360,10 @@ pub struct ConvModuleCfg {
 impl Default for ConvModuleCfg {
     /// mmcv's defaults: no norm, ReLU.
     fn default() -> Self {
-        Self { norm_cfg: None, act_cfg: Some(ActCfg::ReLU) }
+        Self {
+            norm_cfg: None,
+            act_cfg: Some(ActCfg::ReLU),
+        }
     }
 }
 
@@ -329,14 +394,15 @@ impl ConvModule {
         cfg: &ConvModuleCfg,
     ) -> Result<Self> {
         if let Some(norm) = &cfg.norm_cfg {
-            norm.check(c_out).map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
+            norm.check(c_out)
+                .map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
         }
         // mmcv's init_weights: Kaiming-normal with fan_out for the convolution (the
         // LeakyReLU slope enters the gain), zero bias; norm weight 1, bias 0.
         let non_linearity = match cfg.act_cfg {
-            Some(ActCfg::LeakyReLU { negative_slope }) => {
-                nn::init::NonLinearity::ExplicitGain((2.0 / (1.0 + negative_slope * negative_slope)).sqrt())
-            }
+            Some(ActCfg::LeakyReLU { negative_slope }) => nn::init::NonLinearity::ExplicitGain(
+                (2.0 / (1.0 + negative_slope * negative_slope)).sqrt(),
+            ),
             _ => nn::init::NonLinearity::ReLU,
         };
         let conv_cfg = nn::ConvConfig {
@@ -355,10 +421,19 @@ impl ConvModule {
         let norm = cfg.norm_cfg.as_ref().map(|n| {
             let np = &p / n.abbr();
             let (norm, requires_grad) = match *n {
-                NormCfg::BatchNorm { eps, momentum, requires_grad } => {
-                    (Norm::Batch(batch_norm2d(np, c_out, eps, momentum)), requires_grad)
-                }
-                NormCfg::GroupNorm { num_groups, eps, requires_grad } => (
+                NormCfg::BatchNorm {
+                    eps,
+                    momentum,
+                    requires_grad,
+                } => (
+                    Norm::Batch(batch_norm2d(np, c_out, eps, momentum)),
+                    requires_grad,
+                ),
+                NormCfg::GroupNorm {
+                    num_groups,
+                    eps,
+                    requires_grad,
+                } => (
                     Norm::Group(nn::group_norm(
                         np,
                         num_groups,
@@ -385,7 +460,11 @@ impl ConvModule {
             }
             norm
         });
-        Ok(Self { conv, norm, act: cfg.act_cfg.clone() })
+        Ok(Self {
+            conv,
+            norm,
+            act: cfg.act_cfg.clone(),
+        })
     }
 
     /// conv -> norm -> act.
@@ -400,5 +479,194 @@ impl ConvModule {
             None => Ok(y),
             Some(act) => act.apply(&y),
         }
+    }
+}
+
+/// The shape options of a [`ConvModule`] besides its kernel: mmcv's `stride`,
+/// `padding`, `dilation`, `groups` and `bias` (`None` is mmcv's `'auto'`: a bias only
+/// without a norm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvOpts {
+    /// Stride of the convolution.
+    pub stride: i64,
+    /// Zero padding on each side.
+    pub padding: i64,
+    /// Dilation of the kernel.
+    pub dilation: i64,
+    /// Channel groups (`c_in` for a depthwise convolution).
+    pub groups: i64,
+    /// Whether the convolution has a bias; `None` for `'auto'`.
+    pub bias: Option<bool>,
+}
+
+impl Default for ConvOpts {
+    /// mmcv's defaults: stride 1, no padding, dilation 1, one group, bias `'auto'`.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: None,
+        }
+    }
+}
+
+impl ConvOpts {
+    /// The defaults with `padding`.
+    pub fn padding(padding: i64) -> Self {
+        Self {
+            padding,
+            ..Self::default()
+        }
+    }
+}
+
+/// Builds the norm layer of a `ConvModule` under `p / abbr` (frozen affine weights
+/// when `requires_grad` is false; they stay in the state_dict).
+fn build_norm(p: &nn::Path, n: &NormCfg, c: i64) -> Norm {
+    let np = p / n.abbr();
+    let (norm, requires_grad) = match *n {
+        NormCfg::BatchNorm {
+            eps,
+            momentum,
+            requires_grad,
+        } => (
+            Norm::Batch(batch_norm2d(np, c, eps, momentum)),
+            requires_grad,
+        ),
+        NormCfg::GroupNorm {
+            num_groups,
+            eps,
+            requires_grad,
+        } => (
+            Norm::Group(nn::group_norm(
+                np,
+                num_groups,
+                c,
+                nn::GroupNormConfig {
+                    eps,
+                    ws_init: nn::Init::Const(1.),
+                    bs_init: nn::Init::Const(0.),
+                    ..Default::default()
+                },
+            )),
+            requires_grad,
+        ),
+    };
+    if !requires_grad {
+        let (w, b) = match &norm {
+            Norm::Batch(bn) => (bn.ws.as_ref(), bn.bs.as_ref()),
+            Norm::Group(gn) => (gn.ws.as_ref(), gn.bs.as_ref()),
+        };
+        for t in w.into_iter().chain(b) {
+            let _ = t.set_requires_grad(false);
+        }
+    }
+    norm
+}
+
+impl ConvModule {
+    /// Like [`ConvModule::new`] with every shape option of mmcv's `ConvModule`
+    /// (stride, groups, an explicit bias).
+    pub fn with_opts(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        opts: ConvOpts,
+        cfg: &ConvModuleCfg,
+    ) -> Result<Self> {
+        if let Some(norm) = &cfg.norm_cfg {
+            norm.check(c_out)
+                .map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
+        }
+        if opts.groups <= 0 || c_in % opts.groups != 0 || c_out % opts.groups != 0 {
+            return Err(PluginError::invalid_argument(format!(
+                "a convolution with {} groups needs input ({c_in}) and output ({c_out}) channels divisible by it",
+                opts.groups
+            )));
+        }
+        let non_linearity = match cfg.act_cfg {
+            Some(ActCfg::LeakyReLU { negative_slope }) => nn::init::NonLinearity::ExplicitGain(
+                (2.0 / (1.0 + negative_slope * negative_slope)).sqrt(),
+            ),
+            _ => nn::init::NonLinearity::ReLU,
+        };
+        let conv_cfg = nn::ConvConfig {
+            stride: opts.stride,
+            padding: opts.padding,
+            dilation: opts.dilation,
+            groups: opts.groups,
+            bias: opts.bias.unwrap_or(cfg.norm_cfg.is_none()),
+            ws_init: nn::Init::Kaiming {
+                dist: nn::init::NormalOrUniform::Normal,
+                fan: nn::init::FanInOut::FanOut,
+                non_linearity,
+            },
+            bs_init: nn::Init::Const(0.),
+            ..Default::default()
+        };
+        let conv = nn::conv2d(&p / "conv", c_in, c_out, kernel, conv_cfg);
+        let norm = cfg.norm_cfg.as_ref().map(|n| build_norm(&p, n, c_out));
+        Ok(Self {
+            conv,
+            norm,
+            act: cfg.act_cfg.clone(),
+        })
+    }
+}
+
+/// mmcv's `DepthwiseSeparableConvModule`: a depthwise `ConvModule` (`groups = c_in`,
+/// `depthwise_conv`) then a 1x1 pointwise one (`pointwise_conv`), each with its own
+/// norm and activation.
+#[derive(Debug)]
+pub struct DepthwiseSeparableConvModule {
+    depthwise_conv: ConvModule,
+    pointwise_conv: ConvModule,
+}
+
+impl DepthwiseSeparableConvModule {
+    /// A `kernel` x `kernel` depthwise convolution over `c_in` channels with `opts`
+    /// (its `groups` is replaced by `c_in`) and `dw` norm/activation, then a 1x1
+    /// convolution to `c_out` channels with `pw` norm/activation.
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        opts: ConvOpts,
+        dw: &ConvModuleCfg,
+        pw: &ConvModuleCfg,
+    ) -> Result<Self> {
+        let depthwise_conv = ConvModule::with_opts(
+            &p / "depthwise_conv",
+            c_in,
+            c_in,
+            kernel,
+            ConvOpts {
+                groups: c_in,
+                ..opts
+            },
+            dw,
+        )?;
+        let pointwise_conv = ConvModule::with_opts(
+            &p / "pointwise_conv",
+            c_in,
+            c_out,
+            1,
+            ConvOpts::default(),
+            pw,
+        )?;
+        Ok(Self {
+            depthwise_conv,
+            pointwise_conv,
+        })
+    }
+
+    /// depthwise -> pointwise.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.pointwise_conv
+            .forward(&self.depthwise_conv.forward(x, train)?, train)
     }
 }

@@ -33,7 +33,9 @@ impl InputTransform {
         match name {
             "resize_concat" => Ok(Self::ResizeConcat),
             "multiple_select" => Ok(Self::MultipleSelect),
-            other => Err(format!("must be None, \"resize_concat\" or \"multiple_select\", got {other:?}")),
+            other => Err(format!(
+                "must be None, \"resize_concat\" or \"multiple_select\", got {other:?}"
+            )),
         }
     }
 }
@@ -136,7 +138,11 @@ impl Config {
 
     /// Checks what mmseg asserts, with messages that say what to change.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name: &str, what: String| Err(PluginError::invalid_argument(format!("argument `{name}` {what}")));
+        let bad = |name: &str, what: String| {
+            Err(PluginError::invalid_argument(format!(
+                "argument `{name}` {what}"
+            )))
+        };
         if self.in_channels.is_empty() || self.in_channels.iter().any(|&c| c <= 0) {
             return Err(PluginError::invalid_argument(format!(
                 "the channel list must be non-empty with positive entries, got {:?}",
@@ -144,22 +150,40 @@ impl Config {
             )));
         }
         if self.channels <= 0 {
-            return bad("channels", format!("must be positive, got {}", self.channels));
+            return bad(
+                "channels",
+                format!("must be positive, got {}", self.channels),
+            );
         }
         if self.num_classes <= 0 {
-            return bad("num_classes", format!("must be positive, got {} (use 1 for regression)", self.num_classes));
+            return bad(
+                "num_classes",
+                format!(
+                    "must be positive, got {} (use 1 for regression)",
+                    self.num_classes
+                ),
+            );
         }
         if self.num_convs < 0 {
             return bad("num_convs", format!("must be >= 0, got {}", self.num_convs));
         }
         if self.kernel_size <= 0 {
-            return bad("kernel_size", format!("must be positive, got {}", self.kernel_size));
+            return bad(
+                "kernel_size",
+                format!("must be positive, got {}", self.kernel_size),
+            );
         }
         if self.dilation <= 0 {
-            return bad("dilation", format!("must be a positive integer, got {}", self.dilation));
+            return bad(
+                "dilation",
+                format!("must be a positive integer, got {}", self.dilation),
+            );
         }
         if !(0.0..=1.0).contains(&self.dropout_ratio) {
-            return bad("dropout_ratio", format!("must be in [0, 1], got {}", self.dropout_ratio));
+            return bad(
+                "dropout_ratio",
+                format!("must be in [0, 1], got {}", self.dropout_ratio),
+            );
         }
         if let Some(out) = self.out_channels {
             if out != self.num_classes && out != 1 {
@@ -235,7 +259,9 @@ fn py_index(i: i64, len: usize) -> Result<usize> {
     if (0..n).contains(&j) {
         Ok(j as usize)
     } else {
-        Err(PluginError::forward_failed(format!("in_index {i} is out of range for {len} feature map(s)")))
+        Err(PluginError::forward_failed(format!(
+            "in_index {i} is out of range for {len} feature map(s)"
+        )))
     }
 }
 
@@ -262,12 +288,30 @@ impl FcnHead {
         let convs = (0..cfg.num_convs)
             .map(|i| {
                 let c = if i == 0 { c_in } else { cfg.channels };
-                ConvModule::new(&convs_p / i, c, cfg.channels, k, (k / 2) * cfg.dilation, cfg.dilation, &cfg.conv)
+                ConvModule::new(
+                    &convs_p / i,
+                    c,
+                    cfg.channels,
+                    k,
+                    (k / 2) * cfg.dilation,
+                    cfg.dilation,
+                    &cfg.conv,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let conv_cat = cfg
             .concat_input
-            .then(|| ConvModule::new(&p / "conv_cat", c_in + cfg.channels, cfg.channels, k, k / 2, 1, &cfg.conv))
+            .then(|| {
+                ConvModule::new(
+                    &p / "conv_cat",
+                    c_in + cfg.channels,
+                    cfg.channels,
+                    k,
+                    k / 2,
+                    1,
+                    &cfg.conv,
+                )
+            })
             .transpose()?;
         // mmseg's init_cfg for conv_seg only applies when init_weights() is called,
         // which TerraTorch does not do: PyTorch's default Conv2d init.
@@ -283,11 +327,19 @@ impl FcnHead {
                     fan: nn::init::FanInOut::FanIn,
                     non_linearity: nn::init::NonLinearity::ExplicitGain((1.0f64 / 3.0).sqrt()),
                 },
-                bs_init: nn::Init::Uniform { lo: -bound, up: bound },
+                bs_init: nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
                 ..Default::default()
             },
         );
-        Ok(Self { convs, conv_cat, conv_seg, cfg: cfg.clone() })
+        Ok(Self {
+            convs,
+            conv_cat,
+            conv_seg,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The configuration it was built with.
@@ -334,7 +386,9 @@ impl FcnHead {
                 self.check_map(x, *i, self.cfg.in_channels[0])?;
                 Ok(x.shallow_clone())
             }
-            _ => Err(PluginError::forward_failed("unsupported in_index/input_transform combination (not validated)")),
+            _ => Err(PluginError::forward_failed(
+                "unsupported in_index/input_transform combination (not validated)",
+            )),
         }
     }
 }
@@ -375,7 +429,9 @@ pub struct MmsegDecoderWrapper<D> {
 impl<D: Model> MmsegDecoderWrapper<D> {
     /// Builds the head with `build` under `root / "decoder"`.
     pub fn new(root: nn::Path, build: impl FnOnce(nn::Path) -> Result<D>) -> Result<Self> {
-        Ok(Self { decoder: build(&root / WRAPPER_ATTR)? })
+        Ok(Self {
+            decoder: build(&root / WRAPPER_ATTR)?,
+        })
     }
 
     /// The wrapped head.

@@ -61,7 +61,10 @@ const SUPPORTED_NORMS: &str = "\"batchnorm\", \"identity\", \"layernorm\", \"ins
 impl NormConfig {
     /// PyTorch's `BatchNorm2d` defaults.
     pub fn batchnorm() -> Self {
-        Self::BatchNorm { eps: 1e-5, momentum: 0.1 }
+        Self::BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
     }
 
     /// Reads smp's `use_norm` value: `true` (batchnorm), `false` (identity), a type
@@ -77,7 +80,9 @@ impl NormConfig {
                     Some(Value::String(s)) => s.clone(),
                     Some(other) => return Err(format!("its `type` must be a string, got {other}")),
                     None => {
-                        return Err(format!("a dict must contain the key \"type\" (one of {SUPPORTED_NORMS}), got {v}"))
+                        return Err(format!(
+                        "a dict must contain the key \"type\" (one of {SUPPORTED_NORMS}), got {v}"
+                    ))
                     }
                 };
                 let mut kw = m.clone();
@@ -108,19 +113,27 @@ impl NormConfig {
         if let Some(k) = kwargs.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(format!(
                 "keyword `{k}` is not supported for {ty:?} (supported: {})",
-                if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
             ));
         }
         let num = |k: &str, default: f64| -> std::result::Result<f64, String> {
             match kwargs.get(k) {
                 None => Ok(default),
-                Some(x) => x.as_f64().ok_or_else(|| format!("`{k}` must be a number, got {x}")),
+                Some(x) => x
+                    .as_f64()
+                    .ok_or_else(|| format!("`{k}` must be a number, got {x}")),
             }
         };
         let flag = |k: &str, default: bool| -> std::result::Result<bool, String> {
             match kwargs.get(k) {
                 None => Ok(default),
-                Some(x) => x.as_bool().ok_or_else(|| format!("`{k}` must be a bool, got {x}")),
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| format!("`{k}` must be a bool, got {x}")),
             }
         };
         // smp's initialize_decoder sets every norm's weight and bias, so a norm
@@ -133,14 +146,19 @@ impl NormConfig {
                 if !flag("affine", true)? {
                     return Err(no_affine("affine"));
                 }
-                Self::BatchNorm { eps: num("eps", 1e-5)?, momentum: num("momentum", 0.1)? }
+                Self::BatchNorm {
+                    eps: num("eps", 1e-5)?,
+                    momentum: num("momentum", 0.1)?,
+                }
             }
             "identity" => Self::Identity,
             "layernorm" => {
                 if !flag("elementwise_affine", true)? {
                     return Err(no_affine("elementwise_affine"));
                 }
-                Self::LayerNorm { eps: num("eps", 1e-5)? }
+                Self::LayerNorm {
+                    eps: num("eps", 1e-5)?,
+                }
             }
             _ => {
                 // InstanceNorm2d defaults to affine=False, which smp cannot initialise.
@@ -178,7 +196,9 @@ impl AttentionType {
     pub fn parse(name: &str) -> std::result::Result<Self, String> {
         match name {
             "scse" => Ok(Self::Scse),
-            other => Err(format!("Attention {other} is not implemented (available: None, \"scse\")")),
+            other => Err(format!(
+                "Attention {other} is not implemented (available: None, \"scse\")"
+            )),
         }
     }
 }
@@ -206,16 +226,21 @@ pub enum Interpolation {
 
 impl Interpolation {
     /// The modes smp documents for `decoder_interpolation`.
-    pub const NAMES: [&'static str; 5] = ["nearest", "bilinear", "bicubic", "area", "nearest-exact"];
+    pub const NAMES: [&'static str; 5] =
+        ["nearest", "bilinear", "bicubic", "area", "nearest-exact"];
 
     /// Parses an `F.interpolate` mode name.
     pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        serde_json::from_value(Value::String(name.to_owned()))
-            .map_err(|_| format!("unknown interpolation mode {name:?} (available: {})", Self::NAMES.join(", ")))
+        serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
+            format!(
+                "unknown interpolation mode {name:?} (available: {})",
+                Self::NAMES.join(", ")
+            )
+        })
     }
 
     /// `F.interpolate(x, size=(h, w), mode=self)`.
-    fn resize(self, x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    pub(crate) fn resize(self, x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
         let size = [h, w];
         Ok(match self {
             Self::Nearest => x.f_upsample_nearest2d(size, None, None)?,
@@ -262,7 +287,10 @@ impl Config {
     /// What TerraTorch's `SMPRegistry.build` makes of a channel list: the depth is
     /// `len(channels) - 1`; everything else keeps smp's defaults.
     pub fn terratorch(channels: &[i64]) -> Self {
-        Self { n_blocks: channels.len().saturating_sub(1), ..Self::new(channels.to_vec()) }
+        Self {
+            n_blocks: channels.len().saturating_sub(1),
+            ..Self::new(channels.to_vec())
+        }
     }
 
     /// `smp.Unet()` with its default encoder (resnet34: channels 3, 64, 64, 128, 256, 512).
@@ -276,11 +304,18 @@ impl Config {
         let mut enc: Vec<i64> = self.encoder_channels.iter().skip(1).copied().collect();
         enc.reverse();
         let head = enc.first().copied().unwrap_or(0);
-        let ins = std::iter::once(head)
-            .chain(self.decoder_channels.iter().copied().take(self.decoder_channels.len().saturating_sub(1)));
+        let ins = std::iter::once(head).chain(
+            self.decoder_channels
+                .iter()
+                .copied()
+                .take(self.decoder_channels.len().saturating_sub(1)),
+        );
         let skips = enc.iter().skip(1).copied().chain(std::iter::once(0));
         // smp zips the three lists, so the shortest decides the number of blocks.
-        ins.zip(skips).zip(self.decoder_channels.iter().copied()).map(|((i, s), o)| (i, s, o)).collect()
+        ins.zip(skips)
+            .zip(self.decoder_channels.iter().copied())
+            .map(|((i, s), o)| (i, s, o))
+            .collect()
     }
 
     /// Checks what smp checks, plus what would fail later in smp or TerraTorch.
@@ -334,12 +369,23 @@ impl Config {
 /// smp's `initialize_decoder` for convolutions: Kaiming-uniform (fan-in, ReLU gain),
 /// zero bias. PyTorch skips zero-element tensors (scSE on few channels makes them),
 /// whose fan would be zero here.
-fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, padding: i64, bias: bool) -> nn::Conv2D {
+pub(crate) fn conv2d(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    padding: i64,
+    bias: bool,
+) -> nn::Conv2D {
     let empty = c_in == 0 || c_out == 0;
     let cfg = nn::ConvConfig {
         padding,
         bias,
-        ws_init: if empty { nn::Init::Const(0.) } else { nn::init::DEFAULT_KAIMING_UNIFORM },
+        ws_init: if empty {
+            nn::Init::Const(0.)
+        } else {
+            nn::init::DEFAULT_KAIMING_UNIFORM
+        },
         bs_init: nn::Init::Const(0.),
         ..Default::default()
     };
@@ -348,18 +394,26 @@ fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, padding: i64, bias: bool) 
 
 /// A built normalisation layer.
 #[derive(Debug)]
-enum Norm {
+pub(crate) enum Norm {
     Batch(nn::BatchNorm),
     Identity,
     Layer(nn::LayerNorm, i64),
-    Instance { weight: Tensor, bias: Tensor, running: Option<(Tensor, Tensor)>, eps: f64, momentum: f64 },
+    Instance {
+        weight: Tensor,
+        bias: Tensor,
+        running: Option<(Tensor, Tensor)>,
+        eps: f64,
+        momentum: f64,
+    },
 }
 
 impl Norm {
-    fn new(p: nn::Path, cfg: &NormConfig, c: i64) -> Self {
+    pub(crate) fn new(p: nn::Path, cfg: &NormConfig, c: i64) -> Self {
         // smp's initialize_decoder: weight 1, bias 0.
         match *cfg {
-            NormConfig::BatchNorm { eps, momentum } => Self::Batch(batch_norm2d(p, c, eps, momentum)),
+            NormConfig::BatchNorm { eps, momentum } => {
+                Self::Batch(batch_norm2d(p, c, eps, momentum))
+            }
             NormConfig::Identity => Self::Identity,
             NormConfig::LayerNorm { eps } => Self::Layer(
                 nn::layer_norm(
@@ -374,18 +428,26 @@ impl Norm {
                 ),
                 c,
             ),
-            NormConfig::InstanceNorm { eps, momentum, track_running_stats } => Self::Instance {
+            NormConfig::InstanceNorm {
+                eps,
+                momentum,
+                track_running_stats,
+            } => Self::Instance {
                 weight: p.var("weight", &[c], nn::Init::Const(1.)),
                 bias: p.var("bias", &[c], nn::Init::Const(0.)),
-                running: track_running_stats
-                    .then(|| (p.zeros_no_train("running_mean", &[c]), p.ones_no_train("running_var", &[c]))),
+                running: track_running_stats.then(|| {
+                    (
+                        p.zeros_no_train("running_mean", &[c]),
+                        p.ones_no_train("running_var", &[c]),
+                    )
+                }),
                 eps,
                 momentum,
             },
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(match self {
             Self::Batch(bn) => {
                 if x.dim() != 4 {
@@ -409,14 +471,29 @@ impl Norm {
                 }
                 ln.forward(x)
             }
-            Self::Instance { weight, bias, running, eps, momentum } => {
+            Self::Instance {
+                weight,
+                bias,
+                running,
+                eps,
+                momentum,
+            } => {
                 let (rm, rv) = match running {
                     Some((m, v)) => (Some(m), Some(v)),
                     None => (None, None),
                 };
                 // Batch statistics unless running statistics exist and we are evaluating.
                 let use_input_stats = train || running.is_none();
-                x.f_instance_norm(Some(weight), Some(bias), rm, rv, use_input_stats, *momentum, *eps, false)?
+                x.f_instance_norm(
+                    Some(weight),
+                    Some(bias),
+                    rm,
+                    rv,
+                    use_input_stats,
+                    *momentum,
+                    *eps,
+                    false,
+                )?
             }
         })
     }
@@ -424,19 +501,33 @@ impl Norm {
 
 /// smp's `Conv2dReLU`: `Sequential(conv, norm, ReLU)`, named `0`, `1`, `2`.
 #[derive(Debug)]
-struct Conv2dReLU {
+pub(crate) struct Conv2dReLU {
     conv: nn::Conv2D,
     norm: Norm,
 }
 
 impl Conv2dReLU {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, norm: &NormConfig) -> Self {
-        // A bias only where no normalisation follows.
-        let conv = conv2d(&p / 0, c_in, c_out, 3, 1, norm.is_identity());
-        Self { conv, norm: Norm::new(&p / 1, norm, c_out) }
+    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, norm: &NormConfig) -> Self {
+        Self::with_kernel(p, c_in, c_out, 3, norm)
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `Conv2dReLU(c_in, c_out, kernel_size=k, padding=k // 2)` (smp pads 3x3 by 1, 1x1 by 0).
+    pub(crate) fn with_kernel(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        norm: &NormConfig,
+    ) -> Self {
+        // A bias only where no normalisation follows.
+        let conv = conv2d(&p / 0, c_in, c_out, k, k / 2, norm.is_identity());
+        Self {
+            conv,
+            norm: Norm::new(&p / 1, norm, c_out),
+        }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = x.apply(&self.conv);
         Ok(self.norm.forward(&y, train)?.f_relu()?)
     }
@@ -444,7 +535,7 @@ impl Conv2dReLU {
 
 /// smp's `SCSEModule`: `x * cSE(x) + x * sSE(x)`.
 #[derive(Debug)]
-struct Scse {
+pub(crate) struct Scse {
     /// `cSE.1`: C -> C // 16, 1x1.
     c_reduce: nn::Conv2D,
     /// `cSE.3`: C // 16 -> C, 1x1.
@@ -469,8 +560,12 @@ impl Scse {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // [B, C, H, W] -> [B, C, 1, 1] channel gate
-        let channel =
-            x.f_adaptive_avg_pool2d([1, 1])?.apply(&self.c_reduce).f_relu()?.apply(&self.c_expand).f_sigmoid()?;
+        let channel = x
+            .f_adaptive_avg_pool2d([1, 1])?
+            .apply(&self.c_reduce)
+            .f_relu()?
+            .apply(&self.c_expand)
+            .f_sigmoid()?;
         // [B, C, H, W] -> [B, 1, H, W] spatial gate
         let spatial = x.apply(&self.spatial).f_sigmoid()?;
         Ok(x.f_mul(&channel)?.f_add(&x.f_mul(&spatial)?)?)
@@ -479,20 +574,20 @@ impl Scse {
 
 /// smp's `Attention`: identity or scSE, held under `.attention`.
 #[derive(Debug)]
-enum Attention {
+pub(crate) enum Attention {
     Identity,
     Scse(Box<Scse>),
 }
 
 impl Attention {
-    fn new(p: nn::Path, kind: Option<AttentionType>, c: i64) -> Self {
+    pub(crate) fn new(p: nn::Path, kind: Option<AttentionType>, c: i64) -> Self {
         match kind {
             None => Self::Identity,
             Some(AttentionType::Scse) => Self::Scse(Box::new(Scse::new(&p / "attention", c))),
         }
     }
 
-    fn forward(&self, x: Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: Tensor) -> Result<Tensor> {
         match self {
             Self::Identity => Ok(x),
             Self::Scse(m) => m.forward(&x),
@@ -521,7 +616,14 @@ impl UnetDecoderBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, h: i64, w: i64, skip: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        h: i64,
+        w: i64,
+        skip: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let mut x = self.interpolation.resize(x, h, w)?;
         if let Some(skip) = skip {
             // [B, C_in, h, w] ++ [B, C_skip, h, w] -> [B, C_in + C_skip, h, w]
@@ -555,9 +657,14 @@ impl UnetDecoder {
             .block_channels()
             .into_iter()
             .enumerate()
-            .map(|(i, (c_in, c_skip, c_out))| UnetDecoderBlock::new(&blocks_p / i, c_in, c_skip, c_out, cfg))
+            .map(|(i, (c_in, c_skip, c_out))| {
+                UnetDecoderBlock::new(&blocks_p / i, c_in, c_skip, c_out, cfg)
+            })
             .collect();
-        Ok(Self { blocks, cfg: cfg.clone() })
+        Ok(Self {
+            blocks,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The configuration it was built with.
@@ -597,10 +704,16 @@ impl Model for UnetDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         self.check_inputs(xs)?;
         // Target sizes, deepest first: [hw/2^n, ..., hw/2, hw].
-        let sizes: Vec<(i64, i64)> = xs.iter().rev().map(|x| (x.size()[2], x.size()[3])).collect();
+        let sizes: Vec<(i64, i64)> = xs
+            .iter()
+            .rev()
+            .map(|x| (x.size()[2], x.size()[3]))
+            .collect();
         // Drop the full-resolution map, then go deepest first.
         let feats: Vec<&Tensor> = xs.iter().skip(1).rev().collect();
-        let (head, skips) = feats.split_first().expect("validated: at least two feature maps");
+        let (head, skips) = feats
+            .split_first()
+            .expect("validated: at least two feature maps");
         let mut x = head.shallow_clone();
         for (i, block) in self.blocks.iter().enumerate() {
             let (h, w) = sizes[i + 1];

@@ -4,11 +4,14 @@
 //! Mirrors `terratorch/models/encoder_decoder_factory.py` (and `build_neck_list` of
 //! `terratorch/models/necks.py`, `_get_backbone` of `terratorch/models/utils.py`).
 
+use super::embedding_output_model::EmbeddingOutputModel;
 use super::heads::{
-    RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead, SegmentationHeadConfig,
+    RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead,
+    SegmentationHeadConfig,
 };
-use super::pixel_wise_model::{Padding, PixelHead, PixelWiseModel, PixelWiseOptions, Trunk};
+use super::pixel_wise_model::{Padding, PixelHead, PixelWiseModel, PixelWiseOptions};
 use super::scalar_output_model::ScalarOutputModel;
+use super::trunk::Trunk;
 use super::utils::{check_padding_mode, PatchSize};
 use abi_stable::std_types::RStr;
 use serde::de::DeserializeOwned;
@@ -60,6 +63,8 @@ pub enum Task {
     Classification,
     /// Per-image values ([`ScalarOutputModel`] + [`ScalarHead`]).
     ScalarRegression,
+    /// The backbone's (and necks') features themselves ([`EmbeddingOutputModel`]).
+    EmbeddingGeneration,
 }
 
 impl Task {
@@ -70,13 +75,10 @@ impl Task {
             "regression" => Ok(Self::Regression),
             "classification" => Ok(Self::Classification),
             "scalar_regression" => Ok(Self::ScalarRegression),
-            "embedding_generation" => Err(PluginError::invalid_argument(
-                "EncoderDecoderFactory: task `embedding_generation` is not supported yet; \
-                 use segmentation, regression, classification or scalar_regression",
-            )),
+            "embedding_generation" => Ok(Self::EmbeddingGeneration),
             other => Err(PluginError::invalid_argument(format!(
                 "EncoderDecoderFactory: task `{other}` is not supported; \
-                 choose one of segmentation, regression, classification, scalar_regression"
+                 choose one of segmentation, regression, classification, scalar_regression, embedding_generation"
             ))),
         }
     }
@@ -88,6 +90,7 @@ impl Task {
             Self::Regression => "regression",
             Self::Classification => "classification",
             Self::ScalarRegression => "scalar_regression",
+            Self::EmbeddingGeneration => "embedding_generation",
         }
     }
 
@@ -99,7 +102,10 @@ impl Task {
 
 /// Splits `map` into the entries whose key starts with `prefix` (prefix removed) and the
 /// rest, as upstream `extract_prefix_keys`.
-pub fn extract_prefix_keys(map: &Map<String, Value>, prefix: &str) -> (Map<String, Value>, Map<String, Value>) {
+pub fn extract_prefix_keys(
+    map: &Map<String, Value>,
+    prefix: &str,
+) -> (Map<String, Value>, Map<String, Value>) {
     let mut extracted = Map::new();
     let mut rest = Map::new();
     for (k, v) in map {
@@ -120,6 +126,21 @@ pub struct NeckSpec {
     pub args: Map<String, Value>,
 }
 
+/// One auxiliary decoder (upstream `AuxiliaryHead`): its output is written as
+/// `aux_{name}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuxSpec {
+    /// The name of the auxiliary head (and of its loss, upstream).
+    pub name: String,
+    /// The decoder registry name.
+    pub decoder: String,
+    /// `decoder_*` entries of its `decoder_args`, prefix removed.
+    pub decoder_kwargs: Map<String, Value>,
+    /// `head_*` entries of its `decoder_args`, prefix removed. Upstream builds every
+    /// auxiliary head with the main head's arguments and never reads these.
+    pub head_kwargs: Map<String, Value>,
+}
+
 /// Everything the factory needs to build, decided from the arguments alone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FactoryPlan {
@@ -131,8 +152,8 @@ pub struct FactoryPlan {
     pub backbone_kwargs: Map<String, Value>,
     /// Necks, applied in order.
     pub necks: Vec<NeckSpec>,
-    /// The decoder registry name.
-    pub decoder: String,
+    /// The decoder registry name (`None` only for embedding generation).
+    pub decoder: Option<String>,
     /// Arguments for the decoder (before `num_classes` routing).
     pub decoder_kwargs: Map<String, Value>,
     /// Arguments for the head (before `num_classes` routing).
@@ -145,8 +166,12 @@ pub struct FactoryPlan {
     pub rescale: bool,
     /// Fixed output size of per-pixel models.
     pub image_size_out: Option<[i64; 2]>,
-    /// Input padding (from `backbone_patch_size` and `backbone_padding`).
-    pub padding: Option<Padding>,
+    /// `backbone_patch_size`; when absent the backbone's own `patch_size` is used.
+    pub patch_size: Option<PatchSize>,
+    /// `backbone_padding` (upstream default `reflect`; `null` disables padding).
+    pub padding_mode: Option<String>,
+    /// Auxiliary decoders, in order.
+    pub aux_decoders: Vec<AuxSpec>,
 }
 
 fn invalid(msg: impl Into<String>) -> PluginError {
@@ -160,8 +185,12 @@ fn non_null<'a>(args: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 fn typed<T: DeserializeOwned>(args: &Map<String, Value>, key: &str) -> Result<Option<T>> {
     non_null(args, key)
         .map(|v| {
-            serde_json::from_value(v.clone())
-                .map_err(|e| invalid(format!("argument `{key}` has the wrong type ({e}); got {}", describe_json(v))))
+            serde_json::from_value(v.clone()).map_err(|e| {
+                invalid(format!(
+                    "argument `{key}` has the wrong type ({e}); got {}",
+                    describe_json(v)
+                ))
+            })
         })
         .transpose()
 }
@@ -176,21 +205,40 @@ fn dict_or_empty(args: &Map<String, Value>, key: &str) -> Result<Map<String, Val
 /// then the prefixed extras of that group are left over, which is an error like any
 /// other leftover argument.
 pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
-    let task_name: String = typed(args, "task")?.ok_or_else(|| invalid("argument `task` is required"))?;
+    let task_name: String =
+        typed(args, "task")?.ok_or_else(|| invalid("argument `task` is required"))?;
     let task = Task::parse(&task_name)?;
-    let backbone: String = typed(args, "backbone")?.ok_or_else(|| invalid("argument `backbone` is required"))?;
-    let decoder: String = typed(args, "decoder")?
-        .ok_or_else(|| invalid(format!("a decoder must be provided for task `{}`", task.name())))?;
+    let backbone: String =
+        typed(args, "backbone")?.ok_or_else(|| invalid("argument `backbone` is required"))?;
+    let decoder: Option<String> = typed(args, "decoder")?;
+    match (&decoder, task) {
+        (None, t) if t != Task::EmbeddingGeneration => {
+            return Err(invalid(format!("a decoder must be provided for task `{}`", t.name())))
+        }
+        (Some(d), Task::EmbeddingGeneration) => {
+            return Err(invalid(format!(
+                "task `embedding_generation` outputs the backbone's features and uses no decoder; remove `decoder` \
+                 (`{d}`) and its arguments"
+            )))
+        }
+        _ => {}
+    }
 
-    let mut extras: Map<String, Value> =
-        args.iter().filter(|(k, _)| !DECLARED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut extras: Map<String, Value> = args
+        .iter()
+        .filter(|(k, _)| !DECLARED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
 
     let mut backbone_kwargs = dict_or_empty(args, "backbone_kwargs")?;
     if backbone_kwargs.is_empty() {
         (backbone_kwargs, extras) = extract_prefix_keys(&extras, "backbone_");
     }
     // TerraTorch's temporal wrapper options never reach the backbone.
-    let use_temporal = backbone_kwargs.get("use_temporal").cloned().unwrap_or(Value::Null);
+    let use_temporal = backbone_kwargs
+        .get("use_temporal")
+        .cloned()
+        .unwrap_or(Value::Null);
     for key in TEMPORAL_KEYS {
         backbone_kwargs.remove(key);
     }
@@ -206,37 +254,76 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         None => Some("reflect".to_owned()),
         Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            check_padding_mode(s).map_err(|e| invalid(format!("`backbone_padding`: {}", e.message())))?;
+            check_padding_mode(s)
+                .map_err(|e| invalid(format!("`backbone_padding`: {}", e.message())))?;
             Some(s.clone())
         }
         Some(other) => {
-            return Err(invalid(format!("`backbone_padding` must be a string, got {}", describe_json(other))))
+            return Err(invalid(format!(
+                "`backbone_padding` must be a string, got {}",
+                describe_json(other)
+            )))
         }
     };
-    let patch = match backbone_kwargs.get("patch_size") {
-        Some(v) => PatchSize::from_json(v).map_err(|e| invalid(format!("`backbone_patch_size`: {}", e.message())))?,
+    let patch_size = match backbone_kwargs.get("patch_size") {
+        Some(v) => PatchSize::from_json(v)
+            .map_err(|e| invalid(format!("`backbone_patch_size`: {}", e.message())))?,
         None => None,
-    };
-    let padding = match (patch, padding_mode) {
-        (Some(patch), Some(mode)) => Some(Padding { patch, mode }),
-        _ => None,
     };
 
     if non_null(args, "peft_config").is_some() {
-        return Err(invalid("`peft_config` (PEFT adapters) is not supported yet; leave it unset"));
+        return Err(invalid(
+            "`peft_config` (PEFT adapters) is not supported yet; leave it unset",
+        ));
     }
-    if non_null(args, "aux_decoders").is_some() {
-        return Err(invalid("`aux_decoders` (auxiliary heads) is not supported yet; leave it unset"));
+    let aux_decoders = match non_null(args, "aux_decoders") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| aux_spec(i, v))
+            .collect::<Result<_>>()?,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`aux_decoders` must be a list of auxiliary heads, got {}",
+                describe_json(other)
+            )))
+        }
+    };
+    if task == Task::EmbeddingGeneration && !aux_decoders.is_empty() {
+        return Err(invalid(
+            "task `embedding_generation` takes no `aux_decoders`",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for aux in &aux_decoders {
+        if !seen.insert(aux.name.as_str()) {
+            return Err(invalid(format!(
+                "two auxiliary decoders are named `{}`; names must be unique",
+                aux.name
+            )));
+        }
     }
 
     let mut necks = Vec::new();
-    for (i, neck) in typed::<Vec<Map<String, Value>>>(args, "necks")?.unwrap_or_default().into_iter().enumerate() {
+    for (i, neck) in typed::<Vec<Map<String, Value>>>(args, "necks")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let name = match neck.get("name") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
-                return Err(invalid(format!("`necks[{i}].name` must be a string, got {}", describe_json(other))))
+                return Err(invalid(format!(
+                    "`necks[{i}].name` must be a string, got {}",
+                    describe_json(other)
+                )))
             }
-            None => return Err(invalid(format!("`necks[{i}]` needs a `name` key naming the neck"))),
+            None => {
+                return Err(invalid(format!(
+                    "`necks[{i}]` needs a `name` key naming the neck"
+                )))
+            }
         };
         let args = neck.into_iter().filter(|(k, _)| k != "name").collect();
         necks.push(NeckSpec { name, args });
@@ -298,7 +385,68 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         num_outputs,
         rescale,
         image_size_out,
-        padding,
+        patch_size,
+        padding_mode,
+        aux_decoders,
+    })
+}
+
+/// Reads one `aux_decoders` item: `{name, decoder, decoder_args}` as upstream's
+/// `AuxiliaryHead` takes them, or the LightningCLI form
+/// `{class_path: ...AuxiliaryHead, init_args: {...}}`.
+fn aux_spec(i: usize, v: &Value) -> Result<AuxSpec> {
+    let item = v.as_object().ok_or_else(|| {
+        invalid(format!(
+            "`aux_decoders[{i}]` must be a dict with name, decoder and decoder_args"
+        ))
+    })?;
+    let fields = match (item.get("class_path"), item.get("init_args")) {
+        (Some(Value::String(cp)), init) => {
+            if cp.rsplit('.').next() != Some("AuxiliaryHead") {
+                return Err(invalid(format!(
+                    "`aux_decoders[{i}].class_path` is `{cp}`; only terratorch.models.model.AuxiliaryHead is known"
+                )));
+            }
+            init.and_then(Value::as_object)
+                .ok_or_else(|| invalid(format!("`aux_decoders[{i}].init_args` must be a dict")))?
+        }
+        _ => item,
+    };
+    for key in fields.keys() {
+        if !["name", "decoder", "decoder_args"].contains(&key.as_str()) {
+            return Err(invalid(format!(
+                "`aux_decoders[{i}]` has an unknown key `{key}`; an auxiliary head takes name, decoder and decoder_args"
+            )));
+        }
+    }
+    let text = |key: &str| -> Result<String> {
+        match fields.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(invalid(format!(
+                "`aux_decoders[{i}].{key}` must be a string, got {}",
+                describe_json(other)
+            ))),
+            None => Err(invalid(format!("`aux_decoders[{i}]` needs `{key}`"))),
+        }
+    };
+    let name = text("name")?;
+    let decoder = text("decoder")?;
+    let decoder_args = dict_or_empty(fields, "decoder_args")?;
+    let (decoder_kwargs, rest) = extract_prefix_keys(&decoder_args, "decoder_");
+    let (head_kwargs, rest) = extract_prefix_keys(&rest, "head_");
+    if !rest.is_empty() {
+        let names: Vec<String> = rest.keys().map(|k| format!("`{k}`")).collect();
+        return Err(invalid(format!(
+            "`aux_decoders[{i}]` (`{name}`): decoder_args {} were passed but not used; they must start with \
+             `decoder_` or `head_`",
+            names.join(", ")
+        )));
+    }
+    Ok(AuxSpec {
+        name,
+        decoder,
+        decoder_kwargs,
+        head_kwargs,
     })
 }
 
@@ -313,18 +461,22 @@ impl FactoryPlan {
     }
 }
 
-/// Whether a decoder entry makes its own prediction and so takes the class count:
-/// TerraTorch passes `num_classes` to decoders from registries that include a head
-/// (mmseg's decode heads, whose `num_classes` is required) and to the head otherwise.
-/// The ABI describes entries, not registries, so a required `num_classes` parameter is
-/// the sign; the built module's `includes_head` then decides whether a head is added.
+/// Whether a decoder entry makes its own prediction and so takes the class count.
+/// TerraTorch decides this by the decoder's registry (`includes_head` is true for
+/// mmseg's decode heads, false for terratorch's and smp's decoders); terrahost's
+/// sources declare the same per entry ([`EntryInfo::includes_head`]). The decoder then
+/// gets `num_classes` and no head is added; otherwise the head gets it.
 pub fn decoder_takes_num_classes(info: &EntryInfo) -> bool {
-    info.params.iter().any(|p| p.name.as_str() == "num_classes" && p.is_required())
+    info.includes_head
 }
 
 /// Adds the class count to the decoder's arguments when it takes it; returns whether
 /// it did.
-pub fn route_to_decoder(plan: &FactoryPlan, takes_num_classes: bool, decoder_kwargs: &mut Map<String, Value>) -> bool {
+pub fn route_to_decoder(
+    plan: &FactoryPlan,
+    takes_num_classes: bool,
+    decoder_kwargs: &mut Map<String, Value>,
+) -> bool {
     match plan.outputs() {
         Some((_, n)) if takes_num_classes => {
             decoder_kwargs.insert("num_classes".to_owned(), json!(n));
@@ -338,13 +490,14 @@ pub fn route_to_decoder(plan: &FactoryPlan, takes_num_classes: bool, decoder_kwa
 /// includes its own head (then `head_*` arguments are an error, as upstream).
 pub fn head_kwargs_after_decoder(
     plan: &FactoryPlan,
+    head_kwargs: &Map<String, Value>,
     decoder_label: &str,
     decoder_includes_head: bool,
     routed_to_decoder: bool,
 ) -> Result<Option<Map<String, Value>>> {
     if decoder_includes_head {
-        if !plan.head_kwargs.is_empty() {
-            let names: Vec<String> = plan.head_kwargs.keys().map(|k| format!("`head_{k}`")).collect();
+        if !head_kwargs.is_empty() {
+            let names: Vec<String> = head_kwargs.keys().map(|k| format!("`head_{k}`")).collect();
             return Err(invalid(format!(
                 "decoder `{decoder_label}` already includes a head, but head arguments {} were given; remove them",
                 names.join(", ")
@@ -358,7 +511,7 @@ pub fn head_kwargs_after_decoder(
         }
         return Ok(None);
     }
-    let mut head_kwargs = plan.head_kwargs.clone();
+    let mut head_kwargs = head_kwargs.clone();
     if let Some((key, n)) = plan.outputs() {
         head_kwargs.insert(key.to_owned(), json!(n));
     }
@@ -390,22 +543,38 @@ pub enum TaskHead {
 }
 
 /// Builds the task's head under `p` from its keyword arguments.
-pub fn build_head(task: Task, p: nn::Path, in_channels: i64, kwargs: Map<String, Value>) -> Result<TaskHead> {
+pub fn build_head(
+    task: Task,
+    p: nn::Path,
+    in_channels: i64,
+    kwargs: Map<String, Value>,
+) -> Result<TaskHead> {
     match task {
         Task::Segmentation => {
             if !kwargs.contains_key("num_classes") {
-                return Err(invalid("`num_classes` must be given for the segmentation task"));
+                return Err(invalid(
+                    "`num_classes` must be given for the segmentation task",
+                ));
             }
-            let cfg: SegmentationHeadConfig = head_config("SegmentationHead", "in_channels", in_channels, kwargs)?;
-            Ok(TaskHead::Pixel(PixelHead::Segmentation(SegmentationHead::new(p, &cfg)?)))
+            let cfg: SegmentationHeadConfig =
+                head_config("SegmentationHead", "in_channels", in_channels, kwargs)?;
+            Ok(TaskHead::Pixel(PixelHead::Segmentation(
+                SegmentationHead::new(p, &cfg)?,
+            )))
         }
         Task::Regression => {
-            let cfg: RegressionHeadConfig = head_config("RegressionHead", "in_channels", in_channels, kwargs)?;
-            Ok(TaskHead::Pixel(PixelHead::Regression(RegressionHead::new(p, &cfg)?)))
+            let cfg: RegressionHeadConfig =
+                head_config("RegressionHead", "in_channels", in_channels, kwargs)?;
+            Ok(TaskHead::Pixel(PixelHead::Regression(RegressionHead::new(
+                p, &cfg,
+            )?)))
         }
+        Task::EmbeddingGeneration => Err(invalid("task `embedding_generation` has no head")),
         Task::Classification | Task::ScalarRegression => {
             if task == Task::Classification && !kwargs.contains_key("num_classes") {
-                return Err(invalid("`num_classes` must be given for the classification task"));
+                return Err(invalid(
+                    "`num_classes` must be given for the classification task",
+                ));
             }
             let cfg: ScalarHeadConfig = head_config("ScalarHead", "in_dim", in_channels, kwargs)?;
             Ok(TaskHead::Scalar(ScalarHead::new(p, &cfg)?))
@@ -436,57 +605,173 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let mut necks: Vec<DynModule> = Vec::new();
     for (i, spec) in plan.necks.iter().enumerate() {
         let neck = in_step(
-            format_args!("building neck {i} `{}` for channels {channels:?}", spec.name),
+            format_args!(
+                "building neck {i} `{}` for channels {channels:?}",
+                spec.name
+            ),
             ctx.build("neck", &spec.name, &spec.args, Some(&channels)),
         )?;
         channels = neck.out_channels();
         necks.push(neck);
     }
 
-    let info = in_step(
-        format_args!("looking up decoder `{}`", plan.decoder),
-        ctx.host.describe(RStr::from("decoder"), RStr::from(plan.decoder.as_str())).into_result(),
-    )?;
-    let mut decoder_kwargs = plan.decoder_kwargs.clone();
-    let routed = route_to_decoder(&plan, decoder_takes_num_classes(&info), &mut decoder_kwargs);
-    let decoder = in_step(
-        format_args!("building decoder `{}` for channels {channels:?}", plan.decoder),
-        ctx.build("decoder", &plan.decoder, &decoder_kwargs, Some(&channels)),
-    )?;
-
-    let vs = nn::VarStore::new(Device::Cpu);
-    let head = match head_kwargs_after_decoder(&plan, &plan.decoder, decoder.includes_head(), routed)? {
-        None => None,
-        Some(kwargs) => {
-            let in_channels = match decoder.out_channels()[..] {
-                [c] => c,
-                ref other => {
-                    return Err(PluginError::build_failed(format!(
-                        "EncoderDecoderFactory: decoder `{}` reports out_channels {other:?}; a head needs exactly one",
-                        plan.decoder
-                    )))
-                }
-            };
-            Some(build_head(plan.task, vs.root() / "head", in_channels, kwargs)?)
-        }
+    let padding = padding(&plan, &encoder)?;
+    let Some(decoder_name) = plan.decoder.as_deref() else {
+        // embedding_generation: the features are the output.
+        let model = EmbeddingOutputModel::new(encoder, necks, padding);
+        return Ok(Built::new(ctx.qualified(), nn::VarStore::new(Device::Cpu), model).boxed());
     };
 
-    let trunk = Trunk::new(encoder, necks, decoder);
-    let name = ctx.qualified();
-    match head {
-        Some(TaskHead::Scalar(h)) => {
-            Ok(Built::new(name, vs, ScalarOutputModel::new(trunk, Some(h), plan.padding)).boxed())
+    let (decoder, head_kwargs) = build_decoder(
+        ctx,
+        &plan,
+        decoder_name,
+        &plan.decoder_kwargs,
+        &plan.head_kwargs,
+        &channels,
+    )?;
+    let mut aux = Vec::new();
+    for spec in &plan.aux_decoders {
+        let what = format!("auxiliary decoder `{}` ({})", spec.name, spec.decoder);
+        let (aux_decoder, aux_head_kwargs) = build_decoder(
+            ctx,
+            &plan,
+            &spec.decoder,
+            &spec.decoder_kwargs,
+            &spec.head_kwargs,
+            &channels,
+        )
+        .map_err(|e| e.context(format_args!("EncoderDecoderFactory: {what}")))?;
+        if !spec.head_kwargs.is_empty() {
+            tracing::warn!(
+                aux = %spec.name,
+                "TerraTorch builds auxiliary heads with the main head's arguments; the aux `head_*` arguments are not used"
+            );
         }
-        Some(TaskHead::Pixel(h)) => Ok(Built::new(name, vs, pixel_model(&plan, trunk, Some(h))).boxed()),
-        None if plan.task.is_pixel_wise() => Ok(Built::new(name, vs, pixel_model(&plan, trunk, None)).boxed()),
-        None => Ok(Built::new(name, vs, ScalarOutputModel::new(trunk, None, plan.padding)).boxed()),
+        // Upstream gives every auxiliary head the main head's arguments.
+        let aux_head_kwargs = aux_head_kwargs.map(|_| head_kwargs.clone().unwrap_or_default());
+        aux.push((spec.name.clone(), aux_decoder, aux_head_kwargs));
+    }
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let head = head_kwargs
+        .map(|kw| {
+            build_head(
+                plan.task,
+                vs.root() / "head",
+                head_in_channels(&decoder)?,
+                kw,
+            )
+        })
+        .transpose()?;
+    let mut aux_heads = Vec::new();
+    let mut aux_decoders = Vec::new();
+    for (name, aux_decoder, kwargs) in aux {
+        let p = vs.root() / "aux_heads" / name.as_str() / 1;
+        aux_heads.push(
+            kwargs
+                .map(|kw| build_head(plan.task, p, head_in_channels(&aux_decoder)?, kw))
+                .transpose()?,
+        );
+        aux_decoders.push((name, aux_decoder));
+    }
+
+    let trunk = Trunk::new(encoder, necks, decoder, aux_decoders);
+    let name = ctx.qualified();
+    if plan.task.is_pixel_wise() {
+        let pixel = |h: Option<TaskHead>| match h {
+            Some(TaskHead::Pixel(h)) => Some(h),
+            _ => None,
+        };
+        let options = PixelWiseOptions {
+            rescale: plan.rescale,
+            image_size_out: plan.image_size_out,
+            padding,
+        };
+        let model = PixelWiseModel::new(
+            trunk,
+            pixel(head),
+            aux_heads.into_iter().map(pixel).collect(),
+            options,
+        );
+        Ok(Built::new(name, vs, model).boxed())
+    } else {
+        let scalar = |h: Option<TaskHead>| match h {
+            Some(TaskHead::Scalar(h)) => Some(h),
+            _ => None,
+        };
+        let model = ScalarOutputModel::new(
+            trunk,
+            scalar(head),
+            aux_heads.into_iter().map(scalar).collect(),
+            padding,
+        );
+        Ok(Built::new(name, vs, model).boxed())
     }
 }
 
-fn pixel_model(plan: &FactoryPlan, trunk: Trunk, head: Option<PixelHead>) -> PixelWiseModel {
-    let options =
-        PixelWiseOptions { rescale: plan.rescale, image_size_out: plan.image_size_out, padding: plan.padding.clone() };
-    PixelWiseModel::new(trunk, head, options)
+/// The input padding: `backbone_patch_size`, else the backbone's own `patch_size` (as
+/// upstream takes it from the first submodule that has one), with `backbone_padding`.
+fn padding(plan: &FactoryPlan, encoder: &DynModule) -> Result<Option<Padding>> {
+    let patch = match plan.patch_size {
+        Some(p) => Some(p),
+        None => match encoder.meta().get("patch_size") {
+            Some(v) => PatchSize::from_json(v).map_err(|e| {
+                invalid(format!(
+                    "backbone `{}` reports a bad patch_size: {}",
+                    plan.backbone,
+                    e.message()
+                ))
+            })?,
+            None => None,
+        },
+    };
+    Ok(match (patch, &plan.padding_mode) {
+        (Some(patch), Some(mode)) => Some(Padding {
+            patch,
+            mode: mode.clone(),
+        }),
+        _ => None,
+    })
+}
+
+/// Builds a decoder for `channels`, routing the class count as upstream's
+/// `_get_decoder_and_head_kwargs` does; returns it with its head's arguments (`None`
+/// when it includes its own head).
+fn build_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    plan: &FactoryPlan,
+    name: &str,
+    decoder_kwargs: &Map<String, Value>,
+    head_kwargs: &Map<String, Value>,
+    channels: &[i64],
+) -> Result<(DynModule, Option<Map<String, Value>>)> {
+    let info = in_step(
+        format_args!("looking up decoder `{name}`"),
+        ctx.host
+            .describe(RStr::from("decoder"), RStr::from(name))
+            .into_result(),
+    )?;
+    let mut decoder_kwargs = decoder_kwargs.clone();
+    let routed = route_to_decoder(plan, decoder_takes_num_classes(&info), &mut decoder_kwargs);
+    let decoder = in_step(
+        format_args!("building decoder `{name}` for channels {channels:?}"),
+        ctx.build("decoder", name, &decoder_kwargs, Some(channels)),
+    )?;
+    let head_kwargs =
+        head_kwargs_after_decoder(plan, head_kwargs, name, info.includes_head, routed)?;
+    Ok((decoder, head_kwargs))
+}
+
+/// A head's input size: the decoder's one output channel count.
+fn head_in_channels(decoder: &DynModule) -> Result<i64> {
+    match decoder.out_channels()[..] {
+        [c] => Ok(c),
+        ref other => Err(PluginError::build_failed(format!(
+            "EncoderDecoderFactory: decoder `{}` reports out_channels {other:?}; a head needs exactly one",
+            decoder.label()
+        ))),
+    }
 }
 
 /// The registry entry, with every keyword argument of upstream `build_model`.
@@ -500,16 +785,26 @@ pub fn entry() -> Entry {
          `decoder_*` and `head_*`.",
         build,
     )
-    .req("task", ParamType::STR, "segmentation, regression, classification or scalar_regression")
+    .req("task", ParamType::STR, "segmentation, regression, classification, scalar_regression or embedding_generation")
     .req("backbone", ParamType::STR, "backbone registry name (e.g. timm_resnet18)")
-    .req("decoder", ParamType::STR, "decoder registry name (e.g. FCNDecoder, smp_Unet, mmseg_FCNHead)")
+    .opt(
+        "decoder",
+        ParamType::STR,
+        Value::Null,
+        "decoder registry name (e.g. FCNDecoder, smp_Unet, mmseg_FCNHead); required except for embedding_generation",
+    )
     .opt("backbone_kwargs", ParamType::DICT, Value::Null, "backbone arguments (instead of `backbone_*` ones)")
     .opt("decoder_kwargs", ParamType::DICT, Value::Null, "decoder arguments (instead of `decoder_*` ones)")
     .opt("head_kwargs", ParamType::DICT, Value::Null, "head arguments (instead of `head_*` ones)")
     .opt("num_classes", ParamType::INT, Value::Null, "number of classes (segmentation, classification)")
     .opt("num_outputs", ParamType::INT, Value::Null, "number of regressed variables (regression tasks)")
     .opt("necks", ParamType::DICT_LIST, Value::Null, "necks applied in order, each {\"name\": ..., args...}")
-    .opt("aux_decoders", ParamType::DICT_LIST, Value::Null, "auxiliary decoders (not supported yet)")
+    .opt(
+        "aux_decoders",
+        ParamType::DICT_LIST,
+        Value::Null,
+        "auxiliary heads, each {name, decoder, decoder_args} (decoder_*/head_* keys); output `aux_<name>`",
+    )
     .opt("rescale", ParamType::BOOL, json!(true), "resize per-pixel outputs to the input size (bilinear)")
     .opt("image_size_out", ParamType::INT_LIST, Value::Null, "output [height, width] of per-pixel models")
     .opt("peft_config", ParamType::DICT, Value::Null, "PEFT configuration (not supported yet)")

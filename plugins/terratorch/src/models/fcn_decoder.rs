@@ -21,7 +21,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { channels: 256, num_convs: 4, in_index: -1 }
+        Self {
+            channels: 256,
+            num_convs: 4,
+            in_index: -1,
+        }
     }
 }
 
@@ -33,8 +37,13 @@ struct Norm2d {
 
 impl Norm2d {
     fn new(p: nn::Path, dim: i64) -> Self {
-        let cfg = nn::LayerNormConfig { eps: 1e-6, ..Default::default() };
-        Self { ln: nn::layer_norm(p / "ln", vec![dim], cfg) }
+        let cfg = nn::LayerNormConfig {
+            eps: 1e-6,
+            ..Default::default()
+        };
+        Self {
+            ln: nn::layer_norm(p / "ln", vec![dim], cfg),
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -54,8 +63,14 @@ struct UpscaleBlock {
 
 impl UpscaleBlock {
     fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
-        let up_cfg = nn::ConvTransposeConfig { stride: 2, ..Default::default() };
-        let conv_cfg = nn::ConvConfig { padding: 1, ..Default::default() };
+        let up_cfg = nn::ConvTransposeConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        let conv_cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
         Self {
             up: nn::conv_transpose2d(&p / 0, c_in, c_out, 2, up_cfg),
             conv: nn::conv2d(&p / 1, c_out, c_out, 3, conv_cfg),
@@ -97,16 +112,31 @@ impl FCNDecoder {
         let c_in = embed_dim[py_index(cfg.in_index, embed_dim.len(), "FCNDecoder: `in_index`")?];
         let convs = &p / "convs";
         let blocks = (0..cfg.num_convs)
-            .map(|i| UpscaleBlock::new(&convs / i, if i == 0 { c_in } else { cfg.channels }, cfg.channels))
+            .map(|i| {
+                UpscaleBlock::new(
+                    &convs / i,
+                    if i == 0 { c_in } else { cfg.channels },
+                    cfg.channels,
+                )
+            })
             .collect();
-        Ok(Self { blocks, in_index: cfg.in_index, channels: cfg.channels })
+        Ok(Self {
+            blocks,
+            in_index: cfg.in_index,
+            channels: cfg.channels,
+        })
     }
 }
 
 impl Model for FCNDecoder {
     fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
-        let k = py_index(self.in_index, xs.len(), "FCNDecoder: `in_index`")
-            .map_err(|e| PluginError::forward_failed(format!("{} (it received {} features)", e.message(), xs.len())))?;
+        let k = py_index(self.in_index, xs.len(), "FCNDecoder: `in_index`").map_err(|e| {
+            PluginError::forward_failed(format!(
+                "{} (it received {} features)",
+                e.message(),
+                xs.len()
+            ))
+        })?;
         let mut x = xs[k].shallow_clone();
         for block in &self.blocks {
             x = block.forward(&x)?;
@@ -142,11 +172,22 @@ mod tests {
             ("convs.1.2.ln.bias", vec![6]),
         ];
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = Config { channels: 6, num_convs: 2, in_index: 0 };
+        let cfg = Config {
+            channels: 6,
+            num_convs: 2,
+            in_index: 0,
+        };
         let dec = FCNDecoder::new(vs.root(), &[4, 8], &cfg).unwrap();
-        let mut ours: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect();
+        let mut ours: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| (k, v.size()))
+            .collect();
         ours.sort();
-        let mut theirs: Vec<(String, Vec<i64>)> = reference.iter().map(|(k, s)| (k.to_string(), s.clone())).collect();
+        let mut theirs: Vec<(String, Vec<i64>)> = reference
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.clone()))
+            .collect();
         theirs.sort();
         assert_eq!(ours, theirs);
         assert_eq!(dec.out_channels(), vec![6]);
@@ -161,9 +202,25 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let e = FCNDecoder::new(vs.root(), &[4], &Config { num_convs: 0, ..Default::default() }).unwrap_err();
+        let e = FCNDecoder::new(
+            vs.root(),
+            &[4],
+            &Config {
+                num_convs: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(e.message().contains("num_convs"), "{e}");
-        let e = FCNDecoder::new(vs.root(), &[4], &Config { in_index: 1, ..Default::default() }).unwrap_err();
+        let e = FCNDecoder::new(
+            vs.root(),
+            &[4],
+            &Config {
+                in_index: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(e.message().contains("in_index"), "{e}");
     }
 }

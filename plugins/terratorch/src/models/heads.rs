@@ -26,13 +26,17 @@ fn check_dropout(head: &str, p: f64) -> Result<()> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
     } else {
-        Err(PluginError::invalid_argument(format!("{head}: `dropout` must be between 0 and 1, got {p}")))
+        Err(PluginError::invalid_argument(format!(
+            "{head}: `dropout` must be between 0 and 1, got {p}"
+        )))
     }
 }
 
 fn check_positive(head: &str, name: &str, values: &[i64]) -> Result<()> {
     match values.iter().find(|&&v| v < 1) {
-        Some(v) => Err(PluginError::invalid_argument(format!("{head}: `{name}` must be >= 1, got {v}"))),
+        Some(v) => Err(PluginError::invalid_argument(format!(
+            "{head}: `{name}` must be >= 1, got {v}"
+        ))),
         None => Ok(()),
     }
 }
@@ -40,7 +44,10 @@ fn check_positive(head: &str, name: &str, values: &[i64]) -> Result<()> {
 fn single_input<'a>(head: &str, xs: &'a [Tensor]) -> Result<&'a Tensor> {
     match xs {
         [x] => Ok(x),
-        _ => Err(PluginError::forward_failed(format!("{head} takes one tensor, got {}", xs.len()))),
+        _ => Err(PluginError::forward_failed(format!(
+            "{head} takes one tensor, got {}",
+            xs.len()
+        ))),
     }
 }
 
@@ -83,7 +90,10 @@ impl SegmentationHead {
         let seq = &p / "head";
         let widths = cfg.channel_list.clone().unwrap_or_default();
         check_positive(NAME, "channel_list", &widths)?;
-        let conv3 = nn::ConvConfig { padding: 1, ..Default::default() };
+        let conv3 = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let mut c_in = cfg.in_channels;
         let mut blocks = Vec::new();
         for (i, &c) in widths.iter().enumerate() {
@@ -91,7 +101,12 @@ impl SegmentationHead {
             c_in = c;
         }
         let classifier = nn::conv2d(&seq / 2, c_in, cfg.num_classes, 1, Default::default());
-        Ok(Self { blocks, dropout: cfg.dropout, classifier, num_classes: cfg.num_classes })
+        Ok(Self {
+            blocks,
+            dropout: cfg.dropout,
+            classifier,
+            num_classes: cfg.num_classes,
+        })
     }
 
     /// `[B, C, H, W] -> [B, num_classes, H, W]`.
@@ -114,7 +129,9 @@ impl SegmentationHead {
 
 impl Model for SegmentationHead {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        Ok(vec![self.forward_t(single_input("SegmentationHead", xs)?, train)?])
+        Ok(vec![
+            self.forward_t(single_input("SegmentationHead", xs)?, train)?
+        ])
     }
     fn out_channels(&self) -> Vec<i64> {
         vec![self.num_classes]
@@ -183,12 +200,19 @@ impl Activation {
     /// Parses a dotted class path such as `torch.nn.ReLU`.
     pub fn parse(path: &str) -> Result<Self> {
         let (module, class) = path.rsplit_once('.').unwrap_or(("", path));
-        let known_module = matches!(module, "torch.nn" | "torch.nn.modules.activation" | "torch.nn.modules.linear");
+        let known_module = matches!(
+            module,
+            "torch.nn" | "torch.nn.modules.activation" | "torch.nn.modules.linear"
+        );
         match Self::ALL.iter().find(|(n, _)| *n == class) {
             Some((_, a)) if known_module => Ok(*a),
             _ => Err(PluginError::invalid_argument(format!(
                 "RegressionHead: `final_act` `{path}` is not supported; use one of {}",
-                Self::ALL.iter().map(|(n, _)| format!("torch.nn.{n}")).collect::<Vec<_>>().join(", ")
+                Self::ALL
+                    .iter()
+                    .map(|(n, _)| format!("torch.nn.{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -249,8 +273,14 @@ struct PixelShuffleUpscale {
 
 impl PixelShuffleUpscale {
     fn new(p: nn::Path, c: i64) -> Self {
-        let cfg = nn::ConvConfig { padding: 1, ..Default::default() };
-        Self { conv: nn::conv2d(&p / "conv", c, c * 4, 3, cfg), bn: nn::batch_norm2d(&p / "bn", c, Default::default()) }
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Self {
+            conv: nn::conv2d(&p / "conv", c, c * 4, 3, cfg),
+            bn: nn::batch_norm2d(&p / "bn", c, Default::default()),
+        }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -302,7 +332,11 @@ impl RegressionHead {
         let mut blocks = Vec::new();
         if let Some(widths) = &cfg.channel_list {
             check_positive(NAME, "channel_list", widths)?;
-            let conv3 = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+            let conv3 = nn::ConvConfig {
+                padding: 1,
+                bias: false,
+                ..Default::default()
+            };
             for (j, &c) in widths.iter().enumerate() {
                 let block = &seq / idx / j;
                 blocks.push((
@@ -314,8 +348,21 @@ impl RegressionHead {
             idx += 1;
         }
         // the Dropout2d takes one slot, the final conv the next
-        let last = nn::conv2d(&seq / (idx + 1), c_in, cfg.num_outputs, 1, Default::default());
-        Ok(Self { upscale, blocks, dropout: cfg.dropout, last, final_act, num_outputs: cfg.num_outputs })
+        let last = nn::conv2d(
+            &seq / (idx + 1),
+            c_in,
+            cfg.num_outputs,
+            1,
+            Default::default(),
+        );
+        Ok(Self {
+            upscale,
+            blocks,
+            dropout: cfg.dropout,
+            last,
+            final_act,
+            num_outputs: cfg.num_outputs,
+        })
     }
 
     /// `[B, C, H, W] -> [B, num_outputs, H * 2^k, W * 2^k]` for `k` upscale layers.
@@ -341,7 +388,9 @@ impl RegressionHead {
 
 impl Model for RegressionHead {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        Ok(vec![self.forward_t(single_input("RegressionHead", xs)?, train)?])
+        Ok(vec![
+            self.forward_t(single_input("RegressionHead", xs)?, train)?
+        ])
     }
     fn out_channels(&self) -> Vec<i64> {
         vec![self.num_outputs]
@@ -421,7 +470,13 @@ impl ScalarHead {
             d_in = d;
         }
         let last = nn::linear(&seq / 2, d_in, num_outputs, Default::default());
-        Ok(Self { blocks, dropout: cfg.dropout, last, linear_after_pool: cfg.linear_after_pool, num_outputs })
+        Ok(Self {
+            blocks,
+            dropout: cfg.dropout,
+            last,
+            linear_after_pool: cfg.linear_after_pool,
+            num_outputs,
+        })
     }
 
     fn layers(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -439,7 +494,9 @@ impl ScalarHead {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let dims = x.size();
         if dims.len() < 2 {
-            return Err(PluginError::forward_failed(format!("ScalarHead expects at least [B, C], got shape {dims:?}")));
+            return Err(PluginError::forward_failed(format!(
+                "ScalarHead expects at least [B, C], got shape {dims:?}"
+            )));
         }
         // [B, C, H, W] -> [B, H*W, C]
         let tokens = x.f_reshape([dims[0], dims[1], -1])?.f_permute([0, 2, 1])?;
@@ -447,7 +504,9 @@ impl ScalarHead {
             let pooled = tokens.f_mean_dim(Some(&[1i64][..]), false, None)?;
             self.layers(&pooled, train)
         } else {
-            Ok(self.layers(&tokens, train)?.f_mean_dim(Some(&[1i64][..]), false, None)?)
+            Ok(self
+                .layers(&tokens, train)?
+                .f_mean_dim(Some(&[1i64][..]), false, None)?)
         }
     }
 
@@ -475,7 +534,11 @@ mod tests {
     use tch::{Device, Kind};
 
     fn keys(vs: &nn::VarStore) -> Vec<(String, Vec<i64>)> {
-        let mut k: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(k, v)| (k, v.size())).collect();
+        let mut k: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| (k, v.size()))
+            .collect();
         k.sort();
         k
     }
@@ -500,18 +563,33 @@ mod tests {
     #[test]
     fn segmentation_head_without_blocks() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = SegmentationHeadConfig { in_channels: 8, num_classes: 3, channel_list: None, dropout: 0.0 };
+        let cfg = SegmentationHeadConfig {
+            in_channels: 8,
+            num_classes: 3,
+            channel_list: None,
+            dropout: 0.0,
+        };
         let head = SegmentationHead::new(vs.root(), &cfg).unwrap();
-        assert_eq!(keys(&vs), reference(&[("head.2.weight", &[3, 8, 1, 1]), ("head.2.bias", &[3])]));
-        assert_eq!(head.forward_t(&x(&[2, 8, 5, 6]), false).unwrap().size(), vec![2, 3, 5, 6]);
+        assert_eq!(
+            keys(&vs),
+            reference(&[("head.2.weight", &[3, 8, 1, 1]), ("head.2.bias", &[3])])
+        );
+        assert_eq!(
+            head.forward_t(&x(&[2, 8, 5, 6]), false).unwrap().size(),
+            vec![2, 3, 5, 6]
+        );
     }
 
     #[test]
     fn regression_head_stage_indices_shift() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg: RegressionHeadConfig = serde_json::from_value(serde_json::json!({"in_channels": 8})).unwrap();
+        let cfg: RegressionHeadConfig =
+            serde_json::from_value(serde_json::json!({"in_channels": 8})).unwrap();
         RegressionHead::new(vs.root(), &cfg).unwrap();
-        assert_eq!(keys(&vs), reference(&[("head.1.weight", &[1, 8, 1, 1]), ("head.1.bias", &[1])]));
+        assert_eq!(
+            keys(&vs),
+            reference(&[("head.1.weight", &[1, 8, 1, 1]), ("head.1.bias", &[1])])
+        );
 
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg: RegressionHeadConfig = serde_json::from_value(serde_json::json!(
@@ -544,11 +622,16 @@ mod tests {
             ("head.3.bias", &[2]),
         ]);
         assert_eq!(keys(&vs), expected);
-        assert_eq!(head.forward_t(&x(&[1, 8, 3, 3]), false).unwrap().size(), vec![1, 2, 12, 12]);
+        assert_eq!(
+            head.forward_t(&x(&[1, 8, 3, 3]), false).unwrap().size(),
+            vec![1, 2, 12, 12]
+        );
 
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg: RegressionHeadConfig =
-            serde_json::from_value(serde_json::json!({"in_channels": 8, "learned_upscale_layers": 1})).unwrap();
+        let cfg: RegressionHeadConfig = serde_json::from_value(
+            serde_json::json!({"in_channels": 8, "learned_upscale_layers": 1}),
+        )
+        .unwrap();
         RegressionHead::new(vs.root(), &cfg).unwrap();
         let k: Vec<String> = keys(&vs).into_iter().map(|(k, _)| k).collect();
         assert!(k.contains(&"head.2.weight".to_string()), "{k:?}");
@@ -557,24 +640,33 @@ mod tests {
     #[test]
     fn regression_head_final_act_and_unknown_args() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg: RegressionHeadConfig =
-            serde_json::from_value(serde_json::json!({"in_channels": 4, "final_act": "torch.nn.Sigmoid"})).unwrap();
+        let cfg: RegressionHeadConfig = serde_json::from_value(
+            serde_json::json!({"in_channels": 4, "final_act": "torch.nn.Sigmoid"}),
+        )
+        .unwrap();
         let head = RegressionHead::new(vs.root(), &cfg).unwrap();
         let y = head.forward_t(&(x(&[1, 4, 3, 3]) * 100.0), false).unwrap();
         assert!(y.min().double_value(&[]) >= 0.0 && y.max().double_value(&[]) <= 1.0);
         assert!(Activation::parse("torch.nn.Softmax").is_err());
         assert!(Activation::parse("mypkg.ReLU").is_err());
-        assert_eq!(Activation::parse("torch.nn.ReLU").unwrap(), Activation::ReLU);
-        let e = serde_json::from_value::<RegressionHeadConfig>(serde_json::json!({"in_channels": 4, "num_classes": 2}))
-            .unwrap_err();
+        assert_eq!(
+            Activation::parse("torch.nn.ReLU").unwrap(),
+            Activation::ReLU
+        );
+        let e = serde_json::from_value::<RegressionHeadConfig>(
+            serde_json::json!({"in_channels": 4, "num_classes": 2}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("num_classes"), "{e}");
     }
 
     #[test]
     fn scalar_head_keys_and_pooling() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg: ScalarHeadConfig =
-            serde_json::from_value(serde_json::json!({"in_dim": 8, "num_outputs": 2, "dim_list": [6, 4]})).unwrap();
+        let cfg: ScalarHeadConfig = serde_json::from_value(
+            serde_json::json!({"in_dim": 8, "num_outputs": 2, "dim_list": [6, 4]}),
+        )
+        .unwrap();
         let head = ScalarHead::new(vs.root(), &cfg).unwrap();
         let expected = reference(&[
             ("head.0.0.0.weight", &[6, 8]),
@@ -585,7 +677,10 @@ mod tests {
             ("head.2.bias", &[2]),
         ]);
         assert_eq!(keys(&vs), expected);
-        assert_eq!(head.forward_t(&x(&[3, 8, 2, 5]), false).unwrap().size(), vec![3, 2]);
+        assert_eq!(
+            head.forward_t(&x(&[3, 8, 2, 5]), false).unwrap().size(),
+            vec![3, 2]
+        );
 
         // Without hidden layers the head is affine, so pooling before or after agrees.
         let vs = nn::VarStore::new(Device::Cpu);
@@ -601,21 +696,41 @@ mod tests {
         let b = ScalarHead {
             blocks: vec![],
             dropout: 0.0,
-            last: nn::Linear { ws: a.last.ws.shallow_clone(), bs: a.last.bs.as_ref().map(|t| t.shallow_clone()) },
+            last: nn::Linear {
+                ws: a.last.ws.shallow_clone(),
+                bs: a.last.bs.as_ref().map(|t| t.shallow_clone()),
+            },
             linear_after_pool: true,
             num_outputs: 3,
         };
         let input = x(&[2, 5, 3, 3]);
-        let diff = (a.forward_t(&input, false).unwrap() - b.forward_t(&input, false).unwrap()).abs().max();
+        let diff = (a.forward_t(&input, false).unwrap() - b.forward_t(&input, false).unwrap())
+            .abs()
+            .max();
         assert!(diff.double_value(&[]) < 1e-5);
-        let e = ScalarHead::new(vs.root() / "c", &ScalarHeadConfig { num_classes: None, ..base }).unwrap_err();
-        assert!(e.message().contains("num_outputs") && e.message().contains("num_classes"), "{e}");
+        let e = ScalarHead::new(
+            vs.root() / "c",
+            &ScalarHeadConfig {
+                num_classes: None,
+                ..base
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("num_outputs") && e.message().contains("num_classes"),
+            "{e}"
+        );
     }
 
     #[test]
     fn dropout_is_active_only_in_training() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = SegmentationHeadConfig { in_channels: 4, num_classes: 2, channel_list: Some(vec![8]), dropout: 0.5 };
+        let cfg = SegmentationHeadConfig {
+            in_channels: 4,
+            num_classes: 2,
+            channel_list: Some(vec![8]),
+            dropout: 0.5,
+        };
         let head = SegmentationHead::new(vs.root(), &cfg).unwrap();
         let input = x(&[1, 4, 8, 8]);
         let e1 = head.forward_t(&input, false).unwrap();
@@ -623,7 +738,10 @@ mod tests {
         assert!(e1.allclose(&e2, 0.0, 0.0, false));
         let t1 = head.forward_t(&input, true).unwrap();
         assert!(!t1.allclose(&e1, 1e-6, 1e-6, false));
-        let bad = SegmentationHeadConfig { dropout: 1.5, ..cfg };
+        let bad = SegmentationHeadConfig {
+            dropout: 1.5,
+            ..cfg
+        };
         assert!(SegmentationHead::new(vs.root() / "x", &bad).is_err());
     }
 }

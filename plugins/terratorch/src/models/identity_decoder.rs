@@ -30,15 +30,28 @@ pub struct IdentityDecoder {
 impl IdentityDecoder {
     /// A decoder for features with channels `embed_dim`.
     pub fn new(embed_dim: &[i64], cfg: &Config) -> Result<Self> {
-        let k = py_index(cfg.out_index, embed_dim.len(), "IdentityDecoder: `out_index`")?;
-        Ok(Self { out_index: cfg.out_index, out_channels: embed_dim[k] })
+        let k = py_index(
+            cfg.out_index,
+            embed_dim.len(),
+            "IdentityDecoder: `out_index`",
+        )?;
+        Ok(Self {
+            out_index: cfg.out_index,
+            out_channels: embed_dim[k],
+        })
     }
 }
 
 impl Model for IdentityDecoder {
     fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
-        let k = py_index(self.out_index, xs.len(), "IdentityDecoder: `out_index`")
-            .map_err(|e| PluginError::forward_failed(format!("{} (it received {} features)", e.message(), xs.len())))?;
+        let k =
+            py_index(self.out_index, xs.len(), "IdentityDecoder: `out_index`").map_err(|e| {
+                PluginError::forward_failed(format!(
+                    "{} (it received {} features)",
+                    e.message(),
+                    xs.len()
+                ))
+            })?;
         Ok(vec![xs[k].shallow_clone()])
     }
 
@@ -56,9 +69,16 @@ mod tests {
     fn returns_the_selected_map() {
         let dec = IdentityDecoder::new(&[32, 64, 128], &Config { out_index: 1 }).unwrap();
         assert_eq!(dec.out_channels(), vec![64]);
-        let xs: Vec<Tensor> = (0..3).map(|i| Tensor::full([1], i as f64, (Kind::Float, Device::Cpu))).collect();
+        let xs: Vec<Tensor> = (0..3)
+            .map(|i| Tensor::full([1], i as f64, (Kind::Float, Device::Cpu)))
+            .collect();
         assert_eq!(dec.forward(&xs, false).unwrap()[0].double_value(&[0]), 1.0);
-        assert_eq!(IdentityDecoder::new(&[32, 64, 128], &Config::default()).unwrap().out_channels(), vec![128]);
+        assert_eq!(
+            IdentityDecoder::new(&[32, 64, 128], &Config::default())
+                .unwrap()
+                .out_channels(),
+            vec![128]
+        );
         assert!(IdentityDecoder::new(&[32], &Config { out_index: 3 }).is_err());
     }
 }

@@ -1,12 +1,23 @@
 //! Model families, one file each, plus the small helpers they share.
 
+pub mod aspp_head;
+pub mod embedding_output_model;
 pub mod encoder_decoder_factory;
 pub mod fcn_decoder;
 pub mod heads;
 pub mod identity_decoder;
+pub mod linear_decoder;
+pub mod mlp_decoder;
 pub mod necks;
 pub mod pixel_wise_model;
+pub mod prithvi_checkpoint;
+pub mod prithvi_mae;
+pub mod prithvi_vit;
+pub mod satmae_head;
 pub mod scalar_output_model;
+pub mod trunk;
+pub mod unet_decoder;
+pub mod upernet_decoder;
 pub mod utils;
 
 use terrahost_plugin_api::{PluginError, Result};
@@ -38,6 +49,9 @@ mod tests {
         assert_eq!(py_index(-3, 3, "i").unwrap(), 0);
         assert!(py_index(3, 3, "i").is_err());
         let e = py_index(-4, 3, "index").unwrap_err();
-        assert!(e.message().contains("index -4") && e.message().contains("3 item"), "{e}");
+        assert!(
+            e.message().contains("index -4") && e.message().contains("3 item"),
+            "{e}"
+        );
     }
 }

@@ -3,11 +3,13 @@
 //! Mirrors `terratorch/models/pixel_wise_model.py`.
 
 use super::heads::{RegressionHead, SegmentationHead};
+use super::trunk::{split_inputs, Trunk};
 use super::utils::{center_crop, image_size, pad_images, PatchSize};
+use serde_json::{json, Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
-    PluginError, Result,
+    Result,
 };
 
 /// How inputs are padded before the encoder: to multiples of twice `patch` with `mode`.
@@ -23,65 +25,6 @@ impl Padding {
     /// Pads `x` (see [`pad_images`]).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         pad_images(x, &self.patch, &self.mode)
-    }
-}
-
-/// The parts a task model gets from the host: encoder, optional necks and decoder,
-/// each a module that may come from another plugin. Their `state_dict` prefixes are
-/// `encoder`, `neck.{i}` (upstream keeps necks in one `NeckSequential`) and `decoder`.
-pub struct Trunk {
-    parts: Vec<(String, DynModule)>,
-}
-
-impl Trunk {
-    /// Assembles the trunk.
-    pub fn new(encoder: DynModule, necks: Vec<DynModule>, decoder: DynModule) -> Self {
-        let mut parts = vec![("encoder".to_owned(), encoder)];
-        parts.extend(necks.into_iter().enumerate().map(|(i, n)| (format!("neck.{i}"), n)));
-        parts.push(("decoder".to_owned(), decoder));
-        Self { parts }
-    }
-
-    /// The encoder.
-    pub fn encoder(&self) -> &DynModule {
-        &self.parts[0].1
-    }
-
-    /// The necks, in order.
-    pub fn necks(&self) -> impl Iterator<Item = &DynModule> {
-        self.parts[1..self.parts.len() - 1].iter().map(|(_, m)| m)
-    }
-
-    /// The decoder.
-    pub fn decoder(&self) -> &DynModule {
-        &self.parts[self.parts.len() - 1].1
-    }
-
-    /// Every part with its `state_dict` prefix (for [`Model::children`]).
-    pub fn children(&self) -> Vec<(&str, &DynModule)> {
-        self.parts.iter().map(|(p, m)| (p.as_str(), m)).collect()
-    }
-
-    /// The same, mutably.
-    pub fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
-        self.parts.iter_mut().map(|(p, m)| (p.as_str(), m)).collect()
-    }
-
-    /// encoder -> necks -> decoder; the decoder must return one tensor.
-    pub fn decode(&self, x: &Tensor) -> Result<Tensor> {
-        let mut features = self.encoder().forward(std::slice::from_ref(x))?;
-        for neck in self.necks() {
-            features = neck.forward(&features)?;
-        }
-        let mut out = self.decoder().forward(&features)?;
-        if out.len() != 1 {
-            return Err(PluginError::forward_failed(format!(
-                "decoder `{}` returned {} tensors; a task model needs exactly one",
-                self.decoder().label(),
-                out.len()
-            )));
-        }
-        Ok(out.remove(0))
     }
 }
 
@@ -121,37 +64,38 @@ pub struct PixelWiseOptions {
     pub padding: Option<Padding>,
 }
 
-/// Encoder, necks, decoder and head for per-pixel predictions. Its own parameters are
-/// the head's (`head.head.*`); the rest belong to the [`Trunk`] children.
+/// Encoder, necks, decoder and head for per-pixel predictions, plus auxiliary
+/// decoders with their heads. Its own parameters are the heads' (`head.head.*`,
+/// `aux_heads.{name}.1.head.*`); the rest belong to the [`Trunk`] children.
 pub struct PixelWiseModel {
     trunk: Trunk,
     /// `None` when the decoder already includes a head.
     head: Option<PixelHead>,
+    /// One per auxiliary decoder, in the trunk's order; `None` when it includes a head.
+    aux_heads: Vec<Option<PixelHead>>,
     options: PixelWiseOptions,
 }
 
 impl PixelWiseModel {
-    /// Assembles the model; `head` is `None` when the decoder makes the prediction itself.
-    pub fn new(trunk: Trunk, head: Option<PixelHead>, options: PixelWiseOptions) -> Self {
-        Self { trunk, head, options }
+    /// Assembles the model; a head is `None` when its decoder makes the prediction itself.
+    pub fn new(
+        trunk: Trunk,
+        head: Option<PixelHead>,
+        aux_heads: Vec<Option<PixelHead>>,
+        options: PixelWiseOptions,
+    ) -> Self {
+        Self {
+            trunk,
+            head,
+            aux_heads,
+            options,
+        }
     }
 
-    /// `[B, C, H, W] -> [B, K, H, W]`, or `[B, H, W]` when `K` is 1.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let size_out = match self.options.image_size_out {
-            Some(s) => s,
-            None => image_size(x)?,
-        };
-        let x = match &self.options.padding {
-            Some(p) => p.apply(x)?,
-            None => x.shallow_clone(),
-        };
-        let input_size = image_size(&x)?;
-        let decoded = self.trunk.decode(&x)?;
-        let mut mask = match &self.head {
-            Some(h) => h.forward_t(&decoded, train)?,
-            None => decoded,
-        };
+    /// The head's prediction resized to the (padded) input size, squeezed when it has
+    /// one channel and cropped to the output size.
+    fn finish(&self, mask: Tensor, input_size: [i64; 2], size_out: [i64; 2]) -> Result<Tensor> {
+        let mut mask = mask;
         if self.options.rescale && image_size(&mask)? != input_size {
             // F.interpolate(mode="bilinear") with align_corners left unset (= False)
             mask = mask.f_upsample_bilinear2d(input_size, false, None, None)?;
@@ -161,14 +105,50 @@ impl PixelWiseModel {
         }
         center_crop(&mask, size_out)
     }
+
+    /// `[B, C, H, W]` (plus optional extra encoder inputs) -> the prediction
+    /// `[B, K, H, W]` (`[B, H, W]` when `K` is 1), then one per auxiliary head.
+    pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        let (x, extra) = split_inputs(xs, "PixelWiseModel")?;
+        let size_out = match self.options.image_size_out {
+            Some(s) => s,
+            None => image_size(x)?,
+        };
+        let x = match &self.options.padding {
+            Some(p) => p.apply(x)?,
+            None => x.shallow_clone(),
+        };
+        let input_size = image_size(&x)?;
+        let mut inputs = vec![x];
+        inputs.extend(extra.iter().map(Tensor::shallow_clone));
+        let features = self.trunk.features(&inputs, input_size)?;
+        let decoded = Trunk::decode(self.trunk.decoder(), &features)?;
+        let mask = match &self.head {
+            Some(h) => h.forward_t(&decoded, train)?,
+            None => decoded,
+        };
+        let mut out = vec![self.finish(mask, input_size, size_out)?];
+        for ((_, decoder), head) in self.trunk.aux_decoders().zip(&self.aux_heads) {
+            let decoded = Trunk::decode(decoder, &features)?;
+            let aux = match head {
+                Some(h) => h.forward_t(&decoded, train)?,
+                None => decoded,
+            };
+            out.push(self.finish(aux, input_size, size_out)?);
+        }
+        Ok(out)
+    }
 }
 
 impl Model for PixelWiseModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => Ok(vec![self.forward_t(x, train)?]),
-            _ => Err(PluginError::forward_failed(format!("a PixelWiseModel takes one image tensor, got {}", xs.len()))),
-        }
+        self.forward_t(xs, train)
+    }
+
+    fn meta(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("output_names".into(), json!(self.trunk.output_names()));
+        m
     }
 
     fn out_channels(&self) -> Vec<i64> {

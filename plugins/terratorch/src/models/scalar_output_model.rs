@@ -3,11 +3,14 @@
 //! Mirrors `terratorch/models/scalar_output_model.py`.
 
 use super::heads::ScalarHead;
-use super::pixel_wise_model::{Padding, Trunk};
+use super::pixel_wise_model::Padding;
+use super::trunk::{split_inputs, Trunk};
+use super::utils::image_size;
+use serde_json::{json, Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
-    PluginError, Result,
+    Result,
 };
 
 /// Encoder, necks, decoder and a [`ScalarHead`]. Its own parameters are the head's
@@ -16,38 +19,63 @@ pub struct ScalarOutputModel {
     trunk: Trunk,
     /// `None` when the decoder already includes a head.
     head: Option<ScalarHead>,
+    /// One per auxiliary decoder, in the trunk's order; `None` when it includes a head.
+    aux_heads: Vec<Option<ScalarHead>>,
     padding: Option<Padding>,
 }
 
 impl ScalarOutputModel {
     /// Assembles the model.
-    pub fn new(trunk: Trunk, head: Option<ScalarHead>, padding: Option<Padding>) -> Self {
-        Self { trunk, head, padding }
+    pub fn new(
+        trunk: Trunk,
+        head: Option<ScalarHead>,
+        aux_heads: Vec<Option<ScalarHead>>,
+        padding: Option<Padding>,
+    ) -> Self {
+        Self {
+            trunk,
+            head,
+            aux_heads,
+            padding,
+        }
     }
 
-    /// `[B, C, H, W] -> [B, K]`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `[B, C, H, W]` (plus optional extra encoder inputs) -> `[B, K]`, then one per
+    /// auxiliary head.
+    pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        let (x, extra) = split_inputs(xs, "ScalarOutputModel")?;
         let x = match &self.padding {
             Some(p) => p.apply(x)?,
             None => x.shallow_clone(),
         };
-        let decoded = self.trunk.decode(&x)?;
-        match &self.head {
-            Some(h) => h.forward_t(&decoded, train),
-            None => Ok(decoded),
+        let input_size = image_size(&x)?;
+        let mut inputs = vec![x];
+        inputs.extend(extra.iter().map(Tensor::shallow_clone));
+        let features = self.trunk.features(&inputs, input_size)?;
+        let run = |decoder, head: &Option<ScalarHead>| -> Result<Tensor> {
+            let decoded = Trunk::decode(decoder, &features)?;
+            match head {
+                Some(h) => h.forward_t(&decoded, train),
+                None => Ok(decoded),
+            }
+        };
+        let mut out = vec![run(self.trunk.decoder(), &self.head)?];
+        for ((_, decoder), head) in self.trunk.aux_decoders().zip(&self.aux_heads) {
+            out.push(run(decoder, head)?);
         }
+        Ok(out)
     }
 }
 
 impl Model for ScalarOutputModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => Ok(vec![self.forward_t(x, train)?]),
-            _ => Err(PluginError::forward_failed(format!(
-                "a ScalarOutputModel takes one image tensor, got {}",
-                xs.len()
-            ))),
-        }
+        self.forward_t(xs, train)
+    }
+
+    fn meta(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("output_names".into(), json!(self.trunk.output_names()));
+        m
     }
 
     fn out_channels(&self) -> Vec<i64> {

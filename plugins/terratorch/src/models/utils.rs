@@ -39,7 +39,10 @@ impl PatchSize {
                 None => return Err(bad()),
             },
             Value::Array(a) if a.is_empty() => return Ok(None),
-            Value::Array(a) => a.iter().map(|x| x.as_i64().ok_or_else(bad)).collect::<Result<_>>()?,
+            Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_i64().ok_or_else(bad))
+                .collect::<Result<_>>()?,
             _ => return Err(bad()),
         };
         if ints.iter().any(|&p| p <= 0) {
@@ -59,7 +62,10 @@ pub fn check_padding_mode(mode: &str) -> Result<()> {
     if PADDING_MODES.contains(&mode) {
         Ok(())
     } else {
-        Err(PluginError::invalid_argument(format!("padding mode `{mode}` is not one of {}", PADDING_MODES.join(", "))))
+        Err(PluginError::invalid_argument(format!(
+            "padding mode `{mode}` is not one of {}",
+            PADDING_MODES.join(", ")
+        )))
     }
 }
 
@@ -126,8 +132,9 @@ pub fn center_crop(x: &Tensor, out: [i64; 2]) -> Result<Tensor> {
     let [h_out, w_out] = out;
     let top = (h - h_out).div_euclid(2).max(0);
     let left = (w - w_out).div_euclid(2).max(0);
-    let cropped =
-        x.f_narrow(nd - 2, top, h_out.min(h - top).max(0))?.f_narrow(nd - 1, left, w_out.min(w - left).max(0))?;
+    let cropped = x
+        .f_narrow(nd - 2, top, h_out.min(h - top).max(0))?
+        .f_narrow(nd - 1, left, w_out.min(w - left).max(0))?;
     Ok(cropped)
 }
 
@@ -144,10 +151,22 @@ mod tests {
 
     #[test]
     fn patch_size_forms() {
-        assert_eq!(PatchSize::from_json(&json!(16)).unwrap(), Some(PatchSize { t: 1, h: 16, w: 16 }));
-        assert_eq!(PatchSize::from_json(&json!([8])).unwrap(), Some(PatchSize { t: 1, h: 8, w: 8 }));
-        assert_eq!(PatchSize::from_json(&json!([4, 8])).unwrap(), Some(PatchSize { t: 1, h: 4, w: 8 }));
-        assert_eq!(PatchSize::from_json(&json!([2, 4, 8])).unwrap(), Some(PatchSize { t: 2, h: 4, w: 8 }));
+        assert_eq!(
+            PatchSize::from_json(&json!(16)).unwrap(),
+            Some(PatchSize { t: 1, h: 16, w: 16 })
+        );
+        assert_eq!(
+            PatchSize::from_json(&json!([8])).unwrap(),
+            Some(PatchSize { t: 1, h: 8, w: 8 })
+        );
+        assert_eq!(
+            PatchSize::from_json(&json!([4, 8])).unwrap(),
+            Some(PatchSize { t: 1, h: 4, w: 8 })
+        );
+        assert_eq!(
+            PatchSize::from_json(&json!([2, 4, 8])).unwrap(),
+            Some(PatchSize { t: 2, h: 4, w: 8 })
+        );
         assert_eq!(PatchSize::from_json(&json!(0)).unwrap(), None);
         assert_eq!(PatchSize::from_json(&json!(null)).unwrap(), None);
         assert!(PatchSize::from_json(&json!([1, 2, 3, 4])).is_err());
@@ -169,7 +188,12 @@ mod tests {
         let r = pad_images(&x, &PatchSize { t: 1, h: 2, w: 2 }, "reflect").unwrap();
         assert_eq!(r.double_value(&[0, 0, 0, 0]), 7.0);
         // already divisible: unchanged
-        let z = pad_images(&ramp(&[2, 3, 8, 8]), &PatchSize { t: 1, h: 4, w: 2 }, "reflect").unwrap();
+        let z = pad_images(
+            &ramp(&[2, 3, 8, 8]),
+            &PatchSize { t: 1, h: 4, w: 2 },
+            "reflect",
+        )
+        .unwrap();
         assert_eq!(z.size(), vec![2, 3, 8, 8]);
     }
 
@@ -180,7 +204,12 @@ mod tests {
         assert_eq!(y.size(), vec![2, 3, 4, 8, 8]);
         let y = pad_images(&x, &PatchSize { t: 1, h: 2, w: 2 }, "reflect").unwrap();
         assert_eq!(y.size(), vec![2, 3, 3, 8, 8]);
-        assert!(pad_images(&ramp(&[1, 1, 4, 4]), &PatchSize { t: 2, h: 2, w: 2 }, "constant").is_err());
+        assert!(pad_images(
+            &ramp(&[1, 1, 4, 4]),
+            &PatchSize { t: 2, h: 2, w: 2 },
+            "constant"
+        )
+        .is_err());
     }
 
     #[test]

@@ -347,7 +347,7 @@ impl BatchNorm {
 
 /// timm's `drop_path`: zeroes whole samples of the residual branch with probability `p`
 /// and rescales the survivors by 1 / (1 - p); the identity outside training.
-fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
+pub(crate) fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
     if p == 0.0 || !train {
         return Ok(x);
     }
@@ -773,12 +773,8 @@ impl ResNet {
         let first_conv = self.stem.first_conv_key();
         let mut given: std::collections::BTreeMap<String, Tensor> =
             std::collections::BTreeMap::new();
-        for (mut k, v) in weights {
-            for prefix in ["_orig_mod.", "module.", "_orig_mod."] {
-                if let Some(rest) = k.strip_prefix(prefix) {
-                    k = rest.to_owned();
-                }
-            }
+        for (k, v) in weights {
+            let k = crate::clean_checkpoint_key(k);
             let left_out = k
                 .strip_prefix("layer")
                 .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
@@ -788,35 +784,15 @@ impl ResNet {
             }
             given.insert(k, v);
         }
-        let mut vars = vs.variables();
-        if let (Some(w), Some(target)) = (given.get(first_conv), vars.get(first_conv)) {
-            if w.size() != target.size() {
+        let target = vs.variables().get(first_conv).map(Tensor::size);
+        if let (Some(w), Some(target)) = (given.get(first_conv), target) {
+            if w.size() != target {
                 let adapted = adapt_input_conv(self.cfg.in_chans, w)
                     .map_err(|e| e.context(format_args!("`{first_conv}`")))?;
                 given.insert(first_conv.to_owned(), adapted);
             }
         }
-        let missing: Vec<&String> = vars.keys().filter(|k| !given.contains_key(*k)).collect();
-        let unexpected: Vec<&String> = given.keys().filter(|k| !vars.contains_key(*k)).collect();
-        if !missing.is_empty() || !unexpected.is_empty() {
-            return Err(PluginError::invalid_argument(format!(
-                "the checkpoint does not fit this ResNet: missing keys {missing:?}, unexpected keys {unexpected:?}"
-            )));
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (k, v) in vars.iter_mut() {
-                let src = &given[k];
-                if src.size() != v.size() {
-                    return Err(PluginError::invalid_argument(format!(
-                        "checkpoint tensor `{k}` has shape {:?}, the model expects {:?}",
-                        src.size(),
-                        v.size()
-                    )));
-                }
-                v.f_copy_(&src.f_to_device(v.device())?)?;
-            }
-            Ok(())
-        })
+        crate::load_strict(vs, given, "ResNet")
     }
 }
 

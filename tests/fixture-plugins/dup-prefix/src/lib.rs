@@ -16,7 +16,12 @@ impl Model for Identity {
 
 fn backbones() -> Catalog {
     Catalog::new("timm").add(Entry::new("identity", "returns its inputs", |ctx| {
-        Ok(Built::new(ctx.qualified(), nn::VarStore::new(tch::Device::Cpu), Identity).boxed())
+        Ok(Built::new(
+            ctx.qualified(),
+            nn::VarStore::new(tch::Device::Cpu),
+            Identity,
+        )
+        .boxed())
     }))
 }
 

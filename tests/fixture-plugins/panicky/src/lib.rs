@@ -36,10 +36,23 @@ impl Model for Conv {
 
 fn backbones() -> Catalog {
     Catalog::new("panicky")
-        .add(Entry::new("build_panics", "panics while building", |_ctx| panic!("deliberate panic in build")))
-        .add(Entry::new("forward_panics", "builds, then panics in forward", |ctx| {
-            Ok(Built::new(ctx.qualified(), nn::VarStore::new(tch::Device::Cpu), PanicsInForward).boxed())
-        }))
+        .add(Entry::new(
+            "build_panics",
+            "panics while building",
+            |_ctx| panic!("deliberate panic in build"),
+        ))
+        .add(Entry::new(
+            "forward_panics",
+            "builds, then panics in forward",
+            |ctx| {
+                Ok(Built::new(
+                    ctx.qualified(),
+                    nn::VarStore::new(tch::Device::Cpu),
+                    PanicsInForward,
+                )
+                .boxed())
+            },
+        ))
         .add(
             Entry::new("conv", "a 3x3 convolution to 4 channels", |ctx| {
                 let vs = nn::VarStore::new(tch::Device::Cpu);

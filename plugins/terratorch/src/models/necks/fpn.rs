@@ -17,7 +17,10 @@ pub struct FpnConfig {
 
 impl Default for FpnConfig {
     fn default() -> Self {
-        Self { out_channel: 256, output_ordered_dict: true }
+        Self {
+            out_channel: 256,
+            output_ordered_dict: true,
+        }
     }
 }
 
@@ -46,16 +49,39 @@ impl FeaturePyramidNetworkNeck {
             )));
         }
         let fpn = &p / "fpn";
-        let pad1 = nn::ConvConfig { padding: 1, ..Default::default() };
+        let pad1 = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let inner = channel_list
             .iter()
             .enumerate()
-            .map(|(i, &c)| nn::conv2d(&fpn / "inner_blocks" / i / 0, c, cfg.out_channel, 1, Default::default()))
+            .map(|(i, &c)| {
+                nn::conv2d(
+                    &fpn / "inner_blocks" / i / 0,
+                    c,
+                    cfg.out_channel,
+                    1,
+                    Default::default(),
+                )
+            })
             .collect();
         let layer = (0..channel_list.len())
-            .map(|i| nn::conv2d(&fpn / "layer_blocks" / i / 0, cfg.out_channel, cfg.out_channel, 3, pad1))
+            .map(|i| {
+                nn::conv2d(
+                    &fpn / "layer_blocks" / i / 0,
+                    cfg.out_channel,
+                    cfg.out_channel,
+                    3,
+                    pad1,
+                )
+            })
             .collect();
-        Ok(Self { inner, layer, out_channels: vec![cfg.out_channel; channel_list.len()] })
+        Ok(Self {
+            inner,
+            layer,
+            out_channels: vec![cfg.out_channel; channel_list.len()],
+        })
     }
 }
 

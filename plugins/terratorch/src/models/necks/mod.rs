@@ -11,11 +11,13 @@ pub mod tokens;
 
 pub use fpn::{FeaturePyramidNetworkNeck, FpnConfig};
 pub use pyramidal::{
-    AddBottleneckLayer, InterpolateConfig, InterpolateToPyramidal, LearnedInterpolateToPyramidal, MaxpoolConfig,
-    MaxpoolToPyramidal,
+    AddBottleneckLayer, InterpolateConfig, InterpolateToPyramidal, LearnedInterpolateToPyramidal,
+    MaxpoolConfig, MaxpoolToPyramidal,
 };
 pub use select_indices::{SelectIndices, SelectIndicesConfig};
-pub use tokens::{AggregateTokens, AggregateTokensConfig, PermuteDims, ReshapeTokensConfig, ReshapeTokensToImage};
+pub use tokens::{
+    AggregateTokens, AggregateTokensConfig, PermuteDims, ReshapeTokensConfig, ReshapeTokensToImage,
+};
 
 use serde_json::json;
 use tch::{nn, Device};

@@ -20,7 +20,10 @@ pub struct InterpolateConfig {
 
 impl Default for InterpolateConfig {
     fn default() -> Self {
-        Self { scale_factor: 2, mode: "nearest".into() }
+        Self {
+            scale_factor: 2,
+            mode: "nearest".into(),
+        }
     }
 }
 
@@ -32,9 +35,14 @@ pub const MODES: [&str; 5] = ["nearest", "nearest-exact", "bilinear", "bicubic",
 pub fn interpolate_by(x: &Tensor, scale: f64, mode: &str) -> Result<Tensor> {
     let s = x.size();
     if s.len() != 4 {
-        return Err(PluginError::forward_failed(format!("expected a map [B, C, H, W], got shape {s:?}")));
+        return Err(PluginError::forward_failed(format!(
+            "expected a map [B, C, H, W], got shape {s:?}"
+        )));
     }
-    let out = [(s[2] as f64 * scale).floor() as i64, (s[3] as f64 * scale).floor() as i64];
+    let out = [
+        (s[2] as f64 * scale).floor() as i64,
+        (s[3] as f64 * scale).floor() as i64,
+    ];
     Ok(match mode {
         "nearest" => x.f_upsample_nearest2d(out, Some(scale), Some(scale))?,
         "nearest-exact" => x.f_internal_upsample_nearest_exact2d(out, Some(scale), Some(scale))?,
@@ -72,7 +80,10 @@ impl InterpolateToPyramidal {
                 MODES.join(", ")
             )));
         }
-        Ok(Self { cfg: cfg.clone(), out_channels: channel_list.to_vec() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            out_channels: channel_list.to_vec(),
+        })
     }
 }
 
@@ -81,7 +92,13 @@ impl Model for InterpolateToPyramidal {
         let n = xs.len() as i32;
         xs.iter()
             .enumerate()
-            .map(|(i, x)| interpolate_by(x, (self.cfg.scale_factor as f64).powi(n - i as i32), &self.cfg.mode))
+            .map(|(i, x)| {
+                interpolate_by(
+                    x,
+                    (self.cfg.scale_factor as f64).powi(n - i as i32),
+                    &self.cfg.mode,
+                )
+            })
             .collect()
     }
 
@@ -119,7 +136,10 @@ impl MaxpoolToPyramidal {
                 cfg.kernel_size
             )));
         }
-        Ok(Self { kernel_size: cfg.kernel_size, out_channels: channel_list.to_vec() })
+        Ok(Self {
+            kernel_size: cfg.kernel_size,
+            out_channels: channel_list.to_vec(),
+        })
     }
 }
 
@@ -152,9 +172,9 @@ pub struct AddBottleneckLayer {
 impl AddBottleneckLayer {
     /// Parameters `bottleneck.weight` / `bottleneck.bias` under `p`.
     pub fn new(p: nn::Path, channel_list: &[i64]) -> Result<Self> {
-        let &last = channel_list
-            .last()
-            .ok_or_else(|| PluginError::invalid_argument("AddBottleneckLayer: the channel list is empty"))?;
+        let &last = channel_list.last().ok_or_else(|| {
+            PluginError::invalid_argument("AddBottleneckLayer: the channel list is empty")
+        })?;
         if last < 2 {
             return Err(PluginError::invalid_argument(format!(
                 "AddBottleneckLayer: the last feature has {last} channel(s); it needs at least 2 to halve"
@@ -163,13 +183,18 @@ impl AddBottleneckLayer {
         let bottleneck = nn::conv2d(&p / "bottleneck", last, last / 2, 1, Default::default());
         let mut out_channels = channel_list.to_vec();
         out_channels.push(last / 2);
-        Ok(Self { bottleneck, out_channels })
+        Ok(Self {
+            bottleneck,
+            out_channels,
+        })
     }
 }
 
 impl Model for AddBottleneckLayer {
     fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
-        let last = xs.last().ok_or_else(|| PluginError::forward_failed("AddBottleneckLayer: no features"))?;
+        let last = xs
+            .last()
+            .ok_or_else(|| PluginError::forward_failed("AddBottleneckLayer: no features"))?;
         let mut out: Vec<Tensor> = xs.iter().map(Tensor::shallow_clone).collect();
         out.push(self.bottleneck.forward(last));
         Ok(out)
@@ -205,7 +230,10 @@ impl LearnedInterpolateToPyramidal {
                 "LearnedInterpolateToPyramidal: feature 0 needs >= 4 channels and feature 1 >= 2, got {channel_list:?}"
             )));
         }
-        let up = nn::ConvTransposeConfig { stride: 2, ..Default::default() };
+        let up = nn::ConvTransposeConfig {
+            stride: 2,
+            ..Default::default()
+        };
         let fpn1 = &p / "fpn1";
         Ok(Self {
             fpn1_up1: nn::conv_transpose2d(&fpn1 / 0, c0, c0 / 2, 2, up),
@@ -225,7 +253,12 @@ impl Model for LearnedInterpolateToPyramidal {
                 xs.len()
             )));
         };
-        let y0 = self.fpn1_up2.forward(&self.fpn1_bn.forward_t(&self.fpn1_up1.forward(x0), train).gelu("none"));
+        let y0 = self.fpn1_up2.forward(
+            &self
+                .fpn1_bn
+                .forward_t(&self.fpn1_up1.forward(x0), train)
+                .gelu("none"),
+        );
         let y1 = self.fpn2_up.forward(x1);
         let y3 = x3.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
         Ok(vec![y0, y1, x2.shallow_clone(), y3])

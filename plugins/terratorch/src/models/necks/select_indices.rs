@@ -23,12 +23,18 @@ impl SelectIndices {
     /// A neck for features with channels `channel_list`.
     pub fn new(channel_list: &[i64], cfg: &SelectIndicesConfig) -> Result<Self> {
         let out_channels = Self::process_channel_list(&cfg.indices, channel_list)?;
-        Ok(Self { indices: cfg.indices.clone(), out_channels })
+        Ok(Self {
+            indices: cfg.indices.clone(),
+            out_channels,
+        })
     }
 
     /// The channel list after selection (upstream `process_channel_list`).
     pub fn process_channel_list(indices: &[i64], channel_list: &[i64]) -> Result<Vec<i64>> {
-        indices.iter().map(|&i| Ok(channel_list[py_index(i, channel_list.len(), "SelectIndices: index")?])).collect()
+        indices
+            .iter()
+            .map(|&i| Ok(channel_list[py_index(i, channel_list.len(), "SelectIndices: index")?]))
+            .collect()
     }
 }
 
@@ -39,7 +45,11 @@ impl Model for SelectIndices {
             .iter()
             .map(|&i| {
                 let k = py_index(i, xs.len(), "SelectIndices: index").map_err(|e| {
-                    PluginError::forward_failed(format!("{} (it received {} features)", e.message(), xs.len()))
+                    PluginError::forward_failed(format!(
+                        "{} (it received {} features)",
+                        e.message(),
+                        xs.len()
+                    ))
                 })?;
                 Ok(xs[k].shallow_clone())
             })
@@ -58,9 +68,17 @@ mod tests {
 
     #[test]
     fn selects_features_and_channels() {
-        let neck = SelectIndices::new(&[16, 32, 64, 128], &SelectIndicesConfig { indices: vec![1, -1] }).unwrap();
+        let neck = SelectIndices::new(
+            &[16, 32, 64, 128],
+            &SelectIndicesConfig {
+                indices: vec![1, -1],
+            },
+        )
+        .unwrap();
         assert_eq!(neck.out_channels(), vec![32, 128]);
-        let xs: Vec<Tensor> = (0..4).map(|i| Tensor::full([1, 1], i as f64, (Kind::Float, Device::Cpu))).collect();
+        let xs: Vec<Tensor> = (0..4)
+            .map(|i| Tensor::full([1, 1], i as f64, (Kind::Float, Device::Cpu)))
+            .collect();
         let ys = neck.forward(&xs, false).unwrap();
         assert_eq!(ys.len(), 2);
         assert_eq!(ys[0].double_value(&[0, 0]), 1.0);
@@ -71,7 +89,11 @@ mod tests {
 
     #[test]
     fn out_of_range_index_is_refused_at_build() {
-        let e = SelectIndices::new(&[16, 32], &SelectIndicesConfig { indices: vec![2] }).unwrap_err();
-        assert!(e.message().contains("index 2") && e.message().contains("2 item"), "{e}");
+        let e =
+            SelectIndices::new(&[16, 32], &SelectIndicesConfig { indices: vec![2] }).unwrap_err();
+        assert!(
+            e.message().contains("index 2") && e.message().contains("2 item"),
+            "{e}"
+        );
     }
 }

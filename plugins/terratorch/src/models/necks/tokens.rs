@@ -23,7 +23,12 @@ pub struct ReshapeTokensConfig {
 
 impl Default for ReshapeTokensConfig {
     fn default() -> Self {
-        Self { remove_cls_token: true, effective_time_dim: 1, h: None, temporal_inputs: false }
+        Self {
+            remove_cls_token: true,
+            effective_time_dim: 1,
+            h: None,
+            temporal_inputs: false,
+        }
     }
 }
 
@@ -45,15 +50,24 @@ impl ReshapeTokensToImage {
             )));
         }
         if let Some(h) = cfg.h.filter(|h| *h < 1) {
-            return Err(PluginError::invalid_argument(format!("ReshapeTokensToImage: h must be >= 1, got {h}")));
+            return Err(PluginError::invalid_argument(format!(
+                "ReshapeTokensToImage: h must be >= 1, got {h}"
+            )));
         }
-        Ok(Self { cfg: cfg.clone(), out_channels: channel_list.to_vec() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            out_channels: channel_list.to_vec(),
+        })
     }
 
     /// The grid height for `tokens_per_timestep` tokens: `h`, a square root, or what the
     /// image size implies. `Ok(None)` means "the first token is not a CLS token after
     /// all": upstream then retries without removing it.
-    fn grid_height(&self, tokens_per_timestep: i64, image_size: Option<[i64; 2]>) -> Result<Option<i64>> {
+    fn grid_height(
+        &self,
+        tokens_per_timestep: i64,
+        image_size: Option<[i64; 2]>,
+    ) -> Result<Option<i64>> {
         if let Some(h) = self.cfg.h {
             return Ok(Some(h));
         }
@@ -74,13 +88,24 @@ impl ReshapeTokensToImage {
         Ok(Some((img_h as f64 / patch).floor() as i64))
     }
 
-    fn reshape(&self, x: &Tensor, remove_cls: bool, image_size: Option<[i64; 2]>) -> Result<Option<Tensor>> {
-        let x = if remove_cls { x.f_narrow(1, 1, x.size()[1] - 1)? } else { x.shallow_clone() };
+    fn reshape(
+        &self,
+        x: &Tensor,
+        remove_cls: bool,
+        image_size: Option<[i64; 2]>,
+    ) -> Result<Option<Tensor>> {
+        let x = if remove_cls {
+            x.f_narrow(1, 1, x.size()[1] - 1)?
+        } else {
+            x.shallow_clone()
+        };
         let (b, e) = (x.size()[0], *x.size().last().unwrap());
         let x = x.f_reshape([b, -1, e])?;
         let tokens = x.size()[1];
         let t = self.cfg.effective_time_dim;
-        let Some(h) = self.grid_height(tokens / t, image_size)? else { return Ok(None) };
+        let Some(h) = self.grid_height(tokens / t, image_size)? else {
+            return Ok(None);
+        };
         if h < 1 || tokens % (t * h) != 0 {
             return Err(PluginError::forward_failed(format!(
                 "ReshapeTokensToImage: {tokens} tokens cannot be arranged as {t} time step(s) x {h} rows"
@@ -88,7 +113,10 @@ impl ReshapeTokensToImage {
         }
         let w = tokens / (t * h);
         // [B, (T H W), E] -> [B, T, H, W, E] -> [B, T, E, H, W] -> [B, T*E, H, W]
-        let y = x.f_reshape([b, t, h, w, e])?.f_permute([0, 1, 4, 2, 3])?.f_reshape([b, t * e, h, w])?;
+        let y = x
+            .f_reshape([b, t, h, w, e])?
+            .f_permute([0, 1, 4, 2, 3])?
+            .f_reshape([b, t * e, h, w])?;
         Ok(Some(y))
     }
 }
@@ -99,7 +127,11 @@ fn image_size_kwarg(kwargs: &Map<String, Value>) -> Result<Option<[i64; 2]>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value::<[i64; 2]>(v.clone())
             .map(Some)
-            .map_err(|_| PluginError::invalid_argument(format!("image_size must be [height, width], got {v}"))),
+            .map_err(|_| {
+                PluginError::invalid_argument(format!(
+                    "image_size must be [height, width], got {v}"
+                ))
+            }),
     }
 }
 
@@ -108,7 +140,12 @@ impl Model for ReshapeTokensToImage {
         self.forward_kw(xs, &Map::new(), train)
     }
 
-    fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>, _train: bool) -> Result<Vec<Tensor>> {
+    fn forward_kw(
+        &self,
+        xs: &[Tensor],
+        kwargs: &Map<String, Value>,
+        _train: bool,
+    ) -> Result<Vec<Tensor>> {
         let image_size = image_size_kwarg(kwargs)?;
         let mut out = Vec::with_capacity(xs.len());
         for x in xs {
@@ -137,7 +174,8 @@ impl Model for ReshapeTokensToImage {
                 Some(y) => y,
                 None if self.cfg.remove_cls_token => {
                     tracing::warn!("ReshapeTokensToImage: cannot infer the grid with a CLS token; retrying without removing one");
-                    self.reshape(&x, false, image_size)?.ok_or_else(|| grid_error(&x, image_size))?
+                    self.reshape(&x, false, image_size)?
+                        .ok_or_else(|| grid_error(&x, image_size))?
                 }
                 None => return Err(grid_error(&x, image_size)),
             };
@@ -215,7 +253,13 @@ pub struct AggregateTokensConfig {
 
 impl Default for AggregateTokensConfig {
     fn default() -> Self {
-        Self { pooling: Value::from("mean"), indices: None, index: Some(-1), drop_cls: false, temporal_inputs: false }
+        Self {
+            pooling: Value::from("mean"),
+            indices: None,
+            index: Some(-1),
+            drop_cls: false,
+            temporal_inputs: false,
+        }
     }
 }
 
@@ -243,7 +287,9 @@ impl AggregateTokens {
                 .iter()
                 .map(|v| {
                     v.as_i64().ok_or_else(|| {
-                        PluginError::invalid_argument(format!("AggregateTokens: indices must be integers, got {v}"))
+                        PluginError::invalid_argument(format!(
+                            "AggregateTokens: indices must be integers, got {v}"
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -280,7 +326,10 @@ impl AggregateTokens {
             Pooling::Cls => feat.f_select(d - 2, 0)?,
             Pooling::Index(i) => {
                 let n = feat.size()[(d - 2) as usize];
-                feat.f_select(d - 2, py_index(i, n as usize, "AggregateTokens: pooling token index")? as i64)?
+                feat.f_select(
+                    d - 2,
+                    py_index(i, n as usize, "AggregateTokens: pooling token index")? as i64,
+                )?
             }
         })
     }
@@ -291,10 +340,16 @@ impl Model for AggregateTokens {
         let mut out = Vec::with_capacity(self.indices.len());
         for &index in &self.indices {
             let feat = if xs.len() > 1 {
-                &xs[py_index(index, xs.len(), "AggregateTokens: index")
-                    .map_err(|e| PluginError::forward_failed(format!("{} (it received {} features)", e.message(), xs.len())))?]
+                &xs[py_index(index, xs.len(), "AggregateTokens: index").map_err(|e| {
+                    PluginError::forward_failed(format!(
+                        "{} (it received {} features)",
+                        e.message(),
+                        xs.len()
+                    ))
+                })?]
             } else {
-                xs.first().ok_or_else(|| PluginError::forward_failed("AggregateTokens: no features"))?
+                xs.first()
+                    .ok_or_else(|| PluginError::forward_failed("AggregateTokens: no features"))?
             };
             let (mut feat, timesteps) = if self.temporal_inputs {
                 let s = feat.size();
@@ -310,7 +365,9 @@ impl Model for AggregateTokens {
                 feat = feat.f_flatten(2, 3)?.f_transpose(1, 2)?;
             } else if feat.dim() == 5 {
                 // [B, C, T, H, W] -> [B, (H W), T, C]
-                feat = feat.f_permute([0, 3, 4, 2, 1])?.f_reshape([s[0], s[3] * s[4], s[2], s[1]])?;
+                feat =
+                    feat.f_permute([0, 3, 4, 2, 1])?
+                        .f_reshape([s[0], s[3] * s[4], s[2], s[1]])?;
             }
             if self.drop_cls {
                 let d = feat.dim() as i64;
@@ -353,7 +410,10 @@ impl PermuteDims {
                 new_order.len()
             )));
         }
-        Ok(Self { new_order, out_channels: channel_list.to_vec() })
+        Ok(Self {
+            new_order,
+            out_channels: channel_list.to_vec(),
+        })
     }
 }
 

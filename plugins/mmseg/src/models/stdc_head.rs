@@ -1,0 +1,95 @@
+//! mmsegmentation 1.2.2's `STDCHead` (`mmseg/models/decode_heads/stdc_head.py`): an
+//! `FCNHead` (`fcn_head.py`) whose extra tensors serve only its boundary loss. Its
+//! forward is FCNHead's; the fixed `laplacian_kernel` buffer and `fusion_kernel`
+//! parameter are kept (not trained) so that mmseg checkpoints load strictly.
+use super::decode_head::{arg_error, fcn_params, head_entry};
+use super::fcn_head::{self, FcnHead, MmsegDecoderWrapper};
+use serde_json::json;
+use tch::{nn, Device, Kind, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use terrahost_plugin_api::{ModuleBox, ParamType, Result};
+
+/// mmseg's `STDCHead`.
+#[derive(Debug)]
+pub struct StdcHead {
+    fcn: FcnHead,
+    _laplacian_kernel: Tensor,
+    _fusion_kernel: Tensor,
+}
+
+impl StdcHead {
+    /// Builds the FCNHead part and the two fixed loss tensors under `p`.
+    pub fn new(p: nn::Path, cfg: &fcn_head::Config) -> Result<Self> {
+        let fcn = FcnHead::new(p.clone(), cfg)?;
+        let fixed = |name: &str, values: &[f32], shape: &[i64]| -> Result<Tensor> {
+            let mut t = p.f_zeros_no_train(name, shape)?;
+            tch::no_grad(|| {
+                t.f_copy_(
+                    &Tensor::from_slice(values)
+                        .reshape(shape)
+                        .to_kind(Kind::Float),
+                )
+            })?;
+            Ok(t)
+        };
+        let laplacian_kernel = fixed(
+            "laplacian_kernel",
+            &[-1., -1., -1., -1., 8., -1., -1., -1., -1.],
+            &[1, 1, 3, 3],
+        )?;
+        let fusion_kernel = fixed("fusion_kernel", &[0.6, 0.3, 0.1], &[1, 3, 1, 1])?;
+        Ok(Self {
+            fcn,
+            _laplacian_kernel: laplacian_kernel,
+            _fusion_kernel: fusion_kernel,
+        })
+    }
+}
+
+impl Model for StdcHead {
+    fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        self.fcn.forward(xs, train)
+    }
+
+    fn out_channels(&self) -> Vec<i64> {
+        self.fcn.out_channels()
+    }
+
+    fn includes_head(&self) -> bool {
+        true
+    }
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = crate::fcn_config(ctx)?;
+    let t: f64 = ctx.args.get("boundary_threshold")?;
+    if !t.is_finite() {
+        return Err(arg_error(
+            ctx,
+            "boundary_threshold",
+            format!("must be a finite number, got {t}"),
+        ));
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = MmsegDecoderWrapper::new(vs.root(), |p| StdcHead::new(p, &cfg))
+        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+}
+
+/// The `STDCHead` entry.
+pub(crate) fn entry() -> Entry {
+    let e = head_entry(
+        "STDCHead",
+        "STDC's detail head of mmsegmentation (includes its own classifier): FCNHead's network (convs, optional \
+         conv_cat, dropout, conv_seg); its laplacian_kernel and fusion_kernel tensors only build boundary targets \
+         for mmseg's loss and are kept for checkpoint compatibility.",
+        build,
+    )
+    .opt(
+        "boundary_threshold",
+        ParamType::FLOAT,
+        json!(0.1),
+        "threshold of the boundary targets of mmseg's loss; accepted for config compatibility, no effect on forward",
+    );
+    fcn_params(e)
+}

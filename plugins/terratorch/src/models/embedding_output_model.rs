@@ -1,0 +1,68 @@
+//! TerraTorch's model for `task="embedding_generation"`: the encoder and the necks,
+//! whose features are the output. Mirrors `terratorch/models/embedding_output_model.py`.
+
+use super::pixel_wise_model::Padding;
+use super::trunk::split_inputs;
+use tch::Tensor;
+use terrahost_plugin_api::{
+    sdk::{DynModule, Model},
+    Result,
+};
+
+/// Encoder and necks; every feature the last neck returns is an output.
+pub struct EmbeddingOutputModel {
+    /// `encoder`, then `neck.{i}`.
+    parts: Vec<(String, DynModule)>,
+    padding: Option<Padding>,
+}
+
+impl EmbeddingOutputModel {
+    /// Assembles the model.
+    pub fn new(encoder: DynModule, necks: Vec<DynModule>, padding: Option<Padding>) -> Self {
+        let mut parts = vec![("encoder".to_owned(), encoder)];
+        parts.extend(
+            necks
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (format!("neck.{i}"), n)),
+        );
+        Self { parts, padding }
+    }
+}
+
+impl Model for EmbeddingOutputModel {
+    fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
+        let (x, extra) = split_inputs(xs, "EmbeddingOutputModel")?;
+        let x = match &self.padding {
+            Some(p) => p.apply(x)?,
+            None => x.shallow_clone(),
+        };
+        let mut inputs = vec![x];
+        inputs.extend(extra.iter().map(Tensor::shallow_clone));
+        let mut features = self.parts[0].1.forward(&inputs)?;
+        // Upstream calls the necks without image_size here (and applies no
+        // prepare_features_for_image_model when there are none).
+        for (_, neck) in &self.parts[1..] {
+            features = neck.forward(&features)?;
+        }
+        Ok(features)
+    }
+
+    fn out_channels(&self) -> Vec<i64> {
+        self.parts
+            .last()
+            .map(|(_, m)| m.out_channels())
+            .unwrap_or_default()
+    }
+
+    fn children(&self) -> Vec<(&str, &DynModule)> {
+        self.parts.iter().map(|(p, m)| (p.as_str(), m)).collect()
+    }
+
+    fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
+        self.parts
+            .iter_mut()
+            .map(|(p, m)| (p.as_str(), m))
+            .collect()
+    }
+}

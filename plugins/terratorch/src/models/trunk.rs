@@ -1,0 +1,137 @@
+//! The parts a TerraTorch task model gets from the host (encoder, necks, decoder and
+//! auxiliary decoders, each possibly from another plugin) and the way features flow
+//! through them. Mirrors the shared parts of `terratorch/models/pixel_wise_model.py`
+//! and `scalar_output_model.py`.
+
+use serde_json::{json, Map};
+use tch::Tensor;
+use terrahost_plugin_api::{sdk::DynModule, PluginError, Result};
+
+/// Encoder, necks, decoder and auxiliary decoders. Their `state_dict` prefixes are
+/// `encoder`, `neck.{i}` (upstream keeps necks in one `NeckSequential`), `decoder`,
+/// and `aux_heads.{name}.0` (upstream wraps each auxiliary decoder and its head in an
+/// `nn.Sequential`).
+pub struct Trunk {
+    /// encoder, necks..., decoder, aux decoders..., with their prefixes.
+    parts: Vec<(String, DynModule)>,
+    n_necks: usize,
+    aux_names: Vec<String>,
+}
+
+impl Trunk {
+    /// Assembles the trunk. `aux` holds the auxiliary decoders by name, in order.
+    pub fn new(
+        encoder: DynModule,
+        necks: Vec<DynModule>,
+        decoder: DynModule,
+        aux: Vec<(String, DynModule)>,
+    ) -> Self {
+        let n_necks = necks.len();
+        let mut parts = vec![("encoder".to_owned(), encoder)];
+        parts.extend(
+            necks
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (format!("neck.{i}"), n)),
+        );
+        parts.push(("decoder".to_owned(), decoder));
+        let aux_names = aux.iter().map(|(n, _)| n.clone()).collect();
+        parts.extend(
+            aux.into_iter()
+                .map(|(name, d)| (format!("aux_heads.{name}.0"), d)),
+        );
+        Self {
+            parts,
+            n_necks,
+            aux_names,
+        }
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &DynModule {
+        &self.parts[0].1
+    }
+
+    /// The necks, in order.
+    pub fn necks(&self) -> impl Iterator<Item = &DynModule> {
+        self.parts[1..1 + self.n_necks].iter().map(|(_, m)| m)
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &DynModule {
+        &self.parts[1 + self.n_necks].1
+    }
+
+    /// The auxiliary decoders with their names, in order.
+    pub fn aux_decoders(&self) -> impl Iterator<Item = (&str, &DynModule)> {
+        self.aux_names
+            .iter()
+            .map(String::as_str)
+            .zip(self.parts[2 + self.n_necks..].iter().map(|(_, m)| m))
+    }
+
+    /// The names of the model's outputs: `output`, then `aux_{name}` per auxiliary head.
+    pub fn output_names(&self) -> Vec<String> {
+        std::iter::once("output".to_owned())
+            .chain(self.aux_names.iter().map(|n| format!("aux_{n}")))
+            .collect()
+    }
+
+    /// Every part with its `state_dict` prefix (for `Model::children`).
+    pub fn children(&self) -> Vec<(&str, &DynModule)> {
+        self.parts.iter().map(|(p, m)| (p.as_str(), m)).collect()
+    }
+
+    /// The same, mutably.
+    pub fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
+        self.parts
+            .iter_mut()
+            .map(|(p, m)| (p.as_str(), m))
+            .collect()
+    }
+
+    /// The features the decoders see: the encoder's outputs for `xs` (the image, then
+    /// any extra encoder inputs such as temporal and location coordinates) passed
+    /// through the necks, which also get the (padded) `image_size`. Without necks, a
+    /// backbone's own `prepare_features_for_image_model` is applied if it has one, as
+    /// upstream does for backwards compatibility.
+    pub fn features(&self, xs: &[Tensor], image_size: [i64; 2]) -> Result<Vec<Tensor>> {
+        let mut features = self.encoder().forward(xs)?;
+        if self.n_necks == 0 {
+            if let Some(prepared) = self.encoder().prepare_features(&features)? {
+                features = prepared;
+            }
+            return Ok(features);
+        }
+        let mut kwargs = Map::new();
+        kwargs.insert("image_size".into(), json!(image_size));
+        for neck in self.necks() {
+            features = neck.forward_kw(&features, &kwargs)?;
+        }
+        Ok(features)
+    }
+
+    /// Runs one decoder on the features; a task model needs exactly one tensor back.
+    pub fn decode(decoder: &DynModule, features: &[Tensor]) -> Result<Tensor> {
+        let mut out = decoder.forward(features)?;
+        if out.len() != 1 {
+            return Err(PluginError::forward_failed(format!(
+                "decoder `{}` returned {} tensors; a task model needs exactly one",
+                decoder.label(),
+                out.len()
+            )));
+        }
+        Ok(out.remove(0))
+    }
+}
+
+/// Splits a task model's inputs into the image and the extra encoder inputs.
+pub fn split_inputs<'a>(xs: &'a [Tensor], model: &str) -> Result<(&'a Tensor, &'a [Tensor])> {
+    match xs {
+        [x, rest @ ..] if rest.len() <= 2 => Ok((x, rest)),
+        _ => Err(PluginError::forward_failed(format!(
+            "a {model} takes the image, optionally followed by temporal_coords and location_coords; got {} tensors",
+            xs.len()
+        ))),
+    }
+}
