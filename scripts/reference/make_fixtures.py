@@ -38,6 +38,8 @@ def all_cases() -> dict[str, tuple[str, object]]:
 
     out: dict[str, tuple[str, object]] = {}
     for info in sorted(pkgutil.iter_modules(cases.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # helpers shared by case modules, no cases of their own
+            continue
         mod = importlib.import_module(f"cases.{info.name}")
         for name, ctor in mod.CASES.items():
             if name in out:
