@@ -28,7 +28,23 @@ fn main() {
     if !lib.as_os_str().is_empty() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
+    compile_shim(lib, cxx11);
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// Compiles the few lines of C++ that tch does not offer (`csrc/`) against the
+/// headers of the libtorch we link.
+fn compile_shim(lib: &Path, cxx11: bool) {
+    println!("cargo:rerun-if-changed=csrc/inference_mode.cpp");
+    let include = lib.parent().map(|root| root.join("include")).unwrap_or_default();
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/inference_mode.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag("-w")
+        .define("_GLIBCXX_USE_CXX11_ABI", if cxx11 { "1" } else { "0" })
+        .compile("terrahost_shim");
 }
 
 /// libtorch's version: `torch/version.py` in a PyTorch install, `build-version` in the

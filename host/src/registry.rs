@@ -20,9 +20,11 @@ use terrahost_plugin_api::{
     BuildRequest, EntryInfo, HostRef, ModuleBox, PluginError, Result, Source, SourceBox,
 };
 
-/// Prefixes that name a source even when its plugin is not installed, so that
-/// `mmseg_FCNHead` without the mmseg plugin says "install mmseg" rather than "unknown
-/// name". Prefixes declared by any loaded plugin are added at run time.
+/// TerraTorch's own sources, in its search order (terratorch first, then the optional
+/// sources in the order TerraTorch adds them). They name a source even when its plugin
+/// is not installed, so that `mmseg_FCNHead` without the mmseg plugin says "install
+/// mmseg" rather than "unknown name"; prefixes declared by any loaded plugin are added
+/// at run time.
 pub const WELL_KNOWN_PREFIXES: [&str; 4] = ["terratorch", "timm", "smp", "mmseg"];
 
 /// One source of a registry: a plugin's (or the host's) set of entries under a prefix.
@@ -78,6 +80,12 @@ fn not_found_message(what: &str, registry: &str, candidates: &[String]) -> Strin
     format!("`{what}` is not in the {registry} registry{hint}")
 }
 
+/// Where a source with `prefix` goes in the search order: TerraTorch's sources in its
+/// order, then every other prefix.
+fn source_rank(prefix: &str) -> usize {
+    WELL_KNOWN_PREFIXES.iter().position(|p| *p == prefix).unwrap_or(WELL_KNOWN_PREFIXES.len())
+}
+
 /// TerraTorch's `MultiSourceRegistry`: ordered sources keyed by prefix.
 pub struct MultiSourceRegistry {
     name: String,
@@ -100,16 +108,24 @@ impl MultiSourceRegistry {
         &self.name
     }
 
-    /// Adds a source at the end of the search order. A prefix that already exists is
+    /// Adds a source to the search order. TerraTorch searches its own source first, then
+    /// the optional ones in the order it adds them (timm, smp, mmseg); terrahost keeps
+    /// that order whatever order the plugins load in ([`WELL_KNOWN_PREFIXES`]), and puts
+    /// any other prefix after them, in load order. A prefix that already exists is
     /// refused, naming the plugin that holds it.
     pub fn register_source(&mut self, prefix: &str, plugin: &str, source: SourceBox) -> Result<()> {
         self.check_prefix(prefix, plugin)?;
         self.note_prefix(prefix);
-        self.sources.push(SourceSlot {
-            prefix: prefix.to_owned(),
-            plugin: plugin.to_owned(),
-            source,
-        });
+        let rank = source_rank(prefix);
+        let at = self.sources.iter().position(|s| source_rank(&s.prefix) > rank).unwrap_or(self.sources.len());
+        self.sources.insert(
+            at,
+            SourceSlot {
+                prefix: prefix.to_owned(),
+                plugin: plugin.to_owned(),
+                source,
+            },
+        );
         Ok(())
     }
 

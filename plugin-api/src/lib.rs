@@ -23,6 +23,7 @@ pub mod args;
 pub mod checkpoint;
 pub mod error;
 pub mod host;
+pub mod inference;
 pub mod manifest;
 pub mod module;
 pub mod params;

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,38 +23,7 @@ FIXTURES = REPO / "tests" / "fixtures"
 WEIGHTS_FILE_LIMIT = 64_000  # bytes; write weights.safetensors (a cross-check of the synthetic formula) only below this
 
 
-# ---------------------------------------------------------------------------
-# Stand-ins for optional compiled dependencies.
-#
-# mmcv-lite ships `mmcv/ops/*.py` but not the compiled `mmcv._ext`, so
-# `import mmcv.ops` fails, and mmseg imports it at module level (e.g.
-# mmseg/utils/mask_classification.py: `from mmcv.ops import point_sample`).
-# TerraTorch imports `mmseg.models.decode_heads` when `terratorch.registry` is
-# imported (mmseg_registry.py), so the stand-in must be installed BEFORE
-# importing terratorch. Every attribute of the stand-in is a class that raises
-# when instantiated/called; heads that use no mmcv op (FCNHead, UPerHead, ...)
-# never touch it. `mmcv.cnn.bricks.transformer` also tries
-# `from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttention`
-# inside a try/except ImportError, which just warns; that is fine.
-# ---------------------------------------------------------------------------
-class _MmcvOpStandIn:
-    def __init__(self, *args, **kwargs):
-        raise RuntimeError(
-            f"{type(self).__name__} is a stand-in: compiled mmcv.ops is not available (mmcv-lite)"
-        )
-
-
-class _MmcvOpsModule(types.ModuleType):
-    def __getattr__(self, name: str):
-        if name.startswith("__"):  # keep import machinery / introspection sane
-            raise AttributeError(name)
-        return type(name, (_MmcvOpStandIn,), {})
-
-
-def install_stand_ins() -> None:
-    if "mmcv.ops" not in sys.modules:
-        sys.modules["mmcv.ops"] = _MmcvOpsModule("mmcv.ops")
-
+from mmcv_stand_in import install_stand_ins  # noqa: E402  (before terratorch is imported)
 
 install_stand_ins()
 warnings.filterwarnings("ignore")
@@ -147,6 +115,8 @@ class Case:
     # for full models: the TerraTorch model_factory config (model_factory + model_args)
     factory_config: dict[str, Any] | None = None
     lightning_task: str | None = None  # e.g. terratorch.tasks.SemanticSegmentationTask
+    # inputs that must not be random (e.g. coordinates), by position; None keeps the random one
+    fixed_inputs: list[torch.Tensor | None] | None = None
 
 
 def fwd_list(model, inputs):
@@ -206,8 +176,11 @@ def _lightning_init_args(case: Case) -> dict:
     return {"model_factory": cfg["model_factory"], "model_args": model_args}
 
 
-def _check_lightning(case: Case, new_sd: dict[str, torch.Tensor], x: torch.Tensor, out: torch.Tensor) -> dict:
-    """Instantiate the Lightning task from the same model_args and check it reproduces the output."""
+def _check_lightning(case: Case, new_sd: dict[str, torch.Tensor], inputs: list[torch.Tensor], out: torch.Tensor,
+                     out_dir: Path) -> dict:
+    """Instantiate the Lightning task from the same model_args and check it reproduces the output. With
+    `extra_meta["lightning_checkpoint"]`, also save the task as a Lightning checkpoint would hold it
+    (`checkpoint.ckpt`: torch.save of a dict with `state_dict` (keys `model.*`), `hyper_parameters`, ...)."""
     import importlib
 
     mod, cls = case.lightning_task.rsplit(".", 1)
@@ -216,12 +189,29 @@ def _check_lightning(case: Case, new_sd: dict[str, torch.Tensor], x: torch.Tenso
     task.model.load_state_dict(new_sd, strict=True)
     task.model.eval()
     with torch.no_grad():
-        out2 = task.model(x).output
+        out2 = task.model(inputs[0], **_encoder_kwargs(case, inputs)).output
     keys = list(task.state_dict().keys())
+    if case.extra_meta.get("lightning_checkpoint"):
+        import lightning
+
+        ckpt = {
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": lightning.__version__,
+            "state_dict": task.state_dict(),
+            "hyper_parameters": dict(task.hparams),
+        }
+        torch.save(ckpt, out_dir / "checkpoint.ckpt")
     return {
         "task_state_dict_prefix": sorted({k.split(".")[0] + "." for k in keys}),
         "task_output_identical": bool(torch.equal(out, out2)),
     }
+
+
+def _encoder_kwargs(case: Case, inputs: list[torch.Tensor]) -> dict:
+    """The extra inputs of a whole model, by name (`temporal_coords`, `location_coords`)."""
+    names = case.extra_meta.get("input_names", ["input"])
+    return {n: t for n, t in zip(names[1:], inputs[1:]) if t.numel() > 0}
 
 
 def write_case(case_name: str, case: Case) -> dict:
@@ -233,6 +223,9 @@ def write_case(case_name: str, case: Case) -> dict:
     model = case.model
     new_sd = apply_synth(model)
     inputs = make_inputs(case.input_shapes)
+    for i, fixed in enumerate(case.fixed_inputs or []):
+        if fixed is not None:
+            inputs[i] = fixed.to(torch.float32)
     with torch.no_grad():
         outputs = [o.detach().contiguous().float() for o in case.forward(model, [i.clone() for i in inputs])]
 
@@ -243,8 +236,9 @@ def write_case(case_name: str, case: Case) -> dict:
     # io.safetensors
     io = {f"input.{i}": t.contiguous() for i, t in enumerate(inputs)}
     io.update({f"output.{i}": t.clone().contiguous() for i, t in enumerate(outputs)})
-    if case.registry == "model":  # CLI format as well
-        io["input"] = inputs[0].clone().contiguous()
+    if case.registry == "model":  # the CLI's names as well
+        for name, t in zip(case.extra_meta.get("input_names", ["input"]), inputs):
+            io[name] = t.clone().contiguous()
         io["output"] = outputs[0].clone().contiguous()
     save_file(io, str(out_dir / "io.safetensors"))
 
@@ -295,7 +289,7 @@ def write_case(case_name: str, case: Case) -> dict:
         }
         (out_dir / "lightning.yaml").write_text(yaml.safe_dump(lightning, sort_keys=False))
         meta["lightning"] = "lightning.yaml"
-        meta["lightning_check"] = _check_lightning(case, new_sd, inputs[0], outputs[0])
+        meta["lightning_check"] = _check_lightning(case, new_sd, inputs, outputs[0], out_dir)
 
     (out_dir / "meta.json").write_text(dump_json(meta) + "\n")
     return meta

@@ -4,7 +4,7 @@
 //! 1. a cold `terrahost list --json` with the four plugins (a new process each time:
 //!    dlopen, version checks, registration, listing);
 //! 2. `contains` for a bare name that falls through to the last source of the decoder
-//!    registry (`FCNDecoder`, served by `terratorch`, after `mmseg` and `smp`);
+//!    registry (`UPerHead`, served by `mmseg`, after `terratorch` and `smp`);
 //! 3. build and forward of the fixture model (`factory_segmentation`: timm_resnet18 ->
 //!    smp_Unet -> terratorch segmentation head, input 1x3x64x64).
 use std::process::Command;
@@ -50,7 +50,7 @@ fn main() {
 
     // 2. contains, falling through to the last source
     let host = Host::load(&[dir.path().to_path_buf()]);
-    assert!(host.contains("decoder", "FCNDecoder"));
+    assert!(host.contains("decoder", "UPerHead"));
     let n = 100_000;
     let mut runs = Vec::new();
     for _ in 0..10 {
@@ -59,7 +59,7 @@ fn main() {
         for _ in 0..n {
             hits += usize::from(host.contains(
                 std::hint::black_box("decoder"),
-                std::hint::black_box("FCNDecoder"),
+                std::hint::black_box("UPerHead"),
             ));
         }
         runs.push(t.elapsed() / n);

@@ -83,7 +83,8 @@ fn list_json_has_every_registry_with_sources_in_order() {
         .iter()
         .map(|s| s["prefix"].as_str().unwrap())
         .collect();
-    assert_eq!(prefixes, vec!["mmseg", "smp", "terratorch"]);
+    // TerraTorch's search order, whatever order the libraries load in.
+    assert_eq!(prefixes, vec!["terratorch", "smp", "mmseg"]);
     let timm = &v["backbone"]
         .as_array()
         .unwrap()
@@ -308,4 +309,35 @@ fn run_refuses_a_checkpoint_that_does_not_fit_and_lists_the_keys() {
     );
     assert!(e.contains("missing keys (1): head.head.2.weight"), "{e}");
     assert!(e.contains("unexpected keys (1): head.extra.weight"), "{e}");
+}
+
+/// A Lightning checkpoint as TerraTorch training writes it (`torch.save` of a dict whose
+/// `state_dict` has the task's `model.` keys) loads unchanged and reproduces the reference.
+#[test]
+fn run_loads_a_terratorch_lightning_checkpoint() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = Fixture::load("factory_prithvi_unet");
+    let work = tempfile::tempdir().unwrap();
+    let output = work.path().join("out.safetensors");
+    for config in ["config.yaml", "lightning.yaml"] {
+        let v = ok_json(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                fx.dir.join(config).to_str().unwrap(),
+                "--weights",
+                fx.dir.join("checkpoint.ckpt").to_str().unwrap(),
+                "--input",
+                fx.dir.join("io.safetensors").to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert!(v["weights_loaded"].as_u64().unwrap() > 50, "{v}");
+        let got = tch::Tensor::read_safetensors(&output).unwrap();
+        let out = &got.iter().find(|(k, _)| k == "output").unwrap().1;
+        terrahost_testkit::assert_close(config, out, &fx.outputs[0], fx.atol());
+    }
 }

@@ -24,9 +24,9 @@ fn all_four_plugins_load_and_fill_the_registries() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["mmseg", "smp", "terratorch", "timm"]);
-    // Load order is by file name, so the registry order is deterministic.
+    // Sources are searched in TerraTorch's order, whatever the load order.
     assert_eq!(keys(&host, "backbone"), vec!["terratorch", "timm"]);
-    assert_eq!(keys(&host, "decoder"), vec!["mmseg", "smp", "terratorch"]);
+    assert_eq!(keys(&host, "decoder"), vec!["terratorch", "smp", "mmseg"]);
     assert!(host.contains("backbone", "timm_resnet18"));
     assert!(host.contains("backbone", "resnet34"));
     assert!(host.contains("decoder", "smp_Unet"));
@@ -60,7 +60,7 @@ fn without_the_mmseg_library_mmseg_is_absent_and_named_as_missing() {
     assert_eq!(e.kind, ErrorKind::NOT_FOUND);
     assert!(
         e.message()
-            .contains("no source `mmseg` in the decoder registry (installed: smp, terratorch)"),
+            .contains("no source `mmseg` in the decoder registry (installed: terratorch, smp)"),
         "{e}"
     );
     assert!(e.message().contains("install the `mmseg` plugin"), "{e}");
@@ -282,4 +282,81 @@ fn factory_with_an_mmseg_decoder_gives_it_num_classes_and_adds_no_head() {
         logits.upsample_bilinear2d([64, 64], false, None, None)
     });
     terrahost_testkit::assert_close("factory vs parts", &whole[0], &by_parts, 1e-5);
+}
+
+/// No entry is registered without a parity test: every name any plugin registers has a
+/// reference fixture built under that name (bare or prefixed), and the plugin's parity
+/// tests run every fixture of its entries.
+#[test]
+fn every_registered_entry_has_a_reference_fixture() {
+    let dir = real_plugins(&PLUGINS);
+    let host = Host::load(&[dir.path().to_path_buf()]);
+    let root = terrahost_testkit::workspace_root().join("tests/fixtures");
+    let mut fixture_names: std::collections::HashSet<(String, String)> = Default::default();
+    for e in std::fs::read_dir(&root).unwrap() {
+        let meta = e.unwrap().path().join("meta.json");
+        if let Ok(text) = std::fs::read_to_string(&meta) {
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // A fixture without a registry is a special case of one with (a real checkpoint).
+            let Some(registry) = m["registry"].as_str() else { continue };
+            let registry = if registry == "model" { "model_factory" } else { registry };
+            fixture_names.insert((registry.to_owned(), m["name"].as_str().unwrap().to_owned()));
+        }
+    }
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for registry in terrahost_plugin_api::registry_names::ALL {
+        for qualified in host.names(registry) {
+            count += 1;
+            let (prefix, bare) = qualified.split_once('_').unwrap_or(("", &qualified));
+            let has = |n: &str| fixture_names.contains(&(registry.to_owned(), n.to_owned()));
+            if !(has(&qualified) || has(bare) || (prefix == "timm" && has(&format!("timm_{bare}")))) {
+                missing.push(format!("{registry}: {qualified}"));
+            }
+        }
+    }
+    assert!(count > 90, "only {count} entries registered");
+    assert!(missing.is_empty(), "entries without a reference fixture: {missing:#?}");
+}
+
+/// Every component fixture (backbones, necks, decoders, full models) reproduced through
+/// the plugin libraries themselves, across the library boundary. Fixtures whose
+/// reference needs more than inputs and weights (`meta.parity_test == "custom"`) are
+/// checked by their plugin's own tests instead.
+#[test]
+fn every_component_fixture_reproduces_through_the_plugin_libraries() {
+    let dir = real_plugins(&PLUGINS);
+    let host = Host::load(&[dir.path().to_path_buf()]);
+    let root = terrahost_testkit::workspace_root().join("tests/fixtures");
+    let mut cases: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("meta.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for case in &cases {
+        if !root.join(case).join("state_dict.json").is_file() {
+            continue; // a real-checkpoint fixture (no synthetic weights), checked by its plugin
+        }
+        let fx = Fixture::load(case);
+        if fx.registry() == "model" || fx.registry() == "head" || fx.meta["parity_test"] == "custom" {
+            continue;
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let module = terrahost_testkit::build_fixture(&host, &fx);
+            terrahost_testkit::compare_outputs(&fx, &module);
+        }));
+        match result {
+            Ok(()) => checked += 1,
+            Err(p) => failures.push(format!(
+                "{case}: {}",
+                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), checked + failures.len(), failures.join("\n"));
+    assert!(checked > 150, "only {checked} fixtures checked");
 }

@@ -171,7 +171,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
 
     let t2 = Instant::now();
     let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect();
-    let outputs = tch::no_grad(|| model.forward(&on_device))?;
+    let outputs = terrahost_plugin_api::inference::inference_mode(|| model.forward(&on_device))?;
     let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
     if outputs.is_empty() {
         return Err(HostError::Usage("the model returned no output".into()));

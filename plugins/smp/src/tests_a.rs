@@ -77,6 +77,7 @@ mod units {
     //! Python (TerraTorch 1.2.11's `DECODER_REGISTRY.build("smp_<Name>", channels, ...)`
     //! on smp 0.6.0), or are smp's documented defaults.
     use crate::plugin_sources;
+    use crate::test_util::{assert_running_stats_only, buffer_names, declared_default};
     use serde_json::{json, Value};
     use tch::Tensor;
     use terrahost_plugin_api::sdk::DynModule;
@@ -467,47 +468,17 @@ mod units {
     fn batchnorm_statistics_are_buffers() {
         for name in ["DeepLabV3", "DeepLabV3Plus", "Linknet", "PSPNet", "PAN"] {
             let m = build(name, &STD, json!({})).unwrap();
-            let buffers: Vec<String> = m
-                .module()
-                .named_buffers()
-                .into_iter()
-                .map(|n| n.name.into_string())
-                .collect();
+            let buffers = buffer_names(&m);
             assert!(!buffers.is_empty(), "{name}");
-            assert!(
-                buffers
-                    .iter()
-                    .all(|b| b.ends_with("running_mean") || b.ends_with("running_var")),
-                "{buffers:?}"
-            );
+            assert_running_stats_only(&buffers);
         }
         // FPN normalises with GroupNorm only.
-        assert!(build("FPN", &STD, json!({}))
-            .unwrap()
-            .module()
-            .named_buffers()
-            .is_empty());
+        assert!(buffer_names(&build("FPN", &STD, json!({})).unwrap()).is_empty());
     }
 
     #[test]
     fn describes_smps_defaults() {
-        let sources = plugin_sources().unwrap();
-        let defaults = |entry: &str| {
-            let info = sources[0]
-                .source
-                .describe(entry.into())
-                .into_result()
-                .unwrap();
-            assert!(info.takes_channels, "{entry}");
-            move |name: &str| {
-                info.params
-                    .iter()
-                    .find(|p| p.name.as_str() == name)
-                    .unwrap_or_else(|| panic!("{name} not declared"))
-                    .default_value()
-                    .unwrap()
-            }
-        };
+        let defaults = |entry: &'static str| move |name: &str| declared_default(entry, name);
         // smp 0.6.0's signatures (decoders/<name>/model.py).
         let d = defaults("DeepLabV3");
         assert_eq!(d("decoder_channels"), json!(256));

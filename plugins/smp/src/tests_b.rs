@@ -3,6 +3,7 @@
 //! (fixtures written by `scripts/reference/cases/smp_b.py`), output channels and
 //! argument errors (messages as the reference printed them, see the fixtures' meta).
 use crate::plugin_sources;
+use crate::test_util::declared_default;
 use serde_json::{json, Value};
 use tch::Tensor;
 use terrahost_plugin_api::sdk::DynModule;
@@ -164,20 +165,7 @@ fn output_shapes() {
 #[test]
 fn smp_defaults_are_declared() {
     let sources = plugin_sources().unwrap();
-    let default = |entry: &str, param: &str| -> Value {
-        let info = sources[0]
-            .source
-            .describe(entry.into())
-            .into_result()
-            .unwrap();
-        assert!(info.takes_channels, "{entry}");
-        let p = info
-            .params
-            .iter()
-            .find(|p| p.name.as_str() == param)
-            .unwrap_or_else(|| panic!("{entry}.{param}"));
-        p.default_value().unwrap_or(Value::Null)
-    };
+    let default = declared_default;
     // smp 0.6.0's constructor defaults.
     assert_eq!(default("DPT", "decoder_readout"), json!("cat"));
     assert_eq!(

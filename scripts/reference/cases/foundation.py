@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+from cases._smp import smp_case
 from refkit import (
     BACKBONE_REGISTRY,
     DECODER_REGISTRY,
@@ -57,36 +58,15 @@ RESNET18_64_SHAPES = [[1, 64, 32, 32], [1, 64, 16, 16], [1, 128, 8, 8], [1, 256,
 
 
 def _smp(name: str, channels: list[int], shapes: list[list[int]], **kwargs) -> Case:
-    model = DECODER_REGISTRY.build(f"smp_{name}", channels, **kwargs)
-    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Case(
-        registry="decoder",
-        name=f"smp_{name}",
-        channels=channels,
-        args=kwargs,
-        reference=(
-            f'DECODER_REGISTRY.build("smp_{name}", {channels}, {kw}) -> SMPDecoderWrapper(model.decoder, '
-            f"model.segmentation_head[0].in_channels) where model = smp.{name}(encoder_name="
-            f'"SMPEncoderWrapperWithPFFIM" (dummy), encoder_weights=None, in_channels=1, classes=1, '
-            f"encoder_depth=len(channels)-1, {kw}, aux_params=None). forward(list of len(channels) maps); "
-            "UnetDecoder drops features[0] (its spatial size is only used as the final upsampling target)."
-        ),
-        model=model,
-        input_shapes=shapes,
-        forward=fwd_list,
-        extra_meta={
-            "out_channels": model.out_channels,
-            "default_decoder_channels_error": _smp_default_error(name, channels),
-        },
+    return smp_case(
+        name,
+        channels,
+        shapes,
+        "{kw}, aux_params=None). forward(list of len(channels) maps); "
+        "UnetDecoder drops features[0] (its spatial size is only used as the final upsampling target).",
+        default_error_key="default_decoder_channels_error",
+        **kwargs,
     )
-
-
-def _smp_default_error(name: str, channels: list[int]) -> str | None:
-    try:
-        DECODER_REGISTRY.build(f"smp_{name}", channels)
-    except Exception as e:  # noqa: BLE001
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def case_smp_Unet() -> Case:

@@ -6,31 +6,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from refkit import DECODER_REGISTRY, Case, fwd_list
-
-
-def _shapes(channels: list[int], sizes: list[int]) -> list[list[int]]:
-    return [[1, c, s, s] for c, s in zip(channels, sizes)]
+from cases._smp import smp_case, square_shapes
+from refkit import Case
 
 
 def _smp(name: str, channels: list[int], sizes: list[int], note: str = "", **kwargs) -> Case:
-    model = DECODER_REGISTRY.build(f"smp_{name}", channels, **kwargs)
-    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Case(
-        registry="decoder",
-        name=f"smp_{name}",
-        channels=channels,
-        args=kwargs,
-        reference=(
-            f'DECODER_REGISTRY.build("smp_{name}", {channels}, {kw}) -> SMPDecoderWrapper(model.decoder, '
-            f"model.segmentation_head[0].in_channels) where model = smp.{name}(encoder_name="
-            f'"SMPEncoderWrapperWithPFFIM" (dummy), encoder_weights=None, in_channels=1, classes=1, '
-            f"encoder_depth=len(channels)-1, {kw}, aux_params=None); forward(list of len(channels) maps). {note}"
-        ),
-        model=model,
-        input_shapes=_shapes(channels, sizes),
-        forward=fwd_list,
-        extra_meta={"out_channels": model.out_channels},
+    return smp_case(
+        name,
+        channels,
+        square_shapes(channels, sizes),
+        "{kw}, aux_params=None); forward(list of len(channels) maps). " + note,
+        **kwargs,
     )
 
 

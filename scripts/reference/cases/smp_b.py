@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from refkit import DECODER_REGISTRY, Case, fwd_list  # first: installs the mmcv.ops stand-in
+from refkit import Case  # first: installs the mmcv.ops stand-in
+
+from cases._smp import build_error, smp_case  # noqa: E402
 
 import segmentation_models_pytorch as smp  # noqa: E402
 import torch  # noqa: E402
@@ -22,33 +24,14 @@ TINY = [16, 16, 32, 64, 128]
 TINY_SHAPES = [[1, 16, 32, 32], [1, 16, 16, 16], [1, 32, 8, 8], [1, 64, 4, 4], [1, 128, 2, 2]]
 
 
-def _error(name: str, channels: list[int], **kwargs) -> str | None:
-    try:
-        DECODER_REGISTRY.build(name, channels, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def _smp(name: str, channels: list[int], shapes: list[list[int]], case_note: str = "", **kwargs) -> Case:
-    model = DECODER_REGISTRY.build(f"smp_{name}", channels, **kwargs)
-    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Case(
-        registry="decoder",
-        name=f"smp_{name}",
-        channels=channels,
-        args=kwargs,
-        reference=(
-            f'DECODER_REGISTRY.build("smp_{name}", {channels}, {kw}) -> SMPDecoderWrapper(model.decoder, '
-            f"model.segmentation_head[0].in_channels) where model = smp.{name}(encoder_name="
-            f'"SMPEncoderWrapperWithPFFIM" (dummy), encoder_weights=None, in_channels=1, classes=1, '
-            f"encoder_depth=len(channels)-1, ...). forward(list of len(channels) maps) -> the decoder's output. "
-            + case_note
-        ),
-        model=model,
-        input_shapes=shapes,
-        forward=fwd_list,
-        extra_meta={"out_channels": model.out_channels, "smp_default_error": _error(f"smp_{name}", channels)},
+    return smp_case(
+        name,
+        channels,
+        shapes,
+        "...). forward(list of len(channels) maps) -> the decoder's output. " + case_note,
+        default_error_key="smp_default_error",
+        **kwargs,
     )
 
 
@@ -126,9 +109,9 @@ def case_smp_Unet_aux() -> Case:
         out = case.model([torch.zeros(s) for s in TINY_SHAPES])
     case.extra_meta["forward_returns"] = type(out).__name__
     case.extra_meta["aux_errors"] = {
-        "aux_params dict": _error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_params={"classes": 3}),
-        "no aux_classes": _error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_pooling="max"),
-        "bad pooling": _error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_classes=3, aux_pooling="mean"),
+        "aux_params dict": build_error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_params={"classes": 3}),
+        "no aux_classes": build_error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_pooling="max"),
+        "bad pooling": build_error("smp_Unet", TINY, decoder_channels=[16, 16, 8, 8], aux_classes=3, aux_pooling="mean"),
     }
     return case
 
@@ -157,8 +140,8 @@ def _dpt_case(name: str, decoder, channels: list[int], args: dict, shapes: list[
         forward=fwd,
         extra_meta={
             "out_channels": model.out_channels,
-            "terratorch_default_error": _error("smp_DPT", [16] * 5),
-            "terratorch_tu_encoder_error": _error(
+            "terratorch_default_error": build_error("smp_DPT", [16] * 5),
+            "terratorch_tu_encoder_error": build_error(
                 "smp_DPT", [16] * 5, encoder_name="tu-vit_tiny_patch16_224", embed_dim=16, num_heads=2, img_size=64
             ),
         },

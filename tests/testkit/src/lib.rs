@@ -292,25 +292,24 @@ pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
     module
 }
 
-/// Runs `module` on the fixture's inputs (eval mode, no grad), with the keyword
-/// arguments of `meta.forward_kwargs` if the reference got some (`image_size` for a
-/// neck), and compares every output.
+/// Runs `module` on the fixture's inputs in eval mode, with the keyword arguments of
+/// `meta.forward_kwargs` if the reference got some (`image_size` for a neck), and
+/// compares every output. It runs twice: without autograd (`no_grad`) and in
+/// libtorch's inference mode, where models may take fused inference-only kernels.
 pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
-    let outputs = tch::no_grad(
-        || match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
-            Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
-            None => module.forward(&fx.inputs),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{}: forward failed: {e}", fx.case));
-    assert_eq!(
-        outputs.len(),
-        fx.outputs.len(),
-        "{}: number of outputs",
-        fx.case
-    );
-    for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {
-        assert_close(&format!("{} output.{i}", fx.case), a, e, fx.atol());
+    let run = || match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
+        Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
+        None => module.forward(&fx.inputs),
+    };
+    for (mode, outputs) in [
+        ("no_grad", tch::no_grad(run)),
+        ("inference_mode", terrahost_plugin_api::inference::inference_mode(run)),
+    ] {
+        let outputs = outputs.unwrap_or_else(|e| panic!("{} ({mode}): forward failed: {e}", fx.case));
+        assert_eq!(outputs.len(), fx.outputs.len(), "{} ({mode}): number of outputs", fx.case);
+        for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {
+            assert_close(&format!("{} ({mode}) output.{i}", fx.case), a, e, fx.atol());
+        }
     }
 }
 

@@ -18,8 +18,9 @@ use terrahost_plugin_api::{
     ModuleBox, ParamType, PluginError, Result,
 };
 
-use super::pspnet::{check_channels, check_dropout, check_maps, conv_cfg, hw, resize, torch_conv};
-use super::unet::Interpolation;
+use super::args;
+use super::blocks::{conv_cfg, hw, torch_conv, Interpolation};
+use super::checks::{check_channels, check_maps, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
 
 /// Which of the two decoders.
@@ -125,12 +126,7 @@ impl Config {
                 self.output_stride
             )));
         }
-        if self.decoder_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_channels` must be positive, got {}",
-                self.decoder_channels
-            )));
-        }
+        check_width("decoder_channels", self.decoder_channels)?;
         if self.atrous_rates.len() != 3 || self.atrous_rates.iter().any(|&r| r <= 0) {
             return Err(PluginError::invalid_argument(format!(
                 "`decoder_atrous_rates` must be three positive dilation rates (one per atrous ASPP branch), got {:?}",
@@ -276,7 +272,7 @@ impl Aspp {
         let pooled = self
             .pooling
             .forward(&x.f_adaptive_avg_pool2d([1, 1])?, train)?;
-        parts.push(resize(&pooled, Interpolation::Bilinear, h, w, false)?);
+        parts.push(Interpolation::Bilinear.resize(&pooled, h, w)?);
         // 5 x [B, C', h, w] -> [B, 5C', h, w]
         let y = self.project.forward(&Tensor::f_cat(&parts, 1)?, train)?;
         Ok(y.f_dropout(self.dropout, train)?)
@@ -398,7 +394,7 @@ impl Model for DeepLabV3Decoder {
                 let y = aspp_conv.forward(&self.aspp.forward(&xs[n - 1], train)?, train)?;
                 // nn.Upsample(scale_factor=s, bilinear, align_corners=True): [h, w] -> [s*h, s*w]
                 let (h, w) = hw(&y);
-                let y = resize(&y, Interpolation::Bilinear, h * scale, w * scale, true)?;
+                let y = Interpolation::Bilinear.resize_aligned(&y, h * scale, w * scale, true)?;
                 let high = block1.forward(&xs[2], train)?;
                 if hw(&high) != hw(&y) {
                     return Err(PluginError::forward_failed(format!(
@@ -434,10 +430,9 @@ fn config(ctx: &BuildCtx<'_, '_>, variant: Variant) -> Result<Config> {
     cfg.atrous_rates = ctx.args.get("decoder_atrous_rates")?;
     cfg.aspp_separable = ctx.args.get("decoder_aspp_separable")?;
     cfg.aspp_dropout = ctx.args.get("decoder_aspp_dropout")?;
-    check_dropout(ctx, "decoder_aspp_dropout", cfg.aspp_dropout)?;
+    args::check_dropout(ctx, "decoder_aspp_dropout", cfg.aspp_dropout)?;
     cfg.output_stride = ctx.args.get("encoder_output_stride")?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    args::in_entry(ctx, cfg.validate())?;
     Ok(cfg)
 }
 

@@ -13,6 +13,8 @@
 //! `out_channels` is `decoder_fusion_channels`, and the channel list is smp's
 //! `encoder.out_channels` for a ViT encoder: one width per map, one fusion stage per
 //! map. What smp reads from its ViT encoder (strides, prefix tokens) are arguments.
+use super::args;
+use super::blocks::{conv2d_with, xavier_linear};
 use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -120,7 +122,7 @@ impl Config {
     }
 }
 
-/// smp's `initialize_decoder` for convolutions: Kaiming-uniform weight, zero bias.
+/// `nn.Conv2d(c_in, c_out, k, stride, padding, bias=bias)` with smp's initialisation.
 fn conv(
     p: nn::Path,
     c_in: i64,
@@ -134,11 +136,9 @@ fn conv(
         stride,
         padding,
         bias,
-        ws_init: nn::init::DEFAULT_KAIMING_UNIFORM,
-        bs_init: nn::Init::Const(0.),
         ..Default::default()
     };
-    nn::conv2d(p, c_in, c_out, k, cfg)
+    conv2d_with(p, c_in, c_out, k, cfg)
 }
 
 /// The resampling step of a `ReassembleBlock`.
@@ -316,7 +316,7 @@ impl DptDecoder {
                     } else {
                         c
                     };
-                    super::segformer::xavier_linear(&pp / i / "project" / 0, c_in, c)
+                    xavier_linear(&pp / i / "project" / 0, c_in, c)
                 })
             })
             .collect();
@@ -448,13 +448,12 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "decoder_fusion_channels",
         format_args!("must be positive, got {}", cfg.fusion_channels),
     )?;
-    wrapper::check_positive(
+    args::check_positive(
         ctx,
         "decoder_intermediate_channels",
         &cfg.intermediate_channels,
     )?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{q}`")))?;
+    args::in_entry(ctx, cfg.validate())?;
     let out = cfg.fusion_channels;
     SmpDecoderWrapper::build(ctx, out, |p| DptDecoder::new(p, &cfg))
 }

@@ -14,8 +14,9 @@ use terrahost_plugin_api::{
     ModuleBox, ParamType, PluginError, Result,
 };
 
-use super::pspnet::{check_channels, check_dropout, check_maps, dropout2d, hw, resize};
-use super::unet::{conv2d, Interpolation};
+use super::args;
+use super::blocks::{conv2d, dropout2d, hw, Interpolation};
+use super::checks::{check_channels, check_maps, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
 
 /// How the four pyramid levels are merged (smp's `decoder_merge_policy`).
@@ -86,12 +87,7 @@ impl Config {
             )));
         }
         check_channels("FPN", &self.encoder_channels, 4, "depth 3 or more")?;
-        if self.pyramid_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_pyramid_channels` must be positive, got {}",
-                self.pyramid_channels
-            )));
-        }
+        check_width("decoder_pyramid_channels", self.pyramid_channels)?;
         if self.segmentation_channels <= 0 || self.segmentation_channels % Self::GROUPS != 0 {
             return Err(PluginError::invalid_argument(format!(
                 "`decoder_segmentation_channels` must be a positive multiple of {g}: each segmentation branch \
@@ -140,7 +136,7 @@ impl Conv3x3GnRelu {
         let y = y.apply(&self.gn).f_relu()?;
         if self.upsample {
             let (h, w) = hw(&y);
-            resize(&y, Interpolation::Bilinear, 2 * h, 2 * w, true)
+            Interpolation::Bilinear.resize_aligned(&y, 2 * h, 2 * w, true)
         } else {
             Ok(y)
         }
@@ -158,7 +154,7 @@ impl FpnBlock {
     fn forward(&self, x: &Tensor, skip: &Tensor) -> Result<Tensor> {
         let (h, w) = hw(x);
         // F.interpolate(scale_factor=2.0): [h, w] -> [2h, 2w]
-        let up = resize(x, self.mode, 2 * h, 2 * w, false)?;
+        let up = self.mode.resize(x, 2 * h, 2 * w)?;
         let skip = skip.apply(&self.skip_conv);
         if hw(&up) != hw(&skip) {
             return Err(PluginError::forward_failed(format!(
@@ -280,10 +276,9 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         }
     };
     cfg.dropout = ctx.args.get("decoder_dropout")?;
-    check_dropout(ctx, "decoder_dropout", cfg.dropout)?;
-    cfg.interpolation_mode = wrapper::interpolation(ctx)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    args::check_dropout(ctx, "decoder_dropout", cfg.dropout)?;
+    cfg.interpolation_mode = args::interpolation(ctx)?;
+    args::in_entry(ctx, cfg.validate())?;
     // smp's segmentation head reads FPNDecoder.out_channels.
     SmpDecoderWrapper::build(ctx, cfg.out_channels(), |p| FpnDecoder::new(p, &cfg))
 }

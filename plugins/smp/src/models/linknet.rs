@@ -14,8 +14,9 @@ use terrahost_plugin_api::{
     ModuleBox, PluginError, Result,
 };
 
-use super::pspnet::{check_channels, check_maps, hw, torch_conv_transpose};
-use super::unet::{Conv2dReLU, Norm, NormConfig};
+use super::args;
+use super::blocks::{hw, torch_conv_transpose, Conv2dReLU, Norm, NormConfig};
+use super::checks::{check_channels, check_maps};
 use super::wrapper::{self, SmpDecoderWrapper};
 
 /// Configuration of [`LinknetDecoder`], with smp's defaults.
@@ -186,9 +187,8 @@ impl Model for LinknetDecoder {
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let mut cfg = Config::new(ctx.channels.clone());
-    cfg.use_norm = wrapper::use_norm(ctx)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.use_norm = args::use_norm(ctx)?;
+    args::in_entry(ctx, cfg.validate())?;
     // smp.Linknet's segmentation head reads a fixed 32 channels.
     SmpDecoderWrapper::build(ctx, Config::PREFINAL_CHANNELS, |p| {
         LinknetDecoder::new(p, &cfg)
@@ -197,7 +197,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
 
 /// The `smp_Linknet` entry of the decoder registry.
 pub(crate) fn entry() -> Entry {
-    wrapper::declare_use_norm(wrapper::entry(
+    args::declare_use_norm(wrapper::entry(
         "Linknet",
         "LinkNet decoder of segmentation_models_pytorch (smp.Linknet's decoder, as TerraTorch's SMPRegistry \
          wraps it): one block per stage (1x1 conv to C/4, transposed conv x2, 1x1 conv) from the deepest map \

@@ -2,14 +2,16 @@
 //! `segmentation_models_pytorch/decoders/manet/decoder.py` (`MAnetDecoder`,
 //! `PABBlock`, `MFABBlock`, `DecoderBlock`) as `decoders/manet/model.py` (`MAnet`)
 //! builds it, wrapped by TerraTorch's `SMPRegistry` (see [`super::wrapper`]).
-use super::unet::{conv2d, Conv2dReLU, Interpolation, NormConfig};
-use super::unetplusplus::check_maps;
+use super::args;
+use super::blocks::{conv2d, Conv2dReLU, Interpolation, NormConfig, SqueezeExcite};
+use super::checks::{check_maps_from, check_stages, check_width};
+use super::unet::block_channels;
 use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{nn, Kind, Tensor};
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
-use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
+use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// Configuration of [`MAnetDecoder`], with smp's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -44,51 +46,15 @@ impl Config {
 
     /// Checks what smp checks, plus what would fail later.
     pub fn validate(&self) -> Result<()> {
-        let depth = self.encoder_channels.len().saturating_sub(1);
-        if depth != self.decoder_channels.len() {
-            return Err(PluginError::invalid_argument(format!(
-                "Model depth is {depth}, but you provide `decoder_channels` for {} blocks (channel list {:?})",
-                self.decoder_channels.len(),
-                self.encoder_channels
-            )));
-        }
-        if depth < 1 {
-            return Err(PluginError::invalid_argument(format!(
-                "the MAnet decoder needs at least two feature maps, got the channel list {:?}",
-                self.encoder_channels
-            )));
-        }
-        if let Some(c) = self
-            .encoder_channels
-            .iter()
-            .chain(&self.decoder_channels)
-            .find(|&&c| c <= 0)
-        {
-            return Err(PluginError::invalid_argument(format!(
-                "channel counts must be positive, got {c} (channels {:?}, decoder_channels {:?})",
-                self.encoder_channels, self.decoder_channels
-            )));
-        }
-        if self.pab_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_pab_channels` must be positive, got {}",
-                self.pab_channels
-            )));
-        }
+        check_stages(
+            "MAnet",
+            &self.encoder_channels,
+            &self.decoder_channels,
+            1,
+            "two feature maps",
+        )?;
+        check_width("decoder_pab_channels", self.pab_channels)?;
         Ok(())
-    }
-
-    /// `(in, skip, out)` of each block, deepest first.
-    fn block_channels(&self) -> Vec<(i64, i64, i64)> {
-        let mut enc: Vec<i64> = self.encoder_channels[1..].to_vec();
-        enc.reverse();
-        let dc = &self.decoder_channels;
-        let ins = std::iter::once(enc[0]).chain(dc[..dc.len() - 1].iter().copied());
-        let skips = enc[1..].iter().copied().chain(std::iter::once(0));
-        ins.zip(skips)
-            .zip(dc.iter().copied())
-            .map(|((i, s), o)| (i, s, o))
-            .collect()
     }
 }
 
@@ -136,31 +102,6 @@ impl PabBlock {
             .f_matmul(&bottom)?
             .f_reshape([b, self.in_channels, h, w])?;
         Ok(x.f_add(&att)?.apply(&self.out_conv))
-    }
-}
-
-/// smp's SE branch `Sequential(AdaptiveAvgPool2d(1), Conv, ReLU, Conv, Sigmoid)`.
-#[derive(Debug)]
-struct SqueezeExcite {
-    reduce: nn::Conv2D,
-    expand: nn::Conv2D,
-}
-
-impl SqueezeExcite {
-    fn new(p: nn::Path, c: i64, r: i64) -> Self {
-        Self {
-            reduce: conv2d(&p / 1, c, r, 1, 0, true),
-            expand: conv2d(&p / 3, r, c, 1, 0, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // [B, C, H, W] -> [B, C, 1, 1]
-        Ok(x.f_adaptive_avg_pool2d([1, 1])?
-            .apply(&self.reduce)
-            .f_relu()?
-            .apply(&self.expand)
-            .f_sigmoid()?)
     }
 }
 
@@ -241,8 +182,7 @@ impl MAnetDecoder {
         let head = *cfg.encoder_channels.last().expect("validated");
         let center = PabBlock::new(&p / "center", head, cfg.pab_channels);
         let bp = &p / "blocks";
-        let blocks = cfg
-            .block_channels()
+        let blocks = block_channels(&cfg.encoder_channels, &cfg.decoder_channels)
             .into_iter()
             .enumerate()
             .map(|(i, (ci, cs, co))| Block::new(&bp / i, ci, cs, co, cfg))
@@ -257,7 +197,7 @@ impl MAnetDecoder {
 
 impl Model for MAnetDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        check_maps("MAnet", &self.cfg.encoder_channels, xs, 1)?;
+        check_maps_from("MAnet", xs, &self.cfg.encoder_channels, 1)?;
         let feats: Vec<&Tensor> = xs[1..].iter().rev().collect();
         let mut x = self.center.forward(feats[0])?;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -280,12 +220,10 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "decoder_pab_channels",
         format_args!("must be positive, got {}", cfg.pab_channels),
     )?;
-    cfg.use_norm = wrapper::use_norm(ctx)?;
-    cfg.interpolation_mode = wrapper::interpolation(ctx)?;
-    wrapper::check_depth(ctx, cfg.decoder_channels.len())?;
-    wrapper::check_positive(ctx, "decoder_channels", &cfg.decoder_channels)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.use_norm = args::use_norm(ctx)?;
+    cfg.interpolation_mode = args::interpolation(ctx)?;
+    args::check_stage_channels(ctx, &cfg.decoder_channels)?;
+    args::in_entry(ctx, cfg.validate())?;
     let out = *cfg.decoder_channels.last().unwrap_or(&0);
     SmpDecoderWrapper::build(ctx, out, |p| MAnetDecoder::new(p, &cfg))
 }
@@ -312,7 +250,7 @@ pub(crate) fn entry() -> Entry {
         json!(64),
         "channels of the position attention block's query and key projections",
     );
-    wrapper::declare_use_norm(e).opt(
+    args::declare_use_norm(e).opt(
         "decoder_interpolation",
         ParamType::STR,
         json!("nearest"),

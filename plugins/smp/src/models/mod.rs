@@ -1,5 +1,8 @@
 //! Model families, one file each.
 
+pub mod args;
+pub mod blocks;
+pub mod checks;
 pub mod deeplabv3;
 pub mod dpt;
 pub mod fpn;

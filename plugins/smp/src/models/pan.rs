@@ -15,8 +15,9 @@ use terrahost_plugin_api::{
     ModuleBox, ParamType, PluginError, Result,
 };
 
-use super::pspnet::{check_channels, check_maps, hw, interpolation_arg, resize};
-use super::unet::{conv2d, Interpolation};
+use super::args;
+use super::blocks::{conv2d, hw, Interpolation};
+use super::checks::{check_channels, check_maps, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
 
 /// Configuration of [`PanDecoder`], with smp's defaults.
@@ -66,12 +67,7 @@ impl Config {
             )));
         }
         check_channels("PAN", &self.encoder_channels, 4, "depth 3 or more")?;
-        if self.decoder_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_channels` must be positive, got {}",
-                self.decoder_channels
-            )));
-        }
+        check_width("decoder_channels", self.decoder_channels)?;
         Ok(())
     }
 }
@@ -146,7 +142,7 @@ impl FpaBlock {
                  least 8x8; got {h}x{w}"
             )));
         }
-        let up = |t: &Tensor, h: i64, w: i64| resize(t, Interpolation::Bilinear, h, w, true);
+        let up = |t: &Tensor, h: i64, w: i64| Interpolation::Bilinear.resize_aligned(t, h, w, true);
         // [B, C, h, w] -> [B, C', 1, 1] -> [B, C', h, w]
         let global = up(
             &self
@@ -193,7 +189,9 @@ impl GauBlock {
     fn forward(&self, x: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
         let (h, w) = hw(x);
         // align_corners=True only for bilinear (smp passes None otherwise).
-        let y_up = resize(y, self.mode, h, w, self.mode == Interpolation::Bilinear)?;
+        let y_up = self
+            .mode
+            .resize_aligned(y, h, w, self.mode == Interpolation::Bilinear)?;
         let x = self.conv.forward(x, train)?;
         // [B, C, h', w'] -> [B, C, 1, 1] gate
         let gate = self
@@ -281,10 +279,9 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             ctx.args.get::<String>("decoder_interpolation")?,
         ),
     };
-    cfg.interpolation_mode = interpolation_arg(ctx, name, &mode)?;
+    cfg.interpolation_mode = args::interpolation_named(ctx, name, &mode)?;
     cfg.output_stride = ctx.args.get("encoder_output_stride")?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    args::in_entry(ctx, cfg.validate())?;
     // smp's segmentation head reads decoder_channels.
     SmpDecoderWrapper::build(ctx, cfg.decoder_channels, |p| PanDecoder::new(p, &cfg))
 }

@@ -5,10 +5,6 @@
 //! `segmentation_models_pytorch/base/modules.py` and the initialisation of
 //! `segmentation_models_pytorch/base/initialization.py`.
 //!
-//! This file also holds small helpers the DeepLabV3, FPN, Linknet and PAN decoders
-//! share (PyTorch-initialised convolutions, resizing with `align_corners`, the
-//! feature-list and argument checks).
-//!
 //! TerraTorch (`terratorch/registry/smp_registry.py`) builds `smp.PSPNet` around a
 //! dummy encoder whose channel list is the given one, with
 //! `encoder_depth = len(channels) - 1`; the decoder reads only the deepest map.
@@ -20,207 +16,10 @@ use terrahost_plugin_api::{
     ModuleBox, ParamType, PluginError, Result,
 };
 
-use super::unet::{Conv2dReLU, Interpolation, NormConfig};
+use super::args;
+use super::blocks::{dropout2d, hw, Conv2dReLU, Interpolation, NormConfig};
+use super::checks::{check_channels, check_maps, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
-
-// ---------------------------------------------------------------------------
-// Shared building blocks
-// ---------------------------------------------------------------------------
-
-/// A convolution with PyTorch's own `nn.Conv2d` initialisation (for decoders smp
-/// never re-initialises): weight and bias uniform in `±1/sqrt(fan_in)`.
-pub(crate) fn torch_conv(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    cfg: nn::ConvConfig,
-) -> nn::Conv2D {
-    let fan_in = (c_in / cfg.groups.max(1)) * k * k;
-    let init = if fan_in > 0 {
-        let b = 1.0 / (fan_in as f64).sqrt();
-        nn::Init::Uniform { lo: -b, up: b }
-    } else {
-        nn::Init::Const(0.)
-    };
-    nn::conv2d(
-        p,
-        c_in,
-        c_out,
-        k,
-        nn::ConvConfig {
-            ws_init: init,
-            bs_init: init,
-            ..cfg
-        },
-    )
-}
-
-/// `nn.ConvTranspose2d` with PyTorch's initialisation (smp's `initialize_decoder`
-/// only touches `nn.Conv2d`): uniform in `±1/sqrt(fan_in)`, where PyTorch takes the
-/// fan-in from the weight's second dimension (`out_channels * k * k`).
-pub(crate) fn torch_conv_transpose(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    cfg: nn::ConvTransposeConfig,
-) -> nn::ConvTranspose2D {
-    let fan_in = (c_out / cfg.groups.max(1)) * k * k;
-    let init = if fan_in > 0 && c_in > 0 {
-        let b = 1.0 / (fan_in as f64).sqrt();
-        nn::Init::Uniform { lo: -b, up: b }
-    } else {
-        nn::Init::Const(0.)
-    };
-    nn::conv_transpose2d(
-        p,
-        c_in,
-        c_out,
-        k,
-        nn::ConvTransposeConfig {
-            ws_init: init,
-            bs_init: init,
-            ..cfg
-        },
-    )
-}
-
-/// `nn.Conv2d` options beyond the kernel size.
-pub(crate) fn conv_cfg(padding: i64, dilation: i64, groups: i64, bias: bool) -> nn::ConvConfig {
-    nn::ConvConfig {
-        padding,
-        dilation,
-        groups,
-        bias,
-        ..Default::default()
-    }
-}
-
-/// `F.interpolate(x, size=(h, w), mode=mode, align_corners=align_corners)` for the
-/// 4-D modes smp's `decoder_interpolation` arguments accept. `align_corners` only
-/// applies to the bilinear and bicubic modes (PyTorch's `None` is `false`).
-pub(crate) fn resize(
-    x: &Tensor,
-    mode: Interpolation,
-    h: i64,
-    w: i64,
-    align_corners: bool,
-) -> Result<Tensor> {
-    let size = [h, w];
-    Ok(match mode {
-        Interpolation::Nearest => x.f_upsample_nearest2d(size, None, None)?,
-        Interpolation::Bilinear => x.f_upsample_bilinear2d(size, align_corners, None, None)?,
-        Interpolation::Bicubic => x.f_upsample_bicubic2d(size, align_corners, None, None)?,
-        Interpolation::Area => x.f_adaptive_avg_pool2d(size)?,
-        Interpolation::NearestExact => x.f_internal_upsample_nearest_exact2d(size, None, None)?,
-    })
-}
-
-/// `(H, W)` of a `[B, C, H, W]` map.
-pub(crate) fn hw(x: &Tensor) -> (i64, i64) {
-    let s = x.size();
-    (s[s.len() - 2], s[s.len() - 1])
-}
-
-/// Checks the feature list a decoder receives: as many maps as the channel list it
-/// was built for, every one `[B, C, H, W]`, and the maps at `used` with their
-/// declared channels.
-pub(crate) fn check_maps(
-    decoder: &str,
-    xs: &[Tensor],
-    channels: &[i64],
-    used: &[usize],
-) -> Result<()> {
-    if xs.len() != channels.len() {
-        return Err(PluginError::forward_failed(format!(
-            "the {decoder} decoder was built for {} feature maps (channels {channels:?}) but got {}",
-            channels.len(),
-            xs.len()
-        )));
-    }
-    for (i, x) in xs.iter().enumerate() {
-        let size = x.size();
-        if size.len() != 4 {
-            return Err(PluginError::forward_failed(format!(
-                "feature map {i} must be [B, C, H, W], got shape {size:?}"
-            )));
-        }
-        if used.contains(&i) && size[1] != channels[i] {
-            return Err(PluginError::forward_failed(format!(
-                "feature map {i} has {} channels but the {decoder} decoder was built for {} (channels {channels:?})",
-                size[1], channels[i]
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Refuses channel lists with fewer than `min` maps or non-positive entries.
-pub(crate) fn check_channels(decoder: &str, channels: &[i64], min: usize, why: &str) -> Result<()> {
-    if channels.len() < min {
-        return Err(PluginError::invalid_argument(format!(
-            "the {decoder} decoder needs at least {min} feature maps ({why}), got the channel list {channels:?}"
-        )));
-    }
-    if let Some(c) = channels.iter().find(|&&c| c <= 0) {
-        return Err(PluginError::invalid_argument(format!(
-            "channel counts must be positive, got {c} in {channels:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// Reads a norm argument (`decoder_use_norm`), letting smp's deprecated alias
-/// (`alias`, popped from smp's `**kwargs`) win when it is given.
-pub(crate) fn norm_arg(ctx: &BuildCtx<'_, '_>, alias: &str) -> Result<NormConfig> {
-    let (name, v) = match ctx.args.raw(alias) {
-        Some(v) => (alias, v.clone()),
-        None => (
-            "decoder_use_norm",
-            ctx.args
-                .raw("decoder_use_norm")
-                .cloned()
-                .unwrap_or(Value::from("batchnorm")),
-        ),
-    };
-    NormConfig::from_smp(&v).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `{name}` of `{}`: {why}", ctx.qualified()))
-    })
-}
-
-/// Reads an interpolation-mode argument.
-pub(crate) fn interpolation_arg(
-    ctx: &BuildCtx<'_, '_>,
-    name: &str,
-    value: &str,
-) -> Result<Interpolation> {
-    Interpolation::parse(value).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `{name}` of `{}`: {why}", ctx.qualified()))
-    })
-}
-
-/// Checks a dropout probability as `nn.Dropout` does.
-pub(crate) fn check_dropout(ctx: &BuildCtx<'_, '_>, name: &str, p: f64) -> Result<()> {
-    ctx.args.ensure(
-        (0.0..=1.0).contains(&p),
-        name,
-        format_args!("is a dropout probability: it must lie in [0, 1], got {p}"),
-    )
-}
-
-/// `Dropout2d(p)` (whole channels) when training.
-pub(crate) fn dropout2d(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        Ok(x.f_feature_dropout(p, train)?)
-    } else {
-        Ok(x)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// PSPNet
-// ---------------------------------------------------------------------------
 
 /// Configuration of [`PspDecoder`], with smp's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -268,12 +67,7 @@ impl Config {
                 self.encoder_channels
             )));
         }
-        if self.out_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`psp_out_channels` must be positive, got {}",
-                self.out_channels
-            )));
-        }
+        check_width("psp_out_channels", self.out_channels)?;
         Ok(())
     }
 }
@@ -304,7 +98,7 @@ impl PspBlock {
         let (h, w) = hw(x);
         let y = x.f_adaptive_avg_pool2d([self.size, self.size])?;
         let y = self.conv.forward(&y, train)?;
-        resize(&y, Interpolation::Bilinear, h, w, true)
+        Interpolation::Bilinear.resize_aligned(&y, h, w, true)
     }
 }
 
@@ -372,11 +166,10 @@ impl Model for PspDecoder {
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.out_channels = ctx.args.get("psp_out_channels")?;
-    cfg.use_norm = norm_arg(ctx, "psp_use_batchnorm")?;
+    cfg.use_norm = args::use_norm_or(ctx, "psp_use_batchnorm")?;
     cfg.dropout = ctx.args.get("psp_dropout")?;
-    check_dropout(ctx, "psp_dropout", cfg.dropout)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    args::check_dropout(ctx, "psp_dropout", cfg.dropout)?;
+    args::in_entry(ctx, cfg.validate())?;
     // smp's segmentation head reads psp_out_channels.
     SmpDecoderWrapper::build(ctx, cfg.out_channels, |p| PspDecoder::new(p, &cfg))
 }

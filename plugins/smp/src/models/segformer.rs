@@ -2,7 +2,9 @@
 //! `segmentation_models_pytorch/decoders/segformer/decoder.py` (`SegformerDecoder`,
 //! `MLP`) as `decoders/segformer/model.py` (`Segformer`) builds it, wrapped by
 //! TerraTorch's `SMPRegistry` (see [`super::wrapper`]).
-use super::unet::{Conv2dReLU, NormConfig};
+use super::args;
+use super::blocks::{xavier_linear, Conv2dReLU, NormConfig};
+use super::checks::{check_maps_from, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -66,28 +68,9 @@ impl Config {
                 self.encoder_channels
             )));
         }
-        if self.segmentation_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_segmentation_channels` must be positive, got {}",
-                self.segmentation_channels
-            )));
-        }
+        check_width("decoder_segmentation_channels", self.segmentation_channels)?;
         Ok(())
     }
-}
-
-/// `nn.Linear` as smp's `initialize_decoder` leaves it: Xavier-uniform weight, zero bias.
-pub(crate) fn xavier_linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
-    let bound = (6.0 / (c_in + c_out).max(1) as f64).sqrt();
-    let cfg = nn::LinearConfig {
-        ws_init: nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-        bs_init: Some(nn::Init::Const(0.)),
-        bias: true,
-    };
-    nn::linear(p, c_in, c_out, cfg)
 }
 
 /// smp's Segformer decoder.
@@ -135,7 +118,7 @@ impl SegformerDecoder {
 impl Model for SegformerDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let want = &self.cfg.encoder_channels;
-        super::unetplusplus::check_maps("Segformer", want, xs, 1)?;
+        check_maps_from("Segformer", xs, want, 1)?;
         let size = xs[0].size();
         let (th, tw) = (size[2] / 4, size[3] / 4);
         // smp decides on the runtime width of the second map.
@@ -173,8 +156,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "decoder_segmentation_channels",
         format_args!("must be positive, got {}", cfg.segmentation_channels),
     )?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    args::in_entry(ctx, cfg.validate())?;
     let out = cfg.segmentation_channels;
     SmpDecoderWrapper::build(ctx, out, |p| SegformerDecoder::new(p, &cfg))
 }

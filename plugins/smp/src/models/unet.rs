@@ -1,256 +1,24 @@
 //! The U-Net decoder of segmentation_models_pytorch 0.6.0:
 //! `segmentation_models_pytorch/decoders/unet/decoder.py` (`UnetDecoder`,
-//! `UnetDecoderBlock`), with the building blocks it takes from
-//! `segmentation_models_pytorch/base/modules.py` (`Conv2dReLU`, `get_norm_layer`,
-//! `Attention`, `SCSEModule`) and the initialisation of
-//! `segmentation_models_pytorch/base/initialization.py` (`initialize_decoder`).
+//! `UnetDecoderBlock`), built from smp's `Conv2dReLU` and `Attention` (see
+//! [`super::blocks`]).
 //!
 //! TerraTorch builds it through `terratorch/registry/smp_registry.py`
 //! (`SMPRegistry.build`): a dummy encoder reports the channel list as smp's
 //! `encoder_channels`, the encoder depth is `len(channels) - 1`, and only
-//! `model.decoder` is kept (see [`super::wrapper`]).
+//! `model.decoder` is kept (see [`super::wrapper`]). TerraTorch's own `UNetDecoder`
+//! (`terratorch/models/decoders/unet_decoder.py`) builds this decoder directly, so the
+//! `terratorch` plugin reuses [`UnetDecoder`].
+use super::args;
+use super::blocks::{Attention, Conv2dReLU};
+pub use super::blocks::{AttentionType, Interpolation, NormConfig};
+use super::checks::check_maps_from;
+use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tch::{nn, nn::Module, Tensor};
-use terrahost_plugin_api::{
-    sdk::{batch_norm2d, Model},
-    PluginError, Result,
-};
-
-/// The normalisation between each convolution and its ReLU (smp's `use_norm`).
-///
-/// smp also accepts `"inplace"` (InPlaceABN), which needs the compiled `inplace_abn`
-/// package and is refused here.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum NormConfig {
-    /// `nn.BatchNorm2d(C, eps, momentum)`; the convolution then has no bias.
-    BatchNorm {
-        /// Added to the variance.
-        eps: f64,
-        /// Running-statistics update factor (training only).
-        momentum: f64,
-    },
-    /// No normalisation (`nn.Identity`); the convolution then has a bias.
-    Identity,
-    /// `nn.LayerNorm(C)`. As in smp it normalises the *last* dimension of the
-    /// `[B, C, H, W]` map, so it only runs when the width equals `C`.
-    LayerNorm {
-        /// Added to the variance.
-        eps: f64,
-    },
-    /// `nn.InstanceNorm2d(C, affine=True, ...)`.
-    InstanceNorm {
-        /// Added to the variance.
-        eps: f64,
-        /// Running-statistics update factor (with `track_running_stats`).
-        momentum: f64,
-        /// Keep running statistics and use them in eval mode.
-        track_running_stats: bool,
-    },
-}
-
-impl Default for NormConfig {
-    fn default() -> Self {
-        Self::batchnorm()
-    }
-}
-
-const SUPPORTED_NORMS: &str = "\"batchnorm\", \"identity\", \"layernorm\", \"instancenorm\"";
-
-impl NormConfig {
-    /// PyTorch's `BatchNorm2d` defaults.
-    pub fn batchnorm() -> Self {
-        Self::BatchNorm {
-            eps: 1e-5,
-            momentum: 0.1,
-        }
-    }
-
-    /// Reads smp's `use_norm` value: `true` (batchnorm), `false` (identity), a type
-    /// name, or `{"type": name, **kwargs}` with the keyword arguments of the torch
-    /// layer. The error text is the reason only; the caller names the argument.
-    pub fn from_smp(v: &Value) -> std::result::Result<Self, String> {
-        let (ty, kwargs) = match v {
-            Value::Bool(true) => ("batchnorm".to_owned(), serde_json::Map::new()),
-            Value::Bool(false) => ("identity".to_owned(), serde_json::Map::new()),
-            Value::String(s) => (s.to_lowercase(), serde_json::Map::new()),
-            Value::Object(m) => {
-                let ty = match m.get("type") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => return Err(format!("its `type` must be a string, got {other}")),
-                    None => {
-                        return Err(format!(
-                        "a dict must contain the key \"type\" (one of {SUPPORTED_NORMS}), got {v}"
-                    ))
-                    }
-                };
-                let mut kw = m.clone();
-                kw.remove("type");
-                (ty, kw)
-            }
-            other => {
-                return Err(format!(
-                    "must be a bool (batchnorm/identity), one of {SUPPORTED_NORMS}, or a dict like \
-                     {{\"type\": \"batchnorm\", \"eps\": 1e-5}}; got {other}"
-                ))
-            }
-        };
-        let allowed: &[&str] = match ty.as_str() {
-            "batchnorm" => &["eps", "momentum", "affine"],
-            "identity" => &[],
-            "layernorm" => &["eps", "elementwise_affine"],
-            "instancenorm" => &["eps", "momentum", "affine", "track_running_stats"],
-            "inplace" => {
-                return Err(
-                    "\"inplace\" (InPlaceABN) needs the compiled inplace_abn package, which terrahost does not \
-                            provide; use \"batchnorm\""
-                        .to_owned(),
-                )
-            }
-            _ => return Err(format!("unrecognized normalization type {ty:?}; it should be one of {SUPPORTED_NORMS}")),
-        };
-        if let Some(k) = kwargs.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(format!(
-                "keyword `{k}` is not supported for {ty:?} (supported: {})",
-                if allowed.is_empty() {
-                    "none".to_owned()
-                } else {
-                    allowed.join(", ")
-                }
-            ));
-        }
-        let num = |k: &str, default: f64| -> std::result::Result<f64, String> {
-            match kwargs.get(k) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_f64()
-                    .ok_or_else(|| format!("`{k}` must be a number, got {x}")),
-            }
-        };
-        let flag = |k: &str, default: bool| -> std::result::Result<bool, String> {
-            match kwargs.get(k) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_bool()
-                    .ok_or_else(|| format!("`{k}` must be a bool, got {x}")),
-            }
-        };
-        // smp's initialize_decoder sets every norm's weight and bias, so a norm
-        // without them fails to build in smp; refuse it up front.
-        let no_affine = |k: &str| {
-            format!("{ty:?} with `{k}: false` has no weight for smp's initialisation to set, which fails in smp")
-        };
-        let cfg = match ty.as_str() {
-            "batchnorm" => {
-                if !flag("affine", true)? {
-                    return Err(no_affine("affine"));
-                }
-                Self::BatchNorm {
-                    eps: num("eps", 1e-5)?,
-                    momentum: num("momentum", 0.1)?,
-                }
-            }
-            "identity" => Self::Identity,
-            "layernorm" => {
-                if !flag("elementwise_affine", true)? {
-                    return Err(no_affine("elementwise_affine"));
-                }
-                Self::LayerNorm {
-                    eps: num("eps", 1e-5)?,
-                }
-            }
-            _ => {
-                // InstanceNorm2d defaults to affine=False, which smp cannot initialise.
-                if !flag("affine", false)? {
-                    return Err(format!(
-                        "{ty:?} needs affine weights: smp's initialisation fails on InstanceNorm2d's default \
-                         affine=False; pass {{\"type\": \"instancenorm\", \"affine\": true}}"
-                    ));
-                }
-                Self::InstanceNorm {
-                    eps: num("eps", 1e-5)?,
-                    momentum: num("momentum", 0.1)?,
-                    track_running_stats: flag("track_running_stats", false)?,
-                }
-            }
-        };
-        Ok(cfg)
-    }
-
-    fn is_identity(&self) -> bool {
-        matches!(self, Self::Identity)
-    }
-}
-
-/// Attention applied around each decoder block's convolutions (smp's `attention_type`).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AttentionType {
-    /// Concurrent spatial and channel squeeze-and-excitation (`SCSEModule`, reduction 16).
-    Scse,
-}
-
-impl AttentionType {
-    /// Parses smp's name (`"scse"`); `None` stands for no attention.
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "scse" => Ok(Self::Scse),
-            other => Err(format!(
-                "Attention {other} is not implemented (available: None, \"scse\")"
-            )),
-        }
-    }
-}
-
-/// How each block resizes its input to the next feature map's size (`F.interpolate` mode).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Interpolation {
-    /// `"nearest"` (smp's default).
-    #[default]
-    #[serde(rename = "nearest")]
-    Nearest,
-    /// `"bilinear"` with `align_corners=False`.
-    #[serde(rename = "bilinear")]
-    Bilinear,
-    /// `"bicubic"` with `align_corners=False`.
-    #[serde(rename = "bicubic")]
-    Bicubic,
-    /// `"area"` (adaptive average pooling).
-    #[serde(rename = "area")]
-    Area,
-    /// `"nearest-exact"`.
-    #[serde(rename = "nearest-exact")]
-    NearestExact,
-}
-
-impl Interpolation {
-    /// The modes smp documents for `decoder_interpolation`.
-    pub const NAMES: [&'static str; 5] =
-        ["nearest", "bilinear", "bicubic", "area", "nearest-exact"];
-
-    /// Parses an `F.interpolate` mode name.
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
-            format!(
-                "unknown interpolation mode {name:?} (available: {})",
-                Self::NAMES.join(", ")
-            )
-        })
-    }
-
-    /// `F.interpolate(x, size=(h, w), mode=self)`.
-    pub(crate) fn resize(self, x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-        let size = [h, w];
-        Ok(match self {
-            Self::Nearest => x.f_upsample_nearest2d(size, None, None)?,
-            Self::Bilinear => x.f_upsample_bilinear2d(size, false, None, None)?,
-            Self::Bicubic => x.f_upsample_bicubic2d(size, false, None, None)?,
-            Self::Area => x.f_adaptive_avg_pool2d(size)?,
-            Self::NearestExact => x.f_internal_upsample_nearest_exact2d(size, None, None)?,
-        })
-    }
-}
+use serde_json::{json, Value};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// Configuration of [`UnetDecoder`], with smp's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -300,22 +68,7 @@ impl Config {
 
     /// Input, skip and output channels of each block, deepest block first.
     fn block_channels(&self) -> Vec<(i64, i64, i64)> {
-        // The full-resolution map gives no skip; the rest are used deepest first.
-        let mut enc: Vec<i64> = self.encoder_channels.iter().skip(1).copied().collect();
-        enc.reverse();
-        let head = enc.first().copied().unwrap_or(0);
-        let ins = std::iter::once(head).chain(
-            self.decoder_channels
-                .iter()
-                .copied()
-                .take(self.decoder_channels.len().saturating_sub(1)),
-        );
-        let skips = enc.iter().skip(1).copied().chain(std::iter::once(0));
-        // smp zips the three lists, so the shortest decides the number of blocks.
-        ins.zip(skips)
-            .zip(self.decoder_channels.iter().copied())
-            .map(|((i, s), o)| (i, s, o))
-            .collect()
+        block_channels(&self.encoder_channels, &self.decoder_channels)
     }
 
     /// Checks what smp checks, plus what would fail later in smp or TerraTorch.
@@ -366,238 +119,33 @@ impl Config {
     }
 }
 
-/// smp's `initialize_decoder` for convolutions: Kaiming-uniform (fan-in, ReLU gain),
-/// zero bias. PyTorch skips zero-element tensors (scSE on few channels makes them),
-/// whose fan would be zero here.
-pub(crate) fn conv2d(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    padding: i64,
-    bias: bool,
-) -> nn::Conv2D {
-    let empty = c_in == 0 || c_out == 0;
-    let cfg = nn::ConvConfig {
-        padding,
-        bias,
-        ws_init: if empty {
-            nn::Init::Const(0.)
-        } else {
-            nn::init::DEFAULT_KAIMING_UNIFORM
-        },
-        bs_init: nn::Init::Const(0.),
-        ..Default::default()
-    };
-    nn::conv2d(p, c_in, c_out, k, cfg)
+/// smp's channel bookkeeping of `UnetDecoder` (MAnet's and UNet++'s decoders do the
+/// same): `(in, skip, out)` channels of each block, deepest first. The full-resolution
+/// map gives no skip, the deepest map is the first block's input, each later block
+/// takes the previous block's output, and the last block has no skip (0). As smp zips
+/// the three lists, the shortest decides the number of blocks.
+pub fn block_channels(encoder_channels: &[i64], decoder_channels: &[i64]) -> Vec<(i64, i64, i64)> {
+    let mut enc: Vec<i64> = encoder_channels.iter().skip(1).copied().collect();
+    enc.reverse();
+    let head = enc.first().copied().unwrap_or(0);
+    let ins = std::iter::once(head).chain(
+        decoder_channels
+            .iter()
+            .copied()
+            .take(decoder_channels.len().saturating_sub(1)),
+    );
+    let skips = enc.iter().skip(1).copied().chain(std::iter::once(0));
+    ins.zip(skips)
+        .zip(decoder_channels.iter().copied())
+        .map(|((i, s), o)| (i, s, o))
+        .collect()
 }
 
-/// A built normalisation layer.
+/// smp's `UnetDecoderBlock`: resize, concatenate the skip, attend, two `Conv2dReLU`,
+/// attend. Its parameters are `conv1.*`, `attention1.attention.*`, `conv2.*` and
+/// `attention2.attention.*`. UNet++ builds its blocks from it too.
 #[derive(Debug)]
-pub(crate) enum Norm {
-    Batch(nn::BatchNorm),
-    Identity,
-    Layer(nn::LayerNorm, i64),
-    Instance {
-        weight: Tensor,
-        bias: Tensor,
-        running: Option<(Tensor, Tensor)>,
-        eps: f64,
-        momentum: f64,
-    },
-}
-
-impl Norm {
-    pub(crate) fn new(p: nn::Path, cfg: &NormConfig, c: i64) -> Self {
-        // smp's initialize_decoder: weight 1, bias 0.
-        match *cfg {
-            NormConfig::BatchNorm { eps, momentum } => {
-                Self::Batch(batch_norm2d(p, c, eps, momentum))
-            }
-            NormConfig::Identity => Self::Identity,
-            NormConfig::LayerNorm { eps } => Self::Layer(
-                nn::layer_norm(
-                    p,
-                    vec![c],
-                    nn::LayerNormConfig {
-                        eps,
-                        ws_init: nn::Init::Const(1.),
-                        bs_init: nn::Init::Const(0.),
-                        ..Default::default()
-                    },
-                ),
-                c,
-            ),
-            NormConfig::InstanceNorm {
-                eps,
-                momentum,
-                track_running_stats,
-            } => Self::Instance {
-                weight: p.var("weight", &[c], nn::Init::Const(1.)),
-                bias: p.var("bias", &[c], nn::Init::Const(0.)),
-                running: track_running_stats.then(|| {
-                    (
-                        p.zeros_no_train("running_mean", &[c]),
-                        p.ones_no_train("running_var", &[c]),
-                    )
-                }),
-                eps,
-                momentum,
-            },
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(match self {
-            Self::Batch(bn) => {
-                if x.dim() != 4 {
-                    return Err(PluginError::forward_failed(format!(
-                        "BatchNorm2d expects a 4-D input, got {:?}",
-                        x.size()
-                    )));
-                }
-                x.apply_t(bn, train)
-            }
-            Self::Identity => x.shallow_clone(),
-            Self::Layer(ln, c) => {
-                let c = *c;
-                let last = x.size().last().copied().unwrap_or(-1);
-                if last != c {
-                    return Err(PluginError::forward_failed(format!(
-                        "smp's \"layernorm\" is nn.LayerNorm({c}) applied to the last (width) dimension of {:?}, \
-                         so it only runs when the width is {c}; use \"batchnorm\" or \"instancenorm\"",
-                        x.size()
-                    )));
-                }
-                ln.forward(x)
-            }
-            Self::Instance {
-                weight,
-                bias,
-                running,
-                eps,
-                momentum,
-            } => {
-                let (rm, rv) = match running {
-                    Some((m, v)) => (Some(m), Some(v)),
-                    None => (None, None),
-                };
-                // Batch statistics unless running statistics exist and we are evaluating.
-                let use_input_stats = train || running.is_none();
-                x.f_instance_norm(
-                    Some(weight),
-                    Some(bias),
-                    rm,
-                    rv,
-                    use_input_stats,
-                    *momentum,
-                    *eps,
-                    false,
-                )?
-            }
-        })
-    }
-}
-
-/// smp's `Conv2dReLU`: `Sequential(conv, norm, ReLU)`, named `0`, `1`, `2`.
-#[derive(Debug)]
-pub(crate) struct Conv2dReLU {
-    conv: nn::Conv2D,
-    norm: Norm,
-}
-
-impl Conv2dReLU {
-    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, norm: &NormConfig) -> Self {
-        Self::with_kernel(p, c_in, c_out, 3, norm)
-    }
-
-    /// `Conv2dReLU(c_in, c_out, kernel_size=k, padding=k // 2)` (smp pads 3x3 by 1, 1x1 by 0).
-    pub(crate) fn with_kernel(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        norm: &NormConfig,
-    ) -> Self {
-        // A bias only where no normalisation follows.
-        let conv = conv2d(&p / 0, c_in, c_out, k, k / 2, norm.is_identity());
-        Self {
-            conv,
-            norm: Norm::new(&p / 1, norm, c_out),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv);
-        Ok(self.norm.forward(&y, train)?.f_relu()?)
-    }
-}
-
-/// smp's `SCSEModule`: `x * cSE(x) + x * sSE(x)`.
-#[derive(Debug)]
-pub(crate) struct Scse {
-    /// `cSE.1`: C -> C // 16, 1x1.
-    c_reduce: nn::Conv2D,
-    /// `cSE.3`: C // 16 -> C, 1x1.
-    c_expand: nn::Conv2D,
-    /// `sSE.0`: C -> 1, 1x1.
-    spatial: nn::Conv2D,
-}
-
-impl Scse {
-    const REDUCTION: i64 = 16;
-
-    fn new(p: nn::Path, c: i64) -> Self {
-        let r = c / Self::REDUCTION;
-        let cse = &p / "cSE";
-        let sse = &p / "sSE";
-        Self {
-            c_reduce: conv2d(&cse / 1, c, r, 1, 0, true),
-            c_expand: conv2d(&cse / 3, r, c, 1, 0, true),
-            spatial: conv2d(&sse / 0, c, 1, 1, 0, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // [B, C, H, W] -> [B, C, 1, 1] channel gate
-        let channel = x
-            .f_adaptive_avg_pool2d([1, 1])?
-            .apply(&self.c_reduce)
-            .f_relu()?
-            .apply(&self.c_expand)
-            .f_sigmoid()?;
-        // [B, C, H, W] -> [B, 1, H, W] spatial gate
-        let spatial = x.apply(&self.spatial).f_sigmoid()?;
-        Ok(x.f_mul(&channel)?.f_add(&x.f_mul(&spatial)?)?)
-    }
-}
-
-/// smp's `Attention`: identity or scSE, held under `.attention`.
-#[derive(Debug)]
-pub(crate) enum Attention {
-    Identity,
-    Scse(Box<Scse>),
-}
-
-impl Attention {
-    pub(crate) fn new(p: nn::Path, kind: Option<AttentionType>, c: i64) -> Self {
-        match kind {
-            None => Self::Identity,
-            Some(AttentionType::Scse) => Self::Scse(Box::new(Scse::new(&p / "attention", c))),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: Tensor) -> Result<Tensor> {
-        match self {
-            Self::Identity => Ok(x),
-            Self::Scse(m) => m.forward(&x),
-        }
-    }
-}
-
-/// smp's `UnetDecoderBlock`: resize, concatenate the skip, attend, two `Conv2dReLU`, attend.
-#[derive(Debug)]
-struct UnetDecoderBlock {
+pub struct UnetDecoderBlock {
     conv1: Conv2dReLU,
     attention1: Attention,
     conv2: Conv2dReLU,
@@ -606,21 +154,29 @@ struct UnetDecoderBlock {
 }
 
 impl UnetDecoderBlock {
-    fn new(p: nn::Path, c_in: i64, c_skip: i64, c_out: i64, cfg: &Config) -> Self {
+    /// `UnetDecoderBlock(c_in, c_skip, c_out, use_norm, attention_type, interpolation_mode)`
+    /// under `p`; `c_skip` is 0 for the last block, which gets no skip.
+    pub fn new(
+        p: nn::Path,
+        (c_in, c_skip, c_out): (i64, i64, i64),
+        use_norm: &NormConfig,
+        attention_type: Option<AttentionType>,
+        interpolation: Interpolation,
+    ) -> Self {
         Self {
-            conv1: Conv2dReLU::new(&p / "conv1", c_in + c_skip, c_out, &cfg.use_norm),
-            attention1: Attention::new(&p / "attention1", cfg.attention_type, c_in + c_skip),
-            conv2: Conv2dReLU::new(&p / "conv2", c_out, c_out, &cfg.use_norm),
-            attention2: Attention::new(&p / "attention2", cfg.attention_type, c_out),
-            interpolation: cfg.interpolation_mode,
+            conv1: Conv2dReLU::new(&p / "conv1", c_in + c_skip, c_out, use_norm),
+            attention1: Attention::new(&p / "attention1", attention_type, c_in + c_skip),
+            conv2: Conv2dReLU::new(&p / "conv2", c_out, c_out, use_norm),
+            attention2: Attention::new(&p / "attention2", attention_type, c_out),
+            interpolation,
         }
     }
 
-    fn forward(
+    /// Resizes `x` to `h x w`, concatenates `skip` (when given) and runs the block.
+    pub fn forward(
         &self,
         x: &Tensor,
-        h: i64,
-        w: i64,
+        (h, w): (i64, i64),
         skip: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
@@ -657,8 +213,14 @@ impl UnetDecoder {
             .block_channels()
             .into_iter()
             .enumerate()
-            .map(|(i, (c_in, c_skip, c_out))| {
-                UnetDecoderBlock::new(&blocks_p / i, c_in, c_skip, c_out, cfg)
+            .map(|(i, channels)| {
+                UnetDecoderBlock::new(
+                    &blocks_p / i,
+                    channels,
+                    &cfg.use_norm,
+                    cfg.attention_type,
+                    cfg.interpolation_mode,
+                )
             })
             .collect();
         Ok(Self {
@@ -671,38 +233,12 @@ impl UnetDecoder {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
-
-    fn check_inputs(&self, xs: &[Tensor]) -> Result<()> {
-        let want = &self.cfg.encoder_channels;
-        if xs.len() != want.len() {
-            return Err(PluginError::forward_failed(format!(
-                "the Unet decoder was built for {} feature maps (channels {want:?}) but got {}",
-                want.len(),
-                xs.len()
-            )));
-        }
-        for (i, x) in xs.iter().enumerate() {
-            let size = x.size();
-            if size.len() != 4 {
-                return Err(PluginError::forward_failed(format!(
-                    "feature map {i} must be [B, C, H, W], got shape {size:?}"
-                )));
-            }
-            // The first map only gives the output size; its channels are never used.
-            if i > 0 && size[1] != want[i] {
-                return Err(PluginError::forward_failed(format!(
-                    "feature map {i} has {} channels but the decoder was built for {} (channels {want:?})",
-                    size[1], want[i]
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Model for UnetDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        self.check_inputs(xs)?;
+        // The first map only gives the output size; its channels are never used.
+        check_maps_from("Unet", xs, &self.cfg.encoder_channels, 1)?;
         // Target sizes, deepest first: [hw/2^n, ..., hw/2, hw].
         let sizes: Vec<(i64, i64)> = xs
             .iter()
@@ -716,8 +252,7 @@ impl Model for UnetDecoder {
             .expect("validated: at least two feature maps");
         let mut x = head.shallow_clone();
         for (i, block) in self.blocks.iter().enumerate() {
-            let (h, w) = sizes[i + 1];
-            x = block.forward(&x, h, w, skips.get(i).copied(), train)?;
+            x = block.forward(&x, sizes[i + 1], skips.get(i).copied(), train)?;
         }
         Ok(vec![x])
     }
@@ -725,4 +260,496 @@ impl Model for UnetDecoder {
     fn out_channels(&self) -> Vec<i64> {
         vec![self.cfg.out_channels()]
     }
+}
+
+/// The Unet decoder configuration TerraTorch's `SMPRegistry.build("Unet", channels, **kwargs)` makes.
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
+    let mut cfg = Config::terratorch(&ctx.channels);
+    cfg.decoder_channels = ctx.args.get("decoder_channels")?;
+    cfg.use_norm = args::use_norm(ctx)?;
+    cfg.attention_type = args::attention_type(ctx)?;
+    cfg.interpolation_mode = args::interpolation(ctx)?;
+    args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
+    // TerraTorch reads out_channels from smp's segmentation head: decoder_channels[-1].
+    SmpDecoderWrapper::build(ctx, cfg.out_channels(), |p| UnetDecoder::new(p, &cfg))
+}
+
+/// The `smp_Unet` entry.
+pub(crate) fn entry() -> Entry {
+    let e = wrapper::entry(
+        "Unet",
+        "U-Net decoder of segmentation_models_pytorch (smp.Unet's decoder, as TerraTorch's SMPRegistry wraps \
+         it): takes the encoder's feature maps, full resolution first (depth = number of maps - 1), upsamples \
+         from the deepest one while concatenating the shallower ones, and returns one map with \
+         decoder_channels[-1] channels at the first map's resolution.",
+        build,
+    )
+    .opt(
+        "decoder_channels",
+        ParamType::INT_LIST,
+        json!([256, 128, 64, 32, 16]),
+        "output channels of each decoder block, deepest first; one per block (len(channels) - 1 values)",
+    );
+    args::declare_use_norm(e)
+        .opt(
+            "decoder_attention_type",
+            ParamType::STR,
+            Value::Null,
+            "attention in each decoder block: None or \"scse\"",
+        )
+        .opt(
+            "decoder_interpolation",
+            ParamType::STR,
+            json!("nearest"),
+            "upsampling mode: \"nearest\", \"bilinear\", \"bicubic\", \"area\" or \"nearest-exact\"",
+        )
+}
+
+#[cfg(test)]
+#[allow(clippy::excessive_precision)] // reference values as Python printed them
+mod tests {
+    //! Parity against TerraTorch 1.2.11 + smp 0.6.0. Every expected key, shape, value
+    //! and message below was printed by the reference Python (see each constant).
+    use crate::plugin_sources;
+    use crate::test_util::{assert_running_stats_only, buffer_names, declared_default};
+    use serde_json::{json, Value};
+    use tch::Tensor;
+    use terrahost_plugin_api::sdk::DynModule;
+    use terrahost_plugin_api::ErrorKind;
+    use terrahost_plugin_api::{PluginError, Result};
+    use terrahost_testkit::{
+        build_from, keys_and_shapes, sine_input as input, sorted_keys as reference, Case,
+    };
+
+    fn build(channels: &[i64], args: Value) -> Result<DynModule> {
+        build_from(plugin_sources()?, "decoder", "Unet", Some(channels), &args)
+    }
+
+    fn build_err(channels: &[i64], args: Value) -> PluginError {
+        build(channels, args).err().expect("the build should fail")
+    }
+
+    fn check_case(name: &str, c: &Case) {
+        terrahost_testkit::check_case(name, c, build)
+    }
+
+    #[test]
+    fn parity_smp_unet_fixture() {
+        terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "smp_Unet");
+    }
+
+    #[test]
+    fn parity_smp_unet_tiny_fixture() {
+        terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "smp_Unet_tiny");
+    }
+
+    #[test]
+    fn state_dict_keys_match_the_reference() {
+        let m = build(
+            &[16, 16, 32, 64, 128],
+            json!({"decoder_channels": [16, 16, 8, 8]}),
+        )
+        .unwrap();
+        assert_eq!(keys_and_shapes(&m), reference(REF_TINY_KEYS));
+        let m = build(
+            &[16, 16, 32],
+            json!({"decoder_channels": [16, 8], "decoder_attention_type": "scse", "decoder_use_norm": false}),
+        )
+        .unwrap();
+        assert_eq!(keys_and_shapes(&m), reference(REF_SCSE_KEYS));
+    }
+
+    #[test]
+    fn batchnorm_statistics_are_buffers() {
+        let m = build(
+            &[16, 16, 32, 64, 128],
+            json!({"decoder_channels": [16, 16, 8, 8]}),
+        )
+        .unwrap();
+        let buffers = buffer_names(&m);
+        assert_eq!(buffers.len(), 16, "{buffers:?}");
+        assert_running_stats_only(&buffers);
+    }
+
+    #[test]
+    fn shapes_and_out_channels() {
+        let channels = [16, 16, 32, 64, 128];
+        let m = build(&channels, json!({"decoder_channels": [16, 16, 8, 8]})).unwrap();
+        assert_eq!(m.out_channels(), vec![8]);
+        assert!(!m.includes_head());
+        let sizes = [32, 16, 8, 4, 2];
+        let xs: Vec<Tensor> = channels
+            .iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (&c, s))| input(i, &[2, c, s, s]))
+            .collect();
+        let ys = tch::no_grad(|| m.forward(&xs)).unwrap();
+        assert_eq!(ys.len(), 1);
+        assert_eq!(ys[0].size(), vec![2, 8, 32, 32]);
+
+        // smp's defaults: five blocks for a six-map encoder such as resnet34.
+        let m = build(&[3, 64, 64, 128, 256, 512], json!({})).unwrap();
+        assert_eq!(m.out_channels(), vec![16]);
+    }
+
+    #[test]
+    fn extra_configurations_match_the_reference() {
+        check_case("SMP_SCSE_BILINEAR", &SMP_SCSE_BILINEAR);
+        check_case("SMP_INSTANCENORM_BICUBIC", &SMP_INSTANCENORM_BICUBIC);
+        check_case("SMP_LAYERNORM_NEAREST_EXACT", &SMP_LAYERNORM_NEAREST_EXACT);
+        check_case("SMP_BATCHNORM_AREA", &SMP_BATCHNORM_AREA);
+    }
+
+    #[test]
+    fn depth_mismatch_gives_smps_message() {
+        // smp's defaults have five decoder channels; five maps make a depth of four.
+        let e = build_err(&[64, 64, 128, 256, 512], json!({}));
+        assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
+        assert!(
+            e.message()
+                .contains("Model depth is 4, but you provide `decoder_channels` for 5 blocks."),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn argument_errors_name_the_argument() {
+        let ch = [16, 16, 32];
+        let dc = json!([16, 8]);
+        let cases = [
+            (
+                json!({"decoder_channels": dc, "aux_params": {"classes": 3}}),
+                "aux_params",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_attention_type": "cbam"}),
+                "Attention cbam is not implemented",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_interpolation": "linear"}),
+                "decoder_interpolation",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "groupnorm"}),
+                "Unrecognized normalization type",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "inplace"}),
+                "inplace_abn",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": "instancenorm"}),
+                "affine",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_norm": {"eps": 1e-3}}),
+                "\"type\"",
+            ),
+            (
+                json!({"decoder_channels": dc, "decoder_use_batchnorm": 3}),
+                "decoder_use_batchnorm",
+            ),
+            (json!({"decoder_channels": [16, 0]}), "positive"),
+            (
+                json!({"decoder_channel": dc}),
+                "did you mean `decoder_channels`",
+            ),
+        ];
+        for (args, needle) in cases {
+            let e = build_err(&ch, args.clone());
+            assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT, "{args}: {e}");
+            assert!(
+                e.message().to_lowercase().contains(&needle.to_lowercase()),
+                "{args}: {e}"
+            );
+        }
+        let e = build_err(&[16], json!({"decoder_channels": []}));
+        assert!(e.message().contains("at least two feature maps"), "{e}");
+    }
+
+    #[test]
+    fn forward_checks_its_inputs() {
+        let m = build(&[4, 16, 32], json!({"decoder_channels": [8, 4]})).unwrap();
+        let e = m
+            .forward(&[input(0, &[1, 4, 4, 4]), input(1, &[1, 16, 2, 2])])
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FORWARD_FAILED);
+        assert!(e.message().contains("3 feature maps"), "{e}");
+        let e = m
+            .forward(&[
+                input(0, &[1, 4, 4, 4]),
+                input(1, &[1, 8, 2, 2]),
+                input(2, &[1, 32, 1, 1]),
+            ])
+            .unwrap_err();
+        assert!(e.message().contains("feature map 1 has 8 channels"), "{e}");
+        // The first map only sets the output size, so its channels are free (as in smp).
+        let ys = m
+            .forward(&[
+                input(0, &[1, 3, 5, 5]),
+                input(1, &[1, 16, 2, 2]),
+                input(2, &[1, 32, 1, 1]),
+            ])
+            .unwrap();
+        assert_eq!(ys[0].size(), vec![1, 4, 5, 5]);
+    }
+
+    #[test]
+    fn describes_smps_defaults() {
+        let default = |name: &str| declared_default("Unet", name);
+        assert_eq!(default("decoder_channels"), json!([256, 128, 64, 32, 16]));
+        assert_eq!(default("decoder_use_norm"), json!("batchnorm"));
+        assert_eq!(default("decoder_attention_type"), Value::Null);
+        assert_eq!(default("decoder_interpolation"), json!("nearest"));
+    }
+
+    /// `DECODER_REGISTRY.build("smp_Unet", [16, 16, 32, 64, 128], decoder_channels=[16, 16, 8, 8])` (without `num_batches_tracked`).
+    const REF_TINY_KEYS: &[(&str, &[i64])] = &[
+        ("_smp_decoder.blocks.0.conv1.0.weight", &[16, 192, 3, 3]),
+        ("_smp_decoder.blocks.0.conv1.1.weight", &[16]),
+        ("_smp_decoder.blocks.0.conv1.1.bias", &[16]),
+        ("_smp_decoder.blocks.0.conv1.1.running_mean", &[16]),
+        ("_smp_decoder.blocks.0.conv1.1.running_var", &[16]),
+        ("_smp_decoder.blocks.0.conv2.0.weight", &[16, 16, 3, 3]),
+        ("_smp_decoder.blocks.0.conv2.1.weight", &[16]),
+        ("_smp_decoder.blocks.0.conv2.1.bias", &[16]),
+        ("_smp_decoder.blocks.0.conv2.1.running_mean", &[16]),
+        ("_smp_decoder.blocks.0.conv2.1.running_var", &[16]),
+        ("_smp_decoder.blocks.1.conv1.0.weight", &[16, 48, 3, 3]),
+        ("_smp_decoder.blocks.1.conv1.1.weight", &[16]),
+        ("_smp_decoder.blocks.1.conv1.1.bias", &[16]),
+        ("_smp_decoder.blocks.1.conv1.1.running_mean", &[16]),
+        ("_smp_decoder.blocks.1.conv1.1.running_var", &[16]),
+        ("_smp_decoder.blocks.1.conv2.0.weight", &[16, 16, 3, 3]),
+        ("_smp_decoder.blocks.1.conv2.1.weight", &[16]),
+        ("_smp_decoder.blocks.1.conv2.1.bias", &[16]),
+        ("_smp_decoder.blocks.1.conv2.1.running_mean", &[16]),
+        ("_smp_decoder.blocks.1.conv2.1.running_var", &[16]),
+        ("_smp_decoder.blocks.2.conv1.0.weight", &[8, 32, 3, 3]),
+        ("_smp_decoder.blocks.2.conv1.1.weight", &[8]),
+        ("_smp_decoder.blocks.2.conv1.1.bias", &[8]),
+        ("_smp_decoder.blocks.2.conv1.1.running_mean", &[8]),
+        ("_smp_decoder.blocks.2.conv1.1.running_var", &[8]),
+        ("_smp_decoder.blocks.2.conv2.0.weight", &[8, 8, 3, 3]),
+        ("_smp_decoder.blocks.2.conv2.1.weight", &[8]),
+        ("_smp_decoder.blocks.2.conv2.1.bias", &[8]),
+        ("_smp_decoder.blocks.2.conv2.1.running_mean", &[8]),
+        ("_smp_decoder.blocks.2.conv2.1.running_var", &[8]),
+        ("_smp_decoder.blocks.3.conv1.0.weight", &[8, 8, 3, 3]),
+        ("_smp_decoder.blocks.3.conv1.1.weight", &[8]),
+        ("_smp_decoder.blocks.3.conv1.1.bias", &[8]),
+        ("_smp_decoder.blocks.3.conv1.1.running_mean", &[8]),
+        ("_smp_decoder.blocks.3.conv1.1.running_var", &[8]),
+        ("_smp_decoder.blocks.3.conv2.0.weight", &[8, 8, 3, 3]),
+        ("_smp_decoder.blocks.3.conv2.1.weight", &[8]),
+        ("_smp_decoder.blocks.3.conv2.1.bias", &[8]),
+        ("_smp_decoder.blocks.3.conv2.1.running_mean", &[8]),
+        ("_smp_decoder.blocks.3.conv2.1.running_var", &[8]),
+    ];
+    /// `DECODER_REGISTRY.build("smp_Unet", [16, 16, 32], decoder_channels=[16, 8], decoder_attention_type="scse", decoder_use_norm=False)`.
+    const REF_SCSE_KEYS: &[(&str, &[i64])] = &[
+        ("_smp_decoder.blocks.0.conv1.0.weight", &[16, 48, 3, 3]),
+        ("_smp_decoder.blocks.0.conv1.0.bias", &[16]),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.1.weight",
+            &[3, 48, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.1.bias",
+            &[3],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.3.weight",
+            &[48, 3, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.cSE.3.bias",
+            &[48],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.sSE.0.weight",
+            &[1, 48, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention1.attention.sSE.0.bias",
+            &[1],
+        ),
+        ("_smp_decoder.blocks.0.conv2.0.weight", &[16, 16, 3, 3]),
+        ("_smp_decoder.blocks.0.conv2.0.bias", &[16]),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.1.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.1.bias",
+            &[1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.3.weight",
+            &[16, 1, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.cSE.3.bias",
+            &[16],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.sSE.0.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.0.attention2.attention.sSE.0.bias",
+            &[1],
+        ),
+        ("_smp_decoder.blocks.1.conv1.0.weight", &[8, 16, 3, 3]),
+        ("_smp_decoder.blocks.1.conv1.0.bias", &[8]),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.1.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.1.bias",
+            &[1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.3.weight",
+            &[16, 1, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.cSE.3.bias",
+            &[16],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.sSE.0.weight",
+            &[1, 16, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention1.attention.sSE.0.bias",
+            &[1],
+        ),
+        ("_smp_decoder.blocks.1.conv2.0.weight", &[8, 8, 3, 3]),
+        ("_smp_decoder.blocks.1.conv2.0.bias", &[8]),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.1.weight",
+            &[0, 8, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.1.bias",
+            &[0],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.3.weight",
+            &[8, 0, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.cSE.3.bias",
+            &[8],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.sSE.0.weight",
+            &[1, 8, 1, 1],
+        ),
+        (
+            "_smp_decoder.blocks.1.attention2.attention.sSE.0.bias",
+            &[1],
+        ),
+    ];
+
+    /// `smp_Unet` on channels [4, 16, 32] with {'decoder_channels': [16, 16], 'decoder_attention_type': 'scse', 'decoder_use_norm': False, 'decoder_interpolation': 'bilinear'}; inputs [[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]].
+    #[rustfmt::skip]
+    const SMP_SCSE_BILINEAR: Case = Case {
+        channels: &[4, 16, 32], args: r#"{"decoder_channels": [16, 16], "decoder_attention_type": "scse", "decoder_use_norm": false, "decoder_interpolation": "bilinear"}"#, inputs: &[[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]], n_keys: 32, out_shape: &[1, 16, 4, 4], out: &[
+            1.2563004e-01, 1.0447334e-01, 9.9160805e-02, 6.6788800e-02, 7.8688726e-02, 5.3229682e-02,
+            3.9638430e-02, 4.8067395e-02, 6.5408245e-02, 3.1957269e-02, 2.2819392e-02, 4.1874632e-02,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 3.9470524e-02, 1.7904410e-01, 2.0143700e-01,
+            2.0965704e-01, 1.5787956e-01, 1.2220604e-01, 1.1610644e-01, 1.0580567e-01, 8.3936214e-02,
+            1.1945108e-01, 1.0431921e-01, 8.9145280e-02, 7.3296279e-02, 1.8660486e-02, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 1.1614268e-01, 1.6068214e-01, 1.7454299e-01, 1.5382150e-01,
+            1.0505016e-01, 1.2449965e-01, 1.2761666e-01, 9.6457407e-02, 1.1564547e-01, 1.3382208e-01,
+            1.2736571e-01, 9.1697618e-02, 8.5156098e-02, 4.5654528e-02, 3.1180713e-02, 8.6482577e-03,
+            0.0000000e+00, 0.0000000e+00, 5.5374913e-03, 3.5985235e-02, 2.1506691e-02, 4.7632590e-02,
+            6.1148770e-02, 5.0905131e-02, 3.5176519e-02, 6.9007590e-02, 7.7517338e-02, 5.6623138e-02,
+            1.0435109e-01, 1.2506765e-01, 1.1321387e-01, 5.3521007e-02, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 2.2783682e-02, 8.2910210e-02,
+            8.5035436e-02, 4.6125747e-02, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 1.6336113e-02, 3.3508077e-02,
+            4.0166952e-02, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 5.7024326e-02, 9.9742197e-02, 1.1321700e-01, 8.7566845e-02,
+            3.9084971e-02, 5.5538386e-02, 5.6865025e-02, 2.6152147e-02, 4.8116762e-02, 6.2211946e-02,
+            5.4385200e-02, 2.0475201e-02, 7.3767980e-03, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            4.0059395e-02, 6.7258194e-02, 7.4578121e-02, 9.9482626e-02, 7.9987392e-02, 1.0627027e-01,
+            1.1895876e-01, 1.0550443e-01, 9.3801863e-02, 1.2688857e-01, 1.3373804e-01, 1.1003747e-01,
+            1.5226164e-01, 1.6562200e-01, 1.5298410e-01, 9.6062690e-02, 1.6085975e-02, 8.5965084e-04,
+            0.0000000e+00, 4.7133535e-02, 7.6406665e-02, 8.7116852e-02, 9.9069014e-02, 1.1638730e-01,
+            8.1647880e-02, 1.0189280e-01, 1.1707571e-01, 1.2693529e-01, 1.8447021e-01, 2.4277633e-01,
+            2.4321401e-01, 1.9933459e-01, 3.2253999e-02, 0.0000000e+00, 0.0000000e+00, 4.1261562e-03,
+            5.4800406e-02, 3.9186615e-02, 3.8762487e-02, 7.0591301e-02, 4.6195637e-02, 3.3597257e-02,
+            4.2482685e-02, 7.6978803e-02, 9.3862973e-02, 1.4103246e-01, 1.5443186e-01, 1.6685946e-01,
+            7.6513417e-02, 4.6536088e-02, 3.8297281e-02, 1.6049538e-02, 3.9212860e-02, 1.2217055e-02,
+            0.0000000e+00, 1.5245642e-02, 2.5011044e-02, 0.0000000e+00, 0.0000000e+00, 1.1202324e-02,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 3.1219032e-02, 8.6602628e-02, 9.9377275e-02,
+            1.0476120e-01, 5.2530676e-02, 2.5896667e-02, 1.3722128e-02, 1.3286048e-03, 0.0000000e+00,
+            1.9887434e-02, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 1.9258119e-02, 6.1922483e-02, 7.5565010e-02, 4.4043697e-02,
+            0.0000000e+00, 8.0997646e-03, 7.7274675e-03, 0.0000000e+00, 1.7868764e-03, 1.2440139e-02,
+            2.9515391e-03, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00,
+            7.2207546e-04, 7.0446357e-03, 0.0000000e+00, 0.0000000e+00,
+        ] };
+    /// `smp_Unet` on channels [4, 16, 32] with {'decoder_channels': [8, 2], 'decoder_use_norm': {'type': 'instancenorm', 'affine': True, 'track_running_stats': True}, 'decoder_interpolation': 'bicubic'}; inputs [[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]].
+    #[rustfmt::skip]
+    const SMP_INSTANCENORM_BICUBIC: Case = Case {
+        channels: &[4, 16, 32], args: r#"{"decoder_channels": [8, 2], "decoder_use_norm": {"type": "instancenorm", "affine": true, "track_running_stats": true}, "decoder_interpolation": "bicubic"}"#, inputs: &[[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]], n_keys: 20, out_shape: &[1, 2, 4, 4], out: &[
+            1.7172325e-01, 1.6864111e-01, 2.2034892e-01, 1.8279770e-01, 1.7199884e-01, 2.0098780e-01,
+            2.1184821e-01, 1.6018420e-01, 1.4570120e-01, 1.1231978e-01, 8.4649615e-02, 7.5858749e-02,
+            3.1357132e-02, 0.0000000e+00, 0.0000000e+00, 1.7110344e-02, 1.2076836e-01, 1.0228357e-01,
+            1.1587696e-01, 1.0277446e-01, 1.8090919e-01, 1.5304427e-01, 9.0905800e-02, 9.1176622e-02,
+            1.1792962e-01, 7.9999462e-02, 7.2665118e-02, 1.2633198e-01, 1.2761436e-01, 1.6109802e-01,
+            1.7148469e-01, 2.2807246e-01,
+        ] };
+    /// `smp_Unet` on channels [4, 16, 32] with {'decoder_channels': [2, 4], 'decoder_use_norm': 'layernorm', 'decoder_interpolation': 'nearest-exact'}; inputs [[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]].
+    #[rustfmt::skip]
+    const SMP_LAYERNORM_NEAREST_EXACT: Case = Case {
+        channels: &[4, 16, 32], args: r#"{"decoder_channels": [2, 4], "decoder_use_norm": "layernorm", "decoder_interpolation": "nearest-exact"}"#, inputs: &[[1, 4, 4, 4], [1, 16, 2, 2], [1, 32, 1, 1]], n_keys: 12, out_shape: &[1, 4, 4, 4], out: &[
+            6.5893912e-01, 0.0000000e+00, 9.8423022e-01, 0.0000000e+00, 0.0000000e+00, 7.8272468e-01,
+            1.1273930e+00, 0.0000000e+00, 1.1092672e+00, 2.8774884e-01, 0.0000000e+00, 3.3723667e-01,
+            0.0000000e+00, 0.0000000e+00, 4.3817613e-01, 1.3346577e+00, 0.0000000e+00, 1.4183633e+00,
+            0.0000000e+00, 3.6741561e-01, 1.1699241e+00, 3.2601906e-03, 0.0000000e+00, 4.9366748e-01,
+            0.0000000e+00, 0.0000000e+00, 1.5009115e+00, 2.0511450e-02, 7.6158446e-01, 1.0758005e+00,
+            0.0000000e+00, 0.0000000e+00, 1.3509082e+00, 0.0000000e+00, 5.9244001e-01, 0.0000000e+00,
+            0.0000000e+00, 0.0000000e+00, 1.5669715e+00, 0.0000000e+00, 1.0220500e+00, 8.7935668e-01,
+            0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 1.8243292e-01, 1.4383100e+00,
+            0.0000000e+00, 8.1277400e-01, 0.0000000e+00, 9.3957055e-01, 8.7880933e-01, 6.8232530e-01,
+            0.0000000e+00, 2.0596135e-01, 0.0000000e+00, 0.0000000e+00, 1.2305700e+00, 5.8818531e-01,
+            5.3161007e-01, 1.1340083e+00, 3.6942735e-02, 0.0000000e+00,
+        ] };
+    /// `smp_Unet` on channels [4, 16, 32] with {'decoder_channels': [8, 2], 'decoder_use_batchnorm': {'type': 'batchnorm', 'eps': 0.001}, 'decoder_interpolation': 'area'}; inputs [[1, 4, 6, 6], [1, 16, 3, 3], [1, 32, 2, 2]].
+    #[rustfmt::skip]
+    const SMP_BATCHNORM_AREA: Case = Case {
+        channels: &[4, 16, 32], args: r#"{"decoder_channels": [8, 2], "decoder_use_batchnorm": {"type": "batchnorm", "eps": 0.001}, "decoder_interpolation": "area"}"#, inputs: &[[1, 4, 6, 6], [1, 16, 3, 3], [1, 32, 2, 2]], n_keys: 20, out_shape: &[1, 2, 6, 6], out: &[
+            1.4563261e-01, 1.1633751e-01, 1.6061991e-01, 1.8740189e-01, 2.1871774e-01, 1.8340081e-01,
+            1.7290393e-01, 2.2026505e-01, 2.5849086e-01, 2.6232645e-01, 2.4468328e-01, 1.7709120e-01,
+            1.2386448e-01, 7.8187995e-02, 5.4668516e-02, 4.0381577e-02, 3.4341279e-02, 5.2791931e-02,
+            1.1844342e-01, 1.1348209e-01, 1.3030609e-01, 1.3443299e-01, 1.3758013e-01, 1.3651007e-01,
+            1.6574393e-01, 1.6839205e-01, 1.6861461e-01, 1.4566095e-01, 1.1108560e-01, 9.1294743e-02,
+            4.1028205e-02, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 0.0000000e+00, 2.0645080e-02,
+            1.0001097e-01, 9.3029536e-02, 1.3705328e-01, 1.3893078e-01, 1.2957540e-01, 1.1613384e-01,
+            2.1015976e-01, 2.0349380e-01, 1.5030819e-01, 1.1483316e-01, 7.1613580e-02, 7.7365458e-02,
+            9.4038054e-02, 5.6512803e-02, 4.5958467e-02, 4.7587819e-02, 6.6464566e-02, 1.2968320e-01,
+            1.8888992e-01, 2.1593489e-01, 2.3184961e-01, 2.2803281e-01, 2.0729004e-01, 1.9585611e-01,
+            1.2952253e-01, 9.2642367e-02, 5.3242490e-02, 3.5362259e-02, 4.2660426e-02, 1.0279690e-01,
+            1.2668140e-01, 1.4306633e-01, 1.3871762e-01, 1.5607822e-01, 1.7586765e-01, 2.2598012e-01,
+        ] };
 }

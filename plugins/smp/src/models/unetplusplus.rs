@@ -2,16 +2,19 @@
 //! `segmentation_models_pytorch/decoders/unetplusplus/decoder.py`
 //! (`UnetPlusPlusDecoder`, `DecoderBlock`) as `decoders/unetplusplus/model.py`
 //! (`UnetPlusPlus`) builds it, wrapped by TerraTorch's `SMPRegistry` (see
-//! [`super::wrapper`]). The convolution blocks are smp's `Conv2dReLU` and
-//! `Attention` from [`super::unet`].
-use super::unet::{Attention, AttentionType, Conv2dReLU, Interpolation, NormConfig};
+//! [`super::wrapper`]). Its `DecoderBlock` is smp's `UnetDecoderBlock` resized to twice
+//! its input, so it is built as [`UnetDecoderBlock`].
+use super::args;
+use super::blocks::{hw, AttentionType, Interpolation, NormConfig};
+use super::checks::{check_maps_from, check_stages};
+use super::unet::{block_channels, UnetDecoderBlock};
 use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use tch::{nn, Tensor};
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
-use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
+use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// Configuration of [`UnetPlusPlusDecoder`], with smp's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -43,44 +46,23 @@ impl Config {
 
     /// Checks what smp checks, plus what would fail in its forward.
     pub fn validate(&self) -> Result<()> {
-        let depth = self.encoder_channels.len().saturating_sub(1);
-        if depth != self.decoder_channels.len() {
-            return Err(PluginError::invalid_argument(format!(
-                "Model depth is {depth}, but you provide `decoder_channels` for {} blocks (channel list {:?})",
-                self.decoder_channels.len(),
-                self.encoder_channels
-            )));
-        }
-        if depth < 2 {
-            // smp builds one but its forward looks up the block `x_0_-1` and fails.
-            return Err(PluginError::invalid_argument(format!(
-                "the UnetPlusPlus decoder needs at least three feature maps (depth >= 2), got the channel list {:?}",
-                self.encoder_channels
-            )));
-        }
-        if let Some(c) = self
-            .encoder_channels
-            .iter()
-            .chain(&self.decoder_channels)
-            .find(|&&c| c <= 0)
-        {
-            return Err(PluginError::invalid_argument(format!(
-                "channel counts must be positive, got {c} (channels {:?}, decoder_channels {:?})",
-                self.encoder_channels, self.decoder_channels
-            )));
-        }
-        Ok(())
+        // Depth 1: smp builds one but its forward looks up the block `x_0_-1` and fails.
+        check_stages(
+            "UnetPlusPlus",
+            &self.encoder_channels,
+            &self.decoder_channels,
+            2,
+            "three feature maps (depth >= 2)",
+        )
     }
 
     /// `(name, in, skip, out)` of every block, as smp lays out its `ModuleDict`.
     fn blocks(&self) -> Vec<(String, i64, i64, i64)> {
-        let mut enc: Vec<i64> = self.encoder_channels[1..].to_vec();
-        enc.reverse();
+        // The first column (depth 0) is a U-Net's; inner nodes reuse the skip widths.
+        let top = block_channels(&self.encoder_channels, &self.decoder_channels);
+        let ins: Vec<i64> = top.iter().map(|b| b.0).collect();
+        let skips: Vec<i64> = top.iter().map(|b| b.1).collect();
         let dc = &self.decoder_channels;
-        let ins: Vec<i64> = std::iter::once(enc[0])
-            .chain(dc[..dc.len() - 1].iter().copied())
-            .collect();
-        let skips: Vec<i64> = enc[1..].iter().copied().chain(std::iter::once(0)).collect();
         let mut out = Vec::new();
         for layer in 0..ins.len() - 1 {
             for depth in 0..=layer {
@@ -102,49 +84,13 @@ impl Config {
     }
 }
 
-/// smp's UNet++ `DecoderBlock`: 2x upsampling, concatenated skips, attention, two
-/// `Conv2dReLU`, attention.
-#[derive(Debug)]
-struct DecoderBlock {
-    conv1: Conv2dReLU,
-    attention1: Attention,
-    conv2: Conv2dReLU,
-    attention2: Attention,
-    interpolation: Interpolation,
-}
-
-impl DecoderBlock {
-    fn new(p: nn::Path, c_in: i64, c_skip: i64, c_out: i64, cfg: &Config) -> Self {
-        Self {
-            conv1: Conv2dReLU::new(&p / "conv1", c_in + c_skip, c_out, &cfg.use_norm),
-            attention1: Attention::new(&p / "attention1", cfg.attention_type, c_in + c_skip),
-            conv2: Conv2dReLU::new(&p / "conv2", c_out, c_out, &cfg.use_norm),
-            attention2: Attention::new(&p / "attention2", cfg.attention_type, c_out),
-            interpolation: cfg.interpolation_mode,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, skip: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        // F.interpolate(scale_factor=2) == resizing to twice the size for these modes.
-        let (h, w) = (x.size()[2], x.size()[3]);
-        let mut x = self.interpolation.resize(x, 2 * h, 2 * w)?;
-        if let Some(skip) = skip {
-            x = Tensor::f_cat(&[&x, skip], 1)?;
-            x = self.attention1.forward(x)?;
-        }
-        let x = self.conv1.forward(&x, train)?;
-        let x = self.conv2.forward(&x, train)?;
-        self.attention2.forward(x)
-    }
-}
-
 /// smp's `UnetPlusPlusDecoder` (without the VGG-only center block).
 ///
 /// Input: the encoder's maps, full resolution first, each half the size of the one
 /// before. Output: one `[B, decoder_channels[-1], H0, W0]` map.
 #[derive(Debug)]
 pub struct UnetPlusPlusDecoder {
-    blocks: HashMap<String, DecoderBlock>,
+    blocks: HashMap<String, UnetDecoderBlock>,
     cfg: Config,
 }
 
@@ -157,7 +103,13 @@ impl UnetPlusPlusDecoder {
             .blocks()
             .into_iter()
             .map(|(name, i, s, o)| {
-                let b = DecoderBlock::new(&bp / name.as_str(), i, s, o, cfg);
+                let b = UnetDecoderBlock::new(
+                    &bp / name.as_str(),
+                    (i, s, o),
+                    &cfg.use_norm,
+                    cfg.attention_type,
+                    cfg.interpolation_mode,
+                );
                 (name, b)
             })
             .collect();
@@ -167,41 +119,23 @@ impl UnetPlusPlusDecoder {
         })
     }
 
-    fn block(&self, depth: usize, layer: usize) -> &DecoderBlock {
-        &self.blocks[&format!("x_{depth}_{layer}")]
+    /// Runs block `x_{depth}_{layer}`: smp's UNet++ `DecoderBlock` upsamples by
+    /// `scale_factor=2`, which for these modes is resizing to twice the size.
+    fn run(
+        &self,
+        (depth, layer): (usize, usize),
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (h, w) = hw(x);
+        self.blocks[&format!("x_{depth}_{layer}")].forward(x, (2 * h, 2 * w), skip, train)
     }
-}
-
-/// Checks count, rank and channels of the maps given to a decoder built for `want`;
-/// channels are checked from map `from` on (the maps before it are not used for theirs).
-pub(crate) fn check_maps(name: &str, want: &[i64], xs: &[Tensor], from: usize) -> Result<()> {
-    if xs.len() != want.len() {
-        return Err(PluginError::forward_failed(format!(
-            "the {name} decoder was built for {} feature maps (channels {want:?}) but got {}",
-            want.len(),
-            xs.len()
-        )));
-    }
-    for (i, x) in xs.iter().enumerate() {
-        let size = x.size();
-        if size.len() != 4 {
-            return Err(PluginError::forward_failed(format!(
-                "feature map {i} must be [B, C, H, W], got shape {size:?}"
-            )));
-        }
-        if i >= from && size[1] != want[i] {
-            return Err(PluginError::forward_failed(format!(
-                "feature map {i} has {} channels but the {name} decoder was built for {} (channels {want:?})",
-                size[1], want[i]
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Model for UnetPlusPlusDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        check_maps("UnetPlusPlus", &self.cfg.encoder_channels, xs, 1)?;
+        check_maps_from("UnetPlusPlus", xs, &self.cfg.encoder_channels, 1)?;
         // Drop the full-resolution map, deepest first.
         let feats: Vec<&Tensor> = xs[1..].iter().rev().collect();
         let depth = self.cfg.decoder_channels.len() - 1;
@@ -209,9 +143,7 @@ impl Model for UnetPlusPlusDecoder {
         for layer in 0..depth {
             for d in 0..depth - layer {
                 if layer == 0 {
-                    let y = self
-                        .block(d, d)
-                        .forward(feats[d], Some(feats[d + 1]), train)?;
+                    let y = self.run((d, d), feats[d], Some(feats[d + 1]), train)?;
                     dense.insert((d, d), y);
                 } else {
                     let l = d + layer;
@@ -219,16 +151,12 @@ impl Model for UnetPlusPlusDecoder {
                     let mut cat: Vec<&Tensor> = (d + 1..=l).map(|idx| &dense[&(idx, l)]).collect();
                     cat.push(feats[l + 1]);
                     let skip = Tensor::f_cat(&cat, 1)?;
-                    let y = self
-                        .block(d, l)
-                        .forward(&dense[&(d, l - 1)], Some(&skip), train)?;
+                    let y = self.run((d, l), &dense[&(d, l - 1)], Some(&skip), train)?;
                     dense.insert((d, l), y);
                 }
             }
         }
-        let y = self
-            .block(0, depth)
-            .forward(&dense[&(0, depth - 1)], None, train)?;
+        let y = self.run((0, depth), &dense[&(0, depth - 1)], None, train)?;
         Ok(vec![y])
     }
 
@@ -240,23 +168,11 @@ impl Model for UnetPlusPlusDecoder {
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
-    cfg.use_norm = wrapper::use_norm(ctx)?;
-    cfg.attention_type = ctx
-        .args
-        .opt::<String>("decoder_attention_type")?
-        .map(|s| AttentionType::parse(&s))
-        .transpose()
-        .map_err(|why| {
-            PluginError::invalid_argument(format!(
-                "argument `decoder_attention_type` of `{}`: {why}",
-                ctx.qualified()
-            ))
-        })?;
-    cfg.interpolation_mode = wrapper::interpolation(ctx)?;
-    wrapper::check_depth(ctx, cfg.decoder_channels.len())?;
-    wrapper::check_positive(ctx, "decoder_channels", &cfg.decoder_channels)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.use_norm = args::use_norm(ctx)?;
+    cfg.attention_type = args::attention_type(ctx)?;
+    cfg.interpolation_mode = args::interpolation(ctx)?;
+    args::check_stage_channels(ctx, &cfg.decoder_channels)?;
+    args::in_entry(ctx, cfg.validate())?;
     // TerraTorch reads out_channels from smp's segmentation head: decoder_channels[-1].
     let out = *cfg.decoder_channels.last().unwrap_or(&0);
     SmpDecoderWrapper::build(ctx, out, |p| UnetPlusPlusDecoder::new(p, &cfg))
@@ -278,7 +194,7 @@ pub(crate) fn entry() -> Entry {
         json!([256, 128, 64, 32, 16]),
         "output channels of the top-row blocks, deepest first; one per block (len(channels) - 1 values)",
     );
-    wrapper::declare_use_norm(e)
+    args::declare_use_norm(e)
         .opt("decoder_attention_type", ParamType::STR, Value::Null, "attention in each decoder block: None or \"scse\"")
         .opt(
             "decoder_interpolation",

@@ -3,7 +3,9 @@
 //! `PSPModule`, `LayerNorm2d`, `FPNLateralBlock`) as `decoders/upernet/model.py`
 //! (`UPerNet`) builds it, wrapped by TerraTorch's `SMPRegistry` (see
 //! [`super::wrapper`]).
-use super::unet::{Conv2dReLU, NormConfig};
+use super::args;
+use super::blocks::{Conv2dReLU, Interpolation, NormConfig};
+use super::checks::{check_maps_from, check_width};
 use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,12 +53,7 @@ impl Config {
                 self.encoder_channels
             )));
         }
-        if self.decoder_channels <= 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "`decoder_channels` must be positive, got {}",
-                self.decoder_channels
-            )));
-        }
+        check_width("decoder_channels", self.decoder_channels)?;
         Ok(())
     }
 }
@@ -86,8 +83,9 @@ impl LayerNorm2d {
     }
 }
 
+/// `F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)`.
 fn bilinear(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    Ok(x.f_upsample_bilinear2d([h, w], false, None, None)?)
+    Interpolation::Bilinear.resize(x, h, w)
 }
 
 /// smp's `PSPModule` of UPerNet: pooled branches, resized back and fused.
@@ -190,7 +188,7 @@ impl Model for UPerNetDecoder {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let want = &self.cfg.encoder_channels;
         // The 1/1 and 1/2 maps are not used, so only their count matters.
-        super::unetplusplus::check_maps("UPerNet", want, xs, 2)?;
+        check_maps_from("UPerNet", xs, want, 2)?;
         // Skip the 1/1 and 1/2 maps, then normalise each of the rest.
         let feats: Vec<Tensor> = xs[2..]
             .iter()
@@ -243,9 +241,8 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             cfg.decoder_channels
         ),
     )?;
-    cfg.use_norm = wrapper::use_norm(ctx)?;
-    cfg.validate()
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
+    cfg.use_norm = args::use_norm(ctx)?;
+    args::in_entry(ctx, cfg.validate())?;
     let out = cfg.decoder_channels;
     SmpDecoderWrapper::build(ctx, out, |p| UPerNetDecoder::new(p, &cfg))
 }

@@ -14,7 +14,6 @@
 //! the decoder's mask features alone, never a `(mask, label)` tuple. [`AuxParams`]
 //! mirrors exactly that: the arguments are checked as smp checks them, kept on the
 //! wrapper for inspection, and add no parameters and no output.
-use super::unet::{Interpolation, NormConfig};
 use serde_json::{json, Value};
 use tch::{nn, Device, Tensor};
 use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
@@ -190,79 +189,6 @@ pub fn entry(
         })
         .takes_channels(),
     )
-}
-
-/// smp's `decoder_use_norm`, overridden by the deprecated `decoder_use_batchnorm`
-/// when that is given (as every smp model that takes both does).
-pub fn use_norm(ctx: &BuildCtx<'_, '_>) -> Result<NormConfig> {
-    let (arg, v) = match ctx.args.raw("decoder_use_batchnorm") {
-        Some(v) => ("decoder_use_batchnorm", v.clone()),
-        None => (
-            "decoder_use_norm",
-            ctx.args
-                .raw("decoder_use_norm")
-                .cloned()
-                .unwrap_or(json!("batchnorm")),
-        ),
-    };
-    NormConfig::from_smp(&v).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `{arg}` of `{}`: {why}", ctx.qualified()))
-    })
-}
-
-/// Declares `decoder_use_norm` and its deprecated alias `decoder_use_batchnorm`.
-pub fn declare_use_norm(entry: Entry) -> Entry {
-    entry
-        .opt(
-            "decoder_use_norm",
-            ParamType::ANY,
-            json!("batchnorm"),
-            "norm after each conv: true/false, \"batchnorm\", \"identity\", \"layernorm\", \"instancenorm\", or {\"type\": ..., **kwargs}",
-        )
-        .opt(
-            "decoder_use_batchnorm",
-            ParamType::ANY,
-            Value::Null,
-            "deprecated alias of decoder_use_norm; overrides it when given",
-        )
-}
-
-/// smp's `decoder_interpolation` (an `F.interpolate` mode).
-pub fn interpolation(ctx: &BuildCtx<'_, '_>) -> Result<Interpolation> {
-    let mode: String = ctx.args.get("decoder_interpolation")?;
-    Interpolation::parse(&mode).map_err(|why| {
-        PluginError::invalid_argument(format!(
-            "argument `decoder_interpolation` of `{}`: {why}",
-            ctx.qualified()
-        ))
-    })
-}
-
-/// The length check smp makes between `encoder_depth` and `decoder_channels`, with
-/// TerraTorch's depth (`len(channels) - 1`) spelled out.
-pub fn check_depth(ctx: &BuildCtx<'_, '_>, n_decoder_channels: usize) -> Result<()> {
-    let depth = ctx.channels.len().saturating_sub(1);
-    if depth != n_decoder_channels {
-        return Err(PluginError::invalid_argument(format!(
-            "`{}`: Model depth is {depth}, but you provide `decoder_channels` for {n_decoder_channels} blocks. \
-             (The depth is the length of the channel list {:?} minus one; pass `decoder_channels` with {depth} \
-             values.)",
-            ctx.qualified(),
-            ctx.channels
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that every channel count is positive.
-pub fn check_positive(ctx: &BuildCtx<'_, '_>, name: &str, values: &[i64]) -> Result<()> {
-    match values.iter().find(|&&c| c <= 0) {
-        Some(c) => Err(PluginError::invalid_argument(format!(
-            "argument `{name}` of `{}` must hold positive channel counts, got {c} in {values:?}",
-            ctx.qualified()
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// An smp decoder as TerraTorch hands it out: forward delegates to the decoder and

@@ -1,474 +1,19 @@
 //! TerraTorch's U-Net decoder: smp's `UnetDecoder` fed with the first feature map
 //! twice, so that every map (the full-resolution one included) gets a block.
-//! Mirrors `terratorch/models/decoders/unet_decoder.py` (`UNetDecoder`), which wraps
-//! `segmentation_models_pytorch/decoders/unet/decoder.py` (`UnetDecoder`,
-//! `UnetDecoderBlock`) of smp 0.6.0 and its building blocks in
-//! `segmentation_models_pytorch/base/modules.py` (`Conv2dReLU`, `get_norm_layer`,
-//! `Attention`, `SCSEModule`). The smp pieces are the same as in the `smp` plugin's
-//! `models/unet.rs`; the plugins are separate crates, so they are repeated here.
+//! Mirrors `terratorch/models/decoders/unet_decoder.py` (`UNetDecoder`), which builds
+//! `segmentation_models_pytorch/decoders/unet/decoder.py` (`UnetDecoder`) of smp 0.6.0
+//! under `decoder`. That decoder is the `smp` plugin's
+//! [`terrahost_smp::models::unet::UnetDecoder`], used here as it is.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tch::{nn, nn::Module, Device, Tensor};
+use tch::{nn, Device, Tensor};
 use terrahost_plugin_api::{
-    sdk::{batch_norm2d, Built, Entry, Model},
+    sdk::{Built, Entry, Model},
     ParamType, PluginError, Result,
 };
-
-/// The normalisation between each convolution and its ReLU (smp's `use_norm`).
-///
-/// smp also accepts `"inplace"` (InPlaceABN), which needs the compiled `inplace_abn`
-/// package and is refused here.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum NormConfig {
-    /// `nn.BatchNorm2d(C, eps, momentum)`; the convolution then has no bias.
-    BatchNorm {
-        /// Added to the variance.
-        eps: f64,
-        /// Running-statistics update factor (training only).
-        momentum: f64,
-    },
-    /// No normalisation (`nn.Identity`); the convolution then has a bias.
-    Identity,
-    /// `nn.LayerNorm(C)`. As in smp it normalises the *last* dimension of the
-    /// `[B, C, H, W]` map, so it only runs when the width equals `C`.
-    LayerNorm {
-        /// Added to the variance.
-        eps: f64,
-    },
-    /// `nn.InstanceNorm2d(C, affine=True, ...)`.
-    InstanceNorm {
-        /// Added to the variance.
-        eps: f64,
-        /// Running-statistics update factor (with `track_running_stats`).
-        momentum: f64,
-        /// Keep running statistics and use them in eval mode.
-        track_running_stats: bool,
-    },
-}
-
-impl Default for NormConfig {
-    fn default() -> Self {
-        Self::batchnorm()
-    }
-}
-
-const SUPPORTED_NORMS: &str = "\"batchnorm\", \"identity\", \"layernorm\", \"instancenorm\"";
-
-impl NormConfig {
-    /// PyTorch's `BatchNorm2d` defaults.
-    pub fn batchnorm() -> Self {
-        Self::BatchNorm {
-            eps: 1e-5,
-            momentum: 0.1,
-        }
-    }
-
-    /// Reads smp's `use_norm` value: `true` (batchnorm), `false` (identity), a type
-    /// name, or `{"type": name, **kwargs}` with the keyword arguments of the torch
-    /// layer. The error text is the reason only; the caller names the argument.
-    pub fn from_smp(v: &Value) -> std::result::Result<Self, String> {
-        let (ty, kwargs) = match v {
-            Value::Bool(true) => ("batchnorm".to_owned(), serde_json::Map::new()),
-            Value::Bool(false) => ("identity".to_owned(), serde_json::Map::new()),
-            Value::String(s) => (s.to_lowercase(), serde_json::Map::new()),
-            Value::Object(m) => {
-                let ty = match m.get("type") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => return Err(format!("its `type` must be a string, got {other}")),
-                    None => {
-                        return Err(format!(
-                        "a dict must contain the key \"type\" (one of {SUPPORTED_NORMS}), got {v}"
-                    ))
-                    }
-                };
-                let mut kw = m.clone();
-                kw.remove("type");
-                (ty, kw)
-            }
-            other => {
-                return Err(format!(
-                    "must be a bool (batchnorm/identity), one of {SUPPORTED_NORMS}, or a dict like \
-                     {{\"type\": \"batchnorm\", \"eps\": 1e-5}}; got {other}"
-                ))
-            }
-        };
-        let allowed: &[&str] = match ty.as_str() {
-            "batchnorm" => &["eps", "momentum", "affine"],
-            "identity" => &[],
-            "layernorm" => &["eps", "elementwise_affine"],
-            "instancenorm" => &["eps", "momentum", "affine", "track_running_stats"],
-            "inplace" => {
-                return Err(
-                    "\"inplace\" (InPlaceABN) needs the compiled inplace_abn package, which terrahost does not \
-                            provide; use \"batchnorm\""
-                        .to_owned(),
-                )
-            }
-            _ => return Err(format!("unrecognized normalization type {ty:?}; it should be one of {SUPPORTED_NORMS}")),
-        };
-        if let Some(k) = kwargs.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(format!(
-                "keyword `{k}` is not supported for {ty:?} (supported: {})",
-                if allowed.is_empty() {
-                    "none".to_owned()
-                } else {
-                    allowed.join(", ")
-                }
-            ));
-        }
-        let num = |k: &str, default: f64| -> std::result::Result<f64, String> {
-            match kwargs.get(k) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_f64()
-                    .ok_or_else(|| format!("`{k}` must be a number, got {x}")),
-            }
-        };
-        let flag = |k: &str, default: bool| -> std::result::Result<bool, String> {
-            match kwargs.get(k) {
-                None => Ok(default),
-                Some(x) => x
-                    .as_bool()
-                    .ok_or_else(|| format!("`{k}` must be a bool, got {x}")),
-            }
-        };
-        // smp's initialize_decoder sets every norm's weight and bias, so a norm
-        // without them fails to build in smp; refuse it up front.
-        let no_affine = |k: &str| {
-            format!("{ty:?} with `{k}: false` has no weight for smp's initialisation to set, which fails in smp")
-        };
-        let cfg = match ty.as_str() {
-            "batchnorm" => {
-                if !flag("affine", true)? {
-                    return Err(no_affine("affine"));
-                }
-                Self::BatchNorm {
-                    eps: num("eps", 1e-5)?,
-                    momentum: num("momentum", 0.1)?,
-                }
-            }
-            "identity" => Self::Identity,
-            "layernorm" => {
-                if !flag("elementwise_affine", true)? {
-                    return Err(no_affine("elementwise_affine"));
-                }
-                Self::LayerNorm {
-                    eps: num("eps", 1e-5)?,
-                }
-            }
-            _ => {
-                // InstanceNorm2d defaults to affine=False, which smp cannot initialise.
-                if !flag("affine", false)? {
-                    return Err(format!(
-                        "{ty:?} needs affine weights: smp's initialisation fails on InstanceNorm2d's default \
-                         affine=False; pass {{\"type\": \"instancenorm\", \"affine\": true}}"
-                    ));
-                }
-                Self::InstanceNorm {
-                    eps: num("eps", 1e-5)?,
-                    momentum: num("momentum", 0.1)?,
-                    track_running_stats: flag("track_running_stats", false)?,
-                }
-            }
-        };
-        Ok(cfg)
-    }
-
-    fn is_identity(&self) -> bool {
-        matches!(self, Self::Identity)
-    }
-}
-
-/// Attention applied around each decoder block's convolutions (smp's `attention_type`).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AttentionType {
-    /// Concurrent spatial and channel squeeze-and-excitation (`SCSEModule`, reduction 16).
-    Scse,
-}
-
-impl AttentionType {
-    /// Parses smp's name (`"scse"`); `None` stands for no attention.
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "scse" => Ok(Self::Scse),
-            other => Err(format!(
-                "Attention {other} is not implemented (available: None, \"scse\")"
-            )),
-        }
-    }
-}
-
-/// smp's `initialize_decoder` for convolutions: Kaiming-uniform (fan-in, ReLU gain),
-/// zero bias. PyTorch skips zero-element tensors (scSE on few channels makes them),
-/// whose fan would be zero here.
-pub(crate) fn conv2d(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    k: i64,
-    padding: i64,
-    bias: bool,
-) -> nn::Conv2D {
-    let empty = c_in == 0 || c_out == 0;
-    let cfg = nn::ConvConfig {
-        padding,
-        bias,
-        ws_init: if empty {
-            nn::Init::Const(0.)
-        } else {
-            nn::init::DEFAULT_KAIMING_UNIFORM
-        },
-        bs_init: nn::Init::Const(0.),
-        ..Default::default()
-    };
-    nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
-/// A built normalisation layer.
-#[derive(Debug)]
-pub(crate) enum Norm {
-    Batch(nn::BatchNorm),
-    Identity,
-    Layer(nn::LayerNorm, i64),
-    Instance {
-        weight: Tensor,
-        bias: Tensor,
-        running: Option<(Tensor, Tensor)>,
-        eps: f64,
-        momentum: f64,
-    },
-}
-
-impl Norm {
-    pub(crate) fn new(p: nn::Path, cfg: &NormConfig, c: i64) -> Self {
-        // smp's initialize_decoder: weight 1, bias 0.
-        match *cfg {
-            NormConfig::BatchNorm { eps, momentum } => {
-                Self::Batch(batch_norm2d(p, c, eps, momentum))
-            }
-            NormConfig::Identity => Self::Identity,
-            NormConfig::LayerNorm { eps } => Self::Layer(
-                nn::layer_norm(
-                    p,
-                    vec![c],
-                    nn::LayerNormConfig {
-                        eps,
-                        ws_init: nn::Init::Const(1.),
-                        bs_init: nn::Init::Const(0.),
-                        ..Default::default()
-                    },
-                ),
-                c,
-            ),
-            NormConfig::InstanceNorm {
-                eps,
-                momentum,
-                track_running_stats,
-            } => Self::Instance {
-                weight: p.var("weight", &[c], nn::Init::Const(1.)),
-                bias: p.var("bias", &[c], nn::Init::Const(0.)),
-                running: track_running_stats.then(|| {
-                    (
-                        p.zeros_no_train("running_mean", &[c]),
-                        p.ones_no_train("running_var", &[c]),
-                    )
-                }),
-                eps,
-                momentum,
-            },
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(match self {
-            Self::Batch(bn) => {
-                if x.dim() != 4 {
-                    return Err(PluginError::forward_failed(format!(
-                        "BatchNorm2d expects a 4-D input, got {:?}",
-                        x.size()
-                    )));
-                }
-                x.apply_t(bn, train)
-            }
-            Self::Identity => x.shallow_clone(),
-            Self::Layer(ln, c) => {
-                let c = *c;
-                let last = x.size().last().copied().unwrap_or(-1);
-                if last != c {
-                    return Err(PluginError::forward_failed(format!(
-                        "smp's \"layernorm\" is nn.LayerNorm({c}) applied to the last (width) dimension of {:?}, \
-                         so it only runs when the width is {c}; use \"batchnorm\" or \"instancenorm\"",
-                        x.size()
-                    )));
-                }
-                ln.forward(x)
-            }
-            Self::Instance {
-                weight,
-                bias,
-                running,
-                eps,
-                momentum,
-            } => {
-                let (rm, rv) = match running {
-                    Some((m, v)) => (Some(m), Some(v)),
-                    None => (None, None),
-                };
-                // Batch statistics unless running statistics exist and we are evaluating.
-                let use_input_stats = train || running.is_none();
-                x.f_instance_norm(
-                    Some(weight),
-                    Some(bias),
-                    rm,
-                    rv,
-                    use_input_stats,
-                    *momentum,
-                    *eps,
-                    false,
-                )?
-            }
-        })
-    }
-}
-
-/// smp's `Conv2dReLU`: `Sequential(conv, norm, ReLU)`, named `0`, `1`, `2`.
-#[derive(Debug)]
-pub(crate) struct Conv2dReLU {
-    conv: nn::Conv2D,
-    norm: Norm,
-}
-
-impl Conv2dReLU {
-    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, norm: &NormConfig) -> Self {
-        Self::with_kernel(p, c_in, c_out, 3, norm)
-    }
-
-    /// `Conv2dReLU(c_in, c_out, kernel_size=k, padding=k // 2)` (smp pads 3x3 by 1, 1x1 by 0).
-    pub(crate) fn with_kernel(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        norm: &NormConfig,
-    ) -> Self {
-        // A bias only where no normalisation follows.
-        let conv = conv2d(&p / 0, c_in, c_out, k, k / 2, norm.is_identity());
-        Self {
-            conv,
-            norm: Norm::new(&p / 1, norm, c_out),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv);
-        Ok(self.norm.forward(&y, train)?.f_relu()?)
-    }
-}
-
-/// smp's `SCSEModule`: `x * cSE(x) + x * sSE(x)`.
-#[derive(Debug)]
-pub(crate) struct Scse {
-    /// `cSE.1`: C -> C // 16, 1x1.
-    c_reduce: nn::Conv2D,
-    /// `cSE.3`: C // 16 -> C, 1x1.
-    c_expand: nn::Conv2D,
-    /// `sSE.0`: C -> 1, 1x1.
-    spatial: nn::Conv2D,
-}
-
-impl Scse {
-    const REDUCTION: i64 = 16;
-
-    fn new(p: nn::Path, c: i64) -> Self {
-        let r = c / Self::REDUCTION;
-        let cse = &p / "cSE";
-        let sse = &p / "sSE";
-        Self {
-            c_reduce: conv2d(&cse / 1, c, r, 1, 0, true),
-            c_expand: conv2d(&cse / 3, r, c, 1, 0, true),
-            spatial: conv2d(&sse / 0, c, 1, 1, 0, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // [B, C, H, W] -> [B, C, 1, 1] channel gate
-        let channel = x
-            .f_adaptive_avg_pool2d([1, 1])?
-            .apply(&self.c_reduce)
-            .f_relu()?
-            .apply(&self.c_expand)
-            .f_sigmoid()?;
-        // [B, C, H, W] -> [B, 1, H, W] spatial gate
-        let spatial = x.apply(&self.spatial).f_sigmoid()?;
-        Ok(x.f_mul(&channel)?.f_add(&x.f_mul(&spatial)?)?)
-    }
-}
-
-/// smp's `Attention`: identity or scSE, held under `.attention`.
-#[derive(Debug)]
-pub(crate) enum Attention {
-    Identity,
-    Scse(Box<Scse>),
-}
-
-impl Attention {
-    pub(crate) fn new(p: nn::Path, kind: Option<AttentionType>, c: i64) -> Self {
-        match kind {
-            None => Self::Identity,
-            Some(AttentionType::Scse) => Self::Scse(Box::new(Scse::new(&p / "attention", c))),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: Tensor) -> Result<Tensor> {
-        match self {
-            Self::Identity => Ok(x),
-            Self::Scse(m) => m.forward(&x),
-        }
-    }
-}
-
-/// smp's `UnetDecoderBlock`: resize, concatenate the skip, attend, two `Conv2dReLU`, attend.
-#[derive(Debug)]
-struct UnetDecoderBlock {
-    conv1: Conv2dReLU,
-    attention1: Attention,
-    conv2: Conv2dReLU,
-    attention2: Attention,
-}
-
-impl UnetDecoderBlock {
-    fn new(p: nn::Path, c_in: i64, c_skip: i64, c_out: i64, cfg: &Config) -> Self {
-        Self {
-            conv1: Conv2dReLU::new(&p / "conv1", c_in + c_skip, c_out, &cfg.use_batchnorm),
-            attention1: Attention::new(&p / "attention1", cfg.attention_type, c_in + c_skip),
-            conv2: Conv2dReLU::new(&p / "conv2", c_out, c_out, &cfg.use_batchnorm),
-            attention2: Attention::new(&p / "attention2", cfg.attention_type, c_out),
-        }
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        h: i64,
-        w: i64,
-        skip: Option<&Tensor>,
-        train: bool,
-    ) -> Result<Tensor> {
-        // smp's default interpolation, which TerraTorch does not change: nearest.
-        let mut x = x.f_upsample_nearest2d([h, w], None, None)?;
-        if let Some(skip) = skip {
-            // [B, C_in, h, w] ++ [B, C_skip, h, w] -> [B, C_in + C_skip, h, w]
-            x = Tensor::f_cat(&[&x, skip], 1)?;
-            x = self.attention1.forward(x)?;
-        }
-        let x = self.conv1.forward(&x, train)?;
-        let x = self.conv2.forward(&x, train)?;
-        self.attention2.forward(x)
-    }
-}
+use terrahost_smp::models::unet::{self as smp_unet, Interpolation, UnetDecoder};
+pub use terrahost_smp::models::unet::{AttentionType, NormConfig};
 
 /// Arguments of [`UNetDecoder`] besides the channel list.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -481,6 +26,29 @@ pub struct Config {
     pub attention_type: Option<AttentionType>,
 }
 
+impl Config {
+    /// The smp decoder TerraTorch builds for feature channels `embed_dim`:
+    /// `UnetDecoder(encoder_channels=[embed_dim[0], *embed_dim], decoder_channels=channels,
+    /// n_blocks=len(channels), use_norm=use_batchnorm, add_center_block=False,
+    /// attention_type=attention_type)`, smp's default (nearest) interpolation.
+    pub fn smp(&self, embed_dim: &[i64]) -> smp_unet::Config {
+        let encoder_channels = embed_dim
+            .first()
+            .into_iter()
+            .chain(embed_dim)
+            .copied()
+            .collect();
+        smp_unet::Config {
+            decoder_channels: self.channels.clone(),
+            n_blocks: self.channels.len(),
+            use_norm: self.use_batchnorm.clone(),
+            attention_type: self.attention_type,
+            interpolation_mode: Interpolation::Nearest,
+            ..smp_unet::Config::new(encoder_channels)
+        }
+    }
+}
+
 /// TerraTorch's `UNetDecoder`: smp's `UnetDecoder` (under `decoder.`) built for the
 /// encoder channels `[embed_dim[0], *embed_dim]`, one block per entry of `channels`.
 ///
@@ -488,9 +56,8 @@ pub struct Config {
 /// `[B, channels[-1], H0, W0]` map at the first map's size.
 #[derive(Debug)]
 pub struct UNetDecoder {
-    blocks: Vec<UnetDecoderBlock>,
+    decoder: UnetDecoder,
     embed_dim: Vec<i64>,
-    out_channels: i64,
 }
 
 impl UNetDecoder {
@@ -516,25 +83,9 @@ impl UNetDecoder {
                 cfg.channels
             )));
         }
-        // smp drops its first encoder channel and goes deepest first; with the first map
-        // duplicated that leaves embed_dim reversed.
-        let enc: Vec<i64> = embed_dim.iter().rev().copied().collect();
-        let ins =
-            std::iter::once(enc[0]).chain(cfg.channels[..cfg.channels.len() - 1].iter().copied());
-        let skips = enc[1..].iter().copied().chain(std::iter::once(0));
-        let blocks_p = &p / "decoder" / "blocks";
-        let blocks = ins
-            .zip(skips)
-            .zip(&cfg.channels)
-            .enumerate()
-            .map(|(i, ((c_in, c_skip), &c_out))| {
-                UnetDecoderBlock::new(&blocks_p / i, c_in, c_skip, c_out, cfg)
-            })
-            .collect();
         Ok(Self {
-            blocks,
+            decoder: UnetDecoder::new(&p / "decoder", &cfg.smp(embed_dim))?,
             embed_dim: embed_dim.to_vec(),
-            out_channels: *cfg.channels.last().expect("non-empty"),
         })
     }
 }
@@ -558,21 +109,18 @@ impl Model for UNetDecoder {
                 )));
             }
         }
-        // With x[0] duplicated in front, smp's target sizes (deepest first) are those of
-        // the maps reversed plus x[0]'s again; its features (after dropping the duplicate)
-        // are the maps themselves, deepest first.
-        let feats: Vec<&Tensor> = xs.iter().rev().collect();
-        let (head, skips) = feats.split_first().expect("checked: at least one map");
-        let mut x = head.shallow_clone();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let target = feats.get(i + 1).copied().unwrap_or(&xs[0]).size();
-            x = block.forward(&x, target[2], target[3], skips.get(i).copied(), train)?;
-        }
-        Ok(vec![x])
+        // smp drops its first map (it only sets the output size), so TerraTorch puts
+        // x[0] in front once more: [x0, x0, x1, ...].
+        let maps: Vec<Tensor> = xs[..1]
+            .iter()
+            .chain(xs)
+            .map(Tensor::shallow_clone)
+            .collect();
+        self.decoder.forward(&maps, train)
     }
 
     fn out_channels(&self) -> Vec<i64> {
-        vec![self.out_channels]
+        self.decoder.out_channels()
     }
 }
 
