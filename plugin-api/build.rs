@@ -36,7 +36,10 @@ fn main() {
 /// headers of the libtorch we link.
 fn compile_shim(lib: &Path, cxx11: bool) {
     println!("cargo:rerun-if-changed=csrc/inference_mode.cpp");
-    let include = lib.parent().map(|root| root.join("include")).unwrap_or_default();
+    let include = lib
+        .parent()
+        .map(|root| root.join("include"))
+        .unwrap_or_default();
     cc::Build::new()
         .cpp(true)
         .file("csrc/inference_mode.cpp")

@@ -83,7 +83,10 @@ fn not_found_message(what: &str, registry: &str, candidates: &[String]) -> Strin
 /// Where a source with `prefix` goes in the search order: TerraTorch's sources in its
 /// order, then every other prefix.
 fn source_rank(prefix: &str) -> usize {
-    WELL_KNOWN_PREFIXES.iter().position(|p| *p == prefix).unwrap_or(WELL_KNOWN_PREFIXES.len())
+    WELL_KNOWN_PREFIXES
+        .iter()
+        .position(|p| *p == prefix)
+        .unwrap_or(WELL_KNOWN_PREFIXES.len())
 }
 
 /// TerraTorch's `MultiSourceRegistry`: ordered sources keyed by prefix.
@@ -117,7 +120,11 @@ impl MultiSourceRegistry {
         self.check_prefix(prefix, plugin)?;
         self.note_prefix(prefix);
         let rank = source_rank(prefix);
-        let at = self.sources.iter().position(|s| source_rank(&s.prefix) > rank).unwrap_or(self.sources.len());
+        let at = self
+            .sources
+            .iter()
+            .position(|s| source_rank(&s.prefix) > rank)
+            .unwrap_or(self.sources.len());
         self.sources.insert(
             at,
             SourceSlot {

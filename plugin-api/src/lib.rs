@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod host;
 pub mod inference;
+pub mod init;
 pub mod manifest;
 pub mod module;
 pub mod params;

@@ -20,7 +20,10 @@ fn median(mut xs: Vec<Duration>) -> f64 {
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -31,15 +34,32 @@ fn main() {
     let dir = real_plugins(&PLUGINS);
     let plugins = Host::load(&[dir.path().to_path_buf()]);
     let in_process = Host::with_plugins(vec![
-        (terrahost_terratorch::plugin_manifest(), terrahost_terratorch::plugin_sources().unwrap()),
-        (terrahost_timm::plugin_manifest(), terrahost_timm::plugin_sources().unwrap()),
-        (terrahost_smp::plugin_manifest(), terrahost_smp::plugin_sources().unwrap()),
-        (terrahost_mmseg::plugin_manifest(), terrahost_mmseg::plugin_sources().unwrap()),
+        (
+            terrahost_terratorch::plugin_manifest(),
+            terrahost_terratorch::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_timm::plugin_manifest(),
+            terrahost_timm::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_smp::plugin_manifest(),
+            terrahost_smp::plugin_sources().unwrap(),
+        ),
+        (
+            terrahost_mmseg::plugin_manifest(),
+            terrahost_mmseg::plugin_sources().unwrap(),
+        ),
     ])
     .unwrap();
-    let cfg = terrahost::config::ModelConfig::from_file(&workspace_root().join("scripts/bench/prithvi_unet.yaml"))
-        .unwrap();
-    let build = |host: &Host| host.build("model_factory", &cfg.model_factory, &cfg.model_args, None).unwrap();
+    let cfg = terrahost::config::ModelConfig::from_file(
+        &workspace_root().join("scripts/bench/prithvi_unet.yaml"),
+    )
+    .unwrap();
+    let build = |host: &Host| {
+        host.build("model_factory", &cfg.model_factory, &cfg.model_args, None)
+            .unwrap()
+    };
 
     let mut builds = [Vec::new(), Vec::new()];
     for _ in 0..runs {
@@ -69,7 +89,12 @@ fn main() {
         }
     });
 
-    let params: i64 = models[0].state_dict().iter().filter(|(_, t)| t.requires_grad()).map(|(_, t)| t.numel() as i64).sum();
+    let params: i64 = models[0]
+        .state_dict()
+        .iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
     let (fwd_plugins, fwd_in_process) = (median(forwards[0].clone()), median(forwards[1].clone()));
     println!(
         "{}",

@@ -1,28 +1,11 @@
 //! Parity and argument tests of the decode heads of part A (UPerHead, ASPPHead, ...)
 //! against TerraTorch 1.2.11 + mmseg 1.2.2 fixtures (`scripts/reference/cases/mmseg_a.py`).
+use crate::tests_common::{build, build_err, fixture};
 use serde_json::{json, Value};
-use terrahost_plugin_api::sdk::DynModule;
-use terrahost_plugin_api::{ErrorKind, PluginError, Result};
-use terrahost_testkit::build_from;
-
-fn build(name: &str, channels: &[i64], args: Value) -> Result<DynModule> {
-    build_from(
-        crate::plugin_sources()?,
-        "decoder",
-        name,
-        Some(channels),
-        &args,
-    )
-}
-
-fn build_err(name: &str, channels: &[i64], args: Value) -> PluginError {
-    build(name, channels, args)
-        .err()
-        .expect("the build should fail")
-}
+use terrahost_plugin_api::ErrorKind;
 
 fn check(case: &str) {
-    terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), case);
+    fixture(case);
 }
 
 #[test]

@@ -1,26 +1,11 @@
 //! Tests of the decode heads of part B (attention and context heads). Parity
 //! fixtures come from `scripts/reference/cases/mmseg_b.py` (TerraTorch 1.2.11 +
 //! mmseg 1.2.2); error-message needles name the argument to change.
+use crate::tests_common::{build, build_err, expect_errors, fixture};
 use serde_json::{json, Value};
 use terrahost_plugin_api::sdk::DynModule;
-use terrahost_plugin_api::{ErrorKind, PluginError, Result};
-use terrahost_testkit::{build_from, check_fixture, sine_input as input};
-
-fn build(name: &str, channels: &[i64], args: Value) -> Result<DynModule> {
-    build_from(
-        crate::plugin_sources()?,
-        "decoder",
-        name,
-        Some(channels),
-        &args,
-    )
-}
-
-fn build_err(name: &str, channels: &[i64], args: Value) -> PluginError {
-    build(name, channels, args)
-        .err()
-        .expect("the build should fail")
-}
+use terrahost_plugin_api::ErrorKind;
+use terrahost_testkit::sine_input as input;
 
 /// `{"num_classes": 3, "channels": 16}` extended by `extra`.
 fn args(extra: Value) -> Value {
@@ -29,20 +14,6 @@ fn args(extra: Value) -> Value {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     a
-}
-
-fn fixture(case: &str) {
-    check_fixture(crate::plugin_sources().unwrap(), case);
-}
-
-/// Every `(head, channels, args, needle)` must fail with an invalid-argument error
-/// whose message contains `needle`.
-fn expect_errors(cases: &[(&str, &[i64], Value, &str)]) {
-    for (name, channels, a, needle) in cases {
-        let e = build_err(name, channels, a.clone());
-        assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT, "{name} {a}: {e}");
-        assert!(e.message().contains(needle), "{name} {channels:?} {a}: {e}");
-    }
 }
 
 #[test]

@@ -5,55 +5,16 @@
 //! (`timm.create_model(name, features_only=True, ...).state_dict()`, timm 1.0.31, without
 //! `num_batches_tracked`), not from this crate.
 use crate::models::resnet::{self, BlockKind, Config, ResNet};
+use crate::test_support::{build, n_params, parity, scratch_dir, tensor as get};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
-use terrahost_plugin_api::sdk::{DynModule, Model, NoHost};
-use terrahost_plugin_api::{BuildRequest, ErrorKind, PluginError};
-
-/// Builds `timm_<name>` with `args` through the plugin's own catalog.
-fn build(name: &str, args: Value) -> Result<DynModule, PluginError> {
-    let sources = crate::plugin_sources().unwrap();
-    let entry = sources
-        .iter()
-        .find(|s| s.registry.as_str() == "backbone" && s.prefix.as_str() == "timm")
-        .unwrap();
-    let req = BuildRequest::new(args.as_object().unwrap(), None);
-    let m = entry
-        .source
-        .build(name.into(), req, NoHost::handle())
-        .into_result()?;
-    Ok(DynModule::new(name, m))
-}
-
-fn keys_and_shapes(m: &DynModule) -> Vec<(String, Vec<i64>)> {
-    let mut v: Vec<_> = m
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| (k, t.size()))
-        .collect();
-    v.sort();
-    v
-}
-
-fn n_params(m: &DynModule) -> i64 {
-    m.module()
-        .named_parameters()
-        .iter()
-        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
-        .sum()
-}
+use terrahost_plugin_api::sdk::Model;
+use terrahost_plugin_api::ErrorKind;
+use terrahost_testkit::{keys_and_shapes, sorted_keys as ks};
 
 fn sorted(mut v: Vec<(String, Vec<i64>)>) -> Vec<(String, Vec<i64>)> {
     v.sort();
     v
-}
-
-fn ks(list: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
-    sorted(
-        list.iter()
-            .map(|(k, s)| (k.to_string(), s.to_vec()))
-            .collect(),
-    )
 }
 
 fn bn(prefix: &str, c: i64) -> Vec<(String, Vec<i64>)> {
@@ -407,13 +368,6 @@ fn features_only_false_and_pretrained_downloads_are_refused() {
     }
 }
 
-fn get<'a>(sd: &'a [(String, Tensor)], key: &str) -> &'a Tensor {
-    &sd.iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no {key}"))
-        .1
-}
-
 #[test]
 fn pretrained_file_loads_like_timm() {
     // A classifier checkpoint of the full timm model (with fc.* and a DDP prefix),
@@ -434,8 +388,7 @@ fn pretrained_file_loads_like_timm() {
         Tensor::zeros([1000], (Kind::Float, Device::Cpu)),
     ));
     named.push(("module.bn1.num_batches_tracked".into(), Tensor::from(0i64)));
-    let dir = std::env::temp_dir().join(format!("timm-plugin-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("timm-plugin-test");
     let file = dir.join("resnet18.safetensors");
     Tensor::write_safetensors(&named, &file).unwrap();
     let src = |k: &str| {
@@ -464,7 +417,7 @@ fn pretrained_file_loads_like_timm() {
         json!({"pretrained": true, "pretrained_cfg_overlay": overlay, "in_chans": 1}),
     )
     .unwrap();
-    let got = get(&m1.state_dict(), "conv1.weight").shallow_clone();
+    let got = get(&m1.state_dict(), "conv1.weight");
     let want = w.narrow(1, 0, 1) + w.narrow(1, 1, 1) + w.narrow(1, 2, 1);
     assert!(got.allclose(&want, 1e-6, 1e-6, false));
     let m6 = build(
@@ -472,7 +425,7 @@ fn pretrained_file_loads_like_timm() {
         json!({"pretrained": true, "pretrained_cfg_overlay": overlay, "in_chans": 6}),
     )
     .unwrap();
-    let got = get(&m6.state_dict(), "conv1.weight").shallow_clone();
+    let got = get(&m6.state_dict(), "conv1.weight");
     assert_eq!(got.size(), vec![64, 6, 7, 7]);
     assert!(got
         .narrow(1, 4, 1)
@@ -594,10 +547,10 @@ fn config_presets_and_validation() {
 
 #[test]
 fn parity_timm_resnet18() {
-    terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "timm_resnet18");
+    parity("timm_resnet18");
 }
 
 #[test]
 fn parity_timm_resnet34_in_chans_6() {
-    terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "timm_resnet34");
+    parity("timm_resnet34");
 }

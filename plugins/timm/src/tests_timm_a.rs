@@ -5,36 +5,10 @@
 //! Parameter / state_dict counts were printed from the reference Python
 //! (`BACKBONE_REGISTRY.build("timm_<name>", features_only=True, pretrained=False)`, timm
 //! 1.0.31; state_dict entries without `num_batches_tracked`), not from this crate.
-use serde_json::{json, Value};
+use crate::test_support::{build, get, n_params, parity as check, tensor, write_checkpoint};
+use serde_json::json;
 use tch::{Device, Kind, Tensor};
-use terrahost_plugin_api::sdk::{DynModule, NoHost};
-use terrahost_plugin_api::{BuildRequest, ErrorKind, PluginError};
-
-fn build(name: &str, args: Value) -> Result<DynModule, PluginError> {
-    let sources = crate::plugin_sources().unwrap();
-    let entry = sources
-        .iter()
-        .find(|s| s.registry.as_str() == "backbone" && s.prefix.as_str() == "timm")
-        .unwrap();
-    let req = BuildRequest::new(args.as_object().unwrap(), None);
-    let m = entry
-        .source
-        .build(name.into(), req, NoHost::handle())
-        .into_result()?;
-    Ok(DynModule::new(name, m))
-}
-
-fn n_params(m: &DynModule) -> i64 {
-    m.module()
-        .named_parameters()
-        .iter()
-        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
-        .sum()
-}
-
-fn check(case: &str) {
-    terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), case);
-}
+use terrahost_plugin_api::ErrorKind;
 
 #[test]
 fn parity_timm_resnet50() {
@@ -195,19 +169,8 @@ fn argument_errors_name_the_argument() {
 }
 
 fn write(named: &[(String, Tensor)], file: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("timm-a-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(file);
-    Tensor::write_safetensors(named, &path).unwrap();
+    let path = write_checkpoint(named, "timm-a-test", file);
     path.to_str().unwrap().to_owned()
-}
-
-fn get(m: &DynModule, key: &str) -> Tensor {
-    m.state_dict()
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no {key}"))
-        .1
 }
 
 /// A full timm ViT-Ti classifier checkpoint at 224 (keys without `model.`, with norm and
@@ -230,14 +193,7 @@ fn vit_tiny_checkpoint() -> Vec<(String, Tensor)> {
 #[test]
 fn vit_pretrained_file_loads_with_timm_filters() {
     let named = vit_tiny_checkpoint();
-    let src = |k: &str| {
-        named
-            .iter()
-            .find(|(n, _)| n == k)
-            .unwrap()
-            .1
-            .shallow_clone()
-    };
+    let src = |k: &str| tensor(&named, k);
     let file = write(&named, "vit_tiny.safetensors");
     let overlay = json!({ "file": file });
 
@@ -370,14 +326,7 @@ fn convnext_pretrained_file_loads_timm_and_facebook_layouts() {
     named.push(("module.head.norm.weight".into(), Tensor::ones([32], f)));
     named.push(("module.head.fc.weight".into(), Tensor::zeros([10, 32], f)));
     let file = write(&named, "convnext.safetensors");
-    let src = |k: &str| {
-        named
-            .iter()
-            .find(|(n, _)| n == k)
-            .unwrap()
-            .1
-            .shallow_clone()
-    };
+    let src = |k: &str| tensor(&named, k);
     let mut args = small.clone();
     args["pretrained"] = json!(true);
     args["pretrained_cfg_overlay"] = json!({ "file": file });
@@ -427,7 +376,7 @@ fn convnext_pretrained_file_loads_timm_and_facebook_layouts() {
     args["pretrained"] = json!(true);
     args["pretrained_cfg_overlay"] = json!({ "file": file });
     let m = build("convnext_tiny", args).unwrap();
-    let fsrc = |k: &str| fb.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+    let fsrc = |k: &str| tensor(&fb, k);
     assert!(get(&m, "stages_2.blocks.0.mlp.fc1.weight").equal(&fsrc("stages.2.0.pwconv1.weight")));
     assert!(get(&m, "stages_3.downsample.0.weight").equal(&fsrc("downsample_layers.3.0.weight")));
     assert!(get(&m, "stem_0.weight").equal(&fsrc("downsample_layers.0.0.weight")));

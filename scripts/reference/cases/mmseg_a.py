@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from refkit import DECODER_REGISTRY, Case, fwd_list
+from cases._mmseg import head_case
+from refkit import Case, fwd_list
 
 BN = {"type": "BN"}
 PYRAMID = [8, 16, 32, 64]
@@ -15,22 +16,7 @@ PYRAMID_SHAPES = [[1, 8, 32, 32], [1, 16, 16, 16], [1, 32, 8, 8], [1, 64, 4, 4]]
 
 
 def _head(name: str, channels: list[int], args: dict, shapes: list[list[int]], note: str, forward=fwd_list) -> Case:
-    model = DECODER_REGISTRY.build(f"mmseg_{name}", channels, **args)
-    return Case(
-        registry="decoder",
-        name=f"mmseg_{name}",
-        channels=channels,
-        args=args,
-        reference=(
-            f'DECODER_REGISTRY.build("mmseg_{name}", {channels}, **args) -> MMsegDecoderWrapper('
-            f"mmseg.models.decode_heads.{name}(in_channels=<channels, a 1-element list unwrapped to an int>, **args)). "
-            f"{note} forward(list) -> conv_seg logits; eval mode (Dropout2d off, BN running stats)."
-        ),
-        model=model,
-        input_shapes=shapes,
-        forward=forward,
-        extra_meta={"includes_head": True},
-    )
+    return head_case(name, channels, args, shapes, note, forward=forward)()
 
 
 def case_uper() -> Case:

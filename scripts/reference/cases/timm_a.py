@@ -12,28 +12,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from refkit import BACKBONE_REGISTRY, Case, fwd_single
+from cases._timm import backbone_case, build, kwargs_repr
+from refkit import BACKBONE_REGISTRY, Case
 
 
 def _timm(arch: str, input_shape: list[int], note: str, **kwargs) -> Case:
-    args = {"features_only": True, "pretrained": False, **kwargs}
-    model = BACKBONE_REGISTRY.build(f"timm_{arch}", **args)
-    kw = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return Case(
-        registry="backbone",
-        name=f"timm_{arch}",
-        channels=None,
-        args=args,
-        reference=(
-            f'BACKBONE_REGISTRY.build("timm_{arch}", features_only=True, pretrained=False{", " + kw if kw else ""}) '
-            f'== TimmBackboneWrapper(timm.create_model("{arch}", features_only=True, ...)); forward(x) -> list. '
-            + note
-        ),
-        model=model,
-        input_shapes=[input_shape],
-        forward=fwd_single,
-        extra_meta={"out_channels": list(model.out_channels)},
+    args, model = build(arch, **kwargs)
+    kw = kwargs_repr(kwargs)
+    reference = (
+        f'BACKBONE_REGISTRY.build("timm_{arch}", features_only=True, pretrained=False{", " + kw if kw else ""}) '
+        f'== TimmBackboneWrapper(timm.create_model("{arch}", features_only=True, ...)); forward(x) -> list. '
+        + note
     )
+    return backbone_case(arch, args, model, input_shape, reference)
 
 
 RESNET_NOTE = (

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from refkit import BACKBONE_REGISTRY, Case, fwd_single, n_params
+from cases._timm import backbone_case, build, kwargs_repr
+from refkit import Case, n_params
 
 # Parameter counts (parameters only, no buffers) of the full presets with features_only=True.
 _PRESET_PARAMS: dict[str, int] = {}
@@ -19,33 +20,25 @@ _PRESET_PARAMS: dict[str, int] = {}
 
 def _preset_params(name: str) -> int:
     if name not in _PRESET_PARAMS:
-        m = BACKBONE_REGISTRY.build(f"timm_{name}", features_only=True, pretrained=False)
-        _PRESET_PARAMS[name] = n_params(m)
+        _PRESET_PARAMS[name] = n_params(build(name)[1])
     return _PRESET_PARAMS[name]
 
 
 def _case(name: str, args: dict, input_shape: list[int], note: str) -> Case:
-    full = {"features_only": True, "pretrained": False, **args}
-    model = BACKBONE_REGISTRY.build(f"timm_{name}", **full)
-    kw = ", ".join(f"{k}={v!r}" for k, v in full.items())
-    extra = {
-        "out_channels": list(model.out_channels),
-        "preset_n_params": _preset_params(name),
-        "state_dict_keys_sample": list(model.state_dict().keys())[:12],
-    }
-    return Case(
-        registry="backbone",
-        name=f"timm_{name}",
-        channels=None,
-        args=full,
-        reference=(
-            f'BACKBONE_REGISTRY.build("timm_{name}", {kw}) == TimmBackboneWrapper(timm.create_model("{name}", '
-            f"{kw})); forward(x) -> list of channels-last [B, H, W, C] stage outputs. {note}"
-        ),
-        model=model,
-        input_shapes=[input_shape],
-        forward=fwd_single,
-        extra_meta=extra,
+    full, model = build(name, **args)
+    kw = kwargs_repr(full)
+    reference = (
+        f'BACKBONE_REGISTRY.build("timm_{name}", {kw}) == TimmBackboneWrapper(timm.create_model("{name}", '
+        f"{kw})); forward(x) -> list of channels-last [B, H, W, C] stage outputs. {note}"
+    )
+    return backbone_case(
+        name,
+        full,
+        model,
+        input_shape,
+        reference,
+        preset_n_params=_preset_params(name),
+        state_dict_keys_sample=list(model.state_dict().keys())[:12],
     )
 
 

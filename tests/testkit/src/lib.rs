@@ -303,10 +303,19 @@ pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
     };
     for (mode, outputs) in [
         ("no_grad", tch::no_grad(run)),
-        ("inference_mode", terrahost_plugin_api::inference::inference_mode(run)),
+        (
+            "inference_mode",
+            terrahost_plugin_api::inference::inference_mode(run),
+        ),
     ] {
-        let outputs = outputs.unwrap_or_else(|e| panic!("{} ({mode}): forward failed: {e}", fx.case));
-        assert_eq!(outputs.len(), fx.outputs.len(), "{} ({mode}): number of outputs", fx.case);
+        let outputs =
+            outputs.unwrap_or_else(|e| panic!("{} ({mode}): forward failed: {e}", fx.case));
+        assert_eq!(
+            outputs.len(),
+            fx.outputs.len(),
+            "{} ({mode}): number of outputs",
+            fx.case
+        );
         for (i, (a, e)) in outputs.iter().zip(&fx.outputs).enumerate() {
             assert_close(&format!("{} ({mode}) output.{i}", fx.case), a, e, fx.atol());
         }

@@ -6,13 +6,13 @@
 //! ANNHead forces `input_transform="multiple_select"`: the channel list has two
 //! entries (low, high) and `in_index` picks the two maps.
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, int_list, AttentionSpec, BaseCfg, BaseParams, ClsSeg, Inputs,
-    SelfAttentionBlock,
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::self_attention_block::{AttentionSpec, SelfAttentionBlock};
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// `AFNB` / `APNB`: attention stages (one per query scale) summed, then a 1x1
@@ -39,19 +39,11 @@ impl PyramidBlock {
         bottleneck_cfg: &ConvModuleCfg,
     ) -> Result<Self> {
         let spec = AttentionSpec {
-            key_in_channels: low,
-            query_in_channels: high,
-            channels,
-            out_channels: out,
             share_key_query,
-            query_downsample: None,
             key_pool_scales: Some(key_pool_scales.to_vec()),
             key_query_num_convs: 1,
-            value_out_num_convs: 1,
-            key_query_norm: true,
             value_out_norm: false,
-            matmul_norm: true,
-            with_out: true,
+            ..AttentionSpec::new(low, high, channels, out)
         };
         let stages = (0..n_stages)
             .map(|i| SelfAttentionBlock::new(&(&p / "stages" / i), spec.clone(), cfg))
@@ -138,13 +130,17 @@ impl AnnHead {
                 cfg,
                 cfg,
             )?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for AnnHead {
+impl DecodeHead for AnnHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let maps = self.base.select(xs)?;
         let (low, high) = (&maps[0], &maps[1]);
@@ -153,14 +149,6 @@ impl Model for AnnHead {
         let y = self.bottleneck.forward(&y, train)?;
         let y = self.context.forward(&y, &y, train)?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
@@ -179,7 +167,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "project_channels",
         format_args!("must be positive, got {project}"),
     )?;
-    let query_scales = int_list(ctx, "query_scales")?;
+    let query_scales = ctx.args.get::<Vec<i64>>("query_scales")?;
     a.ensure(
         !query_scales.is_empty() && query_scales.iter().all(|&s| s == 1),
         "query_scales",
@@ -188,7 +176,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
              mmseg's attention block then reshapes the context to the wrong channel count and fails"
         ),
     )?;
-    let key_pool_scales = int_list(ctx, "key_pool_scales")?;
+    let key_pool_scales = ctx.args.get::<Vec<i64>>("key_pool_scales")?;
     a.ensure(
         !key_pool_scales.is_empty() && key_pool_scales.iter().all(|&s| s >= 1),
         "key_pool_scales",
@@ -218,6 +206,6 @@ pub(crate) fn entry() -> Entry {
                 .opt("query_scales", ParamType::INT_LIST, json!([1]), "one attention stage per entry; only 1 works in mmseg")
                 .opt("key_pool_scales", ParamType::INT_LIST, json!([1, 3, 6, 8]), "pyramid pooling sizes of keys and values")
         },
-        BaseParams { input_transform: false, ..BaseParams::default() },
+        BaseParams::multiple_select(),
     )
 }

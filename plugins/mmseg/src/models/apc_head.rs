@@ -1,13 +1,13 @@
 //! mmsegmentation 1.2.2's `APCHead` (`mmseg/models/decode_heads/apc_head.py`,
 //! APCNet): adaptive context modules (`ACM`) at several pooling scales, built as
 //! TerraTorch's `MMSegRegistry` builds it.
-use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, int_list, torch_conv2d, BaseCfg, BaseParams, ClsSeg, Inputs,
+use super::conv_module::{torch_conv2d, ConvModule, ConvModuleCfg};
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `ACM`: region features pooled to `pool_scale`², mixed into every
@@ -105,15 +105,19 @@ impl ApcHead {
         Ok(Self {
             acm_modules,
             bottleneck: ConvModule::new(&p / "bottleneck", c_in + n * c, c, 3, 1, 1, &base.conv)?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for ApcHead {
+impl DecodeHead for ApcHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let mut outs = vec![x.shallow_clone()];
         for acm in &self.acm_modules {
             outs.push(acm.forward(&x, train)?);
@@ -121,19 +125,11 @@ impl Model for ApcHead {
         let y = self.bottleneck.forward(&Tensor::f_cat(&outs, 1)?, train)?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
-    let scales = int_list(ctx, "pool_scales")?;
+    let scales = ctx.args.get::<Vec<i64>>("pool_scales")?;
     ctx.args.ensure(
         scales.iter().all(|&s| s >= 1),
         "pool_scales",

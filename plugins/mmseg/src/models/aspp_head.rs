@@ -3,11 +3,13 @@
 //! (`mmseg/models/decode_heads/sep_aspp_head.py`, DeepLabV3+), on top of
 //! `BaseDecodeHead` (see [`super::decode_head`]).
 use super::conv_module::{ConvModule, ConvOpts, DepthwiseSeparableConvModule};
-use super::decode_head::{self, arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::MmsegDecoderWrapper;
+use super::decode_head::{
+    arg_error, build_wrapped, check_map, head_entry, resize, BaseCfg, BaseParams, ClsSeg,
+    DecodeHead, Inputs,
+};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// One branch of the ASPP module: a plain `ConvModule` (1x1 for dilation 1, else
@@ -70,18 +72,12 @@ impl AsppHead {
         dilations: &[i64],
         sep: Option<SepCfg>,
     ) -> Result<Self> {
-        let what = if sep.is_some() {
-            "DepthwiseSeparableASPPHead"
-        } else {
-            "ASPPHead"
-        };
-        base.require_single(what)?;
         if dilations.is_empty() || dilations.iter().any(|&d| d <= 0) {
             return Err(PluginError::invalid_argument(format!(
                 "argument `dilations` must be a non-empty list of positive dilations, got {dilations:?}"
             )));
         }
-        let (c_in, ch, conv) = (base.single_in_channels(), base.channels, &base.conv);
+        let (c_in, ch, conv) = (base.in_ch(), base.channels, &base.conv);
         let image_pool = ConvModule::new(&p / "image_pool" / 1, c_in, ch, 1, 0, 1, conv)?;
         let ap = &p / "aspp_modules";
         let aspp_modules = dilations
@@ -143,7 +139,7 @@ impl AsppHead {
                 Ok(Plus { c1_in_channels: s.c1_in_channels, c1_bottleneck, sep_bottleneck })
             })
             .transpose()?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             image_pool,
@@ -155,19 +151,18 @@ impl AsppHead {
     }
 }
 
-impl Model for AsppHead {
+impl DecodeHead for AsppHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let x = self.base.select_one(xs)?;
         let size = x.size();
         let pooled = self
             .image_pool
             .forward(&x.f_adaptive_avg_pool2d([1, 1])?, train)?;
-        let mut outs = vec![decode_head::resize(
-            &pooled,
-            size[2],
-            size[3],
-            self.base.align_corners,
-        )?];
+        let mut outs = vec![resize(&pooled, size[2], size[3], self.base.align_corners)?];
         for b in &self.aspp_modules {
             outs.push(b.forward(&x, train)?);
         }
@@ -177,10 +172,10 @@ impl Model for AsppHead {
             if let Some(c1) = &plus.c1_bottleneck {
                 // the low-level map is always the first of the full input list
                 let x0 = &xs[0];
-                decode_head::check_map(x0, plus.c1_in_channels, "inputs[0] (the c1 map)")?;
+                check_map(x0, plus.c1_in_channels, "inputs[0] (the c1 map)")?;
                 let c1 = c1.forward(x0, train)?;
                 let s = c1.size();
-                out = decode_head::resize(&out, s[2], s[3], self.base.align_corners)?;
+                out = resize(&out, s[2], s[3], self.base.align_corners)?;
                 out = Tensor::f_cat(&[&out, &c1], 1)?;
             }
             for m in &plus.sep_bottleneck {
@@ -188,14 +183,6 @@ impl Model for AsppHead {
             }
         }
         Ok(vec![self.cls.forward(&out, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
@@ -212,7 +199,7 @@ fn dilations_arg(ctx: &BuildCtx<'_, '_>) -> Result<Vec<i64>> {
 }
 
 fn build(ctx: &BuildCtx<'_, '_>, separable: bool) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, None)?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
     let dilations = dilations_arg(ctx)?;
     let sep = if separable {
         let s = SepCfg {
@@ -233,44 +220,45 @@ fn build(ctx: &BuildCtx<'_, '_>, separable: bool) -> Result<ModuleBox> {
     } else {
         None
     };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| AsppHead::new(p, &base, &dilations, sep))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| AsppHead::new(p, &base, &dilations, sep))
 }
 
 fn with_dilations(e: Entry) -> Entry {
-    let e = e.opt(
+    e.opt(
         "dilations",
         ParamType::INT_LIST,
         json!([1, 6, 12, 18]),
         "dilation of each ASPP branch (1: a 1x1 conv)",
-    );
-    base_params(e, &BaseParams::default())
+    )
 }
 
 /// The `ASPPHead` entry.
 pub(crate) fn aspp_entry() -> Entry {
-    with_dilations(head_entry(
+    head_entry(
         "ASPPHead",
         "Atrous spatial pyramid pooling decode head of mmsegmentation (DeepLabV3; includes its own classifier): \
          global average pooling plus one ConvModule per dilation on the selected map, concatenated, fused by a 3x3 \
          bottleneck, then dropout and conv_seg at the map's resolution.",
         |ctx| build(ctx, false),
-    ))
+        with_dilations,
+        BaseParams::default(),
+    )
 }
 
 /// The `DepthwiseSeparableASPPHead` entry.
 pub(crate) fn sep_aspp_entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "DepthwiseSeparableASPPHead",
         "DeepLabV3+ decode head of mmsegmentation (includes its own classifier): ASPP with depthwise-separable \
          dilated branches on the selected map; its output is resized to inputs[0] (always the first map of the \
          input list) and concatenated with c1_bottleneck(inputs[0]), then two depthwise-separable 3x3 convs, \
          dropout and conv_seg at inputs[0]'s resolution.",
         |ctx| build(ctx, true),
-    )
+        |e| {
+            with_dilations(e
     .req("c1_in_channels", ParamType::INT, "channels of inputs[0], the low-level map (0: no low-level branch)")
-    .req("c1_channels", ParamType::INT, "output channels of c1_bottleneck (0 when c1_in_channels is 0)");
-    with_dilations(e)
+    .req("c1_channels", ParamType::INT, "output channels of c1_bottleneck (0 when c1_in_channels is 0)"))
+        },
+        BaseParams::default(),
+    )
 }

@@ -1,8 +1,9 @@
-//! mmcv 2.1's `ConvModule` (`mmcv/cnn/bricks/conv_module.py`) in its default order
-//! conv -> norm -> act, with the layers its builders make from config dicts:
-//! `build_conv_layer` (`mmcv/cnn/bricks/conv.py`), `build_norm_layer`
-//! (`mmcv/cnn/bricks/norm.py`) and `build_activation_layer`
-//! (`mmcv/cnn/bricks/activation.py`, `hsigmoid.py`, `hswish.py`, `swish.py`).
+//! mmcv 2.1's `ConvModule` (`mmcv/cnn/bricks/conv_module.py`) with the layers its
+//! builders make from config dicts: `build_conv_layer` (`mmcv/cnn/bricks/conv.py`),
+//! `build_norm_layer` (`mmcv/cnn/bricks/norm.py`) and `build_activation_layer`
+//! (`mmcv/cnn/bricks/activation.py`, `hsigmoid.py`, `hswish.py`, `swish.py`); mmcv's
+//! `DepthwiseSeparableConvModule` and `Scale` (`depthwise_separable_conv_module.py`,
+//! `scale.py`); and plain `nn.Conv2d` / `nn.Linear` with PyTorch's default init.
 //!
 //! Parameter names follow mmcv: the convolution is `conv`, the norm layer is named
 //! by its abbreviation (`bn` for BN/SyncBN, `gn` for GN), the activation has none.
@@ -81,6 +82,21 @@ impl<'a> Kwargs<'a> {
     }
 }
 
+/// A `{type: ..., **kwargs}` config dict, or `None` for null; `example` is the type
+/// the error message suggests.
+fn cfg_dict<'a>(
+    v: &'a Value,
+    example: &str,
+) -> std::result::Result<Option<&'a Map<String, Value>>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(m) => Ok(Some(m)),
+        other => Err(format!(
+            "must be None or a dict like {{\"type\": \"{example}\"}}, got {other}"
+        )),
+    }
+}
+
 /// The `type` of a config dict.
 fn cfg_type(v: &Map<String, Value>) -> std::result::Result<&str, String> {
     match v.get("type") {
@@ -121,14 +137,8 @@ impl NormCfg {
 
     /// Parses an mmcv `norm_cfg` (`None` stays `None`).
     pub fn from_json(v: &Value) -> std::result::Result<Option<Self>, String> {
-        let map = match v {
-            Value::Null => return Ok(None),
-            Value::Object(m) => m,
-            other => {
-                return Err(format!(
-                    "must be None or a dict like {{\"type\": \"BN\"}}, got {other}"
-                ))
-            }
+        let Some(map) = cfg_dict(v, "BN")? else {
+            return Ok(None);
         };
         let ty = cfg_type(map)?;
         let cfg = match ty {
@@ -233,14 +243,8 @@ impl ActCfg {
     /// Parses an mmcv `act_cfg` (`None` stays `None`). `inplace` is accepted and has
     /// no effect on results.
     pub fn from_json(v: &Value) -> std::result::Result<Option<Self>, String> {
-        let map = match v {
-            Value::Null => return Ok(None),
-            Value::Object(m) => m,
-            other => {
-                return Err(format!(
-                    "must be None or a dict like {{\"type\": \"ReLU\"}}, got {other}"
-                ))
-            }
+        let Some(map) = cfg_dict(v, "ReLU")? else {
+            return Ok(None);
         };
         let ty = cfg_type(map)?;
         let cfg = match ty {
@@ -348,6 +352,72 @@ pub fn check_conv_cfg(v: &Value) -> std::result::Result<(), String> {
     }
 }
 
+/// An mmcv `LN` norm config (`{type: LN, eps, requires_grad}`), for norms over
+/// `[B, N, C]` token sequences (`nn.LayerNorm` over the last dimension).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LnCfg {
+    /// Added to the variance.
+    pub eps: f64,
+    /// Whether its affine weights are trained.
+    pub requires_grad: bool,
+}
+
+impl LnCfg {
+    /// Parses the dict; only `LN` normalises tokens over their last dimension.
+    pub fn from_json(v: &Value) -> std::result::Result<Self, String> {
+        let m = v.as_object().ok_or_else(|| {
+            format!("must be a dict like {{\"type\": \"LN\", \"eps\": 1e-6}}, got {v}")
+        })?;
+        match m.get("type").and_then(Value::as_str) {
+            Some("LN") => {}
+            other => {
+                return Err(format!(
+                    "type {other:?} is not supported: this norm runs on [B, N, C] tokens, which only \"LN\" normalises"
+                ))
+            }
+        }
+        if let Some(k) = m
+            .keys()
+            .find(|k| !["type", "eps", "requires_grad"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "key `{k}` is not supported for type \"LN\" (supported: eps, requires_grad)"
+            ));
+        }
+        let eps = match m.get("eps") {
+            None | Some(Value::Null) => 1e-5,
+            Some(e) => e
+                .as_f64()
+                .ok_or_else(|| format!("`eps` must be a number, got {e}"))?,
+        };
+        let requires_grad = match m.get("requires_grad") {
+            None | Some(Value::Null) => true,
+            Some(r) => r
+                .as_bool()
+                .ok_or_else(|| format!("`requires_grad` must be a bool, got {r}"))?,
+        };
+        Ok(Self { eps, requires_grad })
+    }
+
+    /// `nn.LayerNorm(dim, eps)` at `p` (`weight`, `bias`; frozen without `requires_grad`).
+    pub fn build(&self, p: nn::Path, dim: i64) -> nn::LayerNorm {
+        let norm = nn::layer_norm(
+            p,
+            vec![dim],
+            nn::LayerNormConfig {
+                eps: self.eps,
+                ..Default::default()
+            },
+        );
+        if !self.requires_grad {
+            for t in norm.ws.iter().chain(norm.bs.iter()) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        norm
+    }
+}
+
 /// How a [`ConvModule`] is built besides its shape.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 pub struct ConvModuleCfg {
@@ -367,124 +437,84 @@ impl Default for ConvModuleCfg {
     }
 }
 
+/// A norm layer built alone from a `norm_cfg` (mmcv's `build_norm_layer`): the norm
+/// of a [`ConvModule`], or one that a head keeps outside a `ConvModule`. It works on
+/// `[B, C, ...]` inputs.
 #[derive(Debug)]
-enum Norm {
+pub enum NormLayer {
+    /// BatchNorm (1d or 2d: same parameters, same maths).
     Batch(nn::BatchNorm),
+    /// GroupNorm.
     Group(nn::GroupNorm),
 }
 
-/// mmcv's `ConvModule`: conv (bias only without a norm), norm, activation.
-#[derive(Debug)]
-pub struct ConvModule {
-    conv: nn::Conv2D,
-    norm: Option<Norm>,
-    act: Option<ActCfg>,
-}
-
-impl ConvModule {
-    /// A `kernel` x `kernel` convolution from `c_in` to `c_out` channels with
-    /// `padding` and `dilation`, under `p` (`p.conv`, `p.bn`/`p.gn`).
-    pub fn new(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        kernel: i64,
-        padding: i64,
-        dilation: i64,
-        cfg: &ConvModuleCfg,
-    ) -> Result<Self> {
-        if let Some(norm) = &cfg.norm_cfg {
-            norm.check(c_out)
-                .map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
-        }
-        // mmcv's init_weights: Kaiming-normal with fan_out for the convolution (the
-        // LeakyReLU slope enters the gain), zero bias; norm weight 1, bias 0.
-        let non_linearity = match cfg.act_cfg {
-            Some(ActCfg::LeakyReLU { negative_slope }) => nn::init::NonLinearity::ExplicitGain(
-                (2.0 / (1.0 + negative_slope * negative_slope)).sqrt(),
+impl NormLayer {
+    /// Builds the layer for `c` channels at `p` (`weight`, `bias`, running stats);
+    /// with `requires_grad` false the affine weights are frozen, and they stay in
+    /// the state_dict.
+    pub fn new(p: nn::Path, cfg: &NormCfg, c: i64) -> Result<Self> {
+        cfg.check(c)
+            .map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
+        let (layer, requires_grad) = match *cfg {
+            NormCfg::BatchNorm {
+                eps,
+                momentum,
+                requires_grad,
+            } => (
+                Self::Batch(batch_norm2d(p, c, eps, momentum)),
+                requires_grad,
             ),
-            _ => nn::init::NonLinearity::ReLU,
-        };
-        let conv_cfg = nn::ConvConfig {
-            padding,
-            dilation,
-            bias: cfg.norm_cfg.is_none(),
-            ws_init: nn::Init::Kaiming {
-                dist: nn::init::NormalOrUniform::Normal,
-                fan: nn::init::FanInOut::FanOut,
-                non_linearity,
-            },
-            bs_init: nn::Init::Const(0.),
-            ..Default::default()
-        };
-        let conv = nn::conv2d(&p / "conv", c_in, c_out, kernel, conv_cfg);
-        let norm = cfg.norm_cfg.as_ref().map(|n| {
-            let np = &p / n.abbr();
-            let (norm, requires_grad) = match *n {
-                NormCfg::BatchNorm {
-                    eps,
-                    momentum,
-                    requires_grad,
-                } => (
-                    Norm::Batch(batch_norm2d(np, c_out, eps, momentum)),
-                    requires_grad,
-                ),
-                NormCfg::GroupNorm {
+            NormCfg::GroupNorm {
+                num_groups,
+                eps,
+                requires_grad,
+            } => (
+                Self::Group(nn::group_norm(
+                    p,
                     num_groups,
-                    eps,
-                    requires_grad,
-                } => (
-                    Norm::Group(nn::group_norm(
-                        np,
-                        num_groups,
-                        c_out,
-                        nn::GroupNormConfig {
-                            eps,
-                            ws_init: nn::Init::Const(1.),
-                            bs_init: nn::Init::Const(0.),
-                            ..Default::default()
-                        },
-                    )),
-                    requires_grad,
-                ),
+                    c,
+                    nn::GroupNormConfig {
+                        eps,
+                        ws_init: nn::Init::Const(1.),
+                        bs_init: nn::Init::Const(0.),
+                        ..Default::default()
+                    },
+                )),
+                requires_grad,
+            ),
+        };
+        if !requires_grad {
+            let (w, b) = match &layer {
+                Self::Batch(bn) => (bn.ws.as_ref(), bn.bs.as_ref()),
+                Self::Group(gn) => (gn.ws.as_ref(), gn.bs.as_ref()),
             };
-            if !requires_grad {
-                // mmcv freezes the affine weights; they stay in the state_dict.
-                let (w, b) = match &norm {
-                    Norm::Batch(bn) => (bn.ws.as_ref(), bn.bs.as_ref()),
-                    Norm::Group(gn) => (gn.ws.as_ref(), gn.bs.as_ref()),
-                };
-                for t in w.into_iter().chain(b) {
-                    let _ = t.set_requires_grad(false);
-                }
+            for t in w.into_iter().chain(b) {
+                let _ = t.set_requires_grad(false);
             }
-            norm
-        });
-        Ok(Self {
-            conv,
-            norm,
-            act: cfg.act_cfg.clone(),
-        })
+        }
+        Ok(layer)
     }
 
-    /// conv -> norm -> act.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.apply(&self.conv);
-        y = match &self.norm {
-            None => y,
-            Some(Norm::Batch(bn)) => y.apply_t(bn, train),
-            Some(Norm::Group(gn)) => y.apply(gn),
-        };
-        match &self.act {
-            None => Ok(y),
-            Some(act) => act.apply(&y),
+    /// The `BatchNorm1d` flavour (inputs `[B, C]` or `[B, C, L]`); GroupNorm is unchanged.
+    pub fn one_d(mut self) -> Self {
+        if let Self::Batch(bn) = &mut self {
+            bn.nd = 1;
+        }
+        self
+    }
+
+    /// Normalises `x`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Self::Batch(bn) => x.apply_t(bn, train),
+            Self::Group(gn) => x.apply(gn),
         }
     }
 }
 
-/// The shape options of a [`ConvModule`] besides its kernel: mmcv's `stride`,
-/// `padding`, `dilation`, `groups` and `bias` (`None` is mmcv's `'auto'`: a bias only
-/// without a norm).
+/// The options of a [`ConvModule`] besides its kernel: mmcv's `stride`, `padding`,
+/// `dilation`, `groups`, `bias` (`None` is mmcv's `'auto'`: a bias only without a
+/// norm) and `order` (conv first, or norm and act first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvOpts {
     /// Stride of the convolution.
@@ -497,6 +527,9 @@ pub struct ConvOpts {
     pub groups: i64,
     /// Whether the convolution has a bias; `None` for `'auto'`.
     pub bias: Option<bool>,
+    /// mmcv's `order=('norm', 'act', 'conv')`: the norm (over the input channels)
+    /// and the activation come before the convolution.
+    pub norm_first: bool,
 }
 
 impl Default for ConvOpts {
@@ -508,6 +541,7 @@ impl Default for ConvOpts {
             dilation: 1,
             groups: 1,
             bias: None,
+            norm_first: false,
         }
     }
 }
@@ -522,53 +556,38 @@ impl ConvOpts {
     }
 }
 
-/// Builds the norm layer of a `ConvModule` under `p / abbr` (frozen affine weights
-/// when `requires_grad` is false; they stay in the state_dict).
-fn build_norm(p: &nn::Path, n: &NormCfg, c: i64) -> Norm {
-    let np = p / n.abbr();
-    let (norm, requires_grad) = match *n {
-        NormCfg::BatchNorm {
-            eps,
-            momentum,
-            requires_grad,
-        } => (
-            Norm::Batch(batch_norm2d(np, c, eps, momentum)),
-            requires_grad,
-        ),
-        NormCfg::GroupNorm {
-            num_groups,
-            eps,
-            requires_grad,
-        } => (
-            Norm::Group(nn::group_norm(
-                np,
-                num_groups,
-                c,
-                nn::GroupNormConfig {
-                    eps,
-                    ws_init: nn::Init::Const(1.),
-                    bs_init: nn::Init::Const(0.),
-                    ..Default::default()
-                },
-            )),
-            requires_grad,
-        ),
-    };
-    if !requires_grad {
-        let (w, b) = match &norm {
-            Norm::Batch(bn) => (bn.ws.as_ref(), bn.bs.as_ref()),
-            Norm::Group(gn) => (gn.ws.as_ref(), gn.bs.as_ref()),
-        };
-        for t in w.into_iter().chain(b) {
-            let _ = t.set_requires_grad(false);
-        }
-    }
-    norm
+/// mmcv's `ConvModule`: conv (bias only without a norm), norm, activation, or
+/// norm, activation, conv with [`ConvOpts::norm_first`].
+#[derive(Debug)]
+pub struct ConvModule {
+    conv: nn::Conv2D,
+    norm: Option<NormLayer>,
+    act: Option<ActCfg>,
+    norm_first: bool,
 }
 
 impl ConvModule {
-    /// Like [`ConvModule::new`] with every shape option of mmcv's `ConvModule`
-    /// (stride, groups, an explicit bias).
+    /// A `kernel` x `kernel` convolution from `c_in` to `c_out` channels with
+    /// `padding` and `dilation` (the common case of [`ConvModule::with_opts`]).
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        padding: i64,
+        dilation: i64,
+        cfg: &ConvModuleCfg,
+    ) -> Result<Self> {
+        let opts = ConvOpts {
+            padding,
+            dilation,
+            ..ConvOpts::default()
+        };
+        Self::with_opts(p, c_in, c_out, kernel, opts, cfg)
+    }
+
+    /// A `kernel` x `kernel` convolution from `c_in` to `c_out` channels with every
+    /// shape option of mmcv's `ConvModule`, under `p` (`p.conv`, `p.bn`/`p.gn`).
     pub fn with_opts(
         p: nn::Path,
         c_in: i64,
@@ -577,8 +596,9 @@ impl ConvModule {
         opts: ConvOpts,
         cfg: &ConvModuleCfg,
     ) -> Result<Self> {
+        let norm_channels = if opts.norm_first { c_in } else { c_out };
         if let Some(norm) = &cfg.norm_cfg {
-            norm.check(c_out)
+            norm.check(norm_channels)
                 .map_err(|why| PluginError::invalid_argument(format!("norm_cfg: {why}")))?;
         }
         if opts.groups <= 0 || c_in % opts.groups != 0 || c_out % opts.groups != 0 {
@@ -587,6 +607,8 @@ impl ConvModule {
                 opts.groups
             )));
         }
+        // mmcv's init_weights: Kaiming-normal with fan_out for the convolution (the
+        // LeakyReLU slope enters the gain), zero bias; norm weight 1, bias 0.
         let non_linearity = match cfg.act_cfg {
             Some(ActCfg::LeakyReLU { negative_slope }) => nn::init::NonLinearity::ExplicitGain(
                 (2.0 / (1.0 + negative_slope * negative_slope)).sqrt(),
@@ -608,12 +630,36 @@ impl ConvModule {
             ..Default::default()
         };
         let conv = nn::conv2d(&p / "conv", c_in, c_out, kernel, conv_cfg);
-        let norm = cfg.norm_cfg.as_ref().map(|n| build_norm(&p, n, c_out));
+        let norm = cfg
+            .norm_cfg
+            .as_ref()
+            .map(|n| NormLayer::new(&p / n.abbr(), n, norm_channels))
+            .transpose()?;
         Ok(Self {
             conv,
             norm,
             act: cfg.act_cfg.clone(),
+            norm_first: opts.norm_first,
         })
+    }
+
+    /// conv -> norm -> act (or norm -> act -> conv).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let norm_act = |y: Tensor| -> Result<Tensor> {
+            let y = match &self.norm {
+                Some(norm) => norm.forward(&y, train),
+                None => y,
+            };
+            match &self.act {
+                Some(act) => act.apply(&y),
+                None => Ok(y),
+            }
+        };
+        if self.norm_first {
+            Ok(norm_act(x.shallow_clone())?.apply(&self.conv))
+        } else {
+            norm_act(x.apply(&self.conv))
+        }
     }
 }
 
@@ -668,5 +714,83 @@ impl DepthwiseSeparableConvModule {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.pointwise_conv
             .forward(&self.depthwise_conv.forward(x, train)?, train)
+    }
+}
+
+/// PyTorch's default init of a layer with `fan_in` inputs: Kaiming-uniform weights
+/// with gain sqrt(1/3) and a uniform bias in +-1/sqrt(fan_in).
+fn torch_default_init(fan_in: i64) -> (nn::Init, nn::Init) {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    (
+        nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Uniform,
+            fan: nn::init::FanInOut::FanIn,
+            non_linearity: nn::init::NonLinearity::ExplicitGain((1.0f64 / 3.0).sqrt()),
+        },
+        nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )
+}
+
+/// `nn.Conv2d(c_in, c_out, k, padding=pad, bias=bias)` with PyTorch's default init.
+pub fn torch_conv2d(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    padding: i64,
+    bias: bool,
+) -> nn::Conv2D {
+    let (ws_init, bs_init) = torch_default_init(c_in * k * k);
+    nn::conv2d(
+        p,
+        c_in,
+        c_out,
+        k,
+        nn::ConvConfig {
+            padding,
+            bias,
+            ws_init,
+            bs_init,
+            ..Default::default()
+        },
+    )
+}
+
+/// `nn.Linear(c_in, c_out, bias)` with PyTorch's default init.
+pub fn torch_linear(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> nn::Linear {
+    let (ws_init, bs_init) = torch_default_init(c_in);
+    nn::linear(
+        p,
+        c_in,
+        c_out,
+        nn::LinearConfig {
+            ws_init,
+            bs_init: bias.then_some(bs_init),
+            bias,
+        },
+    )
+}
+
+/// mmcv's `Scale` (`mmcv/cnn/bricks/scale.py`): one learnable scalar (`scale`, shape
+/// `[]`) multiplying its input.
+#[derive(Debug)]
+pub struct Scale {
+    scale: Tensor,
+}
+
+impl Scale {
+    /// Builds it under `p` with the initial value `init`.
+    pub fn new(p: nn::Path, init: f64) -> Self {
+        Self {
+            scale: p.var("scale", &[], nn::Init::Const(init)),
+        }
+    }
+
+    /// `x * scale`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_mul(&self.scale)?)
     }
 }

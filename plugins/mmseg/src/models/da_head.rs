@@ -5,13 +5,13 @@
 //! Its `forward` returns three logit maps, `(pam_cam, pam, cam)`, in training and
 //! in eval alike; mmseg's `predict` keeps the first, but TerraTorch's wrapper calls
 //! `forward`, so the module here returns all three, in that order.
-use super::conv_module::ConvModule;
-use super::decode_base_b::{
-    build_wrapped, head_entry, AttentionSpec, BaseCfg, BaseParams, ClsSeg, Inputs, Scale,
-    SelfAttentionBlock,
+use super::conv_module::{ConvModule, Scale};
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::self_attention_block::{AttentionSpec, SelfAttentionBlock};
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `DAHead`.
@@ -36,19 +36,12 @@ impl DaHead {
         let (c_in, c) = (base.in_ch(), base.channels);
         let conv = |name: &str, from: i64| ConvModule::new(&p / name, from, c, 3, 1, 1, &base.conv);
         let pam_spec = AttentionSpec {
-            key_in_channels: c,
-            query_in_channels: c,
-            channels: pam_channels,
-            out_channels: c,
-            share_key_query: false,
-            query_downsample: None,
-            key_pool_scales: None,
             key_query_num_convs: 1,
-            value_out_num_convs: 1,
             key_query_norm: false,
             value_out_norm: false,
             matmul_norm: false,
             with_out: false,
+            ..AttentionSpec::new(c, c, pam_channels, c)
         };
         Ok(Self {
             pam_in_conv: conv("pam_in_conv", c_in)?,
@@ -61,7 +54,7 @@ impl DaHead {
             cam_gamma: Scale::new(&p / "cam" / "gamma", 0.0),
             cam_out_conv: conv("cam_out_conv", c)?,
             cam_conv_seg: ClsSeg::new(&p / "cam_conv_seg", c, base.num_classes, base.dropout_ratio),
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
@@ -82,9 +75,13 @@ impl DaHead {
     }
 }
 
-impl Model for DaHead {
+impl DecodeHead for DaHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let pam_feat = self.pam_in_conv.forward(&x, train)?;
         let pam_feat = self
             .pam_gamma
@@ -107,10 +104,6 @@ impl Model for DaHead {
             self.base.num_classes,
             self.base.num_classes,
         ]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 

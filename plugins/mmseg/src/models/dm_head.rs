@@ -1,14 +1,13 @@
 //! mmsegmentation 1.2.2's `DMHead` (`mmseg/models/decode_heads/dm_head.py`, DMNet):
 //! dynamic convolution modules (`DCM`) whose depthwise filters are generated from
 //! the input, built as TerraTorch's `MMSegRegistry` builds it.
-use super::conv_module::{ActCfg, ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, int_list, torch_conv2d, BaseCfg, BaseParams, ClsSeg, Inputs,
-    NormLayer,
+use super::conv_module::{torch_conv2d, ActCfg, ConvModule, ConvModuleCfg, NormLayer};
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// mmseg's `DCM`: a `filter_size`² depthwise filter per sample and channel.
@@ -91,9 +90,13 @@ pub struct DmHead {
     conv_seg: ClsSeg,
 }
 
-impl Model for DmHead {
+impl DecodeHead for DmHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let mut outs = vec![x.shallow_clone()];
         for dcm in &self.dcm_modules {
             outs.push(dcm.forward(&x, train)?);
@@ -101,19 +104,11 @@ impl Model for DmHead {
         let y = self.bottleneck.forward(&Tensor::f_cat(&outs, 1)?, train)?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
-    let sizes = int_list(ctx, "filter_sizes")?;
+    let sizes = ctx.args.get::<Vec<i64>>("filter_sizes")?;
     ctx.args.ensure(
         sizes.iter().all(|&s| s >= 1),
         "filter_sizes",
@@ -146,7 +141,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
                 1,
                 &base.conv,
             )?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     })

@@ -9,12 +9,12 @@
 //! four maps alone are accepted too.
 use super::conv_module::{ActCfg, ConvModule, ConvModuleCfg, ConvOpts};
 use super::decode_head::{
-    self, arg_error, base_params, head_entry, py_index, BaseCfg, BaseParams, ClsSeg,
+    arg_error, build_wrapped, check_map, head_entry, py_index, resize, BaseCfg, BaseParams, ClsSeg,
+    DecodeHead, InIndex, InputTransform, Inputs,
 };
-use super::fcn_head::{InIndex, InputTransform, MmsegDecoderWrapper};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// The number of reassemble/fusion stages DPT has (fixed by its resize layers).
@@ -124,7 +124,7 @@ impl Fusion {
         if let (Some(skip), Some(unit)) = (skip, &self.res_conv_unit1) {
             let (s, k) = (x.size(), skip.size());
             let res = if s != k {
-                decode_head::resize(skip, s[2], s[3], false)?
+                resize(skip, s[2], s[3], false)?
             } else {
                 skip.shallow_clone()
             };
@@ -132,7 +132,7 @@ impl Fusion {
         }
         x = self.res_conv_unit2.forward(&x, train)?;
         let s = x.size();
-        x = decode_head::resize(&x, s[2] * 2, s[3] * 2, true)?;
+        x = resize(&x, s[2] * 2, s[3] * 2, true)?;
         self.project.forward(&x, train)
     }
 }
@@ -286,7 +286,7 @@ impl DptHead {
             act_cfg: Some(ActCfg::ReLU),
         };
         let project = ConvModule::new(&p / "project", ch, ch, 3, 1, 1, &project_cfg)?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             cfg: cfg.clone(),
@@ -319,7 +319,7 @@ impl DptHead {
     /// `ReassembleBlocks` on one pair.
     fn reassemble(&self, i: usize, x: &Tensor, cls: Option<&Tensor>) -> Result<Tensor> {
         let e = self.cfg.embed_dims;
-        decode_head::check_map(x, e, "each DPTHead feature map")?;
+        check_map(x, e, "each DPTHead feature map")?;
         let shape = x.size();
         let token = || -> Result<&Tensor> {
             let t = cls.ok_or_else(|| PluginError::forward_failed("the class token is missing"))?;
@@ -358,7 +358,11 @@ impl DptHead {
     }
 }
 
-impl Model for DptHead {
+impl DecodeHead for DptHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let pairs = self.pairs(xs)?;
         let ix = match &self.base.in_index {
@@ -386,18 +390,10 @@ impl Model for DptHead {
         let out = self.project.forward(&out, train)?;
         Ok(vec![self.cls.forward(&out, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, None)?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::Declared)?;
     let a = &ctx.args;
     let readout = Readout::parse(&a.get::<String>("readout_type")?)
         .map_err(|why| arg_error(ctx, "readout_type", why))?;
@@ -422,15 +418,12 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         post_process_channels: a.get("post_process_channels")?,
         readout,
     };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| DptHead::new(p, &base, &cfg))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| DptHead::new(p, &base, &cfg))
 }
 
 /// The `DPTHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "DPTHead",
         "Dense Prediction Transformer decode head of mmsegmentation (includes its own classifier): four ViT \
          (feature map, class token) pairs, given as a flat list map0, cls0, ..., map3, cls3 (maps alone with \
@@ -439,7 +432,8 @@ pub(crate) fn entry() -> Entry {
          input_transform=\"multiple_select\", in_index=[0, 1, 2, 3] and four channel-list entries equal to \
          embed_dims.",
         build,
-    )
+        |e| {
+            e
     .opt("embed_dims", ParamType::INT, json!(768), "channels of the ViT features and class tokens")
     .opt(
         "post_process_channels",
@@ -449,10 +443,9 @@ pub(crate) fn entry() -> Entry {
     )
     .opt("readout_type", ParamType::STR, json!("ignore"), "use of the class token: \"ignore\", \"add\" or \"project\"")
     .opt("patch_size", ParamType::INT, json!(16), "the ViT's patch size (stored by mmseg, unused by forward)")
-    .opt("expand_channels", ParamType::BOOL, json!(false), "only false works (mmseg fails with true)");
-    base_params(
-        e,
-        &BaseParams {
+    .opt("expand_channels", ParamType::BOOL, json!(false), "only false works (mmseg fails with true)")
+        },
+        BaseParams {
             norm_cfg: json!({"type": "BN"}),
             in_index_doc: "the four (map, token) pairs to read, e.g. [0, 1, 2, 3]",
             input_transform_doc: "must be \"multiple_select\" (DPTHead reads a list of pairs)",

@@ -6,11 +6,12 @@
 //! construction; in training each forward moves them towards the batch's bases
 //! (momentum), as mmseg does (without the multi-process mean).
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{head_entry, normalize, BaseCfg, BaseParams, ClsSeg, Inputs};
-use super::fcn_head::MmsegDecoderWrapper;
+use super::decode_head::{
+    head_entry, normalize, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs, MmsegDecoderWrapper,
+};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `EMAModule`.
@@ -134,15 +135,19 @@ impl EmaHead {
                 .concat_input
                 .then(|| ConvModule::new(&p / "conv_cat", c_in + c, c, 3, 1, 1, cfg))
                 .transpose()?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for EmaHead {
+impl DecodeHead for EmaHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let identity = self.ema_in_conv.forward(&x, train)?;
         let feats = self.ema_mid_conv.forward(&identity, train)?;
         let recon = self.ema_module.forward(&feats, train)?.f_relu()?;
@@ -155,14 +160,6 @@ impl Model for EmaHead {
             None => out,
         };
         Ok(vec![self.conv_seg.forward(&out, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 

@@ -6,14 +6,13 @@
 //! default) its `forward` returns `(seg_logits, se_logits)` in training and eval
 //! alike (mmseg's `predict` keeps the first; TerraTorch's wrapper calls `forward`),
 //! so the module returns both: `[B, out_channels, h, w]` and `[B, num_classes]`.
-use super::conv_module::{ConvModule, NormCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, resize_bilinear, torch_linear, BaseCfg, BaseParams, ClsSeg, Inputs,
-    NormLayer,
+use super::conv_module::{torch_linear, ConvModule, NormCfg, NormLayer};
+use super::decode_head::{
+    build_wrapped, head_entry, resize, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
 use serde_json::json;
 use tch::{nn, Kind, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `Encoding`: soft-assigns every position to `num_codes` codewords and
@@ -148,13 +147,17 @@ impl EncHead {
             lateral,
             enc_module: EncModule::new(&p / "enc_module", c, num_codes, base)?,
             se_layer: use_se_loss.then(|| torch_linear(&p / "se_layer", c, base.num_classes, true)),
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for EncHead {
+impl DecodeHead for EncHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let maps = self.base.select(xs)?;
         let mut feat = self.bottleneck.forward(&maps[maps.len() - 1], train)?;
@@ -162,7 +165,7 @@ impl Model for EncHead {
             let fs = feat.size();
             let mut all = vec![feat.shallow_clone()];
             for (conv, x) in convs.iter().zip(&maps) {
-                all.push(resize_bilinear(
+                all.push(resize(
                     &conv.forward(x, train)?,
                     fs[2],
                     fs[3],
@@ -186,20 +189,10 @@ impl Model for EncHead {
         }
         c
     }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(
-        ctx,
-        Inputs::Multiple {
-            min: 2,
-            exact: None,
-        },
-    )?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let a = &ctx.args;
     let num_codes: i64 = a.get("num_codes")?;
     a.ensure(
@@ -234,6 +227,6 @@ pub(crate) fn entry() -> Entry {
                     "mmseg's SE loss config; accepted for config compatibility, unused",
                 )
         },
-        BaseParams { input_transform: false, ..BaseParams::default() },
+        BaseParams::multiple_select(),
     )
 }

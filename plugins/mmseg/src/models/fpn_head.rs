@@ -1,10 +1,12 @@
 //! mmsegmentation 1.2.2's `FPNHead` (`mmseg/models/decode_heads/fpn_head.py`): the
 //! semantic FPN head of Panoptic FPN. It fixes `input_transform="multiple_select"`.
 use super::conv_module::ConvModule;
-use super::decode_head::{self, arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::{InputTransform, MmsegDecoderWrapper};
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use super::decode_head::{
+    arg_error, build_wrapped, head_entry, resize, upsample, BaseCfg, BaseParams, ClsSeg,
+    DecodeHead, Inputs,
+};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// One scale head: `ConvModule`s, each followed by a x2 bilinear upsample unless the
@@ -66,7 +68,7 @@ impl FpnHead {
                 Ok(ScaleHead { convs, upsample })
             })
             .collect::<Result<Vec<_>>>()?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             scale_heads,
@@ -75,16 +77,20 @@ impl FpnHead {
     }
 }
 
-impl Model for FpnHead {
+impl DecodeHead for FpnHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let inputs = self.base.select_many(xs)?;
+        let inputs = self.base.select(xs)?;
         let ac = self.base.align_corners;
         let run = |head: &ScaleHead, x: &Tensor| -> Result<Tensor> {
             let mut y = x.shallow_clone();
             for conv in &head.convs {
                 y = conv.forward(&y, train)?;
                 if head.upsample {
-                    y = decode_head::upsample(&y, 2.0, ac)?;
+                    y = upsample(&y, 2.0, ac)?;
                 }
             }
             Ok(y)
@@ -92,22 +98,14 @@ impl Model for FpnHead {
         let mut out = run(&self.scale_heads[0], &inputs[0])?;
         let s = out.size();
         for (head, x) in self.scale_heads.iter().zip(&inputs).skip(1) {
-            out = out.f_add(&decode_head::resize(&run(head, x)?, s[2], s[3], ac)?)?;
+            out = out.f_add(&resize(&run(head, x)?, s[2], s[3], ac)?)?;
         }
         Ok(vec![self.cls.forward(&out, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, Some(InputTransform::MultipleSelect))?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let strides: Vec<i64> = ctx.args.get("feature_strides")?;
     if strides.len() != base.in_channels.len() {
         return Err(arg_error(
@@ -119,25 +117,25 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             ),
         ));
     }
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| FpnHead::new(p, &base, &strides))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| FpnHead::new(p, &base, &strides))
 }
 
 /// The `FPNHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "FPNHead",
         "Semantic FPN decode head of mmsegmentation (Panoptic FPN; includes its own classifier): per selected map a \
          scale head of 3x3 ConvModules, each followed by a x2 bilinear upsample for the coarser levels, summed at the \
          first map's resolution, then dropout and conv_seg. Needs in_index as a list (one per channel-list entry).",
         build,
-    )
+        |e| {
+            e
     .req(
         "feature_strides",
         ParamType::INT_LIST,
         "stride of each selected map, smallest first (e.g. [4, 8, 16, 32])",
-    );
-    base_params(e, &BaseParams::multiple_select())
+    )
+        },
+        BaseParams::multiple_select(),
+    )
 }

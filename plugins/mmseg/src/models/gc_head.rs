@@ -1,12 +1,14 @@
 //! mmsegmentation 1.2.2's `GCHead` (`mmseg/models/decode_heads/gc_head.py`): an
 //! FCNHead whose two convs enclose mmcv 2.1's `ContextBlock`
 //! (`mmcv/cnn/bricks/context_block.py`), built as TerraTorch's `MMSegRegistry` builds it.
-use super::decode_base_b::{
-    head_entry, torch_conv2d, BaseCfg, BaseParams, ClsSeg, FcnArgs, FcnTrunk, Inputs,
+use super::conv_module::torch_conv2d;
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::fcn_head::{FcnArgs, FcnTrunk};
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// `conv(C -> planes) -> LayerNorm([planes, 1, 1]) -> ReLU -> conv(planes -> C)`.
@@ -91,21 +93,17 @@ pub struct GcHead {
     conv_seg: ClsSeg,
 }
 
-impl Model for GcHead {
+impl DecodeHead for GcHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let y = self
             .trunk
             .forward(&x, train, |y| self.gc_block.forward(y))?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
@@ -143,12 +141,12 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     }
     let add = fusion.iter().any(|f| f == "channel_add");
     let mul = fusion.iter().any(|f| f == "channel_mul");
-    super::decode_base_b::build_wrapped(ctx, |p| {
+    build_wrapped(ctx, |p| {
         let c = base.channels;
         Ok(GcHead {
-            trunk: FcnTrunk::new(&p, base.in_ch(), c, f, &base.conv)?,
+            trunk: FcnTrunk::new(&p, base.in_ch(), c, 2, f, &base.conv)?,
             gc_block: ContextBlock::new(&(&p / "gc_block"), c, planes, pooling == "att", add, mul),
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     })

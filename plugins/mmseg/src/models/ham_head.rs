@@ -11,12 +11,12 @@
 //! `hamburger.ham.bases` `[MD_S, C / MD_S, MD_R]`; mmseg registers that buffer at
 //! the first forward, here it exists from construction.
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, normalize, resize_bilinear, BaseCfg, BaseParams, ClsSeg, Inputs,
+use super::decode_head::{
+    build_wrapped, head_entry, normalize, resize, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// `ham_kwargs`: the arguments of mmseg's `NMF2D`.
@@ -213,19 +213,23 @@ impl LightHamHead {
                 },
             )?,
             align: ConvModule::new(&p / "align", h, c, 1, 0, 1, cfg)?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for LightHamHead {
+impl DecodeHead for LightHamHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let maps = self.base.select(xs)?;
         let size = maps[0].size();
         let resized = maps
             .iter()
-            .map(|m| resize_bilinear(m, size[2], size[3], self.base.align_corners))
+            .map(|m| resize(m, size[2], size[3], self.base.align_corners))
             .collect::<Result<Vec<_>>>()?;
         let x = self.squeeze.forward(&Tensor::f_cat(&resized, 1)?, train)?;
         // Hamburger: relu(x + ham_out(nmf(relu(ham_in(x)))))
@@ -237,24 +241,10 @@ impl Model for LightHamHead {
         let y = self.align.forward(&x, train)?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(
-        ctx,
-        Inputs::Multiple {
-            min: 2,
-            exact: None,
-        },
-    )?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let a = &ctx.args;
     let ham_channels: i64 = a.get("ham_channels")?;
     a.ensure(
@@ -297,6 +287,6 @@ pub(crate) fn entry() -> Entry {
                 "NMF2D arguments: MD_S (1), MD_R (64), train_steps (6), eval_steps (7), inv_t (ignored), rand_init (true)",
             )
         },
-        BaseParams { input_transform: false, ..BaseParams::default() },
+        BaseParams::multiple_select(),
     )
 }

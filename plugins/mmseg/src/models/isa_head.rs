@@ -2,13 +2,13 @@
 //! interlaced sparse self-attention (a global relation between local groups, then
 //! a local relation inside them), built as TerraTorch's `MMSegRegistry` builds it.
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, int_list, AttentionSpec, BaseCfg, BaseParams, ClsSeg, Inputs,
-    Project, SelfAttentionBlock,
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::self_attention_block::{AttentionSpec, Project, SelfAttentionBlock};
 use serde_json::json;
 use tch::{nn, IndexOp, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// ISA's `SelfAttentionBlock` with its `output_project`.
@@ -21,19 +21,9 @@ struct IsaBlock {
 impl IsaBlock {
     fn new(p: nn::Path, c: i64, isa_channels: i64, cfg: &ConvModuleCfg) -> Result<Self> {
         let spec = AttentionSpec {
-            key_in_channels: c,
-            query_in_channels: c,
-            channels: isa_channels,
-            out_channels: c,
-            share_key_query: false,
-            query_downsample: None,
-            key_pool_scales: None,
-            key_query_num_convs: 2,
-            value_out_num_convs: 1,
-            key_query_norm: true,
             value_out_norm: false,
-            matmul_norm: true,
             with_out: false,
+            ..AttentionSpec::new(c, c, isa_channels, c)
         };
         Ok(Self {
             attn: SelfAttentionBlock::new(&p, spec, cfg)?,
@@ -59,9 +49,13 @@ pub struct IsaHead {
     conv_seg: ClsSeg,
 }
 
-impl Model for IsaHead {
+impl DecodeHead for IsaHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let x = self.in_conv.forward(&x, train)?;
         let residual = x.shallow_clone();
         let s = x.size();
@@ -103,14 +97,6 @@ impl Model for IsaHead {
             .forward(&Tensor::f_cat(&[&x, &residual], 1)?, train)?;
         Ok(vec![self.conv_seg.forward(&x, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
@@ -121,7 +107,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "isa_channels",
         format_args!("must be positive, got {isa_channels}"),
     )?;
-    let df = int_list(ctx, "down_factor")?;
+    let df = ctx.args.get::<Vec<i64>>("down_factor")?;
     ctx.args.ensure(
         df.len() == 2 && df.iter().all(|&d| d >= 1),
         "down_factor",
@@ -135,7 +121,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             global_relation: IsaBlock::new(&p / "global_relation", c, isa_channels, &base.conv)?,
             local_relation: IsaBlock::new(&p / "local_relation", c, isa_channels, &base.conv)?,
             out_conv: ConvModule::new(&p / "out_conv", 2 * c, c, 1, 0, 1, &base.conv)?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     })

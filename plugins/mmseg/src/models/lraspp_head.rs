@@ -2,11 +2,13 @@
 //! MobileNetV3's Lite R-ASPP head. Unlike the heads that fix it, it requires the
 //! argument `input_transform="multiple_select"`.
 use super::conv_module::{ActCfg, ConvModule, ConvModuleCfg, ConvOpts};
-use super::decode_head::{self, arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::{InputTransform, MmsegDecoderWrapper};
+use super::decode_head::{
+    arg_error, build_wrapped, head_entry, resize, BaseCfg, BaseParams, ClsSeg, DecodeHead,
+    InputTransform, Inputs,
+};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// The image pool's `AvgPool2d(kernel_size=49, stride=(16, 20))`.
@@ -100,7 +102,7 @@ impl LrasppHead {
             no_bias,
             &pool_cfg,
         )?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             convs,
@@ -113,9 +115,13 @@ impl LrasppHead {
     }
 }
 
-impl Model for LrasppHead {
+impl DecodeHead for LrasppHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let inputs = self.base.select_many(xs)?;
+        let inputs = self.base.select(xs)?;
         let ac = self.base.align_corners;
         let x = &inputs[inputs.len() - 1];
         let s = x.size();
@@ -134,7 +140,7 @@ impl Model for LrasppHead {
             true,
             None::<i64>,
         )?;
-        let gate = decode_head::resize(&self.image_pool.forward(&pooled, train)?, s[2], s[3], ac)?;
+        let gate = resize(&self.image_pool.forward(&pooled, train)?, s[2], s[3], ac)?;
         let mut y = self
             .aspp_conv
             .forward(x, train)?
@@ -142,7 +148,7 @@ impl Model for LrasppHead {
             .apply(&self.conv_up_input);
         for i in (0..self.convs.len()).rev() {
             let si = inputs[i].size();
-            y = decode_head::resize(&y, si[2], si[3], ac)?;
+            y = resize(&y, si[2], si[3], ac)?;
             // [B, channels + branch_channels[i], h_i, w_i] -> [B, channels, h_i, w_i]
             y = self.conv_ups[i].forward(
                 &Tensor::f_cat(&[&y, &inputs[i].apply(&self.convs[i])], 1)?,
@@ -150,14 +156,6 @@ impl Model for LrasppHead {
             )?;
         }
         Ok(vec![self.cls.forward(&y, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
@@ -171,33 +169,30 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             format!("must be \"multiple_select\" for LRASPPHead (with in_index as a list), got {transform:?}"),
         ));
     }
-    let base = BaseCfg::from_ctx(ctx, None)?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::Declared)?;
     let branch: Vec<i64> = ctx.args.get("branch_channels")?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| LrasppHead::new(p, &base, &branch))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| LrasppHead::new(p, &base, &branch))
 }
 
 /// The `LRASPPHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "LRASPPHead",
         "Lite R-ASPP decode head of mmsegmentation (MobileNetV3; includes its own classifier): the last selected map \
          gated by a sigmoid image pool (49 x 49 average pool, stride (16, 20): the map must be at least 49 px), then \
          upsampled step by step to the earlier maps and fused with their 1x1 branch convs, then dropout and \
          conv_seg. Needs input_transform=\"multiple_select\" and at least three maps.",
         build,
-    )
+        |e| {
+            e
     .opt(
         "branch_channels",
         ParamType::INT_LIST,
         json!([32, 64]),
         "channels of the 1x1 branch conv of each map but the last",
-    );
-    base_params(
-        e,
-        &BaseParams {
+    )
+        },
+        BaseParams {
             input_transform_doc:
                 "must be \"multiple_select\" (mmseg's default None is refused by LRASPPHead)",
             in_index_doc: "the feature maps to read, one index per channel-list entry",

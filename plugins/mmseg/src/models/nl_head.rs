@@ -2,13 +2,14 @@
 //! `DNLHead` (`mmseg/models/decode_heads/dnl_head.py`): FCNHeads whose two convs
 //! enclose mmcv 2.1's `NonLocal2d` (`mmcv/cnn/bricks/non_local.py`) or mmseg's
 //! `DisentangledNonLocal2d`, built as TerraTorch's `MMSegRegistry` builds them.
-use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    head_entry, torch_conv2d, BaseCfg, BaseParams, ClsSeg, FcnArgs, FcnTrunk, Inputs,
+use super::conv_module::{torch_conv2d, ConvModule, ConvModuleCfg};
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::fcn_head::{FcnArgs, FcnTrunk};
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// How `NonLocal2d` weighs pairs of positions (`mode`).
@@ -252,7 +253,7 @@ impl NlHead {
     ) -> Result<Self> {
         let c = base.channels;
         Ok(Self {
-            trunk: FcnTrunk::new(&p, base.in_ch(), c, f, &base.conv)?,
+            trunk: FcnTrunk::new(&p, base.in_ch(), c, 2, f, &base.conv)?,
             nl_block: NonLocal2d::new(
                 &(&p / "nl_block"),
                 c,
@@ -261,33 +262,28 @@ impl NlHead {
                 mode,
                 &base.conv,
             )?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     }
 }
 
-impl Model for NlHead {
+impl DecodeHead for NlHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let x = self.base.select(xs)?.remove(0);
+        let x = self.base.select_one(xs)?;
         let y = self
             .trunk
             .forward(&x, train, |y| self.nl_block.forward(y, train))?;
         Ok(vec![self.conv_seg.forward(&y, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
-    let f = FcnArgs::from_ctx(ctx)?;
+/// The arguments NLHead and DNLHead share: `reduction`, `use_scale` and `mode`.
+fn nl_args(ctx: &BuildCtx<'_, '_>) -> Result<(i64, bool, NlMode)> {
     let a = &ctx.args;
     let reduction: i64 = a.get("reduction")?;
     a.ensure(
@@ -298,8 +294,14 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let mode = NlMode::parse(&a.get::<String>("mode")?).map_err(|why| {
         PluginError::invalid_argument(format!("argument `mode` of `{}` {why}", ctx.qualified()))
     })?;
-    let use_scale = a.get("use_scale")?;
-    super::decode_base_b::build_wrapped(ctx, |p| {
+    Ok((reduction, a.get("use_scale")?, mode))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
+    let f = FcnArgs::from_ctx(ctx)?;
+    let (reduction, use_scale, mode) = nl_args(ctx)?;
+    build_wrapped(ctx, |p| {
         NlHead::new(p, &base, f, reduction, use_scale, mode)
     })
 }
@@ -307,27 +309,17 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
 fn build_dnl(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
     let f = FcnArgs::from_ctx(ctx)?;
-    let a = &ctx.args;
-    let reduction: i64 = a.get("reduction")?;
-    a.ensure(
-        reduction >= 1,
-        "reduction",
-        format_args!("must be a positive integer, got {reduction}"),
-    )?;
-    let mode = NlMode::parse(&a.get::<String>("mode")?).map_err(|why| {
-        PluginError::invalid_argument(format!("argument `mode` of `{}` {why}", ctx.qualified()))
-    })?;
-    let use_scale = a.get("use_scale")?;
-    let temperature: f64 = a.get("temperature")?;
-    a.ensure(
+    let (reduction, use_scale, mode) = nl_args(ctx)?;
+    let temperature: f64 = ctx.args.get("temperature")?;
+    ctx.args.ensure(
         temperature != 0.0,
         "temperature",
         "must not be 0 (the attention logits are divided by it)",
     )?;
-    super::decode_base_b::build_wrapped(ctx, |p| {
+    build_wrapped(ctx, |p| {
         let c = base.channels;
         Ok(NlHead {
-            trunk: FcnTrunk::new(&p, base.in_ch(), c, f, &base.conv)?,
+            trunk: FcnTrunk::new(&p, base.in_ch(), c, 2, f, &base.conv)?,
             nl_block: NonLocal2d::disentangled(
                 &(&p / "dnl_block"),
                 c,
@@ -337,10 +329,32 @@ fn build_dnl(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
                 temperature,
                 &base.conv,
             )?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     })
+}
+
+/// Declares the arguments NLHead and DNLHead share (see [`nl_args`]).
+fn nl_params(e: Entry) -> Entry {
+    e.opt(
+        "reduction",
+        ParamType::INT,
+        json!(2),
+        "channel reduction of the non-local projections",
+    )
+    .opt(
+        "use_scale",
+        ParamType::BOOL,
+        json!(true),
+        "scale embedded-gaussian logits by 1/sqrt(channels)",
+    )
+    .opt(
+        "mode",
+        ParamType::STR,
+        json!("embedded_gaussian"),
+        "pairwise function: gaussian, embedded_gaussian, dot_product or concatenation",
+    )
 }
 
 /// The `DNLHead` entry.
@@ -354,15 +368,12 @@ pub(crate) fn dnl_entry() -> Entry {
         build_dnl,
         |e| {
             FcnArgs::declare(
-                e.opt("reduction", ParamType::INT, json!(2), "channel reduction of the non-local projections")
-                    .opt("use_scale", ParamType::BOOL, json!(true), "scale embedded-gaussian logits by 1/sqrt(channels)")
-                    .opt(
-                        "mode",
-                        ParamType::STR,
-                        json!("embedded_gaussian"),
-                        "pairwise function: gaussian, embedded_gaussian, dot_product or concatenation",
-                    )
-                    .opt("temperature", ParamType::FLOAT, json!(0.05), "divides the embedded-gaussian logits"),
+                nl_params(e).opt(
+                    "temperature",
+                    ParamType::FLOAT,
+                    json!(0.05),
+                    "divides the embedded-gaussian logits",
+                ),
             )
         },
         BaseParams::default(),
@@ -379,14 +390,7 @@ pub(crate) fn entry() -> Entry {
         build,
         |e| {
             FcnArgs::declare(
-                e.opt("reduction", ParamType::INT, json!(2), "channel reduction of the non-local projections")
-                    .opt("use_scale", ParamType::BOOL, json!(true), "scale embedded-gaussian logits by 1/sqrt(channels)")
-                    .opt(
-                        "mode",
-                        ParamType::STR,
-                        json!("embedded_gaussian"),
-                        "pairwise function: gaussian, embedded_gaussian, dot_product or concatenation",
-                    ),
+                nl_params(e),
             )
         },
         BaseParams::default(),

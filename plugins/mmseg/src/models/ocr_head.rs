@@ -9,13 +9,13 @@
 //! selected feature map's resolution); the tensors before it are the feature maps
 //! that `in_index` selects from.
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_base_b::{
-    build_wrapped, head_entry, AttentionSpec, BaseCfg, BaseParams, ClsSeg, Inputs,
-    SelfAttentionBlock,
+use super::decode_head::{
+    build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
 };
+use super::self_attention_block::{AttentionSpec, SelfAttentionBlock};
 use serde_json::json;
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// mmseg's `ObjectAttentionBlock` (with `scale` 1: no query downsampling).
@@ -27,21 +27,7 @@ struct ObjectAttentionBlock {
 
 impl ObjectAttentionBlock {
     fn new(p: nn::Path, c: i64, ocr_channels: i64, cfg: &ConvModuleCfg) -> Result<Self> {
-        let spec = AttentionSpec {
-            key_in_channels: c,
-            query_in_channels: c,
-            channels: ocr_channels,
-            out_channels: c,
-            share_key_query: false,
-            query_downsample: None,
-            key_pool_scales: None,
-            key_query_num_convs: 2,
-            value_out_num_convs: 1,
-            key_query_norm: true,
-            value_out_norm: true,
-            matmul_norm: true,
-            with_out: true,
-        };
+        let spec = AttentionSpec::new(c, c, ocr_channels, c);
         Ok(Self {
             attn: SelfAttentionBlock::new(&p, spec, cfg)?,
             bottleneck: ConvModule::new(&p / "bottleneck", 2 * c, c, 1, 0, 1, cfg)?,
@@ -65,7 +51,11 @@ pub struct OcrHead {
     conv_seg: ClsSeg,
 }
 
-impl Model for OcrHead {
+impl DecodeHead for OcrHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let Some((prev, maps)) = xs.split_last().filter(|(_, m)| !m.is_empty()) else {
             return Err(PluginError::forward_failed(
@@ -98,14 +88,6 @@ impl Model for OcrHead {
         let object_context = self.object_context_block.forward(&feats, &context, train)?;
         Ok(vec![self.conv_seg.forward(&object_context, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
@@ -137,7 +119,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
                 ocr_channels,
                 &base.conv,
             )?,
-            conv_seg: ClsSeg::new(&p / "conv_seg", c, base.seg_channels(), base.dropout_ratio),
+            conv_seg: base.cls_seg(&p),
             base: base.clone(),
         })
     })

@@ -2,11 +2,12 @@
 //! (`mmseg/models/decode_heads/psp_head.py`), on top of `BaseDecodeHead`
 //! (see [`super::decode_head`]).
 use super::conv_module::{ConvModule, ConvModuleCfg};
-use super::decode_head::{self, arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::MmsegDecoderWrapper;
+use super::decode_head::{
+    arg_error, build_wrapped, head_entry, resize, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
+};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// mmseg's `PPM`: for each pool scale, adaptive average pooling to `s` x `s`, a 1x1
@@ -51,7 +52,7 @@ impl Ppm {
             .zip(&self.convs)
             .map(|(&s, conv)| {
                 let pooled = conv.forward(&x.f_adaptive_avg_pool2d([s, s])?, train)?;
-                decode_head::resize(&pooled, size[2], size[3], self.align_corners)
+                resize(&pooled, size[2], size[3], self.align_corners)
             })
             .collect()
     }
@@ -71,8 +72,7 @@ pub struct PspHead {
 impl PspHead {
     /// Builds the head under `p`.
     pub fn new(p: nn::Path, base: &BaseCfg, pool_scales: &[i64]) -> Result<Self> {
-        base.require_single("PSPHead")?;
-        let c_in = base.single_in_channels();
+        let c_in = base.in_ch();
         let psp_modules = Ppm::new(
             &(&p / "psp_modules"),
             pool_scales,
@@ -90,7 +90,7 @@ impl PspHead {
             1,
             &base.conv,
         )?;
-        let cls = ClsSeg::new(&p, base.channels, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             psp_modules,
@@ -100,7 +100,11 @@ impl PspHead {
     }
 }
 
-impl Model for PspHead {
+impl DecodeHead for PspHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let x = self.base.select_one(xs)?;
         let mut outs = vec![x.shallow_clone()];
@@ -108,14 +112,6 @@ impl Model for PspHead {
         // [B, C_in + n_scales * channels, H, W] -> [B, channels, H, W]
         let feats = self.bottleneck.forward(&Tensor::f_cat(&outs, 1)?, train)?;
         Ok(vec![self.cls.forward(&feats, train)?])
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
@@ -133,23 +129,23 @@ pub(crate) fn pool_scales_arg(ctx: &BuildCtx<'_, '_>) -> Result<Vec<i64>> {
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, None)?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::One)?;
     let scales = pool_scales_arg(ctx)?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| PspHead::new(p, &base, &scales))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| PspHead::new(p, &base, &scales))
 }
 
 /// The `PSPHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "PSPHead",
         "Pyramid pooling decode head of mmsegmentation (PSPNet; includes its own classifier): the selected map plus \
          its average-pooled versions at pool_scales (1x1 ConvModule each, resized back), fused by a 3x3 bottleneck, \
          then dropout and conv_seg at the map's resolution.",
         build,
+        |e| {
+            e
+    .opt("pool_scales", ParamType::INT_LIST, json!([1, 2, 3, 6]), "output sizes of the adaptive average pools")
+        },
+        BaseParams::default(),
     )
-    .opt("pool_scales", ParamType::INT_LIST, json!([1, 2, 3, 6]), "output sizes of the adaptive average pools");
-    base_params(e, &BaseParams::default())
 }

@@ -3,11 +3,12 @@
 //! 1x1 convs per level, resized to the first map and fused. It fixes
 //! `input_transform="multiple_select"`.
 use super::conv_module::{ActCfg, ConvModule, ConvModuleCfg};
-use super::decode_head::{arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::{InputTransform, MmsegDecoderWrapper};
+use super::decode_head::{
+    arg_error, build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
+};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// The resize mode of `SegformerHead` (`interpolate_mode`). mmseg always passes
@@ -66,7 +67,7 @@ impl SegformerHead {
         };
         let n = base.in_channels.len() as i64;
         let fusion_conv = ConvModule::new(&p / "fusion_conv", ch * n, ch, 1, 0, 1, &fusion_cfg)?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             mode,
@@ -77,9 +78,13 @@ impl SegformerHead {
     }
 }
 
-impl Model for SegformerHead {
+impl DecodeHead for SegformerHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let inputs = self.base.select_many(xs)?;
+        let inputs = self.base.select(xs)?;
         let s = inputs[0].size();
         let ac = self.base.align_corners;
         let outs = inputs
@@ -101,40 +106,32 @@ impl Model for SegformerHead {
         let out = self.fusion_conv.forward(&Tensor::f_cat(&outs, 1)?, train)?;
         Ok(vec![self.cls.forward(&out, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, Some(InputTransform::MultipleSelect))?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let mode = InterpolateMode::parse(&ctx.args.get::<String>("interpolate_mode")?)
         .map_err(|why| arg_error(ctx, "interpolate_mode", why))?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| SegformerHead::new(p, &base, mode))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| SegformerHead::new(p, &base, mode))
 }
 
 /// The `SegformerHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "SegformerHead",
         "SegFormer's all-MLP decode head of mmsegmentation (includes its own classifier): a 1x1 ConvModule per \
          selected map, each resized to the first selected map, concatenated and fused by a 1x1 fusion_conv (norm_cfg, \
          ReLU), then dropout and conv_seg. Needs in_index as a list (one per channel-list entry, at least two).",
         build,
-    )
+        |e| {
+            e
     .opt(
         "interpolate_mode",
         ParamType::STR,
         json!("bilinear"),
         "resize mode of the per-level outputs: \"bilinear\" or \"bicubic\"",
-    );
-    base_params(e, &BaseParams::multiple_select())
+    )
+        },
+        BaseParams::multiple_select(),
+    )
 }

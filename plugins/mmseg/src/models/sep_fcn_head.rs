@@ -3,27 +3,14 @@
 //! (`fcn_head.py`) with every convolution replaced by mmcv's
 //! `DepthwiseSeparableConvModule`.
 use super::conv_module::{ActCfg, ConvModuleCfg, ConvOpts, DepthwiseSeparableConvModule};
-use super::decode_head::{act_arg, arg_error, fcn_params, head_entry, BaseCfg, ClsSeg};
-use super::fcn_head::{self, MmsegDecoderWrapper};
+use super::decode_head::{
+    act_arg, arg_error, build_wrapped, head_entry, BaseCfg, BaseParams, ClsSeg, DecodeHead,
+};
+use super::fcn_head;
 use serde_json::Value;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
-
-/// The `BaseDecodeHead` view of an FCNHead configuration (for input selection).
-pub(crate) fn fcn_base(cfg: &fcn_head::Config) -> BaseCfg {
-    BaseCfg {
-        in_channels: cfg.in_channels.clone(),
-        channels: cfg.channels,
-        num_classes: cfg.num_classes,
-        out_channels: cfg.out_channels,
-        dropout_ratio: cfg.dropout_ratio,
-        conv: cfg.conv.clone(),
-        in_index: cfg.in_index.clone(),
-        input_transform: cfg.input_transform,
-        align_corners: cfg.align_corners,
-    }
-}
 
 /// mmseg's `DepthwiseSeparableFCNHead`.
 ///
@@ -49,16 +36,16 @@ impl SepFcnHead {
                 cfg.num_convs
             )));
         }
-        let base = fcn_base(cfg);
-        let c_in = base.single_in_channels();
-        let (k, ch) = (cfg.kernel_size, cfg.channels);
+        let base = cfg.base.clone();
+        let c_in = base.in_ch();
+        let (k, ch) = (cfg.fcn.kernel_size, base.channels);
         let opts = ConvOpts::padding(k / 2);
         let dw = ConvModuleCfg {
-            norm_cfg: cfg.conv.norm_cfg.clone(),
+            norm_cfg: base.conv.norm_cfg.clone(),
             act_cfg: dw_act_cfg,
         };
         let pw = ConvModuleCfg {
-            norm_cfg: cfg.conv.norm_cfg.clone(),
+            norm_cfg: base.conv.norm_cfg.clone(),
             act_cfg: Some(ActCfg::ReLU),
         };
         let cp = &p / "convs";
@@ -76,12 +63,13 @@ impl SepFcnHead {
             })
             .collect::<Result<Vec<_>>>()?;
         let conv_cat = cfg
+            .fcn
             .concat_input
             .then(|| {
                 DepthwiseSeparableConvModule::new(&p / "conv_cat", c_in + ch, ch, k, opts, &dw, &pw)
             })
             .transpose()?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base,
             convs,
@@ -91,7 +79,11 @@ impl SepFcnHead {
     }
 }
 
-impl Model for SepFcnHead {
+impl DecodeHead for SepFcnHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let x = self.base.select_one(xs)?;
         let mut feats = x.shallow_clone();
@@ -104,18 +96,10 @@ impl Model for SepFcnHead {
         }
         Ok(vec![self.cls.forward(&feats, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let cfg = crate::fcn_config(ctx)?;
+    let cfg = fcn_head::Config::from_ctx(ctx)?;
     let dw_act = act_arg(ctx, "dw_act_cfg")?;
     if ctx.args.raw("dw_act_cfg").is_some_and(|v| !v.is_object()) {
         return Err(arg_error(
@@ -124,22 +108,24 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             "must be None or a dict like {\"type\": \"ReLU\"}",
         ));
     }
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| SepFcnHead::new(p, &cfg, dw_act))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| SepFcnHead::new(p, &cfg, dw_act))
 }
 
 /// The `DepthwiseSeparableFCNHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "DepthwiseSeparableFCNHead",
         "FCNHead of mmsegmentation with depthwise-separable convs (Fast-SCNN's head; includes its own classifier): \
          num_convs depthwise-separable convs (depthwise: norm_cfg + dw_act_cfg; pointwise: norm_cfg + ReLU, as \
          upstream, which does not pass act_cfg or dilation to them), optionally fused with the input (conv_cat), \
          then dropout and conv_seg at the map's resolution.",
         build,
+        |e| {
+            fcn_head::declare(
+                e
+    .opt("dw_act_cfg", ParamType::ANY, Value::Null, "activation after the depthwise convs: None (none) or a dict")
+            )
+        },
+        BaseParams::default(),
     )
-    .opt("dw_act_cfg", ParamType::ANY, Value::Null, "activation after the depthwise convs: None (none) or a dict");
-    fcn_params(e)
 }

@@ -1,11 +1,12 @@
 //! mmsegmentation 1.2.2's `SETRMLAHead` (`mmseg/models/decode_heads/setr_mla_head.py`):
 //! SETR's multi-level aggregation head. It fixes `input_transform="multiple_select"`.
 use super::conv_module::ConvModule;
-use super::decode_head::{self, arg_error, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::{InputTransform, MmsegDecoderWrapper};
+use super::decode_head::{
+    build_wrapped, head_entry, upsample, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
+};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// mmseg's `SETRMLAHead`.
@@ -43,7 +44,7 @@ impl SetrMlaHead {
                 ])
             })
             .collect::<Result<Vec<_>>>()?;
-        let cls = ClsSeg::new(&p, base.channels, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             up_convs,
@@ -53,58 +54,47 @@ impl SetrMlaHead {
     }
 }
 
-impl Model for SetrMlaHead {
+impl DecodeHead for SetrMlaHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let inputs = self.base.select_many(xs)?;
+        let inputs = self.base.select(xs)?;
         let outs = inputs
             .iter()
             .zip(&self.up_convs)
             .map(|(x, [c0, c1])| {
                 let y = c1.forward(&c0.forward(x, train)?, train)?;
-                decode_head::upsample(&y, self.up_scale, self.base.align_corners)
+                upsample(&y, self.up_scale, self.base.align_corners)
             })
             .collect::<Result<Vec<_>>>()?;
         // [B, n * mla_channels, H', W']
         let out = Tensor::f_cat(&outs, 1)?;
         Ok(vec![self.cls.forward(&out, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, Some(InputTransform::MultipleSelect))?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let mla: i64 = ctx.args.get("mla_channels")?;
-    let up_scale: f64 = ctx.args.get("up_scale")?;
-    if !(up_scale > 0.0 && up_scale.is_finite()) {
-        return Err(arg_error(
-            ctx,
-            "up_scale",
-            format!("must be a positive number, got {up_scale}"),
-        ));
-    }
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| SetrMlaHead::new(p, &base, mla, up_scale))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    let up_scale = super::setr_up_head::up_scale_arg(ctx)?;
+    build_wrapped(ctx, |p| SetrMlaHead::new(p, &base, mla, up_scale))
 }
 
 /// The `SETRMLAHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "SETRMLAHead",
         "SETR's multi-level aggregation decode head of mmsegmentation (SETR-MLA; includes its own classifier): per \
          selected map two 3x3 ConvModules to mla_channels and a bilinear upsample by up_scale, concatenated (the maps \
          must have the same size), then dropout and conv_seg; channels must be n_maps * mla_channels.",
         build,
-    )
+        |e| {
+            e
     .opt("mla_channels", ParamType::INT, json!(128), "channels of each level's branch")
-    .opt("up_scale", ParamType::FLOAT, json!(4), "scale factor of each branch's bilinear upsample");
-    base_params(e, &BaseParams::multiple_select())
+    .opt("up_scale", ParamType::FLOAT, json!(4), "scale factor of each branch's bilinear upsample")
+        },
+        BaseParams::multiple_select(),
+    )
 }

@@ -2,11 +2,11 @@
 //! `FCNHead` (`fcn_head.py`) whose extra tensors serve only its boundary loss. Its
 //! forward is FCNHead's; the fixed `laplacian_kernel` buffer and `fusion_kernel`
 //! parameter are kept (not trained) so that mmseg checkpoints load strictly.
-use super::decode_head::{arg_error, fcn_params, head_entry};
-use super::fcn_head::{self, FcnHead, MmsegDecoderWrapper};
+use super::decode_head::{arg_error, build_wrapped, head_entry, BaseCfg, BaseParams, DecodeHead};
+use super::fcn_head::{self, FcnHead};
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Kind, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `STDCHead`.
@@ -46,22 +46,18 @@ impl StdcHead {
     }
 }
 
-impl Model for StdcHead {
+impl DecodeHead for StdcHead {
+    fn base(&self) -> &BaseCfg {
+        self.fcn.base()
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         self.fcn.forward(xs, train)
-    }
-
-    fn out_channels(&self) -> Vec<i64> {
-        self.fcn.out_channels()
-    }
-
-    fn includes_head(&self) -> bool {
-        true
     }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let cfg = crate::fcn_config(ctx)?;
+    let cfg = fcn_head::Config::from_ctx(ctx)?;
     let t: f64 = ctx.args.get("boundary_threshold")?;
     if !t.is_finite() {
         return Err(arg_error(
@@ -70,26 +66,28 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             format!("must be a finite number, got {t}"),
         ));
     }
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| StdcHead::new(p, &cfg))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| StdcHead::new(p, &cfg))
 }
 
 /// The `STDCHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "STDCHead",
         "STDC's detail head of mmsegmentation (includes its own classifier): FCNHead's network (convs, optional \
          conv_cat, dropout, conv_seg); its laplacian_kernel and fusion_kernel tensors only build boundary targets \
          for mmseg's loss and are kept for checkpoint compatibility.",
         build,
-    )
+        |e| {
+            fcn_head::declare(
+                e
     .opt(
         "boundary_threshold",
         ParamType::FLOAT,
         json!(0.1),
         "threshold of the boundary targets of mmseg's loss; accepted for config compatibility, no effect on forward",
-    );
-    fcn_params(e)
+    )
+            )
+        },
+        BaseParams::default(),
+    )
 }

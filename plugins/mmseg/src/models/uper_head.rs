@@ -2,12 +2,13 @@
 //! UPerNet's decode head, a pyramid pooling module on the last map plus an FPN over
 //! the others. It fixes `input_transform="multiple_select"`.
 use super::conv_module::ConvModule;
-use super::decode_head::{self, base_params, head_entry, BaseCfg, BaseParams, ClsSeg};
-use super::fcn_head::{InputTransform, MmsegDecoderWrapper};
+use super::decode_head::{
+    build_wrapped, head_entry, resize, BaseCfg, BaseParams, ClsSeg, DecodeHead, Inputs,
+};
 use super::psp_head::{pool_scales_arg, Ppm};
 use serde_json::json;
-use tch::{nn, Device, Tensor};
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use tch::{nn, Tensor};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, Result};
 
 /// mmseg's `UPerHead`.
@@ -65,7 +66,7 @@ impl UperHead {
             1,
             &base.conv,
         )?;
-        let cls = ClsSeg::new(&p, ch, base.seg_channels(), base.dropout_ratio);
+        let cls = base.cls_seg(&p);
         Ok(Self {
             base: base.clone(),
             psp_modules,
@@ -78,9 +79,13 @@ impl UperHead {
     }
 }
 
-impl Model for UperHead {
+impl DecodeHead for UperHead {
+    fn base(&self) -> &BaseCfg {
+        &self.base
+    }
+
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let inputs = self.base.select_many(xs)?;
+        let inputs = self.base.select(xs)?;
         let ac = self.base.align_corners;
         let mut laterals = self
             .lateral_convs
@@ -97,7 +102,7 @@ impl Model for UperHead {
         let n = laterals.len();
         for i in (1..n).rev() {
             let s = laterals[i - 1].size();
-            let up = decode_head::resize(&laterals[i], s[2], s[3], ac)?;
+            let up = resize(&laterals[i], s[2], s[3], ac)?;
             laterals[i - 1] = laterals[i - 1].f_add(&up)?;
         }
         let mut outs = self
@@ -109,7 +114,7 @@ impl Model for UperHead {
         outs.push(laterals[n - 1].shallow_clone());
         let s = outs[0].size();
         for o in outs.iter_mut().skip(1) {
-            *o = decode_head::resize(o, s[2], s[3], ac)?;
+            *o = resize(o, s[2], s[3], ac)?;
         }
         // [B, n * channels, h0, w0] -> [B, channels, h0, w0]
         let feats = self
@@ -117,35 +122,27 @@ impl Model for UperHead {
             .forward(&Tensor::f_cat(&outs, 1)?, train)?;
         Ok(vec![self.cls.forward(&feats, train)?])
     }
-
-    fn out_channels(&self) -> Vec<i64> {
-        vec![self.base.seg_channels()]
-    }
-
-    fn includes_head(&self) -> bool {
-        true
-    }
 }
 
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let base = BaseCfg::from_ctx(ctx, Some(InputTransform::MultipleSelect))?;
+    let base = BaseCfg::from_ctx(ctx, Inputs::MULTIPLE)?;
     let scales = pool_scales_arg(ctx)?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = MmsegDecoderWrapper::new(vs.root(), |p| UperHead::new(p, &base, &scales))
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    build_wrapped(ctx, |p| UperHead::new(p, &base, &scales))
 }
 
 /// The `UPerHead` entry.
 pub(crate) fn entry() -> Entry {
-    let e = head_entry(
+    head_entry(
         "UPerHead",
         "Unified perceptual parsing decode head of mmsegmentation (UPerNet; includes its own classifier): a pyramid \
          pooling module on the last selected map and an FPN (1x1 lateral convs, top-down bilinear sums, 3x3 fpn \
          convs) over all of them, concatenated at the finest resolution and fused by a 3x3 fpn_bottleneck, then \
          dropout and conv_seg. Needs in_index as a list (one per channel-list entry, at least two).",
         build,
+        |e| {
+            e
+    .opt("pool_scales", ParamType::INT_LIST, json!([1, 2, 3, 6]), "output sizes of the pyramid pooling module")
+        },
+        BaseParams::multiple_select(),
     )
-    .opt("pool_scales", ParamType::INT_LIST, json!([1, 2, 3, 6]), "output sizes of the pyramid pooling module");
-    base_params(e, &BaseParams::multiple_select())
 }

@@ -149,6 +149,21 @@ pub struct FilterInfo {
     pub location_encoding: bool,
 }
 
+impl FilterInfo {
+    /// Whether `key` belongs to a coordinate encoder the model does not have (both filters
+    /// drop those).
+    fn lacks_encoder_of(&self, key: &str) -> bool {
+        (!self.temporal_encoding && key.contains("temporal_embed"))
+            || (!self.location_encoding && key.contains("location_embed"))
+    }
+}
+
+/// Whether a (V1-style) checkpoint key belongs to the MAE decoder, as both filters
+/// tell: `decoder` or `_dec` in the name, or the mask token.
+fn is_decoder_key(k: &str) -> bool {
+    k.contains("decoder") || k.contains("_dec") || k == "mask_token"
+}
+
 /// `checkpoint_filter_fn_vit` up to (not including) `select_patch_embed_weights`:
 /// turns an MAE (or V1) checkpoint into the encoder's keys.
 pub fn filter_vit(sd: Vec<(String, Tensor)>, vars: &ModelVars, info: &FilterInfo) -> StateDict {
@@ -161,12 +176,10 @@ pub fn filter_vit(sd: Vec<(String, Tensor)>, vars: &ModelVars, info: &FilterInfo
                 v = own.shallow_clone();
             }
         }
-        if k.contains("decoder") || k.contains("_dec") || k == "mask_token" {
+        if is_decoder_key(&k) {
             continue;
         }
-        if (!info.temporal_encoding && k.contains("temporal_embed"))
-            || (!info.location_encoding && k.contains("location_embed"))
-        {
+        if info.lacks_encoder_of(&k) {
             continue;
         }
         if k.starts_with("encoder.") {
@@ -201,14 +214,12 @@ pub fn filter_mae(sd: Vec<(String, Tensor)>, vars: &ModelVars, info: &FilterInfo
                 v = own.shallow_clone();
             }
         }
-        if (!info.temporal_encoding && k.contains("temporal_embed"))
-            || (!info.location_encoding && k.contains("location_embed"))
-        {
+        if info.lacks_encoder_of(&k) {
             continue;
         }
         if k.starts_with("encoder.") || k.starts_with("decoder.") {
             clean.insert(k, v);
-        } else if k.contains("decoder") || k.contains("_dec") || k == "mask_token" {
+        } else if is_decoder_key(&k) {
             clean.insert(format!("decoder.{k}"), v);
         } else {
             clean.insert(format!("encoder.{k}"), v);

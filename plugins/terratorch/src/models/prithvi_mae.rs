@@ -290,18 +290,10 @@ fn drop_path(x: Tensor, p: f64, train: bool) -> Tensor {
     x * mask
 }
 
-/// `nn.Linear` initialised as upstream's `_init_weights`: Xavier-uniform weight, zero bias.
+/// `nn.Linear` initialised as upstream's `_init_weights`: Xavier-uniform weight, zero
+/// bias (filled in parallel: most of a big Prithvi's build time is this fill).
 fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
-    let bound = (6.0 / (i + o) as f64).sqrt();
-    let cfg = nn::LinearConfig {
-        ws_init: Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-        bs_init: Some(Init::Const(0.0)),
-        bias: true,
-    };
-    nn::linear(p, i, o, cfg)
+    terrahost_plugin_api::init::xavier_linear(p, i, o)
 }
 
 fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -313,6 +305,37 @@ fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
             ..Default::default()
         },
     )
+}
+
+/// A fixed (no-train) 3-D sin-cos position embedding `[1, 1 + T*H*W, dim]` for `grid`,
+/// registered as the buffer `name` under `p`.
+fn sincos_buffer(p: &nn::Path, name: &str, dim: i64, grid: [i64; 3]) -> Tensor {
+    let pos = p.zeros_no_train(name, &[1, grid.iter().product::<i64>() + 1, dim]);
+    tch::no_grad(|| pos.shallow_clone().copy_(&sincos_3d(dim, grid)));
+    pos
+}
+
+/// `depth` transformer blocks of width `dim` under `p` (`blocks` / `decoder_blocks`).
+fn block_stack(
+    p: nn::Path,
+    depth: i64,
+    dim: i64,
+    num_heads: i64,
+    cfg: &Config,
+    drop_path: f64,
+) -> Vec<Block> {
+    (0..depth)
+        .map(|i| {
+            Block::new(
+                &p / i,
+                dim,
+                num_heads,
+                cfg.mlp_ratio,
+                cfg.norm_eps,
+                drop_path,
+            )
+        })
+        .collect()
 }
 
 /// timm's vision-transformer `Block`: pre-norm multi-head self-attention and GELU MLP,
@@ -327,6 +350,7 @@ pub struct Block {
     fc2: nn::Linear,
     num_heads: i64,
     drop_path: f64,
+    eps: f64,
 }
 
 impl Block {
@@ -351,6 +375,7 @@ impl Block {
             fc2: linear(&mlp / "fc2", hidden, dim),
             num_heads,
             drop_path,
+            eps,
         }
     }
 
@@ -372,12 +397,60 @@ impl Block {
 
     /// `[B, N, C] -> [B, N, C]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && terrahost_plugin_api::inference::inference_mode_enabled() {
+            return self.forward_fused(x);
+        }
         let y = self.attention(&self.norm1.forward(x))?;
         let x = x + drop_path(y, self.drop_path, train);
         let y = self
             .fc2
             .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
         Ok(&x + drop_path(y, self.drop_path, train))
+    }
+
+    /// The same block in one call of libtorch's fused inference kernel (the fast path of
+    /// `nn.TransformerEncoderLayer`: pre-norm, exact GELU, no mask). It is only faster
+    /// without autograd bookkeeping, so it runs in inference mode only; the parity tests
+    /// run both paths.
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let bias = |l: &nn::Linear| {
+            l.bs.as_ref()
+                .map(Tensor::shallow_clone)
+                .expect("ViT linears have a bias")
+        };
+        let norm = |n: &nn::LayerNorm| {
+            (
+                n.ws.as_ref()
+                    .map(Tensor::shallow_clone)
+                    .expect("affine LayerNorm"),
+                n.bs.as_ref()
+                    .map(Tensor::shallow_clone)
+                    .expect("affine LayerNorm"),
+            )
+        };
+        let ((n1w, n1b), (n2w, n2b)) = (norm(&self.norm1), norm(&self.norm2));
+        Ok(Tensor::f_internal_transformer_encoder_layer_fwd::<Tensor>(
+            x,
+            x.size()[2],
+            self.num_heads,
+            &self.qkv.ws,
+            &bias(&self.qkv),
+            &self.proj.ws,
+            &bias(&self.proj),
+            true,
+            true,
+            self.eps,
+            &n1w,
+            &n1b,
+            &n2w,
+            &n2b,
+            &self.fc1.ws,
+            &bias(&self.fc1),
+            &self.fc2.ws,
+            &bias(&self.fc2),
+            None,
+            None,
+        )?)
     }
 }
 
@@ -405,53 +478,105 @@ impl CoordEncoder {
         Self { embed_dim, scale }
     }
 
-    /// Embeds the last-dimension pair of `coords` `[..., 2]` (flattened over the leading
-    /// dimensions) into `[M, E]`.
-    fn embed_pairs(&self, first: &Tensor, second: &Tensor) -> Result<Tensor> {
+    /// Checks that `coords` (the input `name`) is `[*lead, 2]` with `rank` dimensions
+    /// (`want` spells the shape) and embeds each pair, half the width each, into
+    /// `[prod(lead), E]`; returns `coords`' size too.
+    fn embed_pairs(
+        &self,
+        coords: &Tensor,
+        name: &str,
+        want: &str,
+        rank: usize,
+    ) -> Result<(Vec<i64>, Tensor)> {
+        let size = coords.size();
+        if size.len() != rank || size[rank - 1] != 2 {
+            return Err(PluginError::invalid_argument(format!(
+                "{name} must have shape {want}, got {size:?}"
+            )));
+        }
+        let last = rank as i64 - 1;
         let d1 = self.embed_dim / 2;
         let d2 = self.embed_dim - d1;
-        let a = sincos_1d_torch(d1, &first.flatten(0, -1))?;
-        let b = sincos_1d_torch(d2, &second.flatten(0, -1))?;
-        Ok(Tensor::cat(&[a, b], -1))
+        let a = sincos_1d_torch(d1, &coords.select(last, 0).flatten(0, -1))?;
+        let b = sincos_1d_torch(d2, &coords.select(last, 1).flatten(0, -1))?;
+        Ok((size, Tensor::cat(&[a, b], -1)))
     }
 
     /// Temporal: `[B, T, 2]` -> `[B, T*tokens_per_frame, E]`.
     pub fn temporal(&self, coords: &Tensor, tokens_per_frame: i64) -> Result<Tensor> {
-        let (b, t, two) = coords
-            .size3()
-            .map_err(|_| bad_coords("temporal_coords", "[B, T, 2]", coords))?;
-        if two != 2 {
-            return Err(bad_coords("temporal_coords", "[B, T, 2]", coords));
-        }
-        let e = self
-            .embed_pairs(&coords.select(2, 0), &coords.select(2, 1))?
-            .f_reshape([b, t, -1])?;
-        let e = &self.scale * e;
+        let (size, e) = self.embed_pairs(coords, "temporal_coords", "[B, T, 2]", 3)?;
+        let e = &self.scale * e.f_reshape([size[0], size[1], -1])?;
         Ok(e.f_repeat_interleave_self_int(tokens_per_frame, 1, None)?)
     }
 
     /// Location: `[B, 2]` -> `[B, 1, E]`.
     pub fn location(&self, coords: &Tensor) -> Result<Tensor> {
-        let (b, two) = coords
-            .size2()
-            .map_err(|_| bad_coords("location_coords", "[B, 2]", coords))?;
-        if two != 2 {
-            return Err(bad_coords("location_coords", "[B, 2]", coords));
-        }
-        let e = self
-            .embed_pairs(&coords.select(1, 0), &coords.select(1, 1))?
-            .f_reshape([b, 1, -1])?;
-        Ok(&self.scale * e)
+        let (size, e) = self.embed_pairs(coords, "location_coords", "[B, 2]", 2)?;
+        Ok(&self.scale * e.f_reshape([size[0], 1, -1])?)
     }
 }
 
-fn bad_coords(name: &str, want: &str, t: &Tensor) -> PluginError {
-    PluginError::invalid_argument(format!("{name} must have shape {want}, got {:?}", t.size()))
+/// The optional temporal and location encoders of the encoder (`*_embed_enc`) or the
+/// decoder (`*_embed_dec`), as `coords_encoding` asks.
+#[derive(Debug)]
+struct CoordEncoders {
+    temporal: Option<CoordEncoder>,
+    location: Option<CoordEncoder>,
+}
+
+impl CoordEncoders {
+    /// The encoders `temporal_embed_{side}` / `location_embed_{side}` of width `dim`.
+    fn new(p: &nn::Path, side: &str, dim: i64, cfg: &Config) -> Self {
+        let make = |kind: &str| {
+            CoordEncoder::new(
+                p / format!("{kind}_embed_{side}"),
+                dim,
+                cfg.coords_scale_learn,
+            )
+        };
+        Self {
+            temporal: cfg.temporal_encoding().then(|| make("temporal")),
+            location: cfg.location_encoding().then(|| make("location")),
+        }
+    }
+
+    /// Adds the coordinate embeddings given to the patch tokens `x` (`[B, L, E]`, no class
+    /// token) of `frames` frames.
+    fn add(&self, mut x: Tensor, coords: Coords<'_>, frames: i64) -> Result<Tensor> {
+        if let (Some(enc), Some(tc)) = (&self.temporal, coords.temporal) {
+            let per_frame = x.size()[1] / frames;
+            x = x.f_add(&enc.temporal(tc, per_frame)?)?;
+        }
+        if let (Some(enc), Some(lc)) = (&self.location, coords.location) {
+            x = x.f_add(&enc.location(lc)?)?;
+        }
+        Ok(x)
+    }
 }
 
 /// An optional input: a tensor with no elements stands for Python's `None`.
 pub fn optional_input(xs: &[Tensor], i: usize) -> Option<&Tensor> {
     xs.get(i).filter(|t| t.numel() > 0)
+}
+
+/// The optional coordinate inputs of a Prithvi model (`None` where not given).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Coords<'a> {
+    /// `temporal_coords` `[B, T, 2]`: year and day of year per frame.
+    pub temporal: Option<&'a Tensor>,
+    /// `location_coords` `[B, 2]`: latitude and longitude.
+    pub location: Option<&'a Tensor>,
+}
+
+impl<'a> Coords<'a> {
+    /// The coordinates among a module's inputs: `xs[1]` temporal, `xs[2]` location (empty
+    /// tensors stand for `None`).
+    pub fn from_inputs(xs: &'a [Tensor]) -> Self {
+        Self {
+            temporal: optional_input(xs, 1),
+            location: optional_input(xs, 2),
+        }
+    }
 }
 
 // -------------------------------------------------------------------------------------
@@ -467,8 +592,7 @@ pub struct PrithviViT {
     proj_b: Tensor,
     cls_token: Tensor,
     pos_embed: Tensor,
-    temporal: Option<CoordEncoder>,
-    location: Option<CoordEncoder>,
+    coords: CoordEncoders,
     blocks: Vec<Block>,
     norm: nn::LayerNorm,
     vpt_prompts: Vec<Tensor>,
@@ -509,27 +633,16 @@ impl PrithviViT {
                 stdev: 0.02,
             },
         );
-        let grid = cfg.grid_size();
-        let pos_embed = p.zeros_no_train("pos_embed", &[1, grid.iter().product::<i64>() + 1, e]);
-        tch::no_grad(|| pos_embed.shallow_clone().copy_(&sincos_3d(e, grid)));
-        let temporal = cfg
-            .temporal_encoding()
-            .then(|| CoordEncoder::new(&p / "temporal_embed_enc", e, cfg.coords_scale_learn));
-        let location = cfg
-            .location_encoding()
-            .then(|| CoordEncoder::new(&p / "location_embed_enc", e, cfg.coords_scale_learn));
-        let blocks = (0..cfg.depth)
-            .map(|i| {
-                Block::new(
-                    &p / "blocks" / i,
-                    e,
-                    cfg.num_heads,
-                    cfg.mlp_ratio,
-                    cfg.norm_eps,
-                    cfg.drop_path,
-                )
-            })
-            .collect();
+        let pos_embed = sincos_buffer(&p, "pos_embed", e, cfg.grid_size());
+        let coords = CoordEncoders::new(&p, "enc", e, cfg);
+        let blocks = block_stack(
+            &p / "blocks",
+            cfg.depth,
+            e,
+            cfg.num_heads,
+            cfg,
+            cfg.drop_path,
+        );
         let norm = layer_norm(&p / "norm", e, cfg.norm_eps);
         let vpt_prompts = if cfg.vpt {
             let n = cfg.vpt_n_tokens.unwrap_or(0);
@@ -552,8 +665,7 @@ impl PrithviViT {
             proj_b,
             cls_token,
             pos_embed,
-            temporal,
-            location,
+            coords,
             blocks,
             norm,
             vpt_prompts,
@@ -590,12 +702,7 @@ impl PrithviViT {
 
     /// Patch embedding, position embedding and coordinate encodings (no class token):
     /// `[B, C, T, H, W] -> ([B, L, E], position embedding with its class slot)`.
-    fn embed(
-        &self,
-        x: &Tensor,
-        temporal: Option<&Tensor>,
-        location: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor)> {
+    fn embed(&self, x: &Tensor, coords: Coords<'_>) -> Result<(Tensor, Tensor)> {
         let size = x.size();
         let c = size[1];
         if c != self.cfg.in_chans {
@@ -636,13 +743,7 @@ impl PrithviViT {
             self.cfg.embed_dim,
         )?;
         x = x.f_add(&pos.narrow(1, 1, pos.size()[1] - 1))?;
-        if let (Some(enc), Some(tc)) = (&self.temporal, temporal) {
-            let per_frame = x.size()[1] / self.cfg.num_frames;
-            x = x.f_add(&enc.temporal(tc, per_frame)?)?;
-        }
-        if let (Some(enc), Some(lc)) = (&self.location, location) {
-            x = x.f_add(&enc.location(lc)?)?;
-        }
+        let x = self.coords.add(x, coords, self.cfg.num_frames)?;
         Ok((x, pos))
     }
 
@@ -657,12 +758,11 @@ impl PrithviViT {
     pub fn forward_features(
         &self,
         x: &Tensor,
-        temporal: Option<&Tensor>,
-        location: Option<&Tensor>,
+        coords: Coords<'_>,
         train: bool,
     ) -> Result<Vec<Tensor>> {
         let (x, _) = self.to_5d(x)?;
-        let (x, pos) = self.embed(&x, temporal, location)?;
+        let (x, pos) = self.embed(&x, coords)?;
         let mut x = self.with_cls(&x, &pos);
         let b = x.size()[0];
         let mut out = Vec::with_capacity(self.blocks.len());
@@ -694,14 +794,13 @@ impl PrithviViT {
     pub fn forward_masked(
         &self,
         x: &Tensor,
-        temporal: Option<&Tensor>,
-        location: Option<&Tensor>,
+        coords: Coords<'_>,
         mask_ratio: f64,
         noise: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (x, _) = self.to_5d(x)?;
-        let (x, pos) = self.embed(&x, temporal, location)?;
+        let (x, pos) = self.embed(&x, coords)?;
         let (x, mask, ids_restore) = random_masking(&x, mask_ratio, noise)?;
         let mut x = self.with_cls(&x, &pos);
         for block in &self.blocks {
@@ -784,8 +883,7 @@ pub struct MAEDecoder {
     decoder_embed: nn::Linear,
     mask_token: Tensor,
     decoder_pos_embed: Tensor,
-    temporal: Option<CoordEncoder>,
-    location: Option<CoordEncoder>,
+    coords: CoordEncoders,
     blocks: Vec<Block>,
     decoder_norm: nn::LayerNorm,
     decoder_pred: nn::Linear,
@@ -806,29 +904,16 @@ impl MAEDecoder {
                 stdev: 0.02,
             },
         );
-        let decoder_pos_embed = p.zeros_no_train(
-            "decoder_pos_embed",
-            &[1, grid.iter().product::<i64>() + 1, d],
+        let decoder_pos_embed = sincos_buffer(&p, "decoder_pos_embed", d, grid);
+        let coords = CoordEncoders::new(&p, "dec", d, cfg);
+        let blocks = block_stack(
+            &p / "decoder_blocks",
+            cfg.decoder_depth,
+            d,
+            cfg.decoder_num_heads,
+            cfg,
+            0.0,
         );
-        tch::no_grad(|| decoder_pos_embed.shallow_clone().copy_(&sincos_3d(d, grid)));
-        let temporal = cfg
-            .temporal_encoding()
-            .then(|| CoordEncoder::new(&p / "temporal_embed_dec", d, cfg.coords_scale_learn));
-        let location = cfg
-            .location_encoding()
-            .then(|| CoordEncoder::new(&p / "location_embed_dec", d, cfg.coords_scale_learn));
-        let blocks = (0..cfg.decoder_depth)
-            .map(|i| {
-                Block::new(
-                    &p / "decoder_blocks" / i,
-                    d,
-                    cfg.decoder_num_heads,
-                    cfg.mlp_ratio,
-                    cfg.norm_eps,
-                    0.0,
-                )
-            })
-            .collect();
         let decoder_norm = layer_norm(&p / "decoder_norm", d, cfg.norm_eps);
         let decoder_pred = linear(&p / "decoder_pred", d, pt * ph * pw * cfg.in_chans);
         Ok(Self {
@@ -836,8 +921,7 @@ impl MAEDecoder {
             decoder_embed,
             mask_token,
             decoder_pos_embed,
-            temporal,
-            location,
+            coords,
             blocks,
             decoder_norm,
             decoder_pred,
@@ -850,8 +934,7 @@ impl MAEDecoder {
         &self,
         latent: &Tensor,
         ids_restore: &Tensor,
-        temporal: Option<&Tensor>,
-        location: Option<&Tensor>,
+        coords: Coords<'_>,
         shape: [i64; 3],
         train: bool,
     ) -> Result<Tensor> {
@@ -872,15 +955,9 @@ impl MAEDecoder {
         )?;
         let cls = cls + pos.narrow(1, 0, 1);
         x = x.f_add(&pos.narrow(1, 1, pos.size()[1] - 1))?;
-        if let (Some(enc), Some(tc)) = (&self.temporal, temporal) {
-            // the decoder's frame count is grid_size[0] * patch_size[0]
-            let frames = self.cfg.grid_size()[0] * self.cfg.patch_size[0];
-            let per_frame = x.size()[1] / frames;
-            x = x.f_add(&enc.temporal(tc, per_frame)?)?;
-        }
-        if let (Some(enc), Some(lc)) = (&self.location, location) {
-            x = x.f_add(&enc.location(lc)?)?;
-        }
+        // the decoder's frame count is grid_size[0] * patch_size[0]
+        let frames = self.cfg.grid_size()[0] * self.cfg.patch_size[0];
+        let x = self.coords.add(x, coords, frames)?;
         let mut x = Tensor::cat(&[cls, x], 1);
         for block in &self.blocks {
             x = block.forward(&x, train)?;
@@ -962,8 +1039,7 @@ impl PrithviMAE {
     pub fn forward(
         &self,
         x: &Tensor,
-        temporal: Option<&Tensor>,
-        location: Option<&Tensor>,
+        coords: Coords<'_>,
         mask_ratio: f64,
         noise: Option<&Tensor>,
         train: bool,
@@ -972,12 +1048,11 @@ impl PrithviMAE {
         let size = x.size();
         let (latent, mask, ids_restore) = self
             .encoder
-            .forward_masked(&x, temporal, location, mask_ratio, noise, train)?;
+            .forward_masked(&x, coords, mask_ratio, noise, train)?;
         let pred = self.decoder.forward(
             &latent,
             &ids_restore,
-            temporal,
-            location,
+            coords,
             [size[2], size[3], size[4]],
             train,
         )?;

@@ -10,7 +10,7 @@
 //! `in_chans` that disagrees with the band list is refused instead of being silently
 //! replaced by `len(bands)`.
 use super::prithvi_checkpoint::{self as ckpt, Band, FilterInfo, ModelVars};
-use super::prithvi_mae::{optional_input, Config, PrithviMAE, PrithviViT};
+use super::prithvi_mae::{optional_input, Config, Coords, PrithviMAE, PrithviViT};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use tch::{nn, Device, Tensor};
@@ -106,50 +106,40 @@ pub struct Bands {
     pub model: Vec<Band>,
 }
 
-/// `img_size` as `to_2tuple` takes it.
-fn img_size_arg(ctx: &BuildCtx<'_, '_>) -> Result<[i64; 2]> {
-    match ctx.args.raw("img_size") {
+/// An argument that is an int or a list of `N` ints: a list must have `N` entries
+/// (`shape` says which), an int `v` becomes `from_int(v)`.
+fn int_or_list<const N: usize>(
+    ctx: &BuildCtx<'_, '_>,
+    name: &str,
+    shape: &str,
+    from_int: impl Fn(i64) -> [i64; N],
+) -> Result<[i64; N]> {
+    match ctx.args.raw(name) {
         Some(Value::Array(_)) => {
-            let v: Vec<i64> = ctx.args.get("img_size")?;
+            let v: Vec<i64> = ctx.args.get(name)?;
             ctx.args.ensure(
-                v.len() == 2,
-                "img_size",
-                format!("must be an int or [height, width], got {v:?}"),
+                v.len() == N,
+                name,
+                format!("must be an int or {shape}, got {v:?}"),
             )?;
-            Ok([v[0], v[1]])
+            Ok(std::array::from_fn(|i| v[i]))
         }
-        Some(_) => {
-            let n: i64 = ctx.args.get("img_size")?;
-            Ok([n, n])
-        }
+        Some(_) => Ok(from_int(ctx.args.get(name)?)),
         None => Err(PluginError::invalid_argument(format!(
-            "`{}` needs `img_size`",
+            "`{}` needs `{name}`",
             ctx.qualified()
         ))),
     }
 }
 
+/// `img_size` as `to_2tuple` takes it.
+fn img_size_arg(ctx: &BuildCtx<'_, '_>) -> Result<[i64; 2]> {
+    int_or_list(ctx, "img_size", "[height, width]", |n| [n, n])
+}
+
 /// `patch_size`: an int `p` means `(1, p, p)`.
 fn patch_size_arg(ctx: &BuildCtx<'_, '_>) -> Result<[i64; 3]> {
-    match ctx.args.raw("patch_size") {
-        Some(Value::Array(_)) => {
-            let v: Vec<i64> = ctx.args.get("patch_size")?;
-            ctx.args.ensure(
-                v.len() == 3,
-                "patch_size",
-                format!("must be an int or [frames, height, width], got {v:?}"),
-            )?;
-            Ok([v[0], v[1], v[2]])
-        }
-        Some(_) => {
-            let p: i64 = ctx.args.get("patch_size")?;
-            Ok([1, p, p])
-        }
-        None => Err(PluginError::invalid_argument(format!(
-            "`{}` needs `patch_size`",
-            ctx.qualified()
-        ))),
-    }
+    int_or_list(ctx, "patch_size", "[frames, height, width]", |p| [1, p, p])
 }
 
 /// The band part of `_create_prithvi`.
@@ -335,9 +325,9 @@ impl Model for PrithviBackbone {
         let x = xs
             .first()
             .ok_or_else(|| PluginError::invalid_argument("Prithvi needs an input image"))?;
-        let feats =
-            self.vit
-                .forward_features(x, optional_input(xs, 1), optional_input(xs, 2), train)?;
+        let feats = self
+            .vit
+            .forward_features(x, Coords::from_inputs(xs), train)?;
         self.out_indices
             .iter()
             .map(|&i| {
@@ -376,8 +366,7 @@ impl PrithviMAEModel {
             .ok_or_else(|| PluginError::invalid_argument("Prithvi MAE needs an input image"))?;
         self.mae.forward(
             x,
-            optional_input(xs, 1),
-            optional_input(xs, 2),
+            Coords::from_inputs(xs),
             mask_ratio,
             optional_input(xs, 3),
             train,
@@ -575,7 +564,7 @@ pub fn backbone_entry(name: &'static str) -> Entry {
     );
     let b = base.clone();
     let e = Entry::new(name, &doc, move |ctx| build_entry(ctx, &b, false, name));
-    common_params(e, &base)
+    let e = common_params(e, &base)
         .opt(
             "out_indices",
             ParamType::INT_LIST,
@@ -605,37 +594,44 @@ pub fn backbone_entry(name: &'static str) -> Entry {
             ParamType::FLOAT,
             json!(0.0),
             "dropout on the prompt tokens (train mode only)",
-        )
-        .opt(
-            "decoder_embed_dim",
-            ParamType::INT,
-            json!(base.decoder_embed_dim),
-            "MAE decoder width (encoder_only=false only)",
-        )
-        .opt(
-            "decoder_depth",
-            ParamType::INT,
-            json!(base.decoder_depth),
-            "MAE decoder blocks (encoder_only=false only)",
-        )
-        .opt(
-            "decoder_num_heads",
-            ParamType::INT,
-            json!(base.decoder_num_heads),
-            "MAE decoder heads (encoder_only=false only)",
-        )
-        .opt(
-            "mask_ratio",
-            ParamType::FLOAT,
-            json!(base.mask_ratio),
-            "MAE mask ratio (encoder_only=false only)",
-        )
-        .opt(
-            "norm_pix_loss",
-            ParamType::BOOL,
-            json!(base.norm_pix_loss),
-            "MAE loss on normalised patches (encoder_only=false only)",
-        )
+        );
+    mae_params(e, &base, " (encoder_only=false only)")
+}
+
+/// The MAE decoder's parameters (`decoder_*`, `mask_ratio`, `norm_pix_loss`) with the
+/// preset's defaults; `note` is appended to each doc line.
+fn mae_params(e: Entry, base: &Config, note: &str) -> Entry {
+    let doc = |d: &str| format!("{d}{note}");
+    e.opt(
+        "decoder_embed_dim",
+        ParamType::INT,
+        json!(base.decoder_embed_dim),
+        &doc("MAE decoder width (a multiple of 16)"),
+    )
+    .opt(
+        "decoder_depth",
+        ParamType::INT,
+        json!(base.decoder_depth),
+        &doc("MAE decoder blocks"),
+    )
+    .opt(
+        "decoder_num_heads",
+        ParamType::INT,
+        json!(base.decoder_num_heads),
+        &doc("MAE decoder heads"),
+    )
+    .opt(
+        "mask_ratio",
+        ParamType::FLOAT,
+        json!(base.mask_ratio),
+        &doc("share of patches the MAE masks (0 <= r < 1)"),
+    )
+    .opt(
+        "norm_pix_loss",
+        ParamType::BOOL,
+        json!(base.norm_pix_loss),
+        &doc("MAE loss on per-patch normalised targets"),
+    )
 }
 
 /// The `terratorch` full-model entry `name` (`<preset>_mae`).
@@ -653,43 +649,13 @@ pub fn full_model_entry(name: &'static str, preset_name: &'static str) -> Entry 
     let e = Entry::new(name, &doc, move |ctx| {
         build_entry(ctx, &b, true, preset_name)
     });
-    common_params(e, &base)
-        .opt(
-            "encoder_only",
-            ParamType::BOOL,
-            json!(false),
-            "must be false (use the backbone for an encoder only)",
-        )
-        .opt(
-            "decoder_embed_dim",
-            ParamType::INT,
-            json!(base.decoder_embed_dim),
-            "decoder width (a multiple of 16)",
-        )
-        .opt(
-            "decoder_depth",
-            ParamType::INT,
-            json!(base.decoder_depth),
-            "decoder blocks",
-        )
-        .opt(
-            "decoder_num_heads",
-            ParamType::INT,
-            json!(base.decoder_num_heads),
-            "decoder heads",
-        )
-        .opt(
-            "mask_ratio",
-            ParamType::FLOAT,
-            json!(base.mask_ratio),
-            "share of patches masked (0 <= r < 1)",
-        )
-        .opt(
-            "norm_pix_loss",
-            ParamType::BOOL,
-            json!(base.norm_pix_loss),
-            "compute the loss on per-patch normalised targets",
-        )
+    let e = common_params(e, &base).opt(
+        "encoder_only",
+        ParamType::BOOL,
+        json!(false),
+        "must be false (use the backbone for an encoder only)",
+    );
+    mae_params(e, &base, "")
 }
 
 /// The backbone entries, in TerraTorch's registration order.

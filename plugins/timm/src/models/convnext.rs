@@ -7,17 +7,28 @@
 //! Flattening turns the stem's `stem.0` / `stem.1` and the stages' `stages.i` into the
 //! top-level modules `stem_0`, `stem_1`, `stages_i`, so those are the key prefixes. As in
 //! `FeatureListNet`, stages after the last returned one and the head are left out.
+use super::checks;
+use super::features::{self, Order, Taps};
+use super::layers::{
+    drop_path, drop_path_rate, trunc_normal, Conv2d, ConvSpec, LayerNorm, Mlp, LN_EPS,
+};
+use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tch::nn::{self, Init};
 use tch::Tensor;
 use terrahost_plugin_api::params::ParamType;
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, PluginError, Result};
 
-use super::resnet::{adapt_input_conv, drop_path};
-use super::vit::{LayerNorm, Linear, LN_EPS};
+/// How ConvNeXt stages are named in `out_indices` messages.
+const TAPS: Taps<'static> = Taps {
+    model: "a ConvNeXt",
+    unit: "stages",
+    legend: "",
+    order: Order::Increasing,
+};
 
 /// The number of feature taps: the outputs of the four stages.
 pub const NUM_FEATURES: i64 = 4;
@@ -97,39 +108,12 @@ impl Config {
     /// `FeatureListNet` returns stages in network order while `out_channels` follows the
     /// order given.
     pub fn resolved_out_indices(&self) -> Result<Vec<i64>> {
-        if self.out_indices.is_empty() {
-            return Err(PluginError::invalid_argument(
-                "`out_indices` is empty; give at least one stage index (0..3)",
-            ));
-        }
-        let mut out: Vec<i64> = Vec::with_capacity(self.out_indices.len());
-        for &i in &self.out_indices {
-            let idx = if i < 0 { NUM_FEATURES + i } else { i };
-            if !(0..NUM_FEATURES).contains(&idx) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` contains {i}, but a ConvNeXt has {NUM_FEATURES} stages: use 0..3 or -4..-1"
-                )));
-            }
-            if out.last().is_some_and(|&prev| idx <= prev) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` {:?} must be strictly increasing (after counting negative ones from the \
-                     end): features come out in network order",
-                    self.out_indices
-                )));
-            }
-            out.push(idx);
-        }
-        Ok(out)
+        TAPS.resolve(&self.out_indices, NUM_FEATURES)
     }
 
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(PluginError::invalid_argument(what));
-        if self.in_chans < 1 {
-            return bad(format!(
-                "`in_chans` must be at least 1, got {}",
-                self.in_chans
-            ));
-        }
+        checks::at_least_one(&[("in_chans", self.in_chans)])?;
         for (name, v) in [
             ("depths", &self.depths),
             ("dims", &self.dims),
@@ -151,76 +135,41 @@ impl Config {
                 self.patch_size
             ));
         }
-        for (name, v) in [
+        checks::rates(&[
             ("drop_rate", self.drop_rate),
             ("drop_path_rate", self.drop_path_rate),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(format!("`{name}` must be in [0, 1), got {v}"));
-            }
-        }
+        ])?;
         Ok(())
     }
 }
 
-fn trunc_normal() -> Init {
-    Init::Randn {
-        mean: 0.0,
-        stdev: 0.02,
-    }
-}
-
-/// A conv with timm's ConvNeXt init (truncated normal std 0.02, zero bias).
-#[derive(Debug)]
-struct Conv {
-    weight: Tensor,
-    bias: Option<Tensor>,
+/// A conv with timm's ConvNeXt init (truncated normal std 0.02, zero bias) and timm's
+/// symmetric default padding for an odd kernel at stride 1 (none for the strided
+/// patchify convolutions).
+fn conv(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
     stride: i64,
-    padding: i64,
     groups: i64,
-}
-
-impl Conv {
-    fn new(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        stride: i64,
-        groups: i64,
-        bias: bool,
-    ) -> Self {
-        Self {
-            weight: p.var("weight", &[c_out, c_in / groups, k, k], trunc_normal()),
-            bias: bias.then(|| p.var("bias", &[c_out], Init::Const(0.0))),
-            stride,
-            // timm's symmetric default padding for an odd kernel at stride 1; none for the
-            // strided patchify convolutions.
-            padding: if stride == 1 { (k - 1) / 2 } else { 0 },
-            groups,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_conv2d(
-            &self.weight,
-            self.bias.as_ref(),
-            [self.stride, self.stride],
-            [self.padding, self.padding],
-            [1, 1],
-            self.groups,
-        )?)
-    }
+    bias: bool,
+) -> Conv2d {
+    let padding = if stride == 1 { (k - 1) / 2 } else { 0 };
+    let spec = ConvSpec::new(c_in, c_out, k)
+        .stride(stride)
+        .padding(padding)
+        .groups(groups);
+    Conv2d::new(p, spec, trunc_normal(), bias.then_some(Init::Const(0.0)))
 }
 
 /// `ConvNeXtBlock`: depthwise conv, channels-last LayerNorm, MLP (Linear, GELU, Linear),
 /// LayerScale, drop path, identity shortcut.
 #[derive(Debug)]
 struct Block {
-    conv_dw: Conv,
+    conv_dw: Conv2d,
     norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    mlp: Mlp,
     gamma: Option<Tensor>,
     drop_path: f64,
 }
@@ -228,10 +177,9 @@ struct Block {
 impl Block {
     fn new(p: nn::Path, dim: i64, k: i64, cfg: &Config, drop_path: f64) -> Self {
         Self {
-            conv_dw: Conv::new(&p / "conv_dw", dim, dim, k, 1, dim, cfg.conv_bias),
+            conv_dw: conv(&p / "conv_dw", dim, dim, k, 1, dim, cfg.conv_bias),
             norm: LayerNorm::new(&p / "norm", dim, LN_EPS),
-            fc1: Linear::new(&p / "mlp" / "fc1", dim, 4 * dim, true),
-            fc2: Linear::new(&p / "mlp" / "fc2", 4 * dim, dim, true),
+            mlp: Mlp::timm(&p / "mlp", dim, 4 * dim, 0.0),
             gamma: cfg
                 .ls_init_value
                 .map(|v| p.var("gamma", &[dim], Init::Const(v))),
@@ -243,7 +191,7 @@ impl Block {
         // [B, C, H, W] -> [B, H, W, C] for the norm and the MLP, and back.
         let y = self.conv_dw.forward(x)?.f_permute([0, 2, 3, 1])?;
         let y = self.norm.forward(&y)?;
-        let y = self.fc2.forward(&self.fc1.forward(&y)?.f_gelu("none")?)?;
+        let y = self.mlp.forward(&y, train)?;
         let mut y = y.f_permute([0, 3, 1, 2])?;
         if let Some(g) = &self.gamma {
             y = y.f_mul(&g.f_reshape([1, -1, 1, 1])?)?;
@@ -255,7 +203,7 @@ impl Block {
 /// `ConvNeXtStage`: an optional downsample (LayerNorm2d, 2x2 stride-2 conv) and blocks.
 #[derive(Debug)]
 struct Stage {
-    downsample: Option<(LayerNorm, Conv)>,
+    downsample: Option<(LayerNorm, Conv2d)>,
     blocks: Vec<Block>,
 }
 
@@ -277,7 +225,7 @@ impl Stage {
 #[derive(Debug)]
 pub struct ConvNeXt {
     cfg: Config,
-    stem_conv: Conv,
+    stem_conv: Conv2d,
     stem_norm: LayerNorm,
     stages: Vec<Stage>,
     out_indices: Vec<i64>,
@@ -290,7 +238,7 @@ impl ConvNeXt {
         let out_indices = cfg.resolved_out_indices()?;
         let last = *out_indices.last().expect("out_indices are non-empty");
         let d0 = cfg.dims[0];
-        let stem_conv = Conv::new(
+        let stem_conv = conv(
             &p / "stem_0",
             cfg.in_chans,
             d0,
@@ -317,16 +265,12 @@ impl ConvNeXt {
                 let k = if stride > 1 { 2 } else { 1 };
                 (
                     LayerNorm::new(&ds / 0, prev, LN_EPS),
-                    Conv::new(&ds / 1, prev, dim, k, stride, 1, cfg.conv_bias),
+                    conv(&ds / 1, prev, dim, k, stride, 1, cfg.conv_bias),
                 )
             });
             let blocks = (0..cfg.depths[i])
                 .map(|j| {
-                    let dpr = if total > 1 {
-                        cfg.drop_path_rate * block_idx as f64 / (total - 1) as f64
-                    } else {
-                        0.0
-                    };
+                    let dpr = drop_path_rate(cfg.drop_path_rate, block_idx, total);
                     block_idx += 1;
                     Block::new(&sp / "blocks" / j, dim, cfg.kernel_sizes[i], cfg, dpr)
                 })
@@ -350,14 +294,7 @@ impl ConvNeXt {
 
     /// Runs the network on `x` ([B, in_chans, H, W]) and returns the selected stages.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let size = x.size();
-        if size.len() != 4 || size[1] != self.cfg.in_chans {
-            return Err(PluginError::forward_failed(format!(
-                "a ConvNeXt built with in_chans={} takes one [B, {}, H, W] image batch, got a tensor of \
-                 shape {size:?}",
-                self.cfg.in_chans, self.cfg.in_chans
-            )));
-        }
+        TAPS.check_image(x, self.cfg.in_chans)?;
         let mut y = self.stem_norm.forward_nchw(&self.stem_conv.forward(x)?)?;
         let mut out = Vec::with_capacity(self.out_indices.len());
         for (i, stage) in self.stages.iter().enumerate() {
@@ -368,7 +305,9 @@ impl ConvNeXt {
         }
         Ok(out)
     }
+}
 
+impl LoadPretrained for ConvNeXt {
     /// Loads a timm ConvNeXt checkpoint (the state_dict of the full classifier model) into
     /// `vs`: `module.` / `_orig_mod.` prefixes are removed, original Facebook checkpoints
     /// (`downsample_layers.*`, `dwconv`, `pwconv*`) are renamed as timm's
@@ -376,14 +315,10 @@ impl ConvNeXt {
     /// `stages_i`, the head and the stages this extractor leaves out are dropped, and a
     /// 3-channel stem is adapted to `in_chans`. Anything else missing, unexpected or of
     /// the wrong shape is an error.
-    pub fn load_pretrained(
-        &self,
-        vs: &mut nn::VarStore,
-        weights: Vec<(String, Tensor)>,
-    ) -> Result<()> {
+    fn load_pretrained(&self, vs: &mut nn::VarStore, weights: Vec<(String, Tensor)>) -> Result<()> {
         let weights: Vec<(String, Tensor)> = weights
             .into_iter()
-            .map(|(k, v)| (crate::clean_checkpoint_key(k), v))
+            .map(|(k, v)| (pretrained::clean_checkpoint_key(k), v))
             .collect();
         let fb = !weights
             .iter()
@@ -417,15 +352,8 @@ impl ConvNeXt {
                 *v = v.f_flatten(1, 3)?;
             }
         }
-        let stem = "stem_0.weight";
-        if let Some(w) = given.get(stem) {
-            if w.size().get(1) != Some(&self.cfg.in_chans) {
-                let adapted = adapt_input_conv(self.cfg.in_chans, w)
-                    .map_err(|e| e.context(format_args!("`{stem}`")))?;
-                given.insert(stem.into(), adapted);
-            }
-        }
-        crate::load_strict(vs, given, "ConvNeXt")
+        pretrained::adapt_first_conv(&mut given, "stem_0.weight", self.cfg.in_chans)?;
+        pretrained::load_strict(vs, given, "ConvNeXt")
     }
 }
 
@@ -455,21 +383,11 @@ fn fb_to_timm(k: &str) -> String {
 
 impl Model for ConvNeXt {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => self.features(x, train),
-            _ => Err(PluginError::invalid_argument(format!(
-                "a ConvNeXt backbone takes exactly one input tensor [B, {}, H, W], got {}",
-                self.cfg.in_chans,
-                xs.len()
-            ))),
-        }
+        self.features(TAPS.single(xs, self.cfg.in_chans)?, train)
     }
 
     fn out_channels(&self) -> Vec<i64> {
-        self.out_indices
-            .iter()
-            .map(|&i| self.cfg.dims[i as usize])
-            .collect()
+        features::pick(&self.cfg.dims, &self.out_indices)
     }
 }
 
@@ -485,25 +403,7 @@ fn per_stage(ctx: &BuildCtx<'_, '_>, name: &str) -> Result<Vec<i64>> {
 /// field comes from them).
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let a = &ctx.args;
-    let features_only: bool = a.get("features_only")?;
-    a.ensure(
-        features_only,
-        "features_only",
-        "must be true: terrahost backbones are feature extractors returning the four stages' feature \
-         maps (a classifier ConvNeXt is not available)",
-    )?;
-    let out_indices = match a.raw("out_indices") {
-        Some(Value::Array(_)) => a.get::<Vec<i64>>("out_indices")?,
-        _ => {
-            let n: i64 = a.get("out_indices")?;
-            a.ensure(
-                (1..=NUM_FEATURES).contains(&n),
-                "out_indices",
-                format!("as an int takes the last n stages and must be 1..=4, got {n}"),
-            )?;
-            (NUM_FEATURES - n..NUM_FEATURES).collect()
-        }
-    };
+    features::require_features_only(ctx, "the four stages' feature maps")?;
     let cfg = Config {
         in_chans: a.get("in_chans")?,
         depths: a.get("depths")?,
@@ -515,23 +415,13 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         conv_bias: a.get("conv_bias")?,
         drop_rate: a.get("drop_rate")?,
         drop_path_rate: a.get("drop_path_rate")?,
-        out_indices,
+        out_indices: TAPS.out_indices_arg(ctx, NUM_FEATURES)?,
     };
-    let pretrained: bool = a.get("pretrained")?;
-    let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let model = ConvNeXt::new(vs.root(), &cfg)
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    if pretrained {
-        let weights = crate::pretrained_weights(ctx)?;
-        model
-            .load_pretrained(&mut vs, weights)
-            .map_err(|e| e.context(format_args!("`{}` pretrained weights", ctx.qualified())))?;
-    }
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    pretrained::build_model(ctx, |p| ConvNeXt::new(p, &cfg))
 }
 
 /// The registry entry for the timm ConvNeXt preset `name`, with timm's keyword parameters.
-pub(crate) fn entry(name: &'static str) -> Entry {
+fn entry(name: &'static str) -> Entry {
     let base =
         Config::preset(name).expect("a ConvNeXt entry is registered only for a known preset");
     let doc = format!(
@@ -539,10 +429,7 @@ pub(crate) fn entry(name: &'static str) -> Entry {
          4, 8, 16, 32.",
         base.depths, base.dims
     );
-    Entry::new(name, &doc, build)
-        .opt("features_only", ParamType::BOOL, json!(true), "return the feature maps (only true is supported)")
-        .opt("pretrained", ParamType::BOOL, json!(false), "load pretrained weights (needs pretrained_cfg_overlay.file; no downloads)")
-        .opt("pretrained_cfg_overlay", ParamType::DICT, Value::Null, "overrides of the pretrained config; `file` names a local checkpoint (.safetensors or torch.save)")
+    features::common_params(Entry::new(name, &doc, build), "the feature maps")
         .opt("in_chans", ParamType::INT, json!(3), "input channels")
         .opt("out_indices", ParamType::INT_OR_INT_LIST, json!([0, 1, 2, 3]), "stages whose outputs are returned (negative from the end; an int n = the last n)")
         .opt("depths", ParamType::INT_LIST, json!(base.depths), "blocks per stage")
@@ -553,4 +440,12 @@ pub(crate) fn entry(name: &'static str) -> Entry {
         .opt("conv_bias", ParamType::BOOL, json!(true), "bias on the convolutions")
         .opt("drop_rate", ParamType::FLOAT, json!(0.0), "classifier dropout; no effect on a features-only model, as in timm")
         .opt("drop_path_rate", ParamType::FLOAT, json!(0.0), "stochastic depth rate, linear over the blocks (train mode only)")
+}
+
+/// The registry entries of the timm ConvNeXt presets.
+pub(crate) fn entries() -> Vec<Entry> {
+    ["convnext_tiny", "convnext_small", "convnext_base"]
+        .into_iter()
+        .map(entry)
+        .collect()
 }

@@ -18,19 +18,32 @@
 //!
 //! `relative_position_index` is a persistent buffer here (it is in the state_dict), so
 //! the forward reads the stored buffer, as upstream does.
-use super::swin::{
-    copy_into, drop_path, dropout, pretrained_file_weights, relative_position_index,
-    resolve_out_indices, shifted_window_mask, window_partition, window_reverse, LayerNorm, Linear,
-    WindowAttention,
-};
+//!
+//! The patch embedding, window attention and Swin block are `swin_layers.rs`'s (the
+//! [`Flavour::MMSeg`] variant: mmseg key names and init, padding before the cyclic
+//! shift); this file keeps the mmseg patch merging, the stage norms, the band handling and
+//! TerraTorch's checkpoint conversion.
+use super::checks;
+use super::features::{self, Order, Taps};
+use super::layers::{drop_path_rate, dropout, LayerNorm, Linear, TORCH_LN_EPS};
+use super::swin_layers::{self, stage_widths, BlockSpec, Flavour, PatchEmbed, SwinBlock};
+use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use tch::nn::{self, Init};
-use tch::{Device, Kind, Tensor};
+use tch::nn;
+use tch::{Kind, Tensor};
 use terrahost_plugin_api::params::ParamType;
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
-use terrahost_plugin_api::{PluginError, Result};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::{ModuleBox, PluginError, Result};
+
+/// How Prithvi Swin stages are named in `out_indices` messages.
+const TAPS: Taps<'static> = Taps {
+    model: "a Prithvi Swin",
+    unit: "stages",
+    legend: "",
+    order: Order::Increasing,
+};
 
 /// The HLS bands the Prithvi Swin checkpoints were trained on, in order (`PRETRAINED_BANDS`).
 pub const PRETRAINED_BANDS: [&str; 6] = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"];
@@ -167,20 +180,13 @@ impl Config {
 
     /// Channels of every stage's output (`feature_info` `num_chs`).
     pub fn feature_channels(&self) -> Vec<i64> {
-        (0..self.depths.len() as u32)
-            .map(|i| self.embed_dim * 2i64.pow(i))
-            .collect()
+        stage_widths(self.embed_dim, self.depths.len())
     }
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(PluginError::invalid_argument(m));
+        swin_layers::check_stages(&self.depths, &self.num_heads)?;
         let n = self.depths.len();
-        if n == 0 || self.num_heads.len() != n {
-            return bad(format!(
-                "`depths` {:?} and `num_heads` {:?} need one entry per stage (at least one stage)",
-                self.depths, self.num_heads
-            ));
-        }
         if self.strides.len() < n {
             return bad(format!(
                 "`strides` {:?} needs one entry per stage ({n})",
@@ -196,44 +202,23 @@ impl Config {
                 self.strides[0], self.patch_size
             ));
         }
-        if self.depths.iter().any(|&d| d < 1) || self.num_heads.iter().any(|&h| h < 1) {
-            return bad(format!(
-                "every stage needs at least one block and one head: `depths` {:?}, `num_heads` {:?}",
-                self.depths, self.num_heads
-            ));
-        }
-        for (name, v) in [
+        checks::at_least_one(&[
             ("in_chans", self.in_chans),
             ("embed_dim", self.embed_dim),
             ("patch_size", self.patch_size),
             ("window_size", self.window_size),
-        ] {
-            if v < 1 {
-                return bad(format!("`{name}` must be at least 1, got {v}"));
-            }
-        }
-        for (c, h) in self.feature_channels().iter().zip(&self.num_heads) {
-            if c % h != 0 {
-                return bad(format!(
-                    "stage width {c} is not divisible by its {h} heads; change `embed_dim` or `num_heads`"
-                ));
-            }
-        }
-        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
-            return bad(format!(
-                "`mlp_ratio` must be positive, got {}",
-                self.mlp_ratio
-            ));
-        }
-        for (name, v) in [
+        ])?;
+        swin_layers::check_heads_divide(
+            self.embed_dim,
+            &self.num_heads,
+            "change `embed_dim` or `num_heads`",
+        )?;
+        checks::mlp_ratio(self.mlp_ratio)?;
+        checks::rates(&[
             ("drop_rate", self.drop_rate),
             ("attn_drop_rate", self.attn_drop_rate),
             ("drop_path_rate", self.drop_path_rate),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(format!("`{name}` must be in [0, 1), got {v}"));
-            }
-        }
+        ])?;
         Ok(())
     }
 }
@@ -243,70 +228,6 @@ impl Config {
 fn corner_pad(len: i64, kernel: i64, stride: i64) -> i64 {
     let out = (len + stride - 1) / stride;
     ((out - 1) * stride + kernel - len).max(0)
-}
-
-/// `SwinBlock`: shifted-window attention and an FFN on `[B, L, C]` tokens of an `H x W` map.
-#[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    attn: WindowAttention,
-    /// The stored `relative_position_index` buffer.
-    index: Tensor,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    window: i64,
-    shift: i64,
-    drop: f64,
-    drop_path: f64,
-}
-
-impl Block {
-    /// `ShiftWindowMSA.forward`: pad to whole windows, then shift (mmseg's order).
-    fn attention(&self, x: &Tensor, hw: (i64, i64), train: bool) -> Result<Tensor> {
-        let (b, _, c) = x.size3()?;
-        let (h, w) = hw;
-        let ws = self.window;
-        let pad_r = (ws - w % ws) % ws;
-        let pad_b = (ws - h % ws) % ws;
-        let q = x
-            .f_view([b, h, w, c])?
-            .f_constant_pad_nd([0, 0, 0, pad_r, 0, pad_b])?;
-        let (hp, wp) = (h + pad_b, w + pad_r);
-        let s = self.shift;
-        let (q, mask) = if s > 0 {
-            let m = shifted_window_mask(hp, wp, (ws, ws), (s, s), x.kind(), x.device())?;
-            (q.f_roll([-s, -s], [1, 2])?, Some(m))
-        } else {
-            (q, None)
-        };
-        let windows = window_partition(&q, ws, ws)?.f_view([-1, ws * ws, c])?;
-        let out = self
-            .attn
-            .forward(&windows, &self.index, mask.as_ref(), train)?;
-        let out = window_reverse(&out.f_view([-1, ws, ws, c])?, ws, ws, hp, wp)?;
-        let out = if s > 0 {
-            out.f_roll([s, s], [1, 2])?
-        } else {
-            out
-        };
-        let out = out
-            .f_slice(1, 0, h, 1)?
-            .f_slice(2, 0, w, 1)?
-            .f_contiguous()?
-            .f_view([b, h * w, c])?;
-        drop_path(out, self.drop_path, train)
-    }
-
-    fn forward(&self, x: &Tensor, hw: (i64, i64), train: bool) -> Result<Tensor> {
-        let x = self
-            .attention(&self.norm1.forward(x)?, hw, train)?
-            .f_add(x)?;
-        let y = self.fc1.forward(&self.norm2.forward(&x)?)?.f_gelu("none")?;
-        let y = dropout(y, self.drop, train)?;
-        let y = dropout(self.fc2.forward(&y)?, self.drop, train)?;
-        Ok(x.f_add(&drop_path(y, self.drop_path, train)?)?)
-    }
 }
 
 /// mmseg's `PatchMerging`: zero corner padding, `nn.Unfold(2, stride)` (channel-major:
@@ -341,7 +262,7 @@ impl PatchMerging {
 
 #[derive(Debug)]
 struct Stage {
-    blocks: Vec<Block>,
+    blocks: Vec<SwinBlock>,
     downsample: Option<PatchMerging>,
     norm: LayerNorm,
 }
@@ -351,9 +272,7 @@ struct Stage {
 #[derive(Debug)]
 pub struct PrithviSwin {
     cfg: Config,
-    proj_w: Tensor,
-    proj_b: Tensor,
-    patch_norm: LayerNorm,
+    patch_embed: PatchEmbed,
     stages: Vec<Stage>,
     out_indices: Vec<i64>,
 }
@@ -364,29 +283,19 @@ impl PrithviSwin {
     pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.depths.len() as i64;
-        let out_indices = resolve_out_indices(Some(&json!(cfg.out_indices)), n)?;
+        let out_indices = TAPS.resolve(&cfg.out_indices, n)?;
         let last = *out_indices
             .last()
             .expect("resolved out_indices are non-empty");
         let ps = cfg.patch_size;
-        let pe = &p / "patch_embed";
-        let bound = 1.0 / ((cfg.in_chans * ps * ps) as f64).sqrt();
-        let uniform = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        let proj_w =
-            (&pe / "projection").var("weight", &[cfg.embed_dim, cfg.in_chans, ps, ps], uniform);
-        let proj_b = (&pe / "projection").var("bias", &[cfg.embed_dim], uniform);
-        let patch_norm = LayerNorm::new(&pe / "norm", cfg.embed_dim);
-        // nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in).
-        let linear = |p: nn::Path, i: i64, o: i64, bias: bool| {
-            let u = Init::Uniform {
-                lo: -1.0 / (i as f64).sqrt(),
-                up: 1.0 / (i as f64).sqrt(),
-            };
-            Linear::with_inits(p, i, o, bias, u, u)
-        };
+        let patch_embed = PatchEmbed::new(
+            &p / "patch_embed",
+            "projection",
+            cfg.in_chans,
+            cfg.embed_dim,
+            ps,
+            cfg.strides[0],
+        );
 
         let total: i64 = cfg.depths.iter().sum();
         let ws = cfg.window_size;
@@ -407,54 +316,34 @@ impl PrithviSwin {
             let hidden = (cfg.mlp_ratio * dim as f64) as i64;
             let mut blocks = Vec::new();
             for j in 0..cfg.depths[i] {
-                let bp = &sp / "blocks" / j;
-                let ap = &bp / "attn" / "w_msa";
-                let index = ap.add(
-                    "relative_position_index",
-                    relative_position_index(ws, ws, Device::Cpu),
-                    false,
-                );
-                let attn = WindowAttention {
-                    relative_position_bias_table: ap.var(
-                        "relative_position_bias_table",
-                        &[(2 * ws - 1) * (2 * ws - 1), heads],
-                        Init::Const(0.0),
-                    ),
-                    qkv: linear(&ap / "qkv", dim, 3 * dim, cfg.qkv_bias),
-                    proj: linear(&ap / "proj", dim, dim, true),
-                    num_heads: heads,
+                let shift = if j % 2 == 0 { 0 } else { ws / 2 };
+                // torch.linspace in float32, as upstream computes the rates.
+                let dpr = drop_path_rate(cfg.drop_path_rate, block_idx, total) as f32 as f64;
+                let spec = BlockSpec {
+                    dim,
+                    heads,
+                    head_dim,
                     scale,
+                    window: (ws, ws),
+                    shift: (shift, shift),
+                    qkv_bias: cfg.qkv_bias,
+                    mlp_hidden: hidden,
                     attn_drop: cfg.attn_drop_rate,
                     proj_drop: cfg.drop_rate,
-                };
-                let dpr = if total > 1 {
-                    (cfg.drop_path_rate * block_idx as f64 / (total - 1) as f64) as f32 as f64
-                } else {
-                    0.0
-                };
-                blocks.push(Block {
-                    norm1: LayerNorm::new(&bp / "norm1", dim),
-                    attn,
-                    index,
-                    norm2: LayerNorm::new(&bp / "norm2", dim),
-                    fc1: linear(&bp / "ffn" / "layers" / 0 / 0, dim, hidden, true),
-                    fc2: linear(&bp / "ffn" / "layers" / 1, hidden, dim, true),
-                    window: ws,
-                    shift: if j % 2 == 0 { 0 } else { ws / 2 },
-                    drop: cfg.drop_rate,
                     drop_path: dpr,
-                });
+                };
+                blocks.push(SwinBlock::new(&sp / "blocks" / j, Flavour::MMSeg, &spec));
                 block_idx += 1;
             }
             let downsample = ((i as i64) < n - 1).then(|| {
                 let dp = &sp / "downsample";
                 PatchMerging {
-                    norm: LayerNorm::new(&dp / "norm", 4 * dim),
-                    reduction: linear(&dp / "reduction", 4 * dim, 2 * dim, false),
+                    norm: LayerNorm::new(&dp / "norm", 4 * dim, TORCH_LN_EPS),
+                    reduction: Flavour::MMSeg.reduction(&dp / "reduction", 4 * dim, 2 * dim),
                     stride: cfg.strides[i + 1],
                 }
             });
-            let norm = LayerNorm::new(&sp / "norm", dim);
+            let norm = LayerNorm::new(&sp / "norm", dim, TORCH_LN_EPS);
             stages.push(Stage {
                 blocks,
                 downsample,
@@ -464,9 +353,7 @@ impl PrithviSwin {
         }
         Ok(Self {
             cfg: cfg.clone(),
-            proj_w,
-            proj_b,
-            patch_norm,
+            patch_embed,
             stages,
             out_indices,
         })
@@ -500,24 +387,20 @@ impl PrithviSwin {
         } else {
             x.shallow_clone()
         };
-        let y = x.f_conv2d(
-            &self.proj_w,
-            Some(&self.proj_b),
-            [s0, s0],
-            [0, 0],
-            [1, 1],
-            1,
-        )?;
-        let (b, _, h, w) = y.size4()?;
-        // [B, E, h, w] -> [B, h*w, E]
-        let y = y.f_flatten(2, -1)?.f_transpose(1, 2)?;
-        let mut y = dropout(self.patch_norm.forward(&y)?, self.cfg.drop_rate, train)?;
+        let y = self.patch_embed.forward(&x)?;
+        let (b, h, w, _) = y.size4()?;
+        // [B, h, w, E] -> [B, h*w, E]
+        let y = y.f_flatten(1, 2)?;
+        let mut y = dropout(y, self.cfg.drop_rate, train)?;
         let mut hw = (h, w);
         let mut out = Vec::with_capacity(self.out_indices.len());
         for (i, stage) in self.stages.iter().enumerate() {
+            // [B, h*w, C] -> [B, h, w, C] for the blocks, and back.
+            let mut map = y.f_view([b, hw.0, hw.1, -1])?;
             for blk in &stage.blocks {
-                y = blk.forward(&y, hw, train)?;
+                map = blk.forward(&map, train)?;
             }
+            y = map.f_view([b, hw.0 * hw.1, -1])?;
             if self.out_indices.contains(&(i as i64)) {
                 out.push(stage.norm.forward(&y)?.f_view([b, hw.0, hw.1, -1])?);
             }
@@ -538,7 +421,9 @@ impl PrithviSwin {
             .get(stage)
             .map(|&h| vec![(2 * ws - 1) * (2 * ws - 1), h])
     }
+}
 
+impl LoadPretrained for PrithviSwin {
     /// Applies TerraTorch's `checkpoint_filter_fn` to `weights` (keys in the full model's
     /// namespace, `stages.N.`), then loads what fits into `vs` as `load_state_dict(strict=False)`
     /// does after it: see [`filter_checkpoint`]. Keys this extractor does not have (the
@@ -547,11 +432,7 @@ impl PrithviSwin {
     /// (the model's own is right for its window). A checkpoint that shares no key with the
     /// model, or a tensor of the wrong shape, is an error (upstream would silently fall
     /// back to random weights).
-    pub fn load_pretrained(
-        &self,
-        vs: &mut nn::VarStore,
-        weights: Vec<(String, Tensor)>,
-    ) -> Result<()> {
+    fn load_pretrained(&self, vs: &mut nn::VarStore, weights: Vec<(String, Tensor)>) -> Result<()> {
         let proj = vs
             .variables()
             .get("patch_embed.projection.weight")
@@ -610,7 +491,7 @@ impl PrithviSwin {
                 "Prithvi Swin checkpoint loaded non-strictly, as TerraTorch does"
             );
         }
-        copy_into(vs, &given)
+        pretrained::copy_into(vs, &given)
     }
 }
 
@@ -820,19 +701,11 @@ pub fn filter_checkpoint(
 
 impl Model for PrithviSwin {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => self.features(x, train),
-            _ => Err(PluginError::invalid_argument(format!(
-                "a Prithvi Swin backbone takes exactly one input tensor [B, {}, H, W], got {}",
-                self.cfg.in_chans,
-                xs.len()
-            ))),
-        }
+        self.features(TAPS.single(xs, self.cfg.in_chans)?, train)
     }
 
     fn out_channels(&self) -> Vec<i64> {
-        let all = self.cfg.feature_channels();
-        self.out_indices.iter().map(|&i| all[i as usize]).collect()
+        features::pick(&self.cfg.feature_channels(), &self.out_indices)
     }
 
     // No `meta`: no module of the reference model has a `patch_size` attribute (mmseg's
@@ -849,14 +722,10 @@ impl Model for PrithviSwin {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<terrahost_plugin_api::ModuleBox> {
+/// Builds a Prithvi Swin from the validated arguments on top of the preset `base`.
+fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
     let a = &ctx.args;
-    let features_only: bool = a.get("features_only")?;
-    a.ensure(
-        features_only,
-        "features_only",
-        "must be true: terrahost backbones are feature extractors returning the stage outputs",
-    )?;
+    features::require_features_only(ctx, "the stage outputs")?;
     let pretrained_bands = bands_arg(
         a.raw("pretrained_bands").unwrap_or(&Value::Null),
         "pretrained_bands",
@@ -896,31 +765,20 @@ fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<terrahost_plugin_api::M
         drop_rate: a.get("drop_rate")?,
         attn_drop_rate: a.get("attn_drop_rate")?,
         drop_path_rate,
-        out_indices: resolve_out_indices(a.raw("out_indices"), depths.len() as i64)?,
+        out_indices: TAPS.out_indices_arg(ctx, depths.len() as i64)?,
         depths,
         pretrained_bands,
         bands,
     };
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = PrithviSwin::new(vs.root(), &cfg)
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    if a.get::<bool>("pretrained")? {
-        let weights = pretrained_file_weights(ctx)?;
-        model
-            .load_pretrained(&mut vs, weights)
-            .map_err(|e| e.context(format_args!("`{}` pretrained weights", ctx.qualified())))?;
-    }
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    pretrained::build_model(ctx, |p| PrithviSwin::new(p, &cfg))
 }
 
 fn preset_entry(name: &'static str, doc: &str) -> Entry {
     let base =
         Config::named(name).expect("a Prithvi Swin entry is registered only for a known preset");
     let d = base.clone();
-    Entry::new(name, doc, move |ctx| build(ctx, base.clone()))
-        .opt("features_only", ParamType::BOOL, json!(true), "return the stage outputs (only true is supported)")
-        .opt("pretrained", ParamType::BOOL, json!(false), "load pretrained weights (needs pretrained_cfg_overlay.file; no downloads)")
-        .opt("pretrained_cfg_overlay", ParamType::DICT, Value::Null, "overrides of the pretrained config; `file` names a local checkpoint (.safetensors or torch.save)")
+    let e = Entry::new(name, doc, move |ctx| build(ctx, base.clone()));
+    features::common_params(e, "the stage outputs")
         .opt("pretrained_bands", ParamType::ANY, json!(PRETRAINED_BANDS), "bands of the checkpoint's patch embedding, in order")
         .opt("bands", ParamType::ANY, Value::Null, "bands of the input (names, indices or [start, end] intervals); default: pretrained_bands; sets in_chans")
         .opt("in_chans", ParamType::INT, Value::Null, "input channels; TerraTorch always uses len(bands), so only that value is accepted")
@@ -943,7 +801,7 @@ fn preset_entry(name: &'static str, doc: &str) -> Entry {
 
 /// The registry entry for the Prithvi Swin TerraTorch registers into timm as `name`
 /// (`prithvi_swin_B` or `prithvi_swin_L`).
-pub(crate) fn entry(name: &'static str) -> Entry {
+fn entry(name: &'static str) -> Entry {
     let doc = if name == "prithvi_swin_L" {
         "TerraTorch's Prithvi Swin-L (MMSegSwinTransformer: embed 192, depths 2-2-18-2, window 7, 6 HLS bands) \
          as a feature extractor: normed channels-last stage outputs at strides 4, 8, 16, 32 with 192, 384, 768, \
@@ -956,34 +814,31 @@ pub(crate) fn entry(name: &'static str) -> Entry {
     preset_entry(name, doc)
 }
 
+/// The registry entries of the Prithvi Swin presets.
+pub(crate) fn entries() -> Vec<Entry> {
+    ["prithvi_swin_B", "prithvi_swin_L"]
+        .into_iter()
+        .map(entry)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! Expected values were printed from the reference Python (TerraTorch 1.2.11,
     //! `BACKBONE_REGISTRY.build("timm_prithvi_swin_B", features_only=True, ...)`).
     use super::*;
     use crate::models::swin;
-    use terrahost_plugin_api::sdk::DynModule;
-
-    fn build(name: &str, args: Value) -> Result<DynModule> {
-        swin::tests::build(name, args)
-    }
-
-    fn n_params(m: &DynModule) -> i64 {
-        m.module()
-            .named_parameters()
-            .iter()
-            .map(|nt| nt.tensor.with(|t| t.numel() as i64))
-            .sum()
-    }
+    use crate::test_support::{build, n_params, parity, tensor, write_checkpoint};
+    use tch::Device;
 
     #[test]
     fn parity_timm_prithvi_swin_b() {
-        terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "timm_prithvi_swin_B");
+        parity("timm_prithvi_swin_B");
     }
 
     #[test]
     fn parity_timm_prithvi_swin_l_bands() {
-        terrahost_testkit::check_fixture(crate::plugin_sources().unwrap(), "timm_prithvi_swin_L");
+        parity("timm_prithvi_swin_L");
     }
 
     #[test]
@@ -999,7 +854,7 @@ mod tests {
         }
         let m = build("prithvi_swin_B", json!({})).unwrap();
         let sd = m.state_dict();
-        let get = |k: &str| sd.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+        let get = |k: &str| tensor(&sd, k);
         assert_eq!(
             get("patch_embed.projection.weight").size(),
             vec![128, 6, 4, 4]
@@ -1117,10 +972,7 @@ mod tests {
             "encoder.head.weight".into(),
             Tensor::zeros([3, 32], (Kind::Float, Device::Cpu)),
         ));
-        let dir = std::env::temp_dir().join(format!("prithvi-swin-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("swin_orig.safetensors");
-        Tensor::write_safetensors(&ck, &file).unwrap();
+        let file = write_checkpoint(&ck, "prithvi-swin-test", "swin_orig.safetensors");
 
         let m = build(
             "prithvi_swin_B",
@@ -1137,7 +989,7 @@ mod tests {
             let diff = (g - &w).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "stage {i}: max diff {diff}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
     }
 
     #[test]
@@ -1157,11 +1009,9 @@ mod tests {
                 (format!("module.backbone.{k}"), v)
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("prithvi-swin-bands-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("prithvi.safetensors");
-        Tensor::write_safetensors(&ck, &file).unwrap();
-        let get_ck = |k: &str| ck.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+        let file = write_checkpoint(&ck, "prithvi-swin-bands", "prithvi.safetensors");
+        let dir = file.parent().unwrap().to_owned();
+        let get_ck = |k: &str| tensor(&ck, k);
         let m = build(
             "prithvi_swin_B",
             json!({"pretrained": true, "pretrained_cfg_overlay": {"file": file.to_str().unwrap()},
@@ -1170,7 +1020,7 @@ mod tests {
         )
         .unwrap();
         let sd = m.state_dict();
-        let get = |k: &str| sd.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+        let get = |k: &str| tensor(&sd, k);
         let pw = get("patch_embed.projection.weight");
         let cw = get_ck("module.backbone.patch_embed.projection.weight");
         assert_eq!(pw.size(), vec![8, 3, 4, 4]);

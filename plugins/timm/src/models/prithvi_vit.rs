@@ -77,22 +77,23 @@ pub fn entries() -> Vec<Entry> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::parity;
     use serde_json::json;
-    use terrahost_testkit::{check_fixture, host_with};
+    use terrahost_testkit::host_with;
 
     #[test]
     fn prithvi_vit_tiny_parity() {
-        check_fixture(crate::plugin_sources().unwrap(), "timm_prithvi_vit_tiny");
+        parity("timm_prithvi_vit_tiny");
     }
 
     #[test]
     fn prithvi_vit_100_parity() {
-        check_fixture(crate::plugin_sources().unwrap(), "timm_prithvi_vit_100");
+        parity("timm_prithvi_vit_100");
     }
 
     #[test]
     fn prithvi_vit_300_parity() {
-        check_fixture(crate::plugin_sources().unwrap(), "timm_prithvi_vit_300");
+        parity("timm_prithvi_vit_300");
     }
 
     /// Sizes of the equivalent TerraTorch builders (counted in Python); the LayerNorm
@@ -107,13 +108,7 @@ mod tests {
             let m = host
                 .build("backbone", name, &serde_json::Map::new(), None)
                 .unwrap();
-            let n: i64 = m
-                .module()
-                .named_parameters()
-                .iter()
-                .map(|nt| nt.tensor.with(|t| t.numel() as i64))
-                .sum();
-            assert_eq!(n, params, "{name}");
+            assert_eq!(crate::test_support::n_params(&m), params, "{name}");
             assert_eq!(m.meta()["patch_size"], json!([1, 16, 16]));
         }
         let args = json!({"features_only": false}).as_object().unwrap().clone();

@@ -7,14 +7,29 @@
 //! As in `FeatureListNet`, the model keeps only the modules up to the last feature it
 //! returns (so `out_indices=[0, 1]` has no `layer2.*`..`layer4.*` keys) and never has the
 //! classifier (`fc.*`).
+use super::checks;
+use super::features::{self, Order, Taps};
+use super::layers::{drop_path, drop_path_rate, Conv2d, ConvSpec};
+use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
-use terrahost_plugin_api::{sdk::Model, PluginError, Result};
+use tch::Tensor;
+use terrahost_plugin_api::params::ParamType;
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
+use terrahost_plugin_api::{ModuleBox, PluginError, Result};
 
 /// The number of feature taps of a ResNet: the stem (`act1`, stride 2) and `layer1`..`layer4`.
 pub const NUM_FEATURES: i64 = 5;
+
+/// How ResNet features are named in `out_indices` messages.
+const TAPS: Taps<'static> = Taps {
+    model: "a ResNet",
+    unit: "features",
+    legend: " (0 = stem, 1..4 = layer1..layer4)",
+    order: Order::Increasing,
+};
 
 /// Which residual block the stages are made of.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,34 +176,9 @@ impl Config {
     }
 
     /// `out_indices` made non-negative and checked, as timm's `feature_take_indices`
-    /// does, and also required to be strictly increasing: timm returns features in
-    /// network order whatever the order given, while its `out_channels` follows the order
-    /// given, so any other order would describe the outputs wrongly.
+    /// does, and strictly increasing ([`Order::Increasing`]).
     pub fn resolved_out_indices(&self) -> Result<Vec<i64>> {
-        if self.out_indices.is_empty() {
-            return Err(PluginError::invalid_argument(
-                "`out_indices` is empty; give at least one feature index (0 = stem, 1..4 = layer1..layer4)",
-            ));
-        }
-        let mut out = Vec::with_capacity(self.out_indices.len());
-        for &i in &self.out_indices {
-            let idx = if i < 0 { NUM_FEATURES + i } else { i };
-            if !(0..NUM_FEATURES).contains(&idx) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` contains {i}, but a ResNet has {NUM_FEATURES} features: use 0..4 \
-                     (0 = stem, 1..4 = layer1..layer4) or -5..-1"
-                )));
-            }
-            if out.last().is_some_and(|&prev| idx <= prev) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` {:?} must be strictly increasing (after counting negative ones from the \
-                     end): features come out in network order",
-                    self.out_indices
-                )));
-            }
-            out.push(idx);
-        }
-        Ok(out)
+        TAPS.resolve(&self.out_indices, NUM_FEATURES)
     }
 
     fn validate(&self) -> Result<()> {
@@ -211,12 +201,7 @@ impl Config {
                 self.channels
             ));
         }
-        if self.in_chans < 1 {
-            return bad(format!(
-                "`in_chans` must be at least 1, got {}",
-                self.in_chans
-            ));
-        }
+        checks::at_least_one(&[("in_chans", self.in_chans)])?;
         if ![8, 16, 32].contains(&self.output_stride) {
             return bad(format!(
                 "`output_stride` must be 8, 16 or 32, got {}",
@@ -252,62 +237,23 @@ impl Config {
                 self.cardinality, self.base_width
             ));
         }
-        for (name, v) in [
+        checks::rates(&[
             ("drop_rate", self.drop_rate),
             ("drop_path_rate", self.drop_path_rate),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(format!("`{name}` must be in [0, 1), got {v}"));
-            }
-        }
+        ])?;
         Ok(())
     }
 }
 
-/// A bias-free 2-D convolution (every convolution of a ResNet is one).
-#[derive(Debug)]
-struct Conv {
-    weight: Tensor,
-    stride: i64,
-    padding: i64,
-    dilation: i64,
-    groups: i64,
-}
-
-impl Conv {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        stride: i64,
-        padding: i64,
-        dilation: i64,
-        groups: i64,
-    ) -> Self {
-        // timm's init_weights: kaiming normal, fan_out, relu gain.
-        let init = Init::Kaiming {
-            dist: NormalOrUniform::Normal,
-            fan: FanInOut::FanOut,
-            non_linearity: NonLinearity::ReLU,
-        };
-        let weight = p.var("weight", &[c_out, c_in / groups, k, k], init);
-        Self {
-            weight,
-            stride,
-            padding,
-            dilation,
-            groups,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let s = [self.stride, self.stride];
-        let pad = [self.padding, self.padding];
-        let d = [self.dilation, self.dilation];
-        Ok(x.f_conv2d(&self.weight, None::<&Tensor>, s, pad, d, self.groups)?)
-    }
+/// A bias-free convolution with timm's ResNet init (kaiming normal, fan_out, ReLU gain);
+/// every convolution of a ResNet is one.
+fn conv(p: nn::Path, spec: ConvSpec) -> Conv2d {
+    let init = Init::Kaiming {
+        dist: NormalOrUniform::Normal,
+        fan: FanInOut::FanOut,
+        non_linearity: NonLinearity::ReLU,
+    };
+    Conv2d::new(p, spec, init, None)
 }
 
 /// `nn.BatchNorm2d` with PyTorch's defaults (eps 1e-5, momentum 0.1, running stats).
@@ -345,23 +291,6 @@ impl BatchNorm {
     }
 }
 
-/// timm's `drop_path`: zeroes whole samples of the residual branch with probability `p`
-/// and rescales the survivors by 1 / (1 - p); the identity outside training.
-pub(crate) fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if p == 0.0 || !train {
-        return Ok(x);
-    }
-    let keep = 1.0 - p;
-    let b = x.size().first().copied().unwrap_or(1);
-    // [B, 1, 1, 1] mask, one draw per sample.
-    let mut shape = vec![1i64; x.dim()];
-    shape[0] = b;
-    let mut mask = Tensor::f_empty(shape.as_slice(), (x.kind(), x.device()))?;
-    let _ = mask.f_bernoulli_float_(keep)?;
-    let mask = mask.f_div_scalar(keep)?;
-    Ok(x.f_mul(&mask)?)
-}
-
 /// The pooling in front of an average-pool shortcut (`downsample_avg`).
 #[derive(Debug)]
 enum AvgPool {
@@ -395,11 +324,11 @@ impl AvgPool {
 #[derive(Debug)]
 enum Downsample {
     /// `downsample_conv`: keys `downsample.0` (conv) and `downsample.1` (norm).
-    Conv { conv: Conv, bn: BatchNorm },
+    Conv { conv: Conv2d, bn: BatchNorm },
     /// `downsample_avg`: `downsample.0` is the pool, then `.1` conv and `.2` norm.
     Avg {
         pool: AvgPool,
-        conv: Conv,
+        conv: Conv2d,
         bn: BatchNorm,
     },
 }
@@ -428,7 +357,7 @@ impl Downsample {
                     AvgPool::Pool { stride: avg_stride }
                 }
             };
-            let conv = Conv::new(&p / 1, a.c_in, a.c_out, 1, 1, 0, 1, 1);
+            let conv = conv(&p / 1, ConvSpec::new(a.c_in, a.c_out, 1));
             let bn = BatchNorm::new(&p / 2, a.c_out, false);
             Self::Avg { pool, conv, bn }
         } else {
@@ -439,16 +368,11 @@ impl Downsample {
             };
             let first_dilation = if k > 1 { a.first_dilation } else { 1 };
             let padding = ((a.stride - 1) + first_dilation * (k - 1)) / 2;
-            let conv = Conv::new(
-                &p / 0,
-                a.c_in,
-                a.c_out,
-                k,
-                a.stride,
-                padding,
-                first_dilation,
-                1,
-            );
+            let spec = ConvSpec::new(a.c_in, a.c_out, k)
+                .stride(a.stride)
+                .padding(padding)
+                .dilation(first_dilation);
+            let conv = conv(&p / 0, spec);
             let bn = BatchNorm::new(&p / 1, a.c_out, false);
             Self::Conv { conv, bn }
         }
@@ -476,7 +400,7 @@ struct BlockArgs {
 /// each convolution followed by its BatchNorm (`bn1`..`bn3`).
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(Conv, BatchNorm)>,
+    convs: Vec<(Conv2d, BatchNorm)>,
     downsample: Option<Downsample>,
     drop_path: f64,
 }
@@ -491,11 +415,22 @@ impl Block {
                 let fd = a.first_dilation;
                 vec![
                     (
-                        Conv::new(&p / "conv1", a.c_in, first, 3, a.stride, fd, fd, 1),
+                        conv(
+                            &p / "conv1",
+                            ConvSpec::new(a.c_in, first, 3)
+                                .stride(a.stride)
+                                .padding(fd)
+                                .dilation(fd),
+                        ),
                         BatchNorm::new(&p / "bn1", first, false),
                     ),
                     (
-                        Conv::new(&p / "conv2", first, out, 3, 1, a.dilation, a.dilation, 1),
+                        conv(
+                            &p / "conv2",
+                            ConvSpec::new(first, out, 3)
+                                .padding(a.dilation)
+                                .dilation(a.dilation),
+                        ),
                         BatchNorm::new(&p / "bn2", out, zil),
                     ),
                 ]
@@ -508,24 +443,22 @@ impl Block {
                 let fd = a.first_dilation;
                 vec![
                     (
-                        Conv::new(&p / "conv1", a.c_in, first, 1, 1, 0, 1, 1),
+                        conv(&p / "conv1", ConvSpec::new(a.c_in, first, 1)),
                         BatchNorm::new(&p / "bn1", first, false),
                     ),
                     (
-                        Conv::new(
+                        conv(
                             &p / "conv2",
-                            first,
-                            width,
-                            3,
-                            a.stride,
-                            fd,
-                            fd,
-                            cfg.cardinality,
+                            ConvSpec::new(first, width, 3)
+                                .stride(a.stride)
+                                .padding(fd)
+                                .dilation(fd)
+                                .groups(cfg.cardinality),
                         ),
                         BatchNorm::new(&p / "bn2", width, false),
                     ),
                     (
-                        Conv::new(&p / "conv3", width, out, 1, 1, 0, 1, 1),
+                        conv(&p / "conv3", ConvSpec::new(width, out, 1)),
                         BatchNorm::new(&p / "bn3", out, zil),
                     ),
                 ]
@@ -562,13 +495,13 @@ impl Block {
 /// with norms `conv1.1`, `conv1.4` and ReLUs between).
 #[derive(Debug)]
 enum Stem {
-    Plain(Conv),
+    Plain(Conv2d),
     Deep {
-        c0: Conv,
+        c0: Conv2d,
         n0: BatchNorm,
-        c1: Conv,
+        c1: Conv2d,
         n1: BatchNorm,
-        c2: Conv,
+        c2: Conv2d,
     },
 }
 
@@ -583,14 +516,22 @@ impl Stem {
                 (sw, sw)
             };
             Self::Deep {
-                c0: Conv::new(&p / 0, cfg.in_chans, s0, 3, 2, 1, 1, 1),
+                c0: conv(
+                    &p / 0,
+                    ConvSpec::new(cfg.in_chans, s0, 3).stride(2).padding(1),
+                ),
                 n0: BatchNorm::new(&p / 1, s0, false),
-                c1: Conv::new(&p / 3, s0, s1, 3, 1, 1, 1, 1),
+                c1: conv(&p / 3, ConvSpec::new(s0, s1, 3).padding(1)),
                 n1: BatchNorm::new(&p / 4, s1, false),
-                c2: Conv::new(&p / 6, s1, inplanes, 3, 1, 1, 1, 1),
+                c2: conv(&p / 6, ConvSpec::new(s1, inplanes, 3).padding(1)),
             }
         } else {
-            Self::Plain(Conv::new(p, cfg.in_chans, inplanes, 7, 2, 3, 1, 1))
+            Self::Plain(conv(
+                p,
+                ConvSpec::new(cfg.in_chans, inplanes, 7)
+                    .stride(2)
+                    .padding(3),
+            ))
         }
     }
 
@@ -684,8 +625,7 @@ impl ResNet {
                     stride: if block_idx == 0 { stride } else { 1 },
                     dilation,
                     first_dilation: prev_dilation,
-                    drop_path: cfg.drop_path_rate * net_block_idx as f64
-                        / (net_num_blocks - 1).max(1) as f64,
+                    drop_path: drop_path_rate(cfg.drop_path_rate, net_block_idx, net_num_blocks),
                 };
                 blocks.push(Block::new(&sp / block_idx, cfg, a, downsample.take()));
                 prev_dilation = dilation;
@@ -715,22 +655,7 @@ impl ResNet {
 
     /// Runs the network on `x` ([B, in_chans, H, W]) and returns the selected features.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        if x.dim() != 4 {
-            return Err(PluginError::forward_failed(format!(
-                "a ResNet takes one [B, C, H, W] image batch, got a tensor of shape {:?}",
-                x.size()
-            )));
-        }
-        let c = x.size()[1];
-        if c != self.cfg.in_chans {
-            return Err(PluginError::forward_failed(format!(
-                "the input has {c} channels but the model was built with in_chans={} (input shape {:?}); \
-                 build it with in_chans={c} or pass a {}-channel image",
-                self.cfg.in_chans,
-                x.size(),
-                self.cfg.in_chans
-            )));
-        }
+        TAPS.check_image(x, self.cfg.in_chans)?;
         let mut out = Vec::with_capacity(self.out_indices.len());
         // Stem: conv, bn, relu -> feature 0 at stride 2.
         let mut y = self
@@ -754,7 +679,9 @@ impl ResNet {
         }
         Ok(out)
     }
+}
 
+impl LoadPretrained for ResNet {
     /// Loads a timm ResNet checkpoint (a state_dict of the full classifier model, as
     /// `timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`
     /// reads it) into `vs`, which must hold this model's variables.
@@ -764,17 +691,12 @@ impl ResNet {
     /// (summed for one channel, else repeated and scaled by 3 / in_chans). Keys of the
     /// stages this feature extractor leaves out are ignored. Anything else missing,
     /// unexpected or of the wrong shape is an error.
-    pub fn load_pretrained(
-        &self,
-        vs: &mut nn::VarStore,
-        weights: Vec<(String, Tensor)>,
-    ) -> Result<()> {
+    fn load_pretrained(&self, vs: &mut nn::VarStore, weights: Vec<(String, Tensor)>) -> Result<()> {
         let last_stage = self.stages.len();
         let first_conv = self.stem.first_conv_key();
-        let mut given: std::collections::BTreeMap<String, Tensor> =
-            std::collections::BTreeMap::new();
+        let mut given = std::collections::BTreeMap::new();
         for (k, v) in weights {
-            let k = crate::clean_checkpoint_key(k);
+            let k = pretrained::clean_checkpoint_key(k);
             let left_out = k
                 .strip_prefix("layer")
                 .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
@@ -784,55 +706,76 @@ impl ResNet {
             }
             given.insert(k, v);
         }
-        let target = vs.variables().get(first_conv).map(Tensor::size);
-        if let (Some(w), Some(target)) = (given.get(first_conv), target) {
-            if w.size() != target {
-                let adapted = adapt_input_conv(self.cfg.in_chans, w)
-                    .map_err(|e| e.context(format_args!("`{first_conv}`")))?;
-                given.insert(first_conv.to_owned(), adapted);
-            }
-        }
-        crate::load_strict(vs, given, "ResNet")
+        pretrained::adapt_first_conv(&mut given, first_conv, self.cfg.in_chans)?;
+        pretrained::load_strict(vs, given, "ResNet")
     }
-}
-
-/// timm's `adapt_input_conv` for a 3-channel pretrained first convolution: one input
-/// channel sums the three, more repeat them (cut to `in_chans`) and scale by 3 / in_chans.
-pub fn adapt_input_conv(in_chans: i64, w: &Tensor) -> Result<Tensor> {
-    let size = w.size();
-    if size.len() != 4 || size[1] != 3 {
-        return Err(PluginError::invalid_argument(format!(
-            "cannot adapt a first-convolution weight of shape {size:?} to {in_chans} input channels: only 3-channel \
-             [O, 3, kH, kW] weights can be adapted"
-        )));
-    }
-    let kind = w.kind();
-    let w = w.f_to_kind(Kind::Float)?;
-    let out = if in_chans == 1 {
-        w.f_sum_dim_intlist(Some([1i64].as_slice()), true, Kind::Float)?
-    } else {
-        let repeat = (in_chans + 2) / 3;
-        w.f_repeat([1, repeat, 1, 1])?
-            .f_narrow(1, 0, in_chans)?
-            .f_mul_scalar(3.0 / in_chans as f64)?
-    };
-    Ok(out.f_to_kind(kind)?)
 }
 
 impl Model for ResNet {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => self.features(x, train),
-            _ => Err(PluginError::invalid_argument(format!(
-                "a ResNet backbone takes exactly one input tensor [B, {}, H, W], got {}",
-                self.cfg.in_chans,
-                xs.len()
-            ))),
-        }
+        self.features(TAPS.single(xs, self.cfg.in_chans)?, train)
     }
 
     fn out_channels(&self) -> Vec<i64> {
-        let all = self.cfg.feature_channels();
-        self.out_indices.iter().map(|&i| all[i as usize]).collect()
+        features::pick(&self.cfg.feature_channels(), &self.out_indices)
     }
+}
+
+/// Builds a timm ResNet from the validated arguments on top of the preset `base`.
+fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
+    let a = &ctx.args;
+    features::require_features_only(ctx, "the stem and layer1..layer4 feature maps")?;
+    let cfg = Config {
+        in_chans: a.get("in_chans")?,
+        out_indices: TAPS.out_indices_arg(ctx, NUM_FEATURES)?,
+        output_stride: a.get("output_stride")?,
+        stem_width: a.get("stem_width")?,
+        stem_type: a.get("stem_type")?,
+        block_reduce_first: a.get("block_reduce_first")?,
+        down_kernel_size: a.get("down_kernel_size")?,
+        avg_down: a.get("avg_down")?,
+        drop_rate: a.get("drop_rate")?,
+        drop_path_rate: a.get("drop_path_rate")?,
+        zero_init_last: a.get("zero_init_last")?,
+        ..base
+    };
+    pretrained::build_model(ctx, |p| ResNet::new(p, &cfg))
+}
+
+/// The registry entry for the timm ResNet preset `name`, with timm's keyword parameters.
+fn entry(name: &'static str) -> Entry {
+    let base = Config::preset(name).expect("a ResNet entry is registered only for a known preset");
+    let list = |v: &[i64], sep: &str| v.iter().map(i64::to_string).collect::<Vec<_>>().join(sep);
+    let block = match base.block {
+        BlockKind::Basic => "BasicBlock",
+        BlockKind::Bottleneck => "Bottleneck",
+    };
+    let doc = format!(
+        "timm ResNet-{} ({block}, {}) as a feature extractor: features at strides 2, 4, 8, 16, 32 with {} channels.",
+        name.trim_start_matches("resnet"),
+        list(&base.layers, "-"),
+        list(&base.feature_channels(), ", ")
+    );
+    let d = Config::default();
+    let e = Entry::new(name, &doc, move |ctx| build(ctx, base.clone()));
+    features::common_params(e, "the feature maps")
+        .opt("in_chans", ParamType::INT, json!(d.in_chans), "input channels of the first convolution")
+        .opt("out_indices", ParamType::INT_OR_INT_LIST, json!(d.out_indices), "features to return: 0 = stem, 1..4 = layer1..layer4 (negative from the end; an int n = the last n)")
+        .opt("output_stride", ParamType::INT, json!(d.output_stride), "output stride 32, 16 or 8 (the last stages dilate instead of striding)")
+        .opt("stem_width", ParamType::INT, json!(d.stem_width), "width of the deep stem's convolutions")
+        .opt("stem_type", ParamType::STR, json!(d.stem_type), "stem: \"\" (7x7 conv), \"deep\" or \"deep_tiered\" (three 3x3 convs)")
+        .opt("block_reduce_first", ParamType::INT, json!(d.block_reduce_first), "divides the width of each block's first convolution")
+        .opt("down_kernel_size", ParamType::INT, json!(d.down_kernel_size), "kernel size of the strided projection shortcut")
+        .opt("avg_down", ParamType::BOOL, json!(d.avg_down), "average-pool before the 1x1 projection shortcut (ResNet-D)")
+        .opt("drop_rate", ParamType::FLOAT, json!(d.drop_rate), "classifier dropout; no effect on a features-only model, as in timm")
+        .opt("drop_path_rate", ParamType::FLOAT, json!(d.drop_path_rate), "stochastic depth rate, linear over the blocks (train mode only)")
+        .opt("zero_init_last", ParamType::BOOL, json!(d.zero_init_last), "initialise the last BatchNorm weight of each residual branch to zero")
+}
+
+/// The registry entries of the timm ResNet presets.
+pub(crate) fn entries() -> Vec<Entry> {
+    ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+        .into_iter()
+        .map(entry)
+        .collect()
 }

@@ -10,107 +10,28 @@
 //! and the head, and returns `forward_intermediates(..., output_fmt="NCHW",
 //! intermediates_only=True)`: the selected blocks' outputs without the prefix (class and
 //! register) tokens, as [B, embed_dim, H / patch, W / patch] maps.
+use super::checks;
+use super::features::{self, Order, Taps};
+use super::layers::{
+    drop_path, drop_path_rate, layer_scale, trunc_normal, Conv2d, LayerNorm, Linear, Mlp, LN_EPS,
+};
+use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 use terrahost_plugin_api::params::ParamType;
-use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, PluginError, Result};
 
-use super::resnet::{adapt_input_conv, drop_path};
-
-/// timm's `LayerNorm` default epsilon (`timm/layers/norm.py`).
-pub(crate) const LN_EPS: f64 = 1e-6;
-
-/// A LayerNorm over the last dimension, with keys `weight` / `bias`.
-#[derive(Debug)]
-pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    dim: i64,
-    eps: f64,
-}
-
-impl LayerNorm {
-    pub(crate) fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: p.var("weight", &[dim], Init::Const(1.0)),
-            bias: p.var("bias", &[dim], Init::Const(0.0)),
-            dim,
-            eps,
-        }
-    }
-
-    /// Normalises the last dimension.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_layer_norm(
-            [self.dim],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            true,
-        )?)
-    }
-
-    /// `LayerNorm2d`: normalises the channels of an NCHW map.
-    pub(crate) fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.forward(&x.f_permute([0, 2, 3, 1])?)?;
-        Ok(y.f_permute([0, 3, 1, 2])?)
-    }
-}
-
-/// `nn.Linear` with timm's ViT init (truncated normal std 0.02, zero bias).
-#[derive(Debug)]
-pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> Self {
-        Self {
-            weight: p.var(
-                "weight",
-                &[c_out, c_in],
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            ),
-            bias: bias.then(|| p.var("bias", &[c_out], Init::Const(0.0))),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
-    }
-}
-
-/// timm's `Mlp`: fc1, exact GELU, dropout, fc2, dropout.
-#[derive(Debug)]
-pub(crate) struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    drop: f64,
-}
-
-impl Mlp {
-    pub(crate) fn new(p: nn::Path, dim: i64, hidden: i64, drop: f64) -> Self {
-        Self {
-            fc1: Linear::new(&p / "fc1", dim, hidden, true),
-            fc2: Linear::new(&p / "fc2", hidden, dim, true),
-            drop,
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?.f_gelu("none")?;
-        let y = y.f_dropout(self.drop, train)?;
-        Ok(self.fc2.forward(&y)?.f_dropout(self.drop, train)?)
-    }
-}
+/// How ViT blocks are named in `out_indices` messages.
+const TAPS: Taps<'static> = Taps {
+    model: "a ViT",
+    unit: "blocks",
+    legend: "",
+    order: Order::Distinct,
+};
 
 /// The arguments of timm's `VisionTransformer.__init__` that shape the feature extractor,
 /// plus the `features_only` selection. Defaults are upstream's (ViT-B/16 at 224).
@@ -255,47 +176,12 @@ impl Config {
     /// `out_indices` made non-negative as timm's `feature_take_indices` does; the blocks'
     /// outputs come back in network order, so the list must not repeat an index.
     pub fn resolved_out_indices(&self) -> Result<Vec<i64>> {
-        if self.out_indices.is_empty() {
-            return Err(PluginError::invalid_argument(
-                "`out_indices` is empty; give at least one block index",
-            ));
-        }
-        let mut out = Vec::with_capacity(self.out_indices.len());
-        for &i in &self.out_indices {
-            let idx = if i < 0 { self.depth + i } else { i };
-            if !(0..self.depth).contains(&idx) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` contains {i}, but this ViT has {} blocks: use 0..{} or -{}..-1",
-                    self.depth,
-                    self.depth - 1,
-                    self.depth
-                )));
-            }
-            if out.contains(&idx) {
-                return Err(PluginError::invalid_argument(format!(
-                    "`out_indices` {:?} names block {idx} twice; each block is returned once",
-                    self.out_indices
-                )));
-            }
-            out.push(idx);
-        }
-        Ok(out)
+        TAPS.resolve(&self.out_indices, self.depth)
     }
 
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(PluginError::invalid_argument(what));
-        if self.in_chans < 1 {
-            return bad(format!(
-                "`in_chans` must be at least 1, got {}",
-                self.in_chans
-            ));
-        }
-        if self.patch_size < 1 {
-            return bad(format!(
-                "`patch_size` must be at least 1, got {}",
-                self.patch_size
-            ));
-        }
+        checks::at_least_one(&[("in_chans", self.in_chans), ("patch_size", self.patch_size)])?;
         let (h, w) = self.img_size;
         if h < self.patch_size || w < self.patch_size {
             return bad(format!(
@@ -315,12 +201,7 @@ impl Config {
                 self.embed_dim, self.num_heads
             ));
         }
-        if self.mlp_ratio <= 0.0 {
-            return bad(format!(
-                "`mlp_ratio` must be positive, got {}",
-                self.mlp_ratio
-            ));
-        }
+        checks::mlp_ratio(self.mlp_ratio)?;
         if self.reg_tokens < 0 {
             return bad(format!(
                 "`reg_tokens` must be >= 0, got {}",
@@ -340,17 +221,13 @@ impl Config {
                     .into(),
             );
         }
-        for (name, v) in [
+        checks::rates(&[
             ("drop_rate", self.drop_rate),
             ("pos_drop_rate", self.pos_drop_rate),
             ("proj_drop_rate", self.proj_drop_rate),
             ("attn_drop_rate", self.attn_drop_rate),
             ("drop_path_rate", self.drop_path_rate),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(format!("`{name}` must be in [0, 1), got {v}"));
-            }
-        }
+        ])?;
         Ok(())
     }
 }
@@ -373,14 +250,14 @@ impl Attention {
         let d = cfg.embed_dim;
         let head_dim = d / cfg.num_heads;
         Self {
-            qkv: Linear::new(&p / "qkv", d, 3 * d, cfg.qkv_bias),
+            qkv: Linear::timm(&p / "qkv", d, 3 * d, cfg.qkv_bias),
             q_norm: cfg
                 .qk_norm
                 .then(|| LayerNorm::new(&p / "q_norm", head_dim, LN_EPS)),
             k_norm: cfg
                 .qk_norm
                 .then(|| LayerNorm::new(&p / "k_norm", head_dim, LN_EPS)),
-            proj: Linear::new(&p / "proj", d, d, true),
+            proj: Linear::timm(&p / "proj", d, d, true),
             num_heads: cfg.num_heads,
             attn_drop: cfg.attn_drop_rate,
             proj_drop: cfg.proj_drop_rate,
@@ -438,7 +315,7 @@ impl Block {
             attn: Attention::new(&p / "attn", cfg),
             ls1: ls("ls1"),
             norm2: LayerNorm::new(&p / "norm2", d, LN_EPS),
-            mlp: Mlp::new(
+            mlp: Mlp::timm(
                 &p / "mlp",
                 d,
                 (d as f64 * cfg.mlp_ratio) as i64,
@@ -450,20 +327,14 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let scale = |y: Tensor, g: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match g {
-                Some(g) => y.f_mul(g)?,
-                None => y,
-            })
-        };
-        let y = scale(
+        let y = layer_scale(
             self.attn.forward(&self.norm1.forward(x)?, train)?,
-            &self.ls1,
+            self.ls1.as_ref(),
         )?;
         let x = x.f_add(&drop_path(y, self.drop_path, train)?)?;
-        let y = scale(
+        let y = layer_scale(
             self.mlp.forward(&self.norm2.forward(&x)?, train)?,
-            &self.ls2,
+            self.ls2.as_ref(),
         )?;
         Ok(x.f_add(&drop_path(y, self.drop_path, train)?)?)
     }
@@ -511,8 +382,7 @@ pub fn resample_abs_pos_embed(
 #[derive(Debug)]
 pub struct VisionTransformer {
     cfg: Config,
-    patch_w: Tensor,
-    patch_b: Option<Tensor>,
+    patch_embed: Conv2d,
     cls_token: Option<Tensor>,
     reg_token: Option<Tensor>,
     pos_embed: Tensor,
@@ -530,27 +400,14 @@ impl VisionTransformer {
         let last = *out_indices.iter().max().expect("out_indices are non-empty");
         let d = cfg.embed_dim;
         let ps = cfg.patch_size;
-        let pe = &p / "patch_embed" / "proj";
-        let fan_in = (cfg.in_chans * ps * ps) as f64;
-        let bound = 1.0 / fan_in.sqrt();
-        let patch_w = pe.var(
-            "weight",
-            &[d, cfg.in_chans, ps, ps],
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
+        let patch_embed = Conv2d::patchify(
+            &p / "patch_embed" / "proj",
+            cfg.in_chans,
+            d,
+            ps,
+            ps,
+            !cfg.pre_norm,
         );
-        let patch_b = (!cfg.pre_norm).then(|| {
-            pe.var(
-                "bias",
-                &[d],
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )
-        });
         let tiny = Init::Randn {
             mean: 0.0,
             stdev: 1e-6,
@@ -560,33 +417,21 @@ impl VisionTransformer {
             .then(|| p.var("cls_token", &[1, 1, d], tiny));
         let reg_token =
             (cfg.reg_tokens > 0).then(|| p.var("reg_token", &[1, cfg.reg_tokens, d], tiny));
-        let pos_embed = p.var(
-            "pos_embed",
-            &[1, cfg.pos_embed_len(), d],
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        );
+        let pos_embed = p.var("pos_embed", &[1, cfg.pos_embed_len(), d], trunc_normal());
         let norm_pre = cfg
             .pre_norm
             .then(|| LayerNorm::new(&p / "norm_pre", d, LN_EPS));
         // calculate_drop_path_rates: linspace(0, rate, depth) over all blocks, also those
         // pruned away.
-        let dpr = |i: i64| {
-            if cfg.depth > 1 {
-                cfg.drop_path_rate * i as f64 / (cfg.depth - 1) as f64
-            } else {
-                0.0
-            }
-        };
         let blocks = (0..=last)
-            .map(|i| Block::new(&p / "blocks" / i, cfg, dpr(i)))
+            .map(|i| {
+                let dpr = drop_path_rate(cfg.drop_path_rate, i, cfg.depth);
+                Block::new(&p / "blocks" / i, cfg, dpr)
+            })
             .collect();
         Ok(Self {
             cfg: cfg.clone(),
-            patch_w,
-            patch_b,
+            patch_embed,
             cls_token,
             reg_token,
             pos_embed,
@@ -610,14 +455,7 @@ impl VisionTransformer {
     /// outputs as [B, embed_dim, H / patch, W / patch], in network order.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let cfg = &self.cfg;
-        let size = x.size();
-        if size.len() != 4 || size[1] != cfg.in_chans {
-            return Err(PluginError::forward_failed(format!(
-                "a ViT built with in_chans={} takes one [B, {}, H, W] image batch, got a tensor of shape \
-                 {size:?}",
-                cfg.in_chans, cfg.in_chans
-            )));
-        }
+        let size = TAPS.check_image(x, cfg.in_chans)?;
         let (b, h, w) = (size[0], size[2], size[3]);
         let ps = cfg.patch_size;
         if !cfg.dynamic_img_size {
@@ -641,14 +479,7 @@ impl VisionTransformer {
             x.shallow_clone()
         };
         // [B, C, H, W] -> [B, D, gh, gw] -> [B, gh * gw, D]
-        let y = x.f_conv2d(
-            &self.patch_w,
-            self.patch_b.as_ref(),
-            [ps, ps],
-            [0, 0],
-            [1, 1],
-            1,
-        )?;
+        let y = self.patch_embed.forward(&x)?;
         let (gh, gw) = (y.size()[2], y.size()[3]);
         let mut t = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
 
@@ -708,14 +539,7 @@ impl VisionTransformer {
 
 impl Model for VisionTransformer {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        match xs {
-            [x] => self.features(x, train),
-            _ => Err(PluginError::invalid_argument(format!(
-                "a ViT backbone takes exactly one input tensor [B, {}, H, W], got {}",
-                self.cfg.in_chans,
-                xs.len()
-            ))),
-        }
+        self.features(TAPS.single(xs, self.cfg.in_chans)?, train)
     }
 
     fn out_channels(&self) -> Vec<i64> {
@@ -752,7 +576,7 @@ pub fn resample_patch_embed(w: &Tensor, new: (i64, i64)) -> Result<Tensor> {
         .f_to_kind(kind)?)
 }
 
-impl VisionTransformer {
+impl LoadPretrained for VisionTransformer {
     /// Loads a timm ViT checkpoint (the state_dict of the full classifier model, as
     /// `timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))`
     /// reads it) into `vs`, whose variables sit under `model.`.
@@ -764,16 +588,12 @@ impl VisionTransformer {
     /// (bicubic, antialiased) to this model's; and a 3-channel patch embedding is adapted to
     /// `in_chans` (`adapt_input_conv`). Anything else missing, unexpected or of the wrong
     /// shape is an error.
-    pub fn load_pretrained(
-        &self,
-        vs: &mut nn::VarStore,
-        weights: Vec<(String, Tensor)>,
-    ) -> Result<()> {
+    fn load_pretrained(&self, vs: &mut nn::VarStore, weights: Vec<(String, Tensor)>) -> Result<()> {
         let cfg = &self.cfg;
         let n_blocks = self.blocks.len();
         let mut given: BTreeMap<String, Tensor> = BTreeMap::new();
         for (k, v) in weights {
-            let k = crate::clean_checkpoint_key(k);
+            let k = pretrained::clean_checkpoint_key(k);
             let pruned_block = k
                 .strip_prefix("blocks.")
                 .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
@@ -819,7 +639,7 @@ impl VisionTransformer {
                 given.insert("pos_embed".into(), resampled);
             }
             if w.size()[1] != cfg.in_chans {
-                w = adapt_input_conv(cfg.in_chans, &w)
+                w = pretrained::adapt_input_conv(cfg.in_chans, &w)
                     .map_err(|e| e.context(format_args!("`{patch_key}`")))?;
             }
             given.insert(patch_key.into(), w);
@@ -828,57 +648,23 @@ impl VisionTransformer {
             .into_iter()
             .map(|(k, v)| (format!("model.{k}"), v))
             .collect();
-        crate::load_strict(vs, given, "ViT")
+        pretrained::load_strict(vs, given, "ViT")
     }
 }
 
-/// Builds a timm ViT from `ctx`'s validated arguments on top of the preset `base`.
-/// Builds from the validated arguments, whose defaults are the preset's (so every
-/// field comes from them).
+/// Builds a timm ViT from the validated arguments, whose defaults are the preset's (so
+/// every field comes from them).
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let a = &ctx.args;
-    let features_only: bool = a.get("features_only")?;
-    a.ensure(
-        features_only,
-        "features_only",
-        "must be true: terrahost backbones are feature extractors returning the blocks' outputs as \
-         feature maps (a classifier ViT is not available)",
-    )?;
-    let img_size = match a.raw("img_size") {
-        Some(Value::Array(_)) => {
-            let v: Vec<i64> = a.get("img_size")?;
-            a.ensure(
-                v.len() == 2,
-                "img_size",
-                format!("as a list must be [height, width], got {v:?}"),
-            )?;
-            (v[0], v[1])
-        }
-        _ => {
-            let s: i64 = a.get("img_size")?;
-            (s, s)
-        }
-    };
+    features::require_features_only(ctx, "the blocks' outputs as feature maps")?;
     let depth: i64 = a.get("depth")?;
     a.ensure(
         depth >= 1,
         "depth",
         format!("must be at least 1, got {depth}"),
     )?;
-    let out_indices = match a.raw("out_indices") {
-        Some(Value::Array(_)) => a.get::<Vec<i64>>("out_indices")?,
-        _ => {
-            let n: i64 = a.get("out_indices")?;
-            a.ensure(
-                (1..=depth).contains(&n),
-                "out_indices",
-                format!("as an int takes the last n blocks and must be 1..={depth}, got {n}"),
-            )?;
-            (depth - n..depth).collect()
-        }
-    };
     let cfg = Config {
-        img_size,
+        img_size: features::img_size_arg(ctx)?,
         patch_size: a.get("patch_size")?,
         in_chans: a.get("in_chans")?,
         embed_dim: a.get("embed_dim")?,
@@ -900,23 +686,13 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         proj_drop_rate: a.get("proj_drop_rate")?,
         attn_drop_rate: a.get("attn_drop_rate")?,
         drop_path_rate: a.get("drop_path_rate")?,
-        out_indices,
+        out_indices: TAPS.out_indices_arg(ctx, depth)?,
     };
-    let pretrained: bool = a.get("pretrained")?;
-    let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let model = VisionTransformer::new(vs.root() / "model", &cfg)
-        .map_err(|e| e.context(format_args!("`{}`", ctx.qualified())))?;
-    if pretrained {
-        let weights = crate::pretrained_weights(ctx)?;
-        model
-            .load_pretrained(&mut vs, weights)
-            .map_err(|e| e.context(format_args!("`{}` pretrained weights", ctx.qualified())))?;
-    }
-    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+    pretrained::build_model(ctx, |p| VisionTransformer::new(p / "model", &cfg))
 }
 
 /// The registry entry for the timm ViT preset `name`, with timm's keyword parameters.
-pub(crate) fn entry(name: &'static str) -> Entry {
+fn entry(name: &'static str) -> Entry {
     let base = Config::preset(name).expect("a ViT entry is registered only for a known preset");
     let doc = format!(
         "timm {name} (patch {}, width {}, {} blocks, {} heads) as a feature extractor: the last blocks' \
@@ -924,31 +700,151 @@ pub(crate) fn entry(name: &'static str) -> Entry {
         base.patch_size, base.embed_dim, base.depth, base.num_heads, base.embed_dim, base.patch_size,
         base.patch_size
     );
-    Entry::new(name, &doc, build)
-        .opt("features_only", ParamType::BOOL, json!(true), "return the feature maps (only true is supported)")
-        .opt("pretrained", ParamType::BOOL, json!(false), "load pretrained weights (needs pretrained_cfg_overlay.file; no downloads)")
-        .opt("pretrained_cfg_overlay", ParamType::DICT, Value::Null, "overrides of the pretrained config; `file` names a local checkpoint (.safetensors or torch.save)")
-        .opt("img_size", ParamType::INT_OR_INT_LIST, json!(224), "input size (int or [height, width]) the position embedding is made for")
-        .opt("patch_size", ParamType::INT, json!(base.patch_size), "patch size of the patch embedding (stride of the features)")
+    features::common_params(Entry::new(name, &doc, build), "the feature maps")
+        .opt(
+            "img_size",
+            ParamType::INT_OR_INT_LIST,
+            json!(224),
+            "input size (int or [height, width]) the position embedding is made for",
+        )
+        .opt(
+            "patch_size",
+            ParamType::INT,
+            json!(base.patch_size),
+            "patch size of the patch embedding (stride of the features)",
+        )
         .opt("in_chans", ParamType::INT, json!(3), "input channels")
-        .opt("out_indices", ParamType::INT_OR_INT_LIST, json!(3), "blocks whose outputs are returned (negative from the end; an int n = the last n)")
-        .opt("embed_dim", ParamType::INT, json!(base.embed_dim), "token width")
-        .opt("depth", ParamType::INT, json!(base.depth), "number of transformer blocks")
-        .opt("num_heads", ParamType::INT, json!(base.num_heads), "attention heads")
-        .opt("mlp_ratio", ParamType::FLOAT, json!(4.0), "MLP hidden width / embed_dim")
-        .opt("qkv_bias", ParamType::BOOL, json!(true), "bias of the qkv projection")
-        .opt("qk_norm", ParamType::BOOL, json!(false), "LayerNorm on each head's queries and keys")
-        .opt("init_values", ParamType::FLOAT, Value::Null, "LayerScale initial value (null: no LayerScale)")
-        .opt("class_token", ParamType::BOOL, json!(true), "prepend a class token")
-        .opt("reg_tokens", ParamType::INT, json!(0), "number of register tokens")
-        .opt("no_embed_class", ParamType::BOOL, json!(false), "position embedding for the patches only, not the prefix tokens")
-        .opt("pre_norm", ParamType::BOOL, json!(false), "LayerNorm after the embedding and no patch-embedding bias (CLIP)")
-        .opt("dynamic_img_size", ParamType::BOOL, json!(false), "accept any input size (multiple of patch_size); the position embedding is resampled")
-        .opt("dynamic_img_pad", ParamType::BOOL, json!(false), "zero-pad the input to a multiple of patch_size")
-        .opt("global_pool", ParamType::STR, json!("token"), "classifier pooling; \"token\" needs class_token (no effect on the features)")
-        .opt("drop_rate", ParamType::FLOAT, json!(0.0), "classifier dropout; no effect on a features-only model, as in timm")
-        .opt("pos_drop_rate", ParamType::FLOAT, json!(0.0), "dropout after the position embedding (train mode only)")
-        .opt("proj_drop_rate", ParamType::FLOAT, json!(0.0), "dropout after the attention projection and in the MLP (train mode only)")
-        .opt("attn_drop_rate", ParamType::FLOAT, json!(0.0), "dropout on the attention weights (train mode only)")
-        .opt("drop_path_rate", ParamType::FLOAT, json!(0.0), "stochastic depth rate, linear over the blocks (train mode only)")
+        .opt(
+            "out_indices",
+            ParamType::INT_OR_INT_LIST,
+            json!(3),
+            "blocks whose outputs are returned (negative from the end; an int n = the last n)",
+        )
+        .opt(
+            "embed_dim",
+            ParamType::INT,
+            json!(base.embed_dim),
+            "token width",
+        )
+        .opt(
+            "depth",
+            ParamType::INT,
+            json!(base.depth),
+            "number of transformer blocks",
+        )
+        .opt(
+            "num_heads",
+            ParamType::INT,
+            json!(base.num_heads),
+            "attention heads",
+        )
+        .opt(
+            "mlp_ratio",
+            ParamType::FLOAT,
+            json!(4.0),
+            "MLP hidden width / embed_dim",
+        )
+        .opt(
+            "qkv_bias",
+            ParamType::BOOL,
+            json!(true),
+            "bias of the qkv projection",
+        )
+        .opt(
+            "qk_norm",
+            ParamType::BOOL,
+            json!(false),
+            "LayerNorm on each head's queries and keys",
+        )
+        .opt(
+            "init_values",
+            ParamType::FLOAT,
+            Value::Null,
+            "LayerScale initial value (null: no LayerScale)",
+        )
+        .opt(
+            "class_token",
+            ParamType::BOOL,
+            json!(true),
+            "prepend a class token",
+        )
+        .opt(
+            "reg_tokens",
+            ParamType::INT,
+            json!(0),
+            "number of register tokens",
+        )
+        .opt(
+            "no_embed_class",
+            ParamType::BOOL,
+            json!(false),
+            "position embedding for the patches only, not the prefix tokens",
+        )
+        .opt(
+            "pre_norm",
+            ParamType::BOOL,
+            json!(false),
+            "LayerNorm after the embedding and no patch-embedding bias (CLIP)",
+        )
+        .opt(
+            "dynamic_img_size",
+            ParamType::BOOL,
+            json!(false),
+            "accept any input size (multiple of patch_size); the position embedding is resampled",
+        )
+        .opt(
+            "dynamic_img_pad",
+            ParamType::BOOL,
+            json!(false),
+            "zero-pad the input to a multiple of patch_size",
+        )
+        .opt(
+            "global_pool",
+            ParamType::STR,
+            json!("token"),
+            "classifier pooling; \"token\" needs class_token (no effect on the features)",
+        )
+        .opt(
+            "drop_rate",
+            ParamType::FLOAT,
+            json!(0.0),
+            "classifier dropout; no effect on a features-only model, as in timm",
+        )
+        .opt(
+            "pos_drop_rate",
+            ParamType::FLOAT,
+            json!(0.0),
+            "dropout after the position embedding (train mode only)",
+        )
+        .opt(
+            "proj_drop_rate",
+            ParamType::FLOAT,
+            json!(0.0),
+            "dropout after the attention projection and in the MLP (train mode only)",
+        )
+        .opt(
+            "attn_drop_rate",
+            ParamType::FLOAT,
+            json!(0.0),
+            "dropout on the attention weights (train mode only)",
+        )
+        .opt(
+            "drop_path_rate",
+            ParamType::FLOAT,
+            json!(0.0),
+            "stochastic depth rate, linear over the blocks (train mode only)",
+        )
+}
+
+/// The registry entries of the timm ViT presets.
+pub(crate) fn entries() -> Vec<Entry> {
+    [
+        "vit_tiny_patch16_224",
+        "vit_small_patch16_224",
+        "vit_base_patch16_224",
+        "vit_large_patch16_224",
+    ]
+    .into_iter()
+    .map(entry)
+    .collect()
 }
