@@ -32,17 +32,20 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 }
 
-/// Compiles the few lines of C++ that tch does not offer (`csrc/`) against the
-/// headers of the libtorch we link.
+/// Compiles the few lines of C++ that reach what tch does not offer (`csrc/`) against
+/// the headers of the libtorch we link.
 fn compile_shim(lib: &Path, cxx11: bool) {
-    println!("cargo:rerun-if-changed=csrc/inference_mode.cpp");
+    const SOURCES: [&str; 2] = ["csrc/inference_mode.cpp", "csrc/mkldnn_linear.cpp"];
+    for source in SOURCES {
+        println!("cargo:rerun-if-changed={source}");
+    }
     let include = lib
         .parent()
         .map(|root| root.join("include"))
         .unwrap_or_default();
     cc::Build::new()
         .cpp(true)
-        .file("csrc/inference_mode.cpp")
+        .files(SOURCES)
         .include(&include)
         .flag("-std=c++17")
         .flag("-w")

@@ -27,6 +27,7 @@ pub mod inference;
 pub mod init;
 pub mod manifest;
 pub mod module;
+pub mod packed_linear;
 pub mod params;
 pub mod root;
 pub mod sdk;

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module as _};
 use tch::{Kind, Tensor};
+use terrahost_plugin_api::packed_linear::PackedLinear;
 use terrahost_plugin_api::{PluginError, Result};
 
 /// The constructor arguments shared by `PrithviViT`, `MAEDecoder` and `PrithviMAE`
@@ -343,14 +344,13 @@ fn block_stack(
 #[derive(Debug)]
 pub struct Block {
     norm1: nn::LayerNorm,
-    qkv: nn::Linear,
-    proj: nn::Linear,
+    qkv: PackedLinear,
+    proj: PackedLinear,
     norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc1: PackedLinear,
+    fc2: PackedLinear,
     num_heads: i64,
     drop_path: f64,
-    eps: f64,
 }
 
 impl Block {
@@ -368,14 +368,13 @@ impl Block {
         let mlp = &p / "mlp";
         Self {
             norm1: layer_norm(&p / "norm1", dim, eps),
-            qkv: linear(&attn / "qkv", dim, dim * 3),
-            proj: linear(&attn / "proj", dim, dim),
+            qkv: PackedLinear::new(linear(&attn / "qkv", dim, dim * 3)),
+            proj: PackedLinear::new(linear(&attn / "proj", dim, dim)),
             norm2: layer_norm(&p / "norm2", dim, eps),
-            fc1: linear(&mlp / "fc1", dim, hidden),
-            fc2: linear(&mlp / "fc2", hidden, dim),
+            fc1: PackedLinear::new(linear(&mlp / "fc1", dim, hidden)),
+            fc2: PackedLinear::new(linear(&mlp / "fc2", hidden, dim)),
             num_heads,
             drop_path,
-            eps,
         }
     }
 
@@ -395,62 +394,14 @@ impl Block {
         Ok(self.proj.forward(&y.transpose(1, 2).f_reshape([b, n, c])?))
     }
 
-    /// `[B, N, C] -> [B, N, C]`.
+    /// `[B, N, C] -> [B, N, C]`. Without autograd the linears use oneDNN's packed
+    /// weights, with the GELU fused into the first MLP layer ([`PackedLinear`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train && terrahost_plugin_api::inference::inference_mode_enabled() {
-            return self.forward_fused(x);
-        }
         let y = self.attention(&self.norm1.forward(x))?;
         let x = x + drop_path(y, self.drop_path, train);
-        let y = self
-            .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&x)).gelu("none"));
+        let h = self.fc1.forward_gelu(&self.norm2.forward(&x));
+        let y = self.fc2.forward(&h);
         Ok(&x + drop_path(y, self.drop_path, train))
-    }
-
-    /// The same block in one call of libtorch's fused inference kernel (the fast path of
-    /// `nn.TransformerEncoderLayer`: pre-norm, exact GELU, no mask). It is only faster
-    /// without autograd bookkeeping, so it runs in inference mode only; the parity tests
-    /// run both paths.
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let bias = |l: &nn::Linear| {
-            l.bs.as_ref()
-                .map(Tensor::shallow_clone)
-                .expect("ViT linears have a bias")
-        };
-        let norm = |n: &nn::LayerNorm| {
-            (
-                n.ws.as_ref()
-                    .map(Tensor::shallow_clone)
-                    .expect("affine LayerNorm"),
-                n.bs.as_ref()
-                    .map(Tensor::shallow_clone)
-                    .expect("affine LayerNorm"),
-            )
-        };
-        let ((n1w, n1b), (n2w, n2b)) = (norm(&self.norm1), norm(&self.norm2));
-        Ok(Tensor::f_internal_transformer_encoder_layer_fwd::<Tensor>(
-            x,
-            x.size()[2],
-            self.num_heads,
-            &self.qkv.ws,
-            &bias(&self.qkv),
-            &self.proj.ws,
-            &bias(&self.proj),
-            true,
-            true,
-            self.eps,
-            &n1w,
-            &n1b,
-            &n2w,
-            &n2b,
-            &self.fc1.ws,
-            &bias(&self.fc1),
-            &self.fc2.ws,
-            &bias(&self.fc2),
-            None,
-            None,
-        )?)
     }
 }
 

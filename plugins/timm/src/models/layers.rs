@@ -4,6 +4,7 @@
 //! `nn.Linear` / `nn.Dropout` of PyTorch.
 use tch::nn::{self, Init};
 use tch::Tensor;
+use terrahost_plugin_api::packed_linear::PackedLinear;
 use terrahost_plugin_api::Result;
 
 /// timm's `LayerNorm` default epsilon (`timm/layers/norm.py`).
@@ -69,11 +70,11 @@ impl LayerNorm {
     }
 }
 
-/// `nn.Linear` (weight `[out, in]`, optional bias).
+/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it runs on
+/// oneDNN's packed weight ([`PackedLinear`]).
 #[derive(Debug)]
 pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    inner: PackedLinear,
 }
 
 impl Linear {
@@ -87,8 +88,10 @@ impl Linear {
         b: Init,
     ) -> Self {
         Self {
-            weight: p.var("weight", &[c_out, c_in], w),
-            bias: bias.then(|| p.var("bias", &[c_out], b)),
+            inner: PackedLinear::from_parts(
+                p.var("weight", &[c_out, c_in], w),
+                bias.then(|| p.var("bias", &[c_out], b)),
+            ),
         }
     }
 
@@ -105,7 +108,12 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        Ok(self.inner.forward(x))
+    }
+
+    /// `gelu(linear(x))`, exact GELU, fused into the matmul on the packed path.
+    pub(crate) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward_gelu(x))
     }
 }
 
@@ -134,7 +142,7 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?.f_gelu("none")?;
+        let y = self.fc1.forward_gelu(x)?;
         let y = dropout(y, self.drop, train)?;
         dropout(self.fc2.forward(&y)?, self.drop, train)
     }

@@ -1,0 +1,83 @@
+// oneDNN's linear with a weight packed once into its blocked layout (the kernel
+// PyTorch's compiler uses for CPU inference), which tch does not expose. Reached
+// through libtorch's dispatcher by name, boxed, so no C++ signature has to match.
+// Errors never unwind into Rust: they are kept as a thread-local message.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/core/GradMode.h>
+
+#include <string>
+
+#define TERRAHOST_API extern "C" __attribute__((visibility("hidden")))
+
+namespace {
+thread_local std::string last_error;
+
+// The operator registered under `name`, or null when this libtorch has none (built
+// without oneDNN). Kept for the life of the process, as the dispatcher's own handles.
+const c10::OperatorHandle* find_op(const char* name) {
+  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+  if (!op.has_value()) return nullptr;
+  return new c10::OperatorHandle(*op);
+}
+
+const c10::OperatorHandle* reorder_op() {
+  static const c10::OperatorHandle* op = find_op("mkldnn::_reorder_linear_weight");
+  return op;
+}
+
+const c10::OperatorHandle* linear_op() {
+  static const c10::OperatorHandle* op = find_op("mkldnn::_linear_pointwise");
+  return op;
+}
+}  // namespace
+
+TERRAHOST_API const char* terrahost_last_error() { return last_error.c_str(); }
+
+TERRAHOST_API bool terrahost_grad_enabled() { return c10::GradMode::is_enabled(); }
+
+TERRAHOST_API bool terrahost_mkldnn_linear_available() {
+  try {
+    return reorder_op() != nullptr && linear_op() != nullptr;
+  } catch (...) {
+    return false;
+  }
+}
+
+// The weight [out, in] packed for oneDNN, or null (see terrahost_last_error).
+TERRAHOST_API at::Tensor* terrahost_mkldnn_pack_linear_weight(const at::Tensor* weight) {
+  try {
+    torch::jit::Stack stack;
+    stack.emplace_back(*weight);
+    stack.emplace_back(c10::IValue());  // batch_size: none
+    reorder_op()->callBoxed(&stack);
+    return new at::Tensor(stack.at(0).toTensor());
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return nullptr;
+}
+
+// x @ packed^T + bias, then exact GELU when `gelu`; null on error.
+TERRAHOST_API at::Tensor* terrahost_mkldnn_linear(const at::Tensor* x, const at::Tensor* packed,
+                                                  const at::Tensor* bias, bool gelu) {
+  try {
+    torch::jit::Stack stack;
+    stack.emplace_back(*x);
+    stack.emplace_back(*packed);
+    stack.emplace_back(bias ? c10::IValue(*bias) : c10::IValue());
+    stack.emplace_back(std::string(gelu ? "gelu" : "none"));
+    stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+    stack.emplace_back(gelu ? c10::IValue(std::string("none")) : c10::IValue());
+    linear_op()->callBoxed(&stack);
+    return new at::Tensor(stack.at(0).toTensor());
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return nullptr;
+}
