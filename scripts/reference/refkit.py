@@ -242,6 +242,10 @@ def write_case(case_name: str, case: Case) -> dict:
         io["output"] = outputs[0].clone().contiguous()
     save_file(io, str(out_dir / "io.safetensors"))
 
+    # a torch.save copy of the weights, for cases that test reading PyTorch checkpoints
+    if case.extra_meta.get("torch_save"):
+        torch.save(new_sd, out_dir / case.extra_meta["torch_save"])
+
     # weights.safetensors (tiny components only)
     nbytes = sum(t.numel() * t.element_size() for t in new_sd.values())
     wrote_weights = nbytes < WEIGHTS_FILE_LIMIT

@@ -333,6 +333,25 @@ fn prithvi_pretrained_band_selection_matches_terratorch() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The same pretrained load from the checkpoint as PyTorch's `torch.save` wrote it
+/// (`ckpt.pt`), through `pretrained_cfg_overlay={"file": ...}` this time.
+#[test]
+fn prithvi_pretrained_reads_a_torch_save_checkpoint() {
+    let fx = Fixture::load("terratorch_prithvi_pretrained");
+    let mut args = fx.args();
+    args.insert("pretrained".into(), json!(true));
+    args.insert(
+        "pretrained_cfg_overlay".into(),
+        json!({"file": fx.dir.join("ckpt.pt").to_str().unwrap()}),
+    );
+    let host = host_with(crate::plugin_sources().unwrap());
+    let m = host.build(fx.registry(), fx.name(), &args, None).unwrap();
+    let out = tch::no_grad(|| m.forward(&fx.inputs)).unwrap();
+    for (i, (a, e)) in out.iter().zip(&fx.outputs).enumerate() {
+        assert_close(&format!("pretrained from .pt, output.{i}"), a, e, fx.atol());
+    }
+}
+
 /// Pretrained loading into the MAE: an MAE checkpoint in V1 layout (no `encoder.` /
 /// `decoder.` prefixes) lands on the right keys, and the patch embedding and the
 /// decoder's prediction layer keep their shapes.

@@ -302,7 +302,12 @@ def case_prithvi_pretrained() -> Case:
         input_shapes=[[1, 3, 32, 32]],
         forward=forward,
         # state_dict.json lists the checkpoint (an MAE), not the model: the plugin's own test loads it
-        extra_meta={"checkpoint_entry": "terratorch_prithvi_eo_v2_300_mae", "parity_test": "custom"},
+        # ckpt.pt: the same checkpoint as torch.save wrote it, which terrahost reads too
+        extra_meta={
+            "checkpoint_entry": "terratorch_prithvi_eo_v2_300_mae",
+            "parity_test": "custom",
+            "torch_save": "ckpt.pt",
+        },
     )
 
 
