@@ -2,7 +2,7 @@
 //! and for plugins (`pretrained=true` with a local file).
 //!
 //! `.safetensors` files are read by tch. Files written by PyTorch's `torch.save`
-//! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by [`crate::torch_pickle`]: the zip archive
+//! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by the `torch_pickle` module: the zip archive
 //! PyTorch has written since 1.6, whose `data.pkl` holds the dict of tensors.
 use crate::error::{PluginError, Result};
 use std::path::Path;

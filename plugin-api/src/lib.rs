@@ -8,9 +8,12 @@
 //!   host and a plugin library. `abi_stable` checks their layout when a plugin loads.
 //! * **The SDK** ([`sdk`], [`args`]): plain Rust helpers that turn a `tch` model into an
 //!   ABI module, a list of entries into a registry source, and a few lines into a whole
-//!   plugin ([`declare_plugin!`]).
+//!   plugin ([`declare_plugin!`]); plus what models share: [`checkpoint`] (reading
+//!   `.safetensors` and `torch.save` files), [`init`] (fast parallel initialisation),
+//!   [`inference`] (libtorch's inference mode) and [`packed_linear`] (oneDNN's
+//!   pre-packed linear for inference).
 //!
-//! Rules that keep the boundary sound (see `docs/ARCHITECTURE.md`): tensors cross as
+//! Rules that keep the boundary sound (see the Architecture section of the README): tensors cross as
 //! owned or borrowed handles to one `at::Tensor`, never copied; no panic unwinds across
 //! (every exported entry point runs in `catch_unwind`); arguments cross as a JSON value
 //! tree; and both sides record the plugin-api, libtorch and C++ ABI versions they were
