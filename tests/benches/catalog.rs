@@ -33,25 +33,7 @@ fn main() {
 
     let dir = real_plugins(&PLUGINS);
     let plugins = Host::load(&[dir.path().to_path_buf()]);
-    let in_process = Host::with_plugins(vec![
-        (
-            terrahost_terratorch::plugin_manifest(),
-            terrahost_terratorch::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_timm::plugin_manifest(),
-            terrahost_timm::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_smp::plugin_manifest(),
-            terrahost_smp::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_mmseg::plugin_manifest(),
-            terrahost_mmseg::plugin_sources().unwrap(),
-        ),
-    ])
-    .unwrap();
+    let in_process = terrahost_integration_tests::in_process_host();
     let cfg = terrahost::config::ModelConfig::from_file(
         &workspace_root().join("scripts/bench/prithvi_unet.yaml"),
     )

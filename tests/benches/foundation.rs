@@ -72,25 +72,7 @@ fn main() {
 
     // 3. build + forward of the fixture model, across plugin libraries and, for
     //    comparison, with the same plugins' code linked into this process.
-    let in_process = Host::with_plugins(vec![
-        (
-            terrahost_terratorch::plugin_manifest(),
-            terrahost_terratorch::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_timm::plugin_manifest(),
-            terrahost_timm::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_smp::plugin_manifest(),
-            terrahost_smp::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_mmseg::plugin_manifest(),
-            terrahost_mmseg::plugin_sources().unwrap(),
-        ),
-    ])
-    .unwrap();
+    let in_process = terrahost_integration_tests::in_process_host();
     let fx = Fixture::load("factory_segmentation");
     let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
     for (label, host) in [

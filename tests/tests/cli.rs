@@ -201,8 +201,63 @@ fn bad_input_gets_errors_that_name_what_was_wrong() {
     assert!(e.contains("no registry `decoders`"), "{e}");
 }
 
-/// Every whole-model fixture through the binary: its TerraTorch config, the checkpoint
-/// and the input file give the reference outputs, auxiliary heads included.
+/// `terrahost run --json` on a fixture's `config`, `weights` and input file; returns the
+/// JSON report and the tensors it wrote.
+fn run_fixture(
+    dir: &Path,
+    fx: &Fixture,
+    config: &str,
+    weights: &Path,
+) -> (Value, Vec<(String, tch::Tensor)>) {
+    let work = tempfile::tempdir().unwrap();
+    let output = work.path().join("out.safetensors");
+    let v = ok_json(
+        dir,
+        &[
+            "run",
+            "--config",
+            fx.dir.join(config).to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            fx.dir.join("io.safetensors").to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    );
+    (v, tch::Tensor::read_safetensors(&output).unwrap())
+}
+
+/// Compares what `run` wrote with every reference output, by the names the CLI uses.
+fn assert_outputs(what: &str, fx: &Fixture, v: &Value, got: &[(String, tch::Tensor)]) {
+    let names = terrahost_testkit::output_names(fx);
+    assert_eq!(names.len(), fx.outputs.len(), "{what}: output names");
+    assert_eq!(
+        v["outputs"].as_array().map(Vec::len),
+        Some(names.len()),
+        "{what}: {v}"
+    );
+    assert_eq!(
+        v["output_shape"],
+        serde_json::json!(fx.outputs[0].size()),
+        "{what}"
+    );
+    for (name, expected) in names.iter().zip(&fx.outputs) {
+        let out = &got
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("{what}: no tensor `{name}`"))
+            .1;
+        terrahost_testkit::assert_close(&format!("{what} {name}"), out, expected, fx.atol());
+    }
+}
+
+/// Every whole-model fixture through the binary: its TerraTorch config (plain and, where
+/// there is one, LightningCLI), the checkpoint and the input file give the reference
+/// outputs, auxiliary heads and Prithvi coordinates included.
 #[test]
 fn run_reproduces_every_model_fixture() {
     let dir = real_plugins(&PLUGINS);
@@ -210,74 +265,12 @@ fn run_reproduces_every_model_fixture() {
         let fx = Fixture::load(&case);
         let work = tempfile::tempdir().unwrap();
         let weights = terrahost_testkit::write_weights(&fx, work.path());
-        let output = work.path().join("out.safetensors");
-        let v = ok_json(
-            dir.path(),
-            &[
-                "run",
-                "--config",
-                fx.dir.join("config.yaml").to_str().unwrap(),
-                "--weights",
-                weights.to_str().unwrap(),
-                "--input",
-                fx.dir.join("io.safetensors").to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-                "--json",
-            ],
-        );
-        let names = terrahost_testkit::output_names(&fx);
-        assert_eq!(names.len(), fx.outputs.len(), "{case}: output names");
-        assert_eq!(
-            v["outputs"].as_array().map(Vec::len),
-            Some(names.len()),
-            "{case}: {v}"
-        );
-        let got = tch::Tensor::read_safetensors(&output).unwrap();
-        for (name, expected) in names.iter().zip(&fx.outputs) {
-            let out = &got
-                .iter()
-                .find(|(k, _)| k == name)
-                .unwrap_or_else(|| panic!("{case}: no tensor `{name}`"))
-                .1;
-            terrahost_testkit::assert_close(&format!("{case} {name}"), out, expected, fx.atol());
+        for config in ["config.yaml", "lightning.yaml"] {
+            if fx.dir.join(config).is_file() {
+                let (v, got) = run_fixture(dir.path(), &fx, config, &weights);
+                assert_outputs(&format!("{case} ({config})"), &fx, &v, &got);
+            }
         }
-    }
-}
-
-#[test]
-fn run_reproduces_the_terratorch_fixture_from_config_weights_and_input() {
-    let dir = real_plugins(&PLUGINS);
-    let fx = Fixture::load("factory_segmentation");
-    let work = tempfile::tempdir().unwrap();
-    let weights = terrahost_testkit::write_weights(&fx, work.path());
-    let output = work.path().join("out.safetensors");
-    for config in ["config.yaml", "lightning.yaml"] {
-        let v = ok_json(
-            dir.path(),
-            &[
-                "run",
-                "--config",
-                fx.dir.join(config).to_str().unwrap(),
-                "--weights",
-                weights.to_str().unwrap(),
-                "--input",
-                fx.dir.join("io.safetensors").to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-                "--device",
-                "cpu",
-                "--json",
-            ],
-        );
-        assert_eq!(v["output_shape"], serde_json::json!(fx.outputs[0].size()));
-        let got = tch::Tensor::read_safetensors(&output).unwrap();
-        let out = &got
-            .iter()
-            .find(|(k, _)| k == "output")
-            .expect("tensor `output`")
-            .1;
-        terrahost_testkit::assert_close(config, out, &fx.outputs[0], fx.atol());
     }
 }
 
@@ -317,27 +310,9 @@ fn run_refuses_a_checkpoint_that_does_not_fit_and_lists_the_keys() {
 fn run_loads_a_terratorch_lightning_checkpoint() {
     let dir = real_plugins(&PLUGINS);
     let fx = Fixture::load("factory_prithvi_unet");
-    let work = tempfile::tempdir().unwrap();
-    let output = work.path().join("out.safetensors");
     for config in ["config.yaml", "lightning.yaml"] {
-        let v = ok_json(
-            dir.path(),
-            &[
-                "run",
-                "--config",
-                fx.dir.join(config).to_str().unwrap(),
-                "--weights",
-                fx.dir.join("checkpoint.ckpt").to_str().unwrap(),
-                "--input",
-                fx.dir.join("io.safetensors").to_str().unwrap(),
-                "--output",
-                output.to_str().unwrap(),
-                "--json",
-            ],
-        );
+        let (v, got) = run_fixture(dir.path(), &fx, config, &fx.dir.join("checkpoint.ckpt"));
         assert!(v["weights_loaded"].as_u64().unwrap() > 50, "{v}");
-        let got = tch::Tensor::read_safetensors(&output).unwrap();
-        let out = &got.iter().find(|(k, _)| k == "output").unwrap().1;
-        terrahost_testkit::assert_close(config, out, &fx.outputs[0], fx.atol());
+        assert_outputs(&format!("checkpoint.ckpt ({config})"), &fx, &v, &got);
     }
 }

@@ -1,29 +1,7 @@
 //! The same plugins linked into the process (no dlopen): one host serves both, and a
 //! model composed across plugins gives the same numbers either way.
-use terrahost::Host;
+use terrahost_integration_tests::in_process_host;
 use terrahost_testkit::{compare_outputs, Fixture};
-
-fn in_process_host() -> Host {
-    Host::with_plugins(vec![
-        (
-            terrahost_terratorch::plugin_manifest(),
-            terrahost_terratorch::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_timm::plugin_manifest(),
-            terrahost_timm::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_smp::plugin_manifest(),
-            terrahost_smp::plugin_sources().unwrap(),
-        ),
-        (
-            terrahost_mmseg::plugin_manifest(),
-            terrahost_mmseg::plugin_sources().unwrap(),
-        ),
-    ])
-    .unwrap()
-}
 
 #[test]
 fn the_cross_plugin_fixture_model_matches_in_process_too() {
