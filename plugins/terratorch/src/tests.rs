@@ -289,8 +289,20 @@ fn unsupported_options_are_refused_clearly() {
         e.message().contains("peft_config") && e.message().contains("not supported yet"),
         "{e}"
     );
-    let e = with("backbone_use_temporal", json!(true));
+    let e = with("backbone_use_temporal", json!("yes"));
     assert!(e.message().contains("use_temporal"), "{e}");
+    let mut m = obj(base.clone());
+    m.insert("backbone_use_temporal".into(), json!(true));
+    m.insert("backbone_temporal_pooling".into(), json!("median"));
+    let e = factory::plan(&m).unwrap_err();
+    assert!(
+        e.message().contains("median") && e.message().contains("concat"),
+        "{e}"
+    );
+    m.insert("backbone_temporal_pooling".into(), json!("diff"));
+    m.insert("backbone_temporal_subset_lengths".into(), json!([1, 1, 1]));
+    let e = factory::plan(&m).unwrap_err();
+    assert!(e.message().contains("exactly two subsets"), "{e}");
     let e = with("task", json!("embedding_generation"));
     assert!(e.message().contains("uses no decoder"), "{e}");
     let e = with("task", json!("detection"));

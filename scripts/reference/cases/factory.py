@@ -264,7 +264,58 @@ def case_factory_timm_necks_mmseg() -> Case:
     )
 
 
+def case_factory_temporal_concat() -> Case:
+    model_args = {
+        "task": "segmentation",
+        "backbone": "timm_resnet18",
+        "backbone_pretrained": False,
+        "backbone_features_only": True,
+        "backbone_use_temporal": True,
+        "backbone_temporal_pooling": "concat",
+        "backbone_temporal_n_timestamps": 2,
+        "necks": [{"name": "SelectIndices", "indices": [-1]}],
+        "decoder": "FCNDecoder",
+        "decoder_channels": 16,
+        "num_classes": 2,
+    }
+    return factory_case(
+        model_args,
+        [[1, 3, 2, 64, 64]],
+        "TemporalWrapper(resnet18, pooling=concat, n_timestamps=2): both time steps through the backbone "
+        "(folded into the batch), features stacked along the channels ([1024] for the last map) -> FCNDecoder.",
+    )
+
+
+def case_factory_temporal_vit_diff() -> Case:
+    model_args = {
+        "task": "regression",
+        "backbone": "prithvi_eo_v1_100",
+        "backbone_pretrained": False,
+        "backbone_embed_dim": 32,
+        "backbone_depth": 2,
+        "backbone_num_heads": 2,
+        "backbone_img_size": 16,
+        "backbone_patch_size": [1, 4, 4],
+        "backbone_use_temporal": True,
+        "backbone_temporal_pooling": "diff",
+        "backbone_temporal_subset_lengths": [1, 2],
+        "necks": [{"name": "SelectIndices", "indices": [-1]}, {"name": "ReshapeTokensToImage"}],
+        "decoder": "FCNDecoder",
+        "decoder_channels": 8,
+        "decoder_num_convs": 2,
+    }
+    return factory_case(
+        model_args,
+        [[1, 6, 3, 16, 16]],
+        "TemporalWrapper(Prithvi, pooling=diff, subset_lengths=[1, 2]): tokens of 3 time steps, the last two "
+        "averaged, first minus that; tokens back to [B, L, C] -> ReshapeTokensToImage -> FCNDecoder -> "
+        "RegressionHead.",
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
+    "factory_temporal_concat": case_factory_temporal_concat,
+    "factory_temporal_vit_diff": case_factory_temporal_vit_diff,
     "factory_prithvi_unet": case_factory_prithvi_unet,
     "factory_prithvi_tl": case_factory_prithvi_tl,
     "factory_timm_necks_smp": case_factory_timm_necks_smp,

@@ -11,6 +11,7 @@ use super::heads::{
 };
 use super::pixel_wise_model::{Padding, PixelHead, PixelWiseModel, PixelWiseOptions};
 use super::scalar_output_model::ScalarOutputModel;
+use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
 use super::trunk::Trunk;
 use super::utils::{check_padding_mode, PatchSize};
 use abi_stable::std_types::RStr;
@@ -42,7 +43,7 @@ pub const DECLARED: [&str; 13] = [
 ];
 
 /// Backbone arguments TerraTorch consumes itself to wrap the backbone in time
-/// (`TemporalWrapper`), never passing them to the backbone.
+/// ([`TemporalWrapper`]), never passing them to the backbone.
 const TEMPORAL_KEYS: [&str; 6] = [
     "use_temporal",
     "temporal_pooling",
@@ -172,6 +173,8 @@ pub struct FactoryPlan {
     pub padding_mode: Option<String>,
     /// Auxiliary decoders, in order.
     pub aux_decoders: Vec<AuxSpec>,
+    /// `backbone_use_temporal=True`: the backbone is wrapped in a [`TemporalWrapper`].
+    pub temporal: Option<TemporalConfig>,
 }
 
 fn invalid(msg: impl Into<String>) -> PluginError {
@@ -235,17 +238,23 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         (backbone_kwargs, extras) = extract_prefix_keys(&extras, "backbone_");
     }
     // TerraTorch's temporal wrapper options never reach the backbone.
-    let use_temporal = backbone_kwargs
-        .get("use_temporal")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let use_temporal = match backbone_kwargs.get("use_temporal") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`backbone_use_temporal` must be true or false, got {}",
+                describe_json(other)
+            )))
+        }
+    };
+    let temporal = if use_temporal {
+        Some(TemporalConfig::from_kwargs(&backbone_kwargs).map_err(|e| invalid(e.message()))?)
+    } else {
+        None
+    };
     for key in TEMPORAL_KEYS {
         backbone_kwargs.remove(key);
-    }
-    if !(use_temporal.is_null() || use_temporal == json!(false)) {
-        return Err(invalid(
-            "`backbone_use_temporal` (TemporalWrapper) is not supported yet; drop it and the `backbone_temporal_*` arguments",
-        ));
     }
 
     // Like upstream, the patch size and padding mode are read from the backbone's
@@ -388,6 +397,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         patch_size,
         padding_mode,
         aux_decoders,
+        temporal,
     })
 }
 
@@ -590,10 +600,17 @@ fn in_step<T>(what: impl std::fmt::Display, r: Result<T>) -> Result<T> {
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let plan = plan(ctx.args.map())?;
 
-    let encoder = in_step(
+    let mut encoder = in_step(
         format_args!("building backbone `{}`", plan.backbone),
         ctx.build("backbone", &plan.backbone, &plan.backbone_kwargs, None),
     )?;
+    if let Some(cfg) = &plan.temporal {
+        let label = format!("TemporalWrapper({})", encoder.label());
+        let wrapper = TemporalWrapper::new(encoder, cfg.clone())
+            .map_err(|e| e.context(format_args!("EncoderDecoderFactory")))?;
+        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
+        encoder = DynModule::new(label, module);
+    }
     let mut channels = encoder.out_channels();
     if channels.is_empty() {
         return Err(PluginError::build_failed(format!(
