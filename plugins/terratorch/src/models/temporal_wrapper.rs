@@ -253,7 +253,7 @@ impl Model for TemporalWrapper {
                 // tokens: drop the helper dim and put the channels last again. Upstream
                 // decides by a last dim of 1, so a map one pixel wide is treated the same.
                 if pooled.size().last() == Some(&1) {
-                    Ok(pooled.f_squeeze_dim(-1)?.f_movedim(&[-1], &[-2])?)
+                    Ok(pooled.f_squeeze_dim(-1)?.f_movedim([-1], [-2])?)
                 } else {
                     Ok(pooled)
                 }
