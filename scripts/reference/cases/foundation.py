@@ -7,6 +7,7 @@ import json
 from typing import Callable
 
 from cases._smp import smp_case
+from cases._factory import factory_case
 from refkit import (
     BACKBONE_REGISTRY,
     DECODER_REGISTRY,
@@ -253,36 +254,20 @@ def case_head_ClassificationHead() -> Case:
 # Cases: full models through EncoderDecoderFactory
 # ---------------------------------------------------------------------------
 def _factory(task: str, model_args: dict, lightning_task: str | None, explanation: str) -> Case:
-    factory = MODEL_FACTORY_REGISTRY.build("EncoderDecoderFactory")
-    model = factory.build_model(**json.loads(json.dumps(model_args)))  # pass a copy
-    kw = ", ".join(f"{k}={v!r}" for k, v in model_args.items())
-    prefixes = sorted({k.split(".")[0] + "." for k in model.state_dict()})
-    head_keys = [k for k in model.state_dict() if k.startswith("head.")]
-    return Case(
-        registry="model",
-        name="EncoderDecoderFactory",
-        channels=None,
-        args=model_args,
-        reference=(
-            f'MODEL_FACTORY_REGISTRY.build("EncoderDecoderFactory").build_model({kw}); '
-            f"forward(x).output. {explanation}"
-        ),
-        model=model,
-        input_shapes=[[1, 3, 64, 64]],
-        forward=fwd_model_output,
-        extra_meta={
-            "model_class": type(model).__name__,
-            "state_dict_prefixes": prefixes,
-            "head_keys": head_keys,
-            "encoder_out_channels": list(model.encoder.out_channels),
-            "decoder_out_channels": getattr(model.decoder, "out_channels", None),
-            "patch_size": model.patch_size,
-            "padding": model.padding,
-            "rescale": getattr(model, "rescale", None),
-        },
-        factory_config={"model_factory": "EncoderDecoderFactory", "model_args": model_args},
+    case = factory_case(
+        model_args, [[1, 3, 64, 64]], f"forward(x).output. {explanation}", forward=fwd_model_output,
         lightning_task=lightning_task,
     )
+    model = case.model
+    case.extra_meta.update(
+        {
+            "head_keys": [k for k in model.state_dict() if k.startswith("head.")],
+            "encoder_out_channels": list(model.encoder.out_channels),
+            "decoder_out_channels": getattr(model.decoder, "out_channels", None),
+            "rescale": getattr(model, "rescale", None),
+        }
+    )
+    return case
 
 
 def case_factory_segmentation() -> Case:
