@@ -30,11 +30,19 @@ pub fn grad_enabled() -> bool {
     unsafe { terrahost_grad_enabled() }
 }
 
-/// Whether this libtorch has oneDNN's packed linear.
+/// The environment variable that turns packing off (`0`), for example to save the
+/// memory of the packed copies of a very large model.
+pub const ENV_SWITCH: &str = "TERRAHOST_PACKED_LINEAR";
+
+/// Whether the packed path is used: this libtorch has oneDNN's packed linear and
+/// `TERRAHOST_PACKED_LINEAR` is not `0`.
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // SAFETY: looks operators up in libtorch's dispatcher; never unwinds.
-    *AVAILABLE.get_or_init(|| unsafe { terrahost_mkldnn_linear_available() })
+    *AVAILABLE.get_or_init(|| {
+        let enabled = std::env::var(ENV_SWITCH).map_or(true, |v| v.trim() != "0");
+        // SAFETY: looks operators up in libtorch's dispatcher; never unwinds.
+        enabled && unsafe { terrahost_mkldnn_linear_available() }
+    })
 }
 
 fn last_error() -> String {
