@@ -166,7 +166,10 @@ impl PackedLinear {
                 }
             }
         }
-        let packed = &guard.as_ref()?.weight;
+        // A shallow handle, so that the lock is not held during the matmul: threads
+        // running the same model only wait for each other while packing.
+        let packed = guard.as_ref()?.weight.shallow_clone();
+        drop(guard);
         let bias = self
             .bias
             .as_ref()
