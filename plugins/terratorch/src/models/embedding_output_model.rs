@@ -1,8 +1,8 @@
 //! TerraTorch's model for `task="embedding_generation"`: the encoder and the necks,
 //! whose features are the output. Mirrors `terratorch/models/embedding_output_model.py`.
 
-use super::pixel_wise_model::Padding;
-use super::trunk::split_inputs;
+use super::trunk::EncoderInputs;
+use super::utils::Padding;
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
@@ -32,14 +32,8 @@ impl EmbeddingOutputModel {
 
 impl Model for EmbeddingOutputModel {
     fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
-        let (x, extra) = split_inputs(xs, "EmbeddingOutputModel")?;
-        let x = match &self.padding {
-            Some(p) => p.apply(x)?,
-            None => x.shallow_clone(),
-        };
-        let mut inputs = vec![x];
-        inputs.extend(extra.iter().map(Tensor::shallow_clone));
-        let mut features = self.parts[0].1.forward(&inputs)?;
+        let inputs = EncoderInputs::new(xs, self.padding.as_ref(), "EmbeddingOutputModel")?;
+        let mut features = self.parts[0].1.forward(&inputs.tensors)?;
         // Upstream calls the necks without image_size here (and applies no
         // prepare_features_for_image_model when there are none).
         for (_, neck) in &self.parts[1..] {

@@ -9,11 +9,11 @@ use super::heads::{
     RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead,
     SegmentationHeadConfig,
 };
-use super::pixel_wise_model::{Padding, PixelHead, PixelWiseModel, PixelWiseOptions};
+use super::pixel_wise_model::{PixelHead, PixelWiseModel, PixelWiseOptions};
 use super::scalar_output_model::ScalarOutputModel;
 use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
 use super::trunk::Trunk;
-use super::utils::{check_padding_mode, PatchSize};
+use super::utils::{check_padding_mode, Padding, PatchSize};
 use abi_stable::std_types::RStr;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};

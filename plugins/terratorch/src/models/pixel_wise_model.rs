@@ -3,30 +3,14 @@
 //! Mirrors `terratorch/models/pixel_wise_model.py`.
 
 use super::heads::{RegressionHead, SegmentationHead};
-use super::trunk::{split_inputs, Trunk};
-use super::utils::{center_crop, image_size, pad_images, PatchSize};
-use serde_json::{json, Map, Value};
+use super::trunk::{EncoderInputs, Trunk};
+use super::utils::{center_crop, image_size, Padding};
+use serde_json::{Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
     Result,
 };
-
-/// How inputs are padded before the encoder: to multiples of twice `patch` with `mode`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Padding {
-    /// The backbone's patch size.
-    pub patch: PatchSize,
-    /// A `torch.nn.functional.pad` mode (`reflect` by default upstream).
-    pub mode: String,
-}
-
-impl Padding {
-    /// Pads `x` (see [`pad_images`]).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        pad_images(x, &self.patch, &self.mode)
-    }
-}
 
 /// The head of a pixel-wise model.
 #[derive(Debug)]
@@ -109,19 +93,10 @@ impl PixelWiseModel {
     /// `[B, C, H, W]` (plus optional extra encoder inputs) -> the prediction
     /// `[B, K, H, W]` (`[B, H, W]` when `K` is 1), then one per auxiliary head.
     pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let (x, extra) = split_inputs(xs, "PixelWiseModel")?;
-        let size_out = match self.options.image_size_out {
-            Some(s) => s,
-            None => image_size(x)?,
-        };
-        let x = match &self.options.padding {
-            Some(p) => p.apply(x)?,
-            None => x.shallow_clone(),
-        };
-        let input_size = image_size(&x)?;
-        let mut inputs = vec![x];
-        inputs.extend(extra.iter().map(Tensor::shallow_clone));
-        let features = self.trunk.features(&inputs, input_size)?;
+        let inputs = EncoderInputs::new(xs, self.options.padding.as_ref(), "PixelWiseModel")?;
+        let size_out = self.options.image_size_out.unwrap_or(inputs.image_size);
+        let input_size = inputs.padded_size;
+        let features = self.trunk.features(&inputs.tensors, input_size)?;
         let decoded = Trunk::decode(self.trunk.decoder(), &features)?;
         let mask = match &self.head {
             Some(h) => h.forward_t(&decoded, train)?,
@@ -146,9 +121,7 @@ impl Model for PixelWiseModel {
     }
 
     fn meta(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("output_names".into(), json!(self.trunk.output_names()));
-        m
+        self.trunk.meta()
     }
 
     fn out_channels(&self) -> Vec<i64> {

@@ -3,10 +3,9 @@
 //! Mirrors `terratorch/models/scalar_output_model.py`.
 
 use super::heads::ScalarHead;
-use super::pixel_wise_model::Padding;
-use super::trunk::{split_inputs, Trunk};
-use super::utils::image_size;
-use serde_json::{json, Map, Value};
+use super::trunk::{EncoderInputs, Trunk};
+use super::utils::Padding;
+use serde_json::{Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
@@ -43,15 +42,8 @@ impl ScalarOutputModel {
     /// `[B, C, H, W]` (plus optional extra encoder inputs) -> `[B, K]`, then one per
     /// auxiliary head.
     pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
-        let (x, extra) = split_inputs(xs, "ScalarOutputModel")?;
-        let x = match &self.padding {
-            Some(p) => p.apply(x)?,
-            None => x.shallow_clone(),
-        };
-        let input_size = image_size(&x)?;
-        let mut inputs = vec![x];
-        inputs.extend(extra.iter().map(Tensor::shallow_clone));
-        let features = self.trunk.features(&inputs, input_size)?;
+        let inputs = EncoderInputs::new(xs, self.padding.as_ref(), "ScalarOutputModel")?;
+        let features = self.trunk.features(&inputs.tensors, inputs.padded_size)?;
         let run = |decoder, head: &Option<ScalarHead>| -> Result<Tensor> {
             let decoded = Trunk::decode(decoder, &features)?;
             match head {
@@ -73,9 +65,7 @@ impl Model for ScalarOutputModel {
     }
 
     fn meta(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("output_names".into(), json!(self.trunk.output_names()));
-        m
+        self.trunk.meta()
     }
 
     fn out_channels(&self) -> Vec<i64> {

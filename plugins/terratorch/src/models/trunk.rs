@@ -3,7 +3,8 @@
 //! through them. Mirrors the shared parts of `terratorch/models/pixel_wise_model.py`
 //! and `scalar_output_model.py`.
 
-use serde_json::{json, Map};
+use super::utils::{image_size, Padding};
+use serde_json::{json, Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{sdk::DynModule, PluginError, Result};
 
@@ -77,6 +78,13 @@ impl Trunk {
             .collect()
     }
 
+    /// The task model's `meta`: its `output_names`.
+    pub fn meta(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("output_names".into(), json!(self.output_names()));
+        m
+    }
+
     /// Every part with its `state_dict` prefix (for `Model::children`).
     pub fn children(&self) -> Vec<(&str, &DynModule)> {
         self.parts.iter().map(|(p, m)| (p.as_str(), m)).collect()
@@ -125,13 +133,43 @@ impl Trunk {
     }
 }
 
-/// Splits a task model's inputs into the image and the extra encoder inputs.
-pub fn split_inputs<'a>(xs: &'a [Tensor], model: &str) -> Result<(&'a Tensor, &'a [Tensor])> {
-    match xs {
-        [x, rest @ ..] if rest.len() <= 2 => Ok((x, rest)),
-        _ => Err(PluginError::forward_failed(format!(
-            "a {model} takes the image, optionally followed by temporal_coords and location_coords; got {} tensors",
-            xs.len()
-        ))),
+/// A task model's inputs made ready for the encoder.
+pub struct EncoderInputs {
+    /// The image, padded, then the extra encoder inputs (temporal and location
+    /// coordinates) as they came.
+    pub tensors: Vec<Tensor>,
+    /// The image's `[H, W]` before padding (what per-pixel outputs are cropped to).
+    pub image_size: [i64; 2],
+    /// The `[H, W]` after padding (what the necks get and outputs are resized to).
+    pub padded_size: [i64; 2],
+}
+
+impl EncoderInputs {
+    /// Splits `xs` into the image and at most two extra inputs, and pads the image as
+    /// upstream's `pad_images` does when the model has a `padding`. `model` names the
+    /// task model in the error.
+    pub fn new(xs: &[Tensor], padding: Option<&Padding>, model: &str) -> Result<Self> {
+        let (x, extra) = match xs {
+            [x, rest @ ..] if rest.len() <= 2 => (x, rest),
+            _ => {
+                return Err(PluginError::forward_failed(format!(
+                    "a {model} takes the image, optionally followed by temporal_coords and location_coords; got {} tensors",
+                    xs.len()
+                )))
+            }
+        };
+        let unpadded = image_size(x)?;
+        let x = match padding {
+            Some(p) => p.apply(x)?,
+            None => x.shallow_clone(),
+        };
+        let padded_size = image_size(&x)?;
+        let mut tensors = vec![x];
+        tensors.extend(extra.iter().map(Tensor::shallow_clone));
+        Ok(Self {
+            tensors,
+            image_size: unpadded,
+            padded_size,
+        })
     }
 }

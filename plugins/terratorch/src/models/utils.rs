@@ -113,6 +113,22 @@ pub fn pad_images(x: &Tensor, patch: &PatchSize, mode: &str) -> Result<Tensor> {
     }
 }
 
+/// How inputs are padded before the encoder: to multiples of twice `patch` with `mode`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Padding {
+    /// The backbone's patch size.
+    pub patch: PatchSize,
+    /// A `torch.nn.functional.pad` mode (`reflect` by default upstream).
+    pub mode: String,
+}
+
+impl Padding {
+    /// Pads `x` (see [`pad_images`]).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        pad_images(x, &self.patch, &self.mode)
+    }
+}
+
 /// The spatial size `[H, W]` of an image batch (its last two dims).
 pub fn image_size(x: &Tensor) -> Result<[i64; 2]> {
     let dims = x.size();
