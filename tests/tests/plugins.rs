@@ -291,23 +291,17 @@ fn factory_with_an_mmseg_decoder_gives_it_num_classes_and_adds_no_head() {
 fn every_registered_entry_has_a_reference_fixture() {
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
-    let root = terrahost_testkit::workspace_root().join("tests/fixtures");
     let mut fixture_names: std::collections::HashSet<(String, String)> = Default::default();
-    for e in std::fs::read_dir(&root).unwrap() {
-        let meta = e.unwrap().path().join("meta.json");
-        if let Ok(text) = std::fs::read_to_string(&meta) {
-            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
-            // A fixture without a registry is a special case of one with (a real checkpoint).
-            let Some(registry) = m["registry"].as_str() else {
-                continue;
-            };
-            let registry = if registry == "model" {
-                "model_factory"
-            } else {
-                registry
-            };
-            fixture_names.insert((registry.to_owned(), m["name"].as_str().unwrap().to_owned()));
-        }
+    for (case, m) in terrahost_testkit::fixture_metas() {
+        let registry = m["registry"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: meta.registry"));
+        let registry = if registry == "model" {
+            "model_factory"
+        } else {
+            registry
+        };
+        fixture_names.insert((registry.to_owned(), m["name"].as_str().unwrap().to_owned()));
     }
     let mut missing = Vec::new();
     let mut count = 0;
@@ -337,26 +331,15 @@ fn every_registered_entry_has_a_reference_fixture() {
 fn every_component_fixture_reproduces_through_the_plugin_libraries() {
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
-    let root = terrahost_testkit::workspace_root().join("tests/fixtures");
-    let mut cases: Vec<String> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("meta.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    cases.sort();
     let mut checked = 0;
     let mut failures = Vec::new();
-    for case in &cases {
-        if !root.join(case).join("state_dict.json").is_file() {
-            continue; // a real-checkpoint fixture (no synthetic weights), checked by its plugin
-        }
-        let fx = Fixture::load(case);
+    for (case, meta) in terrahost_testkit::fixture_metas() {
         // whole models run in the model tests; training-mode references in their plugin's tests
-        let custom = fx.meta["parity_test"] == "custom" || fx.meta["train"] == true;
-        if fx.registry() == "model" || fx.registry() == "head" || custom {
+        let custom = meta["parity_test"] == "custom" || meta["train"] == true;
+        if meta["registry"] == "model" || meta["registry"] == "head" || custom {
             continue;
         }
+        let fx = Fixture::load(&case);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let module = terrahost_testkit::build_fixture(&host, &fx);
             terrahost_testkit::compare_outputs(&fx, &module);

@@ -149,8 +149,11 @@ def write_pretrained_fixture() -> None:
     with torch.no_grad():
         ys = model(x)
     save_file({"input.0": x, **{f"output.{i}": y.contiguous() for i, y in enumerate(ys)}}, str(out / "io.safetensors"))
-    meta = {"name": "timm_vit_tiny_patch16_224", "args": {"pretrained": True, **args},
-            "checkpoint": "checkpoint.safetensors", "output_shapes": [list(y.shape) for y in ys]}
+    # A real checkpoint instead of synthetic weights (no state_dict.json): the timm plugin's own
+    # test loads it, the generic fixture runners skip it.
+    meta = {"registry": "backbone", "name": "timm_vit_tiny_patch16_224", "args": {"pretrained": True, **args},
+            "checkpoint": "checkpoint.safetensors", "parity_test": "custom",
+            "output_shapes": [list(y.shape) for y in ys]}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

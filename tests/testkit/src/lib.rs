@@ -67,16 +67,33 @@ fn kind_of(name: &str) -> Kind {
     }
 }
 
+/// Every fixture case (a directory of `tests/fixtures` with a `meta.json`), sorted, with
+/// its parsed `meta.json`.
+pub fn fixture_metas() -> Vec<(String, Value)> {
+    let mut cases: Vec<(String, Value)> =
+        std::fs::read_dir(workspace_root().join("tests/fixtures"))
+            .expect("tests/fixtures")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path().join("meta.json")).ok()?;
+                let case = e.file_name().to_string_lossy().into_owned();
+                let meta = serde_json::from_str(&text)
+                    .unwrap_or_else(|err| panic!("{case}/meta.json: {err}"));
+                Some((case, meta))
+            })
+            .collect();
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    cases
+}
+
 /// The fixture cases of whole models (those with a `config.yaml`), sorted.
 pub fn model_fixtures() -> Vec<String> {
-    let mut cases: Vec<String> = std::fs::read_dir(workspace_root().join("tests/fixtures"))
-        .expect("tests/fixtures")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("config.yaml").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    cases.sort();
-    cases
+    let root = workspace_root().join("tests/fixtures");
+    fixture_metas()
+        .into_iter()
+        .map(|(case, _)| case)
+        .filter(|case| root.join(case).join("config.yaml").is_file())
+        .collect()
 }
 
 /// The names a model fixture's outputs are written under by `terrahost run`:
