@@ -45,13 +45,12 @@ TERRAHOST_API bool terrahost_mkldnn_linear_available() {
   }
 }
 
-// The weight [out, in] packed for oneDNN, or null (see terrahost_last_error).
-TERRAHOST_API at::Tensor* terrahost_mkldnn_pack_linear_weight(const at::Tensor* weight) {
+namespace {
+// Calls `op` with the boxed arguments `stack` and returns its one tensor as a new heap
+// at::Tensor*, or null with the message in terrahost_last_error.
+at::Tensor* call_boxed(const c10::OperatorHandle* op, torch::jit::Stack stack) {
   try {
-    torch::jit::Stack stack;
-    stack.emplace_back(*weight);
-    stack.emplace_back(c10::IValue());  // batch_size: none
-    reorder_op()->callBoxed(&stack);
+    op->callBoxed(&stack);
     return new at::Tensor(stack.at(0).toTensor());
   } catch (const std::exception& e) {
     last_error = e.what();
@@ -60,24 +59,22 @@ TERRAHOST_API at::Tensor* terrahost_mkldnn_pack_linear_weight(const at::Tensor* 
   }
   return nullptr;
 }
+}  // namespace
+
+// The weight [out, in] packed for oneDNN, or null (see terrahost_last_error).
+TERRAHOST_API at::Tensor* terrahost_mkldnn_pack_linear_weight(const at::Tensor* weight) {
+  return call_boxed(reorder_op(), {*weight, c10::IValue() /* batch_size: none */});
+}
 
 // x @ packed^T + bias, then exact GELU when `gelu`; null on error.
 TERRAHOST_API at::Tensor* terrahost_mkldnn_linear(const at::Tensor* x, const at::Tensor* packed,
                                                   const at::Tensor* bias, bool gelu) {
-  try {
-    torch::jit::Stack stack;
-    stack.emplace_back(*x);
-    stack.emplace_back(*packed);
-    stack.emplace_back(bias ? c10::IValue(*bias) : c10::IValue());
-    stack.emplace_back(std::string(gelu ? "gelu" : "none"));
-    stack.emplace_back(c10::List<std::optional<at::Scalar>>());
-    stack.emplace_back(gelu ? c10::IValue(std::string("none")) : c10::IValue());
-    linear_op()->callBoxed(&stack);
-    return new at::Tensor(stack.at(0).toTensor());
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return nullptr;
+  return call_boxed(linear_op(), {
+                                     *x,
+                                     *packed,
+                                     bias ? c10::IValue(*bias) : c10::IValue(),
+                                     std::string(gelu ? "gelu" : "none"),
+                                     c10::List<std::optional<at::Scalar>>(),
+                                     gelu ? c10::IValue(std::string("none")) : c10::IValue(),
+                                 });
 }
