@@ -155,3 +155,49 @@ fn reshape_tokens_without_a_grid_is_a_forward_error() {
     let e = m.forward(&[x]).unwrap_err();
     assert!(e.message().contains("image_size"), "{e}");
 }
+
+/// `temporal_inputs` folds time into the batch and back: the same as running each time
+/// step on its own.
+#[test]
+fn temporal_inputs_run_each_time_step() {
+    let sources = || crate::plugin_sources().unwrap();
+    let temporal = build_from(
+        sources(),
+        "neck",
+        "ReshapeTokensToImage",
+        Some(&[8]),
+        &json!({"temporal_inputs": true}),
+    )
+    .unwrap();
+    let plain = build_from(
+        sources(),
+        "neck",
+        "ReshapeTokensToImage",
+        Some(&[8]),
+        &json!({}),
+    )
+    .unwrap();
+    let x = terrahost_testkit::sine_input(0, &[2, 3, 17, 8]);
+    let y = temporal.forward(&[x.shallow_clone()]).unwrap().remove(0);
+    assert_eq!(y.size(), [2, 3, 8, 4, 4]);
+    for t in 0..3 {
+        let step = plain.forward(&[x.select(1, t)]).unwrap().remove(0);
+        terrahost_testkit::assert_close("time step", &y.select(1, t), &step, 0.0);
+    }
+    let pooled = build_from(
+        sources(),
+        "neck",
+        "AggregateTokens",
+        Some(&[8]),
+        &json!({"temporal_inputs": true}),
+    )
+    .unwrap();
+    let y = pooled.forward(&[x.shallow_clone()]).unwrap().remove(0);
+    assert_eq!(y.size(), [2, 3, 8]);
+    terrahost_testkit::assert_close(
+        "mean over tokens",
+        &y,
+        &x.mean_dim(Some([2i64].as_slice()), false, None),
+        1e-6,
+    );
+}

@@ -121,6 +121,32 @@ impl ReshapeTokensToImage {
     }
 }
 
+/// With `temporal_inputs`, folds the time dimension into the batch, `[B, T, ...]` ->
+/// `[(B T), ...]`, and returns `T` for [`unfold_time`].
+fn fold_time(x: &Tensor, temporal_inputs: bool) -> Result<(Tensor, Option<i64>)> {
+    if !temporal_inputs {
+        return Ok((x.shallow_clone(), None));
+    }
+    let s = x.size();
+    if s.len() < 2 {
+        return Err(PluginError::forward_failed(format!(
+            "temporal_inputs: expected features [B, T, ...], got shape {s:?}"
+        )));
+    }
+    let mut flat = vec![s[0] * s[1]];
+    flat.extend_from_slice(&s[2..]);
+    Ok((x.f_reshape(&flat)?, Some(s[1])))
+}
+
+/// Undoes [`fold_time`]: `[(B T), ...]` -> `[B, T, ...]`.
+fn unfold_time(y: Tensor, timesteps: Option<i64>) -> Result<Tensor> {
+    let Some(t) = timesteps else { return Ok(y) };
+    let s = y.size();
+    let mut shape = vec![s[0] / t, t];
+    shape.extend_from_slice(&s[1..]);
+    Ok(y.f_reshape(&shape)?)
+}
+
 /// `image_size` from the forward keyword arguments, as `[H, W]`.
 fn image_size_kwarg(kwargs: &Map<String, Value>) -> Result<Option<[i64; 2]>> {
     match kwargs.get("image_size") {
@@ -149,15 +175,7 @@ impl Model for ReshapeTokensToImage {
         let image_size = image_size_kwarg(kwargs)?;
         let mut out = Vec::with_capacity(xs.len());
         for x in xs {
-            let (x, timesteps) = if self.cfg.temporal_inputs {
-                // [B, T, ...] -> [(B T), ...]
-                let s = x.size();
-                let mut flat = vec![s[0] * s[1]];
-                flat.extend_from_slice(&s[2..]);
-                (x.f_reshape(&flat)?, Some(s[1]))
-            } else {
-                (x.shallow_clone(), None)
-            };
+            let (x, timesteps) = fold_time(x, self.cfg.temporal_inputs)?;
             if x.dim() >= 4 {
                 out.push(x);
                 continue;
@@ -179,15 +197,7 @@ impl Model for ReshapeTokensToImage {
                 }
                 None => return Err(grid_error(&x, image_size)),
             };
-            let y = match timesteps {
-                // [(B T), C, H, W] -> [B, T, C, H, W]
-                Some(t) => {
-                    let s = y.size();
-                    y.f_reshape([s[0] / t, t, s[1], s[2], s[3]])?
-                }
-                None => y,
-            };
-            out.push(y);
+            out.push(unfold_time(y, timesteps)?);
         }
         Ok(out)
     }
@@ -351,14 +361,7 @@ impl Model for AggregateTokens {
                 xs.first()
                     .ok_or_else(|| PluginError::forward_failed("AggregateTokens: no features"))?
             };
-            let (mut feat, timesteps) = if self.temporal_inputs {
-                let s = feat.size();
-                let mut flat = vec![s[0] * s[1]];
-                flat.extend_from_slice(&s[2..]);
-                (feat.f_reshape(&flat)?, Some(s[1]))
-            } else {
-                (feat.shallow_clone(), None)
-            };
+            let (mut feat, timesteps) = fold_time(feat, self.temporal_inputs)?;
             let s = feat.size();
             if feat.dim() == 4 {
                 // [B, C, H, W] -> [B, (H W), C]
@@ -374,15 +377,7 @@ impl Model for AggregateTokens {
                 let n = feat.size()[(d - 2) as usize];
                 feat = feat.f_narrow(d - 2, 1, n - 1)?;
             }
-            let mut pooled = self.pool(&feat)?;
-            if let Some(t) = timesteps {
-                // [(B T), ...] -> [B, T, ...]
-                let s = pooled.size();
-                let mut shape = vec![s[0] / t, t];
-                shape.extend_from_slice(&s[1..]);
-                pooled = pooled.f_reshape(&shape)?;
-            }
-            out.push(pooled);
+            out.push(unfold_time(self.pool(&feat)?, timesteps)?);
         }
         Ok(out)
     }
