@@ -768,3 +768,37 @@ fn factory_model_switches_train_mode_through_its_children() {
     let again = model.forward(&[x]).unwrap().remove(0);
     assert!(again.allclose(&eval, 0.0, 0.0, false));
 }
+
+/// `backbone_use_temporal`: each time step goes through the backbone, and a feature
+/// permutation is undone after pooling (here: channels-last while pooling).
+#[test]
+fn temporal_wrapper_pools_time_steps_and_undoes_the_permutation() {
+    use crate::models::temporal_wrapper::{TemporalConfig, TemporalWrapper};
+    let host = toy_host!();
+    let x = toy_input(&[1, 3, 2, 8, 8]);
+    for permute in [Value::Null, json!([0, 2, 3, 1])] {
+        let cfg = TemporalConfig::from_kwargs(&obj(json!({
+            "temporal_pooling": "diff",
+            "temporal_features_permute_op": permute,
+        })))
+        .unwrap();
+        let backbone = host
+            .build("backbone", "toy_ToyPyramid", &Map::new(), None)
+            .unwrap();
+        let wrapper = TemporalWrapper::new(backbone, cfg).unwrap();
+        let ys = wrapper.forward(&[x.shallow_clone()], false).unwrap();
+        // the reference: the wrapped backbone itself on each time step
+        let inner = wrapper.children()[0].1;
+        let f0 = inner.forward(&[x.select(2, 0)]).unwrap();
+        let f1 = inner.forward(&[x.select(2, 1)]).unwrap();
+        assert_eq!(ys.len(), f0.len());
+        for (i, y) in ys.iter().enumerate() {
+            assert_close(
+                &format!("permute {permute}, feature {i}"),
+                y,
+                &(&f0[i] - &f1[i]),
+                1e-6,
+            );
+        }
+    }
+}

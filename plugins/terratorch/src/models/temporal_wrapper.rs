@@ -126,6 +126,8 @@ impl TemporalConfig {
 pub struct TemporalWrapper {
     encoder: DynModule,
     cfg: TemporalConfig,
+    /// The inverse of `cfg.features_permute_op`, applied after pooling.
+    reverse_permute_op: Option<Vec<i64>>,
     out_channels: Vec<i64>,
 }
 
@@ -144,9 +146,17 @@ impl TemporalWrapper {
             }
             _ => inner,
         };
+        let reverse_permute_op = cfg.features_permute_op.as_ref().map(|op| {
+            let mut r = vec![0; op.len()];
+            for (i, &p) in op.iter().enumerate() {
+                r[p as usize] = i as i64;
+            }
+            r
+        });
         Ok(Self {
             encoder,
             cfg,
+            reverse_permute_op,
             out_channels,
         })
     }
@@ -237,19 +247,12 @@ impl Model for TemporalWrapper {
             .f_permute([0, 2, 1, 3, 4])?
             .f_reshape([b * steps, c, h, w])?;
         let features = self.encoder.forward(&[flat])?;
-        let reverse: Option<Vec<i64>> = self.cfg.features_permute_op.as_ref().map(|op| {
-            let mut r = vec![0; op.len()];
-            for (i, &p) in op.iter().enumerate() {
-                r[p as usize] = i as i64;
-            }
-            r
-        });
         features
             .into_iter()
             .map(|f| {
                 let f = Self::permute(f, self.cfg.features_permute_op.as_deref())?;
                 let pooled = self.pool(Self::reshape_5d(&f, b, steps)?)?;
-                let pooled = Self::permute(pooled, reverse.as_deref())?;
+                let pooled = Self::permute(pooled, self.reverse_permute_op.as_deref())?;
                 // tokens: drop the helper dim and put the channels last again. Upstream
                 // decides by a last dim of 1, so a map one pixel wide is treated the same.
                 if pooled.size().last() == Some(&1) {
