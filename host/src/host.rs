@@ -251,12 +251,29 @@ impl Host {
         name: &str,
         request: BuildRequest,
     ) -> Result<(String, ModuleBox)> {
+        self.warn_ignored(registry, name, &request);
         let callbacks = Callbacks(self);
         let handle: HostRef<'_> = Host_TO::from_ptr(RRef::new(&callbacks), TD_Opaque);
         match self.registry(registry) {
             Some(RegistryRef::Multi(r)) => r.build(name, request, handle),
             Some(RegistryRef::Plain(r)) => Ok((name.to_owned(), r.build(name, request, handle)?)),
             None => Err(Self::unknown_registry(registry)),
+        }
+    }
+
+    /// Warns once per build about each argument the entry accepts and ignores (as
+    /// TerraTorch's constructors swallow them through `**kwargs`). The entry's own
+    /// validation drops them; a lookup error is left to the build to report.
+    fn warn_ignored(&self, registry: &str, name: &str, request: &BuildRequest) {
+        let (Ok((qualified, info)), Ok(args)) =
+            (self.describe(registry, name), request.parse_args())
+        else {
+            return;
+        };
+        for key in info.ignored_in(&args) {
+            tracing::warn!(
+                "`{qualified}` ignores argument `{key}` (TerraTorch accepts it and does not use it)"
+            );
         }
     }
 

@@ -38,6 +38,10 @@ impl ParamType {
     pub const DICT_LIST: Self = Self(9);
     /// An integer or a list of integers.
     pub const INT_OR_INT_LIST: Self = Self(10);
+    /// Accepted and ignored: the upstream constructor swallows this keyword through
+    /// `**kwargs` and never reads it. The host warns, naming it, and drops it before
+    /// the entry is built; the entry never sees it.
+    pub const IGNORED: Self = Self(11);
 
     /// The Python-style name shown by `terrahost show`.
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl ParamType {
             Self::DICT => "dict",
             Self::DICT_LIST => "list[dict]",
             Self::INT_OR_INT_LIST => "int | list[int]",
+            Self::IGNORED => "ignored",
             _ => "any",
         }
     }
@@ -124,6 +129,16 @@ impl ParamSpec {
             doc: doc.into(),
         }
     }
+    /// A keyword the upstream constructor accepts through `**kwargs` and ignores
+    /// ([`ParamType::IGNORED`]); `why` says so in `terrahost show`.
+    pub fn ignored(name: &str, why: &str) -> Self {
+        Self {
+            name: name.into(),
+            ty: ParamType::IGNORED,
+            default: ROption::RSome("null".into()),
+            doc: why.into(),
+        }
+    }
     /// Whether the parameter has no default.
     pub fn is_required(&self) -> bool {
         self.default.is_none()
@@ -160,7 +175,21 @@ pub struct EntryInfo {
 }
 
 impl EntryInfo {
+    /// The given arguments that this entry accepts and ignores ([`ParamType::IGNORED`]),
+    /// in the order given.
+    pub fn ignored_in<'a>(&self, args: &'a Map<String, Value>) -> Vec<&'a str> {
+        args.keys()
+            .filter(|k| {
+                self.params
+                    .iter()
+                    .any(|p| p.ty == ParamType::IGNORED && p.name.as_str() == k.as_str())
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
     /// Checks `args` against the parameters and returns them with defaults filled in.
+    /// Ignored parameters ([`ParamType::IGNORED`]) are dropped.
     ///
     /// Errors name the argument: an unknown keyword (with a did-you-mean), a wrong
     /// type, or a missing required one.
@@ -179,6 +208,7 @@ impl EntryInfo {
                         describe_json(value)
                     )))
                 }
+                Some(p) if p.ty == ParamType::IGNORED => continue,
                 Some(_) => {}
                 None if self.accepts_extra => {}
                 None => {
@@ -198,7 +228,7 @@ impl EntryInfo {
             }
             out.insert(key.clone(), value.clone());
         }
-        for p in self.params.iter() {
+        for p in self.params.iter().filter(|p| p.ty != ParamType::IGNORED) {
             match out.get(p.name.as_str()) {
                 // An explicit `null` is Python's `None`: kept as given, except where
                 // the parameter is required.
@@ -399,6 +429,26 @@ mod tests {
             e.message().contains("`num_classes`") && e.message().contains("null"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ignored_arguments_are_named_and_dropped() {
+        let mut i = info();
+        i.params
+            .push(ParamSpec::ignored("in_channels", "swallowed by **kwargs"));
+        let args = json!({"num_classes": 3, "in_channels": 6})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(i.ignored_in(&args), vec!["in_channels"]);
+        let out = i.validate("FCNDecoder", &args).unwrap();
+        assert!(!out.contains_key("in_channels"), "{out:?}");
+        assert_eq!(out["num_classes"], json!(3));
+        // Not given: not filled in either.
+        let out = i
+            .validate("FCNDecoder", json!({"num_classes": 3}).as_object().unwrap())
+            .unwrap();
+        assert!(!out.contains_key("in_channels"));
     }
 
     #[test]

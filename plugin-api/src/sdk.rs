@@ -456,6 +456,12 @@ impl Entry {
     pub fn req(self, name: &str, ty: ParamType, doc: &str) -> Self {
         self.param(ParamSpec::required(name, ty, doc))
     }
+    /// Declares a keyword the upstream constructor swallows through `**kwargs` and never
+    /// reads: it is accepted, the host warns naming it, and the build never sees it.
+    /// `why` is shown by `terrahost show`.
+    pub fn ignores(self, name: &str, why: &str) -> Self {
+        self.param(ParamSpec::ignored(name, why))
+    }
     /// Marks the entry as taking the channel list first (decoders, necks).
     pub fn takes_channels(mut self) -> Self {
         self.info.takes_channels = true;
