@@ -1,27 +1,261 @@
 //! Model configs: TerraTorch's `model_factory` + `model_args`, plain or inside a
 //! LightningCLI config.
+//!
+//! A LightningCLI config is read the way TerraTorch 1.2.11's task classes read their
+//! `init_args` (`terratorch/tasks/*_tasks.py`, `base_task.py`): the task class sets the
+//! `task` it passes to `build_model`, `aux_heads` becomes the factory's `aux_decoders`,
+//! and every other argument of the class is accepted. Arguments that only matter for
+//! training are recorded as unused; any other argument `run` does not use is recorded
+//! with a warning; an argument the class does not have is refused, as LightningCLI
+//! refuses it. Nothing is dropped silently: every unused key is in
+//! [`ModelConfig::unused`].
 use crate::error::{HostError, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
+use terrahost_plugin_api::params::did_you_mean;
 
 /// A model to build: a factory from the `model_factory` registry and its arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The factory's name (`EncoderDecoderFactory`).
     pub model_factory: String,
-    /// The keyword arguments of its `build_model`, `task` included.
+    /// The keyword arguments of its `build_model`, `task` included (where the task
+    /// class passes one) and `aux_decoders` (from the task's `aux_heads`).
     pub model_args: Map<String, Value>,
+    /// The LightningCLI task class (its last path segment), if the config is one.
+    pub task_class: Option<String>,
+    /// Keys of the file that building the model does not use, in file order.
+    pub unused: Vec<UnusedKey>,
 }
 
-/// The task a TerraTorch Lightning task class builds its model for.
-fn task_of_class(class_path: &str) -> Option<&'static str> {
-    let class = class_path.rsplit('.').next().unwrap_or(class_path);
+/// A key of the config file that building the model does not read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnusedKey {
+    /// Its path in the file, e.g. `model.init_args.loss` or `trainer`.
+    pub key: String,
+    /// Why it is not used.
+    pub why: &'static str,
+    /// Whether the user should be told on stderr. False for keys that only matter for
+    /// training and for the LightningCLI sections other than `model`.
+    pub warn: bool,
+}
+
+/// A TerraTorch task class whose model terrahost builds.
+struct TaskClass {
+    /// The class name (the last segment of `class_path`).
+    name: &'static str,
+    /// The `task` it passes to `build_model` (`None`: it passes none).
+    task: Option<&'static str>,
+    /// Every `__init__` argument besides `model_args`, `model_factory`, `model` and
+    /// `aux_heads`, which are read here.
+    args: &'static [&'static str],
+}
+
+/// Task-class arguments that only matter for training (losses, optimisation, freezing,
+/// metrics, plotting).
+const TRAINING_ONLY: [&str; 27] = [
+    "loss",
+    "aux_loss",
+    "class_weights",
+    "ignore_index",
+    "custom_loss",
+    "custom_loss_kwargs",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "freeze_head",
+    "freeze_encoder",
+    "plot_on_val",
+    "class_names",
+    "test_dataloaders_names",
+    "lr_overrides",
+    "path_to_record_metrics",
+    "var_weights",
+    "var_names",
+    "num_outputs",
+    "masked_metric",
+    "modalities",
+    "tiled_inference_on_testing",
+    "tiled_inference_on_validation",
+];
+
+/// Task-class arguments that shape inference on scenes (TerraTorch's `predict`), not the
+/// model: `run` feeds the model one tensor and writes its raw output.
+const INFERENCE_ONLY: [&str; 3] = [
+    "tiled_inference_parameters",
+    "output_on_inference",
+    "output_most_probable",
+];
+
+const SEGMENTATION_ARGS: &[&str] = &[
+    "loss",
+    "aux_loss",
+    "class_weights",
+    "ignore_index",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "freeze_head",
+    "plot_on_val",
+    "class_names",
+    "tiled_inference_parameters",
+    "test_dataloaders_names",
+    "lr_overrides",
+    "output_on_inference",
+    "output_most_probable",
+    "path_to_record_metrics",
+    "tiled_inference_on_testing",
+    "tiled_inference_on_validation",
+];
+
+const PIXELWISE_REGRESSION_ARGS: &[&str] = &[
+    "loss",
+    "aux_loss",
+    "var_weights",
+    "ignore_index",
+    "custom_loss",
+    "custom_loss_kwargs",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "freeze_head",
+    "plot_on_val",
+    "tiled_inference_parameters",
+    "test_dataloaders_names",
+    "lr_overrides",
+    "tiled_inference_on_testing",
+    "tiled_inference_on_validation",
+    "path_to_record_metrics",
+];
+
+const CLASSIFICATION_ARGS: &[&str] = &[
+    "loss",
+    "aux_loss",
+    "class_weights",
+    "ignore_index",
+    "custom_loss",
+    "custom_loss_kwargs",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "freeze_head",
+    "plot_on_val",
+    "class_names",
+    "test_dataloaders_names",
+    "lr_overrides",
+    "path_to_record_metrics",
+];
+
+const SCALAR_REGRESSION_ARGS: &[&str] = &[
+    "loss",
+    "aux_loss",
+    "var_weights",
+    "ignore_index",
+    "lr",
+    "num_outputs",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "plot_on_val",
+    "freeze_head",
+    "var_names",
+    "test_dataloaders_names",
+    "lr_overrides",
+    "path_to_record_metrics",
+];
+
+const RECONSTRUCTION_ARGS: &[&str] = &[
+    "loss",
+    "ignore_index",
+    "masked_metric",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_encoder",
+    "freeze_decoder",
+    "plot_on_val",
+    "tiled_inference_parameters",
+    "modalities",
+];
+
+/// The task classes of TerraTorch 1.2.11 whose models `run` builds.
+const TASK_CLASSES: [TaskClass; 6] = [
+    TaskClass {
+        name: "SemanticSegmentationTask",
+        task: Some("segmentation"),
+        args: SEGMENTATION_ARGS,
+    },
+    TaskClass {
+        name: "PixelwiseRegressionTask",
+        task: Some("regression"),
+        args: PIXELWISE_REGRESSION_ARGS,
+    },
+    TaskClass {
+        name: "ClassificationTask",
+        task: Some("classification"),
+        args: CLASSIFICATION_ARGS,
+    },
+    TaskClass {
+        name: "MultiLabelClassificationTask",
+        task: Some("classification"),
+        args: CLASSIFICATION_ARGS,
+    },
+    TaskClass {
+        name: "ScalarRegressionTask",
+        task: Some("scalar_regression"),
+        args: SCALAR_REGRESSION_ARGS,
+    },
+    // `ReconstructionTask.configure_models` calls `build_model(**model_args)`: no task,
+    // no auxiliary heads.
+    TaskClass {
+        name: "ReconstructionTask",
+        task: None,
+        args: RECONSTRUCTION_ARGS,
+    },
+];
+
+/// Task classes of TerraTorch that terrahost does not build, with the reason.
+fn unsupported_task(class: &str) -> Option<&'static str> {
     Some(match class {
-        "SemanticSegmentationTask" => "segmentation",
-        "PixelwiseRegressionTask" => "regression",
-        "ClassificationTask" | "MultiLabelClassificationTask" => "classification",
+        "ObjectDetectionTask" => {
+            "object detection (ObjectDetectionModelFactory) is not supported by terrahost yet"
+        }
+        "WxCTask" | "WxCDownscalingTask" => {
+            "the WxC / granite weather models are not supported by terrahost yet"
+        }
+        "ECCCTask" => "the ECCC downscaling models are not supported by terrahost yet",
+        "EmbeddingGenerationTask" => {
+            "EmbeddingGenerationTask is not supported by `run` yet; build the backbone's features with \
+             `model_factory: EncoderDecoderFactory` and `task: embedding_generation` instead"
+        }
+        "InferenceTask" => "InferenceTask is not supported by terrahost yet",
         _ => return None,
     })
+}
+
+fn config_error(msg: impl Into<String>) -> HostError {
+    HostError::Config(msg.into())
 }
 
 impl ModelConfig {
@@ -34,71 +268,254 @@ impl ModelConfig {
         })
     }
 
-    /// Parses YAML: either top-level `model_factory` and `model_args`, or a LightningCLI
-    /// config with `model.init_args.model_factory` / `model_args` (the task then comes
-    /// from `model.class_path` unless `model_args.task` is set).
+    /// Parses YAML: either top-level `model_factory` and `model_args` (what
+    /// `build_model` takes), or a LightningCLI config whose `model` section is a
+    /// TerraTorch task class with `init_args`.
     pub fn from_yaml(text: &str) -> Result<Self> {
         let doc: Value = serde_yaml::from_str(text)
-            .map_err(|e| HostError::Config(format!("not valid YAML: {e}")))?;
+            .map_err(|e| config_error(format!("not valid YAML: {e}")))?;
         let Value::Object(top) = doc else {
-            return Err(HostError::Config(
-                "expected a mapping at the top level".into(),
-            ));
+            return Err(config_error("expected a mapping at the top level"));
         };
-        let (section, task) = if top.contains_key("model_factory") || top.contains_key("model_args")
-        {
-            (top, None)
-        } else if let Some(Value::Object(model)) = top.get("model") {
-            let task = model
-                .get("class_path")
-                .and_then(Value::as_str)
-                .and_then(task_of_class);
-            match model.get("init_args") {
-                Some(Value::Object(init)) => (init.clone(), task),
-                _ => {
-                    return Err(HostError::Config(
-                        "`model` has no `init_args` mapping".into(),
-                    ))
-                }
-            }
-        } else {
-            return Err(HostError::Config(
-                "expected `model_factory` and `model_args` at the top level, or a LightningCLI config with `model.init_args`".into(),
-            ));
-        };
-        let model_factory = match section.get("model_factory") {
+        if top.contains_key("model_factory") || top.contains_key("model_args") {
+            return Self::plain(top);
+        }
+        match top.get("model") {
+            Some(Value::Object(model)) => Self::lightning(&top, model),
+            Some(other) => Err(config_error(format!(
+                "`model` must be a mapping with `class_path` and `init_args`, got {other}"
+            ))),
+            None => Err(config_error(
+                "expected `model_factory` and `model_args` at the top level, or a LightningCLI config with \
+                 `model.class_path` and `model.init_args`",
+            )),
+        }
+    }
+
+    /// The plain form: `build_model`'s arguments as they are.
+    fn plain(top: Map<String, Value>) -> Result<Self> {
+        let model_factory = match top.get("model_factory") {
             Some(Value::String(s)) => s.clone(),
             None => "EncoderDecoderFactory".to_owned(),
             Some(other) => {
-                return Err(HostError::Config(format!(
+                return Err(config_error(format!(
                     "`model_factory` must be a string, got {other}"
                 )))
             }
         };
-        let mut model_args = match section.get("model_args") {
-            Some(Value::Object(m)) => m.clone(),
+        let model_args = model_args_of(&top, "model_args")?;
+        let unused = top
+            .keys()
+            .filter(|k| !["model_factory", "model_args"].contains(&k.as_str()))
+            .map(|k| UnusedKey {
+                key: k.clone(),
+                why: "a plain config is `model_factory` + `model_args`; other keys are not read",
+                warn: true,
+            })
+            .collect();
+        Ok(Self {
+            model_factory,
+            model_args,
+            task_class: None,
+            unused,
+        })
+    }
+
+    /// The LightningCLI form.
+    fn lightning(top: &Map<String, Value>, model: &Map<String, Value>) -> Result<Self> {
+        let mut unused: Vec<UnusedKey> = top
+            .keys()
+            .filter(|k| k.as_str() != "model")
+            .map(|k| UnusedKey {
+                key: k.clone(),
+                why: "LightningCLI section that does not describe the model",
+                warn: false,
+            })
+            .collect();
+        let class_path = match model.get("class_path") {
+            Some(Value::String(s)) => s.as_str(),
             Some(other) => {
-                return Err(HostError::Config(format!(
-                    "`model_args` must be a mapping, got {other}"
+                return Err(config_error(format!(
+                    "`model.class_path` must be a string, got {other}"
                 )))
             }
-            None => return Err(HostError::Config("`model_args` is missing".into())),
+            None => {
+                return Err(config_error(
+                    "`model.class_path` is missing; it names the TerraTorch task, e.g. \
+                     terratorch.tasks.SemanticSegmentationTask",
+                ))
+            }
         };
-        if let Some(task) = task {
-            model_args
-                .entry("task")
-                .or_insert_with(|| Value::String(task.to_owned()));
+        let class_name = class_path.rsplit('.').next().unwrap_or(class_path);
+        if let Some(why) = unsupported_task(class_name) {
+            return Err(config_error(format!("`model.class_path` is `{class_path}`: {why}")));
+        }
+        let Some(class) = TASK_CLASSES.iter().find(|c| c.name == class_name) else {
+            let known: Vec<&str> = TASK_CLASSES.iter().map(|c| c.name).collect();
+            let hint = did_you_mean(class_name, known.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(config_error(format!(
+                "`model.class_path` is `{class_path}`, which is not a TerraTorch task terrahost builds{hint}; \
+                 known: {}",
+                known.join(", ")
+            )));
+        };
+        for key in model.keys() {
+            if !["class_path", "init_args"].contains(&key.as_str()) {
+                unused.push(UnusedKey {
+                    key: format!("model.{key}"),
+                    why: "not read: a LightningCLI model section is `class_path` + `init_args`",
+                    warn: true,
+                });
+            }
+        }
+        let init = match model.get("init_args") {
+            Some(Value::Object(init)) => init,
+            None => return Err(config_error("`model` has no `init_args` mapping")),
+            Some(other) => {
+                return Err(config_error(format!(
+                    "`model.init_args` must be a mapping, got {other}"
+                )))
+            }
+        };
+
+        if init.get("model").is_some_and(|v| !v.is_null()) {
+            return Err(config_error(format!(
+                "`model.init_args.model` gives {class_name} a custom torch.nn.Module, which terrahost cannot \
+                 build; describe the model with `model_factory` and `model_args` instead"
+            )));
+        }
+        let model_factory = match init.get("model_factory") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => {
+                // TerraTorch 1.2.11 raises here ("A model_factory or a model
+                // (torch.nn.Module) must be provided."); terrahost takes the factory
+                // nearly every config names, and says so.
+                tracing::warn!(
+                    "`model.init_args.model_factory` is not set (TerraTorch itself refuses this); \
+                     using EncoderDecoderFactory"
+                );
+                "EncoderDecoderFactory".to_owned()
+            }
+            Some(other) => {
+                return Err(config_error(format!(
+                    "`model.init_args.model_factory` must be a string, got {other}"
+                )))
+            }
+        };
+        let mut model_args = model_args_of(init, "model_args")?;
+
+        if let Some(task) = class.task {
+            if let Some(given) = model_args.get("task") {
+                // TerraTorch passes the task positionally, so a second one is Python's
+                // TypeError.
+                return Err(config_error(format!(
+                    "`model.init_args.model_args.task` is {given}, but {class_name} sets the task itself \
+                     (`{task}`); TerraTorch fails with \"build_model() got multiple values for argument \
+                     'task'\". Remove `task` from model_args"
+                )));
+            }
+            model_args.insert("task".to_owned(), Value::String(task.to_owned()));
+        }
+
+        match init.get("aux_heads") {
+            None | Some(Value::Null) => {}
+            Some(_) if class.task.is_none() => {
+                return Err(config_error(format!(
+                    "`model.init_args.aux_heads`: {class_name} has no auxiliary heads"
+                )))
+            }
+            Some(Value::Array(heads)) => {
+                if model_args.contains_key("aux_decoders") {
+                    return Err(config_error(
+                        "both `model.init_args.aux_heads` and `model_args.aux_decoders` are given; TerraTorch \
+                         fails with \"build_model() got multiple values for keyword argument 'aux_decoders'\". \
+                         Keep `aux_heads`",
+                    ));
+                }
+                model_args.insert("aux_decoders".to_owned(), Value::Array(heads.clone()));
+            }
+            Some(other) => {
+                return Err(config_error(format!(
+                    "`model.init_args.aux_heads` must be a list of {{name, decoder, decoder_args}}, got {other}"
+                )))
+            }
+        }
+
+        for key in init.keys() {
+            if ["model_args", "model_factory", "model", "aux_heads"].contains(&key.as_str()) {
+                continue;
+            }
+            let path = format!("model.init_args.{key}");
+            if !class.args.contains(&key.as_str()) {
+                let hint = did_you_mean(key, class.args.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(config_error(format!(
+                    "`{path}`: {class_name} has no argument `{key}`{hint}, so LightningCLI refuses this config"
+                )));
+            }
+            unused.push(if TRAINING_ONLY.contains(&key.as_str()) {
+                UnusedKey {
+                    key: path,
+                    why: "only used in training",
+                    warn: false,
+                }
+            } else if INFERENCE_ONLY.contains(&key.as_str()) {
+                UnusedKey {
+                    key: path,
+                    why: "shapes inference on whole scenes (TerraTorch's predict); `run` writes the model's raw output",
+                    warn: true,
+                }
+            } else {
+                UnusedKey {
+                    key: path,
+                    why: "not used by terrahost",
+                    warn: true,
+                }
+            });
         }
         Ok(Self {
             model_factory,
             model_args,
+            task_class: Some(class_name.to_owned()),
+            unused,
         })
+    }
+
+    /// Tells the user about the keys that were not used: one warning per key that
+    /// matters, one debug line for the training-only ones.
+    pub fn report_unused(&self) {
+        for u in &self.unused {
+            if u.warn {
+                tracing::warn!("config key `{}` is not used: {}", u.key, u.why);
+            } else {
+                tracing::debug!("config key `{}` is not used: {}", u.key, u.why);
+            }
+        }
+    }
+}
+
+fn model_args_of(section: &Map<String, Value>, key: &str) -> Result<Map<String, Value>> {
+    match section.get(key) {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(other) => Err(config_error(format!(
+            "`{key}` must be a mapping, got {other}"
+        ))),
+        None => Err(config_error(format!("`{key}` is missing"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lightning(init: &str) -> Result<ModelConfig> {
+        ModelConfig::from_yaml(&format!(
+            "trainer:\n  max_epochs: 1\nmodel:\n  class_path: terratorch.tasks.SemanticSegmentationTask\n  init_args:\n{init}"
+        ))
+    }
 
     #[test]
     fn plain_form() {
@@ -109,15 +526,108 @@ mod tests {
         assert_eq!(c.model_factory, "EncoderDecoderFactory");
         assert_eq!(c.model_args["backbone"], "timm_resnet18");
         assert_eq!(c.model_args["necks"][0]["indices"][1], 2);
+        assert!(c.unused.is_empty());
     }
 
     #[test]
     fn lightning_form_takes_the_task_from_the_class() {
-        let c = ModelConfig::from_yaml(
-            "model:\n  class_path: terratorch.tasks.SemanticSegmentationTask\n  init_args:\n    model_factory: EncoderDecoderFactory\n    model_args:\n      backbone: timm_resnet18\n",
+        let c = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args:\n      backbone: timm_resnet18\n",
         )
         .unwrap();
         assert_eq!(c.model_args["task"], "segmentation");
+        assert_eq!(c.task_class.as_deref(), Some("SemanticSegmentationTask"));
+        // The trainer section is recorded, quietly.
+        assert_eq!(c.unused.len(), 1);
+        assert_eq!(c.unused[0].key, "trainer");
+        assert!(!c.unused[0].warn);
+    }
+
+    #[test]
+    fn aux_heads_become_the_factorys_aux_decoders() {
+        let c = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args:\n      backbone: timm_resnet18\n    aux_heads:\n      - name: aux_head\n        decoder: IdentityDecoder\n        decoder_args:\n          head_dropout: 0.1\n    aux_loss:\n      aux_head: 1.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.model_args["aux_decoders"][0]["name"], "aux_head");
+        assert_eq!(c.model_args["aux_decoders"][0]["decoder"], "IdentityDecoder");
+        let aux_loss = c.unused.iter().find(|u| u.key == "model.init_args.aux_loss").unwrap();
+        assert!(!aux_loss.warn);
+        let e = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args:\n      aux_decoders: []\n    aux_heads: []\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("multiple values for keyword argument 'aux_decoders'"), "{e}");
+    }
+
+    #[test]
+    fn training_keys_are_quiet_inference_keys_warn_unknown_keys_are_refused() {
+        let c = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args: {backbone: timm_resnet18}\n    loss: ce\n    freeze_backbone: false\n    ignore_index: -1\n    tiled_inference_parameters: {h_crop: 224}\n",
+        )
+        .unwrap();
+        let by_key = |k: &str| c.unused.iter().find(|u| u.key == k).unwrap().warn;
+        assert!(!by_key("model.init_args.loss"));
+        assert!(!by_key("model.init_args.freeze_backbone"));
+        assert!(!by_key("model.init_args.ignore_index"));
+        assert!(by_key("model.init_args.tiled_inference_parameters"));
+
+        let e = lightning("    model_factory: EncoderDecoderFactory\n    model_args: {}\n    freeze_backbon: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no argument `freeze_backbon`"), "{e}");
+        assert!(e.contains("did you mean `freeze_backbone`"), "{e}");
+        // Keys of one class are not keys of another: class_weights is not a regression argument.
+        let e = ModelConfig::from_yaml(
+            "model:\n  class_path: terratorch.tasks.PixelwiseRegressionTask\n  init_args:\n    model_factory: EncoderDecoderFactory\n    model_args: {}\n    class_weights: [1, 2]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("PixelwiseRegressionTask has no argument `class_weights`"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_factory_means_encoder_decoder_factory() {
+        let c = lightning("    model_args: {backbone: timm_resnet18}\n").unwrap();
+        assert_eq!(c.model_factory, "EncoderDecoderFactory");
+    }
+
+    #[test]
+    fn a_task_in_model_args_is_terratorchs_type_error() {
+        let e = lightning("    model_factory: EncoderDecoderFactory\n    model_args: {task: segmentation}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multiple values for argument 'task'"), "{e}");
+    }
+
+    #[test]
+    fn reconstruction_passes_no_task() {
+        let c = ModelConfig::from_yaml(
+            "model:\n  class_path: terratorch.tasks.ReconstructionTask\n  init_args:\n    model_factory: FullModelFactory\n    model_args: {model: prithvi_eo_v1_100_mae}\n    freeze_encoder: false\n",
+        )
+        .unwrap();
+        assert!(!c.model_args.contains_key("task"));
+        assert_eq!(c.model_factory, "FullModelFactory");
+    }
+
+    #[test]
+    fn unsupported_and_unknown_tasks_are_named() {
+        let e = ModelConfig::from_yaml(
+            "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n  init_args: {model_factory: ObjectDetectionModelFactory, model_args: {}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("object detection"), "{e}");
+        let e = ModelConfig::from_yaml(
+            "model:\n  class_path: my.pkg.SemanticSegmentationTsk\n  init_args: {model_args: {}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("did you mean `SemanticSegmentationTask`"), "{e}");
+        let e = lightning("    model: {class_path: torch.nn.Identity}\n    model_args: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("custom torch.nn.Module"), "{e}");
     }
 
     #[test]

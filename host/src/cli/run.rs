@@ -138,6 +138,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         }
     }
     let cfg = ModelConfig::from_file(&a.config)?;
+    cfg.report_unused();
     let inputs = match (&a.input, &a.input_shape) {
         (Some(p), _) => read_input(p)?,
         (None, Some(s)) => {
@@ -214,6 +215,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
                 json!({"name": n, "shape": t.size(), "mean": mean, "std": std})
             }).collect::<Vec<_>>(),
             "output_file": a.output.as_ref().map(|p| p.display().to_string()),
+            "unused_config_keys": cfg.unused.iter().map(|u| json!({"key": u.key, "why": u.why})).collect::<Vec<_>>(),
             "build_ms": build_ms,
             "load_ms": load_ms,
             "forward_ms": forward_ms,
