@@ -272,8 +272,8 @@ impl ModelConfig {
     /// `build_model` takes), or a LightningCLI config whose `model` section is a
     /// TerraTorch task class with `init_args`.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let doc: Value = serde_yaml::from_str(text)
-            .map_err(|e| config_error(format!("not valid YAML: {e}")))?;
+        let doc: Value =
+            serde_yaml::from_str(text).map_err(|e| config_error(format!("not valid YAML: {e}")))?;
         let Value::Object(top) = doc else {
             return Err(config_error("expected a mapping at the top level"));
         };
@@ -348,7 +348,9 @@ impl ModelConfig {
         };
         let class_name = class_path.rsplit('.').next().unwrap_or(class_path);
         if let Some(why) = unsupported_task(class_name) {
-            return Err(config_error(format!("`model.class_path` is `{class_path}`: {why}")));
+            return Err(config_error(format!(
+                "`model.class_path` is `{class_path}`: {why}"
+            )));
         }
         let Some(class) = TASK_CLASSES.iter().find(|c| c.name == class_name) else {
             let known: Vec<&str> = TASK_CLASSES.iter().map(|c| c.name).collect();
@@ -484,6 +486,39 @@ impl ModelConfig {
         })
     }
 
+    /// Switches pretrained loading off, for a build whose every weight a full checkpoint
+    /// then replaces (`run --weights`, which loads strictly: a key it lacks is an
+    /// error). Loading pretrained weights first would only need files, or a hub, that the
+    /// checkpoint makes pointless. Returns the keys it set to `false`: `pretrained`,
+    /// `backbone_pretrained` and `backbone_kwargs.pretrained` where true, and
+    /// `pretrained` for the factories whose default is true (PrithviModelFactory,
+    /// SMPModelFactory, TimmModelFactory).
+    pub fn switch_off_pretrained(&mut self) -> Vec<String> {
+        let mut changed = Vec::new();
+        let is_on = |v: &Value| !matches!(v, Value::Null | Value::Bool(false));
+        for key in ["pretrained", "backbone_pretrained"] {
+            if self.model_args.get(key).is_some_and(is_on) {
+                self.model_args.insert(key.to_owned(), Value::Bool(false));
+                changed.push(key.to_owned());
+            }
+        }
+        if let Some(Value::Object(kw)) = self.model_args.get_mut("backbone_kwargs") {
+            if kw.get("pretrained").is_some_and(is_on) {
+                kw.insert("pretrained".to_owned(), Value::Bool(false));
+                changed.push("backbone_kwargs.pretrained".to_owned());
+            }
+        }
+        let defaults_on = ["PrithviModelFactory", "SMPModelFactory", "TimmModelFactory"];
+        if defaults_on.contains(&self.model_factory.as_str())
+            && !self.model_args.contains_key("pretrained")
+        {
+            self.model_args
+                .insert("pretrained".to_owned(), Value::Bool(false));
+            changed.push("pretrained".to_owned());
+        }
+        changed
+    }
+
     /// Tells the user about the keys that were not used: one warning per key that
     /// matters, one debug line for the training-only ones.
     pub fn report_unused(&self) {
@@ -550,14 +585,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.model_args["aux_decoders"][0]["name"], "aux_head");
-        assert_eq!(c.model_args["aux_decoders"][0]["decoder"], "IdentityDecoder");
-        let aux_loss = c.unused.iter().find(|u| u.key == "model.init_args.aux_loss").unwrap();
+        assert_eq!(
+            c.model_args["aux_decoders"][0]["decoder"],
+            "IdentityDecoder"
+        );
+        let aux_loss = c
+            .unused
+            .iter()
+            .find(|u| u.key == "model.init_args.aux_loss")
+            .unwrap();
         assert!(!aux_loss.warn);
         let e = lightning(
             "    model_factory: EncoderDecoderFactory\n    model_args:\n      aux_decoders: []\n    aux_heads: []\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("multiple values for keyword argument 'aux_decoders'"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("multiple values for keyword argument 'aux_decoders'"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -583,7 +629,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("PixelwiseRegressionTask has no argument `class_weights`"), "{e}");
+        assert!(
+            e.contains("PixelwiseRegressionTask has no argument `class_weights`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -594,9 +643,11 @@ mod tests {
 
     #[test]
     fn a_task_in_model_args_is_terratorchs_type_error() {
-        let e = lightning("    model_factory: EncoderDecoderFactory\n    model_args: {task: segmentation}\n")
-            .unwrap_err()
-            .to_string();
+        let e = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args: {task: segmentation}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("multiple values for argument 'task'"), "{e}");
     }
 
@@ -628,6 +679,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("custom torch.nn.Module"), "{e}");
+    }
+
+    #[test]
+    fn a_full_checkpoint_switches_pretrained_loading_off() {
+        let mut c = lightning(
+            "    model_factory: EncoderDecoderFactory\n    model_args:\n      backbone: prithvi_eo_v2_300\n      backbone_pretrained: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.switch_off_pretrained(), vec!["backbone_pretrained"]);
+        assert_eq!(c.model_args["backbone_pretrained"], false);
+        assert!(c.switch_off_pretrained().is_empty());
+        let mut c = ModelConfig::from_yaml(
+            "model_factory: PrithviModelFactory\nmodel_args: {backbone: prithvi_eo_v1_100}\n",
+        )
+        .unwrap();
+        assert_eq!(c.switch_off_pretrained(), vec!["pretrained"]);
+        assert_eq!(c.model_args["pretrained"], false);
     }
 
     #[test]

@@ -137,8 +137,17 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             )));
         }
     }
-    let cfg = ModelConfig::from_file(&a.config)?;
+    let mut cfg = ModelConfig::from_file(&a.config)?;
     cfg.report_unused();
+    if a.weights.is_some() {
+        let off = cfg.switch_off_pretrained();
+        if !off.is_empty() {
+            tracing::info!(
+                "--weights replaces every weight, so pretrained loading is off ({} = false)",
+                off.join(", ")
+            );
+        }
+    }
     let inputs = match (&a.input, &a.input_shape) {
         (Some(p), _) => read_input(p)?,
         (None, Some(s)) => {

@@ -55,7 +55,8 @@ pub fn synth(key: &str, shape: &[i64], kind: Kind) -> Tensor {
     v.reshape(shape).to_kind(kind)
 }
 
-fn kind_of(name: &str) -> Kind {
+/// The libtorch kind of a dtype name as the reference scripts write it (`float32`, ...).
+pub fn kind_of(name: &str) -> Kind {
     match name {
         "float64" => Kind::Double,
         "float16" => Kind::Half,

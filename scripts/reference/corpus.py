@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""TerraTorch's own config corpus as a parity test: builds the model of every YAML under
+tests/corpus/terratorch/ in TerraTorch 1.2.11 (pretrained weights off), sets the synthetic
+weights, runs it in float32 and in float64, and writes
+
+  tests/corpus/fixtures/<slug>/meta.json         config, inputs, outputs, errors float32 vs float64
+  tests/corpus/fixtures/<slug>/state_dict.json   the key list the Rust side rebuilds the weights from
+  tests/corpus/fixtures/<slug>/io.safetensors    inputs (CLI names), `output`/`aux_<name>` (float32)
+                                                 and `f64.output`/`f64.aux_<name>` (float64, cast)
+  tests/corpus/results.json                      every config: built, or TerraTorch's own error
+
+Usage (from the repository root):
+
+    .venv-ref/bin/python scripts/reference/corpus.py                 # every config
+    .venv-ref/bin/python scripts/reference/corpus.py --only burn_scars --only eurosat
+    .venv-ref/bin/python scripts/reference/corpus.py --list
+
+A config counts as buildable when TerraTorch builds its model offline: its LightningCLI
+`model` section is instantiated as TerraTorch's task class would be (nested `class_path`
+objects instantiated, `aux_heads` as AuxiliaryHead), with every `pretrained` switch off.
+The input is made for the model: channels from the model's first convolution or patch
+embedding (or the config's bands), frames from `num_frames`, and the smallest square
+size from 64, 96, 128, 224 that the model runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from refkit import REPO, apply_synth, dump_json, n_params, save_file, torch, versions, yaml  # noqa: E402
+
+from terratorch.models.model import AuxiliaryHead  # noqa: E402
+
+CORPUS = REPO / "tests" / "corpus"
+SOURCE = CORPUS / "terratorch"
+FIXTURES = CORPUS / "fixtures"
+SIZES = [64, 96, 128, 224]
+PRETRAINED_KEYS = ("pretrained", "backbone_pretrained")
+
+
+def slug(rel: Path) -> str:
+    return rel.with_suffix("").as_posix().replace("/", "__")
+
+
+def configs() -> list[Path]:
+    return sorted(p.relative_to(SOURCE) for p in SOURCE.rglob("*.yaml"))
+
+
+def instantiate(v):
+    """LightningCLI's treatment of nested `class_path` objects."""
+    if isinstance(v, dict):
+        if "class_path" in v:
+            mod, _, cls = v["class_path"].rpartition(".")
+            ctor = getattr(importlib.import_module(mod), cls)
+            return ctor(**{k: instantiate(x) for k, x in (v.get("init_args") or {}).items()})
+        return {k: instantiate(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [instantiate(x) for x in v]
+    return v
+
+
+def pretrained_off(model_args: dict) -> dict:
+    """Every pretrained switch off (no hub downloads); `pretrained: false` is also added
+    for the factories whose default is True."""
+    args = copy.deepcopy(model_args)
+    for key in PRETRAINED_KEYS:
+        if key in args:
+            args[key] = False
+    for kw in ("backbone_kwargs",):
+        if isinstance(args.get(kw), dict) and "pretrained" in args[kw]:
+            args[kw]["pretrained"] = False
+    return args
+
+
+def build_task(cfg: dict):
+    model = cfg.get("model")
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise ValueError("not a LightningCLI model config (no `model.class_path`)")
+    mod, _, cls = model["class_path"].rpartition(".")
+    if not mod:
+        mod = "terratorch.tasks"
+    task_cls = getattr(importlib.import_module(mod), cls)
+    init = copy.deepcopy(model.get("init_args") or {})
+    if "model_args" in init:
+        init["model_args"] = pretrained_off(init["model_args"])
+        factory = init.get("model_factory")
+        if factory in ("PrithviModelFactory", "SMPModelFactory", "TimmModelFactory"):
+            init["model_args"].setdefault("pretrained", False)
+    if init.get("aux_heads"):
+        init["aux_heads"] = [h if isinstance(h, AuxiliaryHead) else AuxiliaryHead(**instantiate(h)) for h in init["aux_heads"]]
+    init = {k: (instantiate(v) if k not in ("model_args", "aux_heads") else v) for k, v in init.items()}
+    return task_cls(**init)
+
+
+def first_conv(module: torch.nn.Module):
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            return m
+    return None
+
+
+def channel_guess(model_args: dict, encoder: torch.nn.Module) -> tuple[int, int | None]:
+    """(channels, frames or None for 4-D input)."""
+    frames = model_args.get("backbone_num_frames") or model_args.get("num_frames")
+    for key in ("backbone_bands", "bands", "backbone_model_bands", "model_bands"):
+        if isinstance(model_args.get(key), list):
+            c = len(model_args[key])
+            break
+    else:
+        conv = first_conv(encoder)
+        c = conv.in_channels if conv is not None else 3
+    conv = first_conv(encoder)
+    if frames is None and isinstance(conv, torch.nn.Conv3d):
+        frames = getattr(encoder, "num_frames", 1)
+    return c, frames
+
+
+def forward(model, inputs: dict) -> dict:
+    x = inputs["input"]
+    kw = {k: v for k, v in inputs.items() if k in ("temporal_coords", "location_coords")}
+    out = model(x, **kw)
+    res = {"output": out.output if hasattr(out, "output") else out}
+    for name, t in (getattr(out, "auxiliary_heads", None) or {}).items():
+        res[f"aux_{name}"] = t
+    return res
+
+
+def run_one(rel: Path) -> dict:
+    path = SOURCE / rel
+    rec: dict = {"config": f"tests/corpus/terratorch/{rel.as_posix()}", "slug": slug(rel)}
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except Exception as e:  # noqa: BLE001
+        rec.update(status="terratorch-refuses", error=f"not valid YAML: {str(e).splitlines()[0]}")
+        return rec
+    try:
+        torch.manual_seed(0)
+        task = build_task(cfg)
+        model = task.model
+    except Exception as e:  # noqa: BLE001
+        rec.update(status="terratorch-refuses", error=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        rec["traceback_tail"] = traceback.format_exc().strip().splitlines()[-3:]
+        return rec
+    model_args = cfg["model"]["init_args"].get("model_args", {})
+    sd = apply_synth(model)
+    encoder = getattr(model, "encoder", model)
+    c, frames = channel_guess(model_args, encoder)
+    last_err = None
+    for size in SIZES:
+        shape = [1, c, frames, size, size] if frames and frames > 1 else [1, c, size, size]
+        g = torch.Generator().manual_seed(0)
+        inputs = {"input": torch.randn(*shape, generator=g)}
+        try:
+            with torch.no_grad():
+                out32 = forward(model, {k: v.clone() for k, v in inputs.items()})
+            break
+        except Exception as e:  # noqa: BLE001
+            last_err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    else:
+        rec.update(status="terratorch-refuses", error=f"the model runs on none of the inputs tried ({last_err})")
+        return rec
+    model64 = model.double()
+    with torch.no_grad():
+        out64 = forward(model64, {k: v.double() for k, v in inputs.items()})
+    model.float()
+
+    out_dir = FIXTURES / rec["slug"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "state_dict.json").write_text(
+        "[\n" + ",\n".join(json.dumps([k, list(t.shape), str(t.dtype).replace("torch.", "")]) for k, t in sd.items()) + "\n]\n"
+    )
+    io = {k: v.contiguous() for k, v in inputs.items()}
+    errors = {}
+    for name, t in out32.items():
+        t32 = t.detach().float().contiguous()
+        t64 = out64[name].detach()
+        io[name] = t32
+        io[f"f64.{name}"] = t64.float().contiguous()
+        scale = float(t64.abs().max())
+        errors[name] = {"max_abs_f32_vs_f64": float((t32.double() - t64).abs().max()), "max_abs_f64": scale}
+    save_file(io, str(out_dir / "io.safetensors"))
+    meta = {
+        **rec,
+        "status": "built",
+        "task_class": cfg["model"]["class_path"],
+        "model_factory": cfg["model"]["init_args"].get("model_factory"),
+        "input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+        "outputs": {k: list(v.shape) for k, v in out32.items()},
+        "output_names": list(out32),
+        "n_params": n_params(model),
+        "n_state_dict_entries": len(sd),
+        "reference_errors": errors,
+        "versions": versions(),
+    }
+    (out_dir / "meta.json").write_text(dump_json(meta) + "\n")
+    rec.update(status="built", n_params=meta["n_params"], input_shapes=meta["input_shapes"])
+    return rec
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", action="append", default=[], help="config file stem or slug (repeatable)")
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args()
+    all_configs = configs()
+    if a.list:
+        print("\n".join(str(c) for c in all_configs))
+        return
+    chosen = [c for c in all_configs if not a.only or c.stem in a.only or slug(c) in a.only]
+    if a.only and not chosen:
+        p.error(f"no config matches {a.only}")
+    torch.set_num_threads(1)
+    results_path = CORPUS / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for rel in chosen:
+        rec = run_one(rel)
+        results[rec["slug"]] = rec
+        print(f"{rec['status']:20s} {rel}  {rec.get('error', '')}", flush=True)
+        results_path.write_text(dump_json(dict(sorted(results.items()))) + "\n")
+    built = sum(r["status"] == "built" for r in results.values())
+    print(f"{built} of {len(results)} configs built by TerraTorch")
+
+
+if __name__ == "__main__":
+    main()

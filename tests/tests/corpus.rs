@@ -1,0 +1,249 @@
+//! TerraTorch's own configs, run unchanged: every YAML of TerraTorch's `examples/confs`,
+//! `integrationtests/configs` and `tests/resources/configs` (copied into
+//! `tests/corpus/terratorch/`) whose model TerraTorch 1.2.11 builds offline goes through
+//! the `terrahost run` binary from the original file, with the synthetic weights, and
+//! must give TerraTorch's numbers.
+//!
+//! The references come from `scripts/reference/corpus.py`: PyTorch's float32 output and
+//! the same model run in float64. The float64 output is the truth (PyTorch's own float32
+//! CPU kernels can be off by far more than terrahost on some shapes); the tolerance is
+//! 1e-4 relative to the output's magnitude (absolute below magnitude 1). Both errors are
+//! reported.
+//!
+//! `tests/corpus/known_gaps.json` names the buildable configs terrahost does not run yet,
+//! each with its reason. The test fails when any other config fails, and when a known
+//! gap starts to pass (remove it from the list then), so the list and the README's score
+//! stay true. The run writes its table to `target/corpus-report.json`.
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+use terrahost_testkit::{build_dir, kind_of, real_plugins, synth, workspace_root, PLUGINS};
+
+/// The relative tolerance against the float64 reference.
+const RTOL: f64 = 1e-4;
+
+fn corpus_dir() -> PathBuf {
+    workspace_root().join("tests/corpus")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The synthetic weights of a corpus fixture, written as a `.safetensors` checkpoint.
+fn write_weights(fixture: &Path, out: &Path) {
+    let keys = read_json(&fixture.join("state_dict.json"));
+    let tensors: Vec<(String, Tensor)> = keys
+        .as_array()
+        .expect("state_dict.json is a list")
+        .iter()
+        .map(|e| {
+            let key = e[0].as_str().expect("key").to_owned();
+            let shape: Vec<i64> = e[1]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_i64().expect("dim"))
+                .collect();
+            let t = synth(&key, &shape, kind_of(e[2].as_str().expect("dtype")));
+            (key, t)
+        })
+        .collect();
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    terrahost::weights::write_tensors(out, &named).expect("write weights");
+}
+
+/// What happened to one config.
+struct Outcome {
+    passed: bool,
+    detail: Value,
+}
+
+/// Runs one buildable config through the binary and compares every output.
+fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
+    let slug = meta["slug"].as_str().unwrap();
+    let fixture = corpus_dir().join("fixtures").join(slug);
+    let work = tempfile::tempdir().unwrap();
+    let weights = work.path().join("weights.safetensors");
+    write_weights(&fixture, &weights);
+
+    // Only the inputs go into the input file (the fixture also holds the references).
+    let io = Tensor::read_safetensors(fixture.join("io.safetensors")).unwrap();
+    let get = |name: &str| -> Option<Tensor> {
+        io.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let input_names: Vec<String> = meta["input_shapes"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let inputs: Vec<(String, Tensor)> = input_names
+        .iter()
+        .map(|n| (n.clone(), get(n).expect("input tensor")))
+        .collect();
+    let input_file = work.path().join("input.safetensors");
+    let named: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    terrahost::weights::write_tensors(&input_file, &named).unwrap();
+
+    let output_file = work.path().join("out.safetensors");
+    let config = workspace_root().join(meta["config"].as_str().unwrap());
+    let out = Command::new(build_dir().join("terrahost"))
+        .arg("--plugin-dir")
+        .arg(plugins)
+        .args(["run", "--device", "cpu", "--json", "--config"])
+        .arg(&config)
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--input")
+        .arg(&input_file)
+        .arg("--output")
+        .arg(&output_file)
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run terrahost");
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no message)")
+            .trim()
+            .to_owned();
+        return Outcome {
+            passed: false,
+            detail: json!({"error": reason}),
+        };
+    }
+    let got = Tensor::read_safetensors(&output_file).unwrap();
+    let mut passed = true;
+    let mut per_output = Map::new();
+    for name in meta["output_names"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let (Some(ref32), Some(ref64)) = (get(name), get(&format!("f64.{name}"))) else {
+            panic!("{slug}: the fixture lacks `{name}` or `f64.{name}`");
+        };
+        let Some(out) = got.iter().find(|(k, _)| k == name).map(|(_, t)| t) else {
+            passed = false;
+            per_output.insert(
+                name.into(),
+                json!({"error": "terrahost wrote no such output"}),
+            );
+            continue;
+        };
+        if out.size() != ref64.size() {
+            passed = false;
+            per_output.insert(
+                name.into(),
+                json!({"error": format!("shape {:?}, TerraTorch's is {:?}", out.size(), ref64.size())}),
+            );
+            continue;
+        }
+        let max_abs = |a: &Tensor, b: &Tensor| {
+            (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[])
+        };
+        let scale = ref64.abs().max().double_value(&[]);
+        let err64 = max_abs(out, &ref64);
+        let err32 = max_abs(out, &ref32);
+        let ok = err64 <= RTOL * scale.max(1.0);
+        passed &= ok;
+        per_output.insert(
+            name.into(),
+            json!({"max_abs_vs_f64": err64, "max_abs_vs_f32": err32, "magnitude": scale, "ok": ok}),
+        );
+    }
+    Outcome {
+        passed,
+        detail: Value::Object(per_output),
+    }
+}
+
+#[test]
+fn terratorchs_own_configs_run_unchanged() {
+    let results = read_json(&corpus_dir().join("results.json"));
+    let results = results.as_object().expect("results.json is an object");
+    assert!(
+        results.len() >= 80,
+        "results.json covers only {} configs; rerun scripts/reference/corpus.py",
+        results.len()
+    );
+    let gaps = read_json(&corpus_dir().join("known_gaps.json"));
+    let gaps: BTreeMap<String, String> = gaps
+        .as_object()
+        .expect("known_gaps.json is an object")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("reason").to_owned()))
+        .collect();
+    for slug in gaps.keys() {
+        assert!(
+            results.get(slug).is_some_and(|r| r["status"] == "built"),
+            "known_gaps.json names `{slug}`, which is not a config TerraTorch builds"
+        );
+    }
+
+    let plugins = real_plugins(&PLUGINS);
+    let mut report = Map::new();
+    let mut unexpected_failures = Vec::new();
+    let mut unexpected_passes = Vec::new();
+    let (mut built, mut ran) = (0, 0);
+    for (slug, rec) in results {
+        if rec["status"] != "built" {
+            report.insert(
+                slug.clone(),
+                json!({"terrahost": "not applicable", "terratorch": rec["error"]}),
+            );
+            continue;
+        }
+        built += 1;
+        let meta = read_json(&corpus_dir().join("fixtures").join(slug).join("meta.json"));
+        let outcome = run_config(plugins.path(), meta.as_object().unwrap());
+        eprintln!(
+            "{} {slug}: {}",
+            if outcome.passed { "ok  " } else { "FAIL" },
+            outcome.detail
+        );
+        ran += usize::from(outcome.passed);
+        match (outcome.passed, gaps.get(slug)) {
+            (false, None) => unexpected_failures.push(format!("{slug}: {}", outcome.detail)),
+            (true, Some(_)) => unexpected_passes.push(slug.clone()),
+            _ => {}
+        }
+        report.insert(
+            slug.clone(),
+            json!({"terrahost": if outcome.passed { "runs" } else { "fails" }, "detail": outcome.detail,
+                   "known_gap": gaps.get(slug)}),
+        );
+    }
+    let summary = json!({"configs": results.len(), "terratorch_builds": built, "terrahost_runs": ran, "configs_detail": report});
+    let report_path = build_dir().join("../corpus-report.json");
+    std::fs::write(
+        &report_path,
+        serde_json::to_string_pretty(&summary).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "corpus: {ran} of {built} configs TerraTorch builds run through terrahost ({} in the corpus); report: {}",
+        results.len(),
+        report_path.display()
+    );
+    assert!(
+        unexpected_failures.is_empty(),
+        "configs that fail and are not in known_gaps.json:\n{}",
+        unexpected_failures.join("\n")
+    );
+    assert!(
+        unexpected_passes.is_empty(),
+        "configs in known_gaps.json that now run; remove them from the list: {unexpected_passes:?}"
+    );
+}
