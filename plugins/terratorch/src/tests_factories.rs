@@ -438,3 +438,27 @@ fn the_factories_are_registered() {
     assert_eq!(ty("rescale"), Some(ParamType::IGNORED));
     assert_eq!(ty("padding"), Some(ParamType::IGNORED));
 }
+
+/// TerraTorch's embedding path (no decoder) never checks its leftover arguments: they
+/// are dropped (with a warning here), where every other task refuses them.
+#[test]
+fn embedding_generation_drops_leftover_arguments_as_terratorch_does() {
+    use crate::models::encoder_decoder_factory::plan;
+    let args = obj(json!({
+        "task": "embedding_generation", "backbone": "b", "foo": 1, "decoder_channels": 3, "head_dropout": 0.1,
+        "backbone_in_chans": 4,
+    }));
+    let p = plan(&args).unwrap();
+    assert_eq!(p.backbone_kwargs, obj(json!({"in_chans": 4})));
+    assert!(p.decoder_kwargs.is_empty() && p.head_kwargs.is_empty());
+    let mut args = args;
+    args.insert("task".into(), json!("segmentation"));
+    args.insert("decoder".into(), json!("d"));
+    args.insert("num_classes".into(), json!(2));
+    let e = plan(&args).unwrap_err();
+    assert!(
+        e.message()
+            .contains("arguments {'foo': 1} were passed but not used."),
+        "{e}"
+    );
+}

@@ -424,11 +424,35 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         necks.push(NeckSpec { name, args });
     }
 
+    if task == Task::EmbeddingGeneration {
+        // Upstream's embedding path never reads `decoder_*`/`head_*` nor checks what is
+        // left over: it drops every such argument without a word. terrahost names them.
+        let mut dropped: Vec<String> = extras.keys().cloned().collect();
+        dropped.extend(
+            ["decoder_kwargs", "head_kwargs"]
+                .into_iter()
+                .filter(|k| non_null(args, k).is_some())
+                .map(str::to_owned),
+        );
+        for key in dropped {
+            tracing::warn!(
+                "EncoderDecoderFactory ignores argument `{key}` for task `embedding_generation` (TerraTorch \
+                 accepts it and does not use it)"
+            );
+        }
+        extras.clear();
+    }
     let mut decoder_kwargs = dict_or_empty(args, "decoder_kwargs")?;
+    if task == Task::EmbeddingGeneration {
+        decoder_kwargs.clear();
+    }
     if decoder_kwargs.is_empty() {
         (decoder_kwargs, extras) = extract_prefix_keys(&extras, "decoder_");
     }
     let mut head_kwargs = dict_or_empty(args, "head_kwargs")?;
+    if task == Task::EmbeddingGeneration {
+        head_kwargs.clear();
+    }
     if head_kwargs.is_empty() {
         (head_kwargs, extras) = extract_prefix_keys(&extras, "head_");
     }
