@@ -189,7 +189,14 @@ def _check_lightning(case: Case, new_sd: dict[str, torch.Tensor], inputs: list[t
     task.model.load_state_dict(new_sd, strict=True)
     task.model.eval()
     with torch.no_grad():
-        out2 = task.model(inputs[0], **_encoder_kwargs(case, inputs)).output
+        out2 = task.model(inputs[0], **_encoder_kwargs(case, inputs))
+    # a task model's ModelOutput; FullModelFactory's bare model returns a tuple, GenericModelFactory's
+    # wrapper a ModelOutput holding a list: compare the first output either way
+    out2 = getattr(out2, "output", out2)
+    if isinstance(out2, (list, tuple)):
+        out2 = out2[0]
+    if isinstance(out2, dict):
+        out2 = out2["loss"]
     keys = list(task.state_dict().keys())
     if case.extra_meta.get("lightning_checkpoint"):
         import lightning

@@ -85,7 +85,11 @@ fn full_models() -> Catalog {
 
 /// The `terratorch` entries of the `model_factory` registry.
 fn model_factories() -> Catalog {
-    Catalog::new("terratorch").add(encoder_decoder_factory::entry())
+    Catalog::new("terratorch")
+        .add(encoder_decoder_factory::entry())
+        .add(models::prithvi_model_factory::entry())
+        .add(models::full_model_factory::entry())
+        .add(models::generic_model_factory::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -104,6 +108,8 @@ terrahost_plugin_api::declare_plugin! {
 mod tests;
 #[cfg(test)]
 mod tests_decoders;
+#[cfg(test)]
+mod tests_factories;
 #[cfg(test)]
 mod tests_necks;
 #[cfg(test)]

@@ -118,6 +118,92 @@ pub fn extract_prefix_keys(
     (extracted, rest)
 }
 
+/// TerraTorch's `_check_all_args_used` message: `arguments {'k': v} were passed but not
+/// used.` with the leftover arguments as Python prints the dict (keys in sorted order).
+pub fn unused_arguments_message(unused: &Map<String, Value>) -> String {
+    format!(
+        "arguments {} were passed but not used.",
+        py_repr(&Value::Object(unused.clone()))
+    )
+}
+
+/// A JSON value as Python's `repr` prints the same value (`None`, `True`, `'text'`).
+pub fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (None, Some(u), _) => u.to_string(),
+            (None, None, Some(f)) => py_float(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => py_str(s),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(py_repr).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        Value::Object(map) => {
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+    }
+}
+
+fn py_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Python's float repr: the shortest round-trip digits, `1.0` for whole numbers and
+/// `1e-05` / `1e+16` outside 1e-4 <= |f| < 1e16.
+fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".to_owned();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    let a = f.abs();
+    if a != 0.0 && !(1e-4..1e16).contains(&a) {
+        let s = format!("{f:e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let exp: i32 = exp.parse().unwrap_or(0);
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    let s = format!("{f}");
+    if s.contains('.') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
 /// One neck to build: its registry name and keyword arguments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NeckSpec {
@@ -338,11 +424,35 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         necks.push(NeckSpec { name, args });
     }
 
+    if task == Task::EmbeddingGeneration {
+        // Upstream's embedding path never reads `decoder_*`/`head_*` nor checks what is
+        // left over: it drops every such argument without a word. terrahost names them.
+        let mut dropped: Vec<String> = extras.keys().cloned().collect();
+        dropped.extend(
+            ["decoder_kwargs", "head_kwargs"]
+                .into_iter()
+                .filter(|k| non_null(args, k).is_some())
+                .map(str::to_owned),
+        );
+        for key in dropped {
+            tracing::warn!(
+                "EncoderDecoderFactory ignores argument `{key}` for task `embedding_generation` (TerraTorch \
+                 accepts it and does not use it)"
+            );
+        }
+        extras.clear();
+    }
     let mut decoder_kwargs = dict_or_empty(args, "decoder_kwargs")?;
+    if task == Task::EmbeddingGeneration {
+        decoder_kwargs.clear();
+    }
     if decoder_kwargs.is_empty() {
         (decoder_kwargs, extras) = extract_prefix_keys(&extras, "decoder_");
     }
     let mut head_kwargs = dict_or_empty(args, "head_kwargs")?;
+    if task == Task::EmbeddingGeneration {
+        head_kwargs.clear();
+    }
     if head_kwargs.is_empty() {
         (head_kwargs, extras) = extract_prefix_keys(&extras, "head_");
     }
@@ -372,12 +482,10 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
     };
 
     if !extras.is_empty() {
-        let names: Vec<String> = extras.keys().map(|k| format!("`{k}`")).collect();
         return Err(invalid(format!(
-            "argument(s) {} were passed but not used: the factory's own arguments are {}, and anything else \
-             must start with `backbone_`, `decoder_` or `head_` (prefixed arguments are not read when the \
-             matching `*_kwargs` dict is given)",
-            names.join(", "),
+            "{} (the factory's own arguments are {}; anything else must start with `backbone_`, `decoder_` or \
+             `head_`, and prefixed arguments are not read when the matching `*_kwargs` dict is given)",
+            unused_arguments_message(&extras),
             DECLARED.join(", ")
         )));
     }
@@ -445,11 +553,9 @@ fn aux_spec(i: usize, v: &Value) -> Result<AuxSpec> {
     let (decoder_kwargs, rest) = extract_prefix_keys(&decoder_args, "decoder_");
     let (head_kwargs, rest) = extract_prefix_keys(&rest, "head_");
     if !rest.is_empty() {
-        let names: Vec<String> = rest.keys().map(|k| format!("`{k}`")).collect();
         return Err(invalid(format!(
-            "`aux_decoders[{i}]` (`{name}`): decoder_args {} were passed but not used; they must start with \
-             `decoder_` or `head_`",
-            names.join(", ")
+            "`aux_decoders[{i}]` (`{name}`): {} (decoder_args must start with `decoder_` or `head_`)",
+            unused_arguments_message(&rest)
         )));
     }
     Ok(AuxSpec {
@@ -598,7 +704,13 @@ fn in_step<T>(what: impl std::fmt::Display, r: Result<T>) -> Result<T> {
 
 /// Builds the whole model: backbone, necks and decoder through the host, the head here.
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let plan = plan(ctx.args.map())?;
+    build_with(ctx, ctx.args.map())
+}
+
+/// [`build`] from `args` instead of the entry's own (the factories that translate
+/// their arguments and then delegate here, as TerraTorch's `PrithviModelFactory` does).
+pub fn build_with(ctx: &BuildCtx<'_, '_>, args: &Map<String, Value>) -> Result<ModuleBox> {
+    let plan = plan(args)?;
 
     let mut encoder = in_step(
         format_args!("building backbone `{}`", plan.backbone),

@@ -542,9 +542,21 @@ pub fn common_params(e: Entry, base: &Config) -> Entry {
         .opt("coords_encoding", ParamType::STR_LIST, json!(base.coords_encoding), "coordinate encoders to add: \"time\" and/or \"location\"")
         .opt("coords_scale_learn", ParamType::BOOL, json!(base.coords_scale_learn), "learn the coordinate encoders' scale (else a fixed buffer of 1)")
         .opt("drop_path", ParamType::FLOAT, json!(0.0), "stochastic depth rate of every encoder block (train mode only)")
-        .opt("drop_path_rate", ParamType::FLOAT, Value::Null, "accepted and ignored, as in TerraTorch 1.2.11 (PrithviViT's keyword is drop_path)")
         .opt("vit_adapter", ParamType::BOOL, json!(false), "PrithviViTAdapter (not supported: needs compiled deformable attention)")
+        .ignores("drop_path_rate", SWALLOWED_DROP_PATH_RATE)
+        .ignores("in_channels", SWALLOWED)
+        .ignores("pretrain_img_size", SWALLOWED)
+        .ignores("band_patch_size", SWALLOWED)
 }
+
+/// Why the Prithvi entries accept keywords they never read: `_create_prithvi` puts every
+/// keyword it does not name into the model's arguments, and `PrithviViT.__init__` /
+/// `PrithviMAE.__init__` swallow whatever they do not declare through `**kwargs`.
+/// Upstream therefore accepts any keyword; terrahost accepts (and warns about) the ones
+/// TerraTorch's own configs pass, and refuses other unknown names (typos).
+const SWALLOWED: &str = "swallowed by PrithviViT/PrithviMAE's **kwargs in TerraTorch 1.2.11 and never read (in_chans is len(bands))";
+const SWALLOWED_DROP_PATH_RATE: &str =
+    "swallowed by PrithviViT/PrithviMAE's **kwargs in TerraTorch 1.2.11 and never read (the keyword is drop_path)";
 
 /// The `terratorch` backbone entry `name` (`prithvi_eo_*`).
 pub fn backbone_entry(name: &'static str) -> Entry {
