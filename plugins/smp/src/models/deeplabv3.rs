@@ -436,6 +436,18 @@ fn config(ctx: &BuildCtx<'_, '_>, variant: Variant) -> Result<Config> {
     Ok(cfg)
 }
 
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+    variant: Variant,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx, variant)?;
+    let out = cfg.decoder_channels;
+    Ok((Box::new(DeepLabV3Decoder::new(p, &cfg)?), out))
+}
+
 fn build(ctx: &BuildCtx<'_, '_>, variant: Variant) -> Result<ModuleBox> {
     let cfg = config(ctx, variant)?;
     // smp's segmentation head reads decoder_channels.
