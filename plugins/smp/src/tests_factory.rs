@@ -75,7 +75,11 @@ fn check(case: &str) {
         .map(|(k, s, _)| (k.clone(), s.clone()))
         .collect();
     want.sort();
-    assert_eq!(keys_and_shapes(&m), want, "{case}: state_dict keys and shapes");
+    assert_eq!(
+        keys_and_shapes(&m),
+        want,
+        "{case}: state_dict keys and shapes"
+    );
     terrahost_testkit::set_synthetic(&m);
     terrahost_testkit::compare_outputs(&fx, &m);
 }
@@ -110,7 +114,10 @@ fn registered_in_the_model_factory_registry_under_smp() {
     let host = host_with(plugin_sources().unwrap());
     assert!(host.contains("model_factory", "SMPModelFactory"));
     let (_, info) = host.describe("model_factory", "SMPModelFactory").unwrap();
-    assert!(info.accepts_extra, "TerraTorch's build_model takes **kwargs");
+    assert!(
+        info.accepts_extra,
+        "TerraTorch's build_model takes **kwargs"
+    );
 }
 
 #[test]
@@ -118,7 +125,8 @@ fn output_follows_the_input_size_and_classes() {
     let m = build(args(json!({"num_classes": 5}))).unwrap();
     assert_eq!(m.out_channels(), vec![5]);
     assert!(m.includes_head());
-    let y = tch::no_grad(|| m.forward(&[Tensor::zeros([2, 3, 64, 96], tch::kind::FLOAT_CPU)])).unwrap();
+    let y =
+        tch::no_grad(|| m.forward(&[Tensor::zeros([2, 3, 64, 96], tch::kind::FLOAT_CPU)])).unwrap();
     assert_eq!(y.len(), 1);
     assert_eq!(y[0].size(), vec![2, 5, 64, 96]);
 }
@@ -139,18 +147,25 @@ fn swallowed_arguments_are_named_and_change_nothing() {
         .collect();
     for k in [
         "decoder_channels",
-        "rescale",
         "backbone_out_indices",
         "aux_classes",
         "head_dropout",
-        "padding",
-        "aux_decoders",
         "smp_no_such_arg",
         // smp.Unet has no `upsampling`: it lands in get_encoder's **kwargs
         "smp_upsampling",
     ] {
         assert!(ignored.iter().any(|i| i == k), "{k} not in {ignored:?}");
     }
+    // These three are declared ignored: the host warns naming them and drops them.
+    let host = host_with(plugin_sources().unwrap());
+    let (_, info) = host.describe("model_factory", "SMPModelFactory").unwrap();
+    let given = obj(args(
+        json!({"rescale": false, "padding": "reflect", "aux_decoders": []}),
+    ));
+    assert_eq!(
+        info.ignored_in(&given),
+        vec!["aux_decoders", "padding", "rescale"]
+    );
     let plain = build(args(json!({}))).unwrap();
     assert_eq!(keys_and_shapes(&m), keys_and_shapes(&plain));
 }
@@ -160,7 +175,10 @@ fn smp_arguments_override_the_factorys() {
     // {"in_channels": ..., **smp_kwargs}: smp_in_channels wins over bands.
     let m = build(args(json!({"smp_in_channels": 5, "smp_classes": 4}))).unwrap();
     let keys = keys_and_shapes(&m);
-    let conv1 = keys.iter().find(|(k, _)| k == "smp_model.encoder.conv1.weight").unwrap();
+    let conv1 = keys
+        .iter()
+        .find(|(k, _)| k == "smp_model.encoder.conv1.weight")
+        .unwrap();
     assert_eq!(conv1.1, vec![64, 5, 7, 7]);
     assert_eq!(m.out_channels(), vec![4]);
 }
@@ -169,7 +187,10 @@ fn smp_arguments_override_the_factorys() {
 fn only_segmentation() {
     let e = build_err(args(json!({"task": "regression"})));
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
-    assert_msg(&e, "SMP models can only perform segmentation, but got task regression");
+    assert_msg(
+        &e,
+        "SMP models can only perform segmentation, but got task regression",
+    );
 }
 
 #[test]
@@ -223,7 +244,10 @@ fn what_terrahost_cannot_build_is_refused_by_name() {
     let e = build_err(Value::Object(m));
     assert_msg(&e, "makes no downloads");
     assert_msg(&e, "pretrained: false");
-    assert_msg(&build_err(args(json!({"backbone": "efficientnet-b0"}))), "not ported");
+    assert_msg(
+        &build_err(args(json!({"backbone": "efficientnet-b0"}))),
+        "not ported",
+    );
     assert_msg(
         &build_err(args(json!({"backbone": "tu-resnet18"}))),
         "timm universal encoder",
@@ -234,14 +258,36 @@ fn what_terrahost_cannot_build_is_refused_by_name() {
 fn input_size_must_divide_the_output_stride_except_for_unet() {
     let m = build(args(json!({"model": "FPN"}))).unwrap();
     let e = tch::no_grad(|| m.forward(&[Tensor::zeros([1, 3, 40, 56], tch::kind::FLOAT_CPU)]))
-        .err()
-        .expect("FPN checks the input size");
+        .expect_err("FPN checks the input size");
     assert_msg(
         &e,
         "Wrong input shape height=40, width=56. Expected image height and width divisible by 32. Consider pad \
          your images to shape (64, 64).",
     );
     let unet = build(args(json!({}))).unwrap();
-    let y = tch::no_grad(|| unet.forward(&[Tensor::zeros([1, 3, 40, 56], tch::kind::FLOAT_CPU)])).unwrap();
+    let y = tch::no_grad(|| unet.forward(&[Tensor::zeros([1, 3, 40, 56], tch::kind::FLOAT_CPU)]))
+        .unwrap();
     assert_eq!(y[0].size(), vec![1, 1, 40, 56]);
+}
+
+#[test]
+fn get_encoders_own_parameters_through_smp_kwargs() {
+    // smp.Unet(**kwargs) -> get_encoder(..., output_stride=32, **kwargs): `output_stride` dilates.
+    let m = build(args(json!({"smp_output_stride": 16}))).unwrap();
+    assert!(m.meta()["ignored_args"].as_array().unwrap().is_empty());
+    let y =
+        tch::no_grad(|| m.forward(&[Tensor::zeros([1, 3, 64, 64], tch::kind::FLOAT_CPU)])).unwrap();
+    assert_eq!(y[0].size(), vec![1, 1, 64, 64]);
+    assert_msg(
+        &build_err(args(json!({"smp_output_stride": 4}))),
+        "Output stride should be 16 or 8, got 4.",
+    );
+    assert_msg(
+        &build_err(args(json!({"smp_depth": 3}))),
+        "got multiple values for keyword argument 'depth'",
+    );
+    assert_msg(
+        &build_err(args(json!({"model": "DeepLabV3", "smp_output_stride": 16}))),
+        "got multiple values for keyword argument 'output_stride'",
+    );
 }

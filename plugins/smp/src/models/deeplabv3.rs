@@ -122,7 +122,8 @@ impl Config {
         }
         if ![8, 16].contains(&self.output_stride) {
             return Err(PluginError::invalid_argument(format!(
-                "`encoder_output_stride`: {name} supports output stride 8 or 16, got {}",
+                "`encoder_output_stride`: {} support output stride 8 or 16, got {}.",
+                name.replace("DeepLab", "Deeplab"),
                 self.output_stride
             )));
         }

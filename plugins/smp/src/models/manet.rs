@@ -229,7 +229,10 @@ fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
 
 /// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
 /// keyword arguments) under `p`, with the input channels of its segmentation head.
-pub(crate) fn full_model_decoder(ctx: &BuildCtx<'_, '_>, p: nn::Path) -> Result<(Box<dyn Model>, i64)> {
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
     let cfg = config(ctx)?;
     let out = *cfg.decoder_channels.last().unwrap_or(&0);
     Ok((Box::new(MAnetDecoder::new(p, &cfg)?), out))

@@ -54,7 +54,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if ![16, 32].contains(&self.output_stride) {
             return Err(PluginError::invalid_argument(format!(
-                "`encoder_output_stride`: PAN supports output stride 16 or 32, got {}",
+                "`encoder_output_stride`: PAN support output stride 16 or 32, got {}",
                 self.output_stride
             )));
         }
@@ -287,7 +287,10 @@ fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
 
 /// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
 /// keyword arguments) under `p`, with the input channels of its segmentation head.
-pub(crate) fn full_model_decoder(ctx: &BuildCtx<'_, '_>, p: nn::Path) -> Result<(Box<dyn Model>, i64)> {
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
     let cfg = config(ctx)?;
     let out = cfg.decoder_channels;
     Ok((Box::new(PanDecoder::new(p, &cfg)?), out))

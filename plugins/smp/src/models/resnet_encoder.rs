@@ -142,14 +142,7 @@ impl Config {
     /// channels become `in_channels` through `set_in_channels`).
     fn all_out_channels(&self) -> [i64; 6] {
         let e = self.block.expansion();
-        [
-            self.in_channels,
-            64,
-            64 * e,
-            128 * e,
-            256 * e,
-            512 * e,
-        ]
+        [self.in_channels, 64, 64 * e, 128 * e, 256 * e, 512 * e]
     }
 
     /// `encoder.out_channels`: the channels of the `depth + 1` maps forward returns.
@@ -206,15 +199,30 @@ impl Conv {
     /// `nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, groups, bias=False)` under `p`
     /// (weight `p.weight`, Kaiming-normal fan-out as torchvision initialises it), then
     /// dilated by `dilation` (stride 1, padding `(k // 2) * dilation`) when `dilation > 1`.
-    fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64, dilation: i64) -> Self {
+    fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        groups: i64,
+        dilation: i64,
+    ) -> Self {
         let fan_out = (c_out * k * k) as f64;
         let std = (2.0 / fan_out).sqrt();
         let w = p.var(
             "weight",
             &[c_out, c_in / groups, k, k],
-            nn::Init::Randn { mean: 0.0, stdev: std },
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
         );
-        let (stride, dilation) = if dilation > 1 { (1, dilation) } else { (stride, 1) };
+        let (stride, dilation) = if dilation > 1 {
+            (1, dilation)
+        } else {
+            (stride, 1)
+        };
         Self {
             w,
             stride,
@@ -276,18 +284,30 @@ impl ResBlock {
         let e = cfg.block.expansion();
         let convs = match cfg.block {
             Block::Basic => vec![
-                (Conv::new(&p / "conv1", c_in, planes, 3, stride, 1, dilation), bn(&p / "bn1", planes)),
-                (Conv::new(&p / "conv2", planes, planes, 3, 1, 1, dilation), bn(&p / "bn2", planes)),
+                (
+                    Conv::new(&p / "conv1", c_in, planes, 3, stride, 1, dilation),
+                    bn(&p / "bn1", planes),
+                ),
+                (
+                    Conv::new(&p / "conv2", planes, planes, 3, 1, 1, dilation),
+                    bn(&p / "bn2", planes),
+                ),
             ],
             Block::Bottleneck => {
                 let width = planes * cfg.width_per_group / 64 * cfg.groups;
                 vec![
-                    (Conv::new(&p / "conv1", c_in, width, 1, 1, 1, dilation), bn(&p / "bn1", width)),
+                    (
+                        Conv::new(&p / "conv1", c_in, width, 1, 1, 1, dilation),
+                        bn(&p / "bn1", width),
+                    ),
                     (
                         Conv::new(&p / "conv2", width, width, 3, stride, cfg.groups, dilation),
                         bn(&p / "bn2", width),
                     ),
-                    (Conv::new(&p / "conv3", width, planes * e, 1, 1, 1, dilation), bn(&p / "bn3", planes * e)),
+                    (
+                        Conv::new(&p / "conv3", width, planes * e, 1, 1, 1, dilation),
+                        bn(&p / "bn3", planes * e),
+                    ),
                 ]
             }
         };

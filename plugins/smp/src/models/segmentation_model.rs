@@ -10,9 +10,7 @@
 //! ([`super::resnet_encoder`]). Keys: `encoder.*`, `decoder.*`, `segmentation_head.0.*`
 //! and, with `aux_params`, `classification_head.3.*`.
 use super::resnet_encoder::{self, ResNetEncoder};
-use super::{
-    deeplabv3, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet,
-};
+use super::{deeplabv3, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet};
 use serde_json::{Map, Value};
 use tch::{nn, Kind, Tensor};
 use terrahost_plugin_api::args::Args;
@@ -83,31 +81,97 @@ const fn arch(
 pub const ARCHS: [Arch; 11] = [
     Arch {
         divisible: false,
-        ..arch("Unet", unet::entry, unet::full_model_decoder, 3, Upsampling::None)
+        ..arch(
+            "Unet",
+            unet::entry,
+            unet::full_model_decoder,
+            3,
+            Upsampling::None,
+        )
     },
-    arch("UnetPlusPlus", unetplusplus::entry, unetplusplus::full_model_decoder, 3, Upsampling::None),
-    arch("MAnet", manet::entry, manet::full_model_decoder, 3, Upsampling::None),
-    arch("Linknet", linknet::entry, linknet::full_model_decoder, 1, Upsampling::None),
-    arch("FPN", fpn::entry, fpn::full_model_decoder, 1, Upsampling::Arg(4)),
+    arch(
+        "UnetPlusPlus",
+        unetplusplus::entry,
+        unetplusplus::full_model_decoder,
+        3,
+        Upsampling::None,
+    ),
+    arch(
+        "MAnet",
+        manet::entry,
+        manet::full_model_decoder,
+        3,
+        Upsampling::None,
+    ),
+    arch(
+        "Linknet",
+        linknet::entry,
+        linknet::full_model_decoder,
+        1,
+        Upsampling::None,
+    ),
+    arch(
+        "FPN",
+        fpn::entry,
+        fpn::full_model_decoder,
+        1,
+        Upsampling::Arg(4),
+    ),
     Arch {
         default_depth: 3,
         aux_if_truthy: true,
-        ..arch("PSPNet", pspnet::entry, pspnet::full_model_decoder, 3, Upsampling::Arg(8))
+        ..arch(
+            "PSPNet",
+            pspnet::entry,
+            pspnet::full_model_decoder,
+            3,
+            Upsampling::Arg(8),
+        )
     },
     Arch {
         output_stride: Some(8),
-        ..arch("DeepLabV3", deeplabv3::deeplabv3_entry, dlv3, 1, Upsampling::DeepLabV3)
+        ..arch(
+            "DeepLabV3",
+            deeplabv3::deeplabv3_entry,
+            dlv3,
+            1,
+            Upsampling::DeepLabV3,
+        )
     },
     Arch {
         output_stride: Some(16),
-        ..arch("DeepLabV3Plus", deeplabv3::deeplabv3plus_entry, dlv3plus, 1, Upsampling::Arg(4))
+        ..arch(
+            "DeepLabV3Plus",
+            deeplabv3::deeplabv3plus_entry,
+            dlv3plus,
+            1,
+            Upsampling::Arg(4),
+        )
     },
     Arch {
         output_stride: Some(16),
-        ..arch("PAN", pan::entry, pan::full_model_decoder, 3, Upsampling::Arg(4))
+        ..arch(
+            "PAN",
+            pan::entry,
+            pan::full_model_decoder,
+            3,
+            Upsampling::Arg(4),
+        )
     },
-    arch("UPerNet", upernet::entry, upernet::full_model_decoder, 1, Upsampling::Arg(4)),
-    arch("Segformer", segformer::entry, segformer::full_model_decoder, 1, Upsampling::Arg(4)),
+    arch(
+        "UPerNet",
+        upernet::entry,
+        upernet::full_model_decoder,
+        1,
+        Upsampling::Arg(4),
+    ),
+    arch(
+        "Segformer",
+        segformer::entry,
+        segformer::full_model_decoder,
+        1,
+        Upsampling::Arg(4),
+    ),
 ];
 
 /// The model classes smp exports (`segmentation_models_pytorch.__init__`).
@@ -248,7 +312,14 @@ pub struct SegmentationHead {
 impl SegmentationHead {
     /// Builds the head under `p` (keys `p.0.weight`, `p.0.bias`; Xavier-uniform weight and
     /// zero bias, as smp's `initialize_head`).
-    pub fn new(p: nn::Path, c_in: i64, classes: i64, k: i64, upsampling: i64, activation: Activation) -> Self {
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        classes: i64,
+        k: i64,
+        upsampling: i64,
+        activation: Activation,
+    ) -> Self {
         let conv = nn::conv2d(
             &p / 0,
             c_in,
@@ -297,7 +368,10 @@ impl SegmentationHead {
 /// (a convolution's fans include its kernel area).
 fn xavier_uniform(fan_in: i64, fan_out: i64) -> nn::Init {
     let bound = (6.0 / ((fan_in + fan_out).max(1) as f64)).sqrt();
-    nn::Init::Uniform { lo: -bound, up: bound }
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// smp's `ClassificationHead(in_channels, classes, pooling, dropout, activation)` from
@@ -339,7 +413,10 @@ impl ClassificationHead {
             Some(other) => {
                 return Err(PluginError::invalid_argument(format!(
                     "aux_params: Pooling should be one of ('max', 'avg'), got {}.",
-                    other.as_str().map(str::to_owned).unwrap_or_else(|| other.to_string())
+                    other
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| other.to_string())
                 )))
             }
         }
@@ -409,6 +486,10 @@ pub fn model_keys(arch: &Arch) -> Vec<&'static str> {
     if arch.upsampling != Upsampling::None {
         keys.push("upsampling");
     }
+    if arch.output_stride.is_none() {
+        // Not the model's, but a named parameter of the `get_encoder` its **kwargs reach.
+        keys.push("output_stride");
+    }
     keys
 }
 
@@ -451,7 +532,9 @@ impl SegmentationModel {
                 }),
             }
         };
-        let encoder_name = get("encoder_name").and_then(Value::as_str).unwrap_or("resnet34");
+        let encoder_name = get("encoder_name")
+            .and_then(Value::as_str)
+            .unwrap_or("resnet34");
         let mut enc_cfg = resnet_encoder::Config::named(encoder_name).ok_or_else(|| {
             PluginError::invalid_argument(format!(
                 "`{encoder_name}` is not one of smp's ResNet encoders ({})",
@@ -483,12 +566,14 @@ impl SegmentationModel {
             .collect();
         let qualified = format!("smp_{}", arch.name);
         let dec_args = entry.info().validate(&qualified, &dec_args)?;
-        if let Some(default) = arch.output_stride {
-            let os = match dec_args.get("encoder_output_stride") {
-                Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
-                _ => default,
-            };
-            enc_cfg.output_stride = os;
+        match arch.output_stride {
+            Some(default) => {
+                enc_cfg.output_stride = match dec_args.get("encoder_output_stride") {
+                    Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+                    _ => default,
+                };
+            }
+            None => enc_cfg.output_stride = int("output_stride", 32)?,
         }
         // The model's own checks (DeepLabV3's and PAN's output stride) come before the
         // encoder's, as in smp; the decoder only needs the encoder's channels.

@@ -9,8 +9,9 @@
 //! `encoder_weights`, `in_channels` and `classes`; `backbone_*` keys are only read for
 //! custom (non-smp) encoders; `aux_*` keys are split off and never used; every other key
 //! (`decoder_*`, `head_*`, `rescale`, `padding`, `aux_decoders`, ...) is swallowed. terrahost
-//! accepts all of those and names each one it drops (a warning and the model's
-//! `meta.ignored_args`). The smp model itself swallows the keys it does not read
+//! accepts all of those and names each one it drops: `rescale`, `padding` and `aux_decoders`
+//! are declared ignored (the host warns), the others are listed in the model's
+//! `meta.ignored_args` (and logged). The smp model itself swallows the keys it does not read
 //! (`get_encoder(**kwargs)` ignores them for smp's encoders); those are named as well.
 //!
 //! The model is `SMPModelWrapper(smp_model)`: its keys are `smp_model.encoder.*`,
@@ -28,18 +29,71 @@ use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 /// The encoders smp 0.6.0 registers besides the ResNets (`smp.encoders.encoders`); the
 /// smp plugin has not ported them.
 const OTHER_SMP_ENCODERS: [&str; 65] = [
-    "dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
-    "vgg16_bn", "vgg19", "vgg19_bn", "senet154", "se_resnet50", "se_resnet101", "se_resnet152",
-    "se_resnext50_32x4d", "se_resnext101_32x4d", "densenet121", "densenet169", "densenet201", "densenet161",
-    "inceptionresnetv2", "inceptionv4", "efficientnet-b0", "efficientnet-b1", "efficientnet-b2",
-    "efficientnet-b3", "efficientnet-b4", "efficientnet-b5", "efficientnet-b6", "efficientnet-b7",
-    "mobilenet_v2", "xception", "timm-efficientnet-b0", "timm-efficientnet-b1", "timm-efficientnet-b2",
-    "timm-efficientnet-b3", "timm-efficientnet-b4", "timm-efficientnet-b5", "timm-efficientnet-b6",
-    "timm-efficientnet-b7", "timm-efficientnet-b8", "timm-efficientnet-l2", "timm-tf_efficientnet_lite0",
-    "timm-tf_efficientnet_lite1", "timm-tf_efficientnet_lite2", "timm-tf_efficientnet_lite3",
-    "timm-tf_efficientnet_lite4", "timm-skresnet18", "timm-skresnet34", "timm-skresnext50_32x4d", "mit_b0",
-    "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mobileone_s0", "mobileone_s1", "mobileone_s2",
-    "mobileone_s3", "mobileone_s4",
+    "dpn68",
+    "dpn68b",
+    "dpn92",
+    "dpn98",
+    "dpn107",
+    "dpn131",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "senet154",
+    "se_resnet50",
+    "se_resnet101",
+    "se_resnet152",
+    "se_resnext50_32x4d",
+    "se_resnext101_32x4d",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "densenet161",
+    "inceptionresnetv2",
+    "inceptionv4",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-b3",
+    "efficientnet-b4",
+    "efficientnet-b5",
+    "efficientnet-b6",
+    "efficientnet-b7",
+    "mobilenet_v2",
+    "xception",
+    "timm-efficientnet-b0",
+    "timm-efficientnet-b1",
+    "timm-efficientnet-b2",
+    "timm-efficientnet-b3",
+    "timm-efficientnet-b4",
+    "timm-efficientnet-b5",
+    "timm-efficientnet-b6",
+    "timm-efficientnet-b7",
+    "timm-efficientnet-b8",
+    "timm-efficientnet-l2",
+    "timm-tf_efficientnet_lite0",
+    "timm-tf_efficientnet_lite1",
+    "timm-tf_efficientnet_lite2",
+    "timm-tf_efficientnet_lite3",
+    "timm-tf_efficientnet_lite4",
+    "timm-skresnet18",
+    "timm-skresnet34",
+    "timm-skresnext50_32x4d",
+    "mit_b0",
+    "mit_b1",
+    "mit_b2",
+    "mit_b3",
+    "mit_b4",
+    "mit_b5",
+    "mobileone_s0",
+    "mobileone_s1",
+    "mobileone_s2",
+    "mobileone_s3",
+    "mobileone_s4",
 ];
 
 /// The factory's own keyword parameters (everything else is `**kwargs`).
@@ -61,7 +115,10 @@ fn invalid(msg: impl Into<String>) -> PluginError {
 
 /// TerraTorch's `extract_prefix_keys`: the keys starting with `prefix` (prefix removed)
 /// and the rest, both in the given order.
-fn extract_prefix_keys(d: &Map<String, Value>, prefix: &str) -> (Map<String, Value>, Map<String, Value>) {
+fn extract_prefix_keys(
+    d: &Map<String, Value>,
+    prefix: &str,
+) -> (Map<String, Value>, Map<String, Value>) {
     let mut extracted = Map::new();
     let mut remaining = Map::new();
     for (k, v) in d {
@@ -113,10 +170,20 @@ pub fn plan(args: &Map<String, Value>) -> Result<Plan> {
     let in_channels = match get("in_channels") {
         None => json!(bands.len()),
         Some(v) if v.as_i64().is_some() => v.clone(),
-        Some(other) => return Err(invalid(format!("`in_channels` must be an int, got {other}"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`in_channels` must be an int, got {other}"
+            )))
+        }
     };
-    let model = get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let backbone = get("backbone").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let model = get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let backbone = get("backbone")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if !segmentation_model::SMP_MODELS.contains(&model.as_str()) {
         // Checked again (with the encoder) when the model is made; this is upstream's order.
         segmentation_model::arch_named(&model, &backbone)?;
@@ -194,7 +261,9 @@ pub fn plan(args: &Map<String, Value>) -> Result<Plan> {
             ("output_stride", &backbone_kwargs),
         ] {
             if !dict.contains_key(param) {
-                return Err(invalid(format!("Config must include the '{param}' parameter")));
+                return Err(invalid(format!(
+                    "Config must include the '{param}' parameter"
+                )));
             }
         }
         return Err(invalid(format!(
@@ -212,7 +281,10 @@ pub fn plan(args: &Map<String, Value>) -> Result<Plan> {
     }
     let mut model_args = Map::new();
     model_args.insert("encoder_name".into(), json!(backbone));
-    model_args.insert("encoder_weights".into(), weights.map(Value::String).unwrap_or(Value::Null));
+    model_args.insert(
+        "encoder_weights".into(),
+        weights.map(Value::String).unwrap_or(Value::Null),
+    );
     model_args.insert("in_channels".into(), in_channels);
     model_args.insert(
         "classes".into(),
@@ -281,7 +353,10 @@ impl Model for SMPModelWrapper {
         let mut m = Map::new();
         m.insert("model".into(), json!(self.smp_model.arch.name));
         m.insert("encoder".into(), json!(self.encoder));
-        m.insert("encoder_channels".into(), json!(self.smp_model.encoder_channels()));
+        m.insert(
+            "encoder_channels".into(),
+            json!(self.smp_model.encoder_channels()),
+        );
         m.insert(
             "ignored_args".into(),
             json!(self.ignored.iter().map(|(k, _)| k).collect::<Vec<_>>()),
@@ -294,13 +369,29 @@ impl Model for SMPModelWrapper {
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let in_factory = |e: PluginError| e.context("SMPModelFactory");
     let mut plan = plan(ctx.args.map()).map_err(in_factory)?;
-    let encoder = plan.model_args["encoder_name"].as_str().unwrap_or_default().to_owned();
+    let encoder = plan.model_args["encoder_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let arch = segmentation_model::arch_named(&plan.model, &encoder).map_err(in_factory)?;
     if !resnet_encoder::NAMES.contains(&encoder.as_str()) {
         // `smp_encoder_name` overrode the backbone.
         return Err(in_factory(invalid(format!(
             "`smp_encoder_name` {encoder:?} is not one of smp's ResNet encoders ({})",
             resnet_encoder::NAMES.join(", ")
+        ))));
+    }
+    // smp's **kwargs reach `get_encoder(name, in_channels, depth, weights, output_stride, **kwargs)`,
+    // which the model calls with those set already.
+    let mut taken = vec!["name", "depth", "weights"];
+    if arch.name.starts_with("DeepLabV3") || arch.name == "PAN" {
+        taken.push("output_stride");
+    }
+    if let Some(k) = taken.iter().find(|k| plan.model_args.contains_key(**k)) {
+        return Err(in_factory(invalid(format!(
+            "get_encoder() got multiple values for keyword argument '{k}' (smp.{} passes `smp_{k}` on to get_encoder, \
+             which it already calls with {k}=...)",
+            arch.name
         ))));
     }
     let unread: Vec<String> = segmentation_model::unread_keys(&arch, &plan.model_args)
@@ -311,7 +402,10 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         plan.model_args.remove(&k);
         plan.ignored.push((
             format!("smp_{k}"),
-            format!("smp.{} does not take it, and smp's get_encoder swallows it through **kwargs", arch.name),
+            format!(
+                "smp.{} does not take it, and smp's get_encoder swallows it through **kwargs",
+                arch.name
+            ),
         ));
     }
     match plan.model_args.get("encoder_weights") {
@@ -332,8 +426,8 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         }
         Some(other) => {
             return Err(in_factory(invalid(format!(
-                "`encoder_weights` must be None or the name of smp's pretrained weights, got {other}"
-            ))))
+            "`encoder_weights` must be None or the name of smp's pretrained weights, got {other}"
+        ))))
         }
     }
     for (k, why) in &plan.ignored {
@@ -342,7 +436,12 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let classes = plan.model_args["classes"].as_i64().unwrap_or(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let smp_model = SegmentationModel::new(vs.root() / "smp_model", arch, &plan.model_args)
-        .map_err(|e| e.context(format_args!("SMPModelFactory: smp.{}(encoder_name={encoder:?})", arch.name)))?;
+        .map_err(|e| {
+            e.context(format_args!(
+                "SMPModelFactory: smp.{}(encoder_name={encoder:?})",
+                arch.name
+            ))
+        })?;
     let model = SMPModelWrapper {
         smp_model,
         classes,
@@ -397,5 +496,14 @@ pub fn entry() -> Entry {
         "only used for custom encoders (ignored for smp's)",
     )
     .opt("regression_relu", ParamType::BOOL, json!(false), "only used for regression, which is refused")
+    .ignores(
+        "rescale",
+        "SMPModelFactory never passes it: SMPModelWrapper always resizes the mask to the input size",
+    )
+    .ignores("padding", "SMPModelFactory swallows it through **kwargs; smp models are not padded")
+    .ignores(
+        "aux_decoders",
+        "the task's aux_heads: SMPModelFactory swallows them through **kwargs and builds no auxiliary head",
+    )
     .accepts_extra()
 }
