@@ -291,3 +291,39 @@ fn get_encoders_own_parameters_through_smp_kwargs() {
         "got multiple values for keyword argument 'output_stride'",
     );
 }
+
+/// The deeper encoders have no fixture (their weights would be large); their structure is
+/// checked against smp's `get_encoder(name, in_channels=4, depth=5, weights=None)`:
+/// parameter count, number of state_dict entries without `num_batches_tracked`, and the
+/// shape of `layer3.22.conv2.weight` (printed by the reference Python).
+#[test]
+fn deeper_encoders_match_smps_structure() {
+    for (name, n_params, n_keys, conv) in [
+        ("resnet101", 42_503_296, 520, [256, 256, 3, 3]),
+        ("resnet152", 58_146_944, 775, [256, 256, 3, 3]),
+        ("resnext101_32x4d", 42_131_840, 520, [512, 16, 3, 3]),
+    ] {
+        let m = build(args(json!({"backbone": name, "bands": [1, 2, 3, 4]}))).unwrap();
+        let enc: Vec<(String, Vec<i64>)> = keys_and_shapes(&m)
+            .into_iter()
+            .filter_map(|(k, s)| {
+                k.strip_prefix("smp_model.encoder.")
+                    .map(|k| (k.to_owned(), s))
+            })
+            .collect();
+        assert_eq!(enc.len(), n_keys, "{name}: state_dict entries");
+        let params: i64 = m
+            .module()
+            .named_parameters()
+            .into_iter()
+            .filter(|p| p.name.as_str().starts_with("smp_model.encoder."))
+            .map(|p| p.tensor.with(|t| t.numel() as i64))
+            .sum();
+        assert_eq!(params, n_params, "{name}: parameters");
+        let c = enc
+            .iter()
+            .find(|(k, _)| k == "layer3.22.conv2.weight")
+            .unwrap();
+        assert_eq!(c.1, conv.to_vec(), "{name}");
+    }
+}
