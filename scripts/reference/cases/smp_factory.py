@@ -86,8 +86,8 @@ def case_smp_factory_unet_rescale() -> Case:
 
 def case_smp_factory_fpn_aux() -> Case:
     args = base("FPN", smp_decoder_pyramid_channels=32, smp_decoder_segmentation_channels=32,
-                smp_aux_params={"classes": 3, "dropout": 0.1})
-    return smp_factory_case(args, [1, 6, 64, 64],
+                smp_aux_params={"classes": 3, "dropout": 0.1}, bands=["RED", "NIR_NARROW"])
+    return smp_factory_case(args, [1, 2, 64, 64],
                             "FPN with smp's ClassificationHead (smp_aux_params): its keys are in the state_dict, its "
                             "labels are dropped by SMPModelWrapper. 64x64: GroupNorm needs more than one value per channel.")
 
