@@ -7,6 +7,8 @@ mod test_util;
 mod tests_a;
 #[cfg(test)]
 mod tests_b;
+#[cfg(test)]
+mod tests_factory;
 
 use terrahost_plugin_api::sdk::Catalog;
 
@@ -27,10 +29,16 @@ fn decoders() -> Catalog {
         .add(models::unetplusplus::entry())
 }
 
+/// The `smp` entries of the `model_factory` registry.
+fn model_factories() -> Catalog {
+    Catalog::new("smp").add(models::smp_model_factory::entry())
+}
+
 terrahost_plugin_api::declare_plugin! {
     name: "smp",
     version: env!("CARGO_PKG_VERSION"),
     sources: [
         ("decoder", "smp", decoders()),
+        ("model_factory", "smp", model_factories()),
     ],
 }

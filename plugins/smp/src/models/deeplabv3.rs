@@ -122,7 +122,8 @@ impl Config {
         }
         if ![8, 16].contains(&self.output_stride) {
             return Err(PluginError::invalid_argument(format!(
-                "`encoder_output_stride`: {name} supports output stride 8 or 16, got {}",
+                "`encoder_output_stride`: {} support output stride 8 or 16, got {}.",
+                name.replace("DeepLab", "Deeplab"),
                 self.output_stride
             )));
         }
@@ -434,6 +435,18 @@ fn config(ctx: &BuildCtx<'_, '_>, variant: Variant) -> Result<Config> {
     cfg.output_stride = ctx.args.get("encoder_output_stride")?;
     args::in_entry(ctx, cfg.validate())?;
     Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+    variant: Variant,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx, variant)?;
+    let out = cfg.decoder_channels;
+    Ok((Box::new(DeepLabV3Decoder::new(p, &cfg)?), out))
 }
 
 fn build(ctx: &BuildCtx<'_, '_>, variant: Variant) -> Result<ModuleBox> {

@@ -260,7 +260,7 @@ impl Model for FpnDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.pyramid_channels = ctx.args.get("decoder_pyramid_channels")?;
     cfg.segmentation_channels = ctx.args.get("decoder_segmentation_channels")?;
@@ -279,8 +279,25 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     args::check_dropout(ctx, "decoder_dropout", cfg.dropout)?;
     cfg.interpolation_mode = args::interpolation(ctx)?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = cfg.out_channels();
+    Ok((Box::new(FpnDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
+    let out = cfg.out_channels();
     // smp's segmentation head reads FPNDecoder.out_channels.
-    SmpDecoderWrapper::build(ctx, cfg.out_channels(), |p| FpnDecoder::new(p, &cfg))
+    SmpDecoderWrapper::build(ctx, out, |p| FpnDecoder::new(p, &cfg))
 }
 
 /// The `smp_FPN` entry of the decoder registry.

@@ -185,14 +185,29 @@ impl Model for LinknetDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.use_norm = args::use_norm(ctx)?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = Config::PREFINAL_CHANNELS;
+    Ok((Box::new(LinknetDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
+    let out = Config::PREFINAL_CHANNELS;
     // smp.Linknet's segmentation head reads a fixed 32 channels.
-    SmpDecoderWrapper::build(ctx, Config::PREFINAL_CHANNELS, |p| {
-        LinknetDecoder::new(p, &cfg)
-    })
+    SmpDecoderWrapper::build(ctx, out, |p| LinknetDecoder::new(p, &cfg))
 }
 
 /// The `smp_Linknet` entry of the decoder registry.

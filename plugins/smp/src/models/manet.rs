@@ -211,7 +211,7 @@ impl Model for MAnetDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
     cfg.pab_channels = ctx.args.get("decoder_pab_channels")?;
@@ -224,6 +224,22 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     cfg.interpolation_mode = args::interpolation(ctx)?;
     args::check_stage_channels(ctx, &cfg.decoder_channels)?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = *cfg.decoder_channels.last().unwrap_or(&0);
+    Ok((Box::new(MAnetDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
     let out = *cfg.decoder_channels.last().unwrap_or(&0);
     SmpDecoderWrapper::build(ctx, out, |p| MAnetDecoder::new(p, &cfg))
 }

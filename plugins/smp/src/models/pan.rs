@@ -54,7 +54,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if ![16, 32].contains(&self.output_stride) {
             return Err(PluginError::invalid_argument(format!(
-                "`encoder_output_stride`: PAN supports output stride 16 or 32, got {}",
+                "`encoder_output_stride`: PAN support output stride 16 or 32, got {}",
                 self.output_stride
             )));
         }
@@ -268,7 +268,7 @@ impl Model for PanDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
     // smp pops the deprecated `upscale_mode` from its kwargs; it wins when given.
@@ -282,8 +282,25 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     cfg.interpolation_mode = args::interpolation_named(ctx, name, &mode)?;
     cfg.output_stride = ctx.args.get("encoder_output_stride")?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = cfg.decoder_channels;
+    Ok((Box::new(PanDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
+    let out = cfg.decoder_channels;
     // smp's segmentation head reads decoder_channels.
-    SmpDecoderWrapper::build(ctx, cfg.decoder_channels, |p| PanDecoder::new(p, &cfg))
+    SmpDecoderWrapper::build(ctx, out, |p| PanDecoder::new(p, &cfg))
 }
 
 /// The `smp_PAN` entry of the decoder registry.

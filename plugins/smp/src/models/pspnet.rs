@@ -163,15 +163,32 @@ impl Model for PspDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.out_channels = ctx.args.get("psp_out_channels")?;
     cfg.use_norm = args::use_norm_or(ctx, "psp_use_batchnorm")?;
     cfg.dropout = ctx.args.get("psp_dropout")?;
     args::check_dropout(ctx, "psp_dropout", cfg.dropout)?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = cfg.out_channels;
+    Ok((Box::new(PspDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
+    let out = cfg.out_channels;
     // smp's segmentation head reads psp_out_channels.
-    SmpDecoderWrapper::build(ctx, cfg.out_channels, |p| PspDecoder::new(p, &cfg))
+    SmpDecoderWrapper::build(ctx, out, |p| PspDecoder::new(p, &cfg))
 }
 
 /// The `smp_PSPNet` entry of the decoder registry.

@@ -148,7 +148,7 @@ impl Model for SegformerDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.segmentation_channels = ctx.args.get("decoder_segmentation_channels")?;
     ctx.args.ensure(
@@ -157,6 +157,22 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         format_args!("must be positive, got {}", cfg.segmentation_channels),
     )?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = cfg.segmentation_channels;
+    Ok((Box::new(SegformerDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
     let out = cfg.segmentation_channels;
     SmpDecoderWrapper::build(ctx, out, |p| SegformerDecoder::new(p, &cfg))
 }

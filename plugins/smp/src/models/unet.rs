@@ -273,6 +273,16 @@ fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     Ok(cfg)
 }
 
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    Ok((Box::new(UnetDecoder::new(p, &cfg)?), cfg.out_channels()))
+}
+
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let cfg = config(ctx)?;
     // TerraTorch reads out_channels from smp's segmentation head: decoder_channels[-1].

@@ -165,7 +165,7 @@ impl Model for UnetPlusPlusDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
     cfg.use_norm = args::use_norm(ctx)?;
@@ -174,6 +174,22 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     args::check_stage_channels(ctx, &cfg.decoder_channels)?;
     args::in_entry(ctx, cfg.validate())?;
     // TerraTorch reads out_channels from smp's segmentation head: decoder_channels[-1].
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = *cfg.decoder_channels.last().unwrap_or(&0);
+    Ok((Box::new(UnetPlusPlusDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
     let out = *cfg.decoder_channels.last().unwrap_or(&0);
     SmpDecoderWrapper::build(ctx, out, |p| UnetPlusPlusDecoder::new(p, &cfg))
 }

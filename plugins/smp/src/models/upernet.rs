@@ -230,7 +230,7 @@ impl Model for UPerNetDecoder {
     }
 }
 
-fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
     let mut cfg = Config::new(ctx.channels.clone());
     cfg.decoder_channels = ctx.args.get("decoder_channels")?;
     ctx.args.ensure(
@@ -243,6 +243,22 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     )?;
     cfg.use_norm = args::use_norm(ctx)?;
     args::in_entry(ctx, cfg.validate())?;
+    Ok(cfg)
+}
+
+/// The decoder smp's full model builds from `ctx` (the encoder's channels and the model's
+/// keyword arguments) under `p`, with the input channels of its segmentation head.
+pub(crate) fn full_model_decoder(
+    ctx: &BuildCtx<'_, '_>,
+    p: nn::Path,
+) -> Result<(Box<dyn Model>, i64)> {
+    let cfg = config(ctx)?;
+    let out = cfg.decoder_channels;
+    Ok((Box::new(UPerNetDecoder::new(p, &cfg)?), out))
+}
+
+fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let cfg = config(ctx)?;
     let out = cfg.decoder_channels;
     SmpDecoderWrapper::build(ctx, out, |p| UPerNetDecoder::new(p, &cfg))
 }
