@@ -196,6 +196,11 @@ fn parity_timm_factory_convnext_large_tag_max_pool() {
 }
 
 #[test]
+fn parity_timm_factory_prithvi_swin_b() {
+    model_parity("timm_factory_prithvi_swin_B");
+}
+
+#[test]
 fn parity_timm_factory_swin_tiny() {
     model_parity("timm_factory_swin_tiny");
 }
@@ -324,8 +329,12 @@ fn the_factory_refuses_what_upstream_refuses() {
     );
     let e = msg(with("prithvi_vit_100", json!({})));
     assert!(e.contains("not a timm model"), "{e}");
-    let e = msg(with("prithvi_swin_B", json!({})));
-    assert!(e.contains("not available in terrahost"), "{e}");
+    // TerraTorch sets in_chans = len(bands) (6 HLS bands by default) whatever in_channels says;
+    // terrahost refuses the contradiction instead of ignoring in_channels
+    let e = msg(with("prithvi_swin_B", json!({"in_channels": 4})));
+    assert!(e.contains("len(bands)"), "{e}");
+    let e = msg(with("prithvi_swin_B.foo", json!({})));
+    assert!(e.contains("has no pretrained tags"), "{e}");
     let e = msg(with(
         "convnext_tiny",
         json!({"backbone_global_pool": "catavgmax"}),

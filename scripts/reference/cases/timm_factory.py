@@ -127,3 +127,21 @@ CASES: dict[str, Callable[[], Case]] = {
     "timm_factory_convnext_large_in22k": case_timm_factory_convnext_large_in22k,
     "timm_factory_swin_tiny": case_timm_factory_swin_tiny,
 }
+
+
+def case_timm_factory_prithvi_swin_b() -> Case:
+    # TerraTorch registers prithvi_swin_B into timm; in_chans is len(bands) (here 4 given bands)
+    return _case(
+        {
+            "task": "classification", "backbone": "prithvi_swin_B", "in_channels": 4, "num_classes": 3,
+            "pretrained": False, "backbone_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW"],
+            "backbone_depths": [1, 1, 2, 1], "backbone_embed_dim": 32, "backbone_num_heads": [2, 2, 4, 4],
+            "backbone_window_size": 4,
+        },
+        [1, 4, 64, 64],
+        "MMSegSwinTransformer (TerraTorch): the last stage's normed NHWC output -> ClassifierHead (avg pool, "
+        "head.fc).",
+    )
+
+
+CASES["timm_factory_prithvi_swin_B"] = case_timm_factory_prithvi_swin_b

@@ -5,7 +5,10 @@
 //! (`SelectAdaptivePool2d`), and each family's `forward_features` / `forward_head`:
 //! `resnet.py` (`global_pool`, dropout, `fc`), `vision_transformer.py` (`norm`, token or
 //! average pooling, `fc_norm`, `head`), `convnext.py` (`head.norm` after the pooling,
-//! `head.fc`) and `swin_transformer.py` (`norm`, channels-last pooling, `head.fc`).
+//! `head.fc`) and `swin_transformer.py` (`norm`, channels-last pooling, `head.fc`), and
+//! TerraTorch's `MMSegSwinTransformer.forward` (`terratorch/models/backbones/
+//! swin_encoder_decoder.py`; `prithvi_swin_B/L`, which TerraTorch registers into timm): the
+//! last stage's normed channels-last output through `head` (pooling, dropout, `head.fc`).
 //!
 //! The trunks are the families' own networks with every stage built and the classifier's
 //! (unflattened) parameter names, so the keys are those of the timm classifier's
@@ -13,6 +16,7 @@
 //! model returns the pooled features.
 use super::convnext::{self, ConvNeXt};
 use super::layers::{dropout, LayerNorm, Linear, LN_EPS};
+use super::prithvi_swin::{self, PrithviSwin};
 use super::resnet::{self, ResNet};
 use super::swin::{self, SwinTransformer};
 use super::vit::{self, VisionTransformer};
@@ -98,6 +102,7 @@ enum Trunk {
     Vit(Box<VisionTransformer>),
     ConvNeXt(ConvNeXt),
     Swin(SwinTransformer),
+    PrithviSwin(PrithviSwin),
 }
 
 /// A timm classifier: trunk, the family's norm and pooling, dropout and the final linear.
@@ -126,6 +131,7 @@ enum Family {
     Vit,
     ConvNeXt,
     Swin,
+    PrithviSwin,
 }
 
 impl Classifier {
@@ -144,6 +150,8 @@ impl Classifier {
                 let y = self.norm.as_ref().expect("Swin has a norm").forward(&y)?;
                 self.pool.forward(&y, true)?
             }
+            // The last stage's normed output, [B, H, W, C], pooled over H, W.
+            Trunk::PrithviSwin(m) => self.pool.forward(&last(m.features(x, train)?)?, true)?,
             Trunk::Vit(m) => {
                 // [B, prefix + N, D]
                 let mut t = m.tokens(x, train)?;
@@ -269,6 +277,19 @@ fn build_classifier(
             let trunk = Trunk::Swin(SwinTransformer::with_names(p, &cfg, false)?);
             (trunk, cfg.in_chans, pool)
         }
+        Family::PrithviSwin => {
+            let base = prithvi_swin::Config::named(arch).expect("known Prithvi Swin preset");
+            let cfg = prithvi_swin::config(ctx, base)?;
+            let pool = Pool::parse(
+                &global_pool,
+                &["avg", "max", "avgmax", "catavgmax"],
+                "Prithvi Swin",
+            )?;
+            let n = *cfg.feature_channels().last().expect("features");
+            fc_layer = fc(&p / "head" / "fc", n * pool.feat_mult());
+            let trunk = Trunk::PrithviSwin(PrithviSwin::with_names(p, &cfg, false)?);
+            (trunk, cfg.in_chans, pool)
+        }
         Family::Vit => {
             let cfg = vit::config(ctx)?;
             let gp = cfg.global_pool.as_str();
@@ -380,6 +401,10 @@ pub(crate) fn catalog() -> Catalog {
         "swin_base_patch4_window7_224",
     ] {
         c = c.add(entry(arch, Family::Swin, swin::entry(arch), "avg"));
+    }
+    for arch in ["prithvi_swin_B", "prithvi_swin_L"] {
+        let e = entry(arch, Family::PrithviSwin, prithvi_swin::entry(arch), "avg");
+        c = c.add(e);
     }
     crate::tags::with_tags(c)
 }

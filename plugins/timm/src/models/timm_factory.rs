@@ -63,13 +63,6 @@ fn unknown_backbone(backbone: &str, not_found: PluginError) -> PluginError {
              raises \"Unknown model ({backbone})\"); drop the registry prefix: `{bare}`"
         ));
     }
-    if arch.starts_with("prithvi_swin_") {
-        return PluginError::not_found(format!(
-            "TimmModelFactory: `{backbone}` (TerraTorch's Swin, registered into timm) as a timm classifier is not \
-             available in terrahost; build it with EncoderDecoderFactory (backbone `timm_{arch}`, \
-             task classification)"
-        ));
-    }
     if arch.starts_with("prithvi_vit_") {
         return PluginError::not_found(format!(
             "TimmModelFactory: `{arch}` is not a timm model (timm raises \"Unknown model ({backbone})\"); it is a \
@@ -78,7 +71,8 @@ fn unknown_backbone(backbone: &str, not_found: PluginError) -> PluginError {
     }
     PluginError::not_found(format!(
         "TimmModelFactory: {} (timm raises \"Unknown model ({backbone})\"); the timm classifiers terrahost \
-         builds are the resnet, vit_*_patch16_224, convnext and swin_*_patch4_window7_224 presets",
+         builds are the resnet, vit_*_patch16_224, convnext, swin_*_patch4_window7_224 and prithvi_swin_B/L \
+         presets",
         not_found.message
     ))
 }
@@ -169,7 +163,8 @@ pub fn entry() -> Entry {
          **backbone_kwargs), wrapped in TerraTorch's TimmModelWrapper (keys `timm_model.*`; the output is the \
          logits [B, num_classes]). Task classification only. `backbone` is a timm name (resnet18..152, \
          vit_{tiny,small,base,large}_patch16_224, convnext_{tiny,small,base,large,xlarge}, \
-         swin_{tiny,small,base}_patch4_window7_224), optionally with a pretrained tag (`vit_base_patch16_224.mae`); \
+         swin_{tiny,small,base}_patch4_window7_224, and prithvi_swin_B/L, whose in_chans is len(backbone_bands), \
+         6 HLS bands by default), optionally with a pretrained tag (`vit_base_patch16_224.mae`); \
          `backbone_*` arguments go to timm (e.g. backbone_img_size, backbone_drop_rate, backbone_global_pool); \
          other arguments are ignored, as upstream swallows them.",
         move |ctx| build(ctx, &classifiers),
