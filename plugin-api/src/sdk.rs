@@ -670,7 +670,12 @@ impl Source for Catalog {
 
     fn contains(&self, name: RStr<'_>) -> bool {
         guarded(&self.prefix, "contains", || {
-            self.index.contains_key(name.as_str()) || self.lookup(name.as_str()).is_ok()
+            // No did-you-mean work here: `contains` is on the host's path for every bare name.
+            self.index.contains_key(name.as_str())
+                || matches!(
+                    self.resolve.as_ref().and_then(|f| f(name.as_str())),
+                    Some(Ok(alias)) if self.index.contains_key(alias.entry.as_str())
+                )
         })
     }
 

@@ -354,3 +354,21 @@ fn arguments_upstream_swallows_are_accepted() {
     .unwrap();
     assert_eq!(get(&m, "timm_model.fc.weight").size(), vec![4, 512]);
 }
+
+#[test]
+fn the_factory_declares_what_the_tasks_always_pass_as_ignored() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    // bare name: found through the host's search order
+    assert!(host.contains("model_factory", "TimmModelFactory"));
+    let (_, info) = host.describe("model_factory", "TimmModelFactory").unwrap();
+    let p = info
+        .params
+        .iter()
+        .find(|p| p.name.as_str() == "aux_decoders")
+        .expect("aux_decoders declared");
+    assert_eq!(p.ty, terrahost_plugin_api::ParamType::IGNORED);
+    for req in ["task", "backbone", "in_channels", "num_classes"] {
+        let p = info.params.iter().find(|p| p.name.as_str() == req).unwrap();
+        assert!(p.default.is_none(), "{req} is required upstream");
+    }
+}

@@ -179,5 +179,9 @@ pub fn entry() -> Entry {
         json!(true),
         "upstream's default true downloads weights, which terrahost does not: give false (run --weights does)",
     )
+    .ignores(
+        "aux_decoders",
+        "TerraTorch's tasks always pass it; TimmModelFactory.build_model swallows it through **kwargs",
+    )
     .accepts_extra()
 }
