@@ -218,6 +218,16 @@ impl MultiSourceRegistry {
             if slot.contains(rest) {
                 return Ok((slot, rest.to_owned()));
             }
+            // A name with a dot (timm's `arch.tag`) may be refused by the source for a reason
+            // only it knows (an unknown pretrained tag): its own message says which.
+            if rest.contains('.') {
+                if let Err(e) = slot.source.describe(rest.into()).into_result() {
+                    return Err(PluginError::not_found(format!(
+                        "{} (source `{}` of the {} registry, plugin `{}`)",
+                        e.message, slot.prefix, self.name, slot.plugin
+                    )));
+                }
+            }
             let names = slot.names();
             let close = suggestions(rest, names.iter().map(String::as_str));
             let hint = if close.is_empty() {

@@ -515,6 +515,21 @@ impl BuildCtx<'_, '_> {
     }
 }
 
+/// A name that is not an entry itself but is built by one (see [`Catalog::resolve_with`]),
+/// such as timm's `convnext_large.fb_in22k`: the architecture `convnext_large` with the
+/// pretrained tag `fb_in22k`.
+pub struct Alias {
+    /// The entry that builds the name.
+    pub entry: String,
+    /// What the name adds to the entry, put before the entry's doc by `describe`.
+    pub note: String,
+}
+
+/// How a catalog reads a name that is not one of its entries: `None` when the name is
+/// nothing to it, `Some(Err(why))` when the name is malformed for it (not found, with `why`
+/// as the message), `Some(Ok(alias))` when an entry builds it.
+type ResolveFn = dyn Fn(&str) -> Option<std::result::Result<Alias, String>> + Send + Sync;
+
 /// A registry source made of [`Entry`]s: the usual way a plugin implements
 /// [`Source`].
 pub struct Catalog {
@@ -522,6 +537,7 @@ pub struct Catalog {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
     includes_heads: bool,
+    resolve: Option<Box<ResolveFn>>,
 }
 
 impl Catalog {
@@ -532,7 +548,20 @@ impl Catalog {
             entries: Vec::new(),
             index: HashMap::new(),
             includes_heads: false,
+            resolve: None,
         }
+    }
+
+    /// Lets names that are not entries resolve to an entry through `f` (see [`ResolveFn`]):
+    /// `contains`, `describe` and `build` then agree on them (described and built as the
+    /// entry, under the name asked for, the alias's note first in the doc), while `names`
+    /// lists the entries only.
+    pub fn resolve_with(
+        mut self,
+        f: impl Fn(&str) -> Option<std::result::Result<Alias, String>> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolve = Some(Box::new(f));
+        self
     }
 
     /// Marks every entry of this source, added before or after, as making the final
@@ -593,16 +622,42 @@ impl Catalog {
         Source_TO::from_value(self, TD_Opaque)
     }
 
-    fn entry(&self, name: &str) -> Result<&Entry> {
-        self.index
-            .get(name)
-            .map(|&i| &self.entries[i])
-            .ok_or_else(|| {
+    /// The entry called `name`, or the one an alias resolves `name` to (with the alias).
+    fn lookup(&self, name: &str) -> Result<(&Entry, Option<Alias>)> {
+        if let Some(&i) = self.index.get(name) {
+            return Ok((&self.entries[i], None));
+        }
+        match self.resolve.as_ref().and_then(|f| f(name)) {
+            Some(Ok(alias)) => match self.index.get(alias.entry.as_str()) {
+                Some(&i) => Ok((&self.entries[i], Some(alias))),
+                None => Err(PluginError::not_found(format!(
+                    "`{name}` resolves to `{}`, which is not in source `{}`",
+                    alias.entry, self.prefix
+                ))),
+            },
+            Some(Err(why)) => Err(PluginError::not_found(why)),
+            None => {
                 let hint = did_you_mean(name, self.entries.iter().map(|e| e.info.name.as_str()))
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
-                PluginError::not_found(format!("`{name}` is not in source `{}`{hint}", self.prefix))
-            })
+                Err(PluginError::not_found(format!(
+                    "`{name}` is not in source `{}`{hint}",
+                    self.prefix
+                )))
+            }
+        }
+    }
+
+    /// The description of `name`: its entry's, renamed and with the alias's note first
+    /// when `name` is an alias.
+    fn info_of(&self, name: &str) -> Result<EntryInfo> {
+        let (entry, alias) = self.lookup(name)?;
+        let mut info = entry.info.clone();
+        if let Some(alias) = alias {
+            info.name = name.into();
+            info.doc = format!("{} {}", alias.note, info.doc).into();
+        }
+        Ok(info)
     }
 }
 
@@ -615,13 +670,18 @@ impl Source for Catalog {
 
     fn contains(&self, name: RStr<'_>) -> bool {
         guarded(&self.prefix, "contains", || {
+            // No did-you-mean work here: `contains` is on the host's path for every bare name.
             self.index.contains_key(name.as_str())
+                || matches!(
+                    self.resolve.as_ref().and_then(|f| f(name.as_str())),
+                    Some(Ok(alias)) if self.index.contains_key(alias.entry.as_str())
+                )
         })
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
         catch(format_args!("describing `{}_{name}`", self.prefix), || {
-            self.entry(name.as_str()).map(|e| e.info.clone())
+            self.info_of(name.as_str())
         })
         .into()
     }
@@ -638,7 +698,7 @@ impl Source for Catalog {
             format_args!("building `{qualified}`"),
             ErrorKind::BUILD_FAILED,
             || {
-                let entry = self.entry(name.as_str())?;
+                let (entry, _) = self.lookup(name.as_str())?;
                 let args = entry.info.validate(&qualified, &request.parse_args()?)?;
                 let channels = match (entry.info.takes_channels, request.channels()) {
                     (true, None) => {

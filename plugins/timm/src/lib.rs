@@ -2,11 +2,18 @@
 
 pub mod models;
 pub(crate) mod pretrained;
+pub(crate) mod tags;
 
 use terrahost_plugin_api::sdk::Catalog;
 
-/// The `timm` entries of the `backbone` registry, family by family.
+/// The `timm` entries of the `backbone` registry, family by family, and their `arch.tag`
+/// names (see [`tags`]).
 fn backbones() -> Catalog {
+    tags::with_tags(backbone_entries())
+}
+
+/// The backbone entries, family by family.
+fn backbone_entries() -> Catalog {
     [
         models::resnet::entries(),
         models::vit::entries(),
@@ -20,11 +27,17 @@ fn backbones() -> Catalog {
     .fold(Catalog::new("timm"), Catalog::add)
 }
 
+/// The `timm` entry of the `model_factory` registry.
+fn model_factories() -> Catalog {
+    Catalog::new("timm").add(models::timm_factory::entry())
+}
+
 terrahost_plugin_api::declare_plugin! {
     name: "timm",
     version: env!("CARGO_PKG_VERSION"),
     sources: [
         ("backbone", "timm", backbones()),
+        ("model_factory", "timm", model_factories()),
     ],
 }
 
@@ -32,5 +45,7 @@ terrahost_plugin_api::declare_plugin! {
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_factory;
 #[cfg(test)]
 mod tests_timm_a;

@@ -27,7 +27,9 @@ fn bn(prefix: &str, c: i64) -> Vec<(String, Vec<i64>)> {
 #[test]
 fn registers_the_resnet_entries() {
     let sources = crate::plugin_sources().unwrap();
-    assert_eq!(sources.len(), 1);
+    // backbone, and model_factory (TimmModelFactory)
+    assert_eq!(sources.len(), 2);
+    assert_eq!(sources[1].registry.as_str(), "model_factory");
     assert_eq!(sources[0].registry.as_str(), "backbone");
     assert_eq!(sources[0].prefix.as_str(), "timm");
     let names: Vec<String> = sources[0]

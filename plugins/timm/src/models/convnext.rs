@@ -94,12 +94,22 @@ impl Config {
     pub fn convnext_base() -> Self {
         Self::new(&[3, 3, 27, 3], &[128, 256, 512, 1024])
     }
+    /// timm `convnext_large`.
+    pub fn convnext_large() -> Self {
+        Self::new(&[3, 3, 27, 3], &[192, 384, 768, 1536])
+    }
+    /// timm `convnext_xlarge`.
+    pub fn convnext_xlarge() -> Self {
+        Self::new(&[3, 3, 27, 3], &[256, 512, 1024, 2048])
+    }
     /// The preset called `name` (timm's model name), if there is one.
     pub fn preset(name: &str) -> Option<Self> {
         Some(match name {
             "convnext_tiny" => Self::convnext_tiny(),
             "convnext_small" => Self::convnext_small(),
             "convnext_base" => Self::convnext_base(),
+            "convnext_large" => Self::convnext_large(),
+            "convnext_xlarge" => Self::convnext_xlarge(),
             _ => return None,
         })
     }
@@ -234,12 +244,18 @@ pub struct ConvNeXt {
 impl ConvNeXt {
     /// Builds the network under `p` with the flattened timm parameter names.
     pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
+        Self::with_names(p, cfg, true)
+    }
+
+    /// Builds the network under `p`, with the flattened names of the feature extractor
+    /// (`stem_0`, `stages_i`) when `flat`, else with the classifier's (`stem.0`, `stages.i`).
+    pub fn with_names(p: nn::Path, cfg: &Config, flat: bool) -> Result<Self> {
         cfg.validate()?;
         let out_indices = cfg.resolved_out_indices()?;
         let last = *out_indices.last().expect("out_indices are non-empty");
         let d0 = cfg.dims[0];
         let stem_conv = conv(
-            &p / "stem_0",
+            features::child(&p, "stem", 0, flat),
             cfg.in_chans,
             d0,
             cfg.patch_size,
@@ -247,7 +263,7 @@ impl ConvNeXt {
             1,
             cfg.conv_bias,
         );
-        let stem_norm = LayerNorm::new(&p / "stem_1", d0, LN_EPS);
+        let stem_norm = LayerNorm::new(features::child(&p, "stem", 1, flat), d0, LN_EPS);
         // calculate_drop_path_rates(stagewise=True): linspace(0, rate, total) split by stage.
         let total: i64 = cfg.depths.iter().sum();
         let mut block_idx = 0i64;
@@ -255,7 +271,7 @@ impl ConvNeXt {
         let mut stages = Vec::new();
         let mut curr_stride = cfg.patch_size;
         for i in 0..=last as usize {
-            let sp = &p / format!("stages_{i}");
+            let sp = features::child(&p, "stages", i, flat);
             let dim = cfg.dims[i];
             // Stage 0 keeps the stem's resolution unless the stem has stride 2.
             let stride = if curr_stride == 2 || i > 0 { 2 } else { 1 };
@@ -402,9 +418,16 @@ fn per_stage(ctx: &BuildCtx<'_, '_>, name: &str) -> Result<Vec<i64>> {
 /// Builds from the validated arguments, whose defaults are the preset's (so every
 /// field comes from them).
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let a = &ctx.args;
     features::require_features_only(ctx, "the four stages' feature maps")?;
-    let cfg = Config {
+    let cfg = config(ctx)?;
+    pretrained::build_model(ctx, |p| ConvNeXt::new(p, &cfg))
+}
+
+/// The configuration the validated arguments give (every stage when `out_indices` is not
+/// an argument).
+pub(crate) fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
+    let a = &ctx.args;
+    Ok(Config {
         in_chans: a.get("in_chans")?,
         depths: a.get("depths")?,
         dims: a.get("dims")?,
@@ -416,12 +439,11 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         drop_rate: a.get("drop_rate")?,
         drop_path_rate: a.get("drop_path_rate")?,
         out_indices: TAPS.out_indices_arg(ctx, NUM_FEATURES)?,
-    };
-    pretrained::build_model(ctx, |p| ConvNeXt::new(p, &cfg))
+    })
 }
 
 /// The registry entry for the timm ConvNeXt preset `name`, with timm's keyword parameters.
-fn entry(name: &'static str) -> Entry {
+pub(crate) fn entry(name: &'static str) -> Entry {
     let base =
         Config::preset(name).expect("a ConvNeXt entry is registered only for a known preset");
     let doc = format!(
@@ -444,8 +466,14 @@ fn entry(name: &'static str) -> Entry {
 
 /// The registry entries of the timm ConvNeXt presets.
 pub(crate) fn entries() -> Vec<Entry> {
-    ["convnext_tiny", "convnext_small", "convnext_base"]
-        .into_iter()
-        .map(entry)
-        .collect()
+    [
+        "convnext_tiny",
+        "convnext_small",
+        "convnext_base",
+        "convnext_large",
+        "convnext_xlarge",
+    ]
+    .into_iter()
+    .map(entry)
+    .collect()
 }

@@ -190,3 +190,18 @@ pub(crate) fn img_size_arg(ctx: &BuildCtx<'_, '_>) -> Result<(i64, i64)> {
         }
     }
 }
+
+/// The child `name` `i` of `p`: `name_i` as timm's `FeatureListNet(flatten_sequential=True)`
+/// names it (`flat`), or `name.i` as the classifier model does.
+pub(crate) fn child<'a>(
+    p: &tch::nn::Path<'a>,
+    name: &str,
+    i: usize,
+    flat: bool,
+) -> tch::nn::Path<'a> {
+    if flat {
+        p / format!("{name}_{i}")
+    } else {
+        p / name / i
+    }
+}

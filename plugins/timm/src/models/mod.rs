@@ -2,6 +2,7 @@
 //! `swin_layers`).
 
 pub(crate) mod checks;
+pub mod classifier;
 pub mod convnext;
 pub(crate) mod features;
 pub(crate) mod layers;
@@ -10,4 +11,5 @@ pub mod prithvi_vit;
 pub mod resnet;
 pub mod swin;
 pub(crate) mod swin_layers;
+pub mod timm_factory;
 pub mod vit;

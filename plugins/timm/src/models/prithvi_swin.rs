@@ -281,6 +281,12 @@ impl PrithviSwin {
     /// Builds the network under `p` with TerraTorch's (flattened) parameter names. The
     /// weights start as PyTorch's defaults (upstream never calls `init_weights`).
     pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
+        Self::with_names(p, cfg, true)
+    }
+
+    /// Builds the network under `p`, with the feature extractor's flattened stage names
+    /// (`stages_i`) when `flat`, else with the classifier's (`stages.i`).
+    pub fn with_names(p: nn::Path, cfg: &Config, flat: bool) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.depths.len() as i64;
         let out_indices = TAPS.resolve(&cfg.out_indices, n)?;
@@ -306,7 +312,7 @@ impl PrithviSwin {
             if i as i64 > last {
                 break;
             }
-            let sp = &p / format!("stages_{i}");
+            let sp = features::child(&p, "stages", i, flat);
             let heads = cfg.num_heads[i];
             let head_dim = dim / heads;
             let scale = match cfg.qk_scale {
@@ -724,8 +730,15 @@ impl Model for PrithviSwin {
 
 /// Builds a Prithvi Swin from the validated arguments on top of the preset `base`.
 fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
-    let a = &ctx.args;
     features::require_features_only(ctx, "the stage outputs")?;
+    let cfg = config(ctx, base)?;
+    pretrained::build_model(ctx, |p| PrithviSwin::new(p, &cfg))
+}
+
+/// The configuration the validated arguments give on top of the preset `base` (every
+/// stage when `out_indices` is not an argument).
+pub(crate) fn config(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<Config> {
+    let a = &ctx.args;
     let pretrained_bands = bands_arg(
         a.raw("pretrained_bands").unwrap_or(&Value::Null),
         "pretrained_bands",
@@ -752,7 +765,7 @@ fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
     }
     let drop_path_rate: f64 = a.get("drop_path_rate")?;
     let depths: Vec<i64> = a.get("depths")?;
-    let cfg = Config {
+    Ok(Config {
         in_chans: n_bands,
         embed_dim: a.get("embed_dim")?,
         patch_size: a.get("patch_size")?,
@@ -769,8 +782,7 @@ fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
         depths,
         pretrained_bands,
         bands,
-    };
-    pretrained::build_model(ctx, |p| PrithviSwin::new(p, &cfg))
+    })
 }
 
 fn preset_entry(name: &'static str, doc: &str) -> Entry {
@@ -801,7 +813,7 @@ fn preset_entry(name: &'static str, doc: &str) -> Entry {
 
 /// The registry entry for the Prithvi Swin TerraTorch registers into timm as `name`
 /// (`prithvi_swin_B` or `prithvi_swin_L`).
-fn entry(name: &'static str) -> Entry {
+pub(crate) fn entry(name: &'static str) -> Entry {
     let doc = if name == "prithvi_swin_L" {
         "TerraTorch's Prithvi Swin-L (MMSegSwinTransformer: embed 192, depths 2-2-18-2, window 7, 6 HLS bands) \
          as a feature extractor: normed channels-last stage outputs at strides 4, 8, 16, 32 with 192, 384, 768, \

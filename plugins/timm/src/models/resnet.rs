@@ -723,9 +723,16 @@ impl Model for ResNet {
 
 /// Builds a timm ResNet from the validated arguments on top of the preset `base`.
 fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
-    let a = &ctx.args;
     features::require_features_only(ctx, "the stem and layer1..layer4 feature maps")?;
-    let cfg = Config {
+    let cfg = config(ctx, base)?;
+    pretrained::build_model(ctx, |p| ResNet::new(p, &cfg))
+}
+
+/// The configuration the validated arguments give on top of the preset `base` (every
+/// feature when `out_indices` is not an argument).
+pub(crate) fn config(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<Config> {
+    let a = &ctx.args;
+    Ok(Config {
         in_chans: a.get("in_chans")?,
         out_indices: TAPS.out_indices_arg(ctx, NUM_FEATURES)?,
         output_stride: a.get("output_stride")?,
@@ -738,12 +745,11 @@ fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
         drop_path_rate: a.get("drop_path_rate")?,
         zero_init_last: a.get("zero_init_last")?,
         ..base
-    };
-    pretrained::build_model(ctx, |p| ResNet::new(p, &cfg))
+    })
 }
 
 /// The registry entry for the timm ResNet preset `name`, with timm's keyword parameters.
-fn entry(name: &'static str) -> Entry {
+pub(crate) fn entry(name: &'static str) -> Entry {
     let base = Config::preset(name).expect("a ResNet entry is registered only for a known preset");
     let list = |v: &[i64], sep: &str| v.iter().map(i64::to_string).collect::<Vec<_>>().join(sep);
     let block = match base.block {

@@ -249,6 +249,12 @@ pub struct SwinTransformer {
 impl SwinTransformer {
     /// Builds the network under `p` with timm's (flattened) parameter names.
     pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
+        Self::with_names(p, cfg, true)
+    }
+
+    /// Builds the network under `p`, with the feature extractor's flattened stage names
+    /// (`layers_i`) when `flat`, else with the classifier's (`layers.i`).
+    pub fn with_names(p: nn::Path, cfg: &Config, flat: bool) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.depths.len() as i64;
         let out_indices = TAPS.resolve(&cfg.out_indices, n)?;
@@ -274,7 +280,7 @@ impl SwinTransformer {
             if i as i64 > last {
                 break;
             }
-            let sp = &p / format!("layers_{i}");
+            let sp = features::child(&p, "layers", i, flat);
             let dim = dims[i];
             let downsample = (i > 0).then(|| {
                 res = [(res[0] + 1) / 2, (res[1] + 1) / 2];
@@ -458,8 +464,15 @@ impl Model for SwinTransformer {
 
 /// Builds a timm Swin from the validated arguments on top of the preset `base`.
 fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
-    let a = &ctx.args;
     features::require_features_only(ctx, "the stage outputs")?;
+    let cfg = config(ctx, base)?;
+    pretrained::build_model(ctx, |p| SwinTransformer::new(p, &cfg))
+}
+
+/// The configuration the validated arguments give on top of the preset `base` (every
+/// stage when `out_indices` is not an argument), with `drop_rate` checked.
+pub(crate) fn config(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<Config> {
+    let a = &ctx.args;
     let depths: Vec<i64> = a.get_or("depths", base.depths.clone())?;
     let num_heads: Vec<i64> = a.get_or("num_heads", base.num_heads.clone())?;
     let window = a.raw("window_size").cloned().unwrap_or(json!(7));
@@ -493,7 +506,7 @@ fn build(ctx: &BuildCtx<'_, '_>, base: Config) -> Result<ModuleBox> {
         "drop_rate",
         format!("must be in [0, 1), got {drop_rate}"),
     )?;
-    pretrained::build_model(ctx, |p| SwinTransformer::new(p, &cfg))
+    Ok(cfg)
 }
 
 fn preset_entry(name: &'static str, doc: &str) -> Entry {
@@ -613,7 +626,7 @@ fn preset_entry(name: &'static str, doc: &str) -> Entry {
 
 /// The registry entry for the timm Swin preset `name` (`swin_tiny_patch4_window7_224`,
 /// `swin_small_patch4_window7_224` or `swin_base_patch4_window7_224`).
-fn entry(name: &'static str) -> Entry {
+pub(crate) fn entry(name: &'static str) -> Entry {
     let doc = match name {
         "swin_tiny_patch4_window7_224" => {
             "timm Swin-T (embed 96, depths 2-2-6-2, window 7) as a feature extractor: channels-last [B, H, W, C] \

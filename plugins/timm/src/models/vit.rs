@@ -451,9 +451,9 @@ impl VisionTransformer {
         &self.out_indices
     }
 
-    /// Runs the network on `x` ([B, in_chans, H, W]) and returns the selected blocks'
-    /// outputs as [B, embed_dim, H / patch, W / patch], in network order.
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+    /// The token sequence entering the first block ([B, prefix + gh * gw, D]: patch
+    /// embedding, prefix tokens, position embedding, dropout, `norm_pre`) and `(B, gh, gw)`.
+    fn embed(&self, x: &Tensor, train: bool) -> Result<(Tensor, (i64, i64, i64))> {
         let cfg = &self.cfg;
         let size = TAPS.check_image(x, cfg.in_chans)?;
         let (b, h, w) = (size[0], size[2], size[3]);
@@ -517,7 +517,24 @@ impl VisionTransformer {
         if let Some(n) = &self.norm_pre {
             t = n.forward(&t)?;
         }
+        Ok((t, (b, gh, gw)))
+    }
 
+    /// Runs every block built on `x` ([B, in_chans, H, W]) and returns the last one's
+    /// tokens, [B, prefix + gh * gw, D] (the classifier's `forward_features` before `norm`).
+    pub fn tokens(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (mut t, _) = self.embed(x, train)?;
+        for blk in &self.blocks {
+            t = blk.forward(&t, train)?;
+        }
+        Ok(t)
+    }
+
+    /// Runs the network on `x` ([B, in_chans, H, W]) and returns the selected blocks'
+    /// outputs as [B, embed_dim, H / patch, W / patch], in network order.
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let cfg = &self.cfg;
+        let (mut t, (b, gh, gw)) = self.embed(x, train)?;
         let np = cfg.num_prefix_tokens();
         let n_tokens = gh * gw;
         let mut out = Vec::with_capacity(self.out_indices.len());
@@ -655,15 +672,22 @@ impl LoadPretrained for VisionTransformer {
 /// Builds a timm ViT from the validated arguments, whose defaults are the preset's (so
 /// every field comes from them).
 fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let a = &ctx.args;
     features::require_features_only(ctx, "the blocks' outputs as feature maps")?;
+    let cfg = config(ctx)?;
+    pretrained::build_model(ctx, |p| VisionTransformer::new(p / "model", &cfg))
+}
+
+/// The configuration the validated arguments give (every block when `out_indices` is not
+/// an argument).
+pub(crate) fn config(ctx: &BuildCtx<'_, '_>) -> Result<Config> {
+    let a = &ctx.args;
     let depth: i64 = a.get("depth")?;
     a.ensure(
         depth >= 1,
         "depth",
         format!("must be at least 1, got {depth}"),
     )?;
-    let cfg = Config {
+    Ok(Config {
         img_size: features::img_size_arg(ctx)?,
         patch_size: a.get("patch_size")?,
         in_chans: a.get("in_chans")?,
@@ -687,12 +711,11 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         attn_drop_rate: a.get("attn_drop_rate")?,
         drop_path_rate: a.get("drop_path_rate")?,
         out_indices: TAPS.out_indices_arg(ctx, depth)?,
-    };
-    pretrained::build_model(ctx, |p| VisionTransformer::new(p / "model", &cfg))
+    })
 }
 
 /// The registry entry for the timm ViT preset `name`, with timm's keyword parameters.
-fn entry(name: &'static str) -> Entry {
+pub(crate) fn entry(name: &'static str) -> Entry {
     let base = Config::preset(name).expect("a ViT entry is registered only for a known preset");
     let doc = format!(
         "timm {name} (patch {}, width {}, {} blocks, {} heads) as a feature extractor: the last blocks' \
