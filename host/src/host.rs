@@ -254,11 +254,18 @@ impl Host {
         self.warn_ignored(registry, name, &request);
         let callbacks = Callbacks(self);
         let handle: HostRef<'_> = Host_TO::from_ptr(RRef::new(&callbacks), TD_Opaque);
-        match self.registry(registry) {
-            Some(RegistryRef::Multi(r)) => r.build(name, request, handle),
-            Some(RegistryRef::Plain(r)) => Ok((name.to_owned(), r.build(name, request, handle)?)),
-            None => Err(Self::unknown_registry(registry)),
+        let (qualified, module) = match self.registry(registry) {
+            Some(RegistryRef::Multi(r)) => r.build(name, request, handle)?,
+            Some(RegistryRef::Plain(r)) => (name.to_owned(), r.build(name, request, handle)?),
+            None => return Err(Self::unknown_registry(registry)),
+        };
+        // What the plugin warned about while building (its own `tracing` reaches nobody).
+        if let Ok(serde_json::Value::Object(meta)) = serde_json::from_str(module.meta().as_str()) {
+            for w in terrahost_plugin_api::warnings::from_meta(&meta) {
+                tracing::warn!("`{qualified}`: {w}");
+            }
         }
+        Ok((qualified, module))
     }
 
     /// Warns once per build about each argument the entry accepts and ignores (as

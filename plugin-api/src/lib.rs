@@ -37,6 +37,7 @@ pub mod sdk;
 pub mod source;
 pub mod tensor;
 mod torch_pickle;
+pub mod warnings;
 
 pub use args::Args;
 pub use error::{ErrorKind, PluginError, Result};

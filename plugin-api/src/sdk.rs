@@ -716,10 +716,81 @@ impl Source for Catalog {
                     channels,
                     host,
                 };
-                (entry.build)(&ctx).map_err(|e| e.with_kind_if_torch(ErrorKind::BUILD_FAILED))
+                let (built, warnings) = crate::warnings::collect(|| (entry.build)(&ctx));
+                let module = built.map_err(|e| e.with_kind_if_torch(ErrorKind::BUILD_FAILED))?;
+                Ok(if warnings.is_empty() {
+                    module
+                } else {
+                    Module_TO::from_value(
+                        Warned {
+                            inner: module,
+                            warnings,
+                        },
+                        TD_Opaque,
+                    )
+                })
             },
         )
         .into()
+    }
+}
+
+/// A built module with the warnings its build recorded ([`crate::warnings`]), added to
+/// its `meta`; everything else is the module's own.
+struct Warned {
+    inner: ModuleBox,
+    warnings: Vec<String>,
+}
+
+impl Module for Warned {
+    fn forward(&self, inputs: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, PluginError> {
+        self.inner.forward(inputs)
+    }
+    fn out_channels(&self) -> RVec<i64> {
+        self.inner.out_channels()
+    }
+    fn includes_head(&self) -> bool {
+        self.inner.includes_head()
+    }
+    fn named_parameters(&self) -> RVec<NamedTensor<'_>> {
+        self.inner.named_parameters()
+    }
+    fn named_buffers(&self) -> RVec<NamedTensor<'_>> {
+        self.inner.named_buffers()
+    }
+    fn set_train(&mut self, train: bool) {
+        self.inner.set_train(train)
+    }
+    fn to_device(&mut self, device: RDevice) -> RResult<(), PluginError> {
+        self.inner.to_device(device)
+    }
+    fn forward_kw(
+        &self,
+        inputs: RVec<TensorHandle>,
+        kwargs: RString,
+    ) -> RResult<RVec<TensorHandle>, PluginError> {
+        self.inner.forward_kw(inputs, kwargs)
+    }
+    fn meta(&self) -> RString {
+        guarded("warnings", "meta", || {
+            let mut meta = match serde_json::from_str::<Value>(self.inner.meta().as_str()) {
+                Ok(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            let list = meta
+                .entry(crate::warnings::META_KEY)
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(items) = list {
+                items.extend(self.warnings.iter().cloned().map(Value::String));
+            }
+            Value::Object(meta).to_string().into()
+        })
+    }
+    fn prepare_features(
+        &self,
+        inputs: RVec<TensorHandle>,
+    ) -> RResult<ROption<RVec<TensorHandle>>, PluginError> {
+        self.inner.prepare_features(inputs)
     }
 }
 

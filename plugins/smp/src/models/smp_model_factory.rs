@@ -431,7 +431,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         }
     }
     for (k, why) in &plan.ignored {
-        tracing::warn!("SMPModelFactory ignores argument `{k}`: {why}");
+        terrahost_plugin_api::warn!("SMPModelFactory ignores argument `{k}`: {why}");
     }
     let classes = plan.model_args["classes"].as_i64().unwrap_or(1);
     let vs = nn::VarStore::new(Device::Cpu);

@@ -435,7 +435,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
                 .map(str::to_owned),
         );
         for key in dropped {
-            tracing::warn!(
+            terrahost_plugin_api::warn!(
                 "EncoderDecoderFactory ignores argument `{key}` for task `embedding_generation` (TerraTorch \
                  accepts it and does not use it)"
             );
@@ -772,9 +772,10 @@ pub fn build_with(ctx: &BuildCtx<'_, '_>, args: &Map<String, Value>) -> Result<M
         )
         .map_err(|e| e.context(format_args!("EncoderDecoderFactory: {what}")))?;
         if !spec.head_kwargs.is_empty() {
-            tracing::warn!(
-                aux = %spec.name,
-                "TerraTorch builds auxiliary heads with the main head's arguments; the aux `head_*` arguments are not used"
+            terrahost_plugin_api::warn!(
+                "auxiliary head `{}`: TerraTorch builds auxiliary heads with the main head's arguments; its `head_*` \
+                 arguments are not used",
+                spec.name
             );
         }
         // Upstream gives every auxiliary head the main head's arguments.

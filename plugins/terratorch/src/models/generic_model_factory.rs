@@ -92,7 +92,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         .collect();
     let (kwargs, unused) = split_backbone_kwargs(&extras, "backbone_");
     for key in unused {
-        tracing::warn!(
+        terrahost_plugin_api::warn!(
             "`terratorch_{NAME}` ignores argument `{key}` (TerraTorch passes only `backbone_*` arguments on and \
              drops the rest)"
         );

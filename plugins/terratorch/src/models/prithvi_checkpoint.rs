@@ -314,7 +314,7 @@ pub fn select_patch_embed_weights(
                 }
             }
             if matched == 0 {
-                tracing::warn!(
+                terrahost_plugin_api::warn!(
                     "no band of {:?} is among the pretrained bands {:?}: the patch embedding keeps a random \
                      initialisation (note that band names given in `pretrained_bands` stay strings and do not \
                      match HLS band names, as in TerraTorch)",
@@ -324,7 +324,7 @@ pub fn select_patch_embed_weights(
             }
         });
     } else {
-        tracing::warn!(
+        terrahost_plugin_api::warn!(
             "incompatible shapes between the patch embedding of the model {ms:?} and of the checkpoint {cs:?}; \
              keeping the model's weights"
         );
@@ -386,10 +386,10 @@ pub fn load_non_strict(
         .collect();
     missing.sort();
     if !missing.is_empty() {
-        tracing::warn!("missing keys in checkpoint {source}: {missing:?}");
+        terrahost_plugin_api::warn!("missing keys in checkpoint {source}: {missing:?}");
     }
     if !unexpected.is_empty() {
-        tracing::warn!("unexpected keys in checkpoint {source}: {unexpected:?}");
+        terrahost_plugin_api::warn!("unexpected keys in checkpoint {source}: {unexpected:?}");
     }
     Ok((missing, unexpected))
 }

@@ -120,7 +120,9 @@ pub fn translate(args: &Map<String, Value>) -> Result<Map<String, Value>> {
 /// Translates, warns as TerraTorch does, and builds through the `EncoderDecoderFactory`.
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let args = translate(ctx.args.map())?;
-    tracing::warn!("PrithviModelFactory is deprecated. Please switch to EncoderDecoderFactory.");
+    terrahost_plugin_api::warn!(
+        "PrithviModelFactory is deprecated. Please switch to EncoderDecoderFactory."
+    );
     encoder_decoder_factory::build_with(ctx, &args).map_err(|e| {
         e.context(format_args!(
             "{NAME} (building through EncoderDecoderFactory)"

@@ -222,7 +222,7 @@ fn checkpoint_file(ctx: &BuildCtx<'_, '_>) -> Result<Option<PathBuf>> {
     };
     if !pretrained {
         if let Some(p) = ckpt_path.or(overlay_file) {
-            tracing::warn!(
+            terrahost_plugin_api::warn!(
                 "ckpt_path {p} is given but pretrained is false: ignoring it (as TerraTorch does)"
             );
         }

@@ -85,7 +85,7 @@ impl TemporalConfig {
             ),
         };
         if kw.get("temporal_concat").is_some_and(|v| !v.is_null()) {
-            tracing::warn!("`backbone_temporal_concat` is deprecated upstream and ignored; use temporal_pooling=concat");
+            terrahost_plugin_api::warn!("`backbone_temporal_concat` is deprecated upstream and ignored; use temporal_pooling=concat");
         }
         let cfg = Self {
             pooling,

@@ -491,10 +491,9 @@ impl LoadPretrained for PrithviSwin {
         }
         let missing: Vec<&String> = vars.keys().filter(|k| !given.contains_key(*k)).collect();
         if !missing.is_empty() || !unexpected.is_empty() {
-            tracing::warn!(
-                ?missing,
-                ?unexpected,
-                "Prithvi Swin checkpoint loaded non-strictly, as TerraTorch does"
+            terrahost_plugin_api::warn!(
+                "Prithvi Swin checkpoint loaded non-strictly, as TerraTorch does (missing: {missing:?}; unexpected: \
+                 {unexpected:?})"
             );
         }
         pretrained::copy_into(vs, &given)
@@ -690,9 +689,9 @@ pub fn filter_checkpoint(
             Ok(())
         })?;
     } else {
-        tracing::warn!(
-            model = ?ms, checkpoint = ?cs,
-            "incompatible patch embedding shapes: the model keeps its own initial patch embedding"
+        terrahost_plugin_api::warn!(
+            "incompatible patch embedding shapes (model {ms:?}, checkpoint {cs:?}): the model keeps its own initial \
+             patch embedding"
         );
     }
     sd[proj_pos].1 = temp;

@@ -131,7 +131,7 @@ fn build(ctx: &BuildCtx<'_, '_>, classifiers: &Catalog) -> Result<ModuleBox> {
         }
     }
     for k in &swallowed {
-        tracing::warn!(
+        terrahost_plugin_api::warn!(
             "TimmModelFactory: `{k}` is accepted and ignored (TerraTorch's TimmModelFactory.build_model \
              swallows it through **kwargs and never reads it)"
         );
