@@ -18,6 +18,17 @@ pub struct NamedTensor<'a> {
     pub tensor: TensorRef<'a>,
 }
 
+/// A named input tensor, moved across (TerraTorch's dict of tensors by modality, such as
+/// `{"S2L2A": x, "S1GRD": y}`). Added in plugin-api 0.2.1.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct NamedTensorHandle {
+    /// The input's name (a modality such as `S2L2A`).
+    pub name: RString,
+    /// The tensor, moved.
+    pub tensor: TensorHandle,
+}
+
 /// A module built by a plugin. Implemented by the SDK's adapter; called by the host and
 /// by other plugins (a factory that composes parts from several plugins).
 #[sabi_trait]
@@ -66,6 +77,28 @@ pub trait Module: Send {
         &self,
         inputs: RVec<TensorHandle>,
     ) -> RResult<ROption<RVec<TensorHandle>>, PluginError>;
+
+    /// Runs the module on named inputs, in the caller's order (TerraTorch's
+    /// `model({"S2L2A": x, "S1GRD": y}, **kwargs)`), with keyword arguments as in
+    /// [`Module::forward_kw`]. Added in plugin-api 0.2.1, appended after the other
+    /// methods so that plugins built against 0.2.0 still load: for their modules the
+    /// vtable has no entry and this default body runs instead, which refuses with an
+    /// error naming the inputs (the same error a module that takes no named inputs
+    /// gives).
+    fn forward_named(
+        &self,
+        inputs: RVec<NamedTensorHandle>,
+        kwargs: RString,
+    ) -> RResult<RVec<TensorHandle>, PluginError> {
+        let _ = kwargs;
+        let names: Vec<String> = inputs.iter().map(|n| format!("`{}`", n.name)).collect();
+        RResult::RErr(PluginError::forward_failed(format!(
+            "this module takes no named inputs (got {}): it runs on one tensor, or it was built by a \
+             plugin compiled against plugin-api 0.2.0, which predates named inputs (rebuild the plugin); \
+             pass a single tensor `input` instead",
+            names.join(", ")
+        )))
+    }
 }
 
 /// An owned, type-erased module.

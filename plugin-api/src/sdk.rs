@@ -20,7 +20,7 @@
 use crate::args::Args;
 use crate::error::{catch, catch_as, ErrorKind, PluginError, Result};
 use crate::host::HostRef;
-use crate::module::{Module, ModuleBox, Module_TO, NamedTensor};
+use crate::module::{Module, ModuleBox, Module_TO, NamedTensor, NamedTensorHandle};
 use crate::params::{did_you_mean, BuildRequest, EntryInfo, ParamSpec, ParamType};
 use crate::source::{Source, SourceBox, Source_TO};
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
@@ -79,6 +79,25 @@ pub trait Model: Send + 'static {
     fn prepare_features(&self, xs: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
         let _ = xs;
         None
+    }
+
+    /// Runs the model on named inputs, in the caller's order (see
+    /// [`Module::forward_named`]): TerraTorch's dict of tensors by modality. The default
+    /// refuses, naming the inputs: a model that takes one tensor has no use for names.
+    fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let _ = (kwargs, train);
+        Err(PluginError::invalid_argument(format!(
+            "this model takes no named inputs (got {}); pass one tensor `input` instead",
+            xs.iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 }
 
@@ -174,17 +193,39 @@ impl<M: Model> Module for Built<M> {
             format_args!("forward of `{}`", self.name),
             ErrorKind::FORWARD_FAILED,
             || {
-                let kwargs: Map<String, Value> =
-                    serde_json::from_str(kwargs.as_str()).map_err(|e| {
-                        PluginError::invalid_argument(format!(
-                            "forward keyword arguments of `{}` are not a JSON object: {e}",
-                            self.name
-                        ))
-                    })?;
+                let kwargs = parse_kwargs(&self.name, kwargs.as_str())?;
                 let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
                 let ys = self
                     .model
                     .forward_kw(&xs, &kwargs, self.train)
+                    .map_err(|e| {
+                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                            .context(format_args!("forward of `{}`", self.name))
+                    })?;
+                Ok(ys.into_iter().map(TensorHandle::new).collect())
+            },
+        )
+        .into()
+    }
+
+    fn forward_named(
+        &self,
+        inputs: RVec<NamedTensorHandle>,
+        kwargs: RString,
+    ) -> RResult<RVec<TensorHandle>, PluginError> {
+        let _span = tracing::debug_span!("forward", module = %self.name).entered();
+        catch_as(
+            format_args!("forward of `{}`", self.name),
+            ErrorKind::FORWARD_FAILED,
+            || {
+                let kwargs = parse_kwargs(&self.name, kwargs.as_str())?;
+                let xs: Vec<(String, Tensor)> = inputs
+                    .into_iter()
+                    .map(|n| (n.name.into_string(), n.tensor.into_tensor()))
+                    .collect();
+                let ys = self
+                    .model
+                    .forward_named(&xs, &kwargs, self.train)
                     .map_err(|e| {
                         e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
                             .context(format_args!("forward of `{}`", self.name))
@@ -268,6 +309,15 @@ impl<M: Model> Module for Built<M> {
     }
 }
 
+/// Keyword arguments as they cross the boundary: a JSON object.
+fn parse_kwargs(module: &str, text: &str) -> Result<Map<String, Value>> {
+    serde_json::from_str(text).map_err(|e| {
+        PluginError::invalid_argument(format!(
+            "forward keyword arguments of `{module}` are not a JSON object: {e}"
+        ))
+    })
+}
+
 /// Runs an infallible ABI method inside `catch_unwind`. These methods only read what
 /// the model decided at construction, so a panic here is a bug in the plugin: it is
 /// logged and the neutral value returned, rather than unwinding into the host.
@@ -343,6 +393,29 @@ impl DynModule {
         let out = self
             .module
             .forward_kw(inputs, kwargs.into())
+            .into_result()?;
+        Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
+    }
+
+    /// Runs the module on named inputs (shallow clones; see [`Module::forward_named`]),
+    /// with keyword arguments. A module from a plugin built against plugin-api 0.2.0
+    /// answers with an error that says so.
+    pub fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        kwargs: &Map<String, Value>,
+    ) -> Result<Vec<Tensor>> {
+        let inputs: RVec<NamedTensorHandle> = xs
+            .iter()
+            .map(|(n, t)| NamedTensorHandle {
+                name: n.as_str().into(),
+                tensor: TensorHandle::new(t.shallow_clone()),
+            })
+            .collect();
+        let kwargs = Value::Object(kwargs.clone()).to_string();
+        let out = self
+            .module
+            .forward_named(inputs, kwargs.into())
             .into_result()?;
         Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
     }
@@ -522,6 +595,7 @@ pub struct Catalog {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
     includes_heads: bool,
+    refused: HashMap<String, String>,
 }
 
 impl Catalog {
@@ -532,7 +606,17 @@ impl Catalog {
             entries: Vec::new(),
             index: HashMap::new(),
             includes_heads: false,
+            refused: HashMap::new(),
         }
+    }
+
+    /// Refuses `name`, a registration of the reference that this source does not build
+    /// (yet): it is not an entry (not listed, `contains` is false), but describing or
+    /// building it answers [`ErrorKind::NOT_SUPPORTED`] with `why`, which the host
+    /// reports instead of "not found".
+    pub fn refuses(mut self, name: &str, why: impl Into<String>) -> Self {
+        self.refused.insert(name.to_owned(), why.into());
+        self
     }
 
     /// Marks every entry of this source, added before or after, as making the final
@@ -594,6 +678,9 @@ impl Catalog {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry> {
+        if let Some(why) = self.refused.get(name) {
+            return Err(PluginError::new(ErrorKind::NOT_SUPPORTED, why.clone()));
+        }
         self.index
             .get(name)
             .map(|&i| &self.entries[i])
