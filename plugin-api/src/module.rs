@@ -18,16 +18,25 @@ pub struct NamedTensor<'a> {
     pub tensor: TensorRef<'a>,
 }
 
-/// A named input tensor, moved across (TerraTorch's dict of tensors by modality, such as
-/// `{"S2L2A": x, "S1GRD": y}`). Added in plugin-api 0.2.1.
-#[repr(C)]
-#[derive(StableAbi)]
-pub struct NamedTensorHandle {
-    /// The input's name (a modality such as `S2L2A`).
-    pub name: RString,
-    /// The tensor, moved.
-    pub tensor: TensorHandle,
-}
+/// The keyword of [`Module::forward_kw`] that marks named inputs (plugin-api 0.2.1):
+/// `{"__input_names__": ["S2L2A", "S1GRD"]}` names `inputs` one by one, which makes them
+/// TerraTorch's dict of tensors by modality, in that order. A module built with the
+/// plugin-api 0.2.1 SDK or later dispatches such a call to `Model::forward_named` and
+/// reports [`PLUGIN_API_META_KEY`] in its [`Module::meta`]; a module without that key
+/// predates named inputs (it would ignore the names), so callers must not send them to
+/// it ([`crate::sdk::DynModule::forward_named`] refuses instead).
+///
+/// Why a keyword and not a new vtable method: `abi_stable` 0.11 checks, when a library
+/// loads, that the host's prefix types (this vtable among them) have no more fields than
+/// the library's ("too many fields; expected 13, found 12"), so appending a method would
+/// make every plugin built against 0.2.0 fail to load in a 0.2.1 host. The keyword keeps
+/// the layout unchanged.
+pub const INPUT_NAMES_KWARG: &str = "__input_names__";
+
+/// The [`Module::meta`] key holding the plugin-api version a module was built with
+/// (added by the SDK from 0.2.1 on). Its presence means the module understands
+/// [`INPUT_NAMES_KWARG`].
+pub const PLUGIN_API_META_KEY: &str = "plugin_api";
 
 /// A module built by a plugin. Implemented by the SDK's adapter; called by the host and
 /// by other plugins (a factory that composes parts from several plugins).
@@ -59,7 +68,8 @@ pub trait Module: Send {
 
     /// Runs the module with keyword arguments, a JSON object such as
     /// `{"image_size": [224, 224]}` (what TerraTorch's model passes its necks).
-    /// Modules that take none ignore them.
+    /// Modules that take none ignore them. With [`INPUT_NAMES_KWARG`] the inputs are
+    /// named (plugin-api 0.2.1).
     fn forward_kw(
         &self,
         inputs: RVec<TensorHandle>,
@@ -77,28 +87,6 @@ pub trait Module: Send {
         &self,
         inputs: RVec<TensorHandle>,
     ) -> RResult<ROption<RVec<TensorHandle>>, PluginError>;
-
-    /// Runs the module on named inputs, in the caller's order (TerraTorch's
-    /// `model({"S2L2A": x, "S1GRD": y}, **kwargs)`), with keyword arguments as in
-    /// [`Module::forward_kw`]. Added in plugin-api 0.2.1, appended after the other
-    /// methods so that plugins built against 0.2.0 still load: for their modules the
-    /// vtable has no entry and this default body runs instead, which refuses with an
-    /// error naming the inputs (the same error a module that takes no named inputs
-    /// gives).
-    fn forward_named(
-        &self,
-        inputs: RVec<NamedTensorHandle>,
-        kwargs: RString,
-    ) -> RResult<RVec<TensorHandle>, PluginError> {
-        let _ = kwargs;
-        let names: Vec<String> = inputs.iter().map(|n| format!("`{}`", n.name)).collect();
-        RResult::RErr(PluginError::forward_failed(format!(
-            "this module takes no named inputs (got {}): it runs on one tensor, or it was built by a \
-             plugin compiled against plugin-api 0.2.0, which predates named inputs (rebuild the plugin); \
-             pass a single tensor `input` instead",
-            names.join(", ")
-        )))
-    }
 }
 
 /// An owned, type-erased module.
