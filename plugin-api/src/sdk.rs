@@ -205,10 +205,10 @@ impl<M: Model> Module for Built<M> {
                     }
                     None => self.model.forward_kw(&xs, &kwargs, self.train),
                 }
-                    .map_err(|e| {
-                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
-                            .context(format_args!("forward of `{}`", self.name))
-                    })?;
+                .map_err(|e| {
+                    e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                        .context(format_args!("forward of `{}`", self.name))
+                })?;
                 Ok(ys.into_iter().map(TensorHandle::new).collect())
             },
         )
@@ -907,14 +907,18 @@ mod tests {
             kwargs: &Map<String, Value>,
             _: bool,
         ) -> Result<Vec<Tensor>> {
-            assert!(!kwargs.contains_key(INPUT_NAMES_KWARG), "the names are taken out");
+            assert!(
+                !kwargs.contains_key(INPUT_NAMES_KWARG),
+                "the names are taken out"
+            );
             let order = ["a", "b"];
             let mut acc = Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
             for (n, t) in xs {
-                let w = order.iter().position(|o| o == n).ok_or_else(|| {
-                    PluginError::invalid_argument(format!("unknown input `{n}`"))
-                })? as f64
-                    + 1.0;
+                let w =
+                    order.iter().position(|o| o == n).ok_or_else(|| {
+                        PluginError::invalid_argument(format!("unknown input `{n}`"))
+                    })? as f64
+                        + 1.0;
                 acc = acc + t * w;
             }
             Ok(vec![acc, Tensor::from(kwargs.len() as i64)])
@@ -922,7 +926,10 @@ mod tests {
     }
 
     fn module(m: impl Model) -> DynModule {
-        DynModule::new("m", Built::new("m", nn::VarStore::new(Device::Cpu), m).boxed())
+        DynModule::new(
+            "m",
+            Built::new("m", nn::VarStore::new(Device::Cpu), m).boxed(),
+        )
     }
 
     fn one(v: f32) -> Tensor {
@@ -938,7 +945,11 @@ mod tests {
         let named = vec![("b".to_owned(), one(10.0)), ("a".to_owned(), one(1.0))];
         let ys = m.forward_named(&named, &kw).unwrap();
         assert_eq!(ys[0].double_value(&[0]), 21.0); // 10 * 2 + 1 * 1
-        assert_eq!(ys[1].int64_value(&[]), 1, "the other keyword arguments arrive");
+        assert_eq!(
+            ys[1].int64_value(&[]),
+            1,
+            "the other keyword arguments arrive"
+        );
         // positional calls are unchanged
         assert_eq!(m.forward(&[one(3.0)]).unwrap()[0].double_value(&[0]), 3.0);
         // a model error comes back as an error value
@@ -987,10 +998,7 @@ mod tests {
     fn a_module_from_a_plugin_api_0_2_0_plugin_is_not_sent_named_inputs() {
         struct Old;
         impl Module for Old {
-            fn forward(
-                &self,
-                _: RVec<TensorHandle>,
-            ) -> RResult<RVec<TensorHandle>, PluginError> {
+            fn forward(&self, _: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, PluginError> {
                 panic!("must not be called")
             }
             fn out_channels(&self) -> RVec<i64> {

@@ -142,9 +142,9 @@ fn read_input(path: &PathBuf) -> Result<Inputs, HostError> {
 fn order_named(
     named: Vec<(String, Tensor)>,
     meta: &serde_json::Map<String, serde_json::Value>,
-) -> Vec<(String, Tensor)> {
+) -> Result<Vec<(String, Tensor)>, HostError> {
     let Some(order) = meta.get("input_names").and_then(|v| v.as_array()) else {
-        return named;
+        return Ok(named);
     };
     let order: Vec<&str> = order.iter().filter_map(|v| v.as_str()).collect();
     let (mut known, unknown): (Vec<_>, Vec<_>) = named
@@ -156,8 +156,19 @@ fn order_named(
             order.join(", ")
         );
     }
+    if known.is_empty() {
+        return Err(HostError::Usage(format!(
+            "--input: none of its tensors ({}) is an input of this model; it takes {}",
+            unknown
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            order.join(", ")
+        )));
+    }
     known.sort_by_key(|(n, _)| order.iter().position(|o| *o == n.as_str()));
-    known
+    Ok(known)
 }
 
 /// The names the model gives its outputs (`output`, `aux_<name>`...), else `output`,
@@ -237,7 +248,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     }
 
     let inputs = match inputs {
-        Inputs::Named(named) => Inputs::Named(order_named(named, &model.meta())),
+        Inputs::Named(named) => Inputs::Named(order_named(named, &model.meta())?),
         positional => positional,
     };
     let input_names: Vec<String> = match &inputs {

@@ -5,7 +5,9 @@
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 use terrahost_plugin_api::{sdk::DynModule, ErrorKind, PluginError};
-use terrahost_testkit::{assert_close, check_fixture, compare_outputs, host_with, set_synthetic, Fixture};
+use terrahost_testkit::{
+    assert_close, check_fixture, compare_outputs, host_with, set_synthetic, Fixture,
+};
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().expect("a JSON object").clone()
@@ -97,10 +99,9 @@ fn one_tensor_goes_to_the_first_modality_and_unknown_names_are_dropped() {
     }
     // An input the model does not know is dropped, as upstream warns and drops it.
     let junk = Tensor::zeros([1, 5, 32, 32], (Kind::Float, tch::Device::Cpu));
-    let c = tch::no_grad(|| {
-        m.forward_named(&named(&[("S1GRD", &x), ("junk", &junk)]), &Map::new())
-    })
-    .unwrap();
+    let c =
+        tch::no_grad(|| m.forward_named(&named(&[("S1GRD", &x), ("junk", &junk)]), &Map::new()))
+            .unwrap();
     assert_close("junk dropped", &c[11], &a[11], 0.0);
     // Only unknown names: an error that names what the model takes.
     let e = m
@@ -164,8 +165,15 @@ fn unsupported_modalities_and_options_are_refused_clearly() {
         "terramind_v1_base",
         json!({"modalities": ["S2L2A"], "merge_method": "dict"}),
     ));
-    assert!(e.message().contains("dict") && e.message().contains("not supported yet"), "{e}");
-    let e = err(build("backbone", "terramind_v1_base", json!({"pretrained": true})));
+    assert!(
+        e.message().contains("dict") && e.message().contains("not supported yet"),
+        "{e}"
+    );
+    let e = err(build(
+        "backbone",
+        "terramind_v1_base",
+        json!({"pretrained": true}),
+    ));
     assert!(e.message().contains("no downloads"), "{e}");
     // The presets fix the architecture (upstream: "got multiple values for keyword argument").
     let e = err(build("backbone", "terramind_v1_tiny", json!({"dim": 32})));
@@ -181,7 +189,11 @@ fn unsupported_modalities_and_options_are_refused_clearly() {
         "terramind_v1_tiny",
         json!({"modalities": ["Hyperspectral"]}),
     ));
-    assert!(e.message().contains("unknown TerraMind modality `Hyperspectral`"), "{e}");
+    assert!(
+        e.message()
+            .contains("unknown TerraMind modality `Hyperspectral`"),
+        "{e}"
+    );
 }
 
 /// The `_tim` variants, TerraMind 0.1, the encoder-decoder and generation models and the
@@ -210,7 +222,9 @@ fn other_terramind_registrations_are_refused_by_name() {
     }
     let names = host.names("backbone");
     assert!(names.iter().any(|n| n == "terratorch_terramind_v1_large"));
-    assert!(!names.iter().any(|n| n.contains("_tim") || n.contains("v01")));
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("_tim") || n.contains("v01")));
 }
 
 /// A module that takes one tensor refuses named inputs, naming them (the same default
@@ -219,7 +233,12 @@ fn other_terramind_registrations_are_refused_by_name() {
 fn a_single_tensor_module_refuses_named_inputs() {
     let host = host_with(crate::plugin_sources().unwrap());
     let m = host
-        .build("neck", "SelectIndices", &obj(json!({"indices": [0]})), Some(&[8]))
+        .build(
+            "neck",
+            "SelectIndices",
+            &obj(json!({"indices": [0]})),
+            Some(&[8]),
+        )
         .unwrap();
     let x = Tensor::zeros([1, 8, 4, 4], (Kind::Float, tch::Device::Cpu));
     let e = m
@@ -253,9 +272,8 @@ fn factory_model_reports_input_names_and_pads_each_modality() {
     assert_eq!(m.meta()["input_names"], json!(["S2L2A", "S1GRD"]));
     let s2 = Tensor::randn([2, 12, 20, 20], (Kind::Float, tch::Device::Cpu));
     let s1 = Tensor::randn([2, 2, 20, 20], (Kind::Float, tch::Device::Cpu));
-    let y = tch::no_grad(|| {
-        m.forward_named(&named(&[("S2L2A", &s2), ("S1GRD", &s1)]), &Map::new())
-    })
-    .unwrap();
+    let y =
+        tch::no_grad(|| m.forward_named(&named(&[("S2L2A", &s2), ("S1GRD", &s1)]), &Map::new()))
+            .unwrap();
     assert_eq!(y[0].size(), vec![2, 3]);
 }

@@ -2,8 +2,8 @@
 //! whose features are the output. Mirrors `terratorch/models/embedding_output_model.py`.
 
 use super::trunk::{EncoderInputs, NamedEncoderInputs};
-use serde_json::{Map, Value};
 use super::utils::Padding;
+use serde_json::{Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
@@ -45,7 +45,9 @@ impl Model for EmbeddingOutputModel {
         _train: bool,
     ) -> Result<Vec<Tensor>> {
         let inputs = NamedEncoderInputs::new(xs, self.padding.as_ref())?;
-        let features = self.parts[0].1.forward_named(&inputs.tensors, &Map::new())?;
+        let features = self.parts[0]
+            .1
+            .forward_named(&inputs.tensors, &Map::new())?;
         self.necks(features)
     }
 

@@ -635,7 +635,8 @@ impl ImageEmbedding {
             .pos_emb
             .f_reshape([1, side, side, self.dim])?
             .f_permute([0, 3, 1, 2])?;
-        let resized = grid.f_upsample_bicubic2d([h / self.patch, w / self.patch], false, None, None)?;
+        let resized =
+            grid.f_upsample_bicubic2d([h / self.patch, w / self.patch], false, None, None)?;
         Ok(resized
             .f_permute([0, 2, 3, 1])?
             .f_reshape([1, -1, self.dim])?)
@@ -667,7 +668,12 @@ impl TerraMindViT {
         let embeddings = cfg
             .embedding_keys()
             .into_iter()
-            .map(|m| Ok((m.key.clone(), ImageEmbedding::new(&emb / m.key.as_str(), m, cfg.img_size, cfg.dim)?)))
+            .map(|m| {
+                Ok((
+                    m.key.clone(),
+                    ImageEmbedding::new(&emb / m.key.as_str(), m, cfg.img_size, cfg.dim)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let missing_mod_token = (cfg.merge == Merge::Concat).then(|| {
             p.var(
@@ -740,7 +746,10 @@ impl TerraMindViT {
             return Err(PluginError::forward_failed(format!(
                 "No valid inputs provided: TerraMind takes {} (got {})",
                 self.input_names().join(", "),
-                d.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                d.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let mut tokens = Vec::with_capacity(known.len());
@@ -923,7 +932,10 @@ fn apply_bands(mods: &mut [Modality], bands: &Map<String, Value>) -> Result<()> 
             .ok_or_else(|| {
                 PluginError::invalid_argument(format!(
                     "`bands` names modality `{name}`, which is not among the modalities ({})",
-                    mods.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    mods.iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?;
         if pretrained_bands(&key).is_none() {
@@ -992,9 +1004,12 @@ fn build(ctx: &BuildCtx<'_, '_>, base: &Config) -> Result<ModuleBox> {
     }
     let patch_size: i64 = ctx.args.get("patch_size")?;
     let in_chans: i64 = ctx.args.get("in_chans")?;
-    let mut modalities =
-        modalities_arg(ctx.args.raw("modalities").unwrap_or(&Value::Null), in_chans, patch_size)
-            .map_err(named)?;
+    let mut modalities = modalities_arg(
+        ctx.args.raw("modalities").unwrap_or(&Value::Null),
+        in_chans,
+        patch_size,
+    )
+    .map_err(named)?;
     if let Some(bands) = ctx.args.opt::<Map<String, Value>>("bands")? {
         apply_bands(&mut modalities, &bands).map_err(named)?;
     }
@@ -1016,7 +1031,8 @@ fn build(ctx: &BuildCtx<'_, '_>, base: &Config) -> Result<ModuleBox> {
 
 /// The `terratorch` backbone entry `name` (`terramind_v1_*`).
 pub fn backbone_entry(name: &'static str) -> Entry {
-    let base = Config::preset(name).expect("a TerraMind entry is registered only for a known preset");
+    let base =
+        Config::preset(name).expect("a TerraMind entry is registered only for a known preset");
     let doc = format!(
         "TerraMind 1.0 encoder `{name}` (TerraMindViT: dim {}, depth {}, heads {}, {} MLP, {}). Takes one \
          tensor [B, C, H, W] (the first modality) or named inputs by modality (S2L2A, S1GRD, ...: TerraTorch's \

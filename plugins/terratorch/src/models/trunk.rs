@@ -123,7 +123,11 @@ impl Trunk {
         self.through_necks(features, image_size)
     }
 
-    fn through_necks(&self, mut features: Vec<Tensor>, image_size: [i64; 2]) -> Result<Vec<Tensor>> {
+    fn through_necks(
+        &self,
+        mut features: Vec<Tensor>,
+        image_size: [i64; 2],
+    ) -> Result<Vec<Tensor>> {
         if self.n_necks == 0 {
             if let Some(prepared) = self.encoder().prepare_features(&features)? {
                 features = prepared;
