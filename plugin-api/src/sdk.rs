@@ -919,7 +919,7 @@ mod tests {
                         PluginError::invalid_argument(format!("unknown input `{n}`"))
                     })? as f64
                         + 1.0;
-                acc = acc + t * w;
+                acc += t * w;
             }
             Ok(vec![acc, Tensor::from(kwargs.len() as i64)])
         }

@@ -117,14 +117,14 @@ impl PixelWiseModel {
         size_out: [i64; 2],
         train: bool,
     ) -> Result<Vec<Tensor>> {
-        let decoded = Trunk::decode(self.trunk.decoder(), &features)?;
+        let decoded = Trunk::decode(self.trunk.decoder(), features)?;
         let mask = match &self.head {
             Some(h) => h.forward_t(&decoded, train)?,
             None => decoded,
         };
         let mut out = vec![self.finish(mask, input_size, size_out)?];
         for ((_, decoder), head) in self.trunk.aux_decoders().zip(&self.aux_heads) {
-            let decoded = Trunk::decode(decoder, &features)?;
+            let decoded = Trunk::decode(decoder, features)?;
             let aux = match head {
                 Some(h) => h.forward_t(&decoded, train)?,
                 None => decoded,
