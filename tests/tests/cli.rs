@@ -340,10 +340,11 @@ fn run_takes_inputs_named_by_modality() {
     )
     .unwrap();
     let output = work.path().join("out.safetensors");
+    let config = fx.dir.join("config.yaml");
     let args = [
         "run",
         "--config",
-        fx.dir.join("config.yaml").to_str().unwrap(),
+        config.to_str().unwrap(),
         "--weights",
         weights.to_str().unwrap(),
         "--input",
@@ -381,7 +382,7 @@ fn run_takes_inputs_named_by_modality() {
         &[
             "run",
             "--config",
-            fx.dir.join("config.yaml").to_str().unwrap(),
+            config.to_str().unwrap(),
             "--input",
             input.to_str().unwrap(),
         ],
