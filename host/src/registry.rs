@@ -52,6 +52,16 @@ impl SourceSlot {
         self.source.contains(name.into())
     }
 
+    /// The source's reason for refusing `name`, when it knows the name but does not
+    /// build it ([`ErrorKind::NOT_SUPPORTED`] from `describe`, plugin-api 0.2.1); older
+    /// sources answer not-found, which gives `None`.
+    pub fn refusal(&self, name: &str) -> Option<PluginError> {
+        match self.source.describe(name.into()).into_result() {
+            Err(e) if e.kind == terrahost_plugin_api::ErrorKind::NOT_SUPPORTED => Some(e),
+            _ => None,
+        }
+    }
+
     /// The number of entries.
     pub fn len(&self) -> usize {
         self.source.names().len()
@@ -218,6 +228,9 @@ impl MultiSourceRegistry {
             if slot.contains(rest) {
                 return Ok((slot, rest.to_owned()));
             }
+            if let Some(e) = slot.refusal(rest) {
+                return Err(e);
+            }
             // A name with a dot (timm's `arch.tag`) may be refused by the source for a reason
             // only it knows (an unknown pretrained tag): its own message says which.
             if rest.contains('.') {
@@ -249,6 +262,9 @@ impl MultiSourceRegistry {
         }
         if let Some(slot) = self.sources.iter().find(|s| s.contains(name)) {
             return Ok((slot, name.to_owned()));
+        }
+        if let Some(e) = self.sources.iter().find_map(|s| s.refusal(name)) {
+            return Err(e);
         }
         if let Some((prefix, _)) = name.split_once('_') {
             if self.known_prefixes.iter().any(|p| p == prefix) {

@@ -20,6 +20,9 @@ impl ErrorKind {
     pub const FORWARD_FAILED: Self = Self(4);
     /// Plugin code panicked; the panic was caught at the boundary.
     pub const PANICKED: Self = Self(5);
+    /// The name or option is known (the reference has it) but not supported yet; the
+    /// message says what instead. Added in plugin-api 0.2.1.
+    pub const NOT_SUPPORTED: Self = Self(6);
 
     /// A short lower-case name for messages and JSON.
     pub fn name(self) -> &'static str {
@@ -29,6 +32,7 @@ impl ErrorKind {
             Self::BUILD_FAILED => "build-failed",
             Self::FORWARD_FAILED => "forward-failed",
             Self::PANICKED => "panicked",
+            Self::NOT_SUPPORTED => "not-supported",
             _ => "error",
         }
     }

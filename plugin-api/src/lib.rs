@@ -43,7 +43,9 @@ pub use args::Args;
 pub use error::{ErrorKind, PluginError, Result};
 pub use host::{Host, HostRef, Host_TO};
 pub use manifest::{Manifest, SourceDecl};
-pub use module::{Module, ModuleBox, Module_TO, NamedTensor};
+pub use module::{
+    Module, ModuleBox, Module_TO, NamedTensor, INPUT_NAMES_KWARG, PLUGIN_API_META_KEY,
+};
 pub use params::{BuildRequest, EntryInfo, ParamSpec, ParamType};
 pub use root::{PluginRoot, PluginRoot_Ref, SourceEntry};
 pub use source::{Source, SourceBox, Source_TO};

@@ -18,6 +18,26 @@ pub struct NamedTensor<'a> {
     pub tensor: TensorRef<'a>,
 }
 
+/// The keyword of [`Module::forward_kw`] that marks named inputs (plugin-api 0.2.1):
+/// `{"__input_names__": ["S2L2A", "S1GRD"]}` names `inputs` one by one, which makes them
+/// TerraTorch's dict of tensors by modality, in that order. A module built with the
+/// plugin-api 0.2.1 SDK or later dispatches such a call to `Model::forward_named` and
+/// reports [`PLUGIN_API_META_KEY`] in its [`Module::meta`]; a module without that key
+/// predates named inputs (it would ignore the names), so callers must not send them to
+/// it ([`crate::sdk::DynModule::forward_named`] refuses instead).
+///
+/// Why a keyword and not a new vtable method: `abi_stable` 0.11 checks, when a library
+/// loads, that the host's prefix types (this vtable among them) have no more fields than
+/// the library's ("too many fields; expected 13, found 12"), so appending a method would
+/// make every plugin built against 0.2.0 fail to load in a 0.2.1 host. The keyword keeps
+/// the layout unchanged.
+pub const INPUT_NAMES_KWARG: &str = "__input_names__";
+
+/// The [`Module::meta`] key holding the plugin-api version a module was built with
+/// (added by the SDK from 0.2.1 on). Its presence means the module understands
+/// [`INPUT_NAMES_KWARG`].
+pub const PLUGIN_API_META_KEY: &str = "plugin_api";
+
 /// A module built by a plugin. Implemented by the SDK's adapter; called by the host and
 /// by other plugins (a factory that composes parts from several plugins).
 #[sabi_trait]
@@ -48,7 +68,8 @@ pub trait Module: Send {
 
     /// Runs the module with keyword arguments, a JSON object such as
     /// `{"image_size": [224, 224]}` (what TerraTorch's model passes its necks).
-    /// Modules that take none ignore them.
+    /// Modules that take none ignore them. With [`INPUT_NAMES_KWARG`] the inputs are
+    /// named (plugin-api 0.2.1).
     fn forward_kw(
         &self,
         inputs: RVec<TensorHandle>,

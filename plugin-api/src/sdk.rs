@@ -20,7 +20,9 @@
 use crate::args::Args;
 use crate::error::{catch, catch_as, ErrorKind, PluginError, Result};
 use crate::host::HostRef;
-use crate::module::{Module, ModuleBox, Module_TO, NamedTensor};
+use crate::module::{
+    Module, ModuleBox, Module_TO, NamedTensor, INPUT_NAMES_KWARG, PLUGIN_API_META_KEY,
+};
 use crate::params::{did_you_mean, BuildRequest, EntryInfo, ParamSpec, ParamType};
 use crate::source::{Source, SourceBox, Source_TO};
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
@@ -79,6 +81,26 @@ pub trait Model: Send + 'static {
     fn prepare_features(&self, xs: &[Tensor]) -> Option<Result<Vec<Tensor>>> {
         let _ = xs;
         None
+    }
+
+    /// Runs the model on named inputs, in the caller's order: TerraTorch's dict of
+    /// tensors by modality (they cross as [`Module::forward_kw`] with
+    /// [`INPUT_NAMES_KWARG`]). The default refuses, naming the inputs: a model that takes
+    /// one tensor has no use for names.
+    fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let _ = (kwargs, train);
+        Err(PluginError::invalid_argument(format!(
+            "this model takes no named inputs (got {}); pass one tensor `input` instead",
+            xs.iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 }
 
@@ -174,21 +196,19 @@ impl<M: Model> Module for Built<M> {
             format_args!("forward of `{}`", self.name),
             ErrorKind::FORWARD_FAILED,
             || {
-                let kwargs: Map<String, Value> =
-                    serde_json::from_str(kwargs.as_str()).map_err(|e| {
-                        PluginError::invalid_argument(format!(
-                            "forward keyword arguments of `{}` are not a JSON object: {e}",
-                            self.name
-                        ))
-                    })?;
+                let mut kwargs = parse_kwargs(&self.name, kwargs.as_str())?;
                 let xs: Vec<Tensor> = inputs.into_iter().map(TensorHandle::into_tensor).collect();
-                let ys = self
-                    .model
-                    .forward_kw(&xs, &kwargs, self.train)
-                    .map_err(|e| {
-                        e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
-                            .context(format_args!("forward of `{}`", self.name))
-                    })?;
+                let ys = match kwargs.remove(INPUT_NAMES_KWARG) {
+                    Some(names) => {
+                        let named = name_inputs(&self.name, &names, xs)?;
+                        self.model.forward_named(&named, &kwargs, self.train)
+                    }
+                    None => self.model.forward_kw(&xs, &kwargs, self.train),
+                }
+                .map_err(|e| {
+                    e.with_kind_if_torch(ErrorKind::FORWARD_FAILED)
+                        .context(format_args!("forward of `{}`", self.name))
+                })?;
                 Ok(ys.into_iter().map(TensorHandle::new).collect())
             },
         )
@@ -197,7 +217,9 @@ impl<M: Model> Module for Built<M> {
 
     fn meta(&self) -> RString {
         guarded(&self.name, "meta", || {
-            Value::Object(self.model.meta()).to_string().into()
+            let mut meta = self.model.meta();
+            meta.insert(PLUGIN_API_META_KEY.into(), crate::API_VERSION.into());
+            Value::Object(meta).to_string().into()
         })
     }
 
@@ -266,6 +288,33 @@ impl<M: Model> Module for Built<M> {
         })
         .into()
     }
+}
+
+/// Pairs the inputs with the names of [`INPUT_NAMES_KWARG`] (a list of strings, one per
+/// input).
+fn name_inputs(module: &str, names: &Value, xs: Vec<Tensor>) -> Result<Vec<(String, Tensor)>> {
+    let names: Vec<String> = serde_json::from_value(names.clone()).map_err(|_| {
+        PluginError::invalid_argument(format!(
+            "`{INPUT_NAMES_KWARG}` of a forward of `{module}` must be a list of strings, got {names}"
+        ))
+    })?;
+    if names.len() != xs.len() {
+        return Err(PluginError::invalid_argument(format!(
+            "a forward of `{module}` got {} input names for {} tensors",
+            names.len(),
+            xs.len()
+        )));
+    }
+    Ok(names.into_iter().zip(xs).collect())
+}
+
+/// Keyword arguments as they cross the boundary: a JSON object.
+fn parse_kwargs(module: &str, text: &str) -> Result<Map<String, Value>> {
+    serde_json::from_str(text).map_err(|e| {
+        PluginError::invalid_argument(format!(
+            "forward keyword arguments of `{module}` are not a JSON object: {e}"
+        ))
+    })
 }
 
 /// Runs an infallible ABI method inside `catch_unwind`. These methods only read what
@@ -345,6 +394,32 @@ impl DynModule {
             .forward_kw(inputs, kwargs.into())
             .into_result()?;
         Ok(out.into_iter().map(TensorHandle::into_tensor).collect())
+    }
+
+    /// Runs the module on named inputs (TerraTorch's dict of tensors by modality), in
+    /// `xs` order, with keyword arguments: shallow clones cross through
+    /// [`Module::forward_kw`] with [`INPUT_NAMES_KWARG`]. A module whose `meta` lacks
+    /// [`PLUGIN_API_META_KEY`] was built by a plugin compiled against plugin-api 0.2.0
+    /// or older, which would ignore the names: it is refused with an error saying so.
+    pub fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        kwargs: &Map<String, Value>,
+    ) -> Result<Vec<Tensor>> {
+        let names: Vec<&str> = xs.iter().map(|(n, _)| n.as_str()).collect();
+        if !self.meta().contains_key(PLUGIN_API_META_KEY) {
+            return Err(PluginError::invalid_argument(format!(
+                "`{}` cannot take named inputs ({}): it was built by a plugin compiled against plugin-api \
+                 0.2.0 or older, which predates them; rebuild that plugin against plugin-api {} or later",
+                self.label,
+                names.join(", "),
+                crate::API_VERSION
+            )));
+        }
+        let mut kwargs = kwargs.clone();
+        kwargs.insert(INPUT_NAMES_KWARG.into(), names.into());
+        let tensors: Vec<Tensor> = xs.iter().map(|(_, t)| t.shallow_clone()).collect();
+        self.forward_kw(&tensors, &kwargs)
     }
 
     /// See [`Module::meta`]; an unreadable answer counts as no facts.
@@ -538,6 +613,7 @@ pub struct Catalog {
     index: HashMap<String, usize>,
     includes_heads: bool,
     resolve: Option<Box<ResolveFn>>,
+    refused: HashMap<String, String>,
 }
 
 impl Catalog {
@@ -549,6 +625,7 @@ impl Catalog {
             index: HashMap::new(),
             includes_heads: false,
             resolve: None,
+            refused: HashMap::new(),
         }
     }
 
@@ -561,6 +638,15 @@ impl Catalog {
         f: impl Fn(&str) -> Option<std::result::Result<Alias, String>> + Send + Sync + 'static,
     ) -> Self {
         self.resolve = Some(Box::new(f));
+        self
+    }
+
+    /// Refuses `name`, a registration of the reference that this source does not build
+    /// (yet): it is not an entry (not listed, `contains` is false), but describing or
+    /// building it answers [`ErrorKind::NOT_SUPPORTED`] with `why`, which the host
+    /// reports instead of "not found".
+    pub fn refuses(mut self, name: &str, why: impl Into<String>) -> Self {
+        self.refused.insert(name.to_owned(), why.into());
         self
     }
 
@@ -624,6 +710,9 @@ impl Catalog {
 
     /// The entry called `name`, or the one an alias resolves `name` to (with the alias).
     fn lookup(&self, name: &str) -> Result<(&Entry, Option<Alias>)> {
+        if let Some(why) = self.refused.get(name) {
+            return Err(PluginError::new(ErrorKind::NOT_SUPPORTED, why.clone()));
+        }
         if let Some(&i) = self.index.get(name) {
             return Ok((&self.entries[i], None));
         }
@@ -927,4 +1016,165 @@ macro_rules! export_plugin {
             .leak_into_prefix()
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds the tensor of each name times its position in the model's list.
+    struct Weighted;
+
+    impl Model for Weighted {
+        fn forward(&self, xs: &[Tensor], _: bool) -> Result<Vec<Tensor>> {
+            Ok(xs.iter().map(Tensor::shallow_clone).collect())
+        }
+        fn out_channels(&self) -> Vec<i64> {
+            vec![]
+        }
+        fn forward_named(
+            &self,
+            xs: &[(String, Tensor)],
+            kwargs: &Map<String, Value>,
+            _: bool,
+        ) -> Result<Vec<Tensor>> {
+            assert!(
+                !kwargs.contains_key(INPUT_NAMES_KWARG),
+                "the names are taken out"
+            );
+            let order = ["a", "b"];
+            let mut acc = Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
+            for (n, t) in xs {
+                let w =
+                    order.iter().position(|o| o == n).ok_or_else(|| {
+                        PluginError::invalid_argument(format!("unknown input `{n}`"))
+                    })? as f64
+                        + 1.0;
+                acc += t * w;
+            }
+            Ok(vec![acc, Tensor::from(kwargs.len() as i64)])
+        }
+    }
+
+    fn module(m: impl Model) -> DynModule {
+        DynModule::new(
+            "m",
+            Built::new("m", nn::VarStore::new(Device::Cpu), m).boxed(),
+        )
+    }
+
+    fn one(v: f32) -> Tensor {
+        Tensor::from_slice(&[v])
+    }
+
+    #[test]
+    fn named_inputs_cross_with_their_names_and_keyword_arguments() {
+        let m = module(Weighted);
+        assert_eq!(m.meta()[PLUGIN_API_META_KEY], crate::API_VERSION);
+        let mut kw = Map::new();
+        kw.insert("image_size".into(), serde_json::json!([4, 4]));
+        let named = vec![("b".to_owned(), one(10.0)), ("a".to_owned(), one(1.0))];
+        let ys = m.forward_named(&named, &kw).unwrap();
+        assert_eq!(ys[0].double_value(&[0]), 21.0); // 10 * 2 + 1 * 1
+        assert_eq!(
+            ys[1].int64_value(&[]),
+            1,
+            "the other keyword arguments arrive"
+        );
+        // positional calls are unchanged
+        assert_eq!(m.forward(&[one(3.0)]).unwrap()[0].double_value(&[0]), 3.0);
+        // a model error comes back as an error value
+        let e = m
+            .forward_named(&[("c".to_owned(), one(1.0))], &Map::new())
+            .unwrap_err();
+        assert!(e.message().contains("unknown input `c`"), "{e}");
+    }
+
+    #[test]
+    fn a_model_without_named_inputs_refuses_them_by_name() {
+        struct Plain;
+        impl Model for Plain {
+            fn forward(&self, xs: &[Tensor], _: bool) -> Result<Vec<Tensor>> {
+                Ok(xs.iter().map(Tensor::shallow_clone).collect())
+            }
+            fn out_channels(&self) -> Vec<i64> {
+                vec![]
+            }
+        }
+        let e = module(Plain)
+            .forward_named(&[("S2L2A".to_owned(), one(1.0))], &Map::new())
+            .unwrap_err();
+        assert!(
+            e.message().contains("no named inputs") && e.message().contains("`S2L2A`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_must_match_the_tensors() {
+        let m = module(Weighted);
+        let mut kw = Map::new();
+        kw.insert(INPUT_NAMES_KWARG.into(), serde_json::json!(["a", "b"]));
+        let e = m.forward_kw(&[one(1.0)], &kw).unwrap_err();
+        assert!(e.message().contains("2 input names for 1 tensors"), "{e}");
+        kw.insert(INPUT_NAMES_KWARG.into(), serde_json::json!([1]));
+        let e = m.forward_kw(&[one(1.0)], &kw).unwrap_err();
+        assert!(e.message().contains("list of strings"), "{e}");
+    }
+
+    /// A module as a plugin built against plugin-api 0.2.0 exports it: the same vtable,
+    /// and a `meta` without `plugin_api`. Named inputs are refused before they reach it
+    /// (its `forward_kw` would ignore the names and run on the tensors).
+    #[test]
+    fn a_module_from_a_plugin_api_0_2_0_plugin_is_not_sent_named_inputs() {
+        struct Old;
+        impl Module for Old {
+            fn forward(&self, _: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, PluginError> {
+                panic!("must not be called")
+            }
+            fn out_channels(&self) -> RVec<i64> {
+                RVec::new()
+            }
+            fn includes_head(&self) -> bool {
+                false
+            }
+            fn named_parameters(&self) -> RVec<NamedTensor<'_>> {
+                RVec::new()
+            }
+            fn named_buffers(&self) -> RVec<NamedTensor<'_>> {
+                RVec::new()
+            }
+            fn set_train(&mut self, _: bool) {}
+            fn to_device(&mut self, _: RDevice) -> RResult<(), PluginError> {
+                RResult::ROk(())
+            }
+            fn forward_kw(
+                &self,
+                _: RVec<TensorHandle>,
+                _: RString,
+            ) -> RResult<RVec<TensorHandle>, PluginError> {
+                panic!("must not be called")
+            }
+            fn meta(&self) -> RString {
+                "{\"patch_size\": [16, 16]}".into()
+            }
+            fn prepare_features(
+                &self,
+                _: RVec<TensorHandle>,
+            ) -> RResult<ROption<RVec<TensorHandle>>, PluginError> {
+                RResult::ROk(ROption::RNone)
+            }
+        }
+        let m = DynModule::new("timm_resnet18", Module_TO::from_value(Old, TD_Opaque));
+        let e = m
+            .forward_named(&[("S2L2A".to_owned(), one(1.0))], &Map::new())
+            .unwrap_err();
+        assert!(
+            e.message().contains("`timm_resnet18`")
+                && e.message().contains("S2L2A")
+                && e.message().contains("plugin-api 0.2.0")
+                && e.message().contains("rebuild"),
+            "{e}"
+        );
+    }
 }

@@ -316,3 +316,79 @@ fn run_loads_a_terratorch_lightning_checkpoint() {
         assert_outputs(&format!("checkpoint.ckpt ({config})"), &fx, &v, &got);
     }
 }
+
+/// `--input` without a tensor `input` holds tensors named by modality: they reach the
+/// model as TerraTorch's dict, in the model's order (`input_names`), whatever order the
+/// file has; a tensor the model does not take is dropped with a warning naming it, and
+/// a file with none it takes is refused.
+#[test]
+fn run_takes_inputs_named_by_modality() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = Fixture::load("factory_terramind_multimodal");
+    let work = tempfile::tempdir().unwrap();
+    let weights = terrahost_testkit::write_weights(&fx, work.path());
+    // S1GRD first in the file, plus a tensor the model does not take.
+    let extra = tch::Tensor::zeros([1, 3, 30, 30], (tch::Kind::Float, tch::Device::Cpu));
+    let input = work.path().join("named.safetensors");
+    terrahost::weights::write_tensors(
+        &input,
+        &[
+            ("S1GRD", &fx.inputs[1]),
+            ("junk", &extra),
+            ("S2L2A", &fx.inputs[0]),
+        ],
+    )
+    .unwrap();
+    let output = work.path().join("out.safetensors");
+    let config = fx.dir.join("config.yaml");
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let out = run(dir.path(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`junk` is not an input of this model (it takes S2L2A, S1GRD)"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["input_names"],
+        serde_json::json!(["S2L2A", "S1GRD"]),
+        "{v}"
+    );
+    let got = tch::Tensor::read_safetensors(&output).unwrap();
+    let (_, y) = got.iter().find(|(k, _)| k == "output").expect("output");
+    terrahost_testkit::assert_close("named inputs", y, &fx.outputs[0], fx.atol());
+
+    terrahost::weights::write_tensors(&input, &[("junk", &extra)]).unwrap();
+    let e = err_text(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("none of its tensors (junk) is an input of this model; it takes S2L2A, S1GRD"),
+        "{e}"
+    );
+}

@@ -18,7 +18,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// A `.safetensors` file holding the tensor `input`, and optionally `temporal_coords`
-    /// and `location_coords` for backbones that take them (Prithvi `_tl` models).
+    /// and `location_coords` for backbones that take them (Prithvi `_tl` models); or,
+    /// without `input`, tensors named by modality (`S2L2A`, `S1GRD`, ...) for a
+    /// multimodal model (TerraTorch's dict of tensors).
     #[arg(long, value_name = "FILE", conflicts_with = "input_shape")]
     pub input: Option<PathBuf>,
     /// The shape of a random input (seed 0), e.g. 1,6,224,224.
@@ -60,10 +62,40 @@ fn parse_shape(text: &str) -> Result<Vec<i64>, HostError> {
     }
 }
 
+/// A model's inputs as `--input` gives them.
+enum Inputs {
+    /// `input`, then `temporal_coords` and `location_coords` when present.
+    Positional(Vec<Tensor>),
+    /// Tensors named by modality, in file order (reordered by the model's
+    /// `input_names` once it is built).
+    Named(Vec<(String, Tensor)>),
+}
+
+impl Inputs {
+    /// The tensor whose shape is reported as `input`.
+    fn first(&self) -> &Tensor {
+        match self {
+            Self::Positional(v) => &v[0],
+            Self::Named(v) => &v[0].1,
+        }
+    }
+}
+
+/// Names that are never modalities: a reference fixture's positional copies
+/// (`input.0`, ...) and outputs (`output`, `output.0`, ...), as `--output` writes them.
+fn is_bookkeeping(name: &str) -> bool {
+    let indexed = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
+    };
+    name == "output" || indexed("input.") || indexed("output.") || name.starts_with("aux_")
+}
+
 /// The model inputs in a `.safetensors` file: `input`, then `temporal_coords` and
 /// `location_coords` when present (an empty tensor stands for a missing one before a
-/// present one, which the plugins read as Python's `None`).
-fn read_input(path: &PathBuf) -> Result<Vec<Tensor>, HostError> {
+/// present one, which the plugins read as Python's `None`). A file without `input`
+/// holds named inputs: every tensor except `input.N`, `output`, `output.N` and `aux_*`.
+fn read_input(path: &PathBuf) -> Result<Inputs, HostError> {
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
         HostError::Usage(format!(
             "--input {}: cannot read safetensors: {e}",
@@ -77,13 +109,21 @@ fn read_input(path: &PathBuf) -> Result<Vec<Tensor>, HostError> {
             .find(|(k, _)| k == name)
             .map(|(_, t)| t.shallow_clone())
     };
-    let input = get("input").ok_or_else(|| {
-        HostError::Usage(format!(
-            "--input {}: no tensor named `input` (it has: {})",
-            path.display(),
-            names.join(", ")
-        ))
-    })?;
+    let Some(input) = get("input") else {
+        let named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(k, _)| !is_bookkeeping(k))
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect();
+        if named.is_empty() {
+            return Err(HostError::Usage(format!(
+                "--input {}: no tensor named `input` and no tensors named by modality (it has: {})",
+                path.display(),
+                names.join(", ")
+            )));
+        }
+        return Ok(Inputs::Named(named));
+    };
     let mut inputs = vec![input];
     match (get("temporal_coords"), get("location_coords")) {
         (None, None) => {}
@@ -93,7 +133,42 @@ fn read_input(path: &PathBuf) -> Result<Vec<Tensor>, HostError> {
             inputs.push(l);
         }
     }
-    Ok(inputs)
+    Ok(Inputs::Positional(inputs))
+}
+
+/// Orders named inputs as the model lists them (`meta.input_names`, the backbone's
+/// modalities), which is the dict order TerraTorch's datamodules give; a tensor the
+/// model does not take is dropped with a warning (TerraTorch warns and ignores it).
+fn order_named(
+    named: Vec<(String, Tensor)>,
+    meta: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(String, Tensor)>, HostError> {
+    let Some(order) = meta.get("input_names").and_then(|v| v.as_array()) else {
+        return Ok(named);
+    };
+    let order: Vec<&str> = order.iter().filter_map(|v| v.as_str()).collect();
+    let (mut known, unknown): (Vec<_>, Vec<_>) = named
+        .into_iter()
+        .partition(|(n, _)| order.contains(&n.as_str()));
+    for (n, _) in &unknown {
+        tracing::warn!(
+            "--input: tensor `{n}` is not an input of this model (it takes {}); ignoring it",
+            order.join(", ")
+        );
+    }
+    if known.is_empty() {
+        return Err(HostError::Usage(format!(
+            "--input: none of its tensors ({}) is an input of this model; it takes {}",
+            unknown
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            order.join(", ")
+        )));
+    }
+    known.sort_by_key(|(n, _)| order.iter().position(|o| *o == n.as_str()));
+    Ok(known)
 }
 
 /// The names the model gives its outputs (`output`, `aux_<name>`...), else `output`,
@@ -152,7 +227,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         (Some(p), _) => read_input(p)?,
         (None, Some(s)) => {
             tch::manual_seed(0);
-            vec![Tensor::randn(parse_shape(s)?, (Kind::Float, Device::Cpu))]
+            Inputs::Positional(vec![Tensor::randn(
+                parse_shape(s)?,
+                (Kind::Float, Device::Cpu),
+            )])
         }
         (None, None) => {
             return Err(HostError::Usage(
@@ -179,16 +257,37 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         model.to_device(device)?;
     }
 
+    let inputs = match inputs {
+        Inputs::Named(named) => Inputs::Named(order_named(named, &model.meta())?),
+        positional => positional,
+    };
+    let input_names: Vec<String> = match &inputs {
+        Inputs::Positional(_) => vec!["input".into()],
+        Inputs::Named(v) => v.iter().map(|(n, _)| n.clone()).collect(),
+    };
     let t2 = Instant::now();
-    let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(device)).collect();
-    let outputs = terrahost_plugin_api::inference::inference_mode(|| model.forward(&on_device))?;
+    let outputs = match &inputs {
+        Inputs::Positional(xs) => {
+            let on_device: Vec<Tensor> = xs.iter().map(|t| t.to_device(device)).collect();
+            terrahost_plugin_api::inference::inference_mode(|| model.forward(&on_device))?
+        }
+        Inputs::Named(xs) => {
+            let on_device: Vec<(String, Tensor)> = xs
+                .iter()
+                .map(|(n, t)| (n.clone(), t.to_device(device)))
+                .collect();
+            terrahost_plugin_api::inference::inference_mode(|| {
+                model.forward_named(&on_device, &serde_json::Map::new())
+            })?
+        }
+    };
     let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
     if outputs.is_empty() {
         return Err(HostError::Usage("the model returned no output".into()));
     }
     let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_device(Device::Cpu)).collect();
     let names = output_names(&model.meta(), outputs.len());
-    let input = &inputs[0];
+    let input = inputs.first();
     let output = &outputs[0];
 
     if let Some(path) = &a.output {
@@ -215,6 +314,11 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "model": model.label(),
             "device": format!("{device:?}"),
             "input_shape": input.size(),
+            "inputs": match &inputs {
+                Inputs::Positional(_) => json!(null),
+                Inputs::Named(v) => json!(v.iter().map(|(n, t)| json!({"name": n, "shape": t.size()})).collect::<Vec<_>>()),
+            },
+            "input_names": input_names,
             "output_shape": output.size(),
             "output_mean": mean,
             "output_std": std,
@@ -245,7 +349,14 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         None => println!("weights: none (random initialisation)"),
     }
     println!("forward: {forward_ms:.1} ms on {device:?}");
-    println!("input:   {:?}", input.size());
+    match &inputs {
+        Inputs::Positional(_) => println!("input:   {:?}", input.size()),
+        Inputs::Named(v) => {
+            for (n, t) in v {
+                println!("input:   {n} {:?}", t.size());
+            }
+        }
+    }
     for (n, t) in names.iter().zip(&outputs) {
         let (mean, std) = stats(t);
         println!(

@@ -16,6 +16,12 @@ fn backbones() -> Catalog {
     c = models::prithvi_vit::backbone_entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::terramind::backbone_entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c = models::terramind::REFUSED_BACKBONES
+        .iter()
+        .fold(c, |c, n| c.refuses(n, models::terramind::refusal(n)));
     c
 }
 
@@ -80,6 +86,9 @@ fn full_models() -> Catalog {
     c = models::prithvi_vit::full_model_entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::terramind::REFUSED_FULL_MODELS
+        .iter()
+        .fold(c, |c, n| c.refuses(n, models::terramind::refusal(n)));
     c
 }
 
@@ -114,3 +123,5 @@ mod tests_factories;
 mod tests_necks;
 #[cfg(test)]
 mod tests_prithvi;
+#[cfg(test)]
+mod tests_terramind;

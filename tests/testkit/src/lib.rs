@@ -117,6 +117,20 @@ pub fn output_names(fx: &Fixture) -> Vec<String> {
     }
 }
 
+/// The names of a fixture's inputs when the reference took them by name (TerraTorch's
+/// dict of tensors by modality): `meta.input_names`, one per `input.i`. `None` for
+/// positional inputs (a model fixture's `["input", ...]` CLI names included).
+pub fn input_names(fx: &Fixture) -> Option<Vec<String>> {
+    let names: Vec<String> = fx
+        .meta
+        .get("input_names")?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().expect("input name").to_owned())
+        .collect();
+    (names.first().map(String::as_str) != Some("input")).then_some(names)
+}
+
 /// One reference fixture.
 pub struct Fixture {
     /// The case name (directory name).
@@ -315,9 +329,17 @@ pub fn build_fixture(host: &Host, fx: &Fixture) -> DynModule {
 /// compares every output. It runs twice: without autograd (`no_grad`) and in
 /// libtorch's inference mode, where models may take fused inference-only kernels.
 pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
-    let run = || match fx.meta.get("forward_kwargs").and_then(Value::as_object) {
-        Some(kwargs) => module.forward_kw(&fx.inputs, kwargs),
-        None => module.forward(&fx.inputs),
+    let kwargs = fx.meta.get("forward_kwargs").and_then(Value::as_object);
+    let run = || match (input_names(fx), kwargs) {
+        (Some(names), kwargs) => {
+            let named: Vec<(String, Tensor)> = names
+                .into_iter()
+                .zip(fx.inputs.iter().map(Tensor::shallow_clone))
+                .collect();
+            module.forward_named(&named, &kwargs.cloned().unwrap_or_default())
+        }
+        (None, Some(kwargs)) => module.forward_kw(&fx.inputs, kwargs),
+        (None, None) => module.forward(&fx.inputs),
     };
     for (mode, outputs) in [
         ("no_grad", tch::no_grad(run)),

@@ -1,8 +1,9 @@
 //! TerraTorch's model for `task="embedding_generation"`: the encoder and the necks,
 //! whose features are the output. Mirrors `terratorch/models/embedding_output_model.py`.
 
-use super::trunk::EncoderInputs;
+use super::trunk::{EncoderInputs, NamedEncoderInputs};
 use super::utils::Padding;
+use serde_json::{Map, Value};
 use tch::Tensor;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
@@ -33,13 +34,21 @@ impl EmbeddingOutputModel {
 impl Model for EmbeddingOutputModel {
     fn forward(&self, xs: &[Tensor], _train: bool) -> Result<Vec<Tensor>> {
         let inputs = EncoderInputs::new(xs, self.padding.as_ref(), "EmbeddingOutputModel")?;
-        let mut features = self.parts[0].1.forward(&inputs.tensors)?;
-        // Upstream calls the necks without image_size here (and applies no
-        // prepare_features_for_image_model when there are none).
-        for (_, neck) in &self.parts[1..] {
-            features = neck.forward(&features)?;
-        }
-        Ok(features)
+        let features = self.parts[0].1.forward(&inputs.tensors)?;
+        self.necks(features)
+    }
+
+    fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        _kwargs: &Map<String, Value>,
+        _train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let inputs = NamedEncoderInputs::new(xs, self.padding.as_ref())?;
+        let features = self.parts[0]
+            .1
+            .forward_named(&inputs.tensors, &Map::new())?;
+        self.necks(features)
     }
 
     fn out_channels(&self) -> Vec<i64> {
@@ -47,6 +56,14 @@ impl Model for EmbeddingOutputModel {
             .last()
             .map(|(_, m)| m.out_channels())
             .unwrap_or_default()
+    }
+
+    fn meta(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        if let Some(names) = self.parts[0].1.meta().get("input_names") {
+            m.insert("input_names".into(), names.clone());
+        }
+        m
     }
 
     fn children(&self) -> Vec<(&str, &DynModule)> {
@@ -58,5 +75,16 @@ impl Model for EmbeddingOutputModel {
             .iter_mut()
             .map(|(p, m)| (p.as_str(), m))
             .collect()
+    }
+}
+
+impl EmbeddingOutputModel {
+    fn necks(&self, mut features: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        // Upstream calls the necks without image_size here (and applies no
+        // prepare_features_for_image_model when there are none).
+        for (_, neck) in &self.parts[1..] {
+            features = neck.forward(&features)?;
+        }
+        Ok(features)
     }
 }

@@ -19,6 +19,7 @@ pub mod prithvi_vit;
 pub mod satmae_head;
 pub mod scalar_output_model;
 pub mod temporal_wrapper;
+pub mod terramind;
 pub mod trunk;
 pub mod unet_decoder;
 pub mod upernet_decoder;

@@ -3,7 +3,7 @@
 //! Mirrors `terratorch/models/pixel_wise_model.py`.
 
 use super::heads::{RegressionHead, SegmentationHead};
-use super::trunk::{EncoderInputs, Trunk};
+use super::trunk::{EncoderInputs, NamedEncoderInputs, Trunk};
 use super::utils::{center_crop, image_size, Padding};
 use serde_json::{Map, Value};
 use tch::Tensor;
@@ -97,14 +97,34 @@ impl PixelWiseModel {
         let size_out = self.options.image_size_out.unwrap_or(inputs.image_size);
         let input_size = inputs.padded_size;
         let features = self.trunk.features(&inputs.tensors, input_size)?;
-        let decoded = Trunk::decode(self.trunk.decoder(), &features)?;
+        self.decode_all(&features, input_size, size_out, train)
+    }
+
+    /// The same for named inputs (TerraTorch's dict by modality): each is padded, the
+    /// sizes are upstream's `get_image_size` of the dict.
+    pub fn forward_named_t(&self, xs: &[(String, Tensor)], train: bool) -> Result<Vec<Tensor>> {
+        let inputs = NamedEncoderInputs::new(xs, self.options.padding.as_ref())?;
+        let size_out = self.options.image_size_out.unwrap_or(inputs.image_size);
+        let input_size = inputs.padded_size;
+        let features = self.trunk.features_named(&inputs.tensors, input_size)?;
+        self.decode_all(&features, input_size, size_out, train)
+    }
+
+    fn decode_all(
+        &self,
+        features: &[Tensor],
+        input_size: [i64; 2],
+        size_out: [i64; 2],
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let decoded = Trunk::decode(self.trunk.decoder(), features)?;
         let mask = match &self.head {
             Some(h) => h.forward_t(&decoded, train)?,
             None => decoded,
         };
         let mut out = vec![self.finish(mask, input_size, size_out)?];
         for ((_, decoder), head) in self.trunk.aux_decoders().zip(&self.aux_heads) {
-            let decoded = Trunk::decode(decoder, &features)?;
+            let decoded = Trunk::decode(decoder, features)?;
             let aux = match head {
                 Some(h) => h.forward_t(&decoded, train)?,
                 None => decoded,
@@ -118,6 +138,15 @@ impl PixelWiseModel {
 impl Model for PixelWiseModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         self.forward_t(xs, train)
+    }
+
+    fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        _kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        self.forward_named_t(xs, train)
     }
 
     fn meta(&self) -> Map<String, Value> {

@@ -3,7 +3,7 @@
 //! Mirrors `terratorch/models/scalar_output_model.py`.
 
 use super::heads::ScalarHead;
-use super::trunk::{EncoderInputs, Trunk};
+use super::trunk::{EncoderInputs, NamedEncoderInputs, Trunk};
 use super::utils::Padding;
 use serde_json::{Map, Value};
 use tch::Tensor;
@@ -44,8 +44,21 @@ impl ScalarOutputModel {
     pub fn forward_t(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let inputs = EncoderInputs::new(xs, self.padding.as_ref(), "ScalarOutputModel")?;
         let features = self.trunk.features(&inputs.tensors, inputs.padded_size)?;
+        self.heads(&features, train)
+    }
+
+    /// The same for named inputs (TerraTorch's dict by modality), each padded.
+    pub fn forward_named_t(&self, xs: &[(String, Tensor)], train: bool) -> Result<Vec<Tensor>> {
+        let inputs = NamedEncoderInputs::new(xs, self.padding.as_ref())?;
+        let features = self
+            .trunk
+            .features_named(&inputs.tensors, inputs.padded_size)?;
+        self.heads(&features, train)
+    }
+
+    fn heads(&self, features: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         let run = |decoder, head: &Option<ScalarHead>| -> Result<Tensor> {
-            let decoded = Trunk::decode(decoder, &features)?;
+            let decoded = Trunk::decode(decoder, features)?;
             match head {
                 Some(h) => h.forward_t(&decoded, train),
                 None => Ok(decoded),
@@ -62,6 +75,15 @@ impl ScalarOutputModel {
 impl Model for ScalarOutputModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         self.forward_t(xs, train)
+    }
+
+    fn forward_named(
+        &self,
+        xs: &[(String, Tensor)],
+        _kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        self.forward_named_t(xs, train)
     }
 
     fn meta(&self) -> Map<String, Value> {

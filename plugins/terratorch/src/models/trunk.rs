@@ -78,10 +78,14 @@ impl Trunk {
             .collect()
     }
 
-    /// The task model's `meta`: its `output_names`.
+    /// The task model's `meta`: its `output_names`, and the encoder's `input_names`
+    /// (the modalities a multimodal backbone takes by name) when it has them.
     pub fn meta(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("output_names".into(), json!(self.output_names()));
+        if let Some(names) = self.encoder().meta().get("input_names") {
+            m.insert("input_names".into(), names.clone());
+        }
         m
     }
 
@@ -104,7 +108,26 @@ impl Trunk {
     /// backbone's own `prepare_features_for_image_model` is applied if it has one, as
     /// upstream does for backwards compatibility.
     pub fn features(&self, xs: &[Tensor], image_size: [i64; 2]) -> Result<Vec<Tensor>> {
-        let mut features = self.encoder().forward(xs)?;
+        let features = self.encoder().forward(xs)?;
+        self.through_necks(features, image_size)
+    }
+
+    /// [`Trunk::features`] for named inputs (TerraTorch's dict of tensors by modality),
+    /// which go to the encoder by name.
+    pub fn features_named(
+        &self,
+        xs: &[(String, Tensor)],
+        image_size: [i64; 2],
+    ) -> Result<Vec<Tensor>> {
+        let features = self.encoder().forward_named(xs, &Map::new())?;
+        self.through_necks(features, image_size)
+    }
+
+    fn through_necks(
+        &self,
+        mut features: Vec<Tensor>,
+        image_size: [i64; 2],
+    ) -> Result<Vec<Tensor>> {
         if self.n_necks == 0 {
             if let Some(prepared) = self.encoder().prepare_features(&features)? {
                 features = prepared;
@@ -130,6 +153,61 @@ impl Trunk {
             )));
         }
         Ok(out.remove(0))
+    }
+}
+
+/// A task model's named inputs (by modality) made ready for the encoder.
+pub struct NamedEncoderInputs {
+    /// Every input padded as upstream's `pad_images` pads a dict (tensors of fewer than
+    /// 4 dims pass unchanged), in the caller's order.
+    pub tensors: Vec<(String, Tensor)>,
+    /// upstream's `get_image_size` of the inputs before padding.
+    pub image_size: [i64; 2],
+    /// The same after padding.
+    pub padded_size: [i64; 2],
+}
+
+/// `get_image_size` of a dict: the `[H, W]` of the 4-D and 5-D tensors; when they
+/// differ, the largest by area (the first of equal ones, as Python's stable sort).
+pub fn named_image_size(xs: &[(String, Tensor)]) -> Result<[i64; 2]> {
+    let mut best: Option<[i64; 2]> = None;
+    for (_, t) in xs {
+        if matches!(t.dim(), 4 | 5) {
+            let s = image_size(t)?;
+            if best.is_none_or(|b| s[0] * s[1] > b[0] * b[1]) {
+                best = Some(s);
+            }
+        }
+    }
+    best.ok_or_else(|| {
+        PluginError::forward_failed(format!(
+            "No image modality among inputs {:?}. TerraTorch expects image inputs in shapes: [B, C, H, W] or \
+             [B, C, T, H, W]",
+            xs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+        ))
+    })
+}
+
+impl NamedEncoderInputs {
+    /// Pads every input when the model has a `padding`.
+    pub fn new(xs: &[(String, Tensor)], padding: Option<&Padding>) -> Result<Self> {
+        let unpadded = named_image_size(xs)?;
+        let tensors = xs
+            .iter()
+            .map(|(n, t)| {
+                let t = match padding {
+                    Some(p) => p.apply(t)?,
+                    None => t.shallow_clone(),
+                };
+                Ok((n.clone(), t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let padded_size = named_image_size(&tensors)?;
+        Ok(Self {
+            tensors,
+            image_size: unpadded,
+            padded_size,
+        })
     }
 }
 
