@@ -16,6 +16,10 @@ fn backbones() -> Catalog {
     c = models::prithvi_vit::backbone_entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::torchgeo_resnet::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c = models::swin_v2::entries().into_iter().fold(c, Catalog::add);
     c
 }
 
@@ -108,3 +112,5 @@ mod tests_decoders;
 mod tests_necks;
 #[cfg(test)]
 mod tests_prithvi;
+#[cfg(test)]
+mod tests_torchgeo;
