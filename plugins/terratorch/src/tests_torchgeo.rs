@@ -155,9 +155,8 @@ fn satlas_swin_upernet_corpus_config_builds_and_fails_like_terratorch() {
         .iter()
         .any(|(k, t)| k == "encoder.swin_model.features.0.0.weight" && t.size() == [128, 6, 4, 4]));
     let x = Tensor::zeros([1, 6, 64, 64], (Kind::Float, tch::Device::Cpu));
-    let err = tch::no_grad(|| module.forward(&[x]))
-        .err()
-        .expect("the forward must fail, as in TerraTorch");
+    let err =
+        tch::no_grad(|| module.forward(&[x])).expect_err("the forward must fail, as in TerraTorch");
     assert!(err.to_string().contains("channels"), "{err}");
 }
 
@@ -287,6 +286,16 @@ fn argument_errors_name_the_argument() {
         json!({"model_bands": ["RED"], "pretrained": true, "ckpt_data": "/nonexistent.pt"}),
     );
     assert!(e.contains("SR_B1") && e.contains("KeyError"), "{e}");
+    let e = build_err(
+        "satlas_swin_t_sentinel2_mi_rgb",
+        json!({"model_bands": ["RED"], "pretrained": true, "ckpt_data": "/x.pt", "weights": "Swin_V2_T_Weights.SENTINEL2_MI_RGB_SATLAS"}),
+    );
+    assert!(e.contains("weights"), "{e}");
+    assert!(build(
+        "satlas_swin_t_sentinel2_mi_rgb",
+        json!({"model_bands": ["RED"], "weights": "anything"})
+    )
+    .is_ok());
     let e = build_err("satlas_swin_t_sentinel2_mi_rgb", json!({"model_bands": []}));
     assert!(e.contains("in_chans"), "{e}");
 }

@@ -663,6 +663,7 @@ fn entry(
     Entry::new(name, &doc, move |ctx| build(ctx, arch, bands))
         .req("model_bands", ParamType::ANY, "the input's bands (a list); in_chans = len(model_bands), and with pretrained=true the patch embedding's columns are picked by band name")
         .opt("pretrained", ParamType::BOOL, json!(false), "load ckpt_data (terrahost never downloads torchgeo's weights)")
+        .opt("weights", ParamType::ANY, Value::Null, "torchgeo weights enum; only read with pretrained=true, where terrahost refuses it (no downloads)")
         .opt("ckpt_data", ParamType::STR, Value::Null, "local checkpoint of the bare torchvision Swin V2 (.pt/.pth/.safetensors), loaded when pretrained=true")
         .opt("out_indices", ParamType::INT_LIST, Value::Null, "features to return: 0 = embedding, 1/3/5/7 = stages, 2/4/6 = patch merging, -1 = the last (default [-1]); others are ignored, as upstream")
         .opt("in_chans", ParamType::INT, Value::Null, "input channels of the patch embedding (default len(model_bands))")

@@ -121,6 +121,19 @@ pub(crate) fn warn_unused_indices(name: &str, out_indices: &[i64], n: usize) {
 pub(crate) fn checkpoint_file(ctx: &BuildCtx<'_, '_>) -> Result<Option<String>> {
     let pretrained: bool = ctx.args.get("pretrained")?;
     let file: Option<String> = ctx.args.opt("ckpt_data")?;
+    if let Some(w) = ctx.args.raw("weights") {
+        if pretrained {
+            return Err(PluginError::invalid_argument(format!(
+                "`{}`: `weights` ({w}) picks torchgeo weights to download, which terrahost never does; remove it: \
+                 pretrained=true loads ckpt_data with the band set of the entry's own weights",
+                ctx.qualified()
+            )));
+        }
+        tracing::warn!(
+            "`{}`: weights {w} is only read with pretrained=true; ignoring it (as TerraTorch does)",
+            ctx.qualified()
+        );
+    }
     match (pretrained, file) {
         (false, Some(f)) => {
             tracing::warn!("`{}`: ckpt_data {f} is ignored because pretrained is false (as in TerraTorch)", ctx.qualified());
@@ -897,6 +910,7 @@ fn entry(spec: &'static Spec) -> Entry {
     Entry::new(spec.name, &doc, move |ctx| build(ctx, spec))
         .req("model_bands", ParamType::ANY, "the input's bands (a list); in_chans = len(model_bands), and with pretrained=true the first convolution's columns are picked by band name")
         .opt("pretrained", ParamType::BOOL, json!(false), "load ckpt_data (terrahost never downloads torchgeo's weights)")
+        .opt("weights", ParamType::ANY, Value::Null, "torchgeo weights enum; only read with pretrained=true, where terrahost refuses it (no downloads)")
         .opt("ckpt_data", ParamType::STR, Value::Null, "local checkpoint of the bare timm ResNet (.pt/.pth/.safetensors), loaded when pretrained=true")
         .opt("out_indices", ParamType::INT_LIST, Value::Null, "features to return: 0 = stem, 1..4 = layer1..layer4, -1 = the last (default [-1]); others are ignored, as upstream")
         .opt("in_chans", ParamType::INT, Value::Null, "timm: input channels (default len(model_bands))")
