@@ -22,6 +22,10 @@ fn backbones() -> Catalog {
     c = models::terramind::REFUSED_BACKBONES
         .iter()
         .fold(c, |c, n| c.refuses(n, models::terramind::refusal(n)));
+    c = models::torchgeo_resnet::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c = models::swin_v2::entries().into_iter().fold(c, Catalog::add);
     c
 }
 
@@ -125,3 +129,5 @@ mod tests_necks;
 mod tests_prithvi;
 #[cfg(test)]
 mod tests_terramind;
+#[cfg(test)]
+mod tests_torchgeo;

@@ -1,0 +1,928 @@
+//! Mirrors `terratorch/models/backbones/torchgeo_resnet.py` (TerraTorch 1.2.11): the
+//! `ssl4eol_*`, `ssl4eos12_*`, `seco_*`, `fmow_*` and `satlas_resnet*` backbones, each
+//! `ResNetEncoderWrapper(torchgeo resnet18/50/152(weights=None, in_chans=len(model_bands),
+//! **kwargs))`, where torchgeo's builders are `timm.create_model("resnet18/50/152", ...)`
+//! (`torchgeo/models/resnet.py`, timm's `timm/models/resnet.py`), and `load_resnet_weights`
+//! with `select_patch_embed_weights` on `conv1.weight` for `pretrained=True`.
+//!
+//! The network is timm's full classifier model (its `fc` included, so TerraTorch's
+//! `resnet_model.*` keys load unchanged); the wrapper runs `forward_intermediates` and keeps
+//! the feature maps (stem, layer1..layer4) whose index is in `out_indices`, or the last one
+//! for `-1`, in feature order. Other indices are ignored, as upstream.
+use super::prithvi_checkpoint::{self as ckpt, StateDict};
+use serde_json::{json, Value};
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+use terrahost_plugin_api::checkpoint::read_state_dict;
+use terrahost_plugin_api::sdk::{batch_norm2d, BuildCtx, Built, Entry, Model};
+use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
+
+/// torchgeo's band names mapped to TerraTorch's (`look_up_table` of both torchgeo files).
+pub(crate) fn band_name(b: &str) -> Option<&'static str> {
+    let b = b.rsplit('.').next().unwrap_or(b);
+    Some(match b {
+        "B01" | "B1" => "COASTAL_AEROSOL",
+        "B02" | "B2" | "B" => "BLUE",
+        "B03" | "B3" | "G" => "GREEN",
+        "B04" | "B4" | "R" => "RED",
+        "B05" | "B5" => "RED_EDGE_1",
+        "B06" | "B6" => "RED_EDGE_2",
+        "B07" | "B7" => "RED_EDGE_3",
+        "B08" | "B8" => "NIR_BROAD",
+        "B8A" | "B8a" => "NIR_NARROW",
+        "B09" | "B9" => "WATER_VAPOR",
+        "B10" => "CIRRUS",
+        "B11" => "SWIR_1",
+        "B12" => "SWIR_2",
+        "VV" => "VV",
+        "VH" => "VH",
+        _ => return None,
+    })
+}
+
+/// `get_pretrained_bands`: the checkpoint's band names in TerraTorch's vocabulary, or the
+/// torchgeo band that TerraTorch 1.2.11 has no name for (it raises `KeyError` there).
+pub(crate) fn pretrained_bands(raw: &[&str]) -> std::result::Result<Vec<String>, String> {
+    raw.iter()
+        .map(|b| {
+            band_name(b)
+                .map(str::to_owned)
+                .ok_or_else(|| (*b).to_owned())
+        })
+        .collect()
+}
+
+/// The `model_bands` argument: a list (its length is `in_chans`), compared with the
+/// checkpoint's band names as strings.
+pub(crate) fn model_bands(ctx: &BuildCtx<'_, '_>) -> Result<Vec<String>> {
+    let v = ctx.args.raw("model_bands").ok_or_else(|| {
+        PluginError::invalid_argument(format!(
+            "`{}` needs `model_bands`, the list of the input's bands (e.g. [\"RED\", \"GREEN\", \"BLUE\"])",
+            ctx.qualified()
+        ))
+    })?;
+    let items = v.as_array().ok_or_else(|| {
+        PluginError::invalid_argument(format!(
+            "`model_bands` of `{}` must be a list of band names, got {v}",
+            ctx.qualified()
+        ))
+    })?;
+    Ok(items
+        .iter()
+        .map(|b| match b {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect())
+}
+
+/// `in_chans` (a timm/torchvision keyword) when given, else `len(model_bands)`.
+pub(crate) fn in_chans(ctx: &BuildCtx<'_, '_>, bands: &[String]) -> Result<i64> {
+    let c: i64 = ctx.args.get_or("in_chans", bands.len() as i64)?;
+    ctx.args.ensure(
+        c >= 1,
+        "in_chans",
+        format!("must be at least 1 (or give a non-empty `model_bands`), got {c}"),
+    )?;
+    Ok(c)
+}
+
+/// The wrapper's `out_indices` (`None` or empty means `[-1]`).
+pub(crate) fn out_indices(ctx: &BuildCtx<'_, '_>) -> Result<Vec<i64>> {
+    let v: Option<Vec<i64>> = ctx.args.opt("out_indices")?;
+    Ok(match v {
+        Some(v) if !v.is_empty() => v,
+        _ => vec![-1],
+    })
+}
+
+/// Whether feature `i` of `n` is returned: `i in out_indices`, or the last one for `-1`.
+pub(crate) fn keeps(out_indices: &[i64], i: usize, n: usize) -> bool {
+    out_indices.contains(&(i as i64)) || (i + 1 == n && out_indices.contains(&-1))
+}
+
+/// Warns about the indices TerraTorch's wrapper silently ignores.
+pub(crate) fn warn_unused_indices(name: &str, out_indices: &[i64], n: usize) {
+    let unused: Vec<i64> = out_indices
+        .iter()
+        .copied()
+        .filter(|&i| i != -1 && !(0..n as i64).contains(&i))
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!(
+            "`{name}`: out_indices {unused:?} name no feature (0..{}; -1 = the last) and are ignored, as in TerraTorch",
+            n - 1
+        );
+    }
+}
+
+/// The local checkpoint of `pretrained=true` (`ckpt_data`); TerraTorch would otherwise
+/// download torchgeo's weights, which terrahost never does.
+pub(crate) fn checkpoint_file(ctx: &BuildCtx<'_, '_>) -> Result<Option<String>> {
+    let pretrained: bool = ctx.args.get("pretrained")?;
+    let file: Option<String> = ctx.args.opt("ckpt_data")?;
+    if let Some(w) = ctx.args.raw("weights") {
+        if pretrained {
+            return Err(PluginError::invalid_argument(format!(
+                "`{}`: `weights` ({w}) picks torchgeo weights to download, which terrahost never does; remove it: \
+                 pretrained=true loads ckpt_data with the band set of the entry's own weights",
+                ctx.qualified()
+            )));
+        }
+        tracing::warn!(
+            "`{}`: weights {w} is only read with pretrained=true; ignoring it (as TerraTorch does)",
+            ctx.qualified()
+        );
+    }
+    match (pretrained, file) {
+        (false, Some(f)) => {
+            tracing::warn!("`{}`: ckpt_data {f} is ignored because pretrained is false (as in TerraTorch)", ctx.qualified());
+            Ok(None)
+        }
+        (false, None) => Ok(None),
+        (true, Some(f)) if f.contains("https://") || f.contains("http://") => Err(PluginError::invalid_argument(format!(
+            "`{}`: ckpt_data {f} is a URL; terrahost does not download checkpoints: download it and give the local path",
+            ctx.qualified()
+        ))),
+        (true, Some(f)) => Ok(Some(f)),
+        (true, None) => Err(PluginError::invalid_argument(format!(
+            "`{}` with pretrained=true would download torchgeo's weights, and terrahost never downloads: give \
+             ckpt_data=<local checkpoint file> (.pt/.pth/.safetensors), or build with pretrained=false",
+            ctx.qualified()
+        ))),
+    }
+}
+
+/// `load_resnet_weights` / `load_swin_weights` with a local `ckpt_data`: the classifier
+/// (`head_keys`) is dropped where its shape differs from the model's,
+/// `select_patch_embed_weights(..., proj_key)` rebuilds the first convolution for
+/// `model_bands` (columns of bands found among the checkpoint's bands are copied, the others
+/// get a fresh Xavier-uniform draw), and `load_state_dict(strict=False)` follows. The
+/// checkpoint's keys are the bare network's; `prefix` is where the wrapper holds it.
+pub(crate) fn load_checkpoint(
+    vs: &mut nn::VarStore,
+    file: &str,
+    prefix: &str,
+    proj_key: &str,
+    head_keys: &[&str],
+    pretrained: &[String],
+    model_bands: &[String],
+) -> Result<()> {
+    let sd = read_state_dict(std::path::Path::new(file))?;
+    let vars = vs.variables();
+    let mut kept = Vec::with_capacity(sd.len());
+    for (k, v) in sd {
+        let full = format!("{prefix}{k}");
+        if head_keys.contains(&k.as_str()) && vars.get(&full).is_none_or(|t| t.size() != v.size()) {
+            tracing::info!("removing key {k} from pretrained checkpoint");
+            continue;
+        }
+        kept.push((full, v));
+    }
+    let mut sd = StateDict::from_pairs(kept);
+    let full_proj = format!("{prefix}{proj_key}");
+    let ckpt_w = sd
+        .get(&full_proj)
+        .map(Tensor::shallow_clone)
+        .ok_or_else(|| {
+            PluginError::invalid_argument(format!(
+                "could not find key for patch embed weight in state_dict: checkpoint {file} has no `{proj_key}`"
+            ))
+        })?;
+    let own = vars.get(&full_proj).ok_or_else(|| {
+        PluginError::invalid_argument(format!("the model has no first convolution `{full_proj}`"))
+    })?;
+    let temp = tch::no_grad(|| own.detach().copy());
+    let (ms, cs) = (temp.size(), ckpt_w.size());
+    let compatible =
+        ms.len() == cs.len() && (0..ms.len()).filter(|&i| i != 1).all(|i| ms[i] == cs[i]);
+    if compatible {
+        tch::no_grad(|| {
+            let fan_in: i64 = ms[1..].iter().product();
+            let bound = (6.0 / (fan_in + ms[0]) as f64).sqrt();
+            let _ = temp.shallow_clone().uniform_(-bound, bound);
+            for (index, band) in model_bands.iter().enumerate() {
+                if let Some(src) = pretrained.iter().position(|b| b == band) {
+                    if (src as i64) < cs[1] && (index as i64) < ms[1] {
+                        temp.select(1, index as i64)
+                            .copy_(&ckpt_w.select(1, src as i64).to_kind(temp.kind()));
+                    }
+                }
+            }
+        });
+    } else {
+        tracing::warn!(
+            "incompatible shapes between the first convolution of the model {ms:?} and of the checkpoint {cs:?}; \
+             keeping the model's weights"
+        );
+    }
+    sd.insert(full_proj, temp);
+    ckpt::load_non_strict(vs, sd, file)?;
+    Ok(())
+}
+
+/// The residual block of a ResNet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    /// `BasicBlock` (two 3x3 convolutions, expansion 1): ResNet-18.
+    Basic,
+    /// `Bottleneck` (1x1, 3x3, 1x1, expansion 4): ResNet-50/152.
+    Bottleneck,
+}
+
+/// timm's ResNet with the keywords TerraTorch's torchgeo entries pass on to
+/// `timm.create_model` that terrahost supports; the rest at timm's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Residual block type.
+    pub block: Block,
+    /// Blocks per stage (timm's `layers`).
+    pub layers: Vec<i64>,
+    /// Input channels of `conv1`.
+    pub in_chans: i64,
+    /// Classifier outputs (`fc`); 0 removes the classifier.
+    pub num_classes: i64,
+    /// timm's `global_pool`: `catavgmax` doubles the classifier input.
+    pub global_pool: String,
+    /// Dropout before the classifier (never on the feature maps).
+    pub drop_rate: f64,
+    /// Stochastic depth, linear over all blocks (train mode only).
+    pub drop_path_rate: f64,
+    /// Zero-initialise the last norm of each residual branch (initialisation only).
+    pub zero_init_last: bool,
+    /// The wrapper's `out_indices` (0 = stem, 1..4 = layer1..layer4, -1 = the last).
+    pub out_indices: Vec<i64>,
+}
+
+impl Config {
+    fn new(block: Block, layers: &[i64]) -> Self {
+        Self {
+            block,
+            layers: layers.to_vec(),
+            in_chans: 3,
+            num_classes: 1000,
+            global_pool: "avg".into(),
+            drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            zero_init_last: true,
+            out_indices: vec![-1],
+        }
+    }
+    /// timm `resnet18`.
+    pub fn resnet18() -> Self {
+        Self::new(Block::Basic, &[2, 2, 2, 2])
+    }
+    /// timm `resnet50`.
+    pub fn resnet50() -> Self {
+        Self::new(Block::Bottleneck, &[3, 4, 6, 3])
+    }
+    /// timm `resnet152`.
+    pub fn resnet152() -> Self {
+        Self::new(Block::Bottleneck, &[3, 8, 36, 3])
+    }
+
+    fn expansion(&self) -> i64 {
+        match self.block {
+            Block::Basic => 1,
+            Block::Bottleneck => 4,
+        }
+    }
+
+    /// `feature_info` channels: stem, layer1..layer4.
+    pub fn feature_channels(&self) -> Vec<i64> {
+        let e = self.expansion();
+        vec![64, 64 * e, 128 * e, 256 * e, 512 * e]
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(PluginError::invalid_argument(m));
+        if self.layers.len() != 4 || self.layers.iter().any(|&n| n < 1) {
+            return bad(format!(
+                "`layers` must be 4 positive block counts, got {:?}",
+                self.layers
+            ));
+        }
+        if self.num_classes < 0 {
+            return bad(format!(
+                "`num_classes` must be >= 0, got {}",
+                self.num_classes
+            ));
+        }
+        if !["", "avg", "max", "avgmax", "catavgmax"].contains(&self.global_pool.as_str()) {
+            return bad(format!(
+                "`global_pool` must be one of \"avg\", \"max\", \"avgmax\", \"catavgmax\" or \"\", got {:?}",
+                self.global_pool
+            ));
+        }
+        for (n, r) in [
+            ("drop_rate", self.drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&r) {
+                return bad(format!("`{n}` must be in [0, 1), got {r}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding,
+        bias: false,
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
+        ..Default::default()
+    };
+    nn::conv2d(p, c_in, c_out, k, cfg)
+}
+
+/// Stochastic depth per sample (timm `drop_path`, scaled by the keep probability).
+pub(crate) fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
+    if !train || p == 0.0 {
+        return Ok(x);
+    }
+    let keep = 1.0 - p;
+    let mut shape = vec![x.size()[0]];
+    shape.extend(std::iter::repeat_n(1, x.dim() - 1));
+    let mask =
+        Tensor::f_empty(shape.as_slice(), (x.kind(), x.device()))?.f_bernoulli_float_(keep)?;
+    Ok(x.f_mul(&mask)?.f_div_scalar(keep)?)
+}
+
+struct ResBlock {
+    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    drop_path: f64,
+}
+
+impl ResBlock {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let last = self.convs.len() - 1;
+        let mut y = x.shallow_clone();
+        for (i, (c, bn)) in self.convs.iter().enumerate() {
+            y = bn.forward_t(&c.forward(&y), train);
+            if i < last {
+                y = y.f_relu()?;
+            }
+        }
+        let y = drop_path(y, self.drop_path, train)?;
+        let shortcut = match &self.downsample {
+            Some((c, bn)) => bn.forward_t(&c.forward(x), train),
+            None => x.shallow_clone(),
+        };
+        Ok(y.f_add(&shortcut)?.f_relu()?)
+    }
+}
+
+/// `ResNetEncoderWrapper` around timm's ResNet.
+pub struct TorchgeoResNet {
+    cfg: Config,
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    stages: Vec<Vec<ResBlock>>,
+}
+
+impl TorchgeoResNet {
+    /// Builds the network under `p` (the wrapper's `resnet_model`), with timm's keys.
+    pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
+        cfg.validate()?;
+        let bn = |p: nn::Path, c: i64, zero: bool| {
+            let b = batch_norm2d(p, c, 1e-5, 0.1);
+            if zero {
+                tch::no_grad(|| {
+                    let _ = b.ws.as_ref().map(|w| w.shallow_clone().fill_(0.0));
+                });
+            }
+            b
+        };
+        let conv1 = conv(&p / "conv1", cfg.in_chans, 64, 7, 2, 3);
+        let bn1 = bn(&p / "bn1", 64, false);
+        let e = cfg.expansion();
+        let total: i64 = cfg.layers.iter().sum();
+        let mut idx = 0i64;
+        let mut inplanes = 64;
+        let mut stages = Vec::new();
+        for (s, (&planes, &n)) in [64i64, 128, 256, 512].iter().zip(&cfg.layers).enumerate() {
+            let sp = &p / format!("layer{}", s + 1);
+            let stride = if s == 0 { 1 } else { 2 };
+            let mut blocks = Vec::new();
+            for b in 0..n {
+                let bp = &sp / b;
+                let st = if b == 0 { stride } else { 1 };
+                let downsample = (b == 0 && (stride != 1 || inplanes != planes * e)).then(|| {
+                    (
+                        conv(&bp / "downsample" / 0, inplanes, planes * e, 1, st, 0),
+                        bn(&bp / "downsample" / 1, planes * e, false),
+                    )
+                });
+                let zil = cfg.zero_init_last;
+                let convs = match cfg.block {
+                    Block::Basic => vec![
+                        (
+                            conv(&bp / "conv1", inplanes, planes, 3, st, 1),
+                            bn(&bp / "bn1", planes, false),
+                        ),
+                        (
+                            conv(&bp / "conv2", planes, planes, 3, 1, 1),
+                            bn(&bp / "bn2", planes, zil),
+                        ),
+                    ],
+                    Block::Bottleneck => vec![
+                        (
+                            conv(&bp / "conv1", inplanes, planes, 1, 1, 0),
+                            bn(&bp / "bn1", planes, false),
+                        ),
+                        (
+                            conv(&bp / "conv2", planes, planes, 3, st, 1),
+                            bn(&bp / "bn2", planes, false),
+                        ),
+                        (
+                            conv(&bp / "conv3", planes, planes * e, 1, 1, 0),
+                            bn(&bp / "bn3", planes * e, zil),
+                        ),
+                    ],
+                };
+                let dpr = if total > 1 {
+                    cfg.drop_path_rate * idx as f64 / (total - 1) as f64
+                } else {
+                    0.0
+                };
+                blocks.push(ResBlock {
+                    convs,
+                    downsample,
+                    drop_path: dpr,
+                });
+                inplanes = planes * e;
+                idx += 1;
+            }
+            stages.push(blocks);
+        }
+        if cfg.num_classes > 0 {
+            let mult = if cfg.global_pool == "catavgmax" { 2 } else { 1 };
+            // timm's classifier: only in the state_dict (forward_intermediates never reaches it)
+            let _ = nn::linear(
+                &p / "fc",
+                512 * e * mult,
+                cfg.num_classes,
+                Default::default(),
+            );
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            conv1,
+            bn1,
+            stages,
+        })
+    }
+
+    /// All five feature maps of `forward_intermediates` (stem, layer1..layer4).
+    pub fn intermediates(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let (d, c) = (x.dim(), x.size().get(1).copied().unwrap_or(0));
+        if d != 4 || c != self.cfg.in_chans {
+            return Err(PluginError::invalid_argument(format!(
+                "the ResNet expects an image [B, {}, H, W] (in_chans = len(model_bands) or `in_chans`), got {:?}",
+                self.cfg.in_chans,
+                x.size()
+            )));
+        }
+        let mut y = self.bn1.forward_t(&self.conv1.forward(x), train).f_relu()?;
+        let mut out = vec![y.shallow_clone()];
+        y = y.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+        for stage in &self.stages {
+            for b in stage {
+                y = b.forward(&y, train)?;
+            }
+            out.push(y.shallow_clone());
+        }
+        Ok(out)
+    }
+}
+
+impl Model for TorchgeoResNet {
+    fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
+        let x = match xs {
+            [x] => x,
+            _ => {
+                return Err(PluginError::invalid_argument(format!(
+                    "the ResNet takes one image tensor, got {} inputs",
+                    xs.len()
+                )))
+            }
+        };
+        let all = self.intermediates(x, train)?;
+        let n = all.len();
+        Ok(all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keeps(&self.cfg.out_indices, *i, n))
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    fn out_channels(&self) -> Vec<i64> {
+        let ch = self.cfg.feature_channels();
+        let n = ch.len();
+        ch.into_iter()
+            .enumerate()
+            .filter(|(i, _)| keeps(&self.cfg.out_indices, *i, n))
+            .map(|(_, c)| c)
+            .collect()
+    }
+}
+
+/// One registered name: its architecture, the torchgeo weights it defaults to and their
+/// bands (`weights.meta["bands"]`, with TerraTorch's overrides).
+struct Spec {
+    name: &'static str,
+    arch: &'static str,
+    weights: &'static str,
+    bands: Option<&'static [&'static str]>,
+}
+
+const LANDSAT_TM_TOA: &[&str] = &["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
+const LANDSAT_ETM_TOA: &[&str] = &[
+    "B1",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6_VCID_1",
+    "B6_VCID_2",
+    "B7",
+    "B8",
+];
+const LANDSAT_ETM_SR: &[&str] = &["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"];
+const LANDSAT_OLI_TIRS_TOA: &[&str] = &[
+    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11",
+];
+const LANDSAT_OLI_SR: &[&str] = &[
+    "SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7",
+];
+const S2_ALL: &[&str] = &[
+    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8a", "B9", "B10", "B11", "B12",
+];
+const S2_ALL_TT: &[&str] = &[
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+];
+const S2_RGB: &[&str] = &["B4", "B3", "B2"];
+pub(crate) const S2_RGB_SATLAS: &[&str] = &["B04", "B03", "B02"];
+pub(crate) const S2_MS_SATLAS: &[&str] = &[
+    "B04", "B03", "B02", "B05", "B06", "B07", "B08", "B11", "B12",
+];
+const S1: &[&str] = &["VV", "VH"];
+
+const fn spec(
+    name: &'static str,
+    arch: &'static str,
+    weights: &'static str,
+    bands: &'static [&'static str],
+) -> Spec {
+    Spec {
+        name,
+        arch,
+        weights,
+        bands: Some(bands),
+    }
+}
+
+const SPECS: &[Spec] = &[
+    spec(
+        "ssl4eol_resnet18_landsat_tm_toa_moco",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_TM_TOA_MOCO",
+        LANDSAT_TM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_tm_toa_simclr",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_TM_TOA_SIMCLR",
+        LANDSAT_TM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_etm_toa_moco",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_ETM_TOA_MOCO",
+        LANDSAT_ETM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_etm_toa_simclr",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_ETM_TOA_SIMCLR",
+        LANDSAT_ETM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_etm_sr_moco",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_ETM_SR_MOCO",
+        LANDSAT_ETM_SR,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_etm_sr_simclr",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_ETM_SR_SIMCLR",
+        LANDSAT_ETM_SR,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_oli_tirs_toa_moco",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_OLI_TIRS_TOA_MOCO",
+        LANDSAT_OLI_TIRS_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_oli_tirs_toa_simclr",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_OLI_TIRS_TOA_SIMCLR",
+        LANDSAT_OLI_TIRS_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_oli_sr_moco",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_OLI_SR_MOCO",
+        LANDSAT_OLI_SR,
+    ),
+    spec(
+        "ssl4eol_resnet18_landsat_oli_sr_simclr",
+        "resnet18",
+        "ResNet18_Weights.LANDSAT_OLI_SR_SIMCLR",
+        LANDSAT_OLI_SR,
+    ),
+    spec(
+        "ssl4eos12_resnet18_sentinel2_all_moco",
+        "resnet18",
+        "ResNet18_Weights.SENTINEL2_ALL_MOCO",
+        S2_ALL,
+    ),
+    spec(
+        "ssl4eos12_resnet18_sentinel2_rgb_moco",
+        "resnet18",
+        "ResNet18_Weights.SENTINEL2_RGB_MOCO",
+        S2_RGB,
+    ),
+    spec(
+        "seco_resnet18_sentinel2_rgb_seco",
+        "resnet18",
+        "ResNet18_Weights.SENTINEL2_RGB_SECO",
+        S2_RGB,
+    ),
+    Spec {
+        name: "fmow_resnet50_fmow_rgb_gassl",
+        arch: "resnet50",
+        weights: "ResNet50_Weights.FMOW_RGB_GASSL",
+        bands: None,
+    },
+    spec(
+        "ssl4eol_resnet50_landsat_tm_toa_moco",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_TM_TOA_MOCO",
+        LANDSAT_TM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_tm_toa_simclr",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_TM_TOA_SIMCLR",
+        LANDSAT_TM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_etm_toa_moco",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_ETM_TOA_MOCO",
+        LANDSAT_ETM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_etm_toa_simclr",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_ETM_TOA_SIMCLR",
+        LANDSAT_ETM_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_etm_sr_moco",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_ETM_SR_MOCO",
+        LANDSAT_ETM_SR,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_etm_sr_simclr",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_ETM_SR_SIMCLR",
+        LANDSAT_ETM_SR,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_oli_tirs_toa_moco",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_OLI_TIRS_TOA_MOCO",
+        LANDSAT_OLI_TIRS_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_oli_tirs_toa_simclr",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_OLI_TIRS_TOA_SIMCLR",
+        LANDSAT_OLI_TIRS_TOA,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_oli_sr_moco",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_OLI_SR_MOCO",
+        LANDSAT_OLI_SR,
+    ),
+    spec(
+        "ssl4eol_resnet50_landsat_oli_sr_simclr",
+        "resnet50",
+        "ResNet50_Weights.LANDSAT_OLI_SR_SIMCLR",
+        LANDSAT_OLI_SR,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel1_all_decur",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL1_ALL_DECUR",
+        S1,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel1_all_moco",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL1_ALL_MOCO",
+        S1,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel2_all_decur",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_ALL_DECUR",
+        S2_ALL_TT,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel2_all_dino",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_ALL_DINO",
+        S2_ALL_TT,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel2_all_moco",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_ALL_MOCO",
+        S2_ALL_TT,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel2_all_softcon",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_ALL_SOFTCON",
+        S2_ALL_TT,
+    ),
+    spec(
+        "ssl4eos12_resnet50_sentinel2_rgb_moco",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_RGB_MOCO",
+        S2_RGB,
+    ),
+    spec(
+        "seco_resnet50_sentinel2_rgb_seco",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_RGB_SECO",
+        S2_RGB,
+    ),
+    spec(
+        "satlas_resnet50_sentinel2_mi_ms_satlas",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_MI_MS_SATLAS",
+        S2_MS_SATLAS,
+    ),
+    spec(
+        "satlas_resnet50_sentinel2_mi_rgb_satlas",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_MI_RGB_SATLAS",
+        S2_RGB_SATLAS,
+    ),
+    spec(
+        "satlas_resnet50_sentinel2_si_ms_satlas",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_SI_MS_SATLAS",
+        S2_MS_SATLAS,
+    ),
+    spec(
+        "satlas_resnet50_sentinel2_si_rgb_satlas",
+        "resnet50",
+        "ResNet50_Weights.SENTINEL2_SI_RGB_SATLAS",
+        S2_RGB_SATLAS,
+    ),
+    spec(
+        "satlas_resnet152_sentinel2_mi_ms",
+        "resnet152",
+        "ResNet152_Weights.SENTINEL2_MI_MS_SATLAS",
+        S2_MS_SATLAS,
+    ),
+    spec(
+        "satlas_resnet152_sentinel2_mi_rgb",
+        "resnet152",
+        "ResNet152_Weights.SENTINEL2_MI_RGB_SATLAS",
+        S2_RGB_SATLAS,
+    ),
+    spec(
+        "satlas_resnet152_sentinel2_si_ms_satlas",
+        "resnet152",
+        "ResNet152_Weights.SENTINEL2_SI_MS_SATLAS",
+        S2_MS_SATLAS,
+    ),
+    spec(
+        "satlas_resnet152_sentinel2_si_rgb_satlas",
+        "resnet152",
+        "ResNet152_Weights.SENTINEL2_SI_RGB_SATLAS",
+        S2_RGB_SATLAS,
+    ),
+];
+
+fn base(arch: &str) -> Config {
+    match arch {
+        "resnet18" => Config::resnet18(),
+        "resnet50" => Config::resnet50(),
+        _ => Config::resnet152(),
+    }
+}
+
+fn build(ctx: &BuildCtx<'_, '_>, spec: &Spec) -> Result<ModuleBox> {
+    let a = &ctx.args;
+    let bands = model_bands(ctx)?;
+    let b = base(spec.arch);
+    let cfg = Config {
+        layers: a.get_or("layers", b.layers.clone())?,
+        in_chans: in_chans(ctx, &bands)?,
+        num_classes: a.get("num_classes")?,
+        global_pool: a.get("global_pool")?,
+        drop_rate: a.get("drop_rate")?,
+        drop_path_rate: a.get("drop_path_rate")?,
+        zero_init_last: a.get("zero_init_last")?,
+        out_indices: out_indices(ctx)?,
+        ..b
+    };
+    warn_unused_indices(&ctx.qualified(), &cfg.out_indices, 5);
+    let file = checkpoint_file(ctx)?;
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let model = TorchgeoResNet::new(vs.root() / "resnet_model", &cfg)?;
+    if let Some(file) = file {
+        let pretrained = match spec.bands {
+            None => Vec::new(),
+            Some(raw) => pretrained_bands(raw).map_err(|b| {
+                PluginError::invalid_argument(format!(
+                    "`{}` with pretrained=true fails in TerraTorch 1.2.11: the band {b:?} of {} has no entry in its \
+                     band look-up table (KeyError); build with pretrained=false and load the checkpoint with --weights",
+                    ctx.qualified(),
+                    spec.weights
+                ))
+            })?,
+        };
+        load_checkpoint(
+            &mut vs,
+            &file,
+            "resnet_model.",
+            "conv1.weight",
+            &["fc.weight", "fc.bias"],
+            &pretrained,
+            &bands,
+        )?;
+    }
+    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+}
+
+fn entry(spec: &'static Spec) -> Entry {
+    let b = base(spec.arch);
+    let bands = match spec.bands {
+        Some(raw) => match pretrained_bands(raw) {
+            Ok(names) => format!("{} ({})", raw.join(", "), names.join(", ")),
+            Err(_) => format!(
+                "{} (not loadable by TerraTorch 1.2.11: no band names for them)",
+                raw.join(", ")
+            ),
+        },
+        None => "none recorded (no band is matched when loading)".into(),
+    };
+    let doc = format!(
+        "TerraTorch's torchgeo {} backbone ResNetEncoderWrapper(timm {}), default weights {} with bands {bands}; \
+         in_chans = len(model_bands); returns the maps (stem, layer1..layer4: {:?} channels) named by out_indices. \
+         Keys resnet_model.* with timm's classifier fc. Other timm keywords (output_stride, stem_type, ...) are \
+         not supported.",
+        spec.arch,
+        spec.arch,
+        spec.weights,
+        b.feature_channels()
+    );
+    Entry::new(spec.name, &doc, move |ctx| build(ctx, spec))
+        .req("model_bands", ParamType::ANY, "the input's bands (a list); in_chans = len(model_bands), and with pretrained=true the first convolution's columns are picked by band name")
+        .opt("pretrained", ParamType::BOOL, json!(false), "load ckpt_data (terrahost never downloads torchgeo's weights)")
+        .opt("weights", ParamType::ANY, Value::Null, "torchgeo weights enum; only read with pretrained=true, where terrahost refuses it (no downloads)")
+        .opt("ckpt_data", ParamType::STR, Value::Null, "local checkpoint of the bare timm ResNet (.pt/.pth/.safetensors), loaded when pretrained=true")
+        .opt("out_indices", ParamType::INT_LIST, Value::Null, "features to return: 0 = stem, 1..4 = layer1..layer4, -1 = the last (default [-1]); others are ignored, as upstream")
+        .opt("in_chans", ParamType::INT, Value::Null, "timm: input channels (default len(model_bands))")
+        .opt("layers", ParamType::INT_LIST, json!(b.layers), "timm: blocks per stage")
+        .opt("num_classes", ParamType::INT, json!(1000), "timm: classifier outputs (fc; 0 = no classifier); unused by the features")
+        .opt("global_pool", ParamType::STR, json!("avg"), "timm: classifier pooling (catavgmax doubles fc's input); unused by the features")
+        .opt("drop_rate", ParamType::FLOAT, json!(0.0), "timm: dropout before the classifier; no effect on the features")
+        .opt("drop_path_rate", ParamType::FLOAT, json!(0.0), "timm: stochastic depth, linear over the blocks (train mode only)")
+        .opt("zero_init_last", ParamType::BOOL, json!(true), "timm: zero-initialise the last norm of each residual branch")
+}
+
+/// The backbone entries of this family.
+pub fn entries() -> Vec<Entry> {
+    SPECS.iter().map(entry).collect()
+}
