@@ -16,6 +16,7 @@ fn backbones() -> Catalog {
     c = models::prithvi_vit::backbone_entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::dofa_vit::entries().into_iter().fold(c, Catalog::add);
     c
 }
 
@@ -104,6 +105,8 @@ terrahost_plugin_api::declare_plugin! {
 mod tests;
 #[cfg(test)]
 mod tests_decoders;
+#[cfg(test)]
+mod tests_dofa;
 #[cfg(test)]
 mod tests_necks;
 #[cfg(test)]

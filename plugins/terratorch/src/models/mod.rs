@@ -1,6 +1,7 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod dofa_vit;
 pub mod embedding_output_model;
 pub mod encoder_decoder_factory;
 pub mod fcn_decoder;
@@ -16,6 +17,7 @@ pub mod prithvi_vit;
 pub mod satmae_head;
 pub mod scalar_output_model;
 pub mod temporal_wrapper;
+pub mod torch_transformer;
 pub mod trunk;
 pub mod unet_decoder;
 pub mod upernet_decoder;
