@@ -14,6 +14,7 @@ fn backbones() -> Catalog {
         models::swin::entries(),
         models::prithvi_swin::entries(),
         models::prithvi_vit::entries(),
+        vec![models::clay::entry()],
     ]
     .into_iter()
     .flatten()
@@ -32,5 +33,7 @@ terrahost_plugin_api::declare_plugin! {
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_clay;
 #[cfg(test)]
 mod tests_timm_a;

@@ -2,6 +2,7 @@
 //! `swin_layers`).
 
 pub(crate) mod checks;
+pub mod clay;
 pub mod convnext;
 pub(crate) mod features;
 pub(crate) mod layers;
