@@ -16,7 +16,9 @@ fn backbones() -> Catalog {
     c = models::prithvi_vit::backbone_entries()
         .into_iter()
         .fold(c, Catalog::add);
-    c = models::dofa_vit::entries().into_iter().fold(c, Catalog::add);
+    c = models::dofa_vit::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c
 }
 

@@ -160,7 +160,10 @@ fn dofa_one_model_takes_any_band_set_through_its_wavelengths() {
     let diff = (&ya[0] - &yb[0]).abs().max().double_value(&[]);
     assert!(diff > 1e-3, "band wavelengths had no effect ({diff})");
     let e = a
-        .forward(&[Tensor::zeros([1, 3, 32, 32], (Kind::Float, tch::Device::Cpu))])
+        .forward(&[Tensor::zeros(
+            [1, 3, 32, 32],
+            (Kind::Float, tch::Device::Cpu),
+        )])
         .unwrap_err();
     assert!(
         e.message().contains("RED, NIR_NARROW") && e.message().contains("[B, 2, H, W]"),
@@ -176,7 +179,10 @@ fn dofa_refuses_an_input_other_than_img_size_and_silent_out_indices() {
     )
     .unwrap();
     let e = m
-        .forward(&[Tensor::zeros([1, 1, 48, 48], (Kind::Float, tch::Device::Cpu))])
+        .forward(&[Tensor::zeros(
+            [1, 1, 48, 48],
+            (Kind::Float, tch::Device::Cpu),
+        )])
         .unwrap_err();
     assert!(
         e.message().contains("img_size=32") && e.message().contains("9 patches"),
@@ -263,8 +269,33 @@ fn dofa_pretrained_refuses_downloads_and_loads_a_local_checkpoint() {
     let resized = dofa_vit::resize_pos_embed(&pos, (2, 2), 14, "bilinear").unwrap();
     assert!(get(&m, "dofa_model.pos_embed").allclose(&resized, 0.0, 0.0, false));
     // the class token's slot is kept, the grid is a resize of the 14x14 one
-    assert!(resized
-        .narrow(1, 0, 1)
-        .equal(&pos.narrow(1, 0, 1)));
+    assert!(resized.narrow(1, 0, 1).equal(&pos.narrow(1, 0, 1)));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The corpus's two DOFA configs at full size (examples/confs/dofa_sen1floods11_{fcn,uper}.yaml,
+/// pretrained off): TerraTorch's model has these parameter and state_dict counts
+/// (`num_batches_tracked` not counted).
+#[test]
+fn dofa_corpus_configs_at_full_size_have_terratorchs_sizes() {
+    let bands = json!(["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]);
+    let fcn = json!({"task": "segmentation", "decoder": "FCNDecoder", "backbone_pretrained": false,
+        "backbone_img_size": 512, "backbone": "dofa_large_patch16_224", "decoder_channels": 256,
+        "backbone_model_bands": bands, "num_classes": 2, "head_dropout": 0.1, "head_channel_list": [256],
+        "necks": [{"name": "SelectIndices", "indices": [-1]}, {"name": "ReshapeTokensToImage"}]});
+    let uper = json!({"task": "segmentation", "decoder": "UperNetDecoder", "backbone_pretrained": false,
+        "backbone": "dofa_large_patch16_224", "decoder_channels": 256, "backbone_model_bands": bands,
+        "backbone_out_indices": [5, 11, 17, 23], "num_classes": 2, "head_dropout": 0.1,
+        "head_channel_list": [256], "necks": [{"name": "ReshapeTokensToImage"}]});
+    let host = host_with(crate::plugin_sources().unwrap());
+    for (what, args, params, keys) in [
+        ("fcn", fcn, 342_788_399, 344),
+        ("uper", uper, 348_430_639, 380),
+    ] {
+        let m = host
+            .build("model_factory", "EncoderDecoderFactory", &obj(args), None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(n_params(&m), params, "{what}: parameters");
+        assert_eq!(m.state_dict().len(), keys, "{what}: state_dict entries");
+    }
 }

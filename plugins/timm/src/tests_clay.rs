@@ -67,7 +67,11 @@ fn clay_has_upstream_size_keys_and_prepares_the_last_feature() {
     assert_eq!(m.state_dict().len(), 145);
     assert_eq!(m.out_channels(), vec![768; 12]);
     assert_eq!(
-        get(&m, "clay_encoder.patch_embedding.weight_generator.fc_weight.weight").size(),
+        get(
+            &m,
+            "clay_encoder.patch_embedding.weight_generator.fc_weight.weight"
+        )
+        .size(),
         vec![8 * 8 * 768, 128]
     );
     assert_eq!(m.meta()["patch_size"], json!(8));
@@ -76,7 +80,10 @@ fn clay_has_upstream_size_keys_and_prepares_the_last_feature() {
     let feats = tch::no_grad(|| m.forward(&[x])).unwrap();
     assert_eq!(feats.len(), 12);
     assert_eq!(feats[3].size(), vec![2, 17, 768]);
-    let img = m.prepare_features(&feats).unwrap().expect("Clay prepares features");
+    let img = m
+        .prepare_features(&feats)
+        .unwrap()
+        .expect("Clay prepares features");
     assert_eq!(img.len(), 1);
     assert_eq!(img[0].size(), vec![2, 768, 4, 4]);
     // token (row 1, column 2) of the last feature is pixel [1, 2] of the map
@@ -118,17 +125,18 @@ fn clay_waves_and_gsd_come_as_inputs_or_keywords_and_change_the_output() {
     assert!(diff > 1e-3, "waves and gsd had no effect ({diff})");
     let e = m
         .forward(&[sine_input(0, &[1, 3, 16, 16])])
-        .err()
-        .expect("3 channels for 2 bands");
-    assert!(e.message().contains("3 channels") && e.message().contains("2 wavelengths"), "{e}");
+        .expect_err("3 channels for 2 bands");
+    assert!(
+        e.message().contains("3 channels") && e.message().contains("2 wavelengths"),
+        "{e}"
+    );
     let e = m
         .forward(&[sine_input(0, &[1, 2, 24, 24])])
-        .err()
-        .expect("wrong size");
+        .expect_err("wrong size");
     assert!(e.message().contains("img_size=16"), "{e}");
     let mut bad = Map::new();
     bad.insert("time".into(), json!([1, 2]));
-    let e = m.forward_kw(&[x], &bad).err().expect("unknown keyword");
+    let e = m.forward_kw(&[x], &bad).expect_err("unknown keyword");
     assert!(e.message().contains("`time`"), "{e}");
 }
 
@@ -201,4 +209,32 @@ fn clay_pretrained_loads_a_clay_checkpoint_and_ckpt_path_copies_matching_paramet
         json!({"img_size": 8, "pretrained": true, "pretrained_cfg_overlay": {"file": path.to_str().unwrap()}}),
     );
     assert!(e.contains("missing keys") && e.contains("layers.11"), "{e}");
+}
+
+/// The corpus's Clay config at full size
+/// (integrationtests/configs/test_encoderdecoder_clay_v1_base_model_factory.yaml, pretrained
+/// off): TerraTorch's model has these parameter and state_dict counts
+/// (`num_batches_tracked` not counted).
+#[test]
+fn clay_corpus_config_at_full_size_has_terratorchs_sizes() {
+    let args = json!({"task": "segmentation", "backbone": "clay_v1_base", "backbone_pretrained": false,
+        "num_classes": 3, "backbone_img_size": 512, "backbone_bands": [0, 1, 2, 3, 4, 5],
+        "necks": [{"name": "SelectIndices", "indices": [2, 5, 8, 11]}, {"name": "ReshapeTokensToImage"},
+                  {"name": "LearnedInterpolateToPyramidal"}],
+        "decoder": "UNetDecoder", "decoder_channels": [512, 256, 128, 64], "head_channel_list": [256],
+        "head_dropout": 0.1});
+    let host = host_with_plugins(vec![
+        terrahost_terratorch::plugin_sources().unwrap(),
+        crate::plugin_sources().unwrap(),
+    ]);
+    let m = host
+        .build(
+            "model_factory",
+            "EncoderDecoderFactory",
+            args.as_object().unwrap(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n_params(&m), 107_775_939);
+    assert_eq!(m.state_dict().len(), 199);
 }

@@ -180,7 +180,10 @@ impl Config {
                 self.embed_dim, self.num_heads
             ));
         }
-        if !(self.mlp_ratio > 0.0) || (self.embed_dim as f64 * self.mlp_ratio) < 1.0 {
+        if self.mlp_ratio.is_nan()
+            || self.mlp_ratio <= 0.0
+            || (self.embed_dim as f64 * self.mlp_ratio) < 1.0
+        {
             return bad(format!(
                 "`mlp_ratio` must be positive, got {}",
                 self.mlp_ratio
@@ -233,13 +236,11 @@ fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
 /// float32 as upstream.
 pub fn position_embedding(embed_dim: i64, pos: &Tensor) -> Result<Tensor> {
     let half = embed_dim / 2;
-    let omega =
-        Tensor::f_arange(half, (Kind::Float, pos.device()))?.f_div_scalar(embed_dim as f64 / 2.0)?;
+    let omega = Tensor::f_arange(half, (Kind::Float, pos.device()))?
+        .f_div_scalar(embed_dim as f64 / 2.0)?;
     let omega = Tensor::f_pow_scalar(10000, &omega)?.f_reciprocal()?;
     // outer product: [M, 1] * [1, D/2]
-    let out = pos
-        .f_reshape([-1, 1])?
-        .f_mul(&omega.f_unsqueeze(0)?)?;
+    let out = pos.f_reshape([-1, 1])?.f_mul(&omega.f_unsqueeze(0)?)?;
     Ok(Tensor::f_cat(&[out.f_sin()?, out.f_cos()?], 1)?)
 }
 
@@ -520,8 +521,8 @@ pub fn resize_pos_embed(pos: &Tensor, new: (i64, i64), old: i64, mode: &str) -> 
         "bicubic" => grid.f_upsample_bicubic2d([new.0, new.1], false, None, None)?,
         other => {
             return Err(PluginError::invalid_argument(format!(
-                "`pos_interpolation_mode` {other:?} is not supported; use \"bilinear\" or \"bicubic\""
-            )))
+            "`pos_interpolation_mode` {other:?} is not supported; use \"bilinear\" or \"bicubic\""
+        )))
         }
     };
     let grid = grid.f_flatten(2, 3)?.f_transpose(1, 2)?;

@@ -93,7 +93,10 @@ impl TransformerEncoderLayer {
             &q, &k, &v, None, 0.0, false, None, false,
         )?;
         // [1, heads, L, head_dim] -> [L, E]
-        let y = y.f_permute([2, 0, 1, 3])?.f_contiguous()?.f_reshape([l, e])?;
+        let y = y
+            .f_permute([2, 0, 1, 3])?
+            .f_contiguous()?
+            .f_reshape([l, e])?;
         Ok(y.apply(&self.out_proj))
     }
 
@@ -107,10 +110,7 @@ impl TransformerEncoderLayer {
             )));
         }
         let x = x.f_add(&self.self_attn(x)?)?.apply(&self.norm1);
-        let ff = x
-            .apply(&self.linear1)
-            .f_gelu("none")?
-            .apply(&self.linear2);
+        let ff = x.apply(&self.linear1).f_gelu("none")?.apply(&self.linear2);
         Ok(x.f_add(&ff)?.apply(&self.norm2))
     }
 }

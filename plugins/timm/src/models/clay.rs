@@ -169,9 +169,7 @@ impl Config {
         if self.vpt {
             match self.vpt_n_tokens {
                 None => return bad("vpt_n_tokens must be provided when using VPT".into()),
-                Some(n) if n < 1 => {
-                    return bad(format!("`vpt_n_tokens` must be >= 1, got {n}"))
-                }
+                Some(n) if n < 1 => return bad(format!("`vpt_n_tokens` must be >= 1, got {n}")),
                 _ => {}
             }
         }
@@ -208,7 +206,10 @@ pub fn posemb_sincos_2d_with_gsd(h: i64, w: i64, dim: i64, gsd: f64) -> Result<T
     let x = Tensor::f_arange(w, opts)?.f_repeat([h])?;
     let y = y.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
     let x = x.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    Ok(Tensor::f_cat(&[x.f_sin()?, x.f_cos()?, y.f_sin()?, y.f_cos()?], 1)?)
+    Ok(Tensor::f_cat(
+        &[x.f_sin()?, x.f_cos()?, y.f_sin()?, y.f_cos()?],
+        1,
+    )?)
 }
 
 /// `FCBlock`: `x + gelu(l2(gelu(l1(x))))`.
@@ -262,10 +263,13 @@ impl WavesTransformer {
         let c = waves.size()[0];
         let x = Tensor::f_cat(&[&self.weight_tokens, waves, &self.bias_token], 0)?;
         let out = self.layer.forward(&x)?;
-        let weights = self.fc_weight.forward(
-            &out.f_narrow(0, LATENT_TOKENS, c)?
-                .f_add(&x.f_narrow(0, LATENT_TOKENS, c)?)?,
-        )?;
+        let weights =
+            self.fc_weight
+                .forward(&out.f_narrow(0, LATENT_TOKENS, c)?.f_add(&x.f_narrow(
+                    0,
+                    LATENT_TOKENS,
+                    c,
+                )?)?)?;
         let bias = self.fc_bias.forward(&out.f_get(LATENT_TOKENS + c)?)?;
         Ok((weights, bias))
     }
@@ -399,7 +403,13 @@ impl ClayEmbedder {
             let val = (6.0 / (3 * 8 * 8 + DIM) as f64).sqrt();
             let pp = &t / "vpt_prompt_embeddings";
             (0..DEPTH)
-                .map(|i| pp.var(&i.to_string(), &[1, n, DIM], Init::Uniform { lo: -val, up: val }))
+                .map(|i| {
+                    pp.var(
+                        &i.to_string(),
+                        &[1, n, DIM],
+                        Init::Uniform { lo: -val, up: val },
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -429,7 +439,12 @@ impl ClayEmbedder {
 
     /// `Embedder.forward_features(x, time, latlon, waves, gsd)`: the tokens `[B, 1+N, 768]`
     /// of the `out_indices` layers (the last layer's after the final norm).
-    pub fn forward_features(&self, x: &Tensor, extras: Extras<'_>, train: bool) -> Result<Vec<Tensor>> {
+    pub fn forward_features(
+        &self,
+        x: &Tensor,
+        extras: Extras<'_>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
         let size = x.size();
         if size.len() != 4 {
             return Err(PluginError::forward_failed(format!(
@@ -531,7 +546,9 @@ impl ClayEmbedder {
         let (b, n, _) = last.size3()?;
         let tokens = last.f_narrow(1, 1, n - 1)?;
         let s = (((n - 1) / self.cfg.num_frames) as f64).sqrt() as i64;
-        Ok(vec![tokens.f_permute([0, 2, 1])?.f_reshape([b, -1, s, s])?])
+        Ok(vec![tokens
+            .f_permute([0, 2, 1])?
+            .f_reshape([b, -1, s, s])?])
     }
 }
 
@@ -549,7 +566,12 @@ impl Model for ClayEmbedder {
     }
 
     /// Keywords `waves` (list of µm) and `gsd` (number), as `forward_features` takes them.
-    fn forward_kw(&self, xs: &[Tensor], kwargs: &Map<String, Value>, train: bool) -> Result<Vec<Tensor>> {
+    fn forward_kw(
+        &self,
+        xs: &[Tensor],
+        kwargs: &Map<String, Value>,
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
         let x = xs
             .first()
             .ok_or_else(|| PluginError::invalid_argument("Clay needs an input image"))?;
@@ -562,8 +584,12 @@ impl Model for ClayEmbedder {
         let mut extras = Extras {
             time: non_empty(xs, 1),
             latlon: non_empty(xs, 2),
-            waves: non_empty(xs, 3).map(|w| w.f_to_kind(Kind::Float)).transpose()?,
-            gsd: non_empty(xs, 4).map(|g| g.f_double_value(&[0])).transpose()?,
+            waves: non_empty(xs, 3)
+                .map(|w| w.f_to_kind(Kind::Float))
+                .transpose()?,
+            gsd: non_empty(xs, 4)
+                .map(|g| g.f_double_value(&[0]))
+                .transpose()?,
         };
         for (k, v) in kwargs {
             match (k.as_str(), v) {
@@ -584,7 +610,9 @@ impl Model for ClayEmbedder {
             }
         }
         if xs.get(4).is_some_and(|g| g.numel() > 1) {
-            return Err(PluginError::invalid_argument("the gsd input must hold one value"));
+            return Err(PluginError::invalid_argument(
+                "the gsd input must hold one value",
+            ));
         }
         self.forward_features(x, extras, train)
     }
