@@ -26,6 +26,9 @@ fn backbones() -> Catalog {
         .into_iter()
         .fold(c, Catalog::add);
     c = models::swin_v2::entries().into_iter().fold(c, Catalog::add);
+    c = models::dofa_vit::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c
 }
 
@@ -121,6 +124,8 @@ terrahost_plugin_api::declare_plugin! {
 mod tests;
 #[cfg(test)]
 mod tests_decoders;
+#[cfg(test)]
+mod tests_dofa;
 #[cfg(test)]
 mod tests_factories;
 #[cfg(test)]

@@ -21,6 +21,7 @@ fn backbone_entries() -> Catalog {
         models::swin::entries(),
         models::prithvi_swin::entries(),
         models::prithvi_vit::entries(),
+        vec![models::clay::entry()],
     ]
     .into_iter()
     .flatten()
@@ -45,6 +46,8 @@ terrahost_plugin_api::declare_plugin! {
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_clay;
 #[cfg(test)]
 mod tests_factory;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod dofa_vit;
 pub mod embedding_output_model;
 pub mod encoder_decoder_factory;
 pub mod fcn_decoder;
@@ -21,6 +22,7 @@ pub mod scalar_output_model;
 pub mod swin_v2;
 pub mod temporal_wrapper;
 pub mod terramind;
+pub mod torch_transformer;
 pub mod torchgeo_resnet;
 pub mod trunk;
 pub mod unet_decoder;

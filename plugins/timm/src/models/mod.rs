@@ -3,6 +3,7 @@
 
 pub(crate) mod checks;
 pub mod classifier;
+pub mod clay;
 pub mod convnext;
 pub(crate) mod features;
 pub(crate) mod layers;
