@@ -137,6 +137,8 @@ def forward(model, inputs: dict) -> dict:
     else:  # one tensor per modality, by name
         x = {k: v for k, v in inputs.items() if k not in COORDS}
     out = model(x, **kw)
+    if isinstance(out, (tuple, list)):  # a full model (the MAE: loss, reconstruction, mask)
+        return {("output" if i == 0 else f"output.{i}"): t for i, t in enumerate(out) if isinstance(t, torch.Tensor)}
     res = {"output": out.output if hasattr(out, "output") else out}
     for name, t in (getattr(out, "auxiliary_heads", None) or {}).items():
         res[f"aux_{name}"] = t
