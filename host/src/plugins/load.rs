@@ -95,11 +95,15 @@ fn dlopen_refusal(path: &Path, e: &libloading::Error) -> Refusal {
 }
 
 fn classify_loader_message(path: &Path, msg: &str) -> Refusal {
-    // glibc: "<path>: <dep>: cannot open shared object file: No such file or directory"
+    // glibc names a missing dependency as "<dep>: cannot open shared object file: ..."
+    // (sometimes after "<path>: "), an unresolved symbol as "<path>: undefined symbol: <sym>".
     let own = path.display().to_string();
-    let rest = msg.strip_prefix(&own).and_then(|r| r.strip_prefix(": "));
-    if let Some(rest) = rest {
-        if let Some((dep, _)) = rest.split_once(": cannot open shared object file") {
+    let rest = msg
+        .strip_prefix(&own)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(msg);
+    if let Some((dep, _)) = rest.split_once(": cannot open shared object file") {
+        if dep != own {
             return Refusal::new(
                 kind::MISSING_DEPENDENCY,
                 format!(
@@ -107,38 +111,34 @@ fn classify_loader_message(path: &Path, msg: &str) -> Refusal {
                 ),
             );
         }
-        if let Some((_, sym)) = rest.split_once("undefined symbol: ") {
-            return Refusal::new(
-                kind::MISSING_DEPENDENCY,
-                format!(
-                    "the library needs the symbol `{}`, which none of its dependencies provide; it was built against another version of a library it links",
-                    first_line(sym)
-                ),
-            );
-        }
+    }
+    if let Some((_, sym)) = rest.split_once("undefined symbol: ") {
         return Refusal::new(
-            kind::NOT_A_LIBRARY,
-            format!("not a loadable library: {}", first_line(rest)),
+            kind::MISSING_DEPENDENCY,
+            format!(
+                "the library needs the symbol `{}`, which none of its dependencies provide; it was built against another version of a library it links",
+                first_line(sym)
+            ),
         );
     }
     Refusal::new(
         kind::NOT_A_LIBRARY,
-        format!("not a loadable library: {}", first_line(msg)),
+        format!("not a loadable library: {}", first_line(rest)),
     )
 }
 
 /// abi_stable's errors in one line (its `Display` of a layout mismatch is a dump of
 /// both type layouts, dozens of lines).
 fn library_refusal(e: &LibraryError) -> Refusal {
+    let api = terrahost_plugin_api::API_VERSION;
     let expected = format!(
-        "the host expects root module `{}` from plugin-api {}",
-        PluginRoot_Ref::NAME,
-        terrahost_plugin_api::API_VERSION
+        "the host expects root module `{}` from plugin-api {api}",
+        PluginRoot_Ref::NAME
     );
     match e {
         LibraryError::AbiInstability(_) => Refusal::new(
             kind::INCOMPATIBLE_ABI,
-            format!("incompatible plugin: its root module has another layout than the one {expected}; rebuild the plugin against plugin-api {}", terrahost_plugin_api::API_VERSION),
+            format!("incompatible plugin: its root module `{}` is laid out differently from plugin-api {api}'s (abi_stable's layout check failed); rebuild the plugin against plugin-api {api}", PluginRoot_Ref::NAME),
         ),
         LibraryError::InvalidAbiHeader(_) => Refusal::new(
             kind::INCOMPATIBLE_ABI,
@@ -487,6 +487,12 @@ mod tests {
         let r = classify_loader_message(
             p,
             "/p/libx.so: libdep.so: cannot open shared object file: No such file or directory",
+        );
+        assert_eq!(r.kind, kind::MISSING_DEPENDENCY);
+        assert!(r.reason.contains("`libdep.so`"), "{}", r.reason);
+        let r = classify_loader_message(
+            p,
+            "libdep.so: cannot open shared object file: No such file or directory",
         );
         assert_eq!(r.kind, kind::MISSING_DEPENDENCY);
         assert!(r.reason.contains("`libdep.so`"), "{}", r.reason);

@@ -43,6 +43,10 @@ pub const SCANNER_VAR: &str = "TERRAHOST_SCANNER";
 /// The default scan timeout per file.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the scanner itself may take to start (map libtorch, say hello) before it
+/// is given up on: its own cost, not a file's, so not the per-file timeout.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One message of the protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "kebab-case")]
@@ -270,7 +274,7 @@ fn run_child(scanner: &Path, files: &[PathBuf], timeout: Duration) -> Run {
     let mut hello = false;
     let mut current: Option<usize> = None;
     let mut last_begun: Option<usize> = None;
-    let mut deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout.max(STARTUP_TIMEOUT);
     let blame = |at: Option<usize>, refusal: Refusal, hello: bool| match at {
         Some(i) => Failure::Blame(i, refusal),
         None if hello => Failure::Scanner(format!(
@@ -290,6 +294,14 @@ fn run_child(scanner: &Path, files: &[PathBuf], timeout: Duration) -> Run {
                 let _ = child.kill();
                 let _ = child.wait();
                 let secs = timeout.as_secs_f64();
+                if !hello {
+                    run.failure = Some(Failure::Scanner(format!(
+                        "the plugin scanner {} did not start within {} s",
+                        scanner.display(),
+                        timeout.max(STARTUP_TIMEOUT).as_secs()
+                    )));
+                    return run;
+                }
                 let r = Refusal::new(
                     kind::TIMED_OUT,
                     format!(
