@@ -183,9 +183,12 @@ impl Host {
                 .as_ref()
                 .map(|p| format!(" ({})", p.display()))
                 .unwrap_or_default();
-            return Err(Refusal::new(kind::DUPLICATE_PLUGIN, format!(
-                "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
-            )));
+            return Err(Refusal::new(
+                kind::DUPLICATE_PLUGIN,
+                format!(
+                    "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
+                ),
+            ));
         }
         for s in &sources {
             let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());

@@ -19,7 +19,8 @@ fn terrahost() -> PathBuf {
 /// user's, and warm after the first command.
 fn cache() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {

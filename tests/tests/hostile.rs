@@ -58,10 +58,30 @@ fn corpus() -> Vec<Case> {
         case("ctor_null.so", C("ctor_null"), "crashed", "SIGSEGV"),
         case("ctor_exit.so", C("ctor_exit"), "exited", "status 0"),
         case("ctor_loop.so", C("ctor_loop"), "timed-out", "within 10 s"),
-        case("ctor_stdout.so", C("ctor_stdout"), "not-a-plugin", "no abi_stable root module"),
-        case("pipe_garbage.so", C("pipe_garbage"), "protocol", "malformed"),
-        case("garbage_root.so", C("garbage_root"), "incompatible-abi", "not an abi_stable"),
-        case("needs_dep.so", C("needs_dep"), "missing-dependency", "`libterrahost_missing_dep.so`"),
+        case(
+            "ctor_stdout.so",
+            C("ctor_stdout"),
+            "not-a-plugin",
+            "no abi_stable root module",
+        ),
+        case(
+            "pipe_garbage.so",
+            C("pipe_garbage"),
+            "protocol",
+            "malformed",
+        ),
+        case(
+            "garbage_root.so",
+            C("garbage_root"),
+            "incompatible-abi",
+            "not an abi_stable",
+        ),
+        case(
+            "needs_dep.so",
+            C("needs_dep"),
+            "missing-dependency",
+            "`libterrahost_missing_dep.so`",
+        ),
         case("truncated.so", Truncated, "not-a-library", "truncated"),
         case("empty.so", Empty, "not-a-library", "empty"),
         case("x.so", Directory, "not-a-file", "directory"),
@@ -102,7 +122,11 @@ fn corpus() -> Vec<Case> {
 
 fn hostile_lib(stem: &str) -> PathBuf {
     let p = Path::new(env!("TERRAHOST_HOSTILE_DIR")).join(format!("lib{stem}.so"));
-    assert!(p.exists(), "{} is not built (tests/build.rs builds it)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built (tests/build.rs builds it)",
+        p.display()
+    );
     p
 }
 
@@ -188,7 +212,12 @@ fn assert_refused(v: &Value, c: &Case) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["path"].as_str().unwrap().ends_with(&format!("/{}", c.file)))
+        .find(|r| {
+            r["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{}", c.file))
+        })
         .unwrap_or_else(|| panic!("{} is not refused: {v:#}", c.file));
     let reason = r["reason"].as_str().unwrap();
     assert_eq!(r["kind"], c.kind, "{}: {reason}", c.file);
@@ -249,16 +278,28 @@ fn the_whole_corpus_is_refused_file_by_file_cold_and_warm() {
     for c in &cases {
         assert_refused(&cold, c);
     }
-    assert_eq!(cold["rejected"].as_array().unwrap().len(), cases.len(), "{cold:#}");
+    assert_eq!(
+        cold["rejected"].as_array().unwrap().len(),
+        cases.len(),
+        "{cold:#}"
+    );
 
     let warm = plugins_json(
-        terrahost(dir.path(), &cache, &["plugins", "--json"]).env("TERRAHOST_SCANNER", "/nonexistent"),
+        terrahost(dir.path(), &cache, &["plugins", "--json"])
+            .env("TERRAHOST_SCANNER", "/nonexistent"),
     );
-    assert_eq!(warm, cold, "the warm cache answers exactly what the scan found");
+    assert_eq!(
+        warm, cold,
+        "the warm cache answers exactly what the scan found"
+    );
     assert_model_runs(dir.path(), &cache, &[("TERRAHOST_SCANNER", "/nonexistent")]);
 
     // Without a cache, the same (everything scanned again, in one go).
-    let uncached = plugins_json(&mut terrahost(dir.path(), &cache, &["--no-cache", "plugins", "--json"]));
+    let uncached = plugins_json(&mut terrahost(
+        dir.path(),
+        &cache,
+        &["--no-cache", "plugins", "--json"],
+    ));
     assert_real_plugins(&uncached);
     for c in &cases {
         assert_refused(&uncached, c);
@@ -310,7 +351,14 @@ fn a_file_changed_after_it_was_cached_is_scanned_again() {
     std::fs::copy(built_library("terrahost_fixture_panicky"), &extra).unwrap();
     let v = plugins_json(&mut terrahost(dir.path(), &cache, &["plugins", "--json"]));
     assert_eq!(refused_kind(&v), None, "{v:#}");
-    assert!(v["loaded"].as_array().unwrap().iter().any(|p| p["name"] == "panicky"), "{v:#}");
+    assert!(
+        v["loaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "panicky"),
+        "{v:#}"
+    );
 
     // Replaced by one that crashes the scanner: refused, and it stays refused from the
     // cache without being probed (there is no scanner to probe it with).
@@ -326,7 +374,11 @@ fn a_file_changed_after_it_was_cached_is_scanned_again() {
     let v = no_scanner(&["plugins", "--rescan", "--json"]);
     assert!(v["loaded"].as_array().unwrap().is_empty(), "{v:#}");
     assert!(
-        v["rejected"].as_array().unwrap().iter().all(|r| r["kind"] == "scanner-failed"),
+        v["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["kind"] == "scanner-failed"),
         "{v:#}"
     );
     // ...and that refusal is not cached: with the scanner back, all is as before.
@@ -344,26 +396,38 @@ fn a_damaged_cache_is_ignored_with_one_warning_and_rebuilt() {
     let v = plugins_json(&mut terrahost(dir.path(), &cache, &["plugins", "--json"]));
     assert_real_plugins(&v);
     let good = std::fs::read(&cache).unwrap();
-    let foreign = String::from_utf8(good.clone())
-        .unwrap()
-        .replacen(r#""protocol":1"#, r#""protocol":999"#, 1);
+    let foreign = String::from_utf8(good.clone()).unwrap().replacen(
+        r#""protocol":1"#,
+        r#""protocol":999"#,
+        1,
+    );
     for (what, bytes) in [
         ("garbage", b"\x7fELF garbage".to_vec()),
         ("truncated", good[..good.len() / 3].to_vec()),
         ("foreign", foreign.into_bytes()),
     ] {
         std::fs::write(&cache, &bytes).unwrap();
-        let out = terrahost(dir.path(), &cache, &["plugins", "--json"]).output().unwrap();
+        let out = terrahost(dir.path(), &cache, &["plugins", "--json"])
+            .output()
+            .unwrap();
         let v = json_of(what, &out);
         assert_real_plugins(&v);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("plugin cache")).collect();
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("plugin cache"))
+            .collect();
         assert_eq!(warnings.len(), 1, "{what}: {stderr}");
         assert!(warnings[0].contains("ignoring"), "{what}: {stderr}");
         // Rebuilt: the next run reads it without a warning.
-        let out = terrahost(dir.path(), &cache, &["plugins", "--json"]).output().unwrap();
+        let out = terrahost(dir.path(), &cache, &["plugins", "--json"])
+            .output()
+            .unwrap();
         assert_real_plugins(&json_of(what, &out));
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("plugin cache"), "{what}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("plugin cache"),
+            "{what}"
+        );
     }
 }
 
@@ -405,20 +469,35 @@ fn a_warm_cache_loads_no_library_for_metadata_and_only_the_needed_ones_to_build(
         .collect();
     assert_eq!(prefixes, vec!["terratorch", "smp", "mmseg"]);
 
-    let (out, opened) = dlopened(&mut terrahost(dir.path(), &cache, &["show", "backbone", "resnet18", "--json"]));
+    let (out, opened) = dlopened(&mut terrahost(
+        dir.path(),
+        &cache,
+        &["show", "backbone", "resnet18", "--json"],
+    ));
     let v = json_of("show", &out);
     assert!(opened.is_empty(), "show loaded {opened:?}");
     assert_eq!(v["name"], "timm_resnet18");
-    assert!(v["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "in_chans"));
+    assert!(v["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "in_chans"));
 
     let (out, opened) = dlopened(&mut terrahost(dir.path(), &cache, &["plugins", "--json"]));
     assert_real_plugins(&json_of("plugins", &out));
     assert!(opened.is_empty(), "plugins loaded {opened:?}");
 
-    let (out, opened) = dlopened(&mut terrahost(dir.path(), &cache, &["show", "backbone", "resnet81"]));
+    let (out, opened) = dlopened(&mut terrahost(
+        dir.path(),
+        &cache,
+        &["show", "backbone", "resnet81"],
+    ));
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("did you mean") && e.contains("`resnet18`"), "{e}");
+    assert!(
+        e.contains("did you mean") && e.contains("`resnet18`"),
+        "{e}"
+    );
     assert!(opened.is_empty(), "show loaded {opened:?}");
 
     let (out, opened) = dlopened(&mut terrahost(
@@ -443,11 +522,19 @@ fn a_warm_cache_loads_no_library_for_metadata_and_only_the_needed_ones_to_build(
         ],
     ));
     json_of("run", &out);
-    assert_eq!(opened, vec!["terratorch", "timm", "smp"], "timm backbone, smp decoder, terratorch factory");
+    assert_eq!(
+        opened,
+        vec!["terratorch", "timm", "smp"],
+        "timm backbone, smp decoder, terratorch factory"
+    );
 
     // Without the mmseg library, from the cache too: the source is named as missing.
     std::fs::remove_file(dir.path().join("libterrahost_plugin_mmseg.so")).unwrap();
-    let (out, opened) = dlopened(&mut terrahost(dir.path(), &cache, &["show", "decoder", "mmseg_FCNHead"]));
+    let (out, opened) = dlopened(&mut terrahost(
+        dir.path(),
+        &cache,
+        &["show", "decoder", "mmseg_FCNHead"],
+    ));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         e.contains("no source `mmseg` in the decoder registry (installed: terratorch, smp)"),

@@ -376,7 +376,8 @@ fn run_model_fixture(host: &Host, case: &str) -> Vec<tch::Tensor> {
     let model = host
         .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    terrahost::weights::load_state_dict(&model, fx.weights()).unwrap_or_else(|e| panic!("{case}: {e}"));
+    terrahost::weights::load_state_dict(&model, fx.weights())
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
     tch::no_grad(|| model.forward(&fx.inputs)).unwrap_or_else(|e| panic!("{case}: {e}"))
 }
 
@@ -408,7 +409,10 @@ fn eight_threads_sharing_one_host_give_the_sequential_results() {
     for ((case, seq), conc) in jobs.iter().zip(&sequential).zip(&concurrent) {
         assert_eq!(seq.len(), conc.len(), "{case}");
         for (i, (a, b)) in seq.iter().zip(conc).enumerate() {
-            assert!(a.equal(b), "{case} output {i} differs between the sequential and the concurrent run");
+            assert!(
+                a.equal(b),
+                "{case} output {i} differs between the sequential and the concurrent run"
+            );
         }
     }
 }

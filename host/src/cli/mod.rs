@@ -190,9 +190,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         );
     }
     match cli.command {
-        Command::Plugins { json, .. } => {
-            plugins::run(&host, &dirs, options.cache.as_deref(), json)
-        }
+        Command::Plugins { json, .. } => plugins::run(&host, &dirs, options.cache.as_deref(), json),
         Command::List {
             registry,
             filter,

@@ -3,7 +3,12 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use terrahost::{Host, HostError};
 
-pub fn run(host: &Host, dirs: &[PathBuf], cache: Option<&Path>, json: bool) -> Result<(), HostError> {
+pub fn run(
+    host: &Host,
+    dirs: &[PathBuf],
+    cache: Option<&Path>,
+    json: bool,
+) -> Result<(), HostError> {
     let loaded: Vec<_> = host
         .plugins()
         .iter()

@@ -163,7 +163,8 @@ impl Cache {
         if self.path.is_none() {
             return;
         }
-        self.entries.insert(key.path.clone(), Entry { key, outcome });
+        self.entries
+            .insert(key.path.clone(), Entry { key, outcome });
         self.dirty = true;
     }
 
@@ -313,7 +314,8 @@ mod tests {
             let c = Cache::open(&path);
             assert!(c.is_empty() && c.get(&k).is_none());
             // The rewritten file is a valid, current cache again.
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             assert_eq!(v["host_version"], env!("CARGO_PKG_VERSION"));
         }
     }

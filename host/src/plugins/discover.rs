@@ -259,7 +259,10 @@ fn truncated(need: u64, size: u64) -> Refusal {
 }
 
 fn not_a_library(what: &str) -> Refusal {
-    Refusal::new(kind::NOT_A_LIBRARY, format!("not a loadable library: {what}"))
+    Refusal::new(
+        kind::NOT_A_LIBRARY,
+        format!("not a loadable library: {what}"),
+    )
 }
 
 fn read_prefix(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
@@ -328,7 +331,11 @@ mod tests {
         assert_eq!(l.kind, kind::UNREADABLE);
         assert!(l.reason.contains("loops"), "{}", l.reason);
         let d = kind_of("dangling.so");
-        assert!(d.reason.contains("dangling") && d.reason.contains("nowhere"), "{}", d.reason);
+        assert!(
+            d.reason.contains("dangling") && d.reason.contains("nowhere"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]
@@ -357,9 +364,13 @@ mod tests {
         assert!(e.reason.contains("not a loadable library"), "{}", e.reason);
         // A real shared library (this test's libc) passes; its first 4096 bytes do not.
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"]
-            .iter()
-            .find_map(|p| std::fs::read(p).ok());
+        let libc = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+        ]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok());
         if let Some(libc) = libc {
             assert!(check(&libc).is_ok());
             let e = check(&libc[..4096]).unwrap_err();

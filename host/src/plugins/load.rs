@@ -194,7 +194,9 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Refusal> {
     let invalid = |r: String| Refusal::new(kind::INVALID_MANIFEST, r);
     let name = m.name.as_str();
     if name.is_empty() {
-        return Err(invalid("the plugin's manifest has an empty name".to_owned()));
+        return Err(invalid(
+            "the plugin's manifest has an empty name".to_owned(),
+        ));
     }
     semver::Version::parse(m.version.as_str()).map_err(|e| {
         invalid(format!(
@@ -251,22 +253,29 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Refusal> {
 }
 
 /// Describes loaded sources as data: names and every entry's description.
-pub fn describe_sources(manifest: &Manifest, sources: &[SourceEntry]) -> Result<PluginInfo, Refusal> {
+pub fn describe_sources(
+    manifest: &Manifest,
+    sources: &[SourceEntry],
+) -> Result<PluginInfo, Refusal> {
     let mut out = Vec::new();
     for s in sources {
         let mut entries = Vec::new();
         for name in s.source.names() {
-            let info = s.source.describe(name.as_rstr()).into_result().map_err(|e| {
-                Refusal::new(
-                    kind::SOURCES_FAILED,
-                    format!(
-                        "plugin `{}` lists `{name}` in source `{}` but cannot describe it: {}",
-                        manifest.name,
-                        s.prefix,
-                        first_line(e.message())
-                    ),
-                )
-            })?;
+            let info = s
+                .source
+                .describe(name.as_rstr())
+                .into_result()
+                .map_err(|e| {
+                    Refusal::new(
+                        kind::SOURCES_FAILED,
+                        format!(
+                            "plugin `{}` lists `{name}` in source `{}` but cannot describe it: {}",
+                            manifest.name,
+                            s.prefix,
+                            first_line(e.message())
+                        ),
+                    )
+                })?;
             entries.push(EntryMeta::from(&info));
         }
         out.push(SourceMeta {
@@ -359,7 +368,11 @@ impl LazySource {
             library,
             registry: meta.registry.clone(),
             prefix: meta.prefix.clone(),
-            names: meta.entries.iter().map(|e| e.name.as_str().into()).collect(),
+            names: meta
+                .entries
+                .iter()
+                .map(|e| e.name.as_str().into())
+                .collect(),
             infos: meta.entries.iter().map(EntryMeta::to_info).collect(),
             index: meta
                 .entries
@@ -451,7 +464,10 @@ mod tests {
         let e =
             check_manifest(&manifest("99.0.0", terrahost_plugin_api::TORCH_VERSION)).unwrap_err();
         assert_eq!(e.kind, kind::INCOMPATIBLE_API);
-        assert!(e.reason.contains("99.0.0") && e.reason.contains(ours), "{e:?}");
+        assert!(
+            e.reason.contains("99.0.0") && e.reason.contains(ours),
+            "{e:?}"
+        );
         assert!(check_manifest(&manifest(
             "not-a-version",
             terrahost_plugin_api::TORCH_VERSION

@@ -103,7 +103,8 @@ pub fn load_into(host: &mut Host, dirs: &[PathBuf], options: &LoadOptions) {
             .collect();
         let scanned = run_scan(&options.scanner, &files, options.scan_timeout);
         for (&i, outcome) in to_scan.iter().zip(scanned) {
-            let environmental = matches!(&outcome, Outcome::Refused(r) if r.kind == kind::SCANNER_FAILED);
+            let environmental =
+                matches!(&outcome, Outcome::Refused(r) if r.kind == kind::SCANNER_FAILED);
             if !environmental {
                 cache.insert(candidates[i].key.clone().unwrap(), outcome.clone());
             }
@@ -123,7 +124,11 @@ pub fn load_into(host: &mut Host, dirs: &[PathBuf], options: &LoadOptions) {
                     .map(|s| load::LazySource::new(library.clone(), s).into_entry())
                     .collect();
                 let name = info.manifest.name.clone();
-                match host.try_add_plugin(info.manifest.to_manifest(), Some(c.path.clone()), sources) {
+                match host.try_add_plugin(
+                    info.manifest.to_manifest(),
+                    Some(c.path.clone()),
+                    sources,
+                ) {
                     Ok(()) => tracing::info!(plugin = %name, "plugin registered"),
                     Err(r) => host.reject(c.path, &r.kind, r.reason),
                 }

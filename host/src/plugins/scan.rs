@@ -332,7 +332,13 @@ fn run_child(scanner: &Path, files: &[PathBuf], timeout: Duration) -> Run {
             )
         };
         let bad = match (message, hello) {
-            (Ok(Message::Hello { protocol, host_version }), false) => {
+            (
+                Ok(Message::Hello {
+                    protocol,
+                    host_version,
+                }),
+                false,
+            ) => {
                 if protocol != PROTOCOL {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -406,7 +412,7 @@ fn tail_line(stderr: &Mutex<Vec<u8>>) -> String {
         .rev()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .map(|l| load::first_line(l))
+        .map(load::first_line)
         .unwrap_or_default()
 }
 
@@ -484,10 +490,18 @@ mod tests {
     fn endings_name_the_signal_or_the_status() {
         let r = ended_refusal(Some(std::process::ExitStatus::from_raw(libc::SIGSEGV)), "");
         assert_eq!(r.kind, kind::CRASHED);
-        assert!(r.reason.contains("SIGSEGV (segmentation fault)"), "{}", r.reason);
+        assert!(
+            r.reason.contains("SIGSEGV (segmentation fault)"),
+            "{}",
+            r.reason
+        );
         let r = ended_refusal(Some(std::process::ExitStatus::from_raw(0)), "bye");
         assert_eq!(r.kind, kind::EXITED);
-        assert!(r.reason.contains("status 0") && r.reason.contains("bye"), "{}", r.reason);
+        assert!(
+            r.reason.contains("status 0") && r.reason.contains("bye"),
+            "{}",
+            r.reason
+        );
         assert_eq!(signal_name(6), "SIGABRT (abort)");
         assert_eq!(signal_name(64), "signal 64");
     }
@@ -552,7 +566,11 @@ mod tests {
         assert!(r0.reason.contains("SIGSEGV"), "{}", r0.reason);
         let r1 = refused(&out[1]);
         assert_eq!(r1.kind, kind::EXITED);
-        assert!(r1.reason.contains("status 7") && r1.reason.contains("about to exit"), "{}", r1.reason);
+        assert!(
+            r1.reason.contains("status 7") && r1.reason.contains("about to exit"),
+            "{}",
+            r1.reason
+        );
         let r2 = refused(&out[2]);
         assert_eq!(r2.kind, kind::TIMED_OUT);
         assert!(r2.reason.contains("0.7 s"), "{}", r2.reason);
@@ -563,14 +581,25 @@ mod tests {
     #[test]
     fn a_scanner_that_cannot_start_refuses_everything_as_its_own_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let out = scan(&dir.path().join("missing"), &files(2), Duration::from_secs(5));
+        let out = scan(
+            &dir.path().join("missing"),
+            &files(2),
+            Duration::from_secs(5),
+        );
         assert!(out.iter().all(|o| refused(o).kind == kind::SCANNER_FAILED));
         let scanner = fake_scanner(dir.path(), "echo 'no libtorch' >&2; exit 127");
         let out = scan(&scanner, &files(2), Duration::from_secs(5));
         let r = refused(&out[1]);
         assert_eq!(r.kind, kind::SCANNER_FAILED);
-        assert!(r.reason.contains("before scanning anything") && r.reason.contains("no libtorch"), "{}", r.reason);
-        let other = fake_scanner(dir.path(), r#"echo '{"msg":"hello","protocol":99,"host_version":"9"}' >&3"#);
+        assert!(
+            r.reason.contains("before scanning anything") && r.reason.contains("no libtorch"),
+            "{}",
+            r.reason
+        );
+        let other = fake_scanner(
+            dir.path(),
+            r#"echo '{"msg":"hello","protocol":99,"host_version":"9"}' >&3"#,
+        );
         let r = scan(&other, &files(1), Duration::from_secs(5));
         assert!(refused(&r[0]).reason.contains("protocol 99"), "{:?}", r[0]);
     }
