@@ -1,4 +1,8 @@
 //! The host: TerraTorch's five registries, filled by plugins.
+use crate::plugins::{
+    meta::{kind, Refusal},
+    LoadOptions,
+};
 use crate::registry::{MultiSourceRegistry, Registry};
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -28,7 +32,9 @@ pub struct LoadedPlugin {
 pub struct Rejected {
     /// The file.
     pub path: PathBuf,
-    /// Why it was refused, in words a user can act on.
+    /// The refusal's code ([`crate::plugins::meta::kind`]): `crashed`, `not-a-plugin`, ...
+    pub kind: String,
+    /// Why it was refused, in one line a user can act on.
     pub reason: String,
 }
 
@@ -71,10 +77,17 @@ impl Host {
         }
     }
 
-    /// Loads every plugin found in `dirs` (see [`crate::loader`]).
+    /// Finds the plugins in `dirs`, scans each in a child process, and registers
+    /// them, with the default [`LoadOptions`] (no registry cache). See
+    /// [`crate::plugins`].
     pub fn load(dirs: &[PathBuf]) -> Self {
+        Self::load_with(dirs, &LoadOptions::default())
+    }
+
+    /// [`Host::load`] with explicit options (cache file, timeout, scanner).
+    pub fn load_with(dirs: &[PathBuf], options: &LoadOptions) -> Self {
         let mut host = Self::new();
-        crate::loader::load_into(&mut host, dirs);
+        crate::plugins::load_into(&mut host, dirs, options);
         host
     }
 
@@ -98,10 +111,14 @@ impl Host {
         &self.rejected
     }
 
-    /// Records a refused file.
-    pub fn reject(&mut self, path: PathBuf, reason: String) {
-        tracing::warn!(path = %path.display(), %reason, "plugin rejected");
-        self.rejected.push(Rejected { path, reason });
+    /// Records a refused file with its [`kind`] code.
+    pub fn reject(&mut self, path: PathBuf, kind: &str, reason: String) {
+        tracing::warn!(path = %path.display(), %kind, %reason, "plugin refused");
+        self.rejected.push(Rejected {
+            path,
+            kind: kind.to_owned(),
+            reason,
+        });
     }
 
     /// The registry called `name`.
@@ -142,6 +159,18 @@ impl Host {
         path: Option<PathBuf>,
         sources: Vec<SourceEntry>,
     ) -> Result<()> {
+        self.try_add_plugin(manifest, path, sources)
+            .map_err(|r| PluginError::invalid_argument(r.reason))
+    }
+
+    /// [`Host::add_plugin`], with the refusal's [`kind`] code
+    /// (`duplicate-plugin`, `duplicate-prefix`, `invalid-manifest`).
+    pub fn try_add_plugin(
+        &mut self,
+        manifest: Manifest,
+        path: Option<PathBuf>,
+        sources: Vec<SourceEntry>,
+    ) -> std::result::Result<(), Refusal> {
         let plugin = manifest.name.to_string();
         let _span = tracing::info_span!("register", plugin = %plugin).entered();
         if let Some(other) = self
@@ -154,9 +183,12 @@ impl Host {
                 .as_ref()
                 .map(|p| format!(" ({})", p.display()))
                 .unwrap_or_default();
-            return Err(PluginError::invalid_argument(format!(
-                "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
-            )));
+            return Err(Refusal::new(
+                kind::DUPLICATE_PLUGIN,
+                format!(
+                    "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
+                ),
+            ));
         }
         for s in &sources {
             let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
@@ -165,17 +197,33 @@ impl Host {
                 .iter()
                 .any(|d| d.registry == s.registry && d.prefix == s.prefix)
             {
-                return Err(PluginError::invalid_argument(format!(
+                return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
                     "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
                 )));
             }
+            let taken = |e: PluginError| Refusal::new(kind::DUPLICATE_PREFIX, e.to_string());
             match registry {
-                names::MODEL_FACTORY => self.model_factory.check_source(&s.source, &plugin)?,
+                names::MODEL_FACTORY => self
+                    .model_factory
+                    .check_source(&s.source, &plugin)
+                    .map_err(taken)?,
                 _ => match self.registry(registry) {
-                    Some(RegistryRef::Multi(r)) => r.check_prefix(prefix, &plugin)?,
+                    Some(RegistryRef::Multi(r)) => {
+                        if let Err(e) = r.check_prefix(prefix, &plugin) {
+                            return Err(if r.get(prefix).is_some() {
+                                taken(e)
+                            } else {
+                                Refusal::new(kind::INVALID_MANIFEST, e.to_string())
+                            });
+                        }
+                    }
                     _ => {
-                        return Err(Self::unknown_registry(registry)
-                            .context(format_args!("plugin `{plugin}`")))
+                        return Err(Refusal::new(
+                            kind::INVALID_MANIFEST,
+                            Self::unknown_registry(registry)
+                                .context(format_args!("plugin `{plugin}`"))
+                                .to_string(),
+                        ))
                     }
                 },
             }
@@ -185,11 +233,12 @@ impl Host {
             let (registry, prefix) = (s.registry.to_string(), s.prefix.to_string());
             let count = s.source.names().len();
             match self.multi_mut(&registry) {
-                Some(r) => r.register_source(&prefix, &plugin, s.source)?,
+                Some(r) => r.register_source(&prefix, &plugin, s.source),
                 None => self
                     .model_factory
-                    .register_source(&prefix, &plugin, s.source)?,
+                    .register_source(&prefix, &plugin, s.source),
             }
+            .map_err(|e| Refusal::new(kind::INVALID_MANIFEST, e.to_string()))?;
             tracing::info!(%registry, %prefix, entries = count, "source registered");
             registered.push((registry, prefix, count));
         }

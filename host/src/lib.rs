@@ -3,7 +3,7 @@
 //! A dynamic plugin host for TerraTorch-style model registries. Plugins are shared
 //! libraries that contribute *sources* (prefixes such as `timm` or `smp`) to the host's
 //! registries (`backbone`, `neck`, `decoder`, `full_model`, `model_factory`). The host
-//! finds them at runtime ([`loader`]), checks that they were built against a compatible
+//! finds them at runtime and probes each in a child process ([`plugins`]), checks that they were built against a compatible
 //! plugin-api and the same libtorch, merges them into TerraTorch's registries
 //! ([`registry`]), and builds and runs models whose parts come from different plugins
 //! ([`Host::build`], [`weights`], [`config`]).
@@ -17,11 +17,13 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod loader;
+pub mod plugins;
 pub mod registry;
 pub mod weights;
 
 pub use error::HostError;
 pub use host::{Host, LoadedPlugin, RegistryRef, Rejected};
+pub use plugins::LoadOptions;
 pub use registry::{MultiSourceRegistry, Registry, SourceSlot};
 pub use terrahost_plugin_api as api;
 pub use terrahost_plugin_api::sdk::DynModule;

@@ -33,6 +33,8 @@ fn main() {
         let out = Command::new(&exe)
             .arg("--plugin-dir")
             .arg(dir.path())
+            // cold: no registry cache, every plugin scanned (benches/plugins.rs has warm)
+            .arg("--no-cache")
             .args(["list", "--json"])
             .output()
             .unwrap();

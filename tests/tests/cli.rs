@@ -15,11 +15,20 @@ fn terrahost() -> PathBuf {
     exe
 }
 
+/// One registry cache for this test binary, in a temporary directory: never the
+/// user's, and warm after the first command.
+fn cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(terrahost())
         .arg("--plugin-dir")
         .arg(dir)
         .args(args)
+        .env("TERRAHOST_CACHE", cache().join("registry.json"))
         // The binary must find libtorch through its rpath alone.
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("RUST_LOG")

@@ -105,6 +105,8 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
         .arg(&input_file)
         .arg("--output")
         .arg(&output_file)
+        // a registry cache of this test's own (beside the plugins; not a `.so`), never the user's
+        .env("TERRAHOST_CACHE", plugins.join("registry-cache.json"))
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("RUST_LOG")
         .output()

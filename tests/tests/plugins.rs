@@ -82,14 +82,17 @@ fn files_that_are_not_plugins_are_refused_with_reasons_and_the_rest_load() {
     std::fs::write(dir.path().join("README.txt"), b"ignored: wrong suffix").unwrap();
     let host = Host::load(&[dir.path().to_path_buf()]);
     assert_eq!(host.plugins().len(), 1, "timm still loads");
-    let reason = |needle: &str| {
+    let refused = |needle: &str| {
         host.rejected()
             .iter()
             .find(|r| r.path.to_string_lossy().contains(needle))
             .unwrap_or_else(|| panic!("{needle} not rejected: {:?}", host.rejected()))
-            .reason
             .clone()
     };
+    let reason = |needle: &str| refused(needle).reason;
+    assert_eq!(refused("garbage").kind, "not-a-library");
+    assert_eq!(refused("not_a_plugin").kind, "not-a-plugin");
+    assert_eq!(refused("bad_api").kind, "incompatible-api");
     assert!(reason("garbage").contains("not a loadable library"));
     assert!(reason("not_a_plugin").contains("not a terrahost plugin"));
     let bad = reason("bad_api");
@@ -107,6 +110,7 @@ fn a_duplicate_prefix_is_refused_for_the_second_plugin_naming_both() {
     let host = Host::load(&[first.path().to_path_buf(), second.path().to_path_buf()]);
     assert_eq!(host.plugins().len(), 1);
     let r = &host.rejected()[0];
+    assert_eq!(r.kind, "duplicate-prefix");
     assert!(
         r.reason.contains("`timm`") && r.reason.contains("`dup-prefix`"),
         "{}",
@@ -363,4 +367,52 @@ fn every_component_fixture_reproduces_through_the_plugin_libraries() {
         failures.join("\n")
     );
     assert!(checked > 140, "only {checked} fixtures checked");
+}
+
+/// Builds the whole-model fixture `case` from `host`, loads its weights and runs it.
+fn run_model_fixture(host: &Host, case: &str) -> Vec<tch::Tensor> {
+    let fx = Fixture::load(case);
+    let cfg = terrahost::config::ModelConfig::from_file(&fx.dir.join("config.yaml")).unwrap();
+    let model = host
+        .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    terrahost::weights::load_state_dict(&model, fx.weights())
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    tch::no_grad(|| model.forward(&fx.inputs)).unwrap_or_else(|e| panic!("{case}: {e}"))
+}
+
+/// One host shared by 8 threads that build and run different models at once gives
+/// exactly the outputs of a sequential run. The concurrent host is fresh, so the
+/// threads also race to load the plugin libraries (each is loaded once).
+#[test]
+fn eight_threads_sharing_one_host_give_the_sequential_results() {
+    let dir = real_plugins(&PLUGINS);
+    let cases = terrahost_testkit::model_fixtures();
+    assert!(cases.len() >= 4, "{cases:?}");
+    let jobs: Vec<String> = cases.iter().cycle().take(8).cloned().collect();
+    let sequential_host = Host::load(&[dir.path().to_path_buf()]);
+    let sequential: Vec<Vec<tch::Tensor>> = jobs
+        .iter()
+        .map(|c| run_model_fixture(&sequential_host, c))
+        .collect();
+    let shared = Host::load(&[dir.path().to_path_buf()]);
+    let concurrent: Vec<Vec<tch::Tensor>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|c| {
+                let host = &shared;
+                s.spawn(move || run_model_fixture(host, c))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((case, seq), conc) in jobs.iter().zip(&sequential).zip(&concurrent) {
+        assert_eq!(seq.len(), conc.len(), "{case}");
+        for (i, (a, b)) in seq.iter().zip(conc).enumerate() {
+            assert!(
+                a.equal(b),
+                "{case} output {i} differs between the sequential and the concurrent run"
+            );
+        }
+    }
 }

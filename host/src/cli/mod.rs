@@ -8,7 +8,10 @@ mod show;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use terrahost::{loader, Host, HostError};
+use terrahost::{
+    plugins::{cache, discover, scan, LoadOptions, Scanner},
+    Host, HostError,
+};
 
 /// A dynamic plugin host for TerraTorch-style model registries.
 #[derive(Parser, Debug)]
@@ -24,6 +27,20 @@ pub struct Cli {
     /// normally the number of cores).
     #[arg(long, value_name = "N", global = true)]
     pub threads: Option<i32>,
+
+    /// The registry cache file. Default: $TERRAHOST_CACHE, else
+    /// $XDG_CACHE_HOME/terrahost/registry.json, else ~/.cache/terrahost/registry.json.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub cache: Option<PathBuf>,
+
+    /// Use no registry cache: scan every plugin file in a child process.
+    #[arg(long, global = true, conflicts_with = "cache")]
+    pub no_cache: bool,
+
+    /// Seconds one plugin file may take to scan before it is refused (default
+    /// $TERRAHOST_SCAN_TIMEOUT, else 30).
+    #[arg(long, value_name = "SECS", global = true)]
+    pub scan_timeout: Option<f64>,
 
     /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -41,6 +58,9 @@ pub enum Command {
         /// Print JSON only.
         #[arg(long)]
         json: bool,
+        /// Forget the registry cache and scan every file again.
+        #[arg(long)]
+        rescan: bool,
     },
     /// The registries and their sources (all of them, or one).
     List {
@@ -81,6 +101,13 @@ pub enum Command {
     },
     /// Builds a model from a TerraTorch config and runs it.
     Run(run::RunArgs),
+    /// The plugin scanner terrahost runs in a child process (reports on fd 3).
+    #[command(name = "__scan", hide = true)]
+    Scan {
+        /// The library files to probe.
+        #[arg(trailing_var_arg = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
@@ -102,8 +129,46 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
+/// The load options from the command line and the environment.
+fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
+    let cache = if cli.no_cache {
+        None
+    } else if let Some(p) = &cli.cache {
+        Some(p.clone())
+    } else {
+        match cache::path_from_env() {
+            Some(p) => p,
+            None => cache::default_path(),
+        }
+    };
+    let scan_timeout = match cli.scan_timeout {
+        Some(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(HostError::Usage(format!(
+                "--scan-timeout must be a positive number of seconds, got {s}"
+            )))
+        }
+        None => scan::timeout_from_env(),
+    };
+    let scanner = match std::env::var_os(scan::SCANNER_VAR).filter(|v| !v.is_empty()) {
+        Some(p) => Scanner::Exe(p.into()),
+        None => std::env::current_exe()
+            .map(Scanner::Exe)
+            .unwrap_or(Scanner::Auto),
+    };
+    Ok(LoadOptions {
+        cache,
+        rescan: matches!(cli.command, Command::Plugins { rescan: true, .. }),
+        scan_timeout,
+        scanner,
+    })
+}
+
 /// Loads the plugins and runs the command.
 pub fn run(cli: Cli) -> Result<(), HostError> {
+    if let Command::Scan { files } = &cli.command {
+        scan::serve(files);
+    }
     if let Some(n) = cli.threads {
         if n < 1 {
             return Err(HostError::Usage(format!(
@@ -112,8 +177,9 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         }
         tch::set_num_threads(n);
     }
-    let dirs = loader::plugin_dirs(&cli.plugin_dirs);
-    let host = Host::load(&dirs);
+    let dirs = discover::plugin_dirs(&cli.plugin_dirs);
+    let options = load_options(&cli)?;
+    let host = Host::load_with(&dirs, &options);
     if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
         tracing::warn!(
             "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
@@ -124,7 +190,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         );
     }
     match cli.command {
-        Command::Plugins { json } => plugins::run(&host, &dirs, json),
+        Command::Plugins { json, .. } => plugins::run(&host, &dirs, options.cache.as_deref(), json),
         Command::List {
             registry,
             filter,
@@ -150,6 +216,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
             json,
         ),
         Command::Run(args) => run::run(&host, &args),
+        Command::Scan { .. } => unreachable!("handled above"),
     }
 }
 

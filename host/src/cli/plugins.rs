@@ -1,9 +1,14 @@
 //! `terrahost plugins`.
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use terrahost::{Host, HostError};
 
-pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
+pub fn run(
+    host: &Host,
+    dirs: &[PathBuf],
+    cache: Option<&Path>,
+    json: bool,
+) -> Result<(), HostError> {
     let loaded: Vec<_> = host
         .plugins()
         .iter()
@@ -21,10 +26,14 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
     let rejected: Vec<_> = host
         .rejected()
         .iter()
-        .map(|r| json!({"path": r.path.display().to_string(), "reason": r.reason}))
+        .map(|r| json!({"path": r.path.display().to_string(), "kind": r.kind, "reason": r.reason}))
         .collect();
     if json {
-        crate::cli::print_json(&json!({"loaded": loaded, "rejected": rejected}));
+        crate::cli::print_json(&json!({
+            "loaded": loaded,
+            "rejected": rejected,
+            "cache": cache.map(|p| p.display().to_string()),
+        }));
         return Ok(());
     }
     println!(
@@ -34,6 +43,10 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
             .collect::<Vec<_>>()
             .join(":")
     );
+    match cache {
+        Some(p) => println!("registry cache: {}", p.display()),
+        None => println!("registry cache: none"),
+    }
     if host.plugins().is_empty() {
         println!("no plugins loaded");
     }
@@ -58,7 +71,7 @@ pub fn run(host: &Host, dirs: &[PathBuf], json: bool) -> Result<(), HostError> {
         }
     }
     for r in host.rejected() {
-        println!("rejected {}: {}", r.path.display(), r.reason);
+        println!("refused {} [{}]: {}", r.path.display(), r.kind, r.reason);
     }
     Ok(())
 }
