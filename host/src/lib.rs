@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod loader;
+pub mod predict;
 pub mod registry;
 pub mod weights;
 

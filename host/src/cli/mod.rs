@@ -3,6 +3,7 @@
 mod build;
 mod list;
 mod plugins;
+mod predict;
 mod run;
 mod show;
 
@@ -81,6 +82,8 @@ pub enum Command {
     },
     /// Builds a model from a TerraTorch config and runs it.
     Run(run::RunArgs),
+    /// Predicts GeoTIFF scenes as `terratorch predict` does (tiled, streamed).
+    Predict(predict::PredictArgs),
 }
 
 /// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
             json,
         ),
         Command::Run(args) => run::run(&host, &args),
+        Command::Predict(args) => predict::run(&host, &args),
     }
 }
 

@@ -1,0 +1,97 @@
+//! Reading scenes through GDAL, a window of rows at a time: every format and TIFF
+//! compression GDAL reads (GeoTIFF, COG, striped or tiled), any pixel type from uint8 to
+//! float64. Values are read as float64 (exact for every integer type up to 32 bits),
+//! so the nodata comparison is exact, as rasterio's is on the native type.
+use crate::error::{HostError, Result};
+use gdal::raster::GdalDataType;
+use gdal::Dataset;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// An open scene.
+pub struct SceneReader {
+    path: PathBuf,
+    ds: Dataset,
+    pub width: usize,
+    pub height: usize,
+    pub bands: usize,
+    /// Band 1's nodata value (rasterio's `src.nodata`, what TerraTorch compares with).
+    pub nodata: Option<f64>,
+    /// The affine geotransform, if the file has one.
+    pub geo_transform: Option<[f64; 6]>,
+    /// The CRS as WKT ("" when the file has none).
+    pub projection: String,
+    pub data_type: GdalDataType,
+}
+
+fn raster_err(path: &Path, what: impl std::fmt::Display) -> HostError {
+    HostError::Usage(format!("{}: {what}", path.display()))
+}
+
+impl SceneReader {
+    /// Opens `path`; an error names the file and says why it is not a usable raster.
+    pub fn open(path: &Path) -> Result<Self> {
+        let ds = Dataset::open(path).map_err(|e| raster_err(path, format!("not a raster GDAL can read ({e})")))?;
+        let (width, height) = ds.raster_size();
+        let bands = ds.raster_count();
+        if bands == 0 || width == 0 || height == 0 {
+            return Err(raster_err(
+                path,
+                format!("not a raster scene ({bands} bands, {width} x {height} pixels)"),
+            ));
+        }
+        let band = ds
+            .rasterband(1)
+            .map_err(|e| raster_err(path, format!("cannot read band 1 ({e})")))?;
+        let nodata = band.no_data_value();
+        let data_type = band.band_type();
+        let geo_transform = ds.geo_transform().ok();
+        let projection = ds.projection();
+        Ok(Self {
+            path: path.to_owned(),
+            ds,
+            width,
+            height,
+            bands,
+            nodata,
+            geo_transform,
+            projection,
+            data_type,
+        })
+    }
+
+    /// Rows `y0..y0+n` of every band, `[bands, n, width]` float64.
+    pub fn read_rows(&self, y0: usize, n: usize) -> Result<Tensor> {
+        let w = self.width;
+        let mut data = vec![0f64; self.bands * n * w];
+        for b in 0..self.bands {
+            let band = self
+                .ds
+                .rasterband(b + 1)
+                .map_err(|e| raster_err(&self.path, format!("band {}: {e}", b + 1)))?;
+            band.read_into_slice::<f64>(
+                (0, y0 as isize),
+                (w, n),
+                (w, n),
+                &mut data[b * n * w..(b + 1) * n * w],
+                None,
+            )
+            .map_err(|e| {
+                raster_err(
+                    &self.path,
+                    format!("cannot read rows {y0}..{} of band {} (truncated or corrupt file?): {e}", y0 + n, b + 1),
+                )
+            })?;
+        }
+        Ok(Tensor::from_slice(&data).view([self.bands as i64, n as i64, w as i64]))
+    }
+
+    /// Pixels where any band equals the nodata value (TerraTorch's output nodata mask),
+    /// `[n, width]` bool.
+    pub fn nodata_mask(&self, raw: &Tensor) -> Tensor {
+        match self.nodata {
+            Some(v) if !v.is_nan() => raw.eq(v).any_dim(0, false),
+            _ => Tensor::zeros([raw.size()[1], raw.size()[2]], (Kind::Bool, raw.device())),
+        }
+    }
+}
