@@ -35,7 +35,12 @@ fn weights(case: &str, dir: &Path) -> PathBuf {
         .iter()
         .map(|e| {
             let key = e[0].as_str().unwrap().to_owned();
-            let shape: Vec<i64> = e[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            let shape: Vec<i64> = e[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_i64().unwrap())
+                .collect();
             let t = synth(&key, &shape, kind_of(e[2].as_str().unwrap()));
             (key, t)
         })
@@ -49,7 +54,11 @@ fn weights(case: &str, dir: &Path) -> PathBuf {
 /// Runs `terrahost --plugin-dir PLUGINS predict ARGS` in `cwd`.
 fn predict(plugins: &Path, cwd: &Path, args: &[&str]) -> Output {
     let exe = build_dir().join("terrahost");
-    assert!(exe.exists(), "{} is not built; run `cargo build --workspace` first", exe.display());
+    assert!(
+        exe.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        exe.display()
+    );
     Command::new(exe)
         .current_dir(cwd)
         .arg("--plugin-dir")
@@ -71,7 +80,11 @@ fn read_all(ds: &Dataset) -> Tensor {
     let (w, h) = ds.raster_size();
     let bands: Vec<Tensor> = (1..=ds.raster_count())
         .map(|b| {
-            let buf = ds.rasterband(b).unwrap().read_as::<f64>((0, 0), (w, h), (w, h), None).unwrap();
+            let buf = ds
+                .rasterband(b)
+                .unwrap()
+                .read_as::<f64>((0, 0), (w, h), (w, h), None)
+                .unwrap();
             Tensor::from_slice(buf.data()).view([h as i64, w as i64])
         })
         .collect();
@@ -89,11 +102,20 @@ fn compare(expected: &Path, got: &Path, logits: Option<&Path>) {
     let (eb, gb) = (e.rasterband(1).unwrap(), g.rasterband(1).unwrap());
     assert_eq!(gb.band_type(), eb.band_type(), "{what}: dtype");
     assert_eq!(gb.no_data_value(), eb.no_data_value(), "{what}: nodata");
-    assert_eq!(g.geo_transform().ok(), e.geo_transform().ok(), "{what}: transform");
+    assert_eq!(
+        g.geo_transform().ok(),
+        e.geo_transform().ok(),
+        "{what}: transform"
+    );
     let (es, gs) = (e.spatial_ref().ok(), g.spatial_ref().ok());
     assert_eq!(es.is_some(), gs.is_some(), "{what}: CRS presence");
     if let (Some(es), Some(gs)) = (es, gs) {
-        assert!(es == gs, "{what}: CRS {} vs {}", gs.to_wkt().unwrap(), es.to_wkt().unwrap());
+        assert!(
+            es == gs,
+            "{what}: CRS {} vs {}",
+            gs.to_wkt().unwrap(),
+            es.to_wkt().unwrap()
+        );
     }
     assert_eq!(
         g.metadata_item("COMPRESSION", "IMAGE_STRUCTURE"),
@@ -107,11 +129,17 @@ fn compare(expected: &Path, got: &Path, logits: Option<&Path>) {
         let top2 = l.topk(2, 0, true, true).0;
         let margin = top2.get(0) - top2.get(1);
         let differ = ev.get(0).ne_tensor(&gv.get(0));
-        let bad = differ.logical_and(&margin.gt(ATOL)).sum(tch::Kind::Int64).int64_value(&[]);
+        let bad = differ
+            .logical_and(&margin.gt(ATOL))
+            .sum(tch::Kind::Int64)
+            .int64_value(&[]);
         assert_eq!(bad, 0, "{what}: {bad} pixels with a clear argmax differ");
     } else {
         let diff = (&ev - &gv).abs().max().double_value(&[]);
-        assert!(diff <= ATOL, "{what}: max |terrahost - TerraTorch| = {diff:e} > {ATOL:e}");
+        assert!(
+            diff <= ATOL,
+            "{what}: max |terrahost - TerraTorch| = {diff:e} > {ATOL:e}"
+        );
     }
 }
 
@@ -146,17 +174,31 @@ fn every_predict_fixture_matches_terratorchs_geotiffs() {
         let summary: Value = serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("{case}: stdout is not JSON only ({e})"));
         assert_eq!(summary["failed"], 0, "{case}");
-        let outputs: Vec<String> = meta["outputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        let outputs: Vec<String> = meta["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
         let mut produced: Vec<String> = std::fs::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         produced.sort();
-        assert_eq!(produced, outputs, "{case}: the files written (no temporary left over)");
+        assert_eq!(
+            produced, outputs,
+            "{case}: the files written (no temporary left over)"
+        );
         for name in &outputs {
             let logits_name = name.replace("_pred.tif", "_logits.tif");
-            let logits = outputs.contains(&logits_name).then(|| dir.join("expected").join(&logits_name));
-            compare(&dir.join("expected").join(name), &out.join(name), logits.as_deref());
+            let logits = outputs
+                .contains(&logits_name)
+                .then(|| dir.join("expected").join(&logits_name));
+            compare(
+                &dir.join("expected").join(name),
+                &out.join(name),
+                logits.as_deref(),
+            );
         }
     }
 }
@@ -164,13 +206,19 @@ fn every_predict_fixture_matches_terratorchs_geotiffs() {
 /// A GeoTIFF written with GDAL: `bands` uint16 bands of a smooth pattern.
 fn write_tif(path: &Path, bands: usize, h: usize, w: usize, georeferenced: bool) {
     let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
-    let mut ds = driver.create_with_band_type::<u16, _>(path, w, h, bands).unwrap();
+    let mut ds = driver
+        .create_with_band_type::<u16, _>(path, w, h, bands)
+        .unwrap();
     if georeferenced {
-        ds.set_geo_transform(&[500000.0, 30.0, 0.0, 4100000.0, 0.0, -30.0]).unwrap();
-        ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).unwrap()).unwrap();
+        ds.set_geo_transform(&[500000.0, 30.0, 0.0, 4100000.0, 0.0, -30.0])
+            .unwrap();
+        ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).unwrap())
+            .unwrap();
     }
     for b in 1..=bands {
-        let data: Vec<u16> = (0..h * w).map(|i| (300 + (i * (b + 3)) % 2000) as u16).collect();
+        let data: Vec<u16> = (0..h * w)
+            .map(|i| (300 + (i * (b + 3)) % 2000) as u16)
+            .collect();
         let mut band = ds.rasterband(b).unwrap();
         band.set_no_data_value(Some(0.0)).unwrap();
         let mut buf = gdal::raster::Buffer::new((w, h), data);
@@ -203,7 +251,11 @@ fn bad_scenes_are_named_with_their_reason_while_the_others_are_predicted() {
     let w = weights("whole", work.path());
     let scenes = work.path().join("scenes");
     std::fs::create_dir(&scenes).unwrap();
-    std::fs::copy(fixture("whole").join("scenes/w.tif"), scenes.join("good.tif")).unwrap();
+    std::fs::copy(
+        fixture("whole").join("scenes/w.tif"),
+        scenes.join("good.tif"),
+    )
+    .unwrap();
     std::fs::write(scenes.join("notes.tif"), "this is not a raster\n").unwrap();
     write_tif(&scenes.join("four_bands.tif"), 4, 20, 20, true);
     let bytes = std::fs::read(fixture("whole").join("scenes/w.tif")).unwrap();
@@ -211,7 +263,10 @@ fn bad_scenes_are_named_with_their_reason_while_the_others_are_predicted() {
     let out = work.path().join("out");
     let o = run_whole(plugins.path(), &w, &scenes, &out, &["--json"]);
     let err = stderr(&o);
-    assert!(!o.status.success(), "a failed scene must make the exit code non-zero");
+    assert!(
+        !o.status.success(),
+        "a failed scene must make the exit code non-zero"
+    );
     let line = |name: &str| -> String {
         err.lines()
             .find(|l| l.starts_with("error:") && l.contains(name))
@@ -220,16 +275,29 @@ fn bad_scenes_are_named_with_their_reason_while_the_others_are_predicted() {
     };
     assert!(line("notes.tif").contains("not a raster"), "{err}");
     let four = line("four_bands.tif");
-    assert!(four.contains("4 bands") && four.contains("dataset_bands names 6"), "{four}");
-    assert!(line("truncated.tif").len() > "error: truncated.tif".len() + 10, "{err}");
+    assert!(
+        four.contains("4 bands") && four.contains("dataset_bands names 6"),
+        "{four}"
+    );
+    assert!(
+        line("truncated.tif").len() > "error: truncated.tif".len() + 10,
+        "{err}"
+    );
     let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((summary["written"].as_i64(), summary["failed"].as_i64()), (Some(1), Some(3)));
+    assert_eq!(
+        (summary["written"].as_i64(), summary["failed"].as_i64()),
+        (Some(1), Some(3))
+    );
     assert!(out.join("good_pred.tif").is_file());
     let left: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, vec!["good_pred.tif".to_owned()], "no partial or temporary file is left");
+    assert_eq!(
+        left,
+        vec!["good_pred.tif".to_owned()],
+        "no partial or temporary file is left"
+    );
 }
 
 #[test]
@@ -243,12 +311,21 @@ fn an_unknown_band_name_is_refused_naming_the_band() {
         &w,
         &scene,
         &work.path().join("out"),
-        &["--set", "data.init_args.predict_output_bands=[BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_3]"],
+        &[
+            "--set",
+            "data.init_args.predict_output_bands=[BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_3]",
+        ],
     );
     assert!(!o.status.success());
     let err = stderr(&o);
-    let line = err.lines().find(|l| l.starts_with("error:") && l.contains("w.tif")).unwrap_or_else(|| panic!("{err}"));
-    assert!(line.contains("`SWIR_3`") && line.contains("did you mean `SWIR_1`"), "{line}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains("w.tif"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("`SWIR_3`") && line.contains("did you mean `SWIR_1`"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -265,18 +342,35 @@ fn a_scene_smaller_than_the_crop_is_padded_and_predicted() {
     let o = predict(
         plugins.path(),
         &fixture("average"),
-        &["--config", cfg.to_str().unwrap(), "--weights", w.to_str().unwrap(), "--input", scene.to_str().unwrap(),
-          "--output-dir", out.to_str().unwrap()],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            scene.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let ds = Dataset::open(out.join("thin_logits.tif")).unwrap();
     assert_eq!(ds.raster_size(), (70, 20));
     assert_eq!(ds.rasterband(1).unwrap().band_type(), GdalDataType::Float32);
     let v = read_all(&ds);
-    assert!(v.isfinite().all().int64_value(&[]) != 0, "finite logits everywhere");
+    assert!(
+        v.isfinite().all().int64_value(&[]) != 0,
+        "finite logits everywhere"
+    );
     let pred = read_all(&Dataset::open(out.join("thin_pred.tif")).unwrap());
     // the class map is the argmax of the logits
-    assert!(pred.get(0).eq_tensor(&v.argmax(0, false).to_kind(tch::Kind::Double)).all().int64_value(&[]) != 0);
+    assert!(
+        pred.get(0)
+            .eq_tensor(&v.argmax(0, false).to_kind(tch::Kind::Double))
+            .all()
+            .int64_value(&[])
+            != 0
+    );
 }
 
 #[test]
@@ -289,7 +383,11 @@ fn a_scene_without_crs_is_predicted_with_a_warning() {
     let out = work.path().join("out");
     let o = run_whole(plugins.path(), &w, &scene, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("nocrs.tif: the scene has no CRS"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nocrs.tif: the scene has no CRS"),
+        "{}",
+        stderr(&o)
+    );
     let ds = Dataset::open(out.join("nocrs_pred.tif")).unwrap();
     assert!(ds.projection().is_empty());
     assert_eq!(ds.raster_size(), (30, 24));
@@ -303,10 +401,19 @@ fn an_output_directory_that_cannot_be_written_is_refused_before_any_work() {
     let blocker = work.path().join("a_file");
     std::fs::write(&blocker, "").unwrap();
     let out = blocker.join("out");
-    let o = run_whole(plugins.path(), &w, &fixture("whole").join("scenes/w.tif"), &out, &[]);
+    let o = run_whole(
+        plugins.path(),
+        &w,
+        &fixture("whole").join("scenes/w.tif"),
+        &out,
+        &[],
+    );
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(err.contains(&format!("--output-dir {}", out.display())), "{err}");
+    assert!(
+        err.contains(&format!("--output-dir {}", out.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -317,32 +424,66 @@ fn directories_globs_shards_and_resuming() {
     let scenes = work.path().join("scenes");
     std::fs::create_dir(&scenes).unwrap();
     for n in ["s0", "s1", "s2", "s3", "s4"] {
-        std::fs::copy(fixture("whole").join("scenes/w.tif"), scenes.join(format!("{n}.tif"))).unwrap();
+        std::fs::copy(
+            fixture("whole").join("scenes/w.tif"),
+            scenes.join(format!("{n}.tif")),
+        )
+        .unwrap();
     }
     std::fs::write(scenes.join("readme.txt"), "not matched by img_grep *.tif").unwrap();
     let out = work.path().join("out");
     let names = |dir: &Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
     };
     // Two shards of a directory: disjoint, together everything.
-    let o = run_whole(plugins.path(), &w, &scenes, &out, &["--shard", "0/2", "--json"]);
+    let o = run_whole(
+        plugins.path(),
+        &w,
+        &scenes,
+        &out,
+        &["--shard", "0/2", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(names(&out), vec!["s0_pred.tif", "s2_pred.tif", "s4_pred.tif"]);
+    assert_eq!(
+        names(&out),
+        vec!["s0_pred.tif", "s2_pred.tif", "s4_pred.tif"]
+    );
     let glob = format!("{}/s*.tif", scenes.display());
-    let o = run_whole(plugins.path(), &w, Path::new(&glob), &out, &["--shard", "1/2", "--json"]);
+    let o = run_whole(
+        plugins.path(),
+        &w,
+        Path::new(&glob),
+        &out,
+        &["--shard", "1/2", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((s["written"].as_i64(), s["inputs_total"].as_i64()), (Some(2), Some(5)));
+    assert_eq!(
+        (s["written"].as_i64(), s["inputs_total"].as_i64()),
+        (Some(2), Some(5))
+    );
     assert_eq!(names(&out).len(), 5);
     // Again: every output exists, so every scene is skipped; --overwrite redoes them.
     let o = run_whole(plugins.path(), &w, &scenes, &out, &["--json"]);
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((s["written"].as_i64(), s["skipped"].as_i64()), (Some(0), Some(5)));
-    let o = run_whole(plugins.path(), &w, &scenes, &out, &["--json", "--overwrite", "--shard", "0/5"]);
+    assert_eq!(
+        (s["written"].as_i64(), s["skipped"].as_i64()),
+        (Some(0), Some(5))
+    );
+    let o = run_whole(
+        plugins.path(),
+        &w,
+        &scenes,
+        &out,
+        &["--json", "--overwrite", "--shard", "0/5"],
+    );
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["written"].as_i64(), Some(1));
     // the class maps of identical scenes are identical

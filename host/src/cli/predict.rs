@@ -71,16 +71,21 @@ fn config_text(path: &Path, sets: &[String]) -> Result<String, HostError> {
     let mut top: Value = serde_yaml::from_str(&text)
         .map_err(|e| HostError::Config(format!("{}: not YAML: {e}", path.display())))?;
     for s in sets {
-        let (key, value) = s
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--set `{s}`: expected KEY=VALUE, e.g. data.init_args.img_grep='*.tif'")))?;
+        let (key, value) = s.split_once('=').ok_or_else(|| {
+            usage(format!(
+                "--set `{s}`: expected KEY=VALUE, e.g. data.init_args.img_grep='*.tif'"
+            ))
+        })?;
         let value: Value = serde_yaml::from_str(value)
             .map_err(|e| usage(format!("--set `{s}`: the value is not YAML: {e}")))?;
         let mut node = &mut top;
         let parts: Vec<&str> = key.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
             if !node.is_object() {
-                return Err(usage(format!("--set `{s}`: `{}` is not a mapping", parts[..i].join("."))));
+                return Err(usage(format!(
+                    "--set `{s}`: `{}` is not a mapping",
+                    parts[..i].join(".")
+                )));
             }
             let map = node.as_object_mut().expect("checked");
             if i + 1 == parts.len() {
@@ -97,19 +102,31 @@ fn parse_device(text: &str) -> Result<Device, HostError> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(usage("--device cuda: this libtorch sees no CUDA device; use --device cpu")),
+        "cuda" => Err(usage(
+            "--device cuda: this libtorch sees no CUDA device; use --device cpu",
+        )),
         "auto" => Ok(Device::cuda_if_available()),
-        other => Err(usage(format!("--device must be cpu, cuda or auto, got `{other}`"))),
+        other => Err(usage(format!(
+            "--device must be cpu, cuda or auto, got `{other}`"
+        ))),
     }
 }
 
 /// Refuses an output directory that cannot be written before any model is built.
 fn check_output_dir(dir: &Path) -> Result<(), HostError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| usage(format!("--output-dir {}: cannot create it ({e})", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        usage(format!(
+            "--output-dir {}: cannot create it ({e})",
+            dir.display()
+        ))
+    })?;
     let probe = dir.join(format!(".terrahost-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .map_err(|e| usage(format!("--output-dir {}: cannot write there ({e})", dir.display())))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        usage(format!(
+            "--output-dir {}: cannot write there ({e})",
+            dir.display()
+        ))
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -131,7 +148,11 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
         .input
         .clone()
         .or_else(|| pcfg.data.predict_data_root.clone())
-        .ok_or_else(|| usage("give --input FILE|DIR|GLOB (or `data.init_args.predict_data_root` in the config)"))?;
+        .ok_or_else(|| {
+            usage(
+                "give --input FILE|DIR|GLOB (or `data.init_args.predict_data_root` in the config)",
+            )
+        })?;
     let all = scenes::list_inputs(&input, &pcfg.data.img_grep)?;
     if all.is_empty() {
         return Err(usage(format!(
@@ -192,19 +213,32 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     for (i, scene) in inputs.iter().enumerate() {
         let outputs: Vec<_> = kinds
             .iter()
-            .map(|(kind, d)| (*kind, scenes::output_path(&out_dir, scene, kind.suffix()), *d))
+            .map(|(kind, d)| {
+                (
+                    *kind,
+                    scenes::output_path(&out_dir, scene, kind.suffix()),
+                    *d,
+                )
+            })
             .collect();
         if !a.overwrite && outputs.iter().all(|(_, p, _)| p.is_file()) {
             n_skipped += 1;
-            results.push(json!({"input": scene.display().to_string(), "status": "skipped",
-                "reason": "outputs exist (use --overwrite)"}));
+            results.push(
+                json!({"input": scene.display().to_string(), "status": "skipped",
+                "reason": "outputs exist (use --overwrite)"}),
+            );
             continue;
         }
         let label = scene.display().to_string();
         let progress = |done: usize, total: usize| {
             if show {
                 let mut e = std::io::stderr();
-                let _ = write!(e, "\r\x1b[2K[{}/{}] {label}: {done}/{total} chips", i + 1, inputs.len());
+                let _ = write!(
+                    e,
+                    "\r\x1b[2K[{}/{}] {label}: {done}/{total} chips",
+                    i + 1,
+                    inputs.len()
+                );
                 let _ = e.flush();
             }
         };
@@ -237,14 +271,22 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                         r.height,
                         r.chips,
                         t0.elapsed().as_secs_f64(),
-                        r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        r.written
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                 }
             }
             Err(e) => {
                 n_failed += 1;
                 let msg = e.to_string();
-                let msg = if msg.contains(&label) { msg } else { format!("{label}: {msg}") };
+                let msg = if msg.contains(&label) {
+                    msg
+                } else {
+                    format!("{label}: {msg}")
+                };
                 eprintln!("error: {msg}");
                 results.push(json!({"input": label, "status": "failed", "error": msg}));
             }
@@ -268,7 +310,10 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
         println!("{n_written} written, {n_skipped} skipped (outputs exist), {n_failed} failed");
     }
     if n_failed > 0 {
-        return Err(usage(format!("{n_failed} of {} scenes failed (see above)", inputs.len())));
+        return Err(usage(format!(
+            "{n_failed} of {} scenes failed (see above)",
+            inputs.len()
+        )));
     }
     Ok(())
 }

@@ -56,7 +56,14 @@ impl Strip {
     }
 
     /// Adds one chip's kept prediction `[C, h, w]` at frame rows `r0..`, columns `c0..`.
-    pub fn add(&mut self, pred: &Tensor, mask: &Tensor, r0: usize, c0: usize, rank: usize) -> Result<()> {
+    pub fn add(
+        &mut self,
+        pred: &Tensor,
+        mask: &Tensor,
+        r0: usize,
+        c0: usize,
+        rank: usize,
+    ) -> Result<()> {
         let (h, w) = (pred.size()[1], pred.size()[2]);
         if pred.size()[0] != self.channels {
             return Err(HostError::Usage(format!(
@@ -142,7 +149,13 @@ mod tests {
         let m = Tensor::ones([1, 2], (Kind::Float, Device::Cpu));
         s.add(&(&ones * 7.0), &m, 0, 0, 5).unwrap();
         s.add(&(&ones * 3.0), &m, 0, 0, 2).unwrap(); // earlier in TerraTorch's order: loses
-        let v: Vec<f32> = s.take_until(1).unwrap().0.flatten(0, -1).try_into().unwrap();
+        let v: Vec<f32> = s
+            .take_until(1)
+            .unwrap()
+            .0
+            .flatten(0, -1)
+            .try_into()
+            .unwrap();
         assert_eq!(v, vec![7.0, 7.0]);
     }
 
@@ -150,7 +163,14 @@ mod tests {
     fn an_uncovered_pixel_has_count_zero() {
         let mut s = Strip::new(1, 2, true);
         let m = Tensor::ones([1, 1], (Kind::Float, Device::Cpu));
-        s.add(&Tensor::ones([1, 1, 1], (Kind::Float, Device::Cpu)), &m, 0, 0, 0).unwrap();
+        s.add(
+            &Tensor::ones([1, 1, 1], (Kind::Float, Device::Cpu)),
+            &m,
+            0,
+            0,
+            0,
+        )
+        .unwrap();
         let (_, count) = s.take_until(1).unwrap();
         let c: Vec<f32> = count.flatten(0, -1).try_into().unwrap();
         assert_eq!(c, vec![1.0, 0.0]);

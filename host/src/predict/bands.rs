@@ -76,7 +76,11 @@ impl Preprocess {
                         m.len()
                     )));
                 }
-                let t = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float).view([channels as i64, 1, 1]);
+                let t = |v: &[f64]| {
+                    Tensor::from_slice(v)
+                        .to_kind(Kind::Float)
+                        .view([channels as i64, 1, 1])
+                };
                 (Some(t(m)), Some(t(s)))
             }
             _ => (None, None),
@@ -126,7 +130,11 @@ mod tests {
         DataArgs {
             img_grep: "*".into(),
             constant_scale: 0.5,
-            dataset_bands: Some(vec![Band::Name("A".into()), Band::Index(1), Band::Name("B".into())]),
+            dataset_bands: Some(vec![
+                Band::Name("A".into()),
+                Band::Index(1),
+                Band::Name("B".into()),
+            ]),
             output_bands: Some(vec![Band::Name("B".into()), Band::Name("A".into())]),
             no_data_replace: Some(4.0),
             means: Some(vec![1.0, 2.0]),

@@ -248,7 +248,10 @@ pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
         }
     }
     let get = |k: &str| -> Result<Option<usize>> {
-        map.get(k).map(|v| as_usize(v, k)).transpose().map(Option::flatten)
+        map.get(k)
+            .map(|v| as_usize(v, k))
+            .transpose()
+            .map(Option::flatten)
     };
     // `h_crop or crop`: 0 and None both fall back.
     let nonzero = |v: Option<usize>| v.filter(|x| *x > 0);
@@ -343,7 +346,11 @@ pub fn parse_outputs(
             for v in list {
                 match v {
                     Value::String(s) => out.push(one(s)?),
-                    other => return Err(err(format!("`output_on_inference`: {other} is not a string"))),
+                    other => {
+                        return Err(err(format!(
+                            "`output_on_inference`: {other} is not a string"
+                        )))
+                    }
                 }
             }
             if out.is_empty() {
@@ -366,7 +373,11 @@ pub fn parse_bands(v: &Value, key: &str) -> Result<Option<Vec<Band>>> {
     let list = match v {
         Value::Null => return Ok(None),
         Value::Array(a) => a,
-        other => return Err(err(format!("`data.init_args.{key}` must be a list, got {other}"))),
+        other => {
+            return Err(err(format!(
+                "`data.init_args.{key}` must be a list, got {other}"
+            )))
+        }
     };
     let mut out = Vec::new();
     for e in list {
@@ -435,8 +446,7 @@ impl PredictConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::from_yaml(&text, dir)
-            .map_err(|e| err(format!("{}: {e}", path.display())))
+        Self::from_yaml(&text, dir).map_err(|e| err(format!("{}: {e}", path.display())))
     }
 
     /// Reads the config's text; `config_dir` resolves relative means/stds files.
@@ -461,12 +471,10 @@ impl PredictConfig {
                      terratorch.tasks.SemanticSegmentationTask or PixelwiseRegressionTask",
                 ))
             }
-            other => {
-                return Err(err(format!(
-                    "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
+            other => return Err(err(format!(
+                "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
                      SemanticSegmentationTask and PixelwiseRegressionTask; {other} is not one"
-                )))
-            }
+            ))),
         };
         let init = model
             .and_then(|m| m.get("init_args"))
@@ -520,7 +528,10 @@ impl PredictConfig {
         config_dir: &Path,
         unused: &mut Vec<Unused>,
     ) -> Result<DataArgs> {
-        let class = section.get("class_path").and_then(Value::as_str).unwrap_or("");
+        let class = section
+            .get("class_path")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let class_name = class.rsplit('.').next().unwrap_or(class);
         if !DATAMODULES.contains(&class_name) {
             return Err(err(format!(
@@ -549,7 +560,10 @@ impl PredictConfig {
                 warn: !quiet,
             });
         }
-        if init.get("expand_temporal_dimension").is_some_and(|v| v == &Value::Bool(true)) {
+        if init
+            .get("expand_temporal_dimension")
+            .is_some_and(|v| v == &Value::Bool(true))
+        {
             return Err(err(
                 "`data.init_args.expand_temporal_dimension: true` (multi-temporal scenes) is not supported by \
                  terrahost predict yet",
@@ -561,7 +575,10 @@ impl PredictConfig {
             ));
         }
         let bands = |k: &str| -> Result<Option<Vec<Band>>> {
-            init.get(k).map(|v| parse_bands(v, k)).transpose().map(Option::flatten)
+            init.get(k)
+                .map(|v| parse_bands(v, k))
+                .transpose()
+                .map(Option::flatten)
         };
         // `predict_dataset_bands if predict_dataset_bands else dataset_bands`.
         let dataset_bands = bands("predict_dataset_bands")?
@@ -639,21 +656,31 @@ mod tests {
 
     #[test]
     fn tiling_defaults_are_terratorchs() {
-        let t = parse_tiling(Some(&json!({"h_crop": 64}))).unwrap().unwrap();
-        assert_eq!((t.h_crop, t.w_crop, t.h_stride, t.w_stride), (64, 224, 192, 192));
+        let t = parse_tiling(Some(&json!({"h_crop": 256}))).unwrap().unwrap();
+        assert_eq!(
+            (t.h_crop, t.w_crop, t.h_stride, t.w_stride),
+            (256, 224, 192, 192)
+        );
         assert_eq!(t.delta, 8);
         assert!(t.average_patches && t.blend_overlaps);
         assert_eq!(t.batch_size, 16);
         assert_eq!(t.padding, PadMode::Reflect);
         assert_eq!(parse_tiling(Some(&json!({}))).unwrap(), None);
-        assert!(parse_tiling(Some(&json!({"crops": 3}))).unwrap_err().to_string().contains("crop"));
-        let p = parse_tiling(Some(&json!({"padding": false}))).unwrap().unwrap();
+        assert!(parse_tiling(Some(&json!({"crops": 3})))
+            .unwrap_err()
+            .to_string()
+            .contains("crop"));
+        let p = parse_tiling(Some(&json!({"padding": false})))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.padding, PadMode::None);
     }
 
     #[test]
     fn bands_expand_intervals() {
-        let b = parse_bands(&json!(["RED", [1, 3], 7]), "dataset_bands").unwrap().unwrap();
+        let b = parse_bands(&json!(["RED", [1, 3], 7]), "dataset_bands")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             b,
             vec![
@@ -670,7 +697,10 @@ mod tests {
     #[test]
     fn outputs_follow_output_on_inference() {
         let s = TaskKind::Segmentation;
-        assert_eq!(parse_outputs(s, None, None).unwrap(), vec![OutputKind::Prediction]);
+        assert_eq!(
+            parse_outputs(s, None, None).unwrap(),
+            vec![OutputKind::Prediction]
+        );
         assert_eq!(
             parse_outputs(s, Some(&json!(["logits", "prediction"])), None).unwrap(),
             vec![OutputKind::Logits, OutputKind::Prediction]
@@ -698,8 +728,14 @@ mod tests {
             Some(vec![Band::Name("GREEN".into()), Band::Name("RED".into())])
         );
         assert_eq!(c.data.means, Some(vec![1.0, 2.0]));
-        assert!(c.unused.iter().any(|u| u.key == "data.init_args.mystery" && u.warn));
-        assert!(c.unused.iter().any(|u| u.key == "data.init_args.batch_size" && !u.warn));
+        assert!(c
+            .unused
+            .iter()
+            .any(|u| u.key == "data.init_args.mystery" && u.warn));
+        assert!(c
+            .unused
+            .iter()
+            .any(|u| u.key == "data.init_args.batch_size" && !u.warn));
         assert_eq!(c.tiling, None);
     }
 }

@@ -231,12 +231,19 @@ fn whole(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess) -> Result<(usize,
 
 /// Tiled and streamed: tile row by tile row, in batches of `batch_size` chips that may
 /// span tile rows, writing rows as soon as no chip still to come touches them.
-fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> Result<(usize, Vec<PathBuf>)> {
+fn tiled(
+    job: &Job<'_>,
+    scene: &SceneReader,
+    pre: &Preprocess,
+    plan: &Plan,
+) -> Result<(usize, Vec<PathBuf>)> {
     let t = &plan.tiling;
     let (hc, wc) = (t.h_crop, t.w_crop);
     let (h, w) = (scene.height, scene.width);
     let total = plan.chips.len();
-    let col_index: Vec<i64> = (0..plan.frame_w).map(|q| plan.source_index(q, w) as i64).collect();
+    let col_index: Vec<i64> = (0..plan.frame_w)
+        .map(|q| plan.source_index(q, w) as i64)
+        .collect();
     let col_index = Tensor::from_slice(&col_index);
     let chip_rows = plan.chip_rows();
     let mut rows = Rows::new(scene, pre);
@@ -254,7 +261,13 @@ fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> R
                    sinks: &mut Option<Sinks>|
      -> Result<()> {
         let batch: Vec<(usize, Tensor)> = pending.drain(..n).collect();
-        let x = Tensor::stack(&batch.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>(), 0);
+        let x = Tensor::stack(
+            &batch
+                .iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
         let y = forward(job.model, x, job.device)?;
         let k = y.size()[1];
         if strip.is_none() {
@@ -265,11 +278,17 @@ fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> R
         for (i, (ci, _)) in batch.iter().enumerate() {
             let chip = &plan.chips[*ci];
             let c = chip.crop as i64;
-            let pred = y
-                .get(i as i64)
-                .narrow(1, c, hc as i64 - 2 * c)
-                .narrow(2, c, wc as i64 - 2 * c);
-            s.add(&pred, plan.mask(chip), chip.row + chip.crop, chip.col + chip.crop, chip.rank)?;
+            let pred =
+                y.get(i as i64)
+                    .narrow(1, c, hc as i64 - 2 * c)
+                    .narrow(2, c, wc as i64 - 2 * c);
+            s.add(
+                &pred,
+                plan.mask(chip),
+                chip.row + chip.crop,
+                chip.col + chip.crop,
+                chip.rank,
+            )?;
         }
         done += batch.len();
         (job.progress)(done, total);
@@ -297,8 +316,12 @@ fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> R
             return Ok(());
         }
         let (r, n) = ((lo - first) as i64, (hi - lo) as i64);
-        let values = values.narrow(1, r, n).narrow(2, plan.offset as i64, w as i64);
-        let count = count.narrow(0, r, n).narrow(1, plan.offset as i64, w as i64);
+        let values = values
+            .narrow(1, r, n)
+            .narrow(2, plan.offset as i64, w as i64);
+        let count = count
+            .narrow(0, r, n)
+            .narrow(1, plan.offset as i64, w as i64);
         if count.eq(0.0).any().int64_value(&[]) != 0 {
             return Err(HostError::Usage(
                 "some pixels did not receive a prediction (TerraTorch: \"Some pixels did not receive a \
@@ -315,8 +338,13 @@ fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> R
 
     for (ri, (r0, chips)) in chip_rows.iter().enumerate() {
         // The scene rows this tile row reads.
-        let src: Vec<i64> = (*r0..r0 + hc).map(|p| plan.source_index(p, h) as i64).collect();
-        let (lo, hi) = (*src.iter().min().unwrap() as usize, *src.iter().max().unwrap() as usize);
+        let src: Vec<i64> = (*r0..r0 + hc)
+            .map(|p| plan.source_index(p, h) as i64)
+            .collect();
+        let (lo, hi) = (
+            *src.iter().min().unwrap() as usize,
+            *src.iter().max().unwrap() as usize,
+        );
         rows.ensure(hi)?;
         rows.drop_below(lo);
         let idx = Tensor::from_slice(&src.iter().map(|s| s - rows.lo as i64).collect::<Vec<_>>());
@@ -341,7 +369,13 @@ fn tiled(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess, plan: &Plan) -> R
         let n = pending.len();
         run(&mut pending, n, &mut strip, &mut sinks)?;
     }
-    flush(plan.frame_h, &mut strip, &mut sinks, &mut rows, &mut written_to)?;
+    flush(
+        plan.frame_h,
+        &mut strip,
+        &mut sinks,
+        &mut rows,
+        &mut written_to,
+    )?;
     if written_to != h {
         return Err(HostError::Usage(format!(
             "internal: {written_to} of {h} rows were written"

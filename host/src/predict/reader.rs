@@ -28,10 +28,41 @@ fn raster_err(path: &Path, what: impl std::fmt::Display) -> HostError {
     HostError::Usage(format!("{}: {what}", path.display()))
 }
 
+/// GDAL reports errors on stderr itself unless told otherwise; terrahost reports them
+/// once, in its own error naming the file, so GDAL's messages go to the debug log.
+fn route_gdal_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        gdal::config::set_error_handler(|class, number, msg| {
+            tracing::debug!("GDAL {class:?} {number}: {msg}");
+        })
+    });
+}
+
+/// GDAL's own reason, without the crate's wrapping.
+fn reason(e: &gdal::errors::GdalError) -> String {
+    let text = e.to_string();
+    match text.split_once("Error msg: ") {
+        Some((_, msg)) => msg.trim_matches(|c| c == '\'' || c == ' ').to_owned(),
+        None => text,
+    }
+}
+
 impl SceneReader {
     /// Opens `path`; an error names the file and says why it is not a usable raster.
     pub fn open(path: &Path) -> Result<Self> {
-        let ds = Dataset::open(path).map_err(|e| raster_err(path, format!("not a raster GDAL can read ({e})")))?;
+        route_gdal_messages();
+        let ds = Dataset::open(path).map_err(|e| {
+            let why = reason(&e);
+            if why.is_empty() {
+                raster_err(
+                    path,
+                    "not a raster GDAL can read (no GDAL driver recognises the file)",
+                )
+            } else {
+                raster_err(path, format!("not a raster GDAL can read ({why})"))
+            }
+        })?;
         let (width, height) = ds.raster_size();
         let bands = ds.raster_count();
         if bands == 0 || width == 0 || height == 0 {
@@ -79,7 +110,12 @@ impl SceneReader {
             .map_err(|e| {
                 raster_err(
                     &self.path,
-                    format!("cannot read rows {y0}..{} of band {} (truncated or corrupt file?): {e}", y0 + n, b + 1),
+                    format!(
+                        "cannot read rows {y0}..{} of band {} (truncated or corrupt file?): {}",
+                        y0 + n,
+                        b + 1,
+                        reason(&e)
+                    ),
                 )
             })?;
         }

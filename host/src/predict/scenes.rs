@@ -35,7 +35,9 @@ pub fn glob_under(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let m = matcher(part)?;
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') && !part.starts_with('.') {
@@ -65,10 +67,17 @@ pub fn list_inputs(input: &Path, img_grep: &str) -> Result<Vec<PathBuf>> {
     if has_glob_chars(&text) {
         // Split off the longest leading part without glob characters.
         let comps: Vec<&str> = text.split('/').collect();
-        let first = comps.iter().position(|c| has_glob_chars(c)).unwrap_or(comps.len());
+        let first = comps
+            .iter()
+            .position(|c| has_glob_chars(c))
+            .unwrap_or(comps.len());
         let root = comps[..first].join("/");
         let root = if root.is_empty() {
-            if text.starts_with('/') { "/".to_owned() } else { ".".to_owned() }
+            if text.starts_with('/') {
+                "/".to_owned()
+            } else {
+                ".".to_owned()
+            }
         } else {
             root
         };
@@ -118,7 +127,10 @@ pub fn shard<T>(items: Vec<T>, k: usize, n: usize) -> Vec<T> {
 
 /// `<out_dir>/<stem>_<suffix>.tif` (`os.path.splitext(basename)[0]`).
 pub fn output_path(out_dir: &Path, input: &Path, suffix: &str) -> PathBuf {
-    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = match name.rfind('.') {
         Some(i) if i > 0 => name[..i].to_owned(),
         _ => name,
@@ -151,12 +163,23 @@ mod tests {
         std::fs::create_dir(d.path().join("sub")).unwrap();
         std::fs::write(d.path().join("sub/d.tif"), "").unwrap();
         let names = |v: Vec<PathBuf>| -> Vec<String> {
-            v.iter().map(|p| p.strip_prefix(d.path()).unwrap().display().to_string()).collect()
+            v.iter()
+                .map(|p| p.strip_prefix(d.path()).unwrap().display().to_string())
+                .collect()
         };
-        assert_eq!(names(glob_under(d.path(), "*.tif").unwrap()), vec!["a.tif", "b.tif"]);
-        assert_eq!(names(glob_under(d.path(), "*/*.tif").unwrap()), vec!["sub/d.tif"]);
+        assert_eq!(
+            names(glob_under(d.path(), "*.tif").unwrap()),
+            vec!["a.tif", "b.tif"]
+        );
+        assert_eq!(
+            names(glob_under(d.path(), "*/*.tif").unwrap()),
+            vec!["sub/d.tif"]
+        );
         let pattern = format!("{}/*.tif", d.path().display());
-        assert_eq!(names(list_inputs(Path::new(&pattern), "*").unwrap()), vec!["a.tif", "b.tif"]);
+        assert_eq!(
+            names(list_inputs(Path::new(&pattern), "*").unwrap()),
+            vec!["a.tif", "b.tif"]
+        );
         assert_eq!(
             output_path(Path::new("out"), Path::new("x/scene.v1.tif"), "pred"),
             PathBuf::from("out/scene.v1_pred.tif")

@@ -70,7 +70,13 @@ fn starts(n: usize, crop: usize, stride: usize) -> Vec<usize> {
 /// TerraTorch's `get_blend_mask`: a cosine ramp over the overlap on every edge, outer
 /// product of the two 1-D windows, plus 1e-6. Computed with libtorch's float32 ops in
 /// the same order as TerraTorch's, so the values are the same.
-pub fn blend_mask(h_crop: usize, h_stride: usize, w_crop: usize, w_stride: usize, delta: usize) -> Tensor {
+pub fn blend_mask(
+    h_crop: usize,
+    h_stride: usize,
+    w_crop: usize,
+    w_stride: usize,
+    delta: usize,
+) -> Tensor {
     let window = |crop: usize, stride: usize| -> Tensor {
         let overlap = (crop / 2).min(crop - stride) as i64 - delta as i64;
         let n = (crop - 2 * delta) as i64;
@@ -107,7 +113,9 @@ impl Plan {
         let mut delta = t.delta;
         if (hc - hs) / 2 < delta || (wc - ws) / 2 < delta {
             delta = ((hc - hs) / 2).min((wc - ws) / 2);
-            tracing::warn!("tiled inference: delta is higher than overlap, reducing delta to {delta}");
+            tracing::warn!(
+                "tiled inference: delta is higher than overlap, reducing delta to {delta}"
+            );
         }
         let padding = t.padding != PadMode::None;
         let offset = if padding { delta } else { 0 };
@@ -247,7 +255,8 @@ mod tests {
         // 10 x 12 scene, crop 4, stride 3, no padding: grid rows range(0, 5, 3) = [0, 3],
         // columns range(0, 7, 3) = [0, 3, 6].
         let p = Plan::new(&tiling(4, 3, 0, PadMode::None), 10, 12).unwrap();
-        let got: Vec<(usize, usize, bool)> = p.chips.iter().map(|c| (c.row, c.col, c.inner)).collect();
+        let got: Vec<(usize, usize, bool)> =
+            p.chips.iter().map(|c| (c.row, c.col, c.inner)).collect();
         let want = vec![
             (0, 8, false),
             (3, 8, false),
@@ -300,7 +309,9 @@ mod tests {
         let ramp: Vec<f64> = (0..4)
             .map(|k| (std::f64::consts::PI * (k as f64 + 1.0) / 5.0).cos() / 2.0 + 0.5)
             .collect();
-        let window = [ramp[3], ramp[2], ramp[1], ramp[0], ramp[0], ramp[1], ramp[2], ramp[3]];
+        let window = [
+            ramp[3], ramp[2], ramp[1], ramp[0], ramp[0], ramp[1], ramp[2], ramp[3],
+        ];
         for i in 0..8 {
             for j in 0..8 {
                 let want = window[i] * window[j] + 1e-6;

@@ -44,9 +44,17 @@ pub struct OutputFile {
 impl OutputFile {
     /// Creates the temporary file next to `path`, with `bands` bands and the scene's
     /// georeferencing.
-    pub fn create(path: &Path, scene: &SceneReader, bands: usize, dtype: GdalDataType) -> Result<Self> {
+    pub fn create(
+        path: &Path,
+        scene: &SceneReader,
+        bands: usize,
+        dtype: GdalDataType,
+    ) -> Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
         let driver = DriverManager::get_driver_by_name("GTiff")
             .map_err(|e| HostError::Usage(format!("GDAL has no GTiff driver: {e}")))?;
@@ -56,7 +64,13 @@ impl OutputFile {
         let make = |t: GdalDataType| -> gdal::errors::Result<Dataset> {
             macro_rules! c {
                 ($ty:ty) => {
-                    driver.create_with_band_type_with_options::<$ty, _>(&tmp, scene.width, scene.height, bands, &opts)
+                    driver.create_with_band_type_with_options::<$ty, _>(
+                        &tmp,
+                        scene.width,
+                        scene.height,
+                        bands,
+                        &opts,
+                    )
                 };
             }
             match t {
@@ -76,7 +90,8 @@ impl OutputFile {
                 dir.display()
             ))
         })?;
-        let geo_err = |e: gdal::errors::GdalError| HostError::Usage(format!("{}: {e}", tmp.display()));
+        let geo_err =
+            |e: gdal::errors::GdalError| HostError::Usage(format!("{}: {e}", tmp.display()));
         if let Some(gt) = scene.geo_transform {
             ds.set_geo_transform(&gt).map_err(geo_err)?;
         }
@@ -106,16 +121,26 @@ impl OutputFile {
         }
         let v = v.masked_fill(&nodata.unsqueeze(0), -1.0).contiguous();
         let n = v.size()[1] as usize;
-        let flat: Vec<f64> = v.flatten(0, -1).try_into().map_err(|e| HostError::Usage(format!("{e}")))?;
+        let flat: Vec<f64> = v
+            .flatten(0, -1)
+            .try_into()
+            .map_err(|e| HostError::Usage(format!("{e}")))?;
         let ds = self.ds.as_ref().expect("open until finished");
         for b in 0..self.bands {
             let mut band = ds
                 .rasterband(b + 1)
                 .map_err(|e| HostError::Usage(format!("{}: {e}", self.tmp.display())))?;
-            let mut buf = Buffer::new((self.width, n), flat[b * n * self.width..(b + 1) * n * self.width].to_vec());
-            band.write((0, y0 as isize), (self.width, n), &mut buf).map_err(|e| {
-                HostError::Usage(format!("cannot write {} (disk full?): {e}", self.tmp.display()))
-            })?;
+            let mut buf = Buffer::new(
+                (self.width, n),
+                flat[b * n * self.width..(b + 1) * n * self.width].to_vec(),
+            );
+            band.write((0, y0 as isize), (self.width, n), &mut buf)
+                .map_err(|e| {
+                    HostError::Usage(format!(
+                        "cannot write {} (disk full?): {e}",
+                        self.tmp.display()
+                    ))
+                })?;
         }
         Ok(())
     }
@@ -123,8 +148,9 @@ impl OutputFile {
     /// Closes the file and renames it to its final name.
     pub fn finish(mut self) -> Result<PathBuf> {
         if let Some(ds) = self.ds.take() {
-            ds.close()
-                .map_err(|e| HostError::Usage(format!("cannot finish {}: {e}", self.tmp.display())))?;
+            ds.close().map_err(|e| {
+                HostError::Usage(format!("cannot finish {}: {e}", self.tmp.display()))
+            })?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| HostError::io(&self.path, e))?;
         Ok(self.path.clone())
