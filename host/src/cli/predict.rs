@@ -98,6 +98,14 @@ fn config_text(path: &Path, sets: &[String]) -> Result<String, HostError> {
     serde_yaml::to_string(&top).map_err(|e| usage(e.to_string()))
 }
 
+/// The process's peak resident memory so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn parse_device(text: &str) -> Result<Device, HostError> {
     match text {
         "cpu" => Ok(Device::Cpu),
@@ -304,6 +312,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "failed": n_failed,
             "model_build_ms": build_ms,
             "seconds": t_start.elapsed().as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
             "scenes": results,
         }));
     } else if n_skipped > 0 || n_failed > 0 {

@@ -113,7 +113,7 @@ impl Preprocess {
         let mut x = x.to_kind(Kind::Float);
         if self.scale != 1.0 {
             // numpy: float32 array * Python float -> float32
-            x = x * Tensor::from(self.scale as f32);
+            x *= Tensor::from(self.scale as f32);
         }
         if let (Some(m), Some(s)) = (&self.means, &self.stds) {
             x = (x - m) / s;

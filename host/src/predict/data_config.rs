@@ -471,10 +471,12 @@ impl PredictConfig {
                      terratorch.tasks.SemanticSegmentationTask or PixelwiseRegressionTask",
                 ))
             }
-            other => return Err(err(format!(
+            other => {
+                return Err(err(format!(
                 "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
                      SemanticSegmentationTask and PixelwiseRegressionTask; {other} is not one"
-            ))),
+            )))
+            }
         };
         let init = model
             .and_then(|m| m.get("init_args"))
@@ -656,7 +658,9 @@ mod tests {
 
     #[test]
     fn tiling_defaults_are_terratorchs() {
-        let t = parse_tiling(Some(&json!({"h_crop": 256}))).unwrap().unwrap();
+        let t = parse_tiling(Some(&json!({"h_crop": 256})))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (t.h_crop, t.w_crop, t.h_stride, t.w_stride),
             (256, 224, 192, 192)

@@ -29,13 +29,19 @@ fn raster_err(path: &Path, what: impl std::fmt::Display) -> HostError {
 }
 
 /// GDAL reports errors on stderr itself unless told otherwise; terrahost reports them
-/// once, in its own error naming the file, so GDAL's messages go to the debug log.
+/// once, in its own error naming the file, so GDAL's messages go to the debug log. Also
+/// caps GDAL's block cache at 256 MB (`GDAL_CACHEMAX` in the environment overrides).
 fn route_gdal_messages() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         gdal::config::set_error_handler(|class, number, msg| {
             tracing::debug!("GDAL {class:?} {number}: {msg}");
-        })
+        });
+        // GDAL's block cache defaults to 5% of the machine's memory; streaming needs
+        // about one block row of the input, so cap it unless the user chose a size.
+        if std::env::var_os("GDAL_CACHEMAX").is_none() {
+            let _ = gdal::config::set_config_option("GDAL_CACHEMAX", "256");
+        }
     });
 }
 
