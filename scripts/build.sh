@@ -8,6 +8,7 @@ cd "$root"
 profile="${PROFILE:-release}"
 command -v cargo >/dev/null || { echo "error: cargo is needed (install Rust with rustup)" >&2; exit 1; }
 bash scripts/setup-libtorch.sh
+bash scripts/setup-gdal.sh
 flag=(); [ "$profile" = release ] && flag=(--release)
 echo "==> building terrahost and plugins ($profile)" >&2
 cargo build "${flag[@]}" -p terrahost -p terrahost-plugin-terratorch -p terrahost-plugin-timm \

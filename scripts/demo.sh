@@ -7,6 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+bash scripts/setup-gdal.sh
 PROFILE=release bash scripts/build.sh
 th=target/release/terrahost
 run() { echo; echo "\$ terrahost $*"; "$th" "$@"; }

@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup-libtorch.sh
+bash scripts/setup-gdal.sh
 echo "==> building the workspace (debug), plugin libraries included" >&2
 cargo build --workspace
 echo "==> running the tests" >&2

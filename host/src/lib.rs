@@ -18,6 +18,7 @@ pub mod error;
 pub mod host;
 pub mod loader;
 pub mod plugins;
+pub mod predict;
 pub mod registry;
 pub mod weights;
 

@@ -3,6 +3,7 @@
 mod build;
 mod list;
 mod plugins;
+mod predict;
 mod run;
 mod show;
 
@@ -108,6 +109,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true)]
         files: Vec<PathBuf>,
     },
+    /// Predicts GeoTIFF scenes as `terratorch predict` does (tiled, streamed).
+    Predict(predict::PredictArgs),
 }
 
 /// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
@@ -217,6 +220,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         ),
         Command::Run(args) => run::run(&host, &args),
         Command::Scan { .. } => unreachable!("handled above"),
+        Command::Predict(args) => predict::run(&host, &args),
     }
 }
 

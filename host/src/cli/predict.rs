@@ -1,0 +1,328 @@
+//! `terrahost predict`: a TerraTorch LightningCLI config and checkpoint on GeoTIFF
+//! scenes, written as `terratorch predict` writes them (see `terrahost::predict`).
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+use terrahost::predict::data_config::{OutputKind, PredictConfig};
+use terrahost::predict::{scenes, writer, Job};
+use terrahost::{config::ModelConfig, weights, Host, HostError};
+
+/// Arguments of `terrahost predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// The LightningCLI config (YAML) TerraTorch trained or predicts with: `model:`
+    /// (task class, model_factory, model_args, tiled_inference_parameters,
+    /// output_on_inference) and `data:` (bands, nodata, scaling, means/stds).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The checkpoint: a Lightning `.ckpt` TerraTorch saved, a `torch.save` state_dict or
+    /// `.safetensors`. Without it the model keeps its initial (or pretrained) weights.
+    #[arg(long, value_name = "CKPT")]
+    pub weights: Option<PathBuf>,
+    /// A scene, a directory (filtered by the config's `img_grep`) or a glob such as
+    /// 'scenes/*.tif'. Default: the config's `data.init_args.predict_data_root`.
+    #[arg(long, value_name = "FILE|DIR|GLOB")]
+    pub input: Option<PathBuf>,
+    /// Where the outputs go (created if missing). Default: the config's
+    /// `predict_output_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// The output data type (uint8 ... float64). Default: the config's `out_dtype`, else
+    /// int16 for `prediction` (TerraTorch's default) and float32 for logits,
+    /// probabilities and regression values (TerraTorch's int16 truncates them).
+    #[arg(long, value_name = "DTYPE")]
+    pub out_dtype: Option<String>,
+    /// Overrides a config key, as TerraTorch's `--data.init_args.KEY VALUE` do:
+    /// `--set data.init_args.no_data_replace=0` (the value is YAML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Predict again even where the outputs exist (default: skip such scenes, so an
+    /// interrupted run resumes).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Only this machine's share K/N of the sorted inputs (K from 0), e.g.
+    /// `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// cpu, cuda or auto (cuda when available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress on stderr (it is shown only when stderr is a terminal anyway).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print a JSON summary on stdout (and nothing else there).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn usage(m: impl Into<String>) -> HostError {
+    HostError::Usage(m.into())
+}
+
+/// The config text with `--set KEY=VALUE` applied.
+fn config_text(path: &Path, sets: &[String]) -> Result<String, HostError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+    if sets.is_empty() {
+        return Ok(text);
+    }
+    let mut top: Value = serde_yaml::from_str(&text)
+        .map_err(|e| HostError::Config(format!("{}: not YAML: {e}", path.display())))?;
+    for s in sets {
+        let (key, value) = s.split_once('=').ok_or_else(|| {
+            usage(format!(
+                "--set `{s}`: expected KEY=VALUE, e.g. data.init_args.img_grep='*.tif'"
+            ))
+        })?;
+        let value: Value = serde_yaml::from_str(value)
+            .map_err(|e| usage(format!("--set `{s}`: the value is not YAML: {e}")))?;
+        let mut node = &mut top;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if !node.is_object() {
+                return Err(usage(format!(
+                    "--set `{s}`: `{}` is not a mapping",
+                    parts[..i].join(".")
+                )));
+            }
+            let map = node.as_object_mut().expect("checked");
+            if i + 1 == parts.len() {
+                map.insert((*part).to_owned(), value.clone());
+                break;
+            }
+            node = map.entry((*part).to_owned()).or_insert_with(|| json!({}));
+        }
+    }
+    serde_yaml::to_string(&top).map_err(|e| usage(e.to_string()))
+}
+
+/// The process's peak resident memory so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn parse_device(text: &str) -> Result<Device, HostError> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(usage(
+            "--device cuda: this libtorch sees no CUDA device; use --device cpu",
+        )),
+        "auto" => Ok(Device::cuda_if_available()),
+        other => Err(usage(format!(
+            "--device must be cpu, cuda or auto, got `{other}`"
+        ))),
+    }
+}
+
+/// Refuses an output directory that cannot be written before any model is built.
+fn check_output_dir(dir: &Path) -> Result<(), HostError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        usage(format!(
+            "--output-dir {}: cannot create it ({e})",
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(".terrahost-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        usage(format!(
+            "--output-dir {}: cannot write there ({e})",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
+    let t_start = Instant::now();
+    let device = parse_device(&a.device)?;
+    let text = config_text(&a.config, &a.sets)?;
+    let config_dir = a.config.parent().unwrap_or(Path::new("."));
+    let pcfg = PredictConfig::from_yaml(&text, config_dir)
+        .map_err(|e| HostError::Config(format!("{}: {e}", a.config.display())))?;
+    let out_dir = a
+        .output_dir
+        .clone()
+        .or_else(|| pcfg.predict_output_dir.clone())
+        .ok_or_else(|| usage("give --output-dir DIR (or `predict_output_dir` in the config)"))?;
+    check_output_dir(&out_dir)?;
+    let input = a
+        .input
+        .clone()
+        .or_else(|| pcfg.data.predict_data_root.clone())
+        .ok_or_else(|| {
+            usage(
+                "give --input FILE|DIR|GLOB (or `data.init_args.predict_data_root` in the config)",
+            )
+        })?;
+    let all = scenes::list_inputs(&input, &pcfg.data.img_grep)?;
+    if all.is_empty() {
+        return Err(usage(format!(
+            "--input {}: no scenes found (img_grep `{}`)",
+            input.display(),
+            pcfg.data.img_grep
+        )));
+    }
+    let (k, n) = match &a.shard {
+        Some(s) => scenes::parse_shard(s)?,
+        None => (0, 1),
+    };
+    let total_inputs = all.len();
+    let inputs = scenes::shard(all, k, n);
+
+    let dtype_name = a.out_dtype.clone().or_else(|| pcfg.out_dtype.clone());
+    let dtype_for = |kind: OutputKind| -> Result<_, HostError> {
+        match &dtype_name {
+            Some(d) => writer::parse_dtype(d),
+            None if kind == OutputKind::Prediction => writer::parse_dtype("int16"),
+            None => writer::parse_dtype("float32"),
+        }
+    };
+    let kinds: Vec<(OutputKind, gdal::raster::GdalDataType)> = pcfg
+        .outputs
+        .iter()
+        .map(|k| dtype_for(*k).map(|d| (*k, d)))
+        .collect::<Result<_, _>>()?;
+
+    // The model, once for every scene.
+    let mut mcfg = ModelConfig::from_yaml(&text)
+        .map_err(|e| HostError::Config(format!("{}: {e}", a.config.display())))?;
+    mcfg.unused
+        .retain(|u| !PredictConfig::MODEL_KEYS_READ.contains(&u.key.as_str()) && u.key != "data");
+    mcfg.report_unused();
+    for u in &pcfg.unused {
+        if u.warn {
+            tracing::warn!("config key `{}` is not used: {}", u.key, u.why);
+        }
+    }
+    if a.weights.is_some() {
+        mcfg.switch_off_pretrained();
+    }
+    let t_build = Instant::now();
+    let mut model = host.build("model_factory", &mcfg.model_factory, &mcfg.model_args, None)?;
+    if let Some(p) = &a.weights {
+        weights::load_state_dict(&model, weights::read_state_dict(p)?)?;
+    }
+    model.set_train(false);
+    if device != Device::Cpu {
+        model.to_device(device)?;
+    }
+    let build_ms = t_build.elapsed().as_secs_f64() * 1e3;
+
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    let (mut n_written, mut n_skipped, mut n_failed) = (0, 0, 0);
+    for (i, scene) in inputs.iter().enumerate() {
+        let outputs: Vec<_> = kinds
+            .iter()
+            .map(|(kind, d)| {
+                (
+                    *kind,
+                    scenes::output_path(&out_dir, scene, kind.suffix()),
+                    *d,
+                )
+            })
+            .collect();
+        if !a.overwrite && outputs.iter().all(|(_, p, _)| p.is_file()) {
+            n_skipped += 1;
+            results.push(
+                json!({"input": scene.display().to_string(), "status": "skipped",
+                "reason": "outputs exist (use --overwrite)"}),
+            );
+            continue;
+        }
+        let label = scene.display().to_string();
+        let progress = |done: usize, total: usize| {
+            if show {
+                let mut e = std::io::stderr();
+                let _ = write!(
+                    e,
+                    "\r\x1b[2K[{}/{}] {label}: {done}/{total} chips",
+                    i + 1,
+                    inputs.len()
+                );
+                let _ = e.flush();
+            }
+        };
+        let job = Job {
+            model: &model,
+            config: &pcfg,
+            device,
+            outputs,
+            progress: &progress,
+        };
+        let t0 = Instant::now();
+        let outcome = terrahost::predict::predict_scene(&job, scene);
+        if show {
+            eprint!("\r\x1b[2K");
+        }
+        match outcome {
+            Ok(r) => {
+                for w in &r.warnings {
+                    tracing::warn!("{w}");
+                }
+                n_written += 1;
+                results.push(json!({"input": label, "status": "written",
+                    "outputs": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "width": r.width, "height": r.height, "bands": r.bands, "chips": r.chips,
+                    "warnings": r.warnings, "seconds": t0.elapsed().as_secs_f64()}));
+                if !a.json {
+                    println!(
+                        "{label}: {} x {}, {} chips, {:.2} s -> {}",
+                        r.width,
+                        r.height,
+                        r.chips,
+                        t0.elapsed().as_secs_f64(),
+                        r.written
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                n_failed += 1;
+                let msg = e.to_string();
+                let msg = if msg.contains(&label) {
+                    msg
+                } else {
+                    format!("{label}: {msg}")
+                };
+                eprintln!("error: {msg}");
+                results.push(json!({"input": label, "status": "failed", "error": msg}));
+            }
+        }
+    }
+    if a.json {
+        crate::cli::print_json(&json!({
+            "config": a.config.display().to_string(),
+            "output_dir": out_dir.display().to_string(),
+            "shard": format!("{k}/{n}"),
+            "inputs_total": total_inputs,
+            "inputs_in_shard": inputs.len(),
+            "written": n_written,
+            "skipped": n_skipped,
+            "failed": n_failed,
+            "model_build_ms": build_ms,
+            "seconds": t_start.elapsed().as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
+            "scenes": results,
+        }));
+    } else if n_skipped > 0 || n_failed > 0 {
+        println!("{n_written} written, {n_skipped} skipped (outputs exist), {n_failed} failed");
+    }
+    if n_failed > 0 {
+        return Err(usage(format!(
+            "{n_failed} of {} scenes failed (see above)",
+            inputs.len()
+        )));
+    }
+    Ok(())
+}

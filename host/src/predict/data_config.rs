@@ -1,0 +1,745 @@
+//! What `terrahost predict` reads from a LightningCLI config besides the model: the
+//! `data:` section as TerraTorch 1.2.11's `GenericNonGeoSegmentationDataModule` /
+//! `GenericNonGeoPixelwiseRegressionDataModule` read it
+//! (`terratorch/datamodules/generic_pixel_wise_data_module.py`, the dataset in
+//! `terratorch/datasets/generic_pixel_wise_dataset.py`), the task's inference keys
+//! (`tiled_inference_parameters`, `output_on_inference`, `output_most_probable`, in
+//! `terratorch/tasks/segmentation_tasks.py` and `regression_tasks.py`) and the
+//! top-level `out_dtype` / `predict_output_dir` of `terratorch predict`.
+use crate::error::{HostError, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use terrahost_plugin_api::params::did_you_mean;
+
+/// A band name as TerraTorch takes it: an HLSBands string (or any string) or an int.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Band {
+    /// A name (`RED`, `NIR_NARROW`, or any string).
+    Name(String),
+    /// An integer label.
+    Index(i64),
+}
+
+impl std::fmt::Display for Band {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Band::Name(s) => write!(f, "{s}"),
+            Band::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// The task's kind of prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// SemanticSegmentationTask: class scores per pixel.
+    Segmentation,
+    /// PixelwiseRegressionTask: one value per pixel.
+    Regression,
+}
+
+/// One of `output_on_inference`'s selectors (segmentation), or the regression value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// argmax over the classes, file suffix `pred`.
+    Prediction,
+    /// the raw scores, suffix `logits`.
+    Logits,
+    /// softmax over the classes, suffix `probabilities`.
+    Probabilities,
+    /// the regression value, suffix `pred`.
+    Value,
+}
+
+impl OutputKind {
+    /// The file-name suffix TerraTorch's writer uses.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            OutputKind::Prediction | OutputKind::Value => "pred",
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities",
+        }
+    }
+}
+
+/// Padding of the scene before tiling (`padding` of `tiled_inference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    /// `padding: false`: chips flush to the border, no padding.
+    None,
+    /// torch's `reflect` (the default).
+    Reflect,
+    /// torch's `replicate`.
+    Replicate,
+}
+
+/// `tiled_inference_parameters` with TerraTorch's defaults resolved (`h_crop = h_crop or
+/// crop`, ...), before delta is reduced to the overlap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiling {
+    pub h_crop: usize,
+    pub w_crop: usize,
+    pub h_stride: usize,
+    pub w_stride: usize,
+    pub delta: usize,
+    pub average_patches: bool,
+    pub blend_overlaps: bool,
+    pub batch_size: usize,
+    pub padding: PadMode,
+}
+
+/// The datamodule arguments that shape what the model sees.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataArgs {
+    /// `predict_data_root`.
+    pub predict_data_root: Option<PathBuf>,
+    /// `img_grep` (default `*`).
+    pub img_grep: String,
+    /// `predict_dataset_bands`, else `dataset_bands`.
+    pub dataset_bands: Option<Vec<Band>>,
+    /// `predict_output_bands`, else `output_bands`.
+    pub output_bands: Option<Vec<Band>>,
+    /// `constant_scale` (default 1).
+    pub constant_scale: f64,
+    /// `no_data_replace`.
+    pub no_data_replace: Option<f64>,
+    /// `means` and `stds` (lists, or read from txt files), when both are given.
+    pub means: Option<Vec<f64>>,
+    pub stds: Option<Vec<f64>>,
+}
+
+/// A key of the config that predict does not use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unused {
+    pub key: String,
+    pub why: &'static str,
+    pub warn: bool,
+}
+
+/// Everything predict takes from the config besides the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictConfig {
+    pub task: TaskKind,
+    pub data: DataArgs,
+    /// `None`: the whole scene goes through the model.
+    pub tiling: Option<Tiling>,
+    pub outputs: Vec<OutputKind>,
+    /// Top-level `out_dtype` of `terratorch predict`.
+    pub out_dtype: Option<String>,
+    /// Top-level `predict_output_dir`.
+    pub predict_output_dir: Option<PathBuf>,
+    /// Keys of the `data` section (and the top level) that predict does not read.
+    pub unused: Vec<Unused>,
+}
+
+fn err(msg: impl Into<String>) -> HostError {
+    HostError::Config(msg.into())
+}
+
+/// Datamodule arguments that only matter for training, validation or testing.
+const DATA_QUIET: &[&str] = &[
+    "batch_size",
+    "num_workers",
+    "num_classes",
+    "train_data_root",
+    "val_data_root",
+    "test_data_root",
+    "label_grep",
+    "train_label_data_root",
+    "val_label_data_root",
+    "test_label_data_root",
+    "train_split",
+    "val_split",
+    "test_split",
+    "ignore_split_file_extensions",
+    "allow_substring_split_file",
+    "rgb_indices",
+    "train_transform",
+    "val_transform",
+    "test_transform",
+    "reduce_zero_label",
+    "no_label_replace",
+    "drop_last",
+    "pin_memory",
+    "check_stackability",
+    "return_georeference",
+    "embedding_input",
+    "pca_step",
+];
+
+/// Datamodule arguments predict reads.
+const DATA_READ: &[&str] = &[
+    "predict_data_root",
+    "img_grep",
+    "dataset_bands",
+    "output_bands",
+    "predict_dataset_bands",
+    "predict_output_bands",
+    "constant_scale",
+    "no_data_replace",
+    "means",
+    "stds",
+    "expand_temporal_dimension",
+    "temporal_channel_major",
+    "tortilla_file",
+];
+
+const DATAMODULES: [&str; 2] = [
+    "GenericNonGeoSegmentationDataModule",
+    "GenericNonGeoPixelwiseRegressionDataModule",
+];
+
+const TILING_KEYS: [&str; 14] = [
+    "crop",
+    "stride",
+    "delta",
+    "h_crop",
+    "w_crop",
+    "h_stride",
+    "w_stride",
+    "average_patches",
+    "blend_overlaps",
+    "batch_size",
+    "verbose",
+    "padding",
+    "device",
+    "out_channels",
+];
+
+fn as_usize(v: &Value, key: &str) -> Result<Option<usize>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) if n.as_u64().is_some() => Ok(Some(n.as_u64().unwrap() as usize)),
+        other => Err(err(format!(
+            "`tiled_inference_parameters.{key}` must be a non-negative integer, got {other}"
+        ))),
+    }
+}
+
+fn as_bool(v: &Value, key: &str) -> Result<bool> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        other => Err(err(format!("`{key}` must be true or false, got {other}"))),
+    }
+}
+
+/// `tiled_inference_parameters` as `tiled_inference` reads it. An empty mapping (or
+/// none) means no tiling (`if self.tiled_inference_parameters:`).
+pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
+    let map = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) if m.is_empty() => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(err(format!(
+                "`model.init_args.tiled_inference_parameters` must be a mapping, got {other}"
+            )))
+        }
+    };
+    for key in map.keys() {
+        if !TILING_KEYS.contains(&key.as_str()) {
+            let hint = did_you_mean(key, TILING_KEYS.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(err(format!(
+                "`tiled_inference_parameters.{key}` is not an argument of TerraTorch's tiled_inference{hint}; \
+                 TerraTorch would pass it on to the model's forward, which refuses it"
+            )));
+        }
+    }
+    let get = |k: &str| -> Result<Option<usize>> {
+        map.get(k)
+            .map(|v| as_usize(v, k))
+            .transpose()
+            .map(Option::flatten)
+    };
+    // `h_crop or crop`: 0 and None both fall back.
+    let nonzero = |v: Option<usize>| v.filter(|x| *x > 0);
+    let crop = get("crop")?.unwrap_or(224);
+    let stride = get("stride")?.unwrap_or(192);
+    let h_crop = nonzero(get("h_crop")?).unwrap_or(crop);
+    let w_crop = nonzero(get("w_crop")?).unwrap_or(crop);
+    let h_stride = nonzero(get("h_stride")?).unwrap_or(stride);
+    let w_stride = nonzero(get("w_stride")?).unwrap_or(stride);
+    let delta = get("delta")?.unwrap_or(8);
+    let batch_size = get("batch_size")?.unwrap_or(16);
+    let flag = |k: &str, d: bool| -> Result<bool> {
+        map.get(k)
+            .map(|v| as_bool(v, &format!("tiled_inference_parameters.{k}")))
+            .transpose()
+            .map(|b| b.unwrap_or(d))
+    };
+    let average_patches = flag("average_patches", true)?;
+    let blend_overlaps = flag("blend_overlaps", true)?;
+    let padding = match map.get("padding") {
+        None => PadMode::Reflect,
+        Some(Value::Bool(false)) | Some(Value::Null) => PadMode::None,
+        Some(Value::String(s)) if s.is_empty() => PadMode::None,
+        Some(Value::String(s)) if s == "reflect" => PadMode::Reflect,
+        Some(Value::String(s)) if s == "replicate" => PadMode::Replicate,
+        Some(other) => {
+            return Err(err(format!(
+                "`tiled_inference_parameters.padding` is {other}; terrahost supports \"reflect\" (the default), \
+                 \"replicate\" and false"
+            )))
+        }
+    };
+    if h_crop == 0 || w_crop == 0 || h_stride == 0 || w_stride == 0 || batch_size == 0 {
+        return Err(err(
+            "`tiled_inference_parameters`: crop, stride and batch_size must be positive",
+        ));
+    }
+    if h_stride > h_crop || w_stride > w_crop {
+        return Err(err(format!(
+            "`tiled_inference_parameters`: the stride ({h_stride} x {w_stride}) is larger than the crop \
+             ({h_crop} x {w_crop}), so some pixels would get no prediction; use a stride <= crop"
+        )));
+    }
+    Ok(Some(Tiling {
+        h_crop,
+        w_crop,
+        h_stride,
+        w_stride,
+        delta,
+        average_patches,
+        blend_overlaps,
+        batch_size,
+        padding,
+    }))
+}
+
+/// `output_on_inference` (a string or a list) and the deprecated `output_most_probable`.
+pub fn parse_outputs(
+    task: TaskKind,
+    on_inference: Option<&Value>,
+    most_probable: Option<&Value>,
+) -> Result<Vec<OutputKind>> {
+    if task == TaskKind::Regression {
+        return Ok(vec![OutputKind::Value]);
+    }
+    let one = |s: &str| -> Result<OutputKind> {
+        match s {
+            "prediction" => Ok(OutputKind::Prediction),
+            "logits" => Ok(OutputKind::Logits),
+            "probabilities" => Ok(OutputKind::Probabilities),
+            other => Err(err(format!(
+                "`output_on_inference`: option `{other}` is not supported. It must be in ['prediction', \
+                 'logits', 'probabilities']"
+            ))),
+        }
+    };
+    if let Some(v) = most_probable {
+        if !as_bool(v, "model.init_args.output_most_probable")? {
+            // TerraTorch: deprecated, and it overrides output_on_inference.
+            tracing::warn!(
+                "`output_most_probable: false` is deprecated in TerraTorch; it means \
+                 output_on_inference: probabilities"
+            );
+            return Ok(vec![OutputKind::Probabilities]);
+        }
+    }
+    match on_inference {
+        None | Some(Value::Null) => Ok(vec![OutputKind::Prediction]),
+        Some(Value::String(s)) => Ok(vec![one(s)?]),
+        Some(Value::Array(list)) => {
+            let mut out = Vec::new();
+            for v in list {
+                match v {
+                    Value::String(s) => out.push(one(s)?),
+                    other => {
+                        return Err(err(format!(
+                            "`output_on_inference`: {other} is not a string"
+                        )))
+                    }
+                }
+            }
+            if out.is_empty() {
+                return Err(err(
+                    "The list of selectors for the output is empty, please, provide a valid value for \
+                     `output_on_inference`",
+                ));
+            }
+            Ok(out)
+        }
+        Some(other) => Err(err(format!(
+            "The value {other} isn't supported for `output_on_inference`."
+        ))),
+    }
+}
+
+/// TerraTorch's `generate_bands_intervals`: names and ints as they are, a two-int list
+/// (YAML's form of the tuple) expanded to the inclusive range.
+pub fn parse_bands(v: &Value, key: &str) -> Result<Option<Vec<Band>>> {
+    let list = match v {
+        Value::Null => return Ok(None),
+        Value::Array(a) => a,
+        other => {
+            return Err(err(format!(
+                "`data.init_args.{key}` must be a list, got {other}"
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    for e in list {
+        match e {
+            Value::String(s) => out.push(Band::Name(s.clone())),
+            Value::Number(n) if n.as_i64().is_some() => out.push(Band::Index(n.as_i64().unwrap())),
+            Value::Array(pair) => {
+                let ints: Vec<i64> = pair.iter().filter_map(Value::as_i64).collect();
+                if ints.len() != 2 || pair.len() != 2 {
+                    return Err(err(format!(
+                        "`data.init_args.{key}`: {e} — when defining an interval, a tuple of two integers should \
+                         be passed, defining start and end indices inclusive"
+                    )));
+                }
+                out.extend((ints[0]..=ints[1]).map(Band::Index));
+            }
+            other => {
+                return Err(err(format!(
+                    "`data.init_args.{key}`: {other} is not a band name, an int or an interval"
+                )))
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `load_from_file_or_attribute`: a list of numbers, or the path of a text file of
+/// numbers (relative to the working directory, as in TerraTorch, else to the config's
+/// directory).
+fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<Vec<f64>> {
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| err(format!("`data.init_args.{key}`: {x} is not a number")))
+            })
+            .collect(),
+        Value::String(s) => {
+            let p = PathBuf::from(s);
+            let path = if p.is_file() { p } else { config_dir.join(s) };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(format!(
+                    "`data.init_args.{key}`: the input {s} does not exist or is not a file ({e})"
+                ))
+            })?;
+            text.split_whitespace()
+                .map(|t| {
+                    t.parse::<f64>().map_err(|_| {
+                        err(format!(
+                            "`data.init_args.{key}`: {} must be a txt file of numbers, found `{t}`",
+                            path.display()
+                        ))
+                    })
+                })
+                .collect()
+        }
+        other => Err(err(format!(
+            "`data.init_args.{key}` must be a list of numbers or a txt path, got {other}"
+        ))),
+    }
+}
+
+impl PredictConfig {
+    /// Reads the config file (YAML).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml(&text, dir).map_err(|e| err(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads the config's text; `config_dir` resolves relative means/stds files.
+    pub fn from_yaml(text: &str, config_dir: &Path) -> Result<Self> {
+        let top: Value = serde_yaml::from_str(text).map_err(|e| err(format!("not YAML: {e}")))?;
+        let Value::Object(top) = top else {
+            return Err(err("the config is not a mapping"));
+        };
+        let mut unused = Vec::new();
+        let model = top.get("model").and_then(Value::as_object);
+        let class = model
+            .and_then(|m| m.get("class_path"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let class_name = class.rsplit('.').next().unwrap_or(class);
+        let task = match class_name {
+            "SemanticSegmentationTask" => TaskKind::Segmentation,
+            "PixelwiseRegressionTask" => TaskKind::Regression,
+            "" => {
+                return Err(err(
+                    "predict needs a LightningCLI config whose `model.class_path` is \
+                     terratorch.tasks.SemanticSegmentationTask or PixelwiseRegressionTask",
+                ))
+            }
+            other => {
+                return Err(err(format!(
+                "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
+                     SemanticSegmentationTask and PixelwiseRegressionTask; {other} is not one"
+            )))
+            }
+        };
+        let init = model
+            .and_then(|m| m.get("init_args"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let tiling = parse_tiling(init.get("tiled_inference_parameters"))?;
+        let outputs = parse_outputs(
+            task,
+            init.get("output_on_inference"),
+            init.get("output_most_probable"),
+        )?;
+
+        let mut data = DataArgs {
+            img_grep: "*".into(),
+            constant_scale: 1.0,
+            ..Default::default()
+        };
+        match top.get("data") {
+            None | Some(Value::Null) => tracing::warn!(
+                "the config has no `data` section: no band selection, no scaling, no normalisation"
+            ),
+            Some(Value::Object(section)) => {
+                data = Self::data_section(section, config_dir, &mut unused)?;
+            }
+            Some(other) => return Err(err(format!("`data` must be a mapping, got {other}"))),
+        }
+        let str_key = |k: &str| top.get(k).and_then(Value::as_str).map(str::to_owned);
+        for key in top.keys() {
+            if !["model", "data", "out_dtype", "predict_output_dir"].contains(&key.as_str()) {
+                unused.push(Unused {
+                    key: key.clone(),
+                    why: "LightningCLI section predict does not need",
+                    warn: false,
+                });
+            }
+        }
+        Ok(Self {
+            task,
+            data,
+            tiling,
+            outputs,
+            out_dtype: str_key("out_dtype"),
+            predict_output_dir: str_key("predict_output_dir").map(PathBuf::from),
+            unused,
+        })
+    }
+
+    fn data_section(
+        section: &Map<String, Value>,
+        config_dir: &Path,
+        unused: &mut Vec<Unused>,
+    ) -> Result<DataArgs> {
+        let class = section
+            .get("class_path")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let class_name = class.rsplit('.').next().unwrap_or(class);
+        if !DATAMODULES.contains(&class_name) {
+            return Err(err(format!(
+                "`data.class_path` is `{class}`: terrahost predict reads scenes as TerraTorch's {} do; \
+                 other datamodules have their own readers",
+                DATAMODULES.join(" and ")
+            )));
+        }
+        let empty = Map::new();
+        let init = section
+            .get("init_args")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        for key in init.keys() {
+            if DATA_READ.contains(&key.as_str()) {
+                continue;
+            }
+            let quiet = DATA_QUIET.contains(&key.as_str());
+            unused.push(Unused {
+                key: format!("data.init_args.{key}"),
+                why: if quiet {
+                    "only used for training, validation or testing"
+                } else {
+                    "not an argument terrahost predict reads"
+                },
+                warn: !quiet,
+            });
+        }
+        if init
+            .get("expand_temporal_dimension")
+            .is_some_and(|v| v == &Value::Bool(true))
+        {
+            return Err(err(
+                "`data.init_args.expand_temporal_dimension: true` (multi-temporal scenes) is not supported by \
+                 terrahost predict yet",
+            ));
+        }
+        if init.get("tortilla_file").is_some_and(|v| !v.is_null()) {
+            return Err(err(
+                "`data.init_args.tortilla_file` is not supported by terrahost predict; give GeoTIFF scenes",
+            ));
+        }
+        let bands = |k: &str| -> Result<Option<Vec<Band>>> {
+            init.get(k)
+                .map(|v| parse_bands(v, k))
+                .transpose()
+                .map(Option::flatten)
+        };
+        // `predict_dataset_bands if predict_dataset_bands else dataset_bands`.
+        let dataset_bands = bands("predict_dataset_bands")?
+            .filter(|b| !b.is_empty())
+            .or(bands("dataset_bands")?);
+        let output_bands = bands("predict_output_bands")?
+            .filter(|b| !b.is_empty())
+            .or(bands("output_bands")?);
+        let num = |k: &str| -> Result<Option<f64>> {
+            match init.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| err(format!("`data.init_args.{k}` must be a number, got {v}"))),
+            }
+        };
+        let (mut means, mut stds) = (None, None);
+        let given = |k: &str| {
+            init.get(k).is_some_and(|v| match v {
+                Value::Null => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            })
+        };
+        if given("means") && given("stds") {
+            let m = numbers(&init["means"], "means", config_dir)?;
+            let s = numbers(&init["stds"], "stds", config_dir)?;
+            if m.len() != s.len() {
+                return Err(err(format!(
+                    "`data.init_args`: {} means but {} stds",
+                    m.len(),
+                    s.len()
+                )));
+            }
+            means = Some(m);
+            stds = Some(s);
+        } else if given("means") || given("stds") {
+            tracing::warn!(
+                "only one of `data.init_args.means` / `stds` is given; like TerraTorch, no normalisation"
+            );
+        }
+        Ok(DataArgs {
+            predict_data_root: init
+                .get("predict_data_root")
+                .and_then(Value::as_str)
+                .map(PathBuf::from),
+            img_grep: init
+                .get("img_grep")
+                .and_then(Value::as_str)
+                .unwrap_or("*")
+                .to_owned(),
+            dataset_bands,
+            output_bands,
+            constant_scale: num("constant_scale")?.unwrap_or(1.0),
+            no_data_replace: num("no_data_replace")?,
+            means,
+            stds,
+        })
+    }
+
+    /// The model-section keys predict reads (so they are not reported as unused).
+    pub const MODEL_KEYS_READ: [&'static str; 3] = [
+        "model.init_args.tiled_inference_parameters",
+        "model.init_args.output_on_inference",
+        "model.init_args.output_most_probable",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tiling_defaults_are_terratorchs() {
+        let t = parse_tiling(Some(&json!({"h_crop": 256})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.h_crop, t.w_crop, t.h_stride, t.w_stride),
+            (256, 224, 192, 192)
+        );
+        assert_eq!(t.delta, 8);
+        assert!(t.average_patches && t.blend_overlaps);
+        assert_eq!(t.batch_size, 16);
+        assert_eq!(t.padding, PadMode::Reflect);
+        assert_eq!(parse_tiling(Some(&json!({}))).unwrap(), None);
+        assert!(parse_tiling(Some(&json!({"crops": 3})))
+            .unwrap_err()
+            .to_string()
+            .contains("crop"));
+        let p = parse_tiling(Some(&json!({"padding": false})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.padding, PadMode::None);
+    }
+
+    #[test]
+    fn bands_expand_intervals() {
+        let b = parse_bands(&json!(["RED", [1, 3], 7]), "dataset_bands")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b,
+            vec![
+                Band::Name("RED".into()),
+                Band::Index(1),
+                Band::Index(2),
+                Band::Index(3),
+                Band::Index(7)
+            ]
+        );
+        assert!(parse_bands(&json!([[1, 2, 3]]), "x").is_err());
+    }
+
+    #[test]
+    fn outputs_follow_output_on_inference() {
+        let s = TaskKind::Segmentation;
+        assert_eq!(
+            parse_outputs(s, None, None).unwrap(),
+            vec![OutputKind::Prediction]
+        );
+        assert_eq!(
+            parse_outputs(s, Some(&json!(["logits", "prediction"])), None).unwrap(),
+            vec![OutputKind::Logits, OutputKind::Prediction]
+        );
+        assert_eq!(
+            parse_outputs(s, Some(&json!("logits")), Some(&json!(false))).unwrap(),
+            vec![OutputKind::Probabilities]
+        );
+        assert!(parse_outputs(s, Some(&json!("argmax")), None).is_err());
+        assert_eq!(
+            parse_outputs(TaskKind::Regression, None, None).unwrap(),
+            vec![OutputKind::Value]
+        );
+    }
+
+    #[test]
+    fn data_section_prefers_predict_bands_and_reports_unused_keys() {
+        let yaml = "model:\n  class_path: terratorch.tasks.SemanticSegmentationTask\n  init_args: {}\n\
+                    data:\n  class_path: terratorch.datamodules.GenericNonGeoSegmentationDataModule\n  init_args:\n    \
+                    batch_size: 4\n    dataset_bands: [RED, GREEN]\n    predict_dataset_bands: [GREEN, RED]\n    \
+                    means: [1, 2]\n    stds: [3, 4]\n    mystery: 1\n";
+        let c = PredictConfig::from_yaml(yaml, Path::new(".")).unwrap();
+        assert_eq!(
+            c.data.dataset_bands,
+            Some(vec![Band::Name("GREEN".into()), Band::Name("RED".into())])
+        );
+        assert_eq!(c.data.means, Some(vec![1.0, 2.0]));
+        assert!(c
+            .unused
+            .iter()
+            .any(|u| u.key == "data.init_args.mystery" && u.warn));
+        assert!(c
+            .unused
+            .iter()
+            .any(|u| u.key == "data.init_args.batch_size" && !u.warn));
+        assert_eq!(c.tiling, None);
+    }
+}
