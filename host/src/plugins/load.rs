@@ -395,6 +395,43 @@ impl LazySource {
     fn not_found(&self, name: &str) -> PluginError {
         PluginError::not_found(format!("`{name}` is not in source `{}`", self.prefix))
     }
+
+    /// Whether `name` is one the scan cannot list but the live source may resolve: timm's
+    /// `arch.tag` names, whose `arch` is a scanned entry. Those, and only those, load
+    /// the library to be answered, so metadata commands on listed names stay lazy.
+    fn resolved_live(&self, name: &str) -> bool {
+        name.split_once('.')
+            .is_some_and(|(arch, _)| self.index.contains_key(arch))
+    }
+
+    /// Runs `f` on the live source (loading the library on first use).
+    fn with_live<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&terrahost_plugin_api::SourceBox) -> RResult<T, PluginError>,
+    ) -> RResult<T, PluginError> {
+        let sources = match self.library.sources() {
+            Ok(s) => s,
+            Err(e) => {
+                return RResult::RErr(PluginError::build_failed(format!(
+                    "cannot use `{}_{name}`: its plugin library could not be loaded: {e}",
+                    self.prefix
+                )))
+            }
+        };
+        match sources
+            .iter()
+            .find(|s| s.registry.as_str() == self.registry && s.prefix.as_str() == self.prefix)
+        {
+            Some(s) => f(&s.source),
+            None => RResult::RErr(PluginError::build_failed(format!(
+                "{} no longer provides source `{}` in the {} registry that its scan found; run `terrahost plugins --rescan`",
+                self.library.path().display(),
+                self.prefix,
+                self.registry
+            ))),
+        }
+    }
 }
 
 impl Source for LazySource {
@@ -404,11 +441,19 @@ impl Source for LazySource {
 
     fn contains(&self, name: RStr<'_>) -> bool {
         self.index.contains_key(name.as_str())
+            || (self.resolved_live(name.as_str())
+                && self
+                    .with_live(name.as_str(), |s| RResult::ROk(s.contains(name)))
+                    .into_result()
+                    .unwrap_or(false))
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
         match self.index.get(name.as_str()) {
             Some(&i) => RResult::ROk(self.infos[i].clone()),
+            None if self.resolved_live(name.as_str()) => {
+                self.with_live(name.as_str(), |s| s.describe(name))
+            }
             None => RResult::RErr(self.not_found(name.as_str())),
         }
     }
@@ -419,30 +464,10 @@ impl Source for LazySource {
         request: BuildRequest,
         host: HostRef<'_>,
     ) -> RResult<ModuleBox, PluginError> {
-        if !self.index.contains_key(name.as_str()) {
+        if !self.index.contains_key(name.as_str()) && !self.resolved_live(name.as_str()) {
             return RResult::RErr(self.not_found(name.as_str()));
         }
-        let sources = match self.library.sources() {
-            Ok(s) => s,
-            Err(e) => {
-                return RResult::RErr(PluginError::build_failed(format!(
-                    "cannot build `{}_{name}`: its plugin library could not be loaded: {e}",
-                    self.prefix
-                )))
-            }
-        };
-        match sources
-            .iter()
-            .find(|s| s.registry.as_str() == self.registry && s.prefix.as_str() == self.prefix)
-        {
-            Some(s) => s.source.build(name, request, host),
-            None => RResult::RErr(PluginError::build_failed(format!(
-                "{} no longer provides source `{}` in the {} registry that its scan found; run `terrahost plugins --rescan`",
-                self.library.path().display(),
-                self.prefix,
-                self.registry
-            ))),
-        }
+        self.with_live(name.as_str(), |s| s.build(name, request, host))
     }
 }
 
