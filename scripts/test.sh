@@ -10,4 +10,4 @@ bash scripts/setup-gdal.sh
 echo "==> building the workspace (debug), plugin libraries included" >&2
 cargo build --workspace
 echo "==> running the tests" >&2
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
