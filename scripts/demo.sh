@@ -19,3 +19,7 @@ run build decoder FCNDecoder --channels 64,128,256,512 --args '{"channels": 64}'
 run build neck LearnedInterpolateToPyramidal --channels 768,768,768,768
 run run --config scripts/demo/segmentation.yaml --input-shape 1,3,224,224 --output target/demo-output.safetensors
 run run --config scripts/bench/prithvi_unet.yaml --input-shape 1,6,224,224
+# One of TerraTorch's own configs, unchanged (tests/corpus/terratorch/), through PrithviModelFactory:
+run run --config tests/corpus/terratorch/tests/resources/configs/manufactured-finetune_prithvi_swin_B_segmentation.yaml --input-shape 1,6,224,224
+# GeoTIFF scenes, tiled as TerraTorch tiles them (random weights here; pass --weights CKPT for a trained model):
+run predict --config tests/fixtures/predict/average/config.yaml --input tests/fixtures/predict/average/scenes --output-dir target/demo-predict --overwrite
