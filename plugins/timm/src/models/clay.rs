@@ -21,11 +21,14 @@ use tch::{Kind, Tensor};
 use terrahost_plugin_api::params::ParamType;
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, PluginError, Result};
+use terrahost_terratorch::models::dofa_vit::WAVES_LIST;
 use terrahost_terratorch::models::torch_transformer::TransformerEncoderLayer;
 
-/// `WAVELENGTHS` of `clay_v1/modules.py`: band name -> central wavelength (µm); a band
-/// not listed (an int, say) gets 0.0.
-pub const WAVELENGTHS: [(&str, f64); 34] = [
+/// `WAVELENGTHS` of `clay_v1/modules.py`: band name -> central wavelength (µm). Upstream
+/// it is Clay's own lowercase names followed by TerraTorch's `waves_list`; the latter is
+/// [`WAVES_LIST`] (DOFA's), shared rather than copied. A band in neither (an int, say)
+/// gets 0.0.
+pub const WAVELENGTHS: [(&str, f64); 12] = [
     ("blue", 0.493),
     ("green", 0.56),
     ("red", 0.665),
@@ -38,28 +41,6 @@ pub const WAVELENGTHS: [(&str, f64); 34] = [
     ("swir22", 2.19),
     ("vv", 3.5),
     ("vh", 4.0),
-    ("COASTAL_AEROSOL", 0.44),
-    ("BLUE", 0.49),
-    ("GREEN", 0.56),
-    ("RED", 0.665),
-    ("RED_EDGE_1", 0.705),
-    ("RED_EDGE_2", 0.74),
-    ("RED_EDGE_3", 0.783),
-    ("NIR_BROAD", 0.832),
-    ("NIR_NARROW", 0.864),
-    ("WATER_VAPOR", 0.945),
-    ("CIRRUS", 1.373),
-    ("SWIR_1", 1.61),
-    ("SWIR_2", 2.20),
-    ("THERMAL_INFRARED_1", 10.90),
-    ("THERMAL_INFRARED_12", 12.00),
-    ("VV", 5.405),
-    ("VH", 5.405),
-    ("ASC_VV", 5.405),
-    ("ASC_VH", 5.405),
-    ("DSC_VV", 5.405),
-    ("DSC_VH", 5.405),
-    ("VV-VH", 5.405),
 ];
 
 /// `Embedder`'s default bands.
@@ -90,7 +71,7 @@ pub fn wavelengths(bands: &[Value]) -> Vec<f64> {
         .iter()
         .map(|b| {
             b.as_str()
-                .and_then(|s| WAVELENGTHS.iter().find(|(n, _)| *n == s))
+                .and_then(|s| WAVELENGTHS.iter().chain(&WAVES_LIST).find(|(n, _)| *n == s))
                 .map_or(0.0, |(_, w)| *w)
         })
         .collect()
