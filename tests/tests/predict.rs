@@ -491,3 +491,69 @@ fn directories_globs_shards_and_resuming() {
     let b = read_all(&Dataset::open(out.join("s3_pred.tif")).unwrap());
     assert!(a.equal(&b));
 }
+
+/// `--input -`: scene paths from stdin, each predicted as its line arrives, with
+/// `--json-lines` printing each scene's result as soon as it is done. The test holds
+/// stdin open after the first path and waits for that scene's line before it sends the
+/// next one, so a run that collected its inputs first would hang here, not pass.
+#[test]
+fn scene_paths_from_stdin_are_predicted_as_they_arrive() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let w = weights("whole", work.path());
+    let scene = fixture("whole").join("scenes/w.tif");
+    let out = work.path().join("out");
+    let cfg = fixture("whole").join("config.yaml");
+    let mut child = Command::new(build_dir().join("terrahost"))
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .arg("predict")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--weights")
+        .arg(&w)
+        .args(["--input", "-", "--json-lines", "--output-dir"])
+        .arg(&out)
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run terrahost");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value {
+        let line = lines.next().expect("a line per scene").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let a = work.path().join("a.tif");
+    std::fs::copy(&scene, &a).unwrap();
+    writeln!(stdin, "{}", a.display()).unwrap();
+    stdin.flush().unwrap();
+    let first = next();
+    assert_eq!(first["status"], "written", "{first}");
+    assert!(out.join("a_pred.tif").is_file());
+    // The second line: a scene that is not there, then a blank line, then a good one.
+    writeln!(
+        stdin,
+        "{}\n\n{}",
+        work.path().join("missing.tif").display(),
+        a.display()
+    )
+    .unwrap();
+    drop(stdin);
+    let missing = next();
+    assert_eq!(missing["status"], "failed", "{missing}");
+    assert!(missing["error"].as_str().unwrap().contains("missing.tif"));
+    let again = next();
+    assert_eq!(again["status"], "skipped", "outputs exist: {again}");
+    assert!(lines.next().is_none(), "nothing but one line per scene");
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a failed scene makes the exit code non-zero"
+    );
+}

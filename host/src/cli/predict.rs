@@ -23,8 +23,10 @@ pub struct PredictArgs {
     #[arg(long, value_name = "CKPT")]
     pub weights: Option<PathBuf>,
     /// A scene, a directory (filtered by the config's `img_grep`) or a glob such as
-    /// 'scenes/*.tif'. Default: the config's `data.init_args.predict_data_root`.
-    #[arg(long, value_name = "FILE|DIR|GLOB")]
+    /// 'scenes/*.tif'; `-` reads scene paths from stdin, one per line, and predicts
+    /// each as it arrives (`find ... | terrahost predict --input - ...`). Default: the
+    /// config's `data.init_args.predict_data_root`.
+    #[arg(long, value_name = "FILE|DIR|GLOB|-")]
     pub input: Option<PathBuf>,
     /// Where the outputs go (created if missing). Default: the config's
     /// `predict_output_dir`.
@@ -54,8 +56,42 @@ pub struct PredictArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Print a JSON summary on stdout (and nothing else there).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json_lines")]
     pub json: bool,
+    /// Print one JSON object per scene on stdout as soon as the scene is done (the
+    /// objects of `--json`'s `scenes`), and nothing else there: for pipelines and
+    /// schedulers that follow a long run.
+    #[arg(long)]
+    pub json_lines: bool,
+}
+
+/// Where the scene paths come from.
+enum Inputs {
+    /// Listed, sorted and sharded up front.
+    Listed(Vec<PathBuf>),
+    /// Read from stdin line by line; the shard is taken by position as lines arrive.
+    Stdin,
+}
+
+impl Inputs {
+    /// The scenes of shard `k` of `n`, in order (a stdin read can fail).
+    fn iter(self, k: usize, n: usize) -> Box<dyn Iterator<Item = Result<PathBuf, HostError>>> {
+        match self {
+            Inputs::Listed(v) => Box::new(v.into_iter().map(Ok)),
+            Inputs::Stdin => {
+                use std::io::BufRead;
+                let lines = std::io::stdin().lock().lines();
+                Box::new(
+                    lines
+                        .map(|l| l.map_err(|e| usage(format!("--input -: reading stdin: {e}"))))
+                        .filter(|l| !matches!(l, Ok(t) if t.trim().is_empty()))
+                        .enumerate()
+                        .filter(move |(i, _)| i % n == k)
+                        .map(|(_, l)| l.map(PathBuf::from)),
+                )
+            }
+        }
+    }
 }
 
 fn usage(m: impl Into<String>) -> HostError {
@@ -161,20 +197,26 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 "give --input FILE|DIR|GLOB (or `data.init_args.predict_data_root` in the config)",
             )
         })?;
-    let all = scenes::list_inputs(&input, &pcfg.data.img_grep)?;
-    if all.is_empty() {
-        return Err(usage(format!(
-            "--input {}: no scenes found (img_grep `{}`)",
-            input.display(),
-            pcfg.data.img_grep
-        )));
-    }
     let (k, n) = match &a.shard {
         Some(s) => scenes::parse_shard(s)?,
         None => (0, 1),
     };
-    let total_inputs = all.len();
-    let inputs = scenes::shard(all, k, n);
+    let (inputs, total_inputs, shard_len) = if input.as_os_str() == "-" {
+        (Inputs::Stdin, None, None)
+    } else {
+        let all = scenes::list_inputs(&input, &pcfg.data.img_grep)?;
+        if all.is_empty() {
+            return Err(usage(format!(
+                "--input {}: no scenes found (img_grep `{}`)",
+                input.display(),
+                pcfg.data.img_grep
+            )));
+        }
+        let total = all.len();
+        let mine = scenes::shard(all, k, n);
+        let len = mine.len();
+        (Inputs::Listed(mine), Some(total), Some(len))
+    };
 
     let dtype_name = a.out_dtype.clone().or_else(|| pcfg.out_dtype.clone());
     let dtype_for = |kind: OutputKind| -> Result<_, HostError> {
@@ -218,7 +260,23 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     let show = !a.quiet && std::io::stderr().is_terminal();
     let mut results = Vec::new();
     let (mut n_written, mut n_skipped, mut n_failed) = (0, 0, 0);
-    for (i, scene) in inputs.iter().enumerate() {
+    let mut seen = 0usize;
+    let emit = |result: &Value| {
+        if a.json_lines {
+            println!("{result}");
+        }
+    };
+    for (i, scene) in inputs.iter(k, n).enumerate() {
+        let scene = match scene {
+            Ok(s) => s,
+            Err(e) => {
+                n_failed += 1;
+                eprintln!("error: {e}");
+                break;
+            }
+        };
+        let scene = &scene;
+        seen += 1;
         let outputs: Vec<_> = kinds
             .iter()
             .map(|(kind, d)| {
@@ -231,22 +289,18 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             .collect();
         if !a.overwrite && outputs.iter().all(|(_, p, _)| p.is_file()) {
             n_skipped += 1;
-            results.push(
-                json!({"input": scene.display().to_string(), "status": "skipped",
-                "reason": "outputs exist (use --overwrite)"}),
-            );
+            let r = json!({"input": scene.display().to_string(), "status": "skipped",
+                "reason": "outputs exist (use --overwrite)"});
+            emit(&r);
+            results.push(r);
             continue;
         }
         let label = scene.display().to_string();
         let progress = |done: usize, total: usize| {
             if show {
                 let mut e = std::io::stderr();
-                let _ = write!(
-                    e,
-                    "\r\x1b[2K[{}/{}] {label}: {done}/{total} chips",
-                    i + 1,
-                    inputs.len()
-                );
+                let of = shard_len.map(|l| format!("/{l}")).unwrap_or_default();
+                let _ = write!(e, "\r\x1b[2K[{}{of}] {label}: {done}/{total} chips", i + 1);
                 let _ = e.flush();
             }
         };
@@ -268,11 +322,13 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                     tracing::warn!("{w}");
                 }
                 n_written += 1;
-                results.push(json!({"input": label, "status": "written",
+                let result = json!({"input": label, "status": "written",
                     "outputs": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     "width": r.width, "height": r.height, "bands": r.bands, "chips": r.chips,
-                    "warnings": r.warnings, "seconds": t0.elapsed().as_secs_f64()}));
-                if !a.json {
+                    "warnings": r.warnings, "seconds": t0.elapsed().as_secs_f64()});
+                emit(&result);
+                results.push(result);
+                if !a.json && !a.json_lines {
                     println!(
                         "{label}: {} x {}, {} chips, {:.2} s -> {}",
                         r.width,
@@ -296,7 +352,9 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                     format!("{label}: {msg}")
                 };
                 eprintln!("error: {msg}");
-                results.push(json!({"input": label, "status": "failed", "error": msg}));
+                let r = json!({"input": label, "status": "failed", "error": msg});
+                emit(&r);
+                results.push(r);
             }
         }
     }
@@ -305,8 +363,10 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "config": a.config.display().to_string(),
             "output_dir": out_dir.display().to_string(),
             "shard": format!("{k}/{n}"),
-            "inputs_total": total_inputs,
-            "inputs_in_shard": inputs.len(),
+            // Unknown when the paths came from stdin with a shard (other lines were
+            // not ours).
+            "inputs_total": total_inputs.or((n == 1).then_some(seen)),
+            "inputs_in_shard": seen,
             "written": n_written,
             "skipped": n_skipped,
             "failed": n_failed,
@@ -315,13 +375,12 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "peak_rss_mib": peak_rss_mib(),
             "scenes": results,
         }));
-    } else if n_skipped > 0 || n_failed > 0 {
+    } else if !a.json_lines && (n_skipped > 0 || n_failed > 0) {
         println!("{n_written} written, {n_skipped} skipped (outputs exist), {n_failed} failed");
     }
     if n_failed > 0 {
         return Err(usage(format!(
-            "{n_failed} of {} scenes failed (see above)",
-            inputs.len()
+            "{n_failed} of {seen} scenes failed (see above)"
         )));
     }
     Ok(())
