@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""The predict benchmark of issue 9: terrahost against TerraTorch 1.2.11 on the same
+GeoTIFF scene, config (predict_prithvi_unet.yaml: prithvi_eo_v1_100 + UNet, crop 224,
+stride 192, batch_size 8) and weights, with the same libtorch thread count.
+
+1. **Tiles per second, warm.** Both sides stay alive in persistent processes with the
+   model built: terrahost as `terrahost predict --input - --json-lines` (scene paths on
+   stdin), TerraTorch as a worker (`--worker`) that runs its own predict path per scene
+   (GenericNonGeoSegmentationDataModule -> Trainer.predict -> SemanticSegmentationTask.
+   predict_step -> tiled_inference -> CustomWriter). After one warm-up scene each, the
+   scene is predicted by A then B, then B then A, ..., and the time ratio
+   terrahost / TerraTorch is taken pair by pair: the median and the spread are reported.
+   The class maps of the two sides are compared too.
+2. **Time to the first output file and peak RSS, cold.** Fresh processes, interleaved:
+   `terrahost predict` against `terratorch predict -c ... --ckpt_path ...`, each under
+   /usr/bin/time (peak RSS), the first output file watched for in its output directory.
+
+    .venv-ref/bin/python scripts/bench/predict_compare.py --terrahost target/release/terrahost \
+        --plugin-dir target/bench/predict/plugins [--size 2048] [--pairs 5] [--cold-pairs 2]
+
+Writes target/bench/predict/compare.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CONFIG = HERE / "predict_prithvi_unet.yaml"
+
+
+def write_scene(path: Path, size: int) -> None:
+    """A size x size x 6-band uint16 HLS-like scene, LZW, 512 x 512 tiles, EPSG:32633,
+    nodata 0 in one corner block."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    prof = dict(driver="GTiff", width=size, height=size, count=6, dtype="uint16", crs="EPSG:32633",
+                nodata=0, transform=from_origin(500000, 4100000, 30, 30), compress="lzw", tiled=True,
+                blockxsize=512, blockysize=512)
+    x = np.arange(size)
+    with rasterio.open(path, "w", **prof) as dst:
+        for y0 in range(0, size, 512):
+            n = min(512, size - y0)
+            y = np.arange(y0, y0 + n)[:, None]
+            block = np.stack([(1000 + 800 * np.sin(x[None, :] / (50 + 7 * b)) * np.cos(y / (70 + 5 * b)) + b * 300)
+                              .astype(np.uint16) for b in range(6)])
+            if y0 == 0:
+                block[:, :40, :40] = 0
+            dst.write(block, window=Window(0, y0, size, n))
+
+
+# ---------------------------------------------------------------------------------------
+# TerraTorch's side: a persistent worker.
+
+
+def build_task(threads: int):
+    import torch
+    import yaml
+
+    sys.path.insert(0, str(REPO / "scripts" / "reference"))
+    import refkit  # noqa: F401  (mmcv stand-ins, then terratorch)
+    from terratorch.tasks import SemanticSegmentationTask
+
+    torch.set_num_threads(threads)
+    cfg = yaml.safe_load(CONFIG.read_text())
+    task = SemanticSegmentationTask(**cfg["model"]["init_args"])
+    sd = {k: refkit.synth(k, t).to(t.dtype) for k, t in task.model.state_dict().items()}
+    task.model.load_state_dict(sd, strict=True)
+    task.eval()
+    return task, cfg
+
+
+def export_weights(task, work: Path) -> None:
+    """The synthetic weights as safetensors (terrahost) and a Lightning checkpoint
+    (`terratorch predict --ckpt_path`)."""
+    import lightning.pytorch as pl
+    import torch
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in task.model.state_dict().items()}
+    save_file(sd, str(work / "weights.safetensors"))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": pl.__version__}, work / "model.ckpt")
+
+
+def predict_once(task, cfg: dict, scene: Path, out_dir: Path) -> None:
+    import lightning.pytorch as pl
+    from terratorch.cli_tools import CustomWriter
+    from terratorch.datamodules import GenericNonGeoSegmentationDataModule
+
+    data = dict(cfg["data"]["init_args"])
+    data.update(predict_data_root=str(scene.parent), img_grep=scene.name)
+    dm = GenericNonGeoSegmentationDataModule(**data)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[CustomWriter(output_dir=str(out_dir), write_interval="batch")])
+    trainer.out_dtype = "int16"  # what TerraTorch's CLI sets (its default)
+    trainer.predict(task, datamodule=dm, return_predictions=False)
+
+
+def worker(threads: int, work: Path) -> None:
+    """Reads `SCENE OUT_DIR` lines, predicts, answers one JSON line each."""
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    task, cfg = build_task(threads)
+    if not (work / "weights.safetensors").exists():
+        export_weights(task, work)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        scene, out_dir = line.rstrip("\n").split("\t")
+        t0 = time.perf_counter()
+        predict_once(task, cfg, Path(scene), Path(out_dir))
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The driver.
+
+
+class Side:
+    """A persistent process answering one JSON line per scene."""
+
+    def __init__(self, name: str, argv: list[str], ready_line: bool, env: dict | None = None):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd=REPO)
+        if ready_line:
+            self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"{self.name} stopped (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def predict(self, request: str) -> float:
+        """The wall time of one scene, from the request to the reply."""
+        t0 = time.perf_counter()
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        self.last = self._read()
+        wall = time.perf_counter() - t0
+        if self.last.get("status", "written") != "written":
+            sys.exit(f"{self.name}: {self.last}")
+        return wall
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def class_map(path: Path):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.crs, ds.transform, ds.dtypes[0], ds.nodata
+
+
+def cold_run(argv: list[str], out_file: Path, rss_file: Path, threads: int) -> tuple[float, float, float]:
+    """(seconds to `out_file`, process wall, peak RSS MiB) of a fresh process."""
+    if out_file.exists():
+        out_file.unlink()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv], cwd=out_file.parent.parent,
+                         env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = None
+    while p.poll() is None:
+        if first is None and out_file.exists():
+            first = time.perf_counter() - t0
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read()
+    if p.returncode != 0 or not out_file.exists():
+        sys.exit(f"{argv[0]} failed (exit {p.returncode}):\n{err[-3000:]}")
+    if first is None:
+        first = wall
+    return first, wall, int(rss_file.read_text().split()[-1]) / 1024
+
+
+def spread(xs: list[float]) -> str:
+    return f"{min(xs):.3f}-{max(xs):.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--terrahost", default=str(REPO / "target/release/terrahost"))
+    ap.add_argument("--plugin-dir", default=str(REPO / "target/bench/predict/plugins"))
+    ap.add_argument("--work", default=str(REPO / "target/bench/predict"))
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--cold-pairs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    work = Path(a.work).resolve()
+    a.terrahost = str(Path(a.terrahost).resolve())
+    a.plugin_dir = str(Path(a.plugin_dir).resolve())
+    if a.worker:
+        worker(a.threads, work)
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    scenes = work / "scenes"
+    scenes.mkdir(exist_ok=True)
+    scene = scenes / f"scene_{a.size}.tif"
+    if not scene.exists():
+        print(f"==> writing {scene}", file=sys.stderr)
+        write_scene(scene, a.size)
+    out = {s: work / f"out-{s}" for s in ("terrahost", "terratorch")}
+    for d in out.values():
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+
+    print("==> starting both sides (TerraTorch builds the model and exports its weights)", file=sys.stderr)
+    tt = Side("TerraTorch", [sys.executable, __file__, "--worker", "--threads", str(a.threads), "--work", str(work)],
+              ready_line=True)
+    th = Side("terrahost", [a.terrahost, "--threads", str(a.threads), "--plugin-dir", a.plugin_dir, "predict",
+                            "--config", str(CONFIG), "--weights", str(work / "weights.safetensors"), "--input", "-",
+                            "--json-lines", "--overwrite", "--quiet", "--output-dir", str(out["terrahost"])],
+              ready_line=False)
+    req_th = str(scene)
+    req_tt = f"{scene}\t{out['terratorch']}"
+    print("==> warm-up: one scene each", file=sys.stderr)
+    th.predict(req_th)
+    tt.predict(req_tt)
+    t_th, t_tt, ratios = [], [], []
+    for i in range(a.pairs):
+        order = [("th", th, req_th), ("tt", tt, req_tt)]
+        if i % 2:
+            order.reverse()
+        got = {k: side.predict(req) for k, side, req in order}
+        t_th.append(got["th"])
+        t_tt.append(got["tt"])
+        ratios.append(got["th"] / got["tt"])
+        print(f"    pair {i + 1}: terrahost {got['th']:.2f} s, TerraTorch {got['tt']:.2f} s, "
+              f"ratio {ratios[-1]:.3f}", file=sys.stderr)
+    chips = th.last.get("chips")
+    th.close()
+    tt.close()
+
+    stem = scene.stem
+    m_th, crs_th, tr_th, dt_th, nd_th = class_map(out["terrahost"] / f"{stem}_pred.tif")
+    m_tt, crs_tt, tr_tt, dt_tt, nd_tt = class_map(out["terratorch"] / f"{stem}_pred.tif")
+    differ = int((m_th != m_tt).sum())
+    same_geo = (crs_th, tr_th, dt_th, nd_th, m_th.shape) == (crs_tt, tr_tt, dt_tt, nd_tt, m_tt.shape)
+
+    cold = {"terrahost": [], "terratorch": []}
+    if a.cold_pairs:
+        print("==> cold: fresh processes, time to the first output file and peak RSS", file=sys.stderr)
+        # `terratorch predict` itself, after the mmcv stand-ins its import needs here
+        # (mmcv-lite lacks the compiled mmcv.ops; see scripts/reference/mmcv_stand_in.py).
+        tt_cli = [sys.executable, "-c",
+                  f"import sys; sys.path.insert(0, {str(REPO / 'scripts' / 'reference')!r}); "
+                  "from mmcv_stand_in import install_stand_ins; install_stand_ins(); "
+                  "from terratorch.__main__ import main; sys.argv[0] = 'terratorch'; sys.exit(main())"]
+        for i in range(a.cold_pairs):
+            runs = [
+                ("terrahost", [a.terrahost, "--threads", str(a.threads), "--plugin-dir", a.plugin_dir, "predict",
+                               "--config", str(CONFIG), "--weights", str(work / "weights.safetensors"), "--input",
+                               str(scene), "--output-dir", str(work / "cold-terrahost"), "--overwrite", "--quiet"]),
+                ("terratorch", [*tt_cli, "predict", "-c", str(CONFIG), "--ckpt_path", str(work / "model.ckpt"),
+                                "--data.init_args.predict_data_root", str(scenes),
+                                "--data.init_args.img_grep", scene.name, "--predict_output_dir",
+                                str(work / "cold-terratorch"), "--trainer.logger", "false",
+                                "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]),
+            ]
+            if i % 2:
+                runs.reverse()
+            for name, argv in runs:
+                d = work / f"cold-{name}"
+                d.mkdir(exist_ok=True)
+                first, wall, rss = cold_run(argv, d / f"{stem}_pred.tif", work / f".rss-{name}", a.threads)
+                cold[name].append({"first_output_s": first, "wall_s": wall, "peak_rss_mib": rss})
+                print(f"    {name}: first output {first:.1f} s, wall {wall:.1f} s, peak RSS {rss:.0f} MiB",
+                      file=sys.stderr)
+
+    med = statistics.median
+    summary = {
+        "scene": {"path": str(scene), "size": a.size, "bands": 6, "dtype": "uint16"},
+        "config": str(CONFIG.relative_to(REPO)),
+        "threads": a.threads,
+        "chips": chips,
+        "warm": {"pairs": a.pairs, "terrahost_s": t_th, "terratorch_s": t_tt, "ratios": ratios,
+                 "median_ratio": med(ratios), "ratio_spread": [min(ratios), max(ratios)]},
+        "class_maps": {"pixels": int(m_th.size), "differ": differ, "same_georeferencing_and_dtype": same_geo},
+        "cold": cold,
+    }
+    (work / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"scene {a.size} x {a.size} x 6 uint16, threads {a.threads}, {a.pairs} interleaved pairs")
+    print(f"warm, per scene: terrahost median {med(t_th):.2f} s, TerraTorch median {med(t_tt):.2f} s; "
+          f"ratio median {med(ratios):.3f} (spread {spread(ratios)}; target <= 0.9)")
+    print(f"class maps: {differ} of {m_th.size} pixels differ; georeferencing, dtype and nodata "
+          f"{'identical' if same_geo else 'DIFFER'}")
+    for name, runs in cold.items():
+        if runs:
+            print(f"cold {name}: first output {spread([r['first_output_s'] for r in runs])} s, "
+                  f"peak RSS {spread([r['peak_rss_mib'] for r in runs])} MiB")
+
+
+if __name__ == "__main__":
+    main()
