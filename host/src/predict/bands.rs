@@ -183,7 +183,8 @@ pub fn temporal_indices(picked: &[i64], per_frame: usize, frames: usize) -> Vec<
 }
 
 /// Means or stds as one value per plane, `[planes, 1, 1]` float32, as TerraTorch's
-/// `Normalize` broadcasts them: a list of C values applies to every frame; a (C, T)
+/// `Normalize` broadcasts them: a single value applies to every plane (`[1, 1, 1]`); a
+/// list of C values applies to every frame; a (C, T)
 /// table frame by frame on a multi-temporal scene, and averaged over T (in float32, as
 /// `means.mean(dim=1)`) on a single-time one.
 fn stats_planes(
@@ -194,6 +195,10 @@ fn stats_planes(
 ) -> std::result::Result<Tensor, String> {
     let c = channels as i64;
     let f32s = Tensor::from_slice(v).to_kind(Kind::Float);
+    if table_frames.is_none() && v.len() == 1 {
+        // torch broadcasts a single value over every band (and frame).
+        return Ok(f32s.view([1, 1, 1]));
+    }
     let rows = table_frames.map_or(v.len(), |t| v.len() / t);
     if rows != channels {
         let what = match table_frames {
@@ -208,9 +213,11 @@ fn stats_planes(
         (None, None) => f32s,
         (None, Some(t)) => f32s.repeat_interleave_self_int(t as i64, 0, None),
         (Some(tt), Some(t)) if tt == t => f32s,
-        (Some(tt), Some(t)) => return Err(format!(
+        (Some(tt), Some(t)) => {
+            return Err(format!(
             "the scene has {t} frames but the config's means and stds are a table for {tt} frames"
-        )),
+        ))
+        }
         (Some(tt), None) => f32s.view([c, tt as i64]).mean_dim(1, false, Kind::Float),
     };
     Ok(per_plane.view([-1, 1, 1]))
@@ -297,6 +304,16 @@ mod tests {
         let p = Preprocess::new(&a, 6, None).unwrap();
         let v: Vec<f32> = p.apply(&raw).flatten(0, -1).try_into().unwrap();
         assert_eq!(v, vec![0.0, 0.0, 0.0, 10.0]);
+        // one value for every band and frame, as torch broadcasts it
+        a.means = Some(vec![10.0]);
+        a.stds = Some(vec![10.0]);
+        a.stats_frames = None;
+        let p = Preprocess::new(&a, 6, None).unwrap();
+        let v: Vec<f32> = p.apply(&raw).flatten(0, -1).try_into().unwrap();
+        assert_eq!(v, vec![1.0, 4.0, -1.0, 2.0]);
+        a.means = Some(vec![20.0, 50.0, 0.0, 10.0]);
+        a.stds = Some(vec![1.0, 1.0, 1.0, 2.0]);
+        a.stats_frames = Some(2);
         // a table for 2 frames on a scene of 3
         let e = Preprocess::new(&a, 9, None).unwrap_err().to_string();
         assert!(e.contains("3 frames") && e.contains("2 frames"), "{e}");

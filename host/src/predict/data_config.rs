@@ -601,12 +601,14 @@ impl PredictConfig {
             .get("temporal_channel_major")
             .is_some_and(|v| v == &Value::Bool(true))
         {
-            // The dataset has the flag, but TerraTorch 1.2.11's datamodules neither take
-            // it nor pass it on: their stacks are always read time-major.
+            // The dataset has the flag, but TerraTorch 1.2.11's datamodules do not take it
+            // (its CLI says "Option 'temporal_channel_major' is not accepted") and their
+            // datasets read every stack time-major.
             return Err(err(
                 "`data.init_args.temporal_channel_major: true` is not supported: TerraTorch 1.2.11's \
-                 GenericNonGeo*DataModule does not pass it to its dataset, which then reads the bands time-major \
-                 (all bands of frame 1, then frame 2, ...); write the scene's bands in that order and remove the key",
+                 GenericNonGeo*DataModule has no such argument (its CLI refuses the key) and reads multi-temporal \
+                 bands time-major (all bands of frame 1, then frame 2, ...); write the scene's bands in that order \
+                 and remove the key",
             ));
         }
         if init.get("tortilla_file").is_some_and(|v| !v.is_null()) {
