@@ -56,6 +56,22 @@ REG_MODEL = {
     "decoder_channels": 16,
     "rescale": True,
 }
+# A tiny Prithvi (3-D patch embedding) on 3 frames: the multi-temporal cases.
+PRITHVI_T_MODEL = {
+    "backbone": "prithvi_eo_tiny",
+    "backbone_pretrained": False,
+    "backbone_in_chans": 6,
+    "backbone_num_frames": 3,
+    "backbone_embed_dim": 16,
+    "backbone_depth": 2,
+    "backbone_num_heads": 2,
+    "backbone_patch_size": [1, 4, 4],
+    "backbone_img_size": 32,
+    "decoder": "FCNDecoder",
+    "decoder_channels": 16,
+    "num_classes": 3,
+    "rescale": True,
+}
 MEANS = [400.0, 700.0, 900.0, 2500.0, 1800.0, 1200.0]
 STDS = [150.0, 200.0, 250.0, 600.0, 400.0, 300.0]
 
@@ -226,6 +242,46 @@ def case_specs() -> dict[str, dict]:
                      "stds": [s / 10000 for s in STDS], "no_data_replace": 0, "constant_scale": 0.0001,
                      "dataset_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"],
                      "predict_output_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]},
+        },
+        # Multi-temporal (expand_temporal_dimension): 7 bands per frame x 3 frames stacked
+        # time-major in one GeoTIFF (21 bands), 6 of each frame picked by output_bands,
+        # means/stds per band broadcast over time, [B, 6, 3, 32, 32] chips into Prithvi
+        # (num_frames 3), blended; nodata pixels; a second scene that fits one chip.
+        "temporal": {
+            "task": "segmentation",
+            "out_dtype": "float32",
+            "bands": 21,
+            "scenes": [("t.tif", 7, 50, 61, 0, "EPSG:32633", {"compress": "lzw"}),
+                       ("t_small.tif", 8, 28, 30, 0, "EPSG:32633", {"compress": "lzw"})],
+            "model": {"class_path": seg, "init_args": {
+                "model_factory": "EncoderDecoderFactory", "model_args": PRITHVI_T_MODEL,
+                "tiled_inference_parameters": {"crop": 32, "stride": 24, "delta": 4, "average_patches": True,
+                                               "blend_overlaps": True, "batch_size": 4},
+                "output_on_inference": ["prediction", "logits"]}},
+            "data": {**common, "num_classes": 3, "means": MEANS, "stds": STDS, "no_data_replace": 0,
+                     "expand_temporal_dimension": True,
+                     "dataset_bands": ["COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"],
+                     "output_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]},
+        },
+        # Multi-temporal with per-band-and-frame statistics: means/stds as (C, T) tables
+        # in text files (np.genfromtxt reads them 2-D; Normalize uses them per frame), no
+        # tiling (the whole scene through the model), constant_scale, padding to the patch.
+        "temporal_means": {
+            "task": "segmentation",
+            "out_dtype": "float32",
+            "bands": 18,
+            "scenes": [("tm.tif", 9, 30, 26, 0, "EPSG:32610", {"compress": "lzw"})],
+            "model": {"class_path": seg, "init_args": {
+                "model_factory": "EncoderDecoderFactory", "model_args": PRITHVI_T_MODEL,
+                "output_on_inference": "logits"}},
+            "data": {**common, "num_classes": 3, "means": "means.txt", "stds": "stds.txt", "no_data_replace": 0,
+                     "constant_scale": 0.5, "expand_temporal_dimension": True,
+                     "dataset_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"],
+                     "output_bands": ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]},
+            "files": {"means.txt": "".join(" ".join(str(m * 0.5 + 40.0 * t) for t in range(3)) + "\n"
+                                           for m in MEANS),
+                      "stds.txt": "".join(" ".join(str(s * 0.5 + 10.0 * t) for t in range(3)) + "\n"
+                                          for s in STDS)},
         },
     }
 

@@ -147,7 +147,15 @@ fn compare(expected: &Path, got: &Path, logits: Option<&Path>) {
 fn every_predict_fixture_matches_terratorchs_geotiffs() {
     let plugins = real_plugins(&PLUGINS);
     let work = tempfile::tempdir().unwrap();
-    let cases = ["average", "last_wins", "blend", "regression", "whole"];
+    let cases = [
+        "average",
+        "last_wins",
+        "blend",
+        "regression",
+        "whole",
+        "temporal",
+        "temporal_means",
+    ];
     for case in cases {
         let dir = fixture(case);
         let meta = read_json(&dir.join("meta.json"));
@@ -324,6 +332,42 @@ fn an_unknown_band_name_is_refused_naming_the_band() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(
         line.contains("`SWIR_3`") && line.contains("did you mean `SWIR_1`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_multi_temporal_scene_that_is_not_whole_frames_is_refused_naming_it() {
+    // The `temporal` case reads frames of 7 dataset_bands; 20 bands are not whole frames
+    // (TerraTorch's rearrange fails on it).
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let w = weights("temporal", work.path());
+    let scene = work.path().join("twenty.tif");
+    write_tif(&scene, 20, 40, 40, true);
+    let cfg = fixture("temporal").join("config.yaml");
+    let o = predict(
+        plugins.path(),
+        &fixture("temporal"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            scene.to_str().unwrap(),
+            "--output-dir",
+            work.path().join("out").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains("twenty.tif"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("20 bands") && line.contains("not a whole number of frames of the 7"),
         "{line}"
     );
 }

@@ -103,9 +103,15 @@ pub struct DataArgs {
     pub constant_scale: f64,
     /// `no_data_replace`.
     pub no_data_replace: Option<f64>,
-    /// `means` and `stds` (lists, or read from txt files), when both are given.
+    /// `means` and `stds` (lists, or read from txt files), when both are given; a
+    /// (C, T) table (a txt file of C rows of T numbers) is held row-major.
     pub means: Option<Vec<f64>>,
     pub stds: Option<Vec<f64>>,
+    /// T when `means`/`stds` are (C, T) tables (per band and frame), `None` for lists.
+    pub stats_frames: Option<usize>,
+    /// `expand_temporal_dimension`: the file's bands are frames of `dataset_bands`
+    /// stacked time-major, and the model gets `[B, C, T, H, W]`.
+    pub expand_temporal_dimension: bool,
 }
 
 /// A key of the config that predict does not use.
@@ -180,7 +186,6 @@ const DATA_READ: &[&str] = &[
     "means",
     "stds",
     "expand_temporal_dimension",
-    "temporal_channel_major",
     "tortilla_file",
 ];
 
@@ -406,16 +411,23 @@ pub fn parse_bands(v: &Value, key: &str) -> Result<Option<Vec<Band>>> {
 
 /// `load_from_file_or_attribute`: a list of numbers, or the path of a text file of
 /// numbers (relative to the working directory, as in TerraTorch, else to the config's
-/// directory).
-fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<Vec<f64>> {
+/// directory). A file is read as `np.genfromtxt` reads it: several rows of several
+/// numbers are a (rows, columns) table, returned row-major with its column count
+/// (`Some(T)`); one row or one column is a list (`None`).
+fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<(Vec<f64>, Option<usize>)> {
     match v {
         Value::Array(a) => a
             .iter()
             .map(|x| {
-                x.as_f64()
-                    .ok_or_else(|| err(format!("`data.init_args.{key}`: {x} is not a number")))
+                x.as_f64().ok_or_else(|| {
+                    err(format!(
+                        "`data.init_args.{key}`: {x} is not a number; TerraTorch's datamodule takes a list of \
+                         numbers, or a txt file (C rows of T numbers for statistics per band and frame)"
+                    ))
+                })
             })
-            .collect(),
+            .collect::<Result<Vec<f64>>>()
+            .map(|v| (v, None)),
         Value::String(s) => {
             let p = PathBuf::from(s);
             let path = if p.is_file() { p } else { config_dir.join(s) };
@@ -424,16 +436,35 @@ fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<Vec<f64>> {
                     "`data.init_args.{key}`: the input {s} does not exist or is not a file ({e})"
                 ))
             })?;
-            text.split_whitespace()
-                .map(|t| {
-                    t.parse::<f64>().map_err(|_| {
-                        err(format!(
-                            "`data.init_args.{key}`: {} must be a txt file of numbers, found `{t}`",
-                            path.display()
-                        ))
+            let mut rows: Vec<Vec<f64>> = Vec::new();
+            for line in text.lines() {
+                // genfromtxt: `#` starts a comment, blank lines are skipped.
+                let line = line.split('#').next().unwrap_or("");
+                let row = line
+                    .split_whitespace()
+                    .map(|t| {
+                        t.parse::<f64>().map_err(|_| {
+                            err(format!(
+                                "`data.init_args.{key}`: {} must be a txt file of numbers, found `{t}`",
+                                path.display()
+                            ))
+                        })
                     })
-                })
-                .collect()
+                    .collect::<Result<Vec<f64>>>()?;
+                if !row.is_empty() {
+                    rows.push(row);
+                }
+            }
+            let cols = rows.first().map_or(0, Vec::len);
+            if rows.iter().any(|r| r.len() != cols) {
+                return Err(err(format!(
+                    "`data.init_args.{key}`: {} has rows of different lengths; give one number per line, or C \
+                     rows of T numbers",
+                    path.display()
+                )));
+            }
+            let table = (rows.len() > 1 && cols > 1).then_some(cols);
+            Ok((rows.concat(), table))
         }
         other => Err(err(format!(
             "`data.init_args.{key}` must be a list of numbers or a txt path, got {other}"
@@ -562,13 +593,22 @@ impl PredictConfig {
                 warn: !quiet,
             });
         }
+        let expand_temporal_dimension = match init.get("expand_temporal_dimension") {
+            None | Some(Value::Null) => false,
+            Some(v) => as_bool(v, "data.init_args.expand_temporal_dimension")?,
+        };
         if init
-            .get("expand_temporal_dimension")
+            .get("temporal_channel_major")
             .is_some_and(|v| v == &Value::Bool(true))
         {
+            // The dataset has the flag, but TerraTorch 1.2.11's datamodules do not take it
+            // (its CLI says "Option 'temporal_channel_major' is not accepted") and their
+            // datasets read every stack time-major.
             return Err(err(
-                "`data.init_args.expand_temporal_dimension: true` (multi-temporal scenes) is not supported by \
-                 terrahost predict yet",
+                "`data.init_args.temporal_channel_major: true` is not supported: TerraTorch 1.2.11's \
+                 GenericNonGeo*DataModule has no such argument (its CLI refuses the key) and reads multi-temporal \
+                 bands time-major (all bands of frame 1, then frame 2, ...); write the scene's bands in that order \
+                 and remove the key",
             ));
         }
         if init.get("tortilla_file").is_some_and(|v| !v.is_null()) {
@@ -607,22 +647,44 @@ impl PredictConfig {
                 _ => true,
             })
         };
+        let mut stats_frames = None;
         if given("means") && given("stds") {
-            let m = numbers(&init["means"], "means", config_dir)?;
-            let s = numbers(&init["stds"], "stds", config_dir)?;
-            if m.len() != s.len() {
+            let (m, mt) = numbers(&init["means"], "means", config_dir)?;
+            let (s, st) = numbers(&init["stds"], "stds", config_dir)?;
+            if m.len() != s.len() || mt != st {
+                let shape = |n: usize, t: Option<usize>| match t {
+                    Some(t) => format!("a {} x {t} table", n / t),
+                    None => format!("{n} numbers"),
+                };
                 return Err(err(format!(
-                    "`data.init_args`: {} means but {} stds",
-                    m.len(),
-                    s.len()
+                    "`data.init_args`: the means are {} but the stds {}; give both the same shape",
+                    shape(m.len(), mt),
+                    shape(s.len(), st)
                 )));
             }
             means = Some(m);
             stds = Some(s);
+            stats_frames = mt;
         } else if given("means") || given("stds") {
             tracing::warn!(
                 "only one of `data.init_args.means` / `stds` is given; like TerraTorch, no normalisation"
             );
+        }
+        if expand_temporal_dimension {
+            // GenericPixelWiseDataset's checks, in its order.
+            if dataset_bands.is_none() {
+                return Err(err(
+                    "`data.init_args.expand_temporal_dimension: true` needs `dataset_bands` (the bands of one \
+                     frame): TerraTorch: \"Please provide dataset_bands when expand_temporal_dimension=True.\"",
+                ));
+            }
+            if output_bands.is_none() {
+                return Err(err(
+                    "`data.init_args.expand_temporal_dimension: true` needs `output_bands` (the bands of each \
+                     frame the model gets): TerraTorch: \"Please provide output_bands when expand_temporal_dimension \
+                     is True\"",
+                ));
+            }
         }
         Ok(DataArgs {
             predict_data_root: init
@@ -640,6 +702,8 @@ impl PredictConfig {
             no_data_replace: num("no_data_replace")?,
             means,
             stds,
+            stats_frames,
+            expand_temporal_dimension,
         })
     }
 
@@ -741,5 +805,96 @@ mod tests {
             .iter()
             .any(|u| u.key == "data.init_args.batch_size" && !u.warn));
         assert_eq!(c.tiling, None);
+    }
+
+    fn temporal_yaml(extra: &str) -> String {
+        format!(
+            "model:\n  class_path: terratorch.tasks.SemanticSegmentationTask\n\
+             data:\n  class_path: GenericNonGeoSegmentationDataModule\n  init_args:\n    \
+             expand_temporal_dimension: true\n{extra}"
+        )
+    }
+
+    #[test]
+    fn temporal_needs_dataset_and_output_bands_as_terratorch_checks() {
+        let e = PredictConfig::from_yaml(&temporal_yaml(""), Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs `dataset_bands`") && e.contains("expand_temporal_dimension"),
+            "{e}"
+        );
+        let e = PredictConfig::from_yaml(
+            &temporal_yaml("    dataset_bands: [RED, NIR_NARROW]\n"),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs `output_bands`"), "{e}");
+        let c = PredictConfig::from_yaml(
+            &temporal_yaml(
+                "    dataset_bands: [RED, NIR_NARROW]\n    output_bands: [NIR_NARROW]\n",
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c.data.expand_temporal_dimension);
+        let plain = "model:\n  class_path: SemanticSegmentationTask\n\
+                     data:\n  class_path: GenericNonGeoSegmentationDataModule\n";
+        assert!(
+            !PredictConfig::from_yaml(plain, Path::new("."))
+                .unwrap()
+                .data
+                .expand_temporal_dimension
+        );
+    }
+
+    #[test]
+    fn temporal_channel_major_true_is_refused_and_false_reported_unused() {
+        let bands = "    dataset_bands: [RED]\n    output_bands: [RED]\n";
+        let e = PredictConfig::from_yaml(
+            &temporal_yaml(&format!("{bands}    temporal_channel_major: true\n")),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("temporal_channel_major") && e.contains("time-major"),
+            "{e}"
+        );
+        let c = PredictConfig::from_yaml(
+            &temporal_yaml(&format!("{bands}    temporal_channel_major: false\n")),
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c
+            .unused
+            .iter()
+            .any(|u| u.key == "data.init_args.temporal_channel_major" && u.warn));
+    }
+
+    #[test]
+    fn stats_files_are_read_as_genfromtxt_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("table.txt"), "1 2 3\n4 5 6 # frame stats\n\n").unwrap();
+        std::fs::write(d.join("column.txt"), "1\n2\n").unwrap();
+        std::fs::write(d.join("row.txt"), "1 2 3\n").unwrap();
+        std::fs::write(d.join("ragged.txt"), "1 2\n3\n").unwrap();
+        let read = |f: &str| numbers(&json!(f), "means", d);
+        assert_eq!(
+            read("table.txt").unwrap(),
+            (vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], Some(3))
+        );
+        assert_eq!(read("column.txt").unwrap(), (vec![1.0, 2.0], None));
+        assert_eq!(read("row.txt").unwrap(), (vec![1.0, 2.0, 3.0], None));
+        assert!(read("ragged.txt")
+            .unwrap_err()
+            .to_string()
+            .contains("rows of different lengths"));
+        let e = numbers(&json!([[1, 2], [3, 4]]), "means", d)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("txt file"), "{e}");
     }
 }

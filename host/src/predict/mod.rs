@@ -2,7 +2,7 @@
 //! runs it, as a pipeline of streaming stages, one module each:
 //!
 //! [`reader`] (window rows through GDAL) -> [`bands`] (select bands, nodata, scale,
-//! normalise) -> [`tiles`] (TerraTorch's chips) -> the model, in batches (here) ->
+//! normalise; the frames of multi-temporal scenes) -> [`tiles`] (TerraTorch's chips) -> the model, in batches (here) ->
 //! [`accumulate`] (the strip of sums and weights) -> [`writer`] (finished rows into
 //! GeoTIFFs). [`data_config`] reads the config's `data:` section and the task's
 //! inference keys; [`scenes`] lists, filters and shards the inputs.
@@ -52,10 +52,12 @@ pub struct SceneReport {
     pub warnings: Vec<String>,
 }
 
-/// The model on one batch `[B, C, h, w]`: `[B, K, h, w]` float32 on the CPU (a
-/// `[B, h, w]` regression output gets K = 1, as TerraTorch's tiling gives it).
+/// The model on one batch `[B, C, h, w]` (or `[B, C, T, h, w]`, multi-temporal):
+/// `[B, K, h, w]` float32 on the CPU (a `[B, h, w]` regression output gets K = 1, as
+/// TerraTorch's tiling gives it).
 fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Tensor> {
-    let (h, w) = (batch.size()[2], batch.size()[3]);
+    let size = batch.size();
+    let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
     let x = batch.to_device(device);
     let out = terrahost_plugin_api::inference::inference_mode(|| model.forward(&[x]))?;
     let y = out
@@ -126,7 +128,8 @@ impl Sinks {
 }
 
 /// Scene rows read so far and not yet needed by a later chip: preprocessed values
-/// `[C, n, w]` from row `lo`, and the nodata masks of rows not yet written.
+/// `[planes, n, w]` from row `lo` (channels, or channels x frames flattened), and the
+/// nodata masks of rows not yet written.
 struct Rows<'a> {
     scene: &'a SceneReader,
     pre: &'a Preprocess,
@@ -144,7 +147,7 @@ impl<'a> Rows<'a> {
             scene,
             pre,
             lo: 0,
-            data: Tensor::zeros([pre.channels as i64, 0, w], (Kind::Float, Device::Cpu)),
+            data: Tensor::zeros([pre.planes as i64, 0, w], (Kind::Float, Device::Cpu)),
             next: 0,
             mask_lo: 0,
             mask: Tensor::zeros([0, w], (Kind::Bool, Device::Cpu)),
@@ -221,7 +224,7 @@ pub fn predict_scene(job: &Job<'_>, input: &Path) -> Result<SceneReport> {
 fn whole(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess) -> Result<(usize, Vec<PathBuf>)> {
     (job.progress)(0, 1);
     let raw = scene.read_rows(0, scene.height)?;
-    let x = pre.apply(&raw).unsqueeze(0);
+    let x = pre.model_input(pre.apply(&raw).unsqueeze(0));
     let y = forward(job.model, x, job.device)?;
     let mut sinks = Sinks::open(job, scene, y.size()[1])?;
     sinks.write(0, &y.get(0), &scene.nodata_mask(&raw))?;
@@ -261,13 +264,13 @@ fn tiled(
                    sinks: &mut Option<Sinks>|
      -> Result<()> {
         let batch: Vec<(usize, Tensor)> = pending.drain(..n).collect();
-        let x = Tensor::stack(
+        let x = pre.model_input(Tensor::stack(
             &batch
                 .iter()
                 .map(|(_, t)| t.shallow_clone())
                 .collect::<Vec<_>>(),
             0,
-        );
+        ));
         let y = forward(job.model, x, job.device)?;
         let k = y.size()[1];
         if strip.is_none() {
