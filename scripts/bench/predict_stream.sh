@@ -8,8 +8,9 @@
 #
 # The model is the predict fixture's tiny timm_resnet18 + FCNDecoder with synthetic
 # weights (the memory figure does not depend on the model), crop 224, stride 192,
-# batch_size 8. Needs the debug build (scripts/test.sh) and .venv-ref (for rasterio, to
-# write the scene through GDAL, and for the synthetic weights).
+# batch_size 8. Uses the release build (PROFILE=debug for the debug one; built when
+# missing) and .venv-ref (for rasterio, to write the scene through GDAL, and for the
+# synthetic weights).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -17,9 +18,11 @@ W="${1:-20000}"; H="${2:-20000}"
 work="${WORK:-target/predict-stream}"
 mkdir -p "$work/scenes" "$work/out"
 py=.venv-ref/bin/python
-th="${TERRAHOST:-target/debug/terrahost}"
+profile="${PROFILE:-release}"
+[ -x "target/$profile/terrahost" ] || cargo build --workspace $([ "$profile" = release ] && echo --release)
+th="target/$profile/terrahost"
 plugins="$work/plugins"; mkdir -p "$plugins"
-for p in terratorch timm smp mmseg; do ln -sf "$root/target/debug/libterrahost_plugin_$p.so" "$plugins/"; done
+for p in terratorch timm smp mmseg; do ln -sf "$root/target/$profile/libterrahost_plugin_$p.so" "$plugins/"; done
 scene="$work/scenes/scene_${W}x${H}.tif"
 if [ ! -f "$scene" ]; then
     echo "==> writing $scene (LZW, 512 x 512 tiles, written block row by block row)" >&2

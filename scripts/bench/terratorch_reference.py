@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--once", action="store_true")
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--mode", choices=["no_grad", "inference_mode"], default="inference_mode")
     a = p.parse_args()
 
@@ -51,7 +52,7 @@ def main() -> None:
         return m.eval()
 
     torch.manual_seed(0)
-    x = torch.randn(1, 6, 224, 224)
+    x = torch.randn(a.batch, 6, 224, 224)
     builds, forwards = [], []
     runs = 1 if a.once else a.runs
     for _ in range(runs):

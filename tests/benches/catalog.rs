@@ -6,7 +6,7 @@
 //! same plugins' code linked into this process (no library boundary).
 //!
 //! Medians of `TERRAHOST_BENCH_RUNS` (default 7) runs with `TERRAHOST_BENCH_THREADS`
-//! (default 2) libtorch threads; forwards run in eval mode, in libtorch's inference mode, after one
+//! (default 2) libtorch threads and a batch of `TERRAHOST_BENCH_BATCH` (default 1); forwards run in eval mode, in libtorch's inference mode, after one
 //! warm-up, alternating between the two hosts so that both see the same machine state.
 //! Prints one JSON object.
 use serde_json::json;
@@ -54,7 +54,8 @@ fn main() {
     }
 
     tch::manual_seed(0);
-    let x = tch::Tensor::randn([1, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
+    let batch = env_or("TERRAHOST_BENCH_BATCH", 1) as i64;
+    let x = tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
     let models = [build(&plugins), build(&in_process)];
     let mut forwards = [Vec::new(), Vec::new()];
     terrahost_plugin_api::inference::inference_mode(|| {
@@ -66,7 +67,7 @@ fn main() {
                 let t = Instant::now();
                 let y = m.forward(std::slice::from_ref(&x)).unwrap();
                 forwards[i].push(t.elapsed());
-                assert_eq!(y[0].size(), [1, 2, 224, 224]);
+                assert_eq!(y[0].size(), [batch, 2, 224, 224]);
             }
         }
     });
