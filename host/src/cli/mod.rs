@@ -1,5 +1,8 @@
-//! The command line. Every command writes its result to stdout (only JSON with
-//! `--json`) and its diagnostics to stderr.
+//! The engine's command line (`terrahost-engine`, which the `terrahost` front `exec`s
+//! with the user's arguments). Every command writes its result to stdout (only JSON
+//! with `--json`) and its diagnostics to stderr. `plugins`, `list` and `show` are
+//! normally answered by the front; the engine answers them too (the front hands it
+//! names only a live source resolves), printing through the same code.
 mod build;
 mod list;
 mod plugins;
@@ -10,13 +13,14 @@ mod show;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use terrahost::{
-    plugins::{cache, discover, scan, LoadOptions, Scanner},
+    plugins::{discover, scan, LoadOptions, Scanner},
     Host, HostError,
 };
+use terrahost_index::front;
 
 /// A dynamic plugin host for TerraTorch-style model registries.
 #[derive(Parser, Debug)]
-#[command(name = "terrahost", version, about, long_about = None)]
+#[command(name = "terrahost", bin_name = "terrahost", version, about, long_about = None)]
 pub struct Cli {
     /// A directory to load plugins from (repeatable). Default: $TERRAHOST_PLUGIN_PATH
     /// (colon-separated), else `plugins/` beside the directory of this executable,
@@ -113,46 +117,15 @@ pub enum Command {
     Predict(predict::PredictArgs),
 }
 
-/// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
+/// Sets up `tracing` on stderr, as the front does.
 pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    terrahost_index::front::init_logging(verbose);
 }
 
 /// The load options from the command line and the environment.
 fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
-    let cache = if cli.no_cache {
-        None
-    } else if let Some(p) = &cli.cache {
-        Some(p.clone())
-    } else {
-        match cache::path_from_env() {
-            Some(p) => p,
-            None => cache::default_path(),
-        }
-    };
-    let scan_timeout = match cli.scan_timeout {
-        Some(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(HostError::Usage(format!(
-                "--scan-timeout must be a positive number of seconds, got {s}"
-            )))
-        }
-        None => scan::timeout_from_env(),
-    };
+    let cache = front::cache_path(cli.no_cache, cli.cache.as_ref());
+    let scan_timeout = front::scan_timeout(cli.scan_timeout).map_err(HostError::Usage)?;
     let scanner = match std::env::var_os(scan::SCANNER_VAR).filter(|v| !v.is_empty()) {
         Some(p) => Scanner::Exe(p.into()),
         None => std::env::current_exe()
@@ -226,8 +199,5 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
+    terrahost_index::render::print_json(value);
 }
