@@ -258,9 +258,9 @@ fn other_commands_are_handed_to_the_engine_unchanged() {
     let dir = plugin_links(&["timm"]);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = cache_dir.path().join("registry.json");
+    // (A successful build reports its own timing, so it is checked on its own below.)
     for args in [
-        &["build", "backbone", "timm_resnet18", "--json"][..],
-        &["build", "backbone", "timm_resnet81"],
+        &["build", "backbone", "timm_resnet81"][..],
         &["build", "backbone"],
         &["run", "--config", "/nonexistent.yaml"],
         &["--help"],
