@@ -104,11 +104,11 @@ fn main() {
         ver.push(t.elapsed());
         warm.push(timed(dir.path(), Some(&cache), &["list", "--json"]));
     }
+    let ratio = ratios(&warm, &ver);
     println!(
-        "`terrahost-engine --version` {:.1} ms (mapping libtorch) vs the front's warm list {:.1} ms; warm/engine {}",
+        "`terrahost-engine --version` {:.1} ms (mapping libtorch) vs the front's warm list {:.1} ms; warm/engine {ratio}",
         median(ver),
         median(warm),
-        ratios(&warm, &ver)
     );
 
     // 2. 100 plugins: cold, warm, one changed
