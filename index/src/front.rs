@@ -14,33 +14,53 @@ use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// The global options, as the engine has them (`terrahost --help` is the engine's).
-#[derive(Parser, Debug)]
-#[command(name = "terrahost", version, about, long_about = None)]
-pub struct Cli {
-    /// A directory to load plugins from (repeatable).
+/// The global options, the same for both binaries (the engine flattens this struct
+/// into its own command line).
+#[derive(clap::Args, Debug)]
+pub struct Globals {
+    /// A directory to load plugins from (repeatable). Default: $TERRAHOST_PLUGIN_PATH
+    /// (colon-separated), else `plugins/` beside the directory of this executable,
+    /// then ~/.local/share/terrahost/plugins.
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
-    /// The number of threads libtorch uses (checked here, used by the engine).
+
+    /// The number of threads libtorch uses for CPU work (default: libtorch's choice,
+    /// normally the number of cores).
     #[arg(long, value_name = "N", global = true)]
     pub threads: Option<i32>,
-    /// The registry cache file.
+
+    /// The registry cache file. Default: $TERRAHOST_CACHE, else
+    /// $XDG_CACHE_HOME/terrahost/registry.json, else ~/.cache/terrahost/registry.json.
     #[arg(long, value_name = "PATH", global = true)]
     pub cache: Option<PathBuf>,
-    /// Use no registry cache.
+
+    /// Use no registry cache: scan every plugin file in a child process.
     #[arg(long, global = true, conflicts_with = "cache")]
     pub no_cache: bool,
-    /// Seconds one plugin file may take to scan.
+
+    /// Seconds one plugin file may take to scan before it is refused (default
+    /// $TERRAHOST_SCAN_TIMEOUT, else 30).
     #[arg(long, value_name = "SECS", global = true)]
     pub scan_timeout: Option<f64>,
-    /// More logging on stderr.
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+/// The front's command line: the global options and the commands it answers.
+#[derive(Parser, Debug)]
+#[command(name = "terrahost", version, about = "A dynamic plugin host for TerraTorch-style model registries.", long_about = None)]
+pub struct Cli {
+    /// The global options.
+    #[command(flatten)]
+    pub globals: Globals,
+    /// The command.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The commands the front answers itself.
+/// The commands the front answers itself (the engine has them too, from this enum).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// The plugins that loaded and the files that were refused, with reasons.
@@ -56,14 +76,14 @@ pub enum Command {
     List {
         /// backbone, neck, decoder, full_model or model_factory.
         registry: Option<String>,
-        /// Only names matching this glob.
+        /// Only names matching this glob (matched against `name` and `prefix_name`).
         #[arg(long)]
         filter: Option<String>,
         /// Print JSON only.
         #[arg(long)]
         json: bool,
     },
-    /// An entry's documentation and parameters.
+    /// An entry's documentation and parameters (types, defaults, docs).
     Show {
         /// The registry.
         registry: String,
@@ -197,20 +217,24 @@ pub fn no_scanner(files: &[PathBuf]) -> Scanned {
 
 /// Runs a front command. Errors are one line for the user.
 pub fn run(cli: Cli) -> Result<(), String> {
-    if let Some(n) = cli.threads {
+    let Cli {
+        globals: g,
+        command,
+    } = cli;
+    if let Some(n) = g.threads {
         if n < 1 {
             return Err(format!("--threads must be at least 1, got {n}"));
         }
     }
-    let dirs = discover::plugin_dirs(&cli.plugin_dirs);
-    let cache = cache_path(cli.no_cache, cli.cache.as_ref());
-    let timeout = scan_timeout(cli.scan_timeout)?;
+    let dirs = discover::plugin_dirs(&g.plugin_dirs);
+    let cache = cache_path(g.no_cache, g.cache.as_ref());
+    let timeout = scan_timeout(g.scan_timeout)?;
     // The scans and the cache are the engine's: valid while the engine file is the same.
     let engine_key = engine::find_engine().and_then(|e| FileKey::of(&e).ok());
     let scanner = scan::find_scanner();
     let cache_use = CacheUse {
         path: cache.as_deref(),
-        rescan: matches!(cli.command, Command::Plugins { rescan: true, .. }),
+        rescan: matches!(command, Command::Plugins { rescan: true, .. }),
         validity: Validity::Engine(engine_key),
     };
     let found = gather::gather(&dirs, &cache_use, &mut |files| match &scanner {
@@ -218,7 +242,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         None => no_scanner(files),
     });
     let view = View::new(&found);
-    if view.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
+    if view.plugins().is_empty() && !matches!(command, Command::Plugins { .. }) {
         tracing::warn!(
             "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
             dirs.iter()
@@ -227,7 +251,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 .join(", ")
         );
     }
-    match cli.command {
+    match command {
         Command::Plugins { json, .. } => {
             let loaded: Vec<LoadedRow> = view
                 .plugins()

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = front::Cli::parse();
-    front::init_logging(cli.verbose);
+    front::init_logging(cli.globals.verbose);
     match front::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -206,6 +206,9 @@ fn front_and_engine_answer_a_corpus_of_names_identically() {
             vec!["list", "nope"],
             vec!["plugins"],
             vec!["plugins", "--json"],
+            vec!["list", "--help"],
+            vec!["show", "--help"],
+            vec!["--version"],
         ]);
         for args in &cases {
             let front = answer(&cmd("terrahost", dir.path(), &cache, args).output().unwrap());

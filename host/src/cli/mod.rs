@@ -22,34 +22,9 @@ use terrahost_index::front;
 #[derive(Parser, Debug)]
 #[command(name = "terrahost", bin_name = "terrahost", version, about, long_about = None)]
 pub struct Cli {
-    /// A directory to load plugins from (repeatable). Default: $TERRAHOST_PLUGIN_PATH
-    /// (colon-separated), else `plugins/` beside the directory of this executable,
-    /// then ~/.local/share/terrahost/plugins.
-    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
-    pub plugin_dirs: Vec<PathBuf>,
-
-    /// The number of threads libtorch uses for CPU work (default: libtorch's choice,
-    /// normally the number of cores).
-    #[arg(long, value_name = "N", global = true)]
-    pub threads: Option<i32>,
-
-    /// The registry cache file. Default: $TERRAHOST_CACHE, else
-    /// $XDG_CACHE_HOME/terrahost/registry.json, else ~/.cache/terrahost/registry.json.
-    #[arg(long, value_name = "PATH", global = true)]
-    pub cache: Option<PathBuf>,
-
-    /// Use no registry cache: scan every plugin file in a child process.
-    #[arg(long, global = true, conflicts_with = "cache")]
-    pub no_cache: bool,
-
-    /// Seconds one plugin file may take to scan before it is refused (default
-    /// $TERRAHOST_SCAN_TIMEOUT, else 30).
-    #[arg(long, value_name = "SECS", global = true)]
-    pub scan_timeout: Option<f64>,
-
-    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    /// The global options (the front's, so both parse the same).
+    #[command(flatten)]
+    pub globals: front::Globals,
 
     #[command(subcommand)]
     pub command: Command,
@@ -58,36 +33,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// The plugins that loaded and the files that were refused, with reasons.
-    Plugins {
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-        /// Forget the registry cache and scan every file again.
-        #[arg(long)]
-        rescan: bool,
-    },
-    /// The registries and their sources (all of them, or one).
-    List {
-        /// backbone, neck, decoder, full_model or model_factory.
-        registry: Option<String>,
-        /// Only names matching this glob (matched against `name` and `prefix_name`).
-        #[arg(long)]
-        filter: Option<String>,
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-    },
-    /// An entry's documentation and parameters (types, defaults, docs).
-    Show {
-        /// The registry.
-        registry: String,
-        /// The name, with or without prefix.
-        name: String,
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-    },
+    /// `plugins`, `list`, `show`: the front's definitions.
+    #[command(flatten)]
+    Meta(front::Command),
     /// Builds an entry and reports what was built.
     Build {
         /// The registry.
@@ -124,8 +72,9 @@ pub fn init_logging(verbose: u8) {
 
 /// The load options from the command line and the environment.
 fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
-    let cache = front::cache_path(cli.no_cache, cli.cache.as_ref());
-    let scan_timeout = front::scan_timeout(cli.scan_timeout).map_err(HostError::Usage)?;
+    let g = &cli.globals;
+    let cache = front::cache_path(g.no_cache, g.cache.as_ref());
+    let scan_timeout = front::scan_timeout(g.scan_timeout).map_err(HostError::Usage)?;
     let scanner = match std::env::var_os(scan::SCANNER_VAR).filter(|v| !v.is_empty()) {
         Some(p) => Scanner::Exe(p.into()),
         None => std::env::current_exe()
@@ -134,7 +83,10 @@ fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
     };
     Ok(LoadOptions {
         cache,
-        rescan: matches!(cli.command, Command::Plugins { rescan: true, .. }),
+        rescan: matches!(
+            cli.command,
+            Command::Meta(front::Command::Plugins { rescan: true, .. })
+        ),
         scan_timeout,
         scanner,
     })
@@ -145,7 +97,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
     if let Command::Scan { files } = &cli.command {
         scan::serve(files);
     }
-    if let Some(n) = cli.threads {
+    if let Some(n) = cli.globals.threads {
         if n < 1 {
             return Err(HostError::Usage(format!(
                 "--threads must be at least 1, got {n}"
@@ -153,10 +105,12 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         }
         tch::set_num_threads(n);
     }
-    let dirs = discover::plugin_dirs(&cli.plugin_dirs);
+    let dirs = discover::plugin_dirs(&cli.globals.plugin_dirs);
     let options = load_options(&cli)?;
     let host = Host::load_with(&dirs, &options);
-    if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
+    if host.plugins().is_empty()
+        && !matches!(cli.command, Command::Meta(front::Command::Plugins { .. }))
+    {
         tracing::warn!(
             "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
             dirs.iter()
@@ -166,17 +120,19 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         );
     }
     match cli.command {
-        Command::Plugins { json, .. } => plugins::run(&host, &dirs, options.cache.as_deref(), json),
-        Command::List {
+        Command::Meta(front::Command::Plugins { json, .. }) => {
+            plugins::run(&host, &dirs, options.cache.as_deref(), json)
+        }
+        Command::Meta(front::Command::List {
             registry,
             filter,
             json,
-        } => list::run(&host, registry.as_deref(), filter.as_deref(), json),
-        Command::Show {
+        }) => list::run(&host, registry.as_deref(), filter.as_deref(), json),
+        Command::Meta(front::Command::Show {
             registry,
             name,
             json,
-        } => show::run(&host, &registry, &name, json),
+        }) => show::run(&host, &registry, &name, json),
         Command::Build {
             registry,
             name,

@@ -34,7 +34,7 @@ use terrahost_index::view::View;
 /// Who probes new and changed files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scanner {
-    /// The terrahost binary found by [`scan::find_scanner`].
+    /// The `terrahost-engine` binary found by [`scan::find_scanner`].
     Auto,
     /// This executable, run as `EXE __scan FILE...`.
     Exe(PathBuf),
