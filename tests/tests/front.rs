@@ -306,3 +306,74 @@ fn other_commands_are_handed_to_the_engine_unchanged() {
         "{e}"
     );
 }
+
+/// stderr without tracing's timestamps (the first word of each warning line).
+fn untimed(stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(|l| match l.split_once(" WARN ") {
+            Some((_, rest)) => format!("WARN {rest}"),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Registration conflicts (a prefix another plugin holds, a second copy of a plugin) and
+/// files that are not plugins are decided the same way by both binaries.
+#[test]
+fn front_and_engine_refuse_the_same_plugins_for_the_same_reasons() {
+    let dir = plugin_links(&PLUGINS);
+    std::fs::copy(
+        built_library("terrahost_fixture_dup_prefix"),
+        dir.path().join("libdup.so"),
+    )
+    .unwrap();
+    std::fs::copy(
+        built_library("terrahost_plugin_smp"),
+        dir.path().join("libzz_second_smp.so"),
+    )
+    .unwrap();
+    std::fs::copy(
+        built_library("terrahost_fixture_not_a_plugin"),
+        dir.path().join("libnot.so"),
+    )
+    .unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("registry.json");
+    let first = cmd("terrahost", dir.path(), &cache, &["plugins", "--json"])
+        .output()
+        .unwrap();
+    let v = json_of("plugins", &first);
+    let kinds: Vec<&str> = v["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    // Files load by name: libdup.so takes `timm` before the real timm library does.
+    assert_eq!(
+        kinds,
+        ["not-a-plugin", "duplicate-prefix", "duplicate-plugin"],
+        "{v:#}"
+    );
+    for args in [
+        &["plugins", "--json"][..],
+        &["plugins"],
+        &["list", "--json"],
+        &["show", "decoder", "smp_Unet", "--json"],
+    ] {
+        let front = cmd("terrahost", dir.path(), &cache, args).output().unwrap();
+        let engine = cmd("terrahost-engine", dir.path(), &cache, args)
+            .output()
+            .unwrap();
+        assert_eq!(front.status.code(), engine.status.code(), "{args:?}");
+        assert_eq!(front.stdout, engine.stdout, "{args:?}");
+        let (f, e) = (
+            untimed(&String::from_utf8_lossy(&front.stderr)),
+            untimed(&String::from_utf8_lossy(&engine.stderr)),
+        );
+        assert!(f.contains("plugin refused"), "{f}");
+        assert_eq!(f, e, "{args:?}");
+    }
+}
