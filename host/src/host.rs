@@ -111,6 +111,16 @@ impl Host {
         &self.rejected
     }
 
+    /// Records a file refused (and already reported) by the scan or registration
+    /// checks of [`crate::plugins::load_into`].
+    pub(crate) fn record_rejected(&mut self, path: PathBuf, kind: &str, reason: String) {
+        self.rejected.push(Rejected {
+            path,
+            kind: kind.to_owned(),
+            reason,
+        });
+    }
+
     /// Records a refused file with its [`kind`] code.
     pub fn reject(&mut self, path: PathBuf, kind: &str, reason: String) {
         tracing::warn!(path = %path.display(), %kind, %reason, "plugin refused");
@@ -144,10 +154,7 @@ impl Host {
     }
 
     fn unknown_registry(name: &str) -> PluginError {
-        PluginError::not_found(format!(
-            "there is no registry `{name}`; the registries are {}",
-            names::ALL.join(", ")
-        ))
+        PluginError::not_found(terrahost_index::resolve::unknown_registry_message(name))
     }
 
     /// Registers a plugin's sources: all of them or, if any is refused (a prefix that

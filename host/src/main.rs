@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    cli::init_logging(args.globals.verbose);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

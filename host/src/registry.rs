@@ -13,19 +13,16 @@
 //! never when its build fails; a prefixed name is checked for existence; unknown names
 //! get did-you-mean suggestions; and a prefix that belongs to a plugin that is not
 //! installed is reported as such.
+//!
+//! The resolution itself is [`terrahost_index::resolve`], the code the libtorch-free
+//! front runs on the scans' data: one implementation for both binaries.
 use std::collections::HashMap;
+pub use terrahost_index::resolve::WELL_KNOWN_PREFIXES;
+use terrahost_index::resolve::{self, not_found_message, Lookup, SourceView};
 use terrahost_plugin_api::{
-    params::suggestions,
     sdk::{Catalog, Entry},
-    BuildRequest, EntryInfo, HostRef, ModuleBox, PluginError, Result, Source, SourceBox,
+    BuildRequest, EntryInfo, ErrorKind, HostRef, ModuleBox, PluginError, Result, Source, SourceBox,
 };
-
-/// TerraTorch's own sources, in its search order (terratorch first, then the optional
-/// sources in the order TerraTorch adds them). They name a source even when its plugin
-/// is not installed, so that `mmseg_FCNHead` without the mmseg plugin says "install
-/// mmseg" rather than "unknown name"; prefixes declared by any loaded plugin are added
-/// at run time.
-pub const WELL_KNOWN_PREFIXES: [&str; 4] = ["terratorch", "timm", "smp", "mmseg"];
 
 /// One source of a registry: a plugin's (or the host's) set of entries under a prefix.
 pub struct SourceSlot {
@@ -73,30 +70,37 @@ impl SourceSlot {
     }
 }
 
-fn not_found_message(what: &str, registry: &str, candidates: &[String]) -> String {
-    let close = suggestions(what, candidates.iter().map(String::as_str));
-    let hint = if close.is_empty() {
-        format!("; `terrahost list {registry}` shows what is available")
-    } else {
-        format!(
-            "; did you mean {}?",
-            close
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    format!("`{what}` is not in the {registry} registry{hint}")
+impl SourceView for SourceSlot {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn plugin(&self) -> &str {
+        &self.plugin
+    }
+    fn names(&self) -> Vec<String> {
+        SourceSlot::names(self)
+    }
+    fn contains(&self, name: &str) -> bool {
+        SourceSlot::contains(self, name)
+    }
+    fn refusal(&self, name: &str) -> Option<String> {
+        SourceSlot::refusal(self, name).map(|e| e.message.into_string())
+    }
+    fn own_error(&self, name: &str) -> Option<String> {
+        self.source
+            .describe(name.into())
+            .into_result()
+            .err()
+            .map(|e| e.message.into_string())
+    }
 }
 
-/// Where a source with `prefix` goes in the search order: TerraTorch's sources in its
-/// order, then every other prefix.
-fn source_rank(prefix: &str) -> usize {
-    WELL_KNOWN_PREFIXES
-        .iter()
-        .position(|p| *p == prefix)
-        .unwrap_or(WELL_KNOWN_PREFIXES.len())
+/// The resolution's answer as the plugin-api's error kinds.
+fn lookup_error(l: Lookup) -> PluginError {
+    match l {
+        Lookup::NotFound(m) => PluginError::not_found(m),
+        Lookup::NotSupported(m) => PluginError::new(ErrorKind::NOT_SUPPORTED, m),
+    }
 }
 
 /// TerraTorch's `MultiSourceRegistry`: ordered sources keyed by prefix.
@@ -129,12 +133,7 @@ impl MultiSourceRegistry {
     pub fn register_source(&mut self, prefix: &str, plugin: &str, source: SourceBox) -> Result<()> {
         self.check_prefix(prefix, plugin)?;
         self.note_prefix(prefix);
-        let rank = source_rank(prefix);
-        let at = self
-            .sources
-            .iter()
-            .position(|s| source_rank(&s.prefix) > rank)
-            .unwrap_or(self.sources.len());
+        let at = resolve::insertion_index(self.keys(), prefix);
         self.sources.insert(
             at,
             SourceSlot {
@@ -206,83 +205,18 @@ impl MultiSourceRegistry {
 
     /// `(source, rest)` when the part before the first `_` is a registered prefix.
     pub fn parse_prefix<'n>(&self, name: &'n str) -> Option<(&SourceSlot, &'n str)> {
-        let (prefix, rest) = name.split_once('_')?;
-        if rest.is_empty() {
-            return None;
-        }
-        self.get(prefix).map(|s| (s, rest))
+        resolve::parse_prefix(&self.sources, name)
     }
 
     /// Whether `name` (prefixed or bare) can be built.
     pub fn contains(&self, name: &str) -> bool {
-        match self.parse_prefix(name) {
-            Some((slot, rest)) => slot.contains(rest),
-            None => self.sources.iter().any(|s| s.contains(name)),
-        }
+        resolve::contains(&self.sources, name)
     }
 
     /// The source that holds `name` and the name inside it (TerraTorch's
     /// `find_registry`). Bare names are searched in order.
     pub fn find(&self, name: &str) -> Result<(&SourceSlot, String)> {
-        if let Some((slot, rest)) = self.parse_prefix(name) {
-            if slot.contains(rest) {
-                return Ok((slot, rest.to_owned()));
-            }
-            if let Some(e) = slot.refusal(rest) {
-                return Err(e);
-            }
-            // A name with a dot (timm's `arch.tag`) may be refused by the source for a reason
-            // only it knows (an unknown pretrained tag): its own message says which.
-            if rest.contains('.') {
-                if let Err(e) = slot.source.describe(rest.into()).into_result() {
-                    return Err(PluginError::not_found(format!(
-                        "{} (source `{}` of the {} registry, plugin `{}`)",
-                        e.message, slot.prefix, self.name, slot.plugin
-                    )));
-                }
-            }
-            let names = slot.names();
-            let close = suggestions(rest, names.iter().map(String::as_str));
-            let hint = if close.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; did you mean {}?",
-                    close
-                        .iter()
-                        .map(|c| format!("`{}_{c}`", slot.prefix))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            return Err(PluginError::not_found(format!(
-                "`{rest}` is not in source `{}` of the {} registry (plugin `{}`){hint}",
-                slot.prefix, self.name, slot.plugin
-            )));
-        }
-        if let Some(slot) = self.sources.iter().find(|s| s.contains(name)) {
-            return Ok((slot, name.to_owned()));
-        }
-        if let Some(e) = self.sources.iter().find_map(|s| s.refusal(name)) {
-            return Err(e);
-        }
-        if let Some((prefix, _)) = name.split_once('_') {
-            if self.known_prefixes.iter().any(|p| p == prefix) {
-                let installed: Vec<&str> = self.keys().collect();
-                return Err(PluginError::not_found(format!(
-                    "no source `{prefix}` in the {} registry (installed: {}); install the `{prefix}` plugin library into a plugin directory to build `{name}`",
-                    self.name,
-                    if installed.is_empty() { "none".to_owned() } else { installed.join(", ") }
-                )));
-            }
-        }
-        let all: Vec<String> = self
-            .iter()
-            .chain(self.sources.iter().flat_map(|s| s.names()))
-            .collect();
-        Err(PluginError::not_found(not_found_message(
-            name, &self.name, &all,
-        )))
+        resolve::find(&self.name, &self.sources, &self.known_prefixes, name).map_err(lookup_error)
     }
 
     /// The qualified name (`timm_resnet18`) and description of `name`.

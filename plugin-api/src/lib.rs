@@ -69,19 +69,4 @@ pub const TORCH_LIB_DIR: &str = env!("TERRAHOST_TORCH_LIB");
 /// The Rust target triple this crate was compiled for.
 pub const TARGET: &str = env!("TERRAHOST_TARGET");
 
-/// The names of the registries a source can contribute to, in the order the host
-/// creates them. `model_factory` is a plain registry; the others are multi-source.
-pub mod registry_names {
-    /// Feature extractors (encoders).
-    pub const BACKBONE: &str = "backbone";
-    /// Modules between backbone and decoder.
-    pub const NECK: &str = "neck";
-    /// Decoders (which may include their own head).
-    pub const DECODER: &str = "decoder";
-    /// Complete models.
-    pub const FULL_MODEL: &str = "full_model";
-    /// Model factories (a plain registry, not multi-source).
-    pub const MODEL_FACTORY: &str = "model_factory";
-    /// All registries, in display order.
-    pub const ALL: [&str; 5] = [BACKBONE, NECK, DECODER, FULL_MODEL, MODEL_FACTORY];
-}
+pub use params::common::registry_names;

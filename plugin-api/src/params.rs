@@ -45,20 +45,8 @@ impl ParamType {
 
     /// The Python-style name shown by `terrahost show`.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::BOOL => "bool",
-            Self::INT => "int",
-            Self::FLOAT => "float",
-            Self::STR => "str",
-            Self::INT_LIST => "list[int]",
-            Self::FLOAT_LIST => "list[float]",
-            Self::STR_LIST => "list[str]",
-            Self::DICT => "dict",
-            Self::DICT_LIST => "list[dict]",
-            Self::INT_OR_INT_LIST => "int | list[int]",
-            Self::IGNORED => "ignored",
-            _ => "any",
-        }
+        // The table is shared with the libtorch-free front, which prints it from a scan.
+        common::param_type_name(self.0)
     }
 
     /// Whether `v` has this type. `null` (Python's `None`) is accepted for every type;
@@ -313,48 +301,9 @@ pub fn describe_json(v: &Value) -> String {
     format!("{kind} {text}")
 }
 
-/// Levenshtein distance, for did-you-mean suggestions.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.to_lowercase().chars().collect();
-    let b: Vec<char> = b.to_lowercase().chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// The candidates closest to `name` (at most three), if any is close enough to be a
-/// plausible typo: within a third of the name's length, or containing it.
-pub fn suggestions<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let limit = (name.chars().count() / 3).max(2);
-    let lower = name.to_lowercase();
-    let mut scored: Vec<(usize, &str)> = candidates
-        .into_iter()
-        .filter_map(|c| {
-            let d = edit_distance(name, c);
-            let contains = lower.len() >= 3 && c.to_lowercase().contains(&lower);
-            (d <= limit || contains).then_some((if contains { d.min(limit) } else { d }, c))
-        })
-        .collect();
-    scored.sort();
-    scored.dedup_by(|a, b| a.1 == b.1);
-    scored.into_iter().take(3).map(|(_, c)| c).collect()
-}
-
-/// The single closest candidate, if any.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    suggestions(name, candidates).into_iter().next()
-}
+#[path = "../../index/src/common.rs"]
+pub(crate) mod common;
+pub use common::{did_you_mean, edit_distance, suggestions};
 
 #[cfg(test)]
 mod tests {

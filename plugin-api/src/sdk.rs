@@ -28,7 +28,7 @@ use crate::source::{Source, SourceBox, Source_TO};
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RStr, RString, RVec},
+    std_types::{ROption, RResult, RStr, RString, RVec, Tuple2},
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -821,6 +821,14 @@ impl Source for Catalog {
             },
         )
         .into()
+    }
+
+    fn refusals(&self) -> RVec<Tuple2<RString, RString>> {
+        let mut all: Vec<_> = self.refused.iter().collect();
+        all.sort();
+        all.into_iter()
+            .map(|(n, why)| Tuple2(n.as_str().into(), why.as_str().into()))
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use crate::module::ModuleBox;
 use crate::params::{BuildRequest, EntryInfo};
 use abi_stable::{
     sabi_trait,
-    std_types::{RBox, RResult, RStr, RString, RVec},
+    std_types::{RBox, RResult, RStr, RString, RVec, Tuple2},
 };
 
 /// A set of buildable names, like TerraTorch's `Registry`.
@@ -30,6 +30,14 @@ pub trait Source: Send + Sync {
         request: BuildRequest,
         host: HostRef<'_>,
     ) -> RResult<ModuleBox, PluginError>;
+
+    /// The names this source knows but does not build (`Catalog::refuses`), each with
+    /// its reason, so that a scan can record them and a host answering from the scan
+    /// gives the same "not supported" answer (plugin-api 0.2.2). After the last prefix
+    /// field: a source from an older plugin has no such method and answers none.
+    fn refusals(&self) -> RVec<Tuple2<RString, RString>> {
+        RVec::new()
+    }
 }
 
 /// An owned, type-erased source.

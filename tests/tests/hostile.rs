@@ -396,11 +396,9 @@ fn a_damaged_cache_is_ignored_with_one_warning_and_rebuilt() {
     let v = plugins_json(&mut terrahost(dir.path(), &cache, &["plugins", "--json"]));
     assert_real_plugins(&v);
     let good = std::fs::read(&cache).unwrap();
-    let foreign = String::from_utf8(good.clone()).unwrap().replacen(
-        r#""protocol":1"#,
-        r#""protocol":999"#,
-        1,
-    );
+    let mut foreign: Value = serde_json::from_slice(&good).unwrap();
+    foreign["protocol"] = Value::from(999);
+    let foreign = serde_json::to_string(&foreign).unwrap();
     for (what, bytes) in [
         ("garbage", b"\x7fELF garbage".to_vec()),
         ("truncated", good[..good.len() / 3].to_vec()),

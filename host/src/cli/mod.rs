@@ -1,5 +1,8 @@
-//! The command line. Every command writes its result to stdout (only JSON with
-//! `--json`) and its diagnostics to stderr.
+//! The engine's command line (`terrahost-engine`, which the `terrahost` front `exec`s
+//! with the user's arguments). Every command writes its result to stdout (only JSON
+//! with `--json`) and its diagnostics to stderr. `plugins`, `list` and `show` are
+//! normally answered by the front; the engine answers them too (the front hands it
+//! names only a live source resolves), printing through the same code.
 mod build;
 mod list;
 mod plugins;
@@ -10,42 +13,18 @@ mod show;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use terrahost::{
-    plugins::{cache, discover, scan, LoadOptions, Scanner},
+    plugins::{discover, scan, LoadOptions, Scanner},
     Host, HostError,
 };
+use terrahost_index::front;
 
 /// A dynamic plugin host for TerraTorch-style model registries.
 #[derive(Parser, Debug)]
-#[command(name = "terrahost", version, about, long_about = None)]
+#[command(name = "terrahost", bin_name = "terrahost", version, about, long_about = None)]
 pub struct Cli {
-    /// A directory to load plugins from (repeatable). Default: $TERRAHOST_PLUGIN_PATH
-    /// (colon-separated), else `plugins/` beside the directory of this executable,
-    /// then ~/.local/share/terrahost/plugins.
-    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
-    pub plugin_dirs: Vec<PathBuf>,
-
-    /// The number of threads libtorch uses for CPU work (default: libtorch's choice,
-    /// normally the number of cores).
-    #[arg(long, value_name = "N", global = true)]
-    pub threads: Option<i32>,
-
-    /// The registry cache file. Default: $TERRAHOST_CACHE, else
-    /// $XDG_CACHE_HOME/terrahost/registry.json, else ~/.cache/terrahost/registry.json.
-    #[arg(long, value_name = "PATH", global = true)]
-    pub cache: Option<PathBuf>,
-
-    /// Use no registry cache: scan every plugin file in a child process.
-    #[arg(long, global = true, conflicts_with = "cache")]
-    pub no_cache: bool,
-
-    /// Seconds one plugin file may take to scan before it is refused (default
-    /// $TERRAHOST_SCAN_TIMEOUT, else 30).
-    #[arg(long, value_name = "SECS", global = true)]
-    pub scan_timeout: Option<f64>,
-
-    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    /// The global options (the front's, so both parse the same).
+    #[command(flatten)]
+    pub globals: front::Globals,
 
     #[command(subcommand)]
     pub command: Command,
@@ -54,36 +33,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// The plugins that loaded and the files that were refused, with reasons.
-    Plugins {
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-        /// Forget the registry cache and scan every file again.
-        #[arg(long)]
-        rescan: bool,
-    },
-    /// The registries and their sources (all of them, or one).
-    List {
-        /// backbone, neck, decoder, full_model or model_factory.
-        registry: Option<String>,
-        /// Only names matching this glob (matched against `name` and `prefix_name`).
-        #[arg(long)]
-        filter: Option<String>,
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-    },
-    /// An entry's documentation and parameters (types, defaults, docs).
-    Show {
-        /// The registry.
-        registry: String,
-        /// The name, with or without prefix.
-        name: String,
-        /// Print JSON only.
-        #[arg(long)]
-        json: bool,
-    },
+    /// `plugins`, `list`, `show`: the front's definitions.
+    #[command(flatten)]
+    Meta(front::Command),
     /// Builds an entry and reports what was built.
     Build {
         /// The registry.
@@ -113,46 +65,16 @@ pub enum Command {
     Predict(predict::PredictArgs),
 }
 
-/// Sets up `tracing` on stderr: RUST_LOG if set, else warn/info/debug/trace by -v count.
+/// Sets up `tracing` on stderr, as the front does.
 pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    terrahost_index::front::init_logging(verbose);
 }
 
 /// The load options from the command line and the environment.
 fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
-    let cache = if cli.no_cache {
-        None
-    } else if let Some(p) = &cli.cache {
-        Some(p.clone())
-    } else {
-        match cache::path_from_env() {
-            Some(p) => p,
-            None => cache::default_path(),
-        }
-    };
-    let scan_timeout = match cli.scan_timeout {
-        Some(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(HostError::Usage(format!(
-                "--scan-timeout must be a positive number of seconds, got {s}"
-            )))
-        }
-        None => scan::timeout_from_env(),
-    };
+    let g = &cli.globals;
+    let cache = front::cache_path(g.no_cache, g.cache.as_ref());
+    let scan_timeout = front::scan_timeout(g.scan_timeout).map_err(HostError::Usage)?;
     let scanner = match std::env::var_os(scan::SCANNER_VAR).filter(|v| !v.is_empty()) {
         Some(p) => Scanner::Exe(p.into()),
         None => std::env::current_exe()
@@ -161,7 +83,10 @@ fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
     };
     Ok(LoadOptions {
         cache,
-        rescan: matches!(cli.command, Command::Plugins { rescan: true, .. }),
+        rescan: matches!(
+            cli.command,
+            Command::Meta(front::Command::Plugins { rescan: true, .. })
+        ),
         scan_timeout,
         scanner,
     })
@@ -172,7 +97,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
     if let Command::Scan { files } = &cli.command {
         scan::serve(files);
     }
-    if let Some(n) = cli.threads {
+    if let Some(n) = cli.globals.threads {
         if n < 1 {
             return Err(HostError::Usage(format!(
                 "--threads must be at least 1, got {n}"
@@ -180,10 +105,12 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         }
         tch::set_num_threads(n);
     }
-    let dirs = discover::plugin_dirs(&cli.plugin_dirs);
+    let dirs = discover::plugin_dirs(&cli.globals.plugin_dirs);
     let options = load_options(&cli)?;
     let host = Host::load_with(&dirs, &options);
-    if host.plugins().is_empty() && !matches!(cli.command, Command::Plugins { .. }) {
+    if host.plugins().is_empty()
+        && !matches!(cli.command, Command::Meta(front::Command::Plugins { .. }))
+    {
         tracing::warn!(
             "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
             dirs.iter()
@@ -193,17 +120,19 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         );
     }
     match cli.command {
-        Command::Plugins { json, .. } => plugins::run(&host, &dirs, options.cache.as_deref(), json),
-        Command::List {
+        Command::Meta(front::Command::Plugins { json, .. }) => {
+            plugins::run(&host, &dirs, options.cache.as_deref(), json)
+        }
+        Command::Meta(front::Command::List {
             registry,
             filter,
             json,
-        } => list::run(&host, registry.as_deref(), filter.as_deref(), json),
-        Command::Show {
+        }) => list::run(&host, registry.as_deref(), filter.as_deref(), json),
+        Command::Meta(front::Command::Show {
             registry,
             name,
             json,
-        } => show::run(&host, &registry, &name, json),
+        }) => show::run(&host, &registry, &name, json),
         Command::Build {
             registry,
             name,
@@ -226,8 +155,5 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
+    terrahost_index::render::print_json(value);
 }

@@ -9,15 +9,16 @@
 //! the plugin's `sources()`. Libraries are never unloaded: modules built from them may
 //! live until the process ends.
 use super::discover::FileKey;
-use super::meta::{kind, EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use super::meta::{self, kind, Outcome, PluginInfo, Refusal, RefusedName, SourceMeta};
 use abi_stable::{
     library::{lib_header_from_path, LibraryError, RootModule},
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RStr, RString, RVec},
+    std_types::{RResult, RStr, RString, RVec, Tuple2},
 };
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+pub use terrahost_index::meta::first_line;
 use terrahost_plugin_api::{
     BuildRequest, EntryInfo, HostRef, Manifest, ModuleBox, PluginError, PluginRoot_Ref, Source,
     SourceEntry, Source_TO,
@@ -175,20 +176,6 @@ fn library_refusal(e: &LibraryError) -> Refusal {
     }
 }
 
-/// The first non-empty line of `text`, trimmed and at most 200 characters.
-pub fn first_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    let mut out: String = line.chars().take(200).collect();
-    if line.chars().count() > 200 {
-        out.push('…');
-    }
-    out
-}
-
 /// The version checks, each with both sides' values in the message.
 pub fn check_manifest(m: &Manifest) -> Result<(), Refusal> {
     let invalid = |r: String| Refusal::new(kind::INVALID_MANIFEST, r);
@@ -276,16 +263,26 @@ pub fn describe_sources(
                         ),
                     )
                 })?;
-            entries.push(EntryMeta::from(&info));
+            entries.push(meta::entry_meta(&info));
         }
+        let refusals = s
+            .source
+            .refusals()
+            .into_iter()
+            .map(|Tuple2(name, why)| RefusedName {
+                name: name.into_string(),
+                why: why.into_string(),
+            })
+            .collect();
         out.push(SourceMeta {
             registry: s.registry.to_string(),
             prefix: s.prefix.to_string(),
             entries,
+            refusals,
         });
     }
     Ok(PluginInfo {
-        manifest: ManifestMeta::from(manifest),
+        manifest: meta::manifest_meta(manifest),
         sources: out,
     })
 }
@@ -359,6 +356,7 @@ pub struct LazySource {
     names: Vec<RString>,
     infos: Vec<EntryInfo>,
     index: HashMap<String, usize>,
+    refusals: Vec<RefusedName>,
 }
 
 impl LazySource {
@@ -373,13 +371,14 @@ impl LazySource {
                 .iter()
                 .map(|e| e.name.as_str().into())
                 .collect(),
-            infos: meta.entries.iter().map(EntryMeta::to_info).collect(),
+            infos: meta.entries.iter().map(super::meta::to_info).collect(),
             index: meta
                 .entries
                 .iter()
                 .enumerate()
                 .map(|(i, e)| (e.name.clone(), i))
                 .collect(),
+            refusals: meta.refusals.clone(),
         }
     }
 
@@ -449,6 +448,12 @@ impl Source for LazySource {
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        if let Some(r) = self.refusals.iter().find(|r| r.name == name.as_str()) {
+            return RResult::RErr(PluginError::new(
+                terrahost_plugin_api::ErrorKind::NOT_SUPPORTED,
+                r.why.clone(),
+            ));
+        }
         match self.index.get(name.as_str()) {
             Some(&i) => RResult::ROk(self.infos[i].clone()),
             None if self.resolved_live(name.as_str()) => {
@@ -468,6 +473,13 @@ impl Source for LazySource {
             return RResult::RErr(self.not_found(name.as_str()));
         }
         self.with_live(name.as_str(), |s| s.build(name, request, host))
+    }
+
+    fn refusals(&self) -> RVec<Tuple2<RString, RString>> {
+        self.refusals
+            .iter()
+            .map(|r| Tuple2(r.name.as_str().into(), r.why.as_str().into()))
+            .collect()
     }
 }
 

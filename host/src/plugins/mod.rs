@@ -1,5 +1,7 @@
 //! Plugin libraries: discovery, the out-of-process scan, the registry cache, and
-//! loading, as four steps in four modules.
+//! loading, as four steps in four modules. The first three need no libtorch and live
+//! in `terrahost-index` (re-exported here), which the `terrahost` front shares;
+//! [`load`] and the scanner child ([`scan::serve`]) are the engine's.
 //!
 //! 1. [`discover`]: the candidate files in the plugin directories, each with its
 //!    identity ([`discover::FileKey`]) and a look at its header that refuses what
@@ -17,21 +19,22 @@
 //! Registration ([`crate::Host::add_plugin`]) then checks what depends on the other
 //! plugins (a prefix or plugin name that is already taken), every time, from the
 //! descriptions. Every refusal has a [`meta::kind`] code and one line of reason.
-pub mod cache;
-pub mod discover;
+pub use terrahost_index::{cache, discover};
 pub mod load;
 pub mod meta;
 pub mod scan;
 
 use crate::host::Host;
-use meta::{kind, Outcome, Refusal};
-use std::path::PathBuf;
+use meta::{Outcome, Refusal};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use terrahost_index::gather::{self, CacheUse};
+use terrahost_index::view::View;
 
 /// Who probes new and changed files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scanner {
-    /// The terrahost binary found by [`scan::find_scanner`].
+    /// The `terrahost-engine` binary found by [`scan::find_scanner`].
     Auto,
     /// This executable, run as `EXE __scan FILE...`.
     Exe(PathBuf),
@@ -68,94 +71,88 @@ impl Default for LoadOptions {
 
 /// Finds the plugins in `dirs`, scans what the cache does not know, and registers
 /// them into `host`. Refused files are recorded with their kind and reason; the rest
-/// go on loading.
+/// go on loading. Which plugins register and which are refused is decided as the front
+/// decides it ([`View`]), so both binaries list the same plugins.
 pub fn load_into(host: &mut Host, dirs: &[PathBuf], options: &LoadOptions) {
-    let candidates = discover::candidates(dirs);
-    let mut cache = match &options.cache {
-        Some(p) => cache::Cache::open(p),
-        None => cache::Cache::disabled(),
+    let scanner_exe = match &options.scanner {
+        Scanner::InProcess => std::env::current_exe().ok(),
+        Scanner::Exe(p) => Some(p.clone()),
+        Scanner::Auto => scan::find_scanner(),
     };
-    if options.rescan {
-        cache.clear();
-    }
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; candidates.len()];
-    let mut to_scan = Vec::new();
-    for (i, c) in candidates.iter().enumerate() {
-        match &c.key {
-            Err(r) => outcomes[i] = Some(Outcome::Refused(r.clone())),
-            Ok(key) => {
-                if let Some(o) = cache.get(key) {
-                    tracing::debug!(file = %c.path.display(), "from the plugin cache");
-                    outcomes[i] = Some(o.clone());
-                } else if let Err(r) = discover::precheck(&key.path, key.size) {
-                    cache.insert(key.clone(), Outcome::Refused(r.clone()));
-                    outcomes[i] = Some(Outcome::Refused(r));
-                } else {
-                    to_scan.push(i);
-                }
-            }
+    // The header names this engine, so the front (which cannot check libtorch's
+    // version) accepts what it wrote.
+    let engine = std::env::current_exe()
+        .ok()
+        .filter(|e| {
+            e.file_name()
+                .is_some_and(|n| n == terrahost_index::engine::engine_file_name().as_str())
+        })
+        .or_else(terrahost_index::engine::find_engine)
+        .and_then(|e| discover::FileKey::of(&e).ok());
+    let cache_use = CacheUse {
+        path: options.cache.as_deref(),
+        rescan: options.rescan,
+        validity: cache::Validity::Versions {
+            versions: scan::versions(),
+            engine,
+        },
+    };
+    let found = gather::gather(dirs, &cache_use, &mut |files| {
+        let outcomes = run_scan(
+            &options.scanner,
+            scanner_exe.as_deref(),
+            files,
+            options.scan_timeout,
+        );
+        scan::Scanned {
+            outcomes,
+            versions: Some(scan::versions()),
         }
-    }
-    if !to_scan.is_empty() {
-        let files: Vec<PathBuf> = to_scan
+    });
+    let view = View::new(&found);
+    let mut refused: std::collections::HashMap<&Path, &Refusal> = view
+        .rejected()
+        .iter()
+        .map(|r| (r.path.as_path(), &r.refusal))
+        .collect();
+    for f in &found {
+        if let Some(r) = refused.remove(f.path.as_path()) {
+            host.record_rejected(f.path.clone(), &r.kind, r.reason.clone());
+            continue;
+        }
+        let Outcome::Plugin(info) = &f.outcome else {
+            continue;
+        };
+        let _span = tracing::info_span!("register", file = %f.path.display()).entered();
+        let library = load::LazyLibrary::new(f.key.clone().expect("a described file has a key"));
+        let sources = info
+            .sources
             .iter()
-            .map(|&i| candidates[i].key.as_ref().unwrap().path.clone())
+            .map(|s| load::LazySource::new(library.clone(), s).into_entry())
             .collect();
-        let scanned = run_scan(&options.scanner, &files, options.scan_timeout);
-        for (&i, outcome) in to_scan.iter().zip(scanned) {
-            let environmental =
-                matches!(&outcome, Outcome::Refused(r) if r.kind == kind::SCANNER_FAILED);
-            if !environmental {
-                cache.insert(candidates[i].key.clone().unwrap(), outcome.clone());
-            }
-            outcomes[i] = Some(outcome);
-        }
-    }
-    cache.save();
-    for (c, outcome) in candidates.into_iter().zip(outcomes) {
-        match outcome.expect("every candidate has an outcome") {
-            Outcome::Refused(r) => host.reject(c.path, &r.kind, r.reason),
-            Outcome::Plugin(info) => {
-                let _span = tracing::info_span!("register", file = %c.path.display()).entered();
-                let library = load::LazyLibrary::new(c.key.clone().unwrap());
-                let sources = info
-                    .sources
-                    .iter()
-                    .map(|s| load::LazySource::new(library.clone(), s).into_entry())
-                    .collect();
-                let name = info.manifest.name.clone();
-                match host.try_add_plugin(
-                    info.manifest.to_manifest(),
-                    Some(c.path.clone()),
-                    sources,
-                ) {
-                    Ok(()) => tracing::info!(plugin = %name, "plugin registered"),
-                    Err(r) => host.reject(c.path, &r.kind, r.reason),
-                }
-            }
+        let name = info.manifest.name.clone();
+        match host.try_add_plugin(
+            meta::to_manifest(&info.manifest),
+            Some(f.path.clone()),
+            sources,
+        ) {
+            Ok(()) => tracing::info!(plugin = %name, "plugin registered"),
+            Err(r) => host.reject(f.path.clone(), &r.kind, r.reason),
         }
     }
 }
 
-fn run_scan(scanner: &Scanner, files: &[PathBuf], timeout: Duration) -> Vec<Outcome> {
-    let exe = match scanner {
-        Scanner::InProcess => return files.iter().map(|f| load::describe(f)).collect(),
-        Scanner::Exe(p) => Some(p.clone()),
-        Scanner::Auto => scan::find_scanner(),
-    };
+fn run_scan(
+    scanner: &Scanner,
+    exe: Option<&Path>,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> Vec<Outcome> {
+    if *scanner == Scanner::InProcess {
+        return files.iter().map(|f| load::describe(f)).collect();
+    }
     match exe {
-        Some(exe) => scan::scan(&exe, files, timeout),
-        None => files
-            .iter()
-            .map(|_| {
-                Outcome::Refused(Refusal::new(
-                    kind::SCANNER_FAILED,
-                    format!(
-                        "no plugin scanner: set {} to the terrahost binary that probes new plugin files",
-                        scan::SCANNER_VAR
-                    ),
-                ))
-            })
-            .collect(),
+        Some(exe) => scan::scan(exe, files, timeout),
+        None => terrahost_index::front::no_scanner(files).outcomes,
     }
 }

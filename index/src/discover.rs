@@ -8,7 +8,7 @@
 //! `.dll`) is a candidate, sorted by name so the order is deterministic. An entry with
 //! that name that is not a regular file (a directory, a symbolic-link loop) is a
 //! candidate too, and is refused with its reason rather than skipped silently.
-use super::meta::{kind, Refusal};
+use crate::meta::{kind, Refusal};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,11 @@
 //! (`--no-cache` or `TERRAHOST_CACHE=off`: none). Each entry is keyed on the file's
 //! canonical path, size, mtime (ns), inode and device ([`FileKey`]); the whole file is
 //! valid only for the host version, plugin-api version, libtorch version and scan
-//! protocol written in its header. Entries hold the [`Outcome`]: a plugin's
+//! protocol written in its header. The engine (which links libtorch) checks those
+//! versions against its own ([`Validity::Versions`]); the front, which cannot know
+//! the libtorch version without mapping libtorch, checks the identity of the engine
+//! that wrote the file or ran the scans instead ([`Validity::Engine`]): the same
+//! engine file (path, size, mtime, inode) was built against the same versions. Entries hold the [`Outcome`]: a plugin's
 //! manifest, sources and entry descriptions, or the refusal (so a file that crashed the
 //! scanner stays refused, without being probed again, until it changes).
 //!
@@ -15,8 +19,8 @@
 //! leave one complete file, never a torn or mixed one. A cache that cannot be read,
 //! does not parse or was written by another version is ignored with one warning on
 //! stderr, and rewritten.
-use super::discover::FileKey;
-use super::meta::Outcome;
+use crate::discover::FileKey;
+use crate::meta::Outcome;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,33 @@ pub fn path_from_env() -> Option<Option<PathBuf>> {
     }
 }
 
+/// The plugin-api and libtorch versions a scanner checks plugins against (it says
+/// them in its `hello`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The plugin-api version.
+    pub api_version: String,
+    /// The libtorch version.
+    pub torch_version: String,
+}
+
+/// When a cache file's entries may be used.
+#[derive(Clone, Debug)]
+pub enum Validity {
+    /// Written for these versions (the engine knows its own), and by the engine `engine`
+    /// (recorded for the front).
+    Versions {
+        /// The versions.
+        versions: Versions,
+        /// The engine executable's identity, written into the header.
+        engine: Option<FileKey>,
+    },
+    /// Written by (or from the scans of) exactly this engine executable: the front's
+    /// check. The versions to write come from the engine's `hello`
+    /// ([`Cache::set_versions`]) or from the valid header read.
+    Engine(Option<FileKey>),
+}
+
 /// What the cache file's header must say for its entries to be used.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Header {
@@ -58,14 +89,35 @@ struct Header {
 }
 
 impl Header {
-    fn current() -> Self {
+    fn new(versions: &Versions) -> Self {
         Self {
             format: FORMAT.to_owned(),
-            protocol: super::scan::PROTOCOL,
+            protocol: crate::scan::PROTOCOL,
             host_version: env!("CARGO_PKG_VERSION").to_owned(),
-            api_version: terrahost_plugin_api::API_VERSION.to_owned(),
-            torch_version: terrahost_plugin_api::TORCH_VERSION.to_owned(),
+            api_version: versions.api_version.clone(),
+            torch_version: versions.torch_version.clone(),
         }
+    }
+
+    fn same_build(&self) -> bool {
+        self.format == FORMAT
+            && self.protocol == crate::scan::PROTOCOL
+            && self.host_version == env!("CARGO_PKG_VERSION")
+    }
+}
+
+impl CacheFile {
+    /// Whether its entries may be used under `validity`.
+    fn valid_for(&self, validity: &Validity) -> bool {
+        let h = &self.header;
+        h.same_build()
+            && match validity {
+                Validity::Versions { versions, .. } => {
+                    h.api_version == versions.api_version
+                        && h.torch_version == versions.torch_version
+                }
+                Validity::Engine(engine) => engine.is_some() && self.engine == *engine,
+            }
     }
 }
 
@@ -79,6 +131,10 @@ struct Entry {
 struct CacheFile {
     #[serde(flatten)]
     header: Header,
+    /// The engine that wrote it or whose scans it holds. Not in the flattened header:
+    /// serde's flatten buffers values and cannot hold the 128-bit mtime.
+    #[serde(default)]
+    engine: Option<FileKey>,
     entries: Vec<Entry>,
 }
 
@@ -87,6 +143,9 @@ pub struct Cache {
     path: Option<PathBuf>,
     entries: BTreeMap<PathBuf, Entry>,
     dirty: bool,
+    engine: Option<FileKey>,
+    /// The versions to write; `None` until known (the front before a scan).
+    versions: Option<Versions>,
 }
 
 impl Cache {
@@ -96,16 +155,25 @@ impl Cache {
             path: None,
             entries: BTreeMap::new(),
             dirty: false,
+            engine: None,
+            versions: None,
         }
     }
 
-    /// The cache at `path`. A missing file is an empty cache; an unreadable, corrupt or
-    /// foreign one is ignored with one warning and rewritten on [`Cache::save`].
-    pub fn open(path: &Path) -> Self {
+    /// The cache at `path`, valid under `validity`. A missing file is an empty cache; an
+    /// unreadable, corrupt or foreign one is ignored with one warning and rewritten on
+    /// [`Cache::save`].
+    pub fn open(path: &Path, validity: &Validity) -> Self {
+        let (engine, versions) = match validity {
+            Validity::Versions { versions, engine } => (engine.clone(), Some(versions.clone())),
+            Validity::Engine(engine) => (engine.clone(), None),
+        };
         let mut cache = Self {
             path: Some(path.to_path_buf()),
             entries: BTreeMap::new(),
             dirty: false,
+            engine,
+            versions,
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -117,7 +185,15 @@ impl Cache {
             }
         };
         match serde_json::from_slice::<CacheFile>(&bytes) {
-            Ok(file) if file.header == Header::current() => {
+            Ok(file) if file.valid_for(validity) => {
+                if cache.versions.is_none() {
+                    cache.versions = Some(Versions {
+                        api_version: file.header.api_version.clone(),
+                        torch_version: file.header.torch_version.clone(),
+                    });
+                }
+                // A header without this engine's identity is rewritten with it.
+                cache.dirty = file.engine != cache.engine;
                 cache.entries = file
                     .entries
                     .into_iter()
@@ -126,11 +202,26 @@ impl Cache {
             }
             Ok(file) => {
                 let h = &file.header;
+                let this = match validity {
+                    Validity::Versions { versions, .. } => format!(
+                        "this is {} ({}, {}, {})",
+                        env!("CARGO_PKG_VERSION"),
+                        versions.api_version,
+                        versions.torch_version,
+                        crate::scan::PROTOCOL
+                    ),
+                    Validity::Engine(_) if h.same_build() => {
+                        "by another terrahost-engine than the one beside this terrahost".to_owned()
+                    }
+                    Validity::Engine(_) => format!(
+                        "this is {} (protocol {})",
+                        env!("CARGO_PKG_VERSION"),
+                        crate::scan::PROTOCOL
+                    ),
+                };
                 tracing::warn!(
-                    "ignoring the plugin cache {}: written by terrahost {} (plugin-api {}, libtorch {}, protocol {}), this is {} ({}, {}, {}); rescanning",
+                    "ignoring the plugin cache {}: written by terrahost {} (plugin-api {}, libtorch {}, protocol {}), {this}; rescanning",
                     path.display(), h.host_version, h.api_version, h.torch_version, h.protocol,
-                    env!("CARGO_PKG_VERSION"), terrahost_plugin_api::API_VERSION,
-                    terrahost_plugin_api::TORCH_VERSION, super::scan::PROTOCOL
                 );
                 cache.dirty = true;
             }
@@ -148,6 +239,20 @@ impl Cache {
     /// The file this cache lives in (`None` when disabled).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The versions to write into the header (the scanner's, from its `hello`).
+    pub fn set_versions(&mut self, versions: Versions) {
+        if self.versions.as_ref() != Some(&versions) {
+            self.dirty = true;
+            self.versions = Some(versions);
+        }
+    }
+
+    /// Whether [`Cache::save`] would write and needs the versions first (the front
+    /// with no valid header read and no scan run yet).
+    pub fn needs_versions(&self) -> bool {
+        self.path.is_some() && self.dirty && self.versions.is_none()
     }
 
     /// The outcome stored for exactly this version of the file.
@@ -197,8 +302,13 @@ impl Cache {
         if !self.dirty && self.entries.len() == before {
             return;
         }
+        let Some(versions) = &self.versions else {
+            tracing::debug!("the plugin cache is not written: the scanner's versions are unknown");
+            return;
+        };
         let file = CacheFile {
-            header: Header::current(),
+            header: Header::new(versions),
+            engine: self.engine.clone(),
             entries: std::mem::take(&mut self.entries).into_values().collect(),
         };
         let bytes = serde_json::to_vec(&file).expect("the cache serializes");
@@ -254,7 +364,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::meta::{kind, Refusal};
+    use crate::meta::{kind, Refusal};
+
+    fn v() -> Validity {
+        Validity::Versions {
+            versions: Versions {
+                api_version: "1.2.3".into(),
+                torch_version: "9.9.9".into(),
+            },
+            engine: None,
+        }
+    }
 
     fn key(dir: &Path, name: &str, content: &[u8]) -> FileKey {
         let f = dir.join(name);
@@ -271,7 +391,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/registry.json");
         let k = key(dir.path(), "a.so", b"one");
-        let mut c = Cache::open(&path);
+        let mut c = Cache::open(&path, &v());
         assert!(c.is_empty());
         c.insert(k.clone(), refused("boom"));
         c.save();
@@ -281,7 +401,7 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let c = Cache::open(&path);
+        let c = Cache::open(&path, &v());
         assert_eq!(c.get(&k), Some(&refused("boom")));
         let changed = key(dir.path(), "a.so", b"two!");
         assert_eq!(c.get(&changed), None);
@@ -291,11 +411,47 @@ mod tests {
     }
 
     #[test]
+    fn the_front_uses_entries_written_by_its_own_engine_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let engine = key(dir.path(), "terrahost-engine", b"an engine");
+        let other = key(dir.path(), "other-engine", b"another engine");
+        let k = key(dir.path(), "a.so", b"one");
+        let Validity::Versions { versions, .. } = v() else {
+            unreachable!()
+        };
+        let by_engine = Validity::Versions {
+            versions: versions.clone(),
+            engine: Some(engine.clone()),
+        };
+        let mut c = Cache::open(&path, &by_engine);
+        c.insert(k.clone(), refused("x"));
+        c.save();
+        let front = Cache::open(&path, &Validity::Engine(Some(engine.clone())));
+        assert_eq!(front.get(&k), Some(&refused("x")));
+        assert!(!front.needs_versions());
+        assert!(Cache::open(&path, &Validity::Engine(Some(other))).is_empty());
+        assert!(Cache::open(&path, &Validity::Engine(None)).is_empty());
+        // The front writes what its engine's scan said, under the engine's versions.
+        std::fs::remove_file(&path).unwrap();
+        let mut front = Cache::open(&path, &Validity::Engine(Some(engine.clone())));
+        front.insert(k.clone(), refused("y"));
+        assert!(front.needs_versions());
+        front.set_versions(versions);
+        front.save();
+        assert_eq!(Cache::open(&path, &by_engine).get(&k), Some(&refused("y")));
+        assert_eq!(
+            Cache::open(&path, &Validity::Engine(Some(engine))).get(&k),
+            Some(&refused("y"))
+        );
+    }
+
+    #[test]
     fn damaged_and_foreign_caches_are_ignored_and_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.json");
         let k = key(dir.path(), "a.so", b"one");
-        let mut c = Cache::open(&path);
+        let mut c = Cache::open(&path, &v());
         c.insert(k.clone(), refused("x"));
         c.save();
         let good = std::fs::read(&path).unwrap();
@@ -308,10 +464,10 @@ mod tests {
                 .into_bytes(),
         ] {
             std::fs::write(&path, &bad).unwrap();
-            let mut c = Cache::open(&path);
+            let mut c = Cache::open(&path, &v());
             assert!(c.get(&k).is_none());
             c.save();
-            let c = Cache::open(&path);
+            let c = Cache::open(&path, &v());
             assert!(c.is_empty() && c.get(&k).is_none());
             // The rewritten file is a valid, current cache again.
             let v: serde_json::Value =
@@ -325,14 +481,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.json");
         let k = key(dir.path(), "a.so", b"one");
-        let mut c = Cache::open(&path);
+        let mut c = Cache::open(&path, &v());
         c.insert(k.clone(), refused("x"));
         c.save();
         std::fs::remove_file(&k.path).unwrap();
-        let mut c = Cache::open(&path);
+        let mut c = Cache::open(&path, &v());
         assert_eq!(c.len(), 1);
         c.save();
-        assert_eq!(Cache::open(&path).len(), 0);
+        assert_eq!(Cache::open(&path, &v()).len(), 0);
     }
 
     #[test]

@@ -1,0 +1,24 @@
+//! # terrahost-index
+//!
+//! Everything terrahost knows about its plugins that needs no libtorch: discovery of
+//! the candidate files ([`discover`]), the host side of the out-of-process scan
+//! ([`scan`]), the registry cache ([`cache`]), the scans' plain data ([`meta`]), the
+//! merged registries as data ([`view`]) with TerraTorch's name resolution
+//! ([`resolve`]), and what `plugins`, `list` and `show` print ([`render`]).
+//!
+//! The `terrahost` binary of this crate is the light front ([`front`]): it maps no
+//! libtorch (this crate depends on neither tch nor the plugin-api), answers the
+//! metadata commands from the cache, and `exec`s the heavy `terrahost-engine`
+//! ([`engine`]) for `build`, `run`, `predict` and the scans. The engine (crate
+//! `terrahost`) depends on this crate and uses the same code for all of the above.
+pub mod cache;
+pub mod common;
+pub mod discover;
+pub mod engine;
+pub mod front;
+pub mod gather;
+pub mod meta;
+pub mod render;
+pub mod resolve;
+pub mod scan;
+pub mod view;

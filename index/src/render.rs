@@ -1,0 +1,249 @@
+//! What `plugins`, `list` and `show` print, text and `--json`, written once for both
+//! binaries: the front renders its [`crate::view::View`], the engine its `Host`, each
+//! handing over the same plain rows.
+use crate::common::registry_names;
+use crate::meta::EntryMeta;
+use globset::{Glob, GlobMatcher};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+/// A plugin that loaded, for `plugins`.
+pub struct LoadedRow<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Its file (`None` for an in-process plugin).
+    pub path: Option<&'a Path>,
+    /// The plugin-api it was built against.
+    pub api_version: &'a str,
+    /// The libtorch it was built against.
+    pub torch_version: &'a str,
+    /// `(registry, prefix, number of entries)` per source.
+    pub sources: &'a [(String, String, usize)],
+}
+
+/// A refused file, for `plugins`.
+pub struct RejectedRow<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// The refusal's kind code.
+    pub kind: &'a str,
+    /// The reason.
+    pub reason: &'a str,
+}
+
+/// `terrahost plugins`.
+pub fn plugins(
+    dirs: &[PathBuf],
+    cache: Option<&Path>,
+    loaded: &[LoadedRow<'_>],
+    rejected: &[RejectedRow<'_>],
+    json: bool,
+) {
+    if json {
+        let loaded: Vec<_> = loaded
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "version": p.version,
+                    "path": p.path.map(|p| p.display().to_string()),
+                    "api_version": p.api_version,
+                    "torch_version": p.torch_version,
+                    "sources": p.sources.iter().map(|(r, prefix, n)| json!({"registry": r, "prefix": prefix, "count": n})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let rejected: Vec<_> = rejected
+            .iter()
+            .map(|r| json!({"path": r.path.display().to_string(), "kind": r.kind, "reason": r.reason}))
+            .collect();
+        print_json(&json!({
+            "loaded": loaded,
+            "rejected": rejected,
+            "cache": cache.map(|p| p.display().to_string()),
+        }));
+        return;
+    }
+    println!(
+        "plugin directories: {}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    match cache {
+        Some(p) => println!("registry cache: {}", p.display()),
+        None => println!("registry cache: none"),
+    }
+    if loaded.is_empty() {
+        println!("no plugins loaded");
+    }
+    for p in loaded {
+        println!(
+            "{} {}  (plugin-api {}, libtorch {}, {})",
+            p.name,
+            p.version,
+            p.api_version,
+            p.torch_version,
+            p.path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "in-process".into())
+        );
+        for (r, prefix, n) in p.sources {
+            println!(
+                "    {r:<14} {prefix:<12} {n} {}",
+                if *n == 1 { "entry" } else { "entries" }
+            );
+        }
+    }
+    for r in rejected {
+        println!("refused {} [{}]: {}", r.path.display(), r.kind, r.reason);
+    }
+}
+
+/// One source of a registry as listed.
+pub struct Group {
+    /// Its prefix.
+    pub prefix: String,
+    /// The plugin that registered it.
+    pub plugin: String,
+    /// Its names, in order.
+    pub names: Vec<String>,
+}
+
+/// `terrahost list`: `groups(registry)` gives each registry's sources in search
+/// order (`None` for an unknown registry). Errors are one line for the user.
+pub fn list(
+    registry: Option<&str>,
+    filter: Option<&str>,
+    json: bool,
+    groups: &dyn Fn(&str) -> Option<Vec<Group>>,
+) -> Result<(), String> {
+    let registries: Vec<&str> = match registry {
+        Some(r) if groups(r).is_some() => vec![r],
+        Some(r) => {
+            return Err(format!(
+                "there is no registry `{r}`; choose one of {}",
+                registry_names::ALL.join(", ")
+            ))
+        }
+        None => registry_names::ALL.to_vec(),
+    };
+    let matcher = filter
+        .map(|f| Glob::new(f).map(|g| g.compile_matcher()))
+        .transpose()
+        .map_err(|e| format!("--filter: invalid glob: {e}"))?;
+    let filtered = |r: &str| -> Vec<Group> {
+        let keep = |m: Option<&GlobMatcher>, prefix: &str, name: &str| {
+            m.is_none_or(|g| g.is_match(name) || g.is_match(format!("{prefix}_{name}")))
+        };
+        groups(r)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| Group {
+                names: g
+                    .names
+                    .into_iter()
+                    .filter(|n| keep(matcher.as_ref(), &g.prefix, n))
+                    .collect(),
+                ..g
+            })
+            // A group of in-process names is shown only when it has any (as before).
+            .filter(|g| g.prefix != "host" || !g.names.is_empty())
+            .collect()
+    };
+    if json {
+        let mut out = Map::new();
+        for r in &registries {
+            let list: Vec<Value> = filtered(r)
+                .into_iter()
+                .map(|g| json!({"prefix": g.prefix, "plugin": g.plugin, "names": g.names}))
+                .collect();
+            out.insert((*r).to_owned(), Value::Array(list));
+        }
+        print_json(&Value::Object(out));
+        return Ok(());
+    }
+    for r in &registries {
+        let gs = filtered(r);
+        let total: usize = gs.iter().map(|g| g.names.len()).sum();
+        let sources = if gs.len() == 1 { "source" } else { "sources" };
+        let entries = if total == 1 { "entry" } else { "entries" };
+        println!("{r} ({} {sources}, {total} {entries})", gs.len());
+        for g in gs {
+            let names = if g.names.is_empty() {
+                "-".to_owned()
+            } else {
+                g.names.join(", ")
+            };
+            println!("  {:<11} [{}] {names}", g.prefix, g.plugin);
+        }
+    }
+    Ok(())
+}
+
+/// `terrahost show`: the entry `qualified` of `registry`.
+pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) {
+    if json {
+        let params: Vec<_> = info
+            .params
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "type": p.type_name(),
+                    "required": p.default.is_none(),
+                    "default": p.default_value(),
+                    "doc": p.doc,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "registry": registry,
+            "name": qualified,
+            "doc": info.doc,
+            "takes_channels": info.takes_channels,
+            "accepts_extra": info.accepts_extra,
+            "parameters": params,
+        }));
+        return;
+    }
+    println!("{registry} {qualified}");
+    if !info.doc.is_empty() {
+        println!("  {}", info.doc);
+    }
+    if info.takes_channels {
+        println!("  takes the channel list of its input features first (--channels)");
+    }
+    println!("  parameters:");
+    if info.params.is_empty() {
+        println!("    (none)");
+    }
+    let width = info.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &info.params {
+        let default = match &p.default {
+            Some(d) => format!("= {d}"),
+            None => "(required)".to_owned(),
+        };
+        println!(
+            "    {:<width$}  {:<16} {:<24} {}",
+            p.name,
+            p.type_name(),
+            default,
+            p.doc
+        );
+    }
+    if info.accepts_extra {
+        println!("    further keyword arguments are passed through");
+    }
+}

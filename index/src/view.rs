@@ -1,0 +1,371 @@
+//! The merged registries as data: what the engine's `Host` would hold, built from the
+//! scans ([`crate::gather`]) without loading a library. The front answers `plugins`,
+//! `list` and `show` from it.
+//!
+//! Registration follows the engine's (`terrahost::Host::try_add_plugin`): a plugin
+//! name already loaded is `duplicate-plugin`; a source the manifest does not declare,
+//! an invalid prefix or an unknown registry is `invalid-manifest`; a prefix (or, in the
+//! flat `model_factory` registry, a name) another plugin holds is `duplicate-prefix`;
+//! a refused plugin registers nothing. Name resolution is [`crate::resolve::find`],
+//! the same code the engine runs. `tests/tests/front.rs` runs a corpus of commands
+//! through both binaries and checks the answers are identical.
+use crate::common::registry_names as names;
+use crate::gather::Found;
+use crate::meta::{kind, EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use crate::resolve::{self, Lookup, SourceView};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One source, as data.
+pub struct DataSource {
+    /// The prefix.
+    pub prefix: String,
+    /// The plugin that registered it.
+    pub plugin: String,
+    entries: Vec<EntryMeta>,
+    index: HashMap<String, usize>,
+    refusals: HashMap<String, String>,
+}
+
+impl DataSource {
+    fn new(meta: &SourceMeta, plugin: &str) -> Self {
+        Self {
+            prefix: meta.prefix.clone(),
+            plugin: plugin.to_owned(),
+            index: meta
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.name.clone(), i))
+                .collect(),
+            entries: meta.entries.clone(),
+            refusals: meta
+                .refusals
+                .iter()
+                .map(|r| (r.name.clone(), r.why.clone()))
+                .collect(),
+        }
+    }
+
+    /// The entry called `name`.
+    pub fn entry(&self, name: &str) -> Option<&EntryMeta> {
+        self.index.get(name).map(|&i| &self.entries[i])
+    }
+}
+
+impl SourceView for DataSource {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn plugin(&self) -> &str {
+        &self.plugin
+    }
+    fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.name.clone()).collect()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    fn refusal(&self, name: &str) -> Option<String> {
+        self.refusals.get(name).cloned()
+    }
+    fn own_error(&self, _name: &str) -> Option<String> {
+        // Only the live source knows (timm's pretrained tags); the front hands names
+        // with a dot to the engine ([`needs_engine`]).
+        None
+    }
+}
+
+/// Whether answering a question about `name` needs the live plugin: a name with a dot
+/// (timm's `arch.tag`) resolves through the source's own code, which a scan cannot list.
+pub fn needs_engine(name: &str) -> bool {
+    name.contains('.')
+}
+
+/// A multi-source registry as data.
+pub struct MultiView {
+    name: String,
+    sources: Vec<DataSource>,
+    known_prefixes: Vec<String>,
+}
+
+impl MultiView {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            sources: Vec::new(),
+            known_prefixes: resolve::WELL_KNOWN_PREFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+
+    /// The sources, in search order.
+    pub fn sources(&self) -> &[DataSource] {
+        &self.sources
+    }
+
+    fn check_prefix(&self, prefix: &str, plugin: &str) -> Result<(), Refusal> {
+        if prefix.is_empty() || prefix.contains('_') || prefix.chars().any(char::is_whitespace) {
+            return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
+                "plugin `{plugin}` declares an invalid prefix {prefix:?} for the {} registry: a prefix is a non-empty word without `_`",
+                self.name
+            )));
+        }
+        if let Some(existing) = self.sources.iter().find(|s| s.prefix == prefix) {
+            return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
+                "Source for prefix {prefix} already exists in the {} registry: plugin `{}` registered it first, so plugin `{plugin}` cannot register it again",
+                self.name, existing.plugin
+            )));
+        }
+        Ok(())
+    }
+
+    fn note_prefix(&mut self, prefix: &str) {
+        if !self.known_prefixes.iter().any(|p| p == prefix) {
+            self.known_prefixes.push(prefix.to_owned());
+        }
+    }
+
+    fn add(&mut self, source: DataSource) {
+        let at = resolve::insertion_index(
+            self.sources.iter().map(|s| s.prefix.as_str()),
+            &source.prefix,
+        );
+        self.note_prefix(&source.prefix.clone());
+        self.sources.insert(at, source);
+    }
+
+    /// The qualified name and description of `name`.
+    pub fn describe(&self, name: &str) -> Result<(String, &EntryMeta), Lookup> {
+        let (slot, rest) = resolve::find(&self.name, &self.sources, &self.known_prefixes, name)?;
+        let entry = slot.entry(&rest).expect("find returns a contained name");
+        Ok((format!("{}_{rest}", slot.prefix), entry))
+    }
+}
+
+/// The flat `model_factory` registry as data: one namespace over all sources.
+pub struct FlatView {
+    name: String,
+    sources: Vec<DataSource>,
+    index: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+impl FlatView {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            sources: Vec::new(),
+            index: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// The sources, in registration order.
+    pub fn sources(&self) -> &[DataSource] {
+        &self.sources
+    }
+
+    fn check_source(&self, source: &SourceMeta, plugin: &str) -> Result<(), Refusal> {
+        for e in &source.entries {
+            if let Some(&s) = self.index.get(&e.name) {
+                return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
+                    "`{}` is already in the {} registry from plugin `{}`, so plugin `{plugin}` cannot register it again",
+                    e.name, self.name, self.sources[s].plugin
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, source: DataSource) {
+        let slot = self.sources.len();
+        for e in &source.entries {
+            self.index.insert(e.name.clone(), slot);
+            self.order.push(e.name.clone());
+        }
+        self.sources.push(source);
+    }
+
+    /// The description of `name`.
+    pub fn describe(&self, name: &str) -> Result<&EntryMeta, Lookup> {
+        match self.index.get(name) {
+            Some(&s) => Ok(self.sources[s].entry(name).expect("indexed")),
+            None => Err(Lookup::NotFound(resolve::not_found_message(
+                name,
+                &self.name,
+                &self.order,
+            ))),
+        }
+    }
+}
+
+/// A plugin that registered its sources.
+#[derive(Clone, Debug)]
+pub struct ViewPlugin {
+    /// Its manifest.
+    pub manifest: ManifestMeta,
+    /// Its file.
+    pub path: PathBuf,
+    /// `(registry, prefix, number of entries)` per source.
+    pub sources: Vec<(String, String, usize)>,
+}
+
+/// A refused file.
+#[derive(Clone, Debug)]
+pub struct ViewRejected {
+    /// The file.
+    pub path: PathBuf,
+    /// Why, with its kind.
+    pub refusal: Refusal,
+}
+
+/// A registry of either kind.
+pub enum RegistryView<'a> {
+    /// `backbone`, `neck`, `decoder`, `full_model`.
+    Multi(&'a MultiView),
+    /// `model_factory`.
+    Flat(&'a FlatView),
+}
+
+/// The five registries, the plugins in them and the refused files.
+pub struct View {
+    multi: [MultiView; 4],
+    model_factory: FlatView,
+    plugins: Vec<ViewPlugin>,
+    rejected: Vec<ViewRejected>,
+}
+
+impl View {
+    /// Registers every described plugin of `found`, in order; records every refusal.
+    pub fn new(found: &[Found]) -> Self {
+        let mut view = Self {
+            multi: [
+                names::BACKBONE,
+                names::NECK,
+                names::DECODER,
+                names::FULL_MODEL,
+            ]
+            .map(MultiView::new),
+            model_factory: FlatView::new(names::MODEL_FACTORY),
+            plugins: Vec::new(),
+            rejected: Vec::new(),
+        };
+        for f in found {
+            let refused = match &f.outcome {
+                Outcome::Refused(r) => Some(r.clone()),
+                Outcome::Plugin(info) => view.add(f.path.clone(), info).err(),
+            };
+            if let Some(refusal) = refused {
+                tracing::warn!(path = %f.path.display(), kind = %refusal.kind, reason = %refusal.reason, "plugin refused");
+                view.rejected.push(ViewRejected {
+                    path: f.path.clone(),
+                    refusal,
+                });
+            }
+        }
+        view
+    }
+
+    fn multi_index(name: &str) -> Option<usize> {
+        [
+            names::BACKBONE,
+            names::NECK,
+            names::DECODER,
+            names::FULL_MODEL,
+        ]
+        .iter()
+        .position(|n| *n == name)
+    }
+
+    /// Registers a plugin's sources: all of them or none.
+    fn add(&mut self, path: PathBuf, info: &PluginInfo) -> Result<(), Refusal> {
+        let plugin = info.manifest.name.as_str();
+        if let Some(other) = self.plugins.iter().find(|p| p.manifest.name == plugin) {
+            return Err(Refusal::new(
+                kind::DUPLICATE_PLUGIN,
+                format!(
+                    "a plugin named `{plugin}` is already loaded ({}); remove one of the two copies",
+                    other.path.display()
+                ),
+            ));
+        }
+        for s in &info.sources {
+            let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
+            if !info
+                .manifest
+                .sources
+                .iter()
+                .any(|(r, p)| r == registry && p == prefix)
+            {
+                return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
+                    "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
+                )));
+            }
+            if registry == names::MODEL_FACTORY {
+                self.model_factory.check_source(s, plugin)?;
+            } else if let Some(i) = Self::multi_index(registry) {
+                self.multi[i].check_prefix(prefix, plugin)?;
+            } else {
+                return Err(Refusal::new(
+                    kind::INVALID_MANIFEST,
+                    format!(
+                        "plugin `{plugin}`: {}",
+                        resolve::unknown_registry_message(registry)
+                    ),
+                ));
+            }
+        }
+        let mut registered = Vec::new();
+        for s in &info.sources {
+            let source = DataSource::new(s, plugin);
+            match Self::multi_index(&s.registry) {
+                Some(i) => self.multi[i].add(source),
+                None => self.model_factory.add(source),
+            }
+            registered.push((s.registry.clone(), s.prefix.clone(), s.entries.len()));
+        }
+        for (_, prefix) in &info.manifest.sources {
+            for r in &mut self.multi {
+                r.note_prefix(prefix);
+            }
+        }
+        self.plugins.push(ViewPlugin {
+            manifest: info.manifest.clone(),
+            path,
+            sources: registered,
+        });
+        Ok(())
+    }
+
+    /// The plugins that registered, in load order.
+    pub fn plugins(&self) -> &[ViewPlugin] {
+        &self.plugins
+    }
+
+    /// The refused files, in discovery order.
+    pub fn rejected(&self) -> &[ViewRejected] {
+        &self.rejected
+    }
+
+    /// The registry called `name`.
+    pub fn registry(&self, name: &str) -> Option<RegistryView<'_>> {
+        if name == names::MODEL_FACTORY {
+            return Some(RegistryView::Flat(&self.model_factory));
+        }
+        Self::multi_index(name).map(|i| RegistryView::Multi(&self.multi[i]))
+    }
+
+    /// The qualified name and description of `name` in `registry`.
+    pub fn describe(&self, registry: &str, name: &str) -> Result<(String, &EntryMeta), Lookup> {
+        match self.registry(registry) {
+            Some(RegistryView::Multi(r)) => r.describe(name),
+            Some(RegistryView::Flat(r)) => r.describe(name).map(|e| (name.to_owned(), e)),
+            None => Err(Lookup::NotFound(resolve::unknown_registry_message(
+                registry,
+            ))),
+        }
+    }
+}
