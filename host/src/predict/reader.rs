@@ -98,34 +98,58 @@ impl SceneReader {
     }
 
     /// Rows `y0..y0+n` of every band, `[bands, n, width]` float64.
+    ///
+    /// One `GDALDatasetRasterIO` over all bands, straight into the tensor: in a
+    /// pixel-interleaved file (GeoTIFF's default for multi-band scenes) each tile holds
+    /// every band, and a read band by band decompressed each tile once per band (six
+    /// times for an HLS scene), then copied the whole window once more.
     pub fn read_rows(&self, y0: usize, n: usize) -> Result<Tensor> {
         let w = self.width;
-        let mut data = vec![0f64; self.bands * n * w];
-        for b in 0..self.bands {
-            let band = self
-                .ds
-                .rasterband(b + 1)
-                .map_err(|e| raster_err(&self.path, format!("band {}: {e}", b + 1)))?;
-            band.read_into_slice::<f64>(
-                (0, y0 as isize),
-                (w, n),
-                (w, n),
-                &mut data[b * n * w..(b + 1) * n * w],
-                None,
+        let out = Tensor::zeros(
+            [self.bands as i64, n as i64, w as i64],
+            (Kind::Double, tch::Device::Cpu),
+        );
+        let too_big = || raster_err(&self.path, "the scene is too large for GDAL's RasterIO");
+        let (x_size, y_off, y_size) = (
+            i32::try_from(w).map_err(|_| too_big())?,
+            i32::try_from(y0).map_err(|_| too_big())?,
+            i32::try_from(n).map_err(|_| too_big())?,
+        );
+        // SAFETY: `out` is a contiguous float64 tensor of bands * n * w elements, the
+        // size GDAL writes with the default (band-sequential) spacings and a null band
+        // list (all bands); the dataset handle lives as long as `self`.
+        let err = unsafe {
+            gdal_sys::GDALDatasetRasterIO(
+                self.ds.c_dataset(),
+                gdal_sys::GDALRWFlag::GF_Read,
+                0,
+                y_off,
+                x_size,
+                y_size,
+                out.data_ptr(),
+                x_size,
+                y_size,
+                gdal_sys::GDALDataType::GDT_Float64,
+                self.bands as i32,
+                std::ptr::null_mut(),
+                0,
+                0,
+                0,
             )
-            .map_err(|e| {
-                raster_err(
-                    &self.path,
-                    format!(
-                        "cannot read rows {y0}..{} of band {} (truncated or corrupt file?): {}",
-                        y0 + n,
-                        b + 1,
-                        reason(&e)
-                    ),
-                )
-            })?;
+        };
+        if err != gdal_sys::CPLErr::CE_None {
+            let msg = unsafe { std::ffi::CStr::from_ptr(gdal_sys::CPLGetLastErrorMsg()) }
+                .to_string_lossy()
+                .into_owned();
+            return Err(raster_err(
+                &self.path,
+                format!(
+                    "cannot read rows {y0}..{} (truncated or corrupt file?): {msg}",
+                    y0 + n
+                ),
+            ));
         }
-        Ok(Tensor::from_slice(&data).view([self.bands as i64, n as i64, w as i64]))
+        Ok(out)
     }
 
     /// Pixels where any band equals the nodata value (TerraTorch's output nodata mask),
