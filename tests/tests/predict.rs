@@ -51,28 +51,43 @@ fn weights(case: &str, dir: &Path) -> PathBuf {
     path
 }
 
-/// Runs `terrahost --plugin-dir PLUGINS predict ARGS` in `cwd`.
-fn predict(plugins: &Path, cwd: &Path, args: &[&str]) -> Output {
+/// `terrahost --plugin-dir PLUGINS predict`, to run in `cwd`, ready for its arguments.
+fn predict_command(plugins: &Path, cwd: &Path) -> Command {
     let exe = build_dir().join("terrahost");
     assert!(
         exe.exists(),
         "{} is not built; run `cargo build --workspace` first",
         exe.display()
     );
-    Command::new(exe)
-        .current_dir(cwd)
+    let mut c = Command::new(exe);
+    c.current_dir(cwd)
         .arg("--plugin-dir")
         .arg(plugins)
         .arg("predict")
-        .args(args)
         .env_remove("LD_LIBRARY_PATH")
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs `terrahost --plugin-dir PLUGINS predict ARGS` in `cwd`.
+fn predict(plugins: &Path, cwd: &Path, args: &[&str]) -> Output {
+    predict_command(plugins, cwd)
+        .args(args)
         .output()
         .expect("run terrahost")
 }
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `error:` line of `o`'s stderr that names `name`.
+fn error_line(o: &Output, name: &str) -> String {
+    let err = stderr(o);
+    err.lines()
+        .find(|l| l.starts_with("error:") && l.contains(name))
+        .unwrap_or_else(|| panic!("no error line names {name}: {err}"))
+        .to_owned()
 }
 
 /// All bands of a file, `[bands, h, w]` float64.
@@ -275,12 +290,7 @@ fn bad_scenes_are_named_with_their_reason_while_the_others_are_predicted() {
         !o.status.success(),
         "a failed scene must make the exit code non-zero"
     );
-    let line = |name: &str| -> String {
-        err.lines()
-            .find(|l| l.starts_with("error:") && l.contains(name))
-            .unwrap_or_else(|| panic!("no error line names {name}: {err}"))
-            .to_owned()
-    };
+    let line = |name: &str| error_line(&o, name);
     assert!(line("notes.tif").contains("not a raster"), "{err}");
     let four = line("four_bands.tif");
     assert!(
@@ -325,11 +335,7 @@ fn an_unknown_band_name_is_refused_naming_the_band() {
         ],
     );
     assert!(!o.status.success());
-    let err = stderr(&o);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error:") && l.contains("w.tif"))
-        .unwrap_or_else(|| panic!("{err}"));
+    let line = error_line(&o, "w.tif");
     assert!(
         line.contains("`SWIR_3`") && line.contains("did you mean `SWIR_1`"),
         "{line}"
@@ -361,11 +367,7 @@ fn a_multi_temporal_scene_that_is_not_whole_frames_is_refused_naming_it() {
         ],
     );
     assert!(!o.status.success());
-    let err = stderr(&o);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error:") && l.contains("twenty.tif"))
-        .unwrap_or_else(|| panic!("{err}"));
+    let line = error_line(&o, "twenty.tif");
     assert!(
         line.contains("20 bands") && line.contains("not a whole number of frames of the 7"),
         "{line}"
@@ -550,18 +552,13 @@ fn scene_paths_from_stdin_are_predicted_as_they_arrive() {
     let scene = fixture("whole").join("scenes/w.tif");
     let out = work.path().join("out");
     let cfg = fixture("whole").join("config.yaml");
-    let mut child = Command::new(build_dir().join("terrahost"))
-        .arg("--plugin-dir")
-        .arg(plugins.path())
-        .arg("predict")
+    let mut child = predict_command(plugins.path(), work.path())
         .arg("--config")
         .arg(&cfg)
         .arg("--weights")
         .arg(&w)
         .args(["--input", "-", "--json-lines", "--output-dir"])
         .arg(&out)
-        .env_remove("LD_LIBRARY_PATH")
-        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
