@@ -45,6 +45,8 @@ CORPUS = REPO / "tests" / "corpus"
 SOURCE = CORPUS / "terratorch"
 FIXTURES = CORPUS / "fixtures"
 SIZES = [64, 96, 128, 224]
+# torch.manual_seed before every forward, for models that draw random numbers there.
+FORWARD_SEED = 0
 PRETRAINED_KEYS = ("pretrained", "backbone_pretrained")
 
 
@@ -191,8 +193,11 @@ def run_one(rel: Path) -> dict:
             shape = [1, c, frames, size, size] if frames and frames > 1 else [1, c, size, size]
             inputs = {"input": torch.randn(*shape, generator=g)}
         try:
+            torch.manual_seed(FORWARD_SEED)
+            rng_before = torch.get_rng_state()
             with torch.no_grad():
                 out32 = forward(model, {k: v.clone() for k, v in inputs.items()})
+            draws = not torch.equal(rng_before, torch.get_rng_state())
             break
         except Exception as e:  # noqa: BLE001
             last_err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -200,10 +205,15 @@ def run_one(rel: Path) -> dict:
         rec.update(status="terratorch-refuses", error=f"the model runs on none of the inputs tried ({last_err})")
         return rec
     # The float64 truth. Models that make tensors inside forward (DOFA's wavelengths)
-    # make them in the default dtype, so that is float64 too for this pass.
+    # make them in the default dtype, so that is float64 too for this pass; except for a
+    # model that draws random numbers in forward (the MAE's masking noise): a float64
+    # draw is other numbers than a float32 one, so it keeps float32 and, seeded alike,
+    # draws what the float32 pass drew (and what `terrahost run --seed` draws).
     model64 = model.double()
-    torch.set_default_dtype(torch.float64)
+    if not draws:
+        torch.set_default_dtype(torch.float64)
     try:
+        torch.manual_seed(FORWARD_SEED)
         with torch.no_grad():
             out64 = forward(model64, {k: v.double() for k, v in inputs.items()})
         f64_error = None
@@ -242,6 +252,10 @@ def run_one(rel: Path) -> dict:
         "reference_errors": errors,
         # Where the float64 pass could not run, the `f64.*` tensors are the float32 ones.
         "float64_error": f64_error,
+        # Set with torch.manual_seed just before each forward; the model draws random
+        # numbers in forward when `draws_random` is true (`terrahost run --seed` then).
+        "forward_seed": FORWARD_SEED,
+        "draws_random": draws,
         "versions": versions(),
     }
     (out_dir / "meta.json").write_text(dump_json(meta) + "\n")

@@ -105,6 +105,14 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
         .arg(&input_file)
         .arg("--output")
         .arg(&output_file)
+        // the seed TerraTorch's forward ran under, for a model that draws random numbers
+        .args(
+            meta.get("draws_random")
+                .and_then(Value::as_bool)
+                .filter(|d| *d)
+                .map(|_| vec!["--seed".to_owned(), meta["forward_seed"].to_string()])
+                .unwrap_or_default(),
+        )
         // a registry cache of this test's own (beside the plugins; not a `.so`), never the user's
         .env("TERRAHOST_CACHE", plugins.join("registry-cache.json"))
         .env_remove("LD_LIBRARY_PATH")

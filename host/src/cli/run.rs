@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// auxiliary head).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Seed libtorch's random generator with N just before the forward, as
+    /// `torch.manual_seed(N)` does in Python, so that a model that draws random numbers
+    /// in its forward (the Prithvi MAE's masking) draws the same numbers PyTorch would.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<i64>,
     /// cpu, cuda or auto (cuda when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -265,6 +270,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         Inputs::Positional(_) => vec!["input".into()],
         Inputs::Named(v) => v.iter().map(|(n, _)| n.clone()).collect(),
     };
+    if let Some(seed) = a.seed {
+        // One generator serves host and plugins: libtorch is one shared library.
+        tch::manual_seed(seed);
+    }
     let t2 = Instant::now();
     let outputs = match &inputs {
         Inputs::Positional(xs) => {
