@@ -28,7 +28,7 @@ use crate::source::{Source, SourceBox, Source_TO};
 use crate::tensor::{RDevice, TensorHandle, TensorRef};
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{ROption, RResult, RStr, RString, RVec, Tuple2},
+    std_types::{ROption, RResult, RStr, RString, RVec},
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -769,6 +769,13 @@ impl Source for Catalog {
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        if name.as_str() == crate::source::REFUSALS_NAME {
+            return RResult::ROk(crate::source::refusals_entry(
+                self.refused
+                    .iter()
+                    .map(|(n, why)| (n.as_str(), why.as_str())),
+            ));
+        }
         catch(format_args!("describing `{}_{name}`", self.prefix), || {
             self.info_of(name.as_str())
         })
@@ -821,14 +828,6 @@ impl Source for Catalog {
             },
         )
         .into()
-    }
-
-    fn refusals(&self) -> RVec<Tuple2<RString, RString>> {
-        let mut all: Vec<_> = self.refused.iter().collect();
-        all.sort();
-        all.into_iter()
-            .map(|(n, why)| Tuple2(n.as_str().into(), why.as_str().into()))
-            .collect()
     }
 }
 
@@ -1184,5 +1183,51 @@ mod tests {
                 && e.message().contains("rebuild"),
             "{e}"
         );
+    }
+
+    /// Refused names reach a scan through the reserved `__refusals__` entry, sorted; a
+    /// source that predates it (any not-found answer) has none; the reserved name is
+    /// not an entry.
+    #[test]
+    fn refused_names_travel_as_the_reserved_describe_entry() {
+        use crate::source::{refusals_of, REFUSALS_NAME};
+        let source = Catalog::new("t")
+            .refuses("zeta_tim", "the TiM variants are not built yet")
+            .refuses("alpha_v01", "v0.1 is not built")
+            .into_source();
+        assert_eq!(
+            refusals_of(&source),
+            vec![
+                ("alpha_v01".to_owned(), "v0.1 is not built".to_owned()),
+                (
+                    "zeta_tim".to_owned(),
+                    "the TiM variants are not built yet".to_owned()
+                ),
+            ]
+        );
+        assert!(!source.contains(REFUSALS_NAME.into()));
+        assert!(source.names().is_empty());
+        // What a source built before plugin-api 0.2.3 answers: not found.
+        struct Old;
+        impl Source for Old {
+            fn names(&self) -> RVec<RString> {
+                RVec::new()
+            }
+            fn contains(&self, _: RStr<'_>) -> bool {
+                false
+            }
+            fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+                RResult::RErr(PluginError::not_found(format!("no `{name}`")))
+            }
+            fn build(
+                &self,
+                _: RStr<'_>,
+                _: BuildRequest,
+                _: HostRef<'_>,
+            ) -> RResult<ModuleBox, PluginError> {
+                RResult::RErr(PluginError::not_found("none"))
+            }
+        }
+        assert!(refusals_of(&Source_TO::from_value(Old, TD_Opaque)).is_empty());
     }
 }

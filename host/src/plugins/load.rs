@@ -13,7 +13,7 @@ use super::meta::{self, kind, Outcome, PluginInfo, Refusal, RefusedName, SourceM
 use abi_stable::{
     library::{lib_header_from_path, LibraryError, RootModule},
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RStr, RString, RVec, Tuple2},
+    std_types::{RResult, RStr, RString, RVec},
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -265,14 +265,9 @@ pub fn describe_sources(
                 })?;
             entries.push(meta::entry_meta(&info));
         }
-        let refusals = s
-            .source
-            .refusals()
+        let refusals = terrahost_plugin_api::source::refusals_of(&s.source)
             .into_iter()
-            .map(|Tuple2(name, why)| RefusedName {
-                name: name.into_string(),
-                why: why.into_string(),
-            })
+            .map(|(name, why)| RefusedName { name, why })
             .collect();
         out.push(SourceMeta {
             registry: s.registry.to_string(),
@@ -448,6 +443,13 @@ impl Source for LazySource {
     }
 
     fn describe(&self, name: RStr<'_>) -> RResult<EntryInfo, PluginError> {
+        if name.as_str() == terrahost_plugin_api::source::REFUSALS_NAME {
+            return RResult::ROk(terrahost_plugin_api::source::refusals_entry(
+                self.refusals
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.why.as_str())),
+            ));
+        }
         if let Some(r) = self.refusals.iter().find(|r| r.name == name.as_str()) {
             return RResult::RErr(PluginError::new(
                 terrahost_plugin_api::ErrorKind::NOT_SUPPORTED,
@@ -473,13 +475,6 @@ impl Source for LazySource {
             return RResult::RErr(self.not_found(name.as_str()));
         }
         self.with_live(name.as_str(), |s| s.build(name, request, host))
-    }
-
-    fn refusals(&self) -> RVec<Tuple2<RString, RString>> {
-        self.refusals
-            .iter()
-            .map(|r| Tuple2(r.name.as_str().into(), r.why.as_str().into()))
-            .collect()
     }
 }
 
