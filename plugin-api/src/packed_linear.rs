@@ -34,6 +34,29 @@ pub fn grad_enabled() -> bool {
 /// memory of the packed copies of a very large model.
 pub const ENV_SWITCH: &str = "TERRAHOST_PACKED_LINEAR";
 
+/// The environment variable that sets [`max_rows`].
+pub const ENV_MAX_ROWS: &str = "TERRAHOST_PACKED_LINEAR_MAX_ROWS";
+
+/// The most rows (`x.numel() / in_features`) a call may have for the packed path to run;
+/// larger calls take libtorch's plain linear. What packing saves is the repack of the
+/// weight that every plain call does, which matters for few rows and vanishes for many:
+/// on this project's 2-core AVX2 machine (oneDNN against MKL, in libtorch 2.13), the
+/// catalog model at batch 8 (1576 rows per linear) ran 7% faster on the plain path
+/// (`scripts/bench/forward_pairs.py`, 15 interleaved rounds, median ratio 0.932), and
+/// oneDNN lost to MKL on every ViT-B linear shape from about 800 rows up. The default
+/// of 512 rows keeps packing for batches of 1 and 2 of a ViT-B (197 and 394 rows),
+/// where it was measured faster when it was introduced; `TERRAHOST_PACKED_LINEAR_MAX_ROWS`
+/// overrides it.
+pub fn max_rows() -> i64 {
+    static MAX: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var(ENV_MAX_ROWS)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(512)
+    })
+}
+
 /// Whether the packed path is used: this libtorch has oneDNN's packed linear and
 /// `TERRAHOST_PACKED_LINEAR` is not `0`.
 pub fn available() -> bool {
@@ -122,8 +145,10 @@ impl PackedLinear {
     }
 
     fn forward_with(&self, x: &Tensor, gelu: bool) -> Tensor {
+        let in_features = self.weight.size().get(1).copied().unwrap_or(1).max(1);
         let packed_ok = x.device() == Device::Cpu
             && x.kind() == Kind::Float
+            && x.numel() as i64 / in_features <= max_rows()
             && self.weight.kind() == Kind::Float
             && self.weight.device() == Device::Cpu
             && available()
@@ -134,10 +159,15 @@ impl PackedLinear {
             }
         }
         let y = x.linear(&self.weight, self.bias.as_ref());
-        if gelu {
-            y.gelu("none")
-        } else {
-            y
+        match gelu {
+            false => y,
+            true if grad_enabled() => y.gelu("none"),
+            // Without autograd, in place: one activation-sized allocation less.
+            true => {
+                let mut y = y;
+                let _ = y.gelu_("none");
+                y
+            }
         }
     }
 

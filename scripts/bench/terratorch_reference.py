@@ -5,6 +5,7 @@
 
     .venv-ref/bin/python scripts/bench/terratorch_reference.py --runs 7 --threads 2 --mode inference_mode
     .venv-ref/bin/python scripts/bench/terratorch_reference.py --once   # one build + one forward (for peak RSS)
+    .venv-ref/bin/python scripts/bench/terratorch_reference.py --serve --batch 8   # a worker for forward_pairs.py
 
 Prints one JSON object: medians in seconds, the thread count and the versions.
 """
@@ -35,6 +36,8 @@ def main() -> None:
     p.add_argument("--once", action="store_true")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--mode", choices=["no_grad", "inference_mode"], default="inference_mode")
+    p.add_argument("--serve", action="store_true",
+                   help="build once, warm up, print {\"ready\": true}, then one forward per stdin line")
     a = p.parse_args()
 
     t_import = time.perf_counter()
@@ -53,6 +56,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     x = torch.randn(a.batch, 6, 224, 224)
+    if a.serve:
+        serve(build(), x, a)
+        return
     builds, forwards = [], []
     runs = 1 if a.once else a.runs
     for _ in range(runs):
@@ -82,6 +88,19 @@ def main() -> None:
             }
         )
     )
+
+
+def serve(model, x, a) -> None:
+    """The worker side of forward_pairs.py: one timed forward per line on stdin."""
+    import torch
+
+    with torch.no_grad() if a.mode == "no_grad" else torch.inference_mode():
+        model(x)  # warm-up
+        print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "batch": a.batch}), flush=True)
+        for _ in sys.stdin:
+            t = time.perf_counter()
+            model(x)
+            print(json.dumps({"forward_s": time.perf_counter() - t}), flush=True)
 
 
 if __name__ == "__main__":
