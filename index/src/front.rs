@@ -216,6 +216,20 @@ pub fn no_scanner(files: &[PathBuf]) -> Scanned {
 }
 
 /// Runs a front command. Errors are one line for the user.
+/// Warns that no plugin loaded from `dirs`, except for the `plugins` command (whose
+/// output says so itself). Both binaries call it, so their stderr stays the same.
+pub fn warn_if_no_plugins(none_loaded: bool, plugins_command: bool, dirs: &[PathBuf]) {
+    if none_loaded && !plugins_command {
+        tracing::warn!(
+            "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), String> {
     let Cli {
         globals: g,
@@ -242,15 +256,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
         None => no_scanner(files),
     });
     let view = View::new(&found);
-    if view.plugins().is_empty() && !matches!(command, Command::Plugins { .. }) {
-        tracing::warn!(
-            "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    warn_if_no_plugins(
+        view.plugins().is_empty(),
+        matches!(command, Command::Plugins { .. }),
+        &dirs,
+    );
     match command {
         Command::Plugins { json, .. } => {
             let loaded: Vec<LoadedRow> = view

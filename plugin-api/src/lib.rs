@@ -24,6 +24,7 @@
 
 pub mod args;
 pub mod checkpoint;
+pub mod conv_bn;
 pub mod error;
 pub mod host;
 pub mod inference;

@@ -40,26 +40,10 @@ CONFIG = HERE / "predict_prithvi_unet.yaml"
 
 
 def write_scene(path: Path, size: int) -> None:
-    """A size x size x 6-band uint16 HLS-like scene, LZW, 512 x 512 tiles, EPSG:32633,
-    nodata 0 in one corner block."""
-    import numpy as np
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
+    """The size x size x 6-band scene of synthetic_scene.py, with a nodata corner block."""
+    from synthetic_scene import write_scene as write
 
-    prof = dict(driver="GTiff", width=size, height=size, count=6, dtype="uint16", crs="EPSG:32633",
-                nodata=0, transform=from_origin(500000, 4100000, 30, 30), compress="lzw", tiled=True,
-                blockxsize=512, blockysize=512)
-    x = np.arange(size)
-    with rasterio.open(path, "w", **prof) as dst:
-        for y0 in range(0, size, 512):
-            n = min(512, size - y0)
-            y = np.arange(y0, y0 + n)[:, None]
-            block = np.stack([(1000 + 800 * np.sin(x[None, :] / (50 + 7 * b)) * np.cos(y / (70 + 5 * b)) + b * 300)
-                              .astype(np.uint16) for b in range(6)])
-            if y0 == 0:
-                block[:, :40, :40] = 0
-            dst.write(block, window=Window(0, y0, size, n))
+    write(path, size, size, nodata_corner=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,23 +26,7 @@ for p in terratorch timm smp mmseg; do ln -sf "$root/target/$profile/libterrahos
 scene="$work/scenes/scene_${W}x${H}.tif"
 if [ ! -f "$scene" ]; then
     echo "==> writing $scene (LZW, 512 x 512 tiles, written block row by block row)" >&2
-    "$py" - "$scene" "$W" "$H" <<'PY'
-import sys, numpy as np, rasterio
-from rasterio.transform import from_origin
-from rasterio.windows import Window
-path, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-prof = dict(driver="GTiff", width=w, height=h, count=6, dtype="uint16", crs="EPSG:32633", nodata=0,
-            transform=from_origin(500000, 4100000, 30, 30), compress="lzw", tiled=True,
-            blockxsize=512, blockysize=512, BIGTIFF="YES")
-x = np.arange(w)
-with rasterio.open(path, "w", **prof) as dst:
-    for y0 in range(0, h, 512):
-        n = min(512, h - y0)
-        y = np.arange(y0, y0 + n)[:, None]
-        block = np.stack([(1000 + 800 * np.sin(x[None, :] / (50 + 7 * b)) * np.cos(y / (70 + 5 * b)) + b * 100)
-                          .astype(np.uint16) for b in range(6)])
-        dst.write(block, window=Window(0, y0, w, n))
-PY
+    "$py" scripts/bench/synthetic_scene.py "$scene" "$W" "$H"
 fi
 "$py" - "$work/weights.safetensors" <<'PY'
 import sys, json; sys.path.insert(0, "scripts/reference")

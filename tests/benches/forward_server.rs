@@ -37,7 +37,10 @@ fn main() {
     let x = tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
     terrahost_plugin_api::inference::inference_mode(|| {
         model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
-        println!("{}", json!({"ready": true, "threads": threads, "batch": batch}));
+        println!(
+            "{}",
+            json!({"ready": true, "threads": threads, "batch": batch})
+        );
         for line in std::io::stdin().lock().lines() {
             if line.is_err() {
                 break;

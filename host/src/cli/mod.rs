@@ -108,17 +108,11 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
     let dirs = discover::plugin_dirs(&cli.globals.plugin_dirs);
     let options = load_options(&cli)?;
     let host = Host::load_with(&dirs, &options);
-    if host.plugins().is_empty()
-        && !matches!(cli.command, Command::Meta(front::Command::Plugins { .. }))
-    {
-        tracing::warn!(
-            "no plugins loaded from {}; install plugin libraries there or pass --plugin-dir",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    front::warn_if_no_plugins(
+        host.plugins().is_empty(),
+        matches!(cli.command, Command::Meta(front::Command::Plugins { .. })),
+        &dirs,
+    );
     match cli.command {
         Command::Meta(front::Command::Plugins { json, .. }) => {
             plugins::run(&host, &dirs, options.cache.as_deref(), json)

@@ -7,7 +7,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{nn, nn::Module, Tensor};
-use terrahost_plugin_api::{sdk::batch_norm2d, PluginError, Result};
+use terrahost_plugin_api::{
+    conv_bn::{ConvBn, ConvGeometry},
+    sdk::batch_norm2d,
+    PluginError, Result,
+};
 
 /// The normalisation between each convolution and its ReLU (smp's `use_norm`).
 ///
@@ -495,6 +499,11 @@ impl Norm {
 pub struct Conv2dReLU {
     conv: nn::Conv2D,
     norm: Norm,
+    padding: i64,
+    /// The BatchNorm's eps, when the norm is a BatchNorm (folded into the convolution
+    /// for inference).
+    bn_eps: Option<f64>,
+    fold: ConvBn,
 }
 
 impl Conv2dReLU {
@@ -510,13 +519,26 @@ impl Conv2dReLU {
         Self {
             conv,
             norm: Norm::new(&p / 1, norm, c_out),
+            padding: k / 2,
+            bn_eps: match *norm {
+                NormConfig::BatchNorm { eps, .. } => Some(eps),
+                _ => None,
+            },
+            fold: ConvBn::new(),
         }
     }
 
     /// conv, norm, ReLU.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv);
-        Ok(self.norm.forward(&y, train)?.f_relu()?)
+        let mut y = match (&self.norm, self.bn_eps) {
+            (Norm::Batch(bn), Some(eps)) => {
+                let g = ConvGeometry::padded(self.padding);
+                self.fold.forward(x, &self.conv, g, bn, eps, train)
+            }
+            _ => self.norm.forward(&x.apply(&self.conv), train)?,
+        };
+        // In place, as smp's `nn.ReLU(inplace=True)`: `y` is this block's own tensor.
+        Ok(y.f_relu_()?)
     }
 }
 

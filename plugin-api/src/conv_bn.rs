@@ -1,0 +1,182 @@
+//! A convolution followed by an eval-mode `BatchNorm2d`, folded into one convolution for
+//! inference: `w' = w * s`, `b' = (b - mean) * s + beta` with `s = gamma / sqrt(var + eps)`
+//! per output channel. The folded pair saves the normalisation's pass over the
+//! activation, which on a memory-bound CPU is a sizeable part of a decoder block. The
+//! folded copy is made on first use and again whenever any of the six tensors changes
+//! (a checkpoint load, a device move), so the parameters stay the `state_dict` entries.
+//! It runs only without autograd and in eval mode; anything else takes the plain path
+//! (`conv`, then `batch_norm`), with the same numbers to float rounding.
+use crate::packed_linear::grad_enabled;
+use std::sync::Mutex;
+use tch::{nn, Tensor};
+
+/// What the folded copy was made from: (version, data pointer) of each tensor.
+type Key = Vec<(i64, usize)>;
+
+/// The convolution's geometry (`nn.Conv2d`'s stride, padding, dilation and groups).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeometry {
+    pub stride: i64,
+    pub padding: i64,
+    pub dilation: i64,
+    pub groups: i64,
+}
+
+impl ConvGeometry {
+    /// Stride 1, dilation 1, one group, the given zero padding.
+    pub fn padded(padding: i64) -> Self {
+        Self {
+            stride: 1,
+            padding,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// `bn(conv(x))` with the folding described in the module docs.
+#[derive(Debug, Default)]
+pub struct ConvBn {
+    folded: Mutex<Option<(Key, Tensor, Tensor)>>,
+}
+
+fn key_of(ts: &[Option<&Tensor>]) -> Option<Key> {
+    ts.iter()
+        .map(|t| match t {
+            Some(t) => Some((t.f_internal_version().ok()?, t.data_ptr() as usize)),
+            None => Some((-1, 0)),
+        })
+        .collect()
+}
+
+impl ConvBn {
+    /// A folding cache, empty until the first inference call.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `bn(conv(x))`: in training (`train`, which also updates the running statistics)
+    /// or with autograd on, the two layers as they are; otherwise the folded
+    /// convolution. `eps` is the BatchNorm's.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        conv: &nn::Conv2D,
+        geometry: ConvGeometry,
+        bn: &nn::BatchNorm,
+        eps: f64,
+        train: bool,
+    ) -> Tensor {
+        let g = geometry;
+        let conv_plain = || {
+            x.conv2d(
+                &conv.ws,
+                conv.bs.as_ref(),
+                [g.stride; 2],
+                [g.padding; 2],
+                [g.dilation; 2],
+                g.groups,
+            )
+        };
+        if train || grad_enabled() {
+            return nn::ModuleT::forward_t(bn, &conv_plain(), train);
+        }
+        let parts = [
+            Some(&conv.ws),
+            conv.bs.as_ref(),
+            bn.ws.as_ref(),
+            bn.bs.as_ref(),
+            Some(&bn.running_mean),
+            Some(&bn.running_var),
+        ];
+        let Some(key) = key_of(&parts) else {
+            return nn::ModuleT::forward_t(bn, &conv_plain(), false);
+        };
+        let mut guard = self.folded.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(&*guard, Some((k, _, _)) if *k == key) {
+            let scale = (&bn.running_var + eps).rsqrt();
+            let scale = match &bn.ws {
+                Some(gamma) => scale * gamma,
+                None => scale,
+            };
+            let shift = match &conv.bs {
+                Some(b) => b - &bn.running_mean,
+                None => -&bn.running_mean,
+            } * &scale;
+            let shift = match &bn.bs {
+                Some(beta) => shift + beta,
+                None => shift,
+            };
+            let weight = &conv.ws * scale.reshape([-1, 1, 1, 1]);
+            *guard = Some((key, weight, shift));
+        }
+        let (_, w, b) = guard.as_ref().expect("just set");
+        let (w, b) = (w.shallow_clone(), b.shallow_clone());
+        drop(guard);
+        x.conv2d(
+            &w,
+            Some(&b),
+            [g.stride; 2],
+            [g.padding; 2],
+            [g.dilation; 2],
+            g.groups,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn folded_and_plain_agree_and_track_changes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = nn::conv2d(
+            vs.root() / "c",
+            5,
+            7,
+            3,
+            nn::ConvConfig {
+                padding: 1,
+                bias: false,
+                ..Default::default()
+            },
+        );
+        let bn = nn::batch_norm2d(vs.root() / "bn", 7, Default::default());
+        tch::no_grad(|| {
+            bn.running_mean
+                .shallow_clone()
+                .copy_(&Tensor::randn([7], (Kind::Float, Device::Cpu)));
+            bn.running_var
+                .shallow_clone()
+                .copy_(&(Tensor::rand([7], (Kind::Float, Device::Cpu)) + 0.5));
+            bn.ws
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .copy_(&Tensor::randn([7], (Kind::Float, Device::Cpu)));
+            bn.bs
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .copy_(&Tensor::randn([7], (Kind::Float, Device::Cpu)));
+        });
+        let x = Tensor::randn([2, 5, 9, 9], (Kind::Float, Device::Cpu));
+        let f = ConvBn::new();
+        let g = ConvGeometry::padded(1);
+        let plain = tch::no_grad(|| nn::ModuleT::forward_t(&bn, &x.apply(&conv), false));
+        let folded = tch::no_grad(|| f.forward(&x, &conv, g, &bn, 1e-5, false));
+        assert!(f.folded.lock().unwrap().is_some(), "the folded path ran");
+        assert!((&plain - &folded).abs().max().double_value(&[]) < 1e-5);
+        // new statistics (a checkpoint load) are folded again
+        tch::no_grad(|| {
+            let _ = bn.running_var.shallow_clone().fill_(2.0);
+        });
+        let plain = tch::no_grad(|| nn::ModuleT::forward_t(&bn, &x.apply(&conv), false));
+        let folded = tch::no_grad(|| f.forward(&x, &conv, g, &bn, 1e-5, false));
+        assert!((&plain - &folded).abs().max().double_value(&[]) < 1e-5);
+        // with autograd on, the plain path keeps the graph
+        assert!(f.forward(&x, &conv, g, &bn, 1e-5, false).requires_grad());
+    }
+}
