@@ -16,6 +16,7 @@ environment settings. The first worker is the reference of the ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
 
+@functools.cache
 def server_binary() -> str:
-    """The forward_server bench executable cargo built (the newest)."""
+    """The forward_server bench executable cargo built (the newest); asked of cargo once."""
     out = subprocess.run(
         ["cargo", "bench", "-q", "-p", "terrahost-integration-tests", "--bench", "forward_server", "--no-run",
          "--message-format", "json"], cwd=REPO, check=True, capture_output=True, text=True).stdout
