@@ -1,7 +1,9 @@
 //! Embeds an rpath to the libtorch the test binaries were linked against, so the library
 //! loads without LD_LIBRARY_PATH; and compiles the hostile-plugin corpus
 //! (`fixture-plugins/c/*.c`, one shared library each) into `$OUT_DIR/hostile`, whose
-//! path the tests get as `TERRAHOST_HOSTILE_DIR`.
+//! path the tests get as `TERRAHOST_HOSTILE_DIR`. Its test and bench executables export
+//! `mkl_serv_intel_cpu_true` as the `terrahost` binary does (`host/src/mkl_dispatch.rs`),
+//! so that they run libtorch's MKL the way users get it.
 use std::path::Path;
 
 fn main() {
@@ -10,6 +12,11 @@ fn main() {
     }
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         hostile_corpus();
+        for kind in ["tests", "benches"] {
+            println!(
+                "cargo:rustc-link-arg-{kind}=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true"
+            );
+        }
     }
 }
 

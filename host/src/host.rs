@@ -66,6 +66,7 @@ impl Default for Host {
 impl Host {
     /// A host with empty registries.
     pub fn new() -> Self {
+        crate::mkl_dispatch::keep();
         Self {
             backbone: MultiSourceRegistry::new(names::BACKBONE),
             neck: MultiSourceRegistry::new(names::NECK),

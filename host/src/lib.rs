@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod loader;
+pub mod mkl_dispatch;
 pub mod plugins;
 pub mod predict;
 pub mod registry;

@@ -7,15 +7,12 @@
 //! (a checkpoint load, a device move), so the parameters stay the `state_dict` entries.
 //! It runs only without autograd and in eval mode; anything else takes the plain path
 //! (`conv`, then `batch_norm`), with the same numbers to float rounding.
+use crate::derived::Derived;
 use crate::packed_linear::grad_enabled;
-use std::sync::Mutex;
 use tch::{nn, Tensor};
 
-/// What the folded copy was made from: (version, data pointer) of each tensor.
-type Key = Vec<(i64, usize)>;
-
 /// The convolution's geometry (`nn.Conv2d`'s stride, padding, dilation and groups).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub stride: i64,
     pub padding: i64,
@@ -35,19 +32,41 @@ impl ConvGeometry {
     }
 }
 
+/// The six tensors a fold is made from, in a fixed order (the [`Derived`] sources).
+pub fn fold_sources<'a>(conv: &'a nn::Conv2D, bn: &'a nn::BatchNorm) -> [Option<&'a Tensor>; 6] {
+    [
+        Some(&conv.ws),
+        conv.bs.as_ref(),
+        bn.ws.as_ref(),
+        bn.bs.as_ref(),
+        Some(&bn.running_mean),
+        Some(&bn.running_var),
+    ]
+}
+
+/// The weight and bias of the one convolution that computes eval-mode `bn(conv(x))`
+/// (see the module docs); `eps` is the BatchNorm's.
+pub fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm, eps: f64) -> (Tensor, Tensor) {
+    let scale = (&bn.running_var + eps).rsqrt();
+    let scale = match &bn.ws {
+        Some(gamma) => scale * gamma,
+        None => scale,
+    };
+    let shift = match &conv.bs {
+        Some(b) => b - &bn.running_mean,
+        None => -&bn.running_mean,
+    } * &scale;
+    let shift = match &bn.bs {
+        Some(beta) => shift + beta,
+        None => shift,
+    };
+    (&conv.ws * scale.reshape([-1, 1, 1, 1]), shift)
+}
+
 /// `bn(conv(x))` with the folding described in the module docs.
 #[derive(Debug, Default)]
 pub struct ConvBn {
-    folded: Mutex<Option<(Key, Tensor, Tensor)>>,
-}
-
-fn key_of(ts: &[Option<&Tensor>]) -> Option<Key> {
-    ts.iter()
-        .map(|t| match t {
-            Some(t) => Some((t.f_internal_version().ok()?, t.data_ptr() as usize)),
-            None => Some((-1, 0)),
-        })
-        .collect()
+    folded: Derived<(Tensor, Tensor)>,
 }
 
 impl ConvBn {
@@ -79,43 +98,19 @@ impl ConvBn {
                 g.groups,
             )
         };
-        let conv_plain = || conv_with(&conv.ws, conv.bs.as_ref());
+        let plain = || nn::ModuleT::forward_t(bn, &conv_with(&conv.ws, conv.bs.as_ref()), train);
         if train || grad_enabled() {
-            return nn::ModuleT::forward_t(bn, &conv_plain(), train);
+            return plain();
         }
-        let parts = [
-            Some(&conv.ws),
-            conv.bs.as_ref(),
-            bn.ws.as_ref(),
-            bn.bs.as_ref(),
-            Some(&bn.running_mean),
-            Some(&bn.running_var),
-        ];
-        let Some(key) = key_of(&parts) else {
-            return nn::ModuleT::forward_t(bn, &conv_plain(), false);
-        };
-        let mut guard = self.folded.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(&*guard, Some((k, _, _)) if *k == key) {
-            let scale = (&bn.running_var + eps).rsqrt();
-            let scale = match &bn.ws {
-                Some(gamma) => scale * gamma,
-                None => scale,
-            };
-            let shift = match &conv.bs {
-                Some(b) => b - &bn.running_mean,
-                None => -&bn.running_mean,
-            } * &scale;
-            let shift = match &bn.bs {
-                Some(beta) => shift + beta,
-                None => shift,
-            };
-            let weight = &conv.ws * scale.reshape([-1, 1, 1, 1]);
-            *guard = Some((key, weight, shift));
+        let folded = self.folded.get(
+            &fold_sources(conv, bn),
+            || Some(fold(conv, bn, eps)),
+            |(w, b)| (w.shallow_clone(), b.shallow_clone()),
+        );
+        match folded {
+            Some((w, b)) => conv_with(&w, Some(&b)),
+            None => plain(),
         }
-        let (_, w, b) = guard.as_ref().expect("just set");
-        let (w, b) = (w.shallow_clone(), b.shallow_clone());
-        drop(guard);
-        conv_with(&w, Some(&b))
     }
 }
 
@@ -162,7 +157,7 @@ mod tests {
         let g = ConvGeometry::padded(1);
         let plain = tch::no_grad(|| nn::ModuleT::forward_t(&bn, &x.apply(&conv), false));
         let folded = tch::no_grad(|| f.forward(&x, &conv, g, &bn, 1e-5, false));
-        assert!(f.folded.lock().unwrap().is_some(), "the folded path ran");
+        assert!(f.folded.is_ready(), "the folded path ran");
         assert!((&plain - &folded).abs().max().double_value(&[]) < 1e-5);
         // new statistics (a checkpoint load) are folded again
         tch::no_grad(|| {

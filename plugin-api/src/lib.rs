@@ -25,6 +25,7 @@
 pub mod args;
 pub mod checkpoint;
 pub mod conv_bn;
+pub mod derived;
 pub mod error;
 pub mod host;
 pub mod inference;
@@ -38,6 +39,7 @@ pub mod sdk;
 pub mod source;
 pub mod tensor;
 mod torch_pickle;
+pub mod upsample_conv;
 pub mod warnings;
 
 pub use args::Args;

@@ -6,7 +6,7 @@
 //! path runs only without autograd (`no_grad` or inference mode), for float32 CPU
 //! tensors on a libtorch built with oneDNN; anything else takes the plain path, with
 //! the same numbers to float rounding.
-use std::sync::Mutex;
+use crate::derived::Derived;
 use tch::{nn, Device, Kind, Tensor};
 
 extern "C" {
@@ -85,19 +85,13 @@ fn wrap(ptr: *mut torch_sys::C_tensor) -> Result<Tensor, String> {
     }
 }
 
-/// The packed weight and what it was packed from.
-struct Packed {
-    version: i64,
-    data: usize,
-    weight: Tensor,
-}
-
 /// A linear layer (`y = x W^T + b`) that uses oneDNN's packed weight when autograd is
 /// off (see the module docs).
 pub struct PackedLinear {
     weight: Tensor,
     bias: Option<Tensor>,
-    packed: Mutex<Option<Packed>>,
+    /// oneDNN's packed copy of `weight`.
+    packed: Derived<Tensor>,
 }
 
 impl std::fmt::Debug for PackedLinear {
@@ -120,7 +114,7 @@ impl PackedLinear {
         Self {
             weight,
             bias,
-            packed: Mutex::new(None),
+            packed: Derived::new(),
         }
     }
 
@@ -174,32 +168,21 @@ impl PackedLinear {
     /// The packed path; `None` when oneDNN refuses (then the plain path runs).
     fn packed_forward(&self, x: &Tensor, gelu: bool) -> Option<Tensor> {
         let w = &self.weight;
-        let version = w.f_internal_version().ok()?;
-        let data = w.data_ptr() as usize;
-        let mut guard = self.packed.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = !matches!(&*guard, Some(p) if p.version == version && p.data == data);
-        if stale {
+        let pack = || {
             // SAFETY: `w` is a live tensor; the shim copies it into a new packed tensor.
             match wrap(unsafe { terrahost_mkldnn_pack_linear_weight(w.as_ptr()) }) {
-                Ok(weight) => {
-                    *guard = Some(Packed {
-                        version,
-                        data,
-                        weight,
-                    })
-                }
+                Ok(packed) => Some(packed),
                 Err(e) => {
                     tracing::debug!(
                         "oneDNN cannot pack a linear weight ({e}); using the plain linear"
                     );
-                    return None;
+                    None
                 }
             }
-        }
+        };
         // A shallow handle, so that the lock is not held during the matmul: threads
         // running the same model only wait for each other while packing.
-        let packed = guard.as_ref()?.weight.shallow_clone();
-        drop(guard);
+        let packed = self.packed.get(&[Some(w)], pack, Tensor::shallow_clone)?;
         let bias = self
             .bias
             .as_ref()
@@ -239,7 +222,7 @@ mod tests {
         let packed = tch::no_grad(|| l.forward(&x));
         assert!(available(), "this libtorch has oneDNN");
         assert!((&plain - &packed).abs().max().double_value(&[]) < 1e-4);
-        assert!(l.packed.lock().unwrap().is_some(), "the packed path ran");
+        assert!(l.packed.is_ready(), "the packed path ran");
         let gelu = tch::no_grad(|| l.forward_gelu(&x));
         assert!((plain.gelu("none") - &gelu).abs().max().double_value(&[]) < 1e-4);
         // a weight loaded in place afterwards is used (the packed copy is refreshed)

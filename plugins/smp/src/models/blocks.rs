@@ -10,6 +10,7 @@ use tch::{nn, nn::Module, Tensor};
 use terrahost_plugin_api::{
     conv_bn::{ConvBn, ConvGeometry},
     sdk::batch_norm2d,
+    upsample_conv::UpsampleConcatConv,
     PluginError, Result,
 };
 
@@ -253,6 +254,12 @@ impl Interpolation {
             Self::Area => x.f_adaptive_avg_pool2d(size)?,
             Self::NearestExact => x.f_internal_upsample_nearest_exact2d(size, None, None)?,
         })
+    }
+
+    /// Whether resizing an `h x w` map to `2h x 2w` repeats every pixel twice in each
+    /// direction (`"nearest"` and `"nearest-exact"` both take source pixel `i / 2`).
+    pub fn repeats_pixels(self, (h, w): (i64, i64), (to_h, to_w): (i64, i64)) -> bool {
+        matches!(self, Self::Nearest | Self::NearestExact) && to_h == 2 * h && to_w == 2 * w
     }
 }
 
@@ -504,6 +511,8 @@ pub struct Conv2dReLU {
     /// for inference).
     bn_eps: Option<f64>,
     fold: ConvBn,
+    /// The decomposed kernels of [`Self::forward_upsampled`].
+    upsampled: UpsampleConcatConv,
 }
 
 impl Conv2dReLU {
@@ -525,7 +534,31 @@ impl Conv2dReLU {
                 _ => None,
             },
             fold: ConvBn::new(),
+            upsampled: UpsampleConcatConv::new(),
         }
+    }
+
+    /// `self.forward(cat([upsample_nearest_2x(x), skip], 1))` for inference, without
+    /// making the upsampled or the concatenated map
+    /// ([`terrahost_plugin_api::upsample_conv`]). `None` where that path does not
+    /// apply (training, autograd on, a kernel other than 3x3, a norm other than
+    /// BatchNorm or none, shapes that do not fit), and the caller runs the plain path.
+    pub fn forward_upsampled(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        train: bool,
+    ) -> Option<Result<Tensor>> {
+        if train || self.padding != 1 {
+            return None;
+        }
+        let bn = match (&self.norm, self.bn_eps) {
+            (Norm::Batch(bn), Some(eps)) => Some((bn, eps)),
+            (Norm::Identity, _) => None,
+            _ => return None,
+        };
+        let mut y = self.upsampled.forward(x, skip, &self.conv, bn)?;
+        Some(y.f_relu_().map_err(Into::into))
     }
 
     /// conv, norm, ReLU.
@@ -615,6 +648,11 @@ impl Attention {
             None => Self::Identity,
             Some(AttentionType::Scse) => Self::Scse(Box::new(Scse::new(&p / "attention", c))),
         }
+    }
+
+    /// Whether this is `attention_type=None`.
+    pub fn is_identity(&self) -> bool {
+        matches!(self, Self::Identity)
     }
 
     /// Applies the attention (the identity returns `x` itself).

@@ -10,7 +10,7 @@
 //! (`terratorch/models/decoders/unet_decoder.py`) builds this decoder directly, so the
 //! `terratorch` plugin reuses [`UnetDecoder`].
 use super::args;
-use super::blocks::{Attention, Conv2dReLU};
+use super::blocks::{hw, Attention, Conv2dReLU};
 pub use super::blocks::{AttentionType, Interpolation, NormConfig};
 use super::checks::check_maps_from;
 use super::wrapper::{self, SmpDecoderWrapper};
@@ -180,6 +180,15 @@ impl UnetDecoderBlock {
         skip: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
+        // A nearest 2x upsampling without attention on the concatenation is folded into
+        // the first convolution for inference (Conv2dReLU::forward_upsampled).
+        let plain_concat = skip.is_none() || self.attention1.is_identity();
+        if plain_concat && self.interpolation.repeats_pixels(hw(x), (h, w)) {
+            if let Some(y) = self.conv1.forward_upsampled(x, skip, train) {
+                let x = self.conv2.forward(&y?, train)?;
+                return self.attention2.forward(x);
+            }
+        }
         let mut x = self.interpolation.resize(x, h, w)?;
         if let Some(skip) = skip {
             // [B, C_in, h, w] ++ [B, C_skip, h, w] -> [B, C_in + C_skip, h, w]
