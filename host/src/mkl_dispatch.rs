@@ -23,8 +23,9 @@ use std::os::raw::c_int;
 pub const ENV_VENDOR_CHECK: &str = "TERRAHOST_MKL_VENDOR_CHECK";
 
 /// Called by libtorch's MKL to decide whether it may choose its kernels by CPU features;
-/// see the module docs. Exported from the executable by `host/build.rs` (and by the
-/// test crate's build script for its benches).
+/// see the module docs. The linker exports it from any executable that links
+/// libtorch_cpu.so, which refers to it; `host/build.rs` (and the test crate's build
+/// script, for its tests and benches) also ask for the export explicitly.
 #[no_mangle]
 pub extern "C" fn mkl_serv_intel_cpu_true() -> c_int {
     if std::env::var(ENV_VENDOR_CHECK).is_ok_and(|v| v.trim() == "1") {
