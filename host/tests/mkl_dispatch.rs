@@ -26,7 +26,12 @@ fn the_global_lookup_finds_the_executables_answer_before_libtorchs() {
     let a = tch::Tensor::randn([64, 48], (tch::Kind::Float, tch::Device::Cpu));
     let b = tch::Tensor::randn([48, 32], (tch::Kind::Float, tch::Device::Cpu));
     let by_mkl = a.matmul(&b);
-    let by_f64 = a.to_kind(tch::Kind::Double).matmul(&b.to_kind(tch::Kind::Double));
-    let err = (by_mkl.to_kind(tch::Kind::Double) - by_f64).abs().max().double_value(&[]);
+    let by_f64 = a
+        .to_kind(tch::Kind::Double)
+        .matmul(&b.to_kind(tch::Kind::Double));
+    let err = (by_mkl.to_kind(tch::Kind::Double) - by_f64)
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(err < 1e-3, "float32 product off by {err}");
 }

@@ -417,6 +417,64 @@ mod tests {
         assert_eq!(m.out_channels(), vec![16]);
     }
 
+    /// The first convolution of a block over a nearest 2x upsampling runs at the low
+    /// resolution (`Conv2dReLU::forward_upsampled`); it must give what upsampling,
+    /// concatenating and convolving give, for every mode and norm that take that path
+    /// (the parity fixtures cover nearest with BatchNorm).
+    #[test]
+    fn the_low_resolution_first_convolution_matches_upsample_then_concatenate() {
+        use super::{Interpolation, NormConfig, UnetDecoderBlock};
+        use tch::{nn, Device, Kind};
+        let opts = (Kind::Float, Device::Cpu);
+        for interpolation in [Interpolation::Nearest, Interpolation::NearestExact] {
+            for norm in [NormConfig::batchnorm(), NormConfig::Identity] {
+                for c_skip in [0, 3] {
+                    let vs = nn::VarStore::new(Device::Cpu);
+                    let block = UnetDecoderBlock::new(
+                        vs.root(),
+                        (4, c_skip, 5),
+                        &norm,
+                        None,
+                        interpolation,
+                    );
+                    tch::no_grad(|| {
+                        for (name, t) in vs.variables() {
+                            // positive variances, anything elsewhere
+                            let r = match name.ends_with("running_var") {
+                                true => Tensor::rand(t.size(), opts) + 0.5,
+                                false => Tensor::randn(t.size(), opts),
+                            };
+                            t.shallow_clone().copy_(&r);
+                        }
+                    });
+                    let x = Tensor::randn([2, 4, 3, 5], opts);
+                    let skip = (c_skip > 0).then(|| Tensor::randn([2, c_skip, 6, 10], opts));
+                    let case = format!("{interpolation:?}, {norm:?}, skip {c_skip}");
+                    let (fast, plain) = tch::no_grad(|| {
+                        assert!(
+                            block
+                                .conv1
+                                .forward_upsampled(&x, skip.as_ref(), false)
+                                .is_some(),
+                            "{case}: the low-resolution path applies"
+                        );
+                        let fast = block.forward(&x, (6, 10), skip.as_ref(), false).unwrap();
+                        let up = interpolation.resize(&x, 6, 10).unwrap();
+                        let cat = match &skip {
+                            Some(s) => Tensor::cat(&[&up, s], 1),
+                            None => up,
+                        };
+                        let y = block.conv1.forward(&cat, false).unwrap();
+                        (fast, block.conv2.forward(&y, false).unwrap())
+                    });
+                    let scale = plain.abs().max().double_value(&[]);
+                    let err = (&fast - &plain).abs().max().double_value(&[]) / scale;
+                    assert!(err < 1e-5, "{case}: relative error {err}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn extra_configurations_match_the_reference() {
         check_case("SMP_SCSE_BILINEAR", &SMP_SCSE_BILINEAR);
