@@ -12,7 +12,7 @@ use crate::packed_linear::grad_enabled;
 use tch::{nn, Tensor};
 
 /// The convolution's geometry (`nn.Conv2d`'s stride, padding, dilation and groups).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConvGeometry {
     pub stride: i64,
     pub padding: i64,

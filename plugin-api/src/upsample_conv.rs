@@ -38,11 +38,14 @@ pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var(ENV_SWITCH).map_or(true, |v| v.trim() != "0"))
 }
 
+/// The output phases `(row parity, column parity)`, in the order their kernels are
+/// stacked.
+const PHASES: [(i64, i64); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
 /// The kernels of the decomposed convolution.
 struct Kernels {
-    /// The input channels that come from the upsampled map (the split of the weight).
-    c_x: i64,
-    /// `[4 * O, C_x, 2, 2]`: phase `(a, b)` in rows `(2a + b) * O ..`.
+    /// `[4 * O, C_x, 2, 2]`: phase `PHASES[p]` in rows `p * O ..`; `C_x` is where the
+    /// weight was split.
     phases: Tensor,
     /// The bias of the phase convolution (the layer's bias, once per phase) when there
     /// is no skip; with a skip, the bias goes to the skip convolution.
@@ -66,7 +69,7 @@ impl Kernels {
     fn new(weight: &Tensor, bias: Option<Tensor>, c_x: i64) -> Self {
         let c_in = weight.size()[1];
         let wx = weight.narrow(1, 0, c_x);
-        let phases: Vec<Tensor> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+        let phases: Vec<Tensor> = PHASES
             .iter()
             .map(|&(a, b)| collapse(&collapse(&wx, 2, a), 3, b))
             .collect();
@@ -74,14 +77,12 @@ impl Kernels {
         if c_in > c_x {
             let ws = weight.narrow(1, c_x, c_in - c_x).contiguous();
             Self {
-                c_x,
                 phases,
                 phase_bias: None,
                 skip: Some((ws, bias)),
             }
         } else {
             Self {
-                c_x,
                 phases,
                 phase_bias: bias.map(|b| b.repeat([4])),
                 skip: None,
@@ -91,7 +92,6 @@ impl Kernels {
 
     fn shallow(&self) -> Self {
         Self {
-            c_x: self.c_x,
             phases: self.phases.shallow_clone(),
             phase_bias: self.phase_bias.as_ref().map(Tensor::shallow_clone),
             skip: self
@@ -169,7 +169,7 @@ impl UpsampleConcatConv {
                 Kernels::shallow,
             ),
         }?;
-        if kernels.c_x != c_x {
+        if kernels.phases.size()[1] != c_x {
             // The cached split is another call's (a layer always splits the same way).
             return None;
         }
@@ -198,7 +198,7 @@ impl UpsampleConcatConv {
         };
         // [B, O, H, 2, W, 2]: output row 2i + a, column 2j + c is grid[.., i, a, j, c].
         let grid = out.f_view([b, o, h, 2, w, 2]).ok()?;
-        for (p, (a, c)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+        for (p, (a, c)) in PHASES.into_iter().enumerate() {
             let phase = phases
                 .narrow(1, p as i64 * o, o)
                 .narrow(2, a, h)
