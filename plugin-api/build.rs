@@ -28,29 +28,10 @@ fn main() {
     if !lib.as_os_str().is_empty() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
-    compile_shim(lib, cxx11);
+    // For crates that compile C++ against the same libtorch (terrahost-layers): the
+    // `links` metadata reaches their build scripts as DEP_TERRAHOST_PLUGIN_API_*.
+    println!("cargo:torch_cxx11_abi={}", if cxx11 { 1 } else { 0 });
     println!("cargo:rerun-if-changed=build.rs");
-}
-
-/// Compiles the few lines of C++ that reach what tch does not offer (`csrc/`) against
-/// the headers of the libtorch we link.
-fn compile_shim(lib: &Path, cxx11: bool) {
-    const SOURCES: [&str; 2] = ["csrc/inference_mode.cpp", "csrc/mkldnn_linear.cpp"];
-    for source in SOURCES {
-        println!("cargo:rerun-if-changed={source}");
-    }
-    let include = lib
-        .parent()
-        .map(|root| root.join("include"))
-        .unwrap_or_default();
-    cc::Build::new()
-        .cpp(true)
-        .files(SOURCES)
-        .include(&include)
-        .flag("-std=c++17")
-        .flag("-w")
-        .define("_GLIBCXX_USE_CXX11_ABI", if cxx11 { "1" } else { "0" })
-        .compile("terrahost_shim");
 }
 
 /// libtorch's version: `torch/version.py` in a PyTorch install, `build-version` in the

@@ -13,9 +13,9 @@ fn tolerated(key: &str) -> bool {
 
 /// Reads a state_dict: `.safetensors`, or a `torch.save` archive (`.pt`, `.pth`,
 /// `.ckpt`, `.bin`; a Lightning checkpoint's `state_dict` is unwrapped). See
-/// [`terrahost_plugin_api::checkpoint`].
+/// [`terrahost_layers::checkpoint`].
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    terrahost_plugin_api::checkpoint::read_state_dict(path)
+    terrahost_layers::checkpoint::read_state_dict(path)
         .map_err(|e| HostError::Weights(e.message().to_owned()))
 }
 

@@ -12,7 +12,7 @@
 //! ([`engine`]) for `build`, `run`, `predict` and the scans. The engine (crate
 //! `terrahost`) depends on this crate and uses the same code for all of the above.
 pub mod cache;
-pub mod common;
+pub use terrahost_common as common;
 pub mod discover;
 pub mod engine;
 pub mod front;

@@ -1,4 +1,6 @@
-//! # terrahost-plugin-api
+#![doc = include_str!("../README.md")]
+//!
+//! ## The crate
 //!
 //! The one crate that the `terrahost` host and every plugin share. It has two halves:
 //!
@@ -8,10 +10,12 @@
 //!   host and a plugin library. `abi_stable` checks their layout when a plugin loads.
 //! * **The SDK** ([`sdk`], [`args`]): plain Rust helpers that turn a `tch` model into an
 //!   ABI module, a list of entries into a registry source, and a few lines into a whole
-//!   plugin ([`declare_plugin!`]); plus what models share: [`checkpoint`] (reading
-//!   `.safetensors` and `torch.save` files), [`init`] (fast parallel initialisation),
-//!   [`inference`] (libtorch's inference mode) and [`packed_linear`] (oneDNN's
-//!   pre-packed linear for inference).
+//!   plugin ([`declare_plugin!`], [`export_plugin!`]).
+//!
+//! Nothing else lives here: the layers and kernels that models share (PyTorch-compatible
+//! layers, fused inference kernels, the checkpoint reader) are in `terrahost-layers`, an
+//! ordinary library outside the ABI. This crate's version is the ABI's version: it
+//! changes only when the boundary changes (see `COMPATIBILITY.md`).
 //!
 //! Rules that keep the boundary sound (see the Architecture section of the README): tensors cross as
 //! owned or borrowed handles to one `at::Tensor`, never copied; no panic unwinds across
@@ -23,23 +27,15 @@
 #![allow(non_local_definitions)] // emitted by `#[sabi_trait]` // abi_stable names generated types `X_Ref`, `X_TO`.
 
 pub mod args;
-pub mod checkpoint;
-pub mod conv_bn;
-pub mod derived;
 pub mod error;
 pub mod host;
-pub mod inference;
-pub mod init;
 pub mod manifest;
 pub mod module;
-pub mod packed_linear;
 pub mod params;
 pub mod root;
 pub mod sdk;
 pub mod source;
 pub mod tensor;
-mod torch_pickle;
-pub mod upsample_conv;
 pub mod warnings;
 
 pub use args::Args;
@@ -54,9 +50,12 @@ pub use root::{PluginRoot, PluginRoot_Ref, SourceEntry};
 pub use source::{Source, SourceBox, Source_TO};
 pub use tensor::{RDevice, TensorHandle, TensorRef};
 
-/// Re-exported so that plugin crates and [`declare_plugin!`] use exactly our versions.
+/// Re-exported so that a plugin crate needs no other dependency and uses exactly the
+/// versions this crate was built with: `tch` is pinned to `=0.26.0` (libtorch 2.13.0),
+/// because a plugin and the host must link the same libtorch.
 pub mod reexports {
     pub use abi_stable;
+    pub use serde_json;
     pub use tch;
 }
 

@@ -301,9 +301,8 @@ pub fn describe_json(v: &Value) -> String {
     format!("{kind} {text}")
 }
 
-#[path = "../../index/src/common.rs"]
-pub(crate) mod common;
-pub use common::{did_you_mean, edit_distance, suggestions};
+pub(crate) use terrahost_common as common;
+pub use terrahost_common::{did_you_mean, edit_distance, suggestions};
 
 #[cfg(test)]
 mod tests {

@@ -335,22 +335,6 @@ fn guarded<T: Default>(module: &str, method: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// `nn.BatchNorm2d(c, eps, momentum)` as PyTorch initialises it (weight 1, bias 0;
-/// tch's default draws the weight at random). Its running statistics are buffers.
-pub fn batch_norm2d(p: nn::Path, c: i64, eps: f64, momentum: f64) -> nn::BatchNorm {
-    nn::batch_norm2d(
-        p,
-        c,
-        nn::BatchNormConfig {
-            eps,
-            momentum,
-            ws_init: nn::Init::Const(1.),
-            bs_init: nn::Init::Const(0.),
-            ..Default::default()
-        },
-    )
-}
-
 /// A module built by any plugin (or by this one), held by value: the host keeps its
 /// models in these, and a factory keeps the parts it built through the host.
 pub struct DynModule {
@@ -926,6 +910,73 @@ impl NoHost {
     }
 }
 
+/// Builds `name` from this plugin's own `sources`, in process and without a host: the
+/// way a plugin's unit tests run an entry (`registry` is `"neck"`, `"decoder"`, ...;
+/// `name` is the entry's name with or without the source's prefix). Entries that build
+/// parts of other plugins need a real host (`terrahost build` or the integration tests
+/// of the host crate), since [`NoHost`] has empty registries.
+///
+/// ```no_run
+/// # use terrahost_plugin_api::{sdk, SourceEntry, Result};
+/// # fn plugin_sources() -> Result<Vec<SourceEntry>> { Ok(vec![]) }
+/// # fn main() -> Result<()> {
+/// use terrahost_plugin_api::reexports::{serde_json::json, tch::{Kind, Tensor}};
+/// let args = json!({"init": 2.0}).as_object().cloned().unwrap_or_default();
+/// let scale = sdk::build_in_process(&plugin_sources()?, "neck", "mine_Scale", &args, Some(&[8]))?;
+/// let x = Tensor::ones([1, 8, 4, 4], (Kind::Float, tch::Device::Cpu));
+/// # use terrahost_plugin_api::reexports::tch;
+/// let y = scale.forward(&[x])?;
+/// assert_eq!(scale.out_channels(), vec![8]);
+/// # Ok(()) }
+/// ```
+pub fn build_in_process(
+    sources: &[crate::SourceEntry],
+    registry: &str,
+    name: &str,
+    args: &Map<String, Value>,
+    channels: Option<&[i64]>,
+) -> Result<DynModule> {
+    let in_registry = || sources.iter().filter(|s| s.registry.as_str() == registry);
+    // `prefix_name` routes to that source; a bare name is looked up source by source.
+    let routed = in_registry().find_map(|s| {
+        name.strip_prefix(s.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('_'))
+            .filter(|rest| s.source.contains(RStr::from(*rest)))
+            .map(|rest| (s, rest))
+    });
+    let (source, entry) = routed
+        .or_else(|| {
+            in_registry()
+                .find(|s| s.source.contains(RStr::from(name)))
+                .map(|s| (s, name))
+        })
+        .ok_or_else(|| {
+            let known: Vec<String> = in_registry()
+                .flat_map(|s| {
+                    let prefix = s.prefix.to_string();
+                    s.source
+                        .names()
+                        .into_iter()
+                        .map(move |n| format!("{prefix}_{n}"))
+                })
+                .collect();
+            PluginError::not_found(format!(
+                "no `{name}` in this plugin's `{registry}` sources (it has: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })?;
+    let request = BuildRequest::new(args, channels);
+    let module = source
+        .source
+        .build(RStr::from(entry), request, NoHost::handle())
+        .into_result()?;
+    Ok(DynModule::new(entry, module))
+}
+
 /// Replaces this library's panic hook (each plugin has its own copy of std) with one
 /// that logs at debug level instead of printing to stderr: every panic in plugin code
 /// is caught at the boundary and reported to the host as an error value, so printing
@@ -1013,7 +1064,6 @@ macro_rules! export_plugin {
         }
 
         /// The root module the host loads.
-        #[::abi_stable::export_root_module]
         pub fn __terrahost_root_module() -> $crate::PluginRoot_Ref {
             use $crate::reexports::abi_stable::prefix_type::PrefixTypeTrait;
             $crate::PluginRoot {
@@ -1022,12 +1072,48 @@ macro_rules! export_plugin {
             }
             .leak_into_prefix()
         }
+
+        // What `#[abi_stable::export_root_module]` generates, written with `$crate`
+        // paths so that a plugin crate needs no direct dependency on abi_stable: the
+        // library header abi_stable's loader looks up by this (mangled) symbol name,
+        // which a unit test checks against abi_stable's ROOT_MODULE_LOADER_NAME.
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::reexports::abi_stable::library::LibHeader = {
+            extern "C" fn __terrahost_erased_root_module(
+            ) -> $crate::reexports::abi_stable::library::RootModuleResult {
+                $crate::reexports::abi_stable::library::__call_root_module_loader(
+                    __terrahost_root_module,
+                )
+            }
+            // SAFETY: the constructor returns the root module type it is declared with
+            // (PluginRoot_Ref), whose layout the loader checks (CheckTypeLayout::Yes).
+            unsafe {
+                $crate::reexports::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::PluginRoot_Ref,
+                >(
+                    __terrahost_erased_root_module,
+                    $crate::reexports::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
     };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `export_plugin!` spells out the symbol `#[abi_stable::export_root_module]` would
+    /// export; abi_stable's loader finds the library header only under this name.
+    #[test]
+    fn export_plugin_exports_the_header_under_abi_stables_name() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
 
     /// Adds the tensor of each name times its position in the model's list.
     struct Weighted;

@@ -58,7 +58,7 @@ fn main() {
     let x = tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
     let models = [build(&plugins), build(&in_process)];
     let mut forwards = [Vec::new(), Vec::new()];
-    terrahost_plugin_api::inference::inference_mode(|| {
+    terrahost_layers::inference::inference_mode(|| {
         for m in &models {
             m.forward(std::slice::from_ref(&x)).unwrap(); // warm-up
         }

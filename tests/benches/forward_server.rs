@@ -35,7 +35,7 @@ fn main() {
         .expect("the model builds");
     tch::manual_seed(0);
     let x = tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
-    terrahost_plugin_api::inference::inference_mode(|| {
+    terrahost_layers::inference::inference_mode(|| {
         model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
         println!(
             "{}",

@@ -5,6 +5,7 @@
 //! names only a live source resolves), printing through the same code.
 mod build;
 mod list;
+mod new_plugin;
 mod plugins;
 mod predict;
 mod run;
@@ -63,6 +64,8 @@ pub enum Command {
     },
     /// Predicts GeoTIFF scenes as `terratorch predict` does (tiled, streamed).
     Predict(predict::PredictArgs),
+    /// Creates a plugin crate (outside any workspace) with one entry and its tests.
+    NewPlugin(new_plugin::NewPluginArgs),
 }
 
 /// Sets up `tracing` on stderr, as the front does.
@@ -96,6 +99,9 @@ fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
 pub fn run(cli: Cli) -> Result<(), HostError> {
     if let Command::Scan { files } = &cli.command {
         scan::serve(files);
+    }
+    if let Command::NewPlugin(args) = &cli.command {
+        return new_plugin::run(args);
     }
     if let Some(n) = cli.globals.threads {
         if n < 1 {
@@ -142,7 +148,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
             json,
         ),
         Command::Run(args) => run::run(&host, &args),
-        Command::Scan { .. } => unreachable!("handled above"),
+        Command::Scan { .. } | Command::NewPlugin(_) => unreachable!("handled above"),
         Command::Predict(args) => predict::run(&host, &args),
     }
 }

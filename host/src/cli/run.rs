@@ -278,14 +278,14 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     let outputs = match &inputs {
         Inputs::Positional(xs) => {
             let on_device: Vec<Tensor> = xs.iter().map(|t| t.to_device(device)).collect();
-            terrahost_plugin_api::inference::inference_mode(|| model.forward(&on_device))?
+            terrahost_layers::inference::inference_mode(|| model.forward(&on_device))?
         }
         Inputs::Named(xs) => {
             let on_device: Vec<(String, Tensor)> = xs
                 .iter()
                 .map(|(n, t)| (n.clone(), t.to_device(device)))
                 .collect();
-            terrahost_plugin_api::inference::inference_mode(|| {
+            terrahost_layers::inference::inference_mode(|| {
                 model.forward_named(&on_device, &serde_json::Map::new())
             })?
         }

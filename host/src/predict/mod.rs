@@ -59,7 +59,7 @@ fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Tensor> {
     let size = batch.size();
     let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
     let x = batch.to_device(device);
-    let out = terrahost_plugin_api::inference::inference_mode(|| model.forward(&[x]))?;
+    let out = terrahost_layers::inference::inference_mode(|| model.forward(&[x]))?;
     let y = out
         .into_iter()
         .next()

@@ -54,7 +54,7 @@ pub(crate) fn pretrained_weights(ctx: &BuildCtx<'_, '_>) -> Result<Vec<(String, 
              pretrained_cfg_overlay={{\"file\": \"<path>.safetensors\"}})"
         )));
     };
-    terrahost_plugin_api::checkpoint::read_state_dict(std::path::Path::new(file)).map_err(|e| {
+    terrahost_layers::checkpoint::read_state_dict(std::path::Path::new(file)).map_err(|e| {
         e.context(format_args!(
             "`{qualified}`: pretrained_cfg_overlay.file `{file}`"
         ))

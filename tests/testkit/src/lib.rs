@@ -345,7 +345,7 @@ pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
         ("no_grad", tch::no_grad(run)),
         (
             "inference_mode",
-            terrahost_plugin_api::inference::inference_mode(run),
+            terrahost_layers::inference::inference_mode(run),
         ),
     ] {
         let outputs =
@@ -365,8 +365,14 @@ pub fn compare_outputs(fx: &Fixture, module: &DynModule) {
 /// The whole parity check: build `meta.name` from `sources`, load the synthetic
 /// weights strictly, run, compare.
 pub fn check_fixture(sources: Vec<SourceEntry>, case: &str) {
+    check_fixture_with(vec![sources], case);
+}
+
+/// [`check_fixture`] for an entry that builds parts of other plugins: the host holds
+/// every plugin's sources, in the given order.
+pub fn check_fixture_with(plugins: Vec<Vec<SourceEntry>>, case: &str) {
     let fx = Fixture::load(case);
-    let host = host_with(sources);
+    let host = host_with_plugins(plugins);
     let module = build_fixture(&host, &fx);
     compare_outputs(&fx, &module);
 }

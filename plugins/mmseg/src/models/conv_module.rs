@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tch::{nn, Tensor};
-use terrahost_plugin_api::{sdk::batch_norm2d, PluginError, Result};
+use terrahost_layers::norm::batch_norm2d;
+use terrahost_plugin_api::{PluginError, Result};
 
 /// Reads the keyword arguments of a `{type: ..., **kwargs}` config: checks that no
 /// unknown key is present and hands out typed values. Errors are reasons only; the

@@ -12,29 +12,7 @@ use tch::{nn, Tensor};
 use terrahost_plugin_api::sdk::{BuildCtx, Entry};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
-/// Dropout that is active in training only (`p == 0` is a no-op).
-fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    Ok(if p > 0.0 && train {
-        x.f_dropout(p, train)?
-    } else {
-        x
-    })
-}
-
-/// mmcv's `drop_path`: in training, drops whole samples with probability `p` and
-/// rescales the others by `1 / (1 - p)`.
-fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if p <= 0.0 || !train {
-        return Ok(x);
-    }
-    let keep = 1.0 - p;
-    let mut shape = vec![1i64; x.dim()];
-    shape[0] = x.size()[0];
-    let mask = Tensor::f_rand(&shape, (x.kind(), x.device()))?
-        .f_add_scalar(keep)?
-        .f_floor()?;
-    Ok(x.f_div_scalar(keep)?.f_mul(&mask)?)
-}
+use terrahost_layers::drop::{drop_path_mmcv as drop_path, dropout};
 
 /// `torch.nn.MultiheadAttention` (batch first, self-attention) inside mmcv's
 /// `MultiheadAttention` (`attn.attn.*`), with its residual.

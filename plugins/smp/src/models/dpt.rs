@@ -19,7 +19,8 @@ use super::wrapper::{self, SmpDecoderWrapper};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, Tensor};
-use terrahost_plugin_api::sdk::{batch_norm2d, BuildCtx, Entry, Model};
+use terrahost_layers::norm::batch_norm2d;
+use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// How the prefix (class) tokens enter the decoder (smp's `decoder_readout`).

@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, Tensor};
+use terrahost_layers::norm::batch_norm2d;
 use terrahost_plugin_api::{
-    sdk::{batch_norm2d, BuildCtx, Entry, Model},
+    sdk::{BuildCtx, Entry, Model},
     ModuleBox, ParamType, PluginError, Result,
 };
 

@@ -10,7 +10,8 @@
 //! `avgpool`). All four layers exist whatever the depth; forward stops at `depth`.
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
-use terrahost_plugin_api::{sdk::batch_norm2d, PluginError, Result};
+use terrahost_layers::norm::batch_norm2d;
+use terrahost_plugin_api::{PluginError, Result};
 
 /// torchvision's two residual blocks.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,41 +16,17 @@
 //! past the last block, repeats) are refused, so the outputs always match `out_channels`.
 use super::prithvi_checkpoint::{self as ckpt, StateDict};
 use super::prithvi_mae::Block;
-use super::torch_transformer::TransformerEncoderLayer;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
+use terrahost_layers::checkpoint::read_state_dict;
+use terrahost_layers::torch_transformer::TransformerEncoderLayer;
 use terrahost_plugin_api::{
-    checkpoint::read_state_dict,
     sdk::{BuildCtx, Built, Entry, Model},
     ModuleBox, ParamType, PluginError, Result,
 };
 
-/// TerraTorch's `waves_list`: band name -> central wavelength (µm).
-pub const WAVES_LIST: [(&str, f64); 22] = [
-    ("COASTAL_AEROSOL", 0.44),
-    ("BLUE", 0.49),
-    ("GREEN", 0.56),
-    ("RED", 0.665),
-    ("RED_EDGE_1", 0.705),
-    ("RED_EDGE_2", 0.74),
-    ("RED_EDGE_3", 0.783),
-    ("NIR_BROAD", 0.832),
-    ("NIR_NARROW", 0.864),
-    ("WATER_VAPOR", 0.945),
-    ("CIRRUS", 1.373),
-    ("SWIR_1", 1.61),
-    ("SWIR_2", 2.20),
-    ("THERMAL_INFRARED_1", 10.90),
-    ("THERMAL_INFRARED_12", 12.00),
-    ("VV", 5.405),
-    ("VH", 5.405),
-    ("ASC_VV", 5.405),
-    ("ASC_VH", 5.405),
-    ("DSC_VV", 5.405),
-    ("DSC_VH", 5.405),
-    ("VV-VH", 5.405),
-];
+pub use terrahost_layers::wavelengths::WAVES_LIST;
 
 /// The registered names, in TerraTorch's registration order.
 pub const NAMES: [&str; 3] = [
@@ -229,7 +205,7 @@ fn check_out_indices(out_indices: &[i64], depth: i64) -> Result<()> {
 }
 
 fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
-    terrahost_plugin_api::init::xavier_linear(p, i, o)
+    terrahost_layers::init::xavier_linear(p, i, o)
 }
 
 /// torchgeo's `position_embedding(embed_dim, pos)`: `[M] -> [M, D]`, sin then cos, in

@@ -14,10 +14,10 @@ use super::scalar_output_model::ScalarOutputModel;
 use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
 use super::trunk::Trunk;
 use super::utils::{check_padding_mode, Padding, PatchSize};
-use abi_stable::std_types::RStr;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use tch::{nn, Device};
+use terrahost_plugin_api::reexports::abi_stable::std_types::RStr;
 use terrahost_plugin_api::{
     params::describe_json,
     sdk::{BuildCtx, Built, DynModule, Entry},

@@ -22,7 +22,6 @@ pub mod scalar_output_model;
 pub mod swin_v2;
 pub mod temporal_wrapper;
 pub mod terramind;
-pub mod torch_transformer;
 pub mod torchgeo_resnet;
 pub mod trunk;
 pub mod unet_decoder;

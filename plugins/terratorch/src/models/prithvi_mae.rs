@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module as _};
 use tch::{Kind, Tensor};
-use terrahost_plugin_api::packed_linear::PackedLinear;
+use terrahost_layers::drop::drop_path;
+use terrahost_layers::packed_linear::PackedLinear;
 use terrahost_plugin_api::{PluginError, Result};
 
 /// The constructor arguments shared by `PrithviViT`, `MAEDecoder` and `PrithviMAE`
@@ -279,22 +280,10 @@ fn interpolate_pos_encoding(
 // Building blocks
 // -------------------------------------------------------------------------------------
 
-/// Stochastic depth (timm's `drop_path`, `scale_by_keep=True`): train mode only.
-fn drop_path(x: Tensor, p: f64, train: bool) -> Tensor {
-    if !train || p == 0.0 {
-        return x;
-    }
-    let keep = 1.0 - p;
-    let mut shape = vec![x.size()[0]];
-    shape.extend(std::iter::repeat_n(1, x.dim() - 1));
-    let mask = Tensor::empty(&shape, (x.kind(), x.device())).bernoulli_float_(keep) / keep;
-    x * mask
-}
-
 /// `nn.Linear` initialised as upstream's `_init_weights`: Xavier-uniform weight, zero
 /// bias (filled in parallel: most of a big Prithvi's build time is this fill).
 fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
-    terrahost_plugin_api::init::xavier_linear(p, i, o)
+    terrahost_layers::init::xavier_linear(p, i, o)
 }
 
 fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -398,10 +387,10 @@ impl Block {
     /// weights, with the GELU fused into the first MLP layer ([`PackedLinear`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.attention(&self.norm1.forward(x))?;
-        let x = x + drop_path(y, self.drop_path, train);
+        let x = x + drop_path(y, self.drop_path, train)?;
         let h = self.fc1.forward_gelu(&self.norm2.forward(&x));
         let y = self.fc2.forward(&h);
-        Ok(&x + drop_path(y, self.drop_path, train))
+        Ok(&x + drop_path(y, self.drop_path, train)?)
     }
 }
 

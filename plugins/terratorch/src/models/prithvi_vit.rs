@@ -14,8 +14,8 @@ use super::prithvi_mae::{optional_input, Config, Coords, PrithviMAE, PrithviViT}
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use tch::{nn, Device, Tensor};
+use terrahost_layers::checkpoint::read_state_dict;
 use terrahost_plugin_api::{
-    checkpoint::read_state_dict,
     sdk::{BuildCtx, Built, Entry, Model},
     ModuleBox, ParamType, PluginError, Result,
 };
@@ -186,6 +186,7 @@ fn config_arg(ctx: &BuildCtx<'_, '_>, base: &Config, bands: &Bands, mae: bool) -
         coords_encoding: a.get("coords_encoding")?,
         coords_scale_learn: a.get("coords_scale_learn")?,
         drop_path: a.get("drop_path")?,
+        norm_eps: a.get_or("norm_eps", base.norm_eps)?,
         ..base.clone()
     };
     if mae {
@@ -518,8 +519,7 @@ fn build_entry(
 
 /// Builds the encoder-only model (or the MAE when the entry has `encoder_only=false`)
 /// from an entry's validated arguments, with `base` as the preset; the entry must
-/// declare [`common_params`] and `out_indices`. The timm plugin's old `prithvi_vit_*`
-/// names use it.
+/// declare [`common_params`] and `out_indices`.
 pub fn build_encoder_from_ctx(ctx: &BuildCtx<'_, '_>, base: &Config) -> Result<ModuleBox> {
     build_entry(ctx, base, false, "")
 }
@@ -542,6 +542,7 @@ pub fn common_params(e: Entry, base: &Config) -> Entry {
         .opt("coords_encoding", ParamType::STR_LIST, json!(base.coords_encoding), "coordinate encoders to add: \"time\" and/or \"location\"")
         .opt("coords_scale_learn", ParamType::BOOL, json!(base.coords_scale_learn), "learn the coordinate encoders' scale (else a fixed buffer of 1)")
         .opt("drop_path", ParamType::FLOAT, json!(0.0), "stochastic depth rate of every encoder block (train mode only)")
+        .opt("norm_eps", ParamType::FLOAT, json!(base.norm_eps), "LayerNorm epsilon (terrahost only: TerraTorch takes a norm_layer class; the timm plugin's old prithvi_vit_* names build this entry with 1e-6)")
         .opt("vit_adapter", ParamType::BOOL, json!(false), "PrithviViTAdapter (not supported: needs compiled deformable attention)")
         .ignores("drop_path_rate", SWALLOWED_DROP_PATH_RATE)
         .ignores("in_channels", SWALLOWED)

@@ -18,6 +18,7 @@ use super::torchgeo_resnet::{
 use serde_json::{json, Value};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+use terrahost_layers::drop::dropout;
 use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
@@ -158,14 +159,6 @@ fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
 
 fn layer_norm(p: nn::Path, c: i64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![c], Default::default())
-}
-
-fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    Ok(if train && p > 0.0 {
-        x.f_dropout(p, train)?
-    } else {
-        x
-    })
 }
 
 /// `ShiftedWindowAttentionV2`.

@@ -16,6 +16,11 @@
 //! message that says they are not supported yet.
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
+// `tm_utils.LayerNorm(dim, eps=1e-6, bias=False)` keeps its bias as a zero buffer;
+// `nn.Linear` with xavier-uniform weight and zero bias (upstream's `init_weights`).
+use terrahost_layers::drop::{drop_path, dropout};
+use terrahost_layers::linear::Linear;
+use terrahost_layers::norm::LayerNorm;
 use terrahost_plugin_api::{
     sdk::{BuildCtx, Built, Entry, Model},
     ErrorKind, ModuleBox, ParamType, PluginError, Result,
@@ -334,78 +339,6 @@ impl Config {
     }
 }
 
-/// `tm_utils.LayerNorm(dim, eps=1e-6, bias=False)`: the bias is a zero buffer.
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
-            bias: p.zeros_no_train("bias", &[dim]),
-            eps,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dim = self.weight.size()[0];
-        Ok(x.f_layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)?)
-    }
-}
-
-/// `nn.Linear` with xavier-uniform weight and zero bias (upstream's `init_weights`).
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(p: nn::Path, i: i64, o: i64, bias: bool) -> Self {
-        let bound = (6.0 / (i + o) as f64).sqrt();
-        Self {
-            weight: p.var(
-                "weight",
-                &[o, i],
-                nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            ),
-            bias: bias.then(|| p.var("bias", &[o], nn::Init::Const(0.0))),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
-    }
-}
-
-fn dropout(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        Ok(x.f_dropout(p, true)?)
-    } else {
-        Ok(x)
-    }
-}
-
-fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 {
-        return Ok(x);
-    }
-    let keep = 1.0 - p;
-    let mut shape = vec![x.size()[0]];
-    shape.extend(std::iter::repeat_n(1, x.dim() - 1));
-    let mask = Tensor::f_empty(&shape, (x.kind(), x.device()))?
-        .f_bernoulli_float_(keep)?
-        .floor();
-    Ok(x.f_div_scalar(keep)? * mask)
-}
-
 /// `Block`: pre-norm attention (`Attention` or `NormAttention`) and MLP (`Mlp` or
 /// `GatedMlp`), each with a residual connection.
 #[derive(Debug)]
@@ -439,21 +372,21 @@ impl Block {
         };
         let head_dim = dim / cfg.num_heads;
         Self {
-            norm1: LayerNorm::new(&p / "norm1", dim, 1e-6),
-            qkv: Linear::new(&attn / "qkv", dim, dim * 3, cfg.qkv_bias),
-            proj: Linear::new(&attn / "proj", dim, dim, cfg.proj_bias),
+            norm1: LayerNorm::without_bias(&p / "norm1", dim, 1e-6),
+            qkv: Linear::xavier(&attn / "qkv", dim, dim * 3, cfg.qkv_bias),
+            proj: Linear::xavier(&attn / "proj", dim, dim, cfg.proj_bias),
             qk_norm: cfg.qk_norm.then(|| {
                 (
-                    LayerNorm::new(&attn / "q_norm", head_dim, 1e-6),
-                    LayerNorm::new(&attn / "k_norm", head_dim, 1e-6),
+                    LayerNorm::without_bias(&attn / "q_norm", head_dim, 1e-6),
+                    LayerNorm::without_bias(&attn / "k_norm", head_dim, 1e-6),
                 )
             }),
-            norm2: LayerNorm::new(&p / "norm2", dim, 1e-6),
-            fc1: Linear::new(&mlp / "fc1", dim, hidden, cfg.mlp_bias),
-            fc2: Linear::new(&mlp / "fc2", hidden, dim, cfg.mlp_bias),
+            norm2: LayerNorm::without_bias(&p / "norm2", dim, 1e-6),
+            fc1: Linear::xavier(&mlp / "fc1", dim, hidden, cfg.mlp_bias),
+            fc2: Linear::xavier(&mlp / "fc2", hidden, dim, cfg.mlp_bias),
             fc3: cfg
                 .gated_mlp
-                .then(|| Linear::new(&mlp / "fc3", dim, hidden, cfg.mlp_bias)),
+                .then(|| Linear::xavier(&mlp / "fc3", dim, hidden, cfg.mlp_bias)),
             num_heads: cfg.num_heads,
             act: cfg.act,
             drop_path,
@@ -568,7 +501,7 @@ impl ImageEmbedding {
         let pos_emb = p.zeros_no_train("pos_emb", &[1, g * g, dim]);
         tch::no_grad(|| pos_emb.shallow_clone().copy_(&sincos_2d(g, g, dim)));
         Ok(Self {
-            proj: Linear::new(
+            proj: Linear::xavier(
                 &p / "proj",
                 m.channels * m.patch_size * m.patch_size,
                 dim,
@@ -699,7 +632,7 @@ impl TerraMindViT {
             .collect();
         let encoder_norm = cfg
             .encoder_norm
-            .then(|| LayerNorm::new(&p / "encoder_norm", cfg.dim, 1e-6));
+            .then(|| LayerNorm::without_bias(&p / "encoder_norm", cfg.dim, 1e-6));
         Ok(Self {
             cfg: cfg.clone(),
             embeddings,

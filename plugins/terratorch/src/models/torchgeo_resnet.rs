@@ -13,8 +13,9 @@ use super::prithvi_checkpoint::{self as ckpt, StateDict};
 use serde_json::{json, Value};
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
-use terrahost_plugin_api::checkpoint::read_state_dict;
-use terrahost_plugin_api::sdk::{batch_norm2d, BuildCtx, Built, Entry, Model};
+use terrahost_layers::checkpoint::read_state_dict;
+use terrahost_layers::norm::batch_norm2d;
+use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
 /// torchgeo's band names mapped to TerraTorch's (`look_up_table` of both torchgeo files).
@@ -341,18 +342,7 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
-/// Stochastic depth per sample (timm `drop_path`, scaled by the keep probability).
-pub(crate) fn drop_path(x: Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 {
-        return Ok(x);
-    }
-    let keep = 1.0 - p;
-    let mut shape = vec![x.size()[0]];
-    shape.extend(std::iter::repeat_n(1, x.dim() - 1));
-    let mask =
-        Tensor::f_empty(shape.as_slice(), (x.kind(), x.device()))?.f_bernoulli_float_(keep)?;
-    Ok(x.f_mul(&mask)?.f_div_scalar(keep)?)
-}
+pub(crate) use terrahost_layers::drop::drop_path;
 
 struct ResBlock {
     convs: Vec<(nn::Conv2D, nn::BatchNorm)>,

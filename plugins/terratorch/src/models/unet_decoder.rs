@@ -3,17 +3,17 @@
 //! Mirrors `terratorch/models/decoders/unet_decoder.py` (`UNetDecoder`), which builds
 //! `segmentation_models_pytorch/decoders/unet/decoder.py` (`UnetDecoder`) of smp 0.6.0
 //! under `decoder`. That decoder is the `smp` plugin's
-//! [`terrahost_smp::models::unet::UnetDecoder`], used here as it is.
+//! [`terrahost_layers::smp::unet_decoder::UnetDecoder`], used here as it is.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, Device, Tensor};
+use terrahost_layers::smp::unet_decoder::{self as smp_unet, Interpolation, UnetDecoder};
+pub use terrahost_layers::smp::unet_decoder::{AttentionType, NormConfig};
 use terrahost_plugin_api::{
     sdk::{Built, Entry, Model},
     ParamType, PluginError, Result,
 };
-use terrahost_smp::models::unet::{self as smp_unet, Interpolation, UnetDecoder};
-pub use terrahost_smp::models::unet::{AttentionType, NormConfig};
 
 /// Arguments of [`UNetDecoder`] besides the channel list.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]

@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{nn, Device, Tensor};
+use terrahost_layers::norm::batch_norm2d;
 use terrahost_plugin_api::{
-    sdk::{batch_norm2d, Built, Entry, Model},
+    sdk::{Built, Entry, Model},
     ParamType, PluginError, Result,
 };
 

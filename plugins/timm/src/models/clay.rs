@@ -18,11 +18,11 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
+use terrahost_layers::torch_transformer::TransformerEncoderLayer;
+use terrahost_layers::wavelengths::WAVES_LIST;
 use terrahost_plugin_api::params::ParamType;
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, PluginError, Result};
-use terrahost_terratorch::models::dofa_vit::WAVES_LIST;
-use terrahost_terratorch::models::torch_transformer::TransformerEncoderLayer;
 
 /// `WAVELENGTHS` of `clay_v1/modules.py`: band name -> central wavelength (µm). Upstream
 /// it is Clay's own lowercase names followed by TerraTorch's `waves_list`; the latter is
@@ -700,7 +700,7 @@ fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
 /// whose name and shape match a parameter of the encoder is copied into it; the others are
 /// reported (as upstream prints them) and keep their values.
 fn load_clay_weights(module: &ModuleBox, file: &std::path::Path) -> Result<()> {
-    let sd: BTreeMap<String, Tensor> = terrahost_plugin_api::checkpoint::read_state_dict(file)?
+    let sd: BTreeMap<String, Tensor> = terrahost_layers::checkpoint::read_state_dict(file)?
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix("model.encoder.").map(|r| (r.to_owned(), v)))
         .collect();

@@ -1,11 +1,15 @@
 //! The old timm registrations `prithvi_vit_tiny`, `prithvi_vit_100` and
 //! `prithvi_vit_300` of TerraTorch <= 0.99 (`terratorch/models/backbones/prithvi_vit.py`
 //! then, which registered them into timm with `@register_model`). TerraTorch 1.2.11 no
-//! longer has them; they are built here with the TerraTorch 1.2.11 encoder
-//! (`PrithviViT`, from `terrahost_terratorch::models::prithvi_mae`) at the old defaults:
-//! one frame, patch 16, LayerNorm eps 1e-6, and the sizes of the old `model_args`
-//! (tiny 256/4/4, 100M 768/12/12, 300M 1024/24/16), which equal `prithvi_eo_tiny`,
-//! `prithvi_eo_v1_100` and `prithvi_eo_v2_300`.
+//! longer has them; they are built with the TerraTorch 1.2.11 encoder (`PrithviViT`) at
+//! the old defaults: one frame, patch 16, LayerNorm eps 1e-6, and the sizes of the old
+//! `model_args` (tiny 256/4/4, 100M 768/12/12, 300M 1024/24/16), which equal
+//! `prithvi_eo_tiny`, `prithvi_eo_v1_100` and `prithvi_eo_v2_300`.
+//!
+//! The encoder is the `terratorch` plugin's: these entries build
+//! `terratorch_<equivalent>` through the host's registries, across the plugin boundary,
+//! so that this plugin does not link the terratorch crate. Without the terratorch
+//! plugin they answer that its source is missing.
 //!
 //! The old class (`TemporalViTEncoder` from `vit_encoder_decoder.py`) is not ported: its
 //! state_dict and forward may differ in details from `PrithviViT`; the parameter names
@@ -14,38 +18,31 @@
 use serde_json::{json, Value};
 use terrahost_plugin_api::params::ParamType;
 use terrahost_plugin_api::sdk::Entry;
-use terrahost_terratorch::models::prithvi_mae::Config;
-use terrahost_terratorch::models::prithvi_vit::{build_encoder_from_ctx, common_params, preset};
 
-/// `(timm name, equivalent TerraTorch 1.2.11 preset)`.
-pub const NAMES: [(&str, &str); 3] = [
-    ("prithvi_vit_tiny", "prithvi_eo_tiny"),
-    ("prithvi_vit_100", "prithvi_eo_v1_100"),
-    ("prithvi_vit_300", "prithvi_eo_v2_300"),
+/// `(timm name, equivalent TerraTorch 1.2.11 preset, (embed_dim, depth, num_heads))`.
+pub const NAMES: [(&str, &str, (i64, i64, i64)); 3] = [
+    ("prithvi_vit_tiny", "prithvi_eo_tiny", (256, 4, 4)),
+    ("prithvi_vit_100", "prithvi_eo_v1_100", (768, 12, 12)),
+    ("prithvi_vit_300", "prithvi_eo_v2_300", (1024, 24, 16)),
 ];
 
-/// The old defaults: the preset's widths with one frame and LayerNorm eps 1e-6.
-pub fn config(equivalent: &str) -> Option<Config> {
-    preset(equivalent).map(|c| Config {
-        num_frames: 1,
-        norm_eps: 1e-6,
-        ..c
-    })
-}
+/// The old LayerNorm epsilon (TerraTorch 1.2.11's encoder uses 1e-5).
+const OLD_NORM_EPS: f64 = 1e-6;
 
-/// The timm entry `name`, built like TerraTorch's `equivalent` at the old defaults.
-pub fn entry(name: &'static str, equivalent: &'static str) -> Entry {
-    let base =
-        config(equivalent).expect("a timm Prithvi entry is registered only for a known preset");
+/// The timm entry `name`, built as TerraTorch's `equivalent` at the old defaults.
+pub fn entry(
+    name: &'static str,
+    equivalent: &'static str,
+    (dim, depth, heads): (i64, i64, i64),
+) -> Entry {
     let doc = format!(
-        "Old timm name of TerraTorch <= 0.99 for the Prithvi ViT encoder (embed_dim {}, depth {}, heads {}, \
-         patch 16, 1 frame, LayerNorm eps 1e-6); built as TerraTorch 1.2.11's PrithviViT, the same encoder as \
-         terratorch_{equivalent}. Inputs: image [B, C, H, W] or [B, C, T, H, W]. Returns the tokens \
-         [B, 1+N, embed_dim] after each block in out_indices.",
-        base.embed_dim, base.depth, base.num_heads
+        "Old timm name of TerraTorch <= 0.99 for the Prithvi ViT encoder (embed_dim {dim}, depth {depth}, heads \
+         {heads}, patch 16, 1 frame, LayerNorm eps 1e-6); built as the terratorch plugin's \
+         terratorch_{equivalent} with norm_eps 1e-6 (needs that plugin), which takes every other argument. \
+         Inputs: image [B, C, H, W] or [B, C, T, H, W]. Returns the tokens [B, 1+N, embed_dim] after each block \
+         in out_indices."
     );
-    let b = base.clone();
-    let e = Entry::new(name, &doc, move |ctx| {
+    Entry::new(name, &doc, move |ctx| {
         let features_only: bool = ctx.args.get("features_only")?;
         ctx.args.ensure(
             features_only,
@@ -53,33 +50,51 @@ pub fn entry(name: &'static str, equivalent: &'static str) -> Entry {
             "must be true: terrahost's Prithvi ViT is the encoder returning block tokens (the old encoder-decoder \
              is the full model terratorch_prithvi_eo_*_mae)",
         )?;
-        build_encoder_from_ctx(ctx, &b)
-    });
-    common_params(e, &base)
-        .opt(
-            "features_only",
-            ParamType::BOOL,
-            json!(true),
-            "return the block tokens (only true is supported)",
-        )
-        .opt(
-            "out_indices",
-            ParamType::INT_LIST,
-            Value::Null,
-            "blocks whose tokens are returned (Python indices; default all)",
-        )
+        let mut args = ctx.args.map().clone();
+        args.remove("features_only");
+        args.entry("norm_eps").or_insert(json!(OLD_NORM_EPS));
+        let encoder = ctx.build("backbone", &format!("terratorch_{equivalent}"), &args, None)?;
+        Ok(encoder.into_inner())
+    })
+    .opt(
+        "features_only",
+        ParamType::BOOL,
+        json!(true),
+        "return the block tokens (only true is supported)",
+    )
+    .opt(
+        "out_indices",
+        ParamType::INT_LIST,
+        Value::Null,
+        "blocks whose tokens are returned (Python indices; default all)",
+    )
+    .accepts_extra()
 }
 
 /// The three entries.
 pub fn entries() -> Vec<Entry> {
-    NAMES.iter().map(|(n, e)| entry(n, e)).collect()
+    NAMES
+        .iter()
+        .map(|(n, e, size)| entry(n, e, *size))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::parity;
     use serde_json::json;
-    use terrahost_testkit::host_with;
+    use terrahost_testkit::{check_fixture_with, host_with_plugins};
+
+    /// The entries build through the host, so the terratorch plugin's sources are there.
+    fn sources() -> Vec<Vec<terrahost_plugin_api::SourceEntry>> {
+        vec![
+            crate::plugin_sources().unwrap(),
+            terrahost_terratorch::plugin_sources().unwrap(),
+        ]
+    }
+
+    fn parity(case: &str) {
+        check_fixture_with(sources(), case);
+    }
 
     #[test]
     fn prithvi_vit_tiny_parity() {
@@ -100,7 +115,7 @@ mod tests {
     /// eps does not change them.
     #[test]
     fn prithvi_vit_sizes_and_errors() {
-        let host = host_with(crate::plugin_sources().unwrap());
+        let host = host_with_plugins(sources());
         for (name, params) in [
             ("timm_prithvi_vit_tiny", 3_553_280i64),
             ("timm_prithvi_vit_100", 86_237_184),

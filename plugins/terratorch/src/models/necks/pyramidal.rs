@@ -4,10 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module as _, nn::ModuleT as _, Tensor};
-use terrahost_plugin_api::{
-    sdk::{batch_norm2d, Model},
-    PluginError, Result,
-};
+use terrahost_layers::norm::batch_norm2d;
+use terrahost_plugin_api::{sdk::Model, PluginError, Result};
 
 /// Arguments of [`InterpolateToPyramidal`], with upstream's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]

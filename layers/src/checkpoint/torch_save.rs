@@ -7,13 +7,13 @@
 //! (and the `Parameter` wrappers around it) and keeps every other class or call as an
 //! opaque value. So a Lightning checkpoint whose hyper-parameters pickle arbitrary
 //! Python objects still reads, and nothing in a file can run code.
-use crate::error::{PluginError, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 use tch::{Kind, Tensor};
+use terrahost_plugin_api::{PluginError, Result};
 
 /// Reads the state_dict in the `torch.save` archive at `path`: the saved dict itself, or
 /// the dict under `state_dict` (Lightning) or `model` when the file holds a wrapper.
@@ -22,7 +22,7 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         PluginError::invalid_argument(format!(
             "checkpoint {}: {what}; {}",
             path.display(),
-            crate::checkpoint::conversion_hint(path)
+            conversion_hint(path)
         ))
     };
     let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open it: {e}")))?;
@@ -649,4 +649,14 @@ impl<'a, 'r> Unpickler<'a, 'r> {
             })?;
         Ok(Val::Tensor(Rc::new(t)))
     }
+}
+
+/// The command that converts a `torch.save` checkpoint at `path` into `.safetensors`,
+/// for the errors that cannot read one.
+pub fn conversion_hint(path: &Path) -> String {
+    format!(
+        "convert it with python -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu'); \
+         sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\"",
+        path.display()
+    )
 }

@@ -1,9 +1,9 @@
 //! The few definitions that plugins and the libtorch-free front must agree on: the
 //! registry names, the parameter type names and the did-you-mean suggestions.
 //!
-//! This one file is compiled into two crates: this one and `terrahost-plugin-api`
-//! (which includes it by path). Neither may depend on the other (the front must not
-//! link libtorch; plugins need nothing of the host), and a copy would drift.
+//! Both `terrahost-plugin-api` and `terrahost-index` depend on this crate. Neither may
+//! depend on the other (the front must not link libtorch; plugins need nothing of the
+//! host), and a copy in each would drift.
 
 /// The names of the registries a source can contribute to, in the order the host
 /// creates them. `model_factory` is a plain registry; the others are multi-source.

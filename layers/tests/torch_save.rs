@@ -3,7 +3,7 @@
 //! `expected.safetensors`, whatever wraps them.
 use std::path::PathBuf;
 use tch::Tensor;
-use terrahost_plugin_api::checkpoint::read_state_dict;
+use terrahost_layers::checkpoint::read_state_dict;
 use terrahost_plugin_api::ErrorKind;
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,11 +2,14 @@
 //! and for plugins (`pretrained=true` with a local file).
 //!
 //! `.safetensors` files are read by tch. Files written by PyTorch's `torch.save`
-//! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by the `torch_pickle` module: the zip archive
+//! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by the `torch_save` module: the zip archive
 //! PyTorch has written since 1.6, whose `data.pkl` holds the dict of tensors.
-use crate::error::{PluginError, Result};
 use std::path::Path;
 use tch::Tensor;
+use terrahost_plugin_api::{PluginError, Result};
+pub use torch_save::conversion_hint;
+
+mod torch_save;
 
 /// The extensions read as `torch.save` archives.
 pub const TORCH_SAVE_EXTENSIONS: [&str; 4] = ["pt", "pth", "ckpt", "bin"];
@@ -31,21 +34,11 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         "safetensors" => Tensor::read_safetensors(path).map_err(|e| {
             PluginError::invalid_argument(format!("cannot read {} as safetensors: {e}", path.display()))
         }),
-        e if TORCH_SAVE_EXTENSIONS.contains(&e) => crate::torch_pickle::read_state_dict(path),
+        e if TORCH_SAVE_EXTENSIONS.contains(&e) => torch_save::read_state_dict(path),
         _ => Err(PluginError::invalid_argument(format!(
             "checkpoint {}: unknown format `.{ext}`; terrahost reads .safetensors and torch.save files \
              (.pt, .pth, .ckpt, .bin)",
             path.display()
         ))),
     }
-}
-
-/// The command that converts a `torch.save` checkpoint at `path` into `.safetensors`,
-/// for the errors that cannot read one.
-pub fn conversion_hint(path: &Path) -> String {
-    format!(
-        "convert it with python -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu'); \
-         sd = sd.get('state_dict', sd); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, 'model.safetensors')\"",
-        path.display()
-    )
 }

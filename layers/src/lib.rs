@@ -1,0 +1,38 @@
+//! # terrahost-layers
+//!
+//! What terrahost plugins share that is not part of the plugin ABI: PyTorch-compatible
+//! layers written with `tch` (their parameter names are PyTorch's `state_dict` keys),
+//! the fused kernels that make inference fast, and the checkpoint reader.
+//!
+//! It is an ordinary library: a plugin links its own copy, and a new version of this
+//! crate never changes whether a plugin loads (that is `terrahost-plugin-api`'s
+//! version alone).
+//!
+//! * Layers with PyTorch's keys: [`norm`] (LayerNorm, BatchNorm2d), [`linear`] (Linear,
+//!   timm's Mlp and their initialisations), [`conv`] (Conv2d), [`drop`] (dropout,
+//!   stochastic depth, LayerScale), [`torch_transformer`] (`nn.TransformerEncoderLayer`),
+//!   and [`wavelengths`] (TerraTorch's band wavelengths).
+//! * smp's shared parts ([`smp`]): its decoder blocks and its U-Net decoder, which both
+//!   the `smp` and the `terratorch` plugins build.
+//! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
+//!   inside is interpreted, never executed).
+//! * Initialisation and inference: [`init`] (parallel initialisation of big layers),
+//!   [`inference`] (libtorch's inference mode).
+//! * Fused inference kernels: [`packed_linear`] (oneDNN's pre-packed linear, with GELU
+//!   fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
+//!   upsampling + concatenation + 3x3 convolution run at low resolution), and
+//!   [`derived`] (keeps such inference copies in step with the parameters).
+pub mod checkpoint;
+pub mod conv;
+pub mod conv_bn;
+pub mod derived;
+pub mod drop;
+pub mod inference;
+pub mod init;
+pub mod linear;
+pub mod norm;
+pub mod packed_linear;
+pub mod smp;
+pub mod torch_transformer;
+pub mod upsample_conv;
+pub mod wavelengths;

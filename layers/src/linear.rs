@@ -1,0 +1,122 @@
+//! `nn.Linear` and timm's `Mlp` (`timm/layers/mlp.py`), with the initialisations
+//! PyTorch and timm give them. Without autograd a linear layer runs on oneDNN's packed
+//! weight ([`PackedLinear`]).
+use crate::drop::dropout;
+use crate::packed_linear::PackedLinear;
+use tch::nn::{self, Init};
+use tch::Tensor;
+use terrahost_plugin_api::Result;
+
+/// The truncated-normal (std 0.02) weight init timm gives linear layers, tokens and
+/// relative position bias tables.
+pub fn trunc_normal() -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: 0.02,
+    }
+}
+
+/// PyTorch's default init of a convolution's or linear layer's weight and bias: uniform
+/// in +-1/sqrt(fan_in).
+pub fn fan_in_uniform(fan_in: i64) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// Xavier-uniform (Glorot) init of a `[out, in]` weight: uniform in
+/// +-sqrt(6 / (in + out)), as `nn.init.xavier_uniform_`.
+pub fn xavier_uniform(c_in: i64, c_out: i64) -> Init {
+    let bound = (6.0 / (c_in + c_out) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it runs on
+/// oneDNN's packed weight ([`PackedLinear`]).
+#[derive(Debug)]
+pub struct Linear {
+    inner: PackedLinear,
+}
+
+impl Linear {
+    /// A linear layer whose weight and bias are drawn with `w` and `b`.
+    pub fn with_inits(p: nn::Path, c_in: i64, c_out: i64, bias: bool, w: Init, b: Init) -> Self {
+        Self {
+            inner: PackedLinear::from_parts(
+                p.var("weight", &[c_out, c_in], w),
+                bias.then(|| p.var("bias", &[c_out], b)),
+            ),
+        }
+    }
+
+    /// A linear layer with timm's init: truncated normal weight, zero bias.
+    pub fn timm(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> Self {
+        Self::with_inits(p, c_in, c_out, bias, trunc_normal(), Init::Const(0.0))
+    }
+
+    /// A linear layer with PyTorch's default init (weight and bias uniform in
+    /// +-1/sqrt(fan_in)).
+    pub fn torch(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> Self {
+        let u = fan_in_uniform(c_in);
+        Self::with_inits(p, c_in, c_out, bias, u, u)
+    }
+
+    /// A linear layer with Xavier-uniform weight and zero bias (the `_init_weights` of
+    /// MAE-style transformers: Prithvi, TerraMind).
+    pub fn xavier(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> Self {
+        Self::with_inits(
+            p,
+            c_in,
+            c_out,
+            bias,
+            xavier_uniform(c_in, c_out),
+            Init::Const(0.0),
+        )
+    }
+
+    /// `linear(x)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x))
+    }
+
+    /// `gelu(linear(x))`, exact GELU, fused into the matmul on the packed path.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward_gelu(x))
+    }
+}
+
+/// timm's `Mlp` (and mmseg's `FFN`, which computes the same): fc1, exact GELU, dropout,
+/// fc2, dropout. The two layers are built by the caller, so each family keeps its keys.
+#[derive(Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    drop: f64,
+}
+
+impl Mlp {
+    /// An MLP of the given layers.
+    pub fn new(fc1: Linear, fc2: Linear, drop: f64) -> Self {
+        Self { fc1, fc2, drop }
+    }
+
+    /// timm's `Mlp(dim, hidden)` under `p` (`fc1` / `fc2`), with timm's init.
+    pub fn timm(p: nn::Path, dim: i64, hidden: i64, drop: f64) -> Self {
+        Self::new(
+            Linear::timm(&p / "fc1", dim, hidden, true),
+            Linear::timm(&p / "fc2", hidden, dim, true),
+            drop,
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.fc1.forward_gelu(x)?;
+        let y = dropout(y, self.drop, train)?;
+        dropout(self.fc2.forward(&y)?, self.drop, train)
+    }
+}
