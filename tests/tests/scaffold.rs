@@ -9,7 +9,11 @@ use terrahost_testkit::{build_dir, real_plugins, workspace_root};
 
 fn exe(name: &str) -> PathBuf {
     let exe = build_dir().join(name);
-    assert!(exe.exists(), "{} is not built; run `cargo build --workspace` first", exe.display());
+    assert!(
+        exe.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        exe.display()
+    );
     exe
 }
 
@@ -68,13 +72,22 @@ fn a_new_plugin_builds_loads_and_composes_with_the_real_plugins() {
         .unwrap();
     checked("terrahost new-plugin", out);
     let krate = work.path().join("geoscale");
-    for f in ["Cargo.toml", ".cargo/config.toml", "src/lib.rs", "tests/plugin.rs"] {
+    for f in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "tests/plugin.rs",
+    ] {
         assert!(krate.join(f).is_file(), "new-plugin wrote no {f}");
     }
     // The same dependency versions and build directory as the workspace, so that tch and
     // libtorch's bindings are not compiled a second time: a test-only shortcut; the crate
     // builds on its own as well (it resolves the same crates).
-    std::fs::copy(workspace_root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+    std::fs::copy(
+        workspace_root().join("Cargo.lock"),
+        krate.join("Cargo.lock"),
+    )
+    .unwrap();
     let target = build_dir().parent().unwrap().to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Its own tests: the entry in process, and the built library through `terrahost`.
@@ -91,7 +104,10 @@ fn a_new_plugin_builds_loads_and_composes_with_the_real_plugins() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "cargo test of the new plugin failed:\n{log}");
+    assert!(
+        out.status.success(),
+        "cargo test of the new plugin failed:\n{log}"
+    );
     assert!(log.contains("test result: ok. 2 passed"), "{log}");
 
     // Next to the real plugins.
@@ -103,7 +119,12 @@ fn a_new_plugin_builds_loads_and_composes_with_the_real_plugins() {
         "terrahost list neck",
         terrahost(plugins.path(), cache.path(), &["list", "neck", "--json"]),
     );
-    assert!(listed.contains("geoscale_Scale"), "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let source = listed["neck"]
+        .as_array()
+        .and_then(|sources| sources.iter().find(|s| s["prefix"] == "geoscale"))
+        .unwrap_or_else(|| panic!("no geoscale source among the necks: {listed}"));
+    assert_eq!(source["names"], serde_json::json!(["Scale"]), "{listed}");
 
     // Across plugin boundaries: timm backbone -> geoscale neck -> smp decoder ->
     // terratorch head. With every scale at 0 the decoder sees zeros and the output is
@@ -113,16 +134,37 @@ fn a_new_plugin_builds_loads_and_composes_with_the_real_plugins() {
         let cfg = config(work.path(), init);
         let output = work.path().join(format!("out_{init}.safetensors"));
         let (cfg, out_file) = (cfg.to_str().unwrap(), output.to_str().unwrap());
-        let args = ["run", "--config", cfg, "--input-shape", "1,3,64,64", "--output", out_file, "--json"];
-        let out = checked("terrahost run", terrahost(plugins.path(), cache.path(), &args));
+        let args = [
+            "run",
+            "--config",
+            cfg,
+            "--input-shape",
+            "1,3,64,64",
+            "--output",
+            out_file,
+            "--json",
+        ];
+        let out = checked(
+            "terrahost run",
+            terrahost(plugins.path(), cache.path(), &args),
+        );
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["output_shape"], serde_json::json!([1, 3, 64, 64]), "{v}");
         let tensors = tch::Tensor::read_safetensors(&output).unwrap();
-        let (_, y) = tensors.iter().find(|(n, _)| n == "output").expect("output tensor");
+        let (_, y) = tensors
+            .iter()
+            .find(|(n, _)| n == "output")
+            .expect("output tensor");
         let per_channel = y.flatten(2, 3).std_dim([2i64].as_slice(), false, false);
         per_channel.max().double_value(&[])
     };
     let (zeroed, live) = (spread(0.0), spread(1.0));
-    assert!(zeroed < 1e-6, "scales of 0 should leave a constant output, std {zeroed}");
-    assert!(live > 1e-4, "scales of 1 should pass the features on, std {live}");
+    assert!(
+        zeroed < 1e-6,
+        "scales of 0 should leave a constant output, std {zeroed}"
+    );
+    assert!(
+        live > 1e-4,
+        "scales of 1 should pass the features on, std {live}"
+    );
 }

@@ -44,6 +44,7 @@ pub fn run(args: &NewPluginArgs) -> Result<(), HostError> {
         ("Cargo.toml", cargo_toml(&args.name, api.as_deref())),
         (".cargo/config.toml", cargo_config(&libtorch)),
         (".gitignore", "/target\n".to_owned()),
+        ("build.rs", BUILD_RS.to_owned()),
         ("src/lib.rs", lib_rs(&args.name)),
         ("tests/plugin.rs", test_rs(&args.name)),
     ];
@@ -55,8 +56,15 @@ pub fn run(args: &NewPluginArgs) -> Result<(), HostError> {
         fs::write(&path, text).map_err(|e| io_error(&path, e))?;
     }
     let so = format!("lib{}.so", args.name);
-    println!("created {} (plugin `{}`, plugin-api {API_VERSION})", root.display(), args.name);
-    println!("  cd {} && cargo test          # runs the entry in process and through terrahost", root.display());
+    println!(
+        "created {} (plugin `{}`, plugin-api {API_VERSION})",
+        root.display(),
+        args.name
+    );
+    println!(
+        "  cd {} && cargo test          # runs the entry in process and through terrahost",
+        root.display()
+    );
     println!("  cargo build --release && cp target/release/{so} ~/.local/share/terrahost/plugins/");
     println!("  terrahost list neck            # {}_Scale", args.name);
     if api.is_none() {
@@ -90,9 +98,9 @@ fn io_error(path: &Path, e: std::io::Error) -> HostError {
 }
 
 fn canonical_api_dir(p: &Path) -> Result<PathBuf, HostError> {
-    let dir = p.canonicalize().map_err(|e| {
-        HostError::Usage(format!("--plugin-api {}: {e}", p.display()))
-    })?;
+    let dir = p
+        .canonicalize()
+        .map_err(|e| HostError::Usage(format!("--plugin-api {}: {e}", p.display())))?;
     if !dir.join("Cargo.toml").is_file() {
         return Err(HostError::Usage(format!(
             "--plugin-api {}: no Cargo.toml there; give the plugin-api directory of a terrahost checkout",
@@ -105,14 +113,18 @@ fn canonical_api_dir(p: &Path) -> Result<PathBuf, HostError> {
 /// The plugin-api sources of the checkout this engine was built from, if still there.
 fn default_api_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api");
-    dir.join("Cargo.toml").is_file().then(|| dir.canonicalize().ok()).flatten()
+    dir.join("Cargo.toml")
+        .is_file()
+        .then(|| dir.canonicalize().ok())
+        .flatten()
 }
 
-/// The libtorch directory (with `lib/` and `include/`) this engine links.
+/// The libtorch directory (with `lib/` and `include/`) this engine links, spelled as
+/// its build spelled it (tch's build script compares the value, so the same string lets
+/// a build directory shared with the engine's reuse libtorch's compiled bindings).
 fn libtorch_dir() -> PathBuf {
     let lib = Path::new(terrahost_plugin_api::TORCH_LIB_DIR);
-    let dir = lib.parent().unwrap_or(lib);
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+    lib.parent().unwrap_or(lib).to_path_buf()
 }
 
 fn toml_str(p: &Path) -> String {
@@ -155,19 +167,27 @@ debug = "line-tables-only"
 }
 
 fn cargo_config(libtorch: &Path) -> String {
-    let lib = libtorch.join("lib");
     format!(
         r#"# Where tch's build finds libtorch: the one terrahost-engine links (libtorch 2.13.0).
 # A plugin must link the very same libtorch as the host that loads it.
 [env]
 LIBTORCH = {}
-# The test binaries link libtorch too; the plugin library itself finds it in the host.
-LD_LIBRARY_PATH = {}
 "#,
-        toml_str(libtorch),
-        toml_str(&lib)
+        toml_str(libtorch)
     )
 }
+
+/// The crate's build script: an rpath to libtorch, so that its test binaries (which link
+/// libtorch) run without `LD_LIBRARY_PATH`; inside the host libtorch is already loaded.
+const BUILD_RS: &str = r#"//! Embeds an rpath to the libtorch of `LIBTORCH` (.cargo/config.toml), so that this
+//! crate's test binaries find it without LD_LIBRARY_PATH.
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
+    }
+}
+"#;
 
 fn lib_rs(name: &str) -> String {
     format!(
@@ -200,25 +220,34 @@ impl Model for Scale {{
 
 fn necks() -> Catalog {{
     Catalog::new("{name}").add(
-        Entry::new("Scale", "multiplies each feature map by a learned per-channel scale", |ctx| {{
-            let init: f64 = ctx.args.get("init")?;
-            let vs = nn::VarStore::new(Device::Cpu);
-            let scales = vs.root() / "scales";
-            let weights = ctx
-                .channels
-                .iter()
-                .enumerate()
-                // state_dict keys `scales.0`, `scales.1`, ...
-                .map(|(i, &c)| scales.var(&i.to_string(), &[c], nn::Init::Const(init)))
-                .collect();
-            let model = Scale {{
-                weights,
-                channels: ctx.channels.clone(),
-            }};
-            Ok(Built::new(ctx.qualified(), vs, model).boxed())
-        }})
+        Entry::new(
+            "Scale",
+            "multiplies each feature map by a learned per-channel scale",
+            |ctx| {{
+                let init: f64 = ctx.args.get("init")?;
+                let vs = nn::VarStore::new(Device::Cpu);
+                let scales = vs.root() / "scales";
+                let weights = ctx
+                    .channels
+                    .iter()
+                    .enumerate()
+                    // state_dict keys `scales.0`, `scales.1`, ...
+                    .map(|(i, &c)| scales.var(&i.to_string(), &[c], nn::Init::Const(init)))
+                    .collect();
+                let model = Scale {{
+                    weights,
+                    channels: ctx.channels.clone(),
+                }};
+                Ok(Built::new(ctx.qualified(), vs, model).boxed())
+            }},
+        )
         .takes_channels()
-        .opt("init", ParamType::FLOAT, json!(1.0), "initial value of every scale"),
+        .opt(
+            "init",
+            ParamType::FLOAT,
+            json!(1.0),
+            "initial value of every scale",
+        ),
     )
 }}
 
@@ -241,11 +270,19 @@ use terrahost_plugin_api::reexports::serde_json::json;
 use terrahost_plugin_api::reexports::tch::{{Device, Kind, Tensor}};
 use terrahost_plugin_api::sdk;
 
+/// The entry, as users name it: prefix and name.
+const ENTRY: &str = "{name}_Scale";
+/// The library `cargo build` makes of this crate.
+const LIBRARY: &str = "lib{name}.so";
+
 #[test]
 fn scale_multiplies_every_map_by_its_channels_scales() {{
-    let args = json!({{"init": 2.0}}).as_object().cloned().unwrap_or_default();
+    let args = json!({{"init": 2.0}})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     let sources = {name}::plugin_sources().unwrap();
-    let scale = sdk::build_in_process(&sources, "neck", "{name}_Scale", &args, Some(&[4, 8])).unwrap();
+    let scale = sdk::build_in_process(&sources, "neck", ENTRY, &args, Some(&[4, 8])).unwrap();
     assert_eq!(scale.out_channels(), vec![4, 8]);
     let xs = [
         Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)),
@@ -264,29 +301,54 @@ fn scale_multiplies_every_map_by_its_channels_scales() {{
 #[test]
 fn the_host_loads_and_builds_the_library() {{
     let terrahost = std::env::var_os("TERRAHOST").unwrap_or_else(|| "terrahost".into());
+    // `cargo test` links the rlib; the plugin library is built here.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--lib"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "cargo build --lib failed");
     // target/debug/deps/<test> -> target/debug/lib{name}.so
     let exe = std::env::current_exe().unwrap();
-    let so: PathBuf = exe.parent().and_then(|d| d.parent()).unwrap().join("lib{name}.so");
+    let so: PathBuf = exe.parent().and_then(|d| d.parent()).unwrap().join(LIBRARY);
     assert!(so.is_file(), "{{}} was not built", so.display());
-    let dir = std::env::temp_dir().join(format!("{name}-plugin-test-{{}}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("{{ENTRY}}-test-{{}}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&so, dir.join("lib{name}.so")).unwrap();
+    std::fs::copy(&so, dir.join(LIBRARY)).unwrap();
     let out = Command::new(&terrahost)
         .arg("--plugin-dir")
         .arg(&dir)
-        .args(["--no-cache", "build", "neck", "{name}_Scale", "--channels", "4,8", "--json"])
+        .args([
+            "--no-cache",
+            "build",
+            "neck",
+            ENTRY,
+            "--channels",
+            "4,8",
+            "--json",
+        ])
         .output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = match out {{
         Ok(out) => out,
         Err(e) => {{
-            eprintln!("note: {{}} not run ({{e}}); set TERRAHOST to a terrahost binary", terrahost.to_string_lossy());
+            eprintln!(
+                "note: {{}} not run ({{e}}); set TERRAHOST to a terrahost binary",
+                terrahost.to_string_lossy()
+            );
             return;
         }}
     }};
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{{}}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("\"out_channels\":[4,8]") || stdout.contains("\"out_channels\": [4, 8]"), "{{stdout}}");
+    assert!(
+        out.status.success(),
+        "{{}}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: terrahost_plugin_api::reexports::serde_json::Value =
+        terrahost_plugin_api::reexports::serde_json::from_str(&stdout).unwrap();
+    assert_eq!(built["out_channels"], json!([4, 8]), "{{stdout}}");
 }}
 "#
     )
