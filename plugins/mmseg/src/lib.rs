@@ -2,13 +2,13 @@
 
 pub mod models;
 #[cfg(test)]
-mod tests_a;
+mod tests_decode_heads;
 #[cfg(test)]
-mod tests_b;
+mod tests_attention_heads;
 #[cfg(test)]
-mod tests_c;
+mod tests_segmenter_pid_ddr;
 #[cfg(test)]
-mod tests_common;
+mod test_support;
 #[cfg(test)]
 mod tests_fcn;
 

@@ -2,11 +2,11 @@
 
 pub mod models;
 #[cfg(test)]
-mod test_util;
+mod test_support;
 #[cfg(test)]
-mod tests_a;
+mod tests_deeplab_fpn_linknet_pspnet_pan;
 #[cfg(test)]
-mod tests_b;
+mod tests_dpt_manet_segformer_upernet_unetpp;
 #[cfg(test)]
 mod tests_factory;
 

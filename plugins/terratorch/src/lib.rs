@@ -121,7 +121,7 @@ terrahost_plugin_api::declare_plugin! {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests_entries;
 #[cfg(test)]
 mod tests_decoders;
 #[cfg(test)]

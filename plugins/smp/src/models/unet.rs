@@ -81,7 +81,7 @@ mod tests {
     //! Parity against TerraTorch 1.2.11 + smp 0.6.0. Every expected key, shape, value
     //! and message below was printed by the reference Python (see each constant).
     use crate::plugin_sources;
-    use crate::test_util::{assert_running_stats_only, buffer_names, declared_default};
+    use crate::test_support::{assert_running_stats_only, buffer_names, declared_default};
     use serde_json::{json, Value};
     use tch::Tensor;
     use terrahost_plugin_api::sdk::DynModule;

@@ -3,7 +3,7 @@
 //! (fixtures written by `scripts/reference/cases/smp_b.py`), output channels and
 //! argument errors (messages as the reference printed them, see the fixtures' meta).
 use crate::plugin_sources;
-use crate::test_util::declared_default;
+use crate::test_support::declared_default;
 use serde_json::{json, Value};
 use tch::Tensor;
 use terrahost_plugin_api::sdk::DynModule;

@@ -1,6 +1,6 @@
 //! Parity and argument tests of the decode heads of part A (UPerHead, ASPPHead, ...)
 //! against TerraTorch 1.2.11 + mmseg 1.2.2 fixtures (`scripts/reference/cases/mmseg_a.py`).
-use crate::tests_common::{build, build_err, fixture};
+use crate::test_support::{build, build_err, fixture};
 use serde_json::{json, Value};
 use terrahost_plugin_api::ErrorKind;
 

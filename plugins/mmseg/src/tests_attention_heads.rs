@@ -1,7 +1,7 @@
 //! Tests of the decode heads of part B (attention and context heads). Parity
 //! fixtures come from `scripts/reference/cases/mmseg_b.py` (TerraTorch 1.2.11 +
 //! mmseg 1.2.2); error-message needles name the argument to change.
-use crate::tests_common::{build, build_err, expect_errors, fixture};
+use crate::test_support::{build, build_err, expect_errors, fixture};
 use serde_json::{json, Value};
 use terrahost_plugin_api::sdk::DynModule;
 use terrahost_plugin_api::ErrorKind;

@@ -77,7 +77,7 @@ mod units {
     //! Python (TerraTorch 1.2.11's `DECODER_REGISTRY.build("smp_<Name>", channels, ...)`
     //! on smp 0.6.0), or are smp's documented defaults.
     use crate::plugin_sources;
-    use crate::test_util::{assert_running_stats_only, buffer_names, declared_default};
+    use crate::test_support::{assert_running_stats_only, buffer_names, declared_default};
     use serde_json::{json, Value};
     use tch::Tensor;
     use terrahost_plugin_api::sdk::DynModule;

@@ -1,6 +1,6 @@
 //! Parity and argument tests of the second-wave decode heads against TerraTorch 1.2.11 +
 //! mmseg 1.2.2 fixtures (`scripts/reference/cases/mmseg_c.py`).
-use crate::tests_common::{build, expect_errors, fixture};
+use crate::test_support::{build, expect_errors, fixture};
 use serde_json::{json, Value};
 
 #[test]

@@ -1,0 +1,11 @@
+//! The integration tests: one test binary (every binary here links libtch, so one
+//! link instead of one per file), a module per area. They load the built plugin
+//! libraries from a directory and run the built `terrahost` binaries, as users do.
+mod cli;
+mod corpus;
+mod front;
+mod hostile;
+mod in_process;
+mod plugins;
+mod predict;
+mod scaffold;
