@@ -95,6 +95,13 @@ fn files_that_are_not_plugins_are_refused_with_reasons_and_the_rest_load() {
     assert_eq!(refused("bad_api").kind, "incompatible-api");
     assert!(reason("garbage").contains("not a loadable library"));
     assert!(reason("not_a_plugin").contains("not a terrahost plugin"));
+    // The hint names the macro that exports the root module, not the one that declares
+    // the plugin (a crate with only `declare_plugin!` exports nothing).
+    let hint = reason("not_a_plugin");
+    assert!(
+        hint.contains("export_plugin!") && !hint.contains("declare_plugin!"),
+        "{hint}"
+    );
     let bad = reason("bad_api");
     assert!(
         bad.contains("plugin-api") && bad.contains(terrahost_plugin_api::API_VERSION),
