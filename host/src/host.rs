@@ -1,8 +1,8 @@
 //! The host: TerraTorch's five registries, filled by plugins.
-use crate::plugins::{
-    meta::{kind, Refusal},
-    LoadOptions,
-};
+//!
+//! This module knows nothing of plugin files: [`crate::plugins`] finds, scans and
+//! loads them and registers what they bring through [`Host::try_add_plugin`] (it also
+//! adds [`Host::load`] and [`Host::load_with`]), so the dependency goes one way.
 use crate::registry::{MultiSourceRegistry, Registry};
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -11,6 +11,7 @@ use abi_stable::{
 };
 use serde_json::{Map, Value};
 use std::path::PathBuf;
+use terrahost_index::meta::{kind, Refusal};
 use terrahost_plugin_api::{
     registry_names as names, sdk::DynModule, BuildRequest, EntryInfo, HostRef, Host_TO, Manifest,
     ModuleBox, PluginError, Result, SourceEntry,
@@ -32,7 +33,7 @@ pub struct LoadedPlugin {
 pub struct Rejected {
     /// The file.
     pub path: PathBuf,
-    /// The refusal's code ([`crate::plugins::meta::kind`]): `crashed`, `not-a-plugin`, ...
+    /// The refusal's code ([`terrahost_index::meta::kind`]): `crashed`, `not-a-plugin`, ...
     pub kind: String,
     /// Why it was refused, in one line a user can act on.
     pub reason: String,
@@ -78,20 +79,6 @@ impl Host {
         }
     }
 
-    /// Finds the plugins in `dirs`, scans each in a child process, and registers
-    /// them, with the default [`LoadOptions`] (no registry cache). See
-    /// [`crate::plugins`].
-    pub fn load(dirs: &[PathBuf]) -> Self {
-        Self::load_with(dirs, &LoadOptions::default())
-    }
-
-    /// [`Host::load`] with explicit options (cache file, timeout, scanner).
-    pub fn load_with(dirs: &[PathBuf], options: &LoadOptions) -> Self {
-        let mut host = Self::new();
-        crate::plugins::load_into(&mut host, dirs, options);
-        host
-    }
-
     /// A host whose plugins are linked into this process (no dlopen): for tests,
     /// benchmarks and embedding. Each item is a manifest and the plugin's sources.
     pub fn with_plugins(plugins: Vec<(Manifest, Vec<SourceEntry>)>) -> Result<Self> {
@@ -113,7 +100,7 @@ impl Host {
     }
 
     /// Records a file refused (and already reported) by the scan or registration
-    /// checks of [`crate::plugins::load_into`].
+    /// checks of `crate::plugins::load_into`.
     pub(crate) fn record_rejected(&mut self, path: PathBuf, kind: &str, reason: String) {
         self.rejected.push(Rejected {
             path,
