@@ -2,19 +2,19 @@
 //! scans ([`crate::gather`]) without loading a library. The front answers `plugins`,
 //! `list` and `show` from it.
 //!
-//! Registration follows the engine's (`terrahost::Host::try_add_plugin`): a plugin
-//! name already loaded is `duplicate-plugin`; a source the manifest does not declare,
-//! an invalid prefix or an unknown registry is `invalid-manifest`; a prefix (or, in the
-//! flat `model_factory` registry, a name) another plugin holds is `duplicate-prefix`;
-//! a refused plugin registers nothing. Name resolution is [`crate::resolve::find`],
-//! the same code the engine runs. `tests/tests/front.rs` runs a corpus of commands
-//! through both binaries and checks the answers are identical.
+//! Which plugins register and which are refused is [`crate::register`], the code the
+//! engine's `terrahost::Host::try_add_plugin` runs too: `duplicate-plugin`,
+//! `invalid-manifest` and `duplicate-prefix`; a refused plugin registers nothing. The engine's `load_into` takes its refusals from this view, so both
+//! binaries refuse the same files for the same reasons. Name resolution is
+//! [`crate::resolve::find`], the same code the engine runs. `tests/tests/front.rs` runs a
+//! corpus of commands through both binaries and checks the answers are identical.
 use crate::common::registry_names as names;
 use crate::gather::Found;
-use crate::meta::{kind, EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use crate::meta::{EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use crate::register::{self, Candidate, Registered, SourceClaim};
 use crate::resolve::{self, Lookup, SourceView};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One source, as data.
 pub struct DataSource {
@@ -106,22 +106,6 @@ impl MultiView {
         &self.sources
     }
 
-    fn check_prefix(&self, prefix: &str, plugin: &str) -> Result<(), Refusal> {
-        if prefix.is_empty() || prefix.contains('_') || prefix.chars().any(char::is_whitespace) {
-            return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
-                "plugin `{plugin}` declares an invalid prefix {prefix:?} for the {} registry: a prefix is a non-empty word without `_`",
-                self.name
-            )));
-        }
-        if let Some(existing) = self.sources.iter().find(|s| s.prefix == prefix) {
-            return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
-                "Source for prefix {prefix} already exists in the {} registry: plugin `{}` registered it first, so plugin `{plugin}` cannot register it again",
-                self.name, existing.plugin
-            )));
-        }
-        Ok(())
-    }
-
     fn note_prefix(&mut self, prefix: &str) {
         if !self.known_prefixes.iter().any(|p| p == prefix) {
             self.known_prefixes.push(prefix.to_owned());
@@ -166,18 +150,6 @@ impl FlatView {
     /// The sources, in registration order.
     pub fn sources(&self) -> &[DataSource] {
         &self.sources
-    }
-
-    fn check_source(&self, source: &SourceMeta, plugin: &str) -> Result<(), Refusal> {
-        for e in &source.entries {
-            if let Some(&s) = self.index.get(&e.name) {
-                return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
-                    "`{}` is already in the {} registry from plugin `{}`, so plugin `{plugin}` cannot register it again",
-                    e.name, self.name, self.sources[s].plugin
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn add(&mut self, source: DataSource) {
@@ -238,6 +210,26 @@ pub struct View {
     rejected: Vec<ViewRejected>,
 }
 
+impl Registered for View {
+    fn plugin_file(&self, name: &str) -> Option<Option<&Path>> {
+        self.plugins
+            .iter()
+            .find(|p| p.manifest.name == name)
+            .map(|p| Some(p.path.as_path()))
+    }
+    fn prefix_holder(&self, registry: &str, prefix: &str) -> Option<&str> {
+        let r = &self.multi[Self::multi_index(registry)?];
+        r.sources
+            .iter()
+            .find(|s| s.prefix == prefix)
+            .map(|s| s.plugin.as_str())
+    }
+    fn name_holder(&self, name: &str) -> Option<&str> {
+        let r = &self.model_factory;
+        r.index.get(name).map(|&s| r.sources[s].plugin.as_str())
+    }
+}
+
 impl View {
     /// Registers every described plugin of `found`, in order; records every refusal.
     pub fn new(found: &[Found]) -> Self {
@@ -270,54 +262,31 @@ impl View {
     }
 
     fn multi_index(name: &str) -> Option<usize> {
-        [
-            names::BACKBONE,
-            names::NECK,
-            names::DECODER,
-            names::FULL_MODEL,
-        ]
-        .iter()
-        .position(|n| *n == name)
+        register::MULTI.iter().position(|n| *n == name)
     }
 
-    /// Registers a plugin's sources: all of them or none.
+    /// Registers a plugin's sources: all of them or none ([`register::check`]).
     fn add(&mut self, path: PathBuf, info: &PluginInfo) -> Result<(), Refusal> {
         let plugin = info.manifest.name.as_str();
-        if let Some(other) = self.plugins.iter().find(|p| p.manifest.name == plugin) {
-            return Err(Refusal::new(
-                kind::DUPLICATE_PLUGIN,
-                format!(
-                    "a plugin named `{plugin}` is already loaded ({}); remove one of the two copies",
-                    other.path.display()
-                ),
-            ));
-        }
-        for s in &info.sources {
-            let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
-            if !info
+        let candidate = Candidate {
+            plugin,
+            declared: info
                 .manifest
                 .sources
                 .iter()
-                .any(|(r, p)| r == registry && p == prefix)
-            {
-                return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
-                    "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
-                )));
-            }
-            if registry == names::MODEL_FACTORY {
-                self.model_factory.check_source(s, plugin)?;
-            } else if let Some(i) = Self::multi_index(registry) {
-                self.multi[i].check_prefix(prefix, plugin)?;
-            } else {
-                return Err(Refusal::new(
-                    kind::INVALID_MANIFEST,
-                    format!(
-                        "plugin `{plugin}`: {}",
-                        resolve::unknown_registry_message(registry)
-                    ),
-                ));
-            }
-        }
+                .map(|(r, p)| (r.as_str(), p.as_str()))
+                .collect(),
+            sources: info
+                .sources
+                .iter()
+                .map(|s| SourceClaim {
+                    registry: &s.registry,
+                    prefix: &s.prefix,
+                    names: s.entries.iter().map(|e| e.name.clone()).collect(),
+                })
+                .collect(),
+        };
+        register::check(self, &candidate)?;
         let mut registered = Vec::new();
         for s in &info.sources {
             let source = DataSource::new(s, plugin);
