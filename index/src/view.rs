@@ -3,15 +3,17 @@
 //! `list` and `show` from it.
 //!
 //! Which plugins register and which are refused is [`crate::register`], the code the
-//! engine's `terrahost::Host::try_add_plugin` runs too: `duplicate-plugin`,
-//! `invalid-manifest` and `duplicate-prefix`; a refused plugin registers nothing. The engine's `load_into` takes its refusals from this view, so both
+//! engine's `terrahost::Host::try_add_plugin` runs too: one file per plugin name
+//! ([`crate::register::choose`]: the highest version, then the file found first), then
+//! `duplicate-plugin`, `invalid-manifest` and `duplicate-prefix`; a refused plugin
+//! registers nothing. The engine's `load_into` takes its refusals from this view, so both
 //! binaries refuse the same files for the same reasons. Name resolution is
 //! [`crate::resolve::find`], the same code the engine runs. `tests/tests/front.rs` runs a
 //! corpus of commands through both binaries and checks the answers are identical.
 use crate::common::registry_names as names;
 use crate::gather::Found;
 use crate::meta::{EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
-use crate::register::{self, Candidate, Registered, SourceClaim};
+use crate::register::{self, Candidate, Declared, Registered, SourceClaim};
 use crate::resolve::{self, Lookup, SourceView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -245,11 +247,47 @@ impl View {
             plugins: Vec::new(),
             rejected: Vec::new(),
         };
-        for f in found {
-            let refused = match &f.outcome {
+        // One file per plugin name: the others are refused before anything registers.
+        let described: Vec<(usize, Declared)> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match &f.outcome {
+                Outcome::Plugin(info) => Some((
+                    i,
+                    Declared {
+                        plugin: &info.manifest.name,
+                        version: &info.manifest.version,
+                        path: &f.path,
+                    },
+                )),
+                Outcome::Refused(_) => None,
+            })
+            .collect();
+        let losers: HashMap<usize, register::Loser> =
+            register::choose(&described.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+                .into_iter()
+                .map(|l| (described[l.index].0, l))
+                .collect();
+        let mut refusals: Vec<Option<Refusal>> = found
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match &f.outcome {
                 Outcome::Refused(r) => Some(r.clone()),
+                Outcome::Plugin(_) if losers.contains_key(&i) => None,
                 Outcome::Plugin(info) => view.add(f.path.clone(), info).err(),
-            };
+            })
+            .collect();
+        for (&i, l) in &losers {
+            let (w, winner) = described[l.winner];
+            let loser = &described[l.index].1;
+            refusals[i] = Some(register::duplicate_refusal(
+                loser,
+                &winner,
+                l.why,
+                refusals[w].is_some(),
+            ));
+        }
+        for (f, refused) in found.iter().zip(refusals) {
             if let Some(refusal) = refused {
                 tracing::warn!(path = %f.path.display(), kind = %refusal.kind, reason = %refusal.reason, "plugin refused");
                 view.rejected.push(ViewRejected {
@@ -336,5 +374,110 @@ impl View {
                 registry,
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::kind;
+
+    fn plugin(name: &str, version: &str, path: &str, prefix: &str) -> Found {
+        Found {
+            path: PathBuf::from(path),
+            key: None,
+            outcome: Outcome::Plugin(PluginInfo {
+                manifest: ManifestMeta {
+                    name: name.into(),
+                    version: version.into(),
+                    api_version: "0.2.0".into(),
+                    torch_version: "2.13.0".into(),
+                    tch_version: "0.26.0".into(),
+                    cxx11_abi: true,
+                    target: "x".into(),
+                    sources: vec![("backbone".into(), prefix.into())],
+                },
+                sources: vec![SourceMeta {
+                    registry: "backbone".into(),
+                    prefix: prefix.into(),
+                    entries: vec![EntryMeta {
+                        name: format!("{name}_{version}"),
+                        doc: String::new(),
+                        takes_channels: false,
+                        accepts_extra: false,
+                        includes_head: false,
+                        params: Vec::new(),
+                    }],
+                    refusals: Vec::new(),
+                }],
+            }),
+        }
+    }
+
+    fn refused(view: &View) -> Vec<(String, String, String)> {
+        view.rejected()
+            .iter()
+            .map(|r| {
+                (
+                    r.path.display().to_string(),
+                    r.refusal.kind.clone(),
+                    r.refusal.reason.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn of_two_files_with_one_plugin_name_the_higher_version_registers() {
+        let view = View::new(&[
+            plugin("smp", "0.2.0", "/a/libsmp.so", "smp"),
+            plugin("smp", "0.3.0", "/b/libsmp.so", "smp"),
+        ]);
+        let loaded: Vec<_> = view
+            .plugins()
+            .iter()
+            .map(|p| (p.path.display().to_string(), p.manifest.version.clone()))
+            .collect();
+        assert_eq!(loaded, [("/b/libsmp.so".to_owned(), "0.3.0".to_owned())]);
+        let r = refused(&view);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].0.as_str(), r[0].1.as_str()),
+            ("/a/libsmp.so", kind::DUPLICATE_PLUGIN)
+        );
+        assert_eq!(
+            r[0].2,
+            "two files declare plugin `smp`: /b/libsmp.so (version 0.3.0) is loaded and this \
+             one, /a/libsmp.so (version 0.2.0), is not, because the higher version wins; \
+             remove the older copy"
+        );
+        // The chosen file's entries are the ones served.
+        assert!(view.describe("backbone", "smp_smp_0.3.0").is_ok());
+        assert!(view.describe("backbone", "smp_smp_0.2.0").is_err());
+    }
+
+    #[test]
+    fn a_chosen_file_that_is_refused_itself_is_not_said_to_load() {
+        let view = View::new(&[
+            plugin("timm", "0.2.0", "/a/libtimm.so", "timm"),
+            plugin("dup", "0.2.0", "/a/libzdup.so", "timm"),
+            plugin("dup", "0.1.0", "/b/libdup.so", "dup"),
+        ]);
+        let r = refused(&view);
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.0.as_str(), r.1.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("/a/libzdup.so", kind::DUPLICATE_PREFIX),
+                ("/b/libdup.so", kind::DUPLICATE_PLUGIN)
+            ]
+        );
+        assert!(
+            r[1].2
+                .contains("/a/libzdup.so (version 0.2.0) was chosen (and then refused itself"),
+            "{}",
+            r[1].2
+        );
     }
 }

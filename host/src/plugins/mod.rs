@@ -18,7 +18,10 @@
 //!
 //! Registration ([`crate::Host::add_plugin`]) then checks what depends on the other
 //! plugins (a prefix or plugin name that is already taken), every time, from the
-//! descriptions. Every refusal has a [`meta::kind`] code and one line of reason.
+//! descriptions, with [`terrahost_index::register`], the front's code; several files
+//! with the same plugin name are settled there too ([`terrahost_index::register::choose`]:
+//! the highest version, then the file found first). Every refusal has a [`meta::kind`]
+//! code and one line of reason.
 //!
 //! This module depends on [`crate::host`] (it fills a [`Host`], and adds [`Host::load`]
 //! and [`Host::load_with`] to it), never the other way round.
