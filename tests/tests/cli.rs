@@ -401,3 +401,80 @@ fn run_takes_inputs_named_by_modality() {
         "{e}"
     );
 }
+
+/// `bin` (`terrahost` or `terrahost-engine`) with `--plugin-dir dir`, this binary's
+/// cache and no inherited logging.
+fn command(bin: &str, dir: &Path, args: &[&str]) -> Command {
+    let exe = build_dir().join(bin);
+    assert!(exe.exists(), "{} is not built", exe.display());
+    let mut c = Command::new(exe);
+    c.arg("--plugin-dir")
+        .arg(dir)
+        .args(args)
+        .env("TERRAHOST_CACHE", cache().join("registry.json"))
+        .env_remove("TERRAHOST_SCANNER")
+        .env_remove("TERRAHOST_ENGINE")
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// A reader that goes away (`terrahost list | head -c 10`) ends both binaries quietly
+/// with status 0, as ripgrep does, instead of a "failed printing to stdout" panic
+/// (status 101). Each command runs twice: with stdout already closed before it starts
+/// (a socket whose other end is gone, so the first write fails, every time), and with a
+/// pipe read for 10 bytes and then closed.
+#[test]
+fn a_closed_stdout_ends_both_binaries_quietly_with_status_0() {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::process::Stdio;
+    let dir = real_plugins(&["timm"]);
+    let commands: [&[&str]; 6] = [
+        &["list"],
+        &["list", "--json"],
+        &["plugins"],
+        &["show", "backbone", "timm_resnet18"],
+        &["build", "backbone", "timm_resnet18"],
+        &["--version"],
+    ];
+    for bin in ["terrahost", "terrahost-engine"] {
+        for args in commands {
+            let what = format!("{bin} {}", args.join(" "));
+            let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+            drop(reader);
+            let out = command(bin, dir.path(), args)
+                .stdout(Stdio::from(OwnedFd::from(writer)))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+            assert_eq!(
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).as_ref()
+                ),
+                (Some(0), ""),
+                "{what}, stdout closed before the start"
+            );
+
+            let mut child = command(bin, dir.path(), args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let mut first = [0u8; 10];
+            stdout.read_exact(&mut first).unwrap();
+            drop(stdout);
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).as_ref()
+                ),
+                (Some(0), ""),
+                "{what}, stdout closed after 10 bytes"
+            );
+        }
+    }
+}

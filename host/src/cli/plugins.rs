@@ -31,6 +31,6 @@ pub fn run(
             reason: &r.reason,
         })
         .collect();
-    render::plugins(dirs, cache, &loaded, &rejected, json);
+    render::plugins(dirs, cache, &loaded, &rejected, json).map_err(super::stdout_error)?;
     Ok(())
 }
