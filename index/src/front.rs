@@ -72,6 +72,10 @@ pub enum Command {
         /// Forget the registry cache and scan every file again.
         #[arg(long)]
         rescan: bool,
+        /// Exit with status 1 when any plugin file is refused (after printing
+        /// everything), for deployment checks.
+        #[arg(long)]
+        strict: bool,
     },
     /// The registries and their sources (all of them, or one).
     List {
@@ -230,6 +234,16 @@ pub fn warn_if_no_plugins(none_loaded: bool, plugins_command: bool, dirs: &[Path
     }
 }
 
+/// `plugins --strict`: the error that ends the command with status 1 when `refused`
+/// files were refused (`None` when none was). Both binaries use it.
+pub fn strict_failure(refused: usize) -> Option<String> {
+    match refused {
+        0 => None,
+        1 => Some("1 plugin file was refused (plugins --strict)".to_owned()),
+        n => Some(format!("{n} plugin files were refused (plugins --strict)")),
+    }
+}
+
 /// Runs a front command. Errors are one line for the user; a closed stdout is
 /// [`Failure::is_closed_stdout`], which `main` ends quietly with status 0.
 pub fn run(cli: Cli) -> Result<(), Failure> {
@@ -264,7 +278,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         &dirs,
     );
     match command {
-        Command::Plugins { json, .. } => {
+        Command::Plugins { json, strict, .. } => {
             let loaded: Vec<LoadedRow> = view
                 .plugins()
                 .iter()
@@ -287,7 +301,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .collect();
             render::plugins(&dirs, cache.as_deref(), &loaded, &rejected, json)?;
-            Ok(())
+            match strict.then(|| strict_failure(rejected.len())).flatten() {
+                Some(m) => Err(m.into()),
+                None => Ok(()),
+            }
         }
         Command::List {
             registry,

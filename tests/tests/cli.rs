@@ -478,3 +478,49 @@ fn a_closed_stdout_ends_both_binaries_quietly_with_status_0() {
         }
     }
 }
+
+/// `plugins --strict` (a deployment check) fails with status 1 when any file is
+/// refused, after printing the whole report, in both binaries alike; without refusals,
+/// or without `--strict`, it succeeds.
+#[test]
+fn plugins_strict_fails_with_status_1_when_any_file_is_refused() {
+    let clean = real_plugins(&["timm"]);
+    let dirty =
+        terrahost_testkit::plugin_dir(&["terrahost_plugin_timm", "terrahost_fixture_not_a_plugin"]);
+    for bin in ["terrahost", "terrahost-engine"] {
+        let out = command(bin, clean.path(), &["plugins", "--strict"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{bin}: {out:?}");
+
+        let out = command(bin, dirty.path(), &["plugins"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{bin} without --strict: {out:?}"
+        );
+
+        let out = command(bin, dirty.path(), &["plugins", "--strict"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bin}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.lines().any(|l| l.starts_with("timm ")) && stdout.contains("[not-a-plugin]"),
+            "{bin}: the whole report is printed: {stdout}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.lines().last(),
+            Some("error: 1 plugin file was refused (plugins --strict)"),
+            "{bin}: {stderr}"
+        );
+
+        let out = command(bin, dirty.path(), &["plugins", "--strict", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bin} --json: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
+        assert_eq!(v["rejected"][0]["kind"], "not-a-plugin");
+    }
+}

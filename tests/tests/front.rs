@@ -206,6 +206,8 @@ fn front_and_engine_answer_a_corpus_of_names_identically() {
             vec!["list", "nope"],
             vec!["plugins"],
             vec!["plugins", "--json"],
+            vec!["plugins", "--strict"],
+            vec!["plugins", "--help"],
             vec!["list", "--help"],
             vec!["show", "--help"],
             vec!["--version"],
@@ -371,6 +373,7 @@ fn front_and_engine_refuse_the_same_plugins_for_the_same_reasons() {
     for args in [
         &["plugins", "--json"][..],
         &["plugins"],
+        &["plugins", "--strict"],
         &["list", "--json"],
         &["show", "decoder", "smp_Unet", "--json"],
     ] {

@@ -117,8 +117,8 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         &dirs,
     );
     match cli.command {
-        Command::Meta(front::Command::Plugins { json, .. }) => {
-            plugins::run(&host, &dirs, options.cache.as_deref(), json)
+        Command::Meta(front::Command::Plugins { json, strict, .. }) => {
+            plugins::run(&host, &dirs, options.cache.as_deref(), json, strict)
         }
         Command::Meta(front::Command::List {
             registry,

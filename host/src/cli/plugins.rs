@@ -9,6 +9,7 @@ pub fn run(
     dirs: &[PathBuf],
     cache: Option<&Path>,
     json: bool,
+    strict: bool,
 ) -> Result<(), HostError> {
     let loaded: Vec<LoadedRow> = host
         .plugins()
@@ -32,5 +33,12 @@ pub fn run(
         })
         .collect();
     render::plugins(dirs, cache, &loaded, &rejected, json).map_err(super::stdout_error)?;
-    Ok(())
+    // `--strict`: the front's rule and message.
+    match strict
+        .then(|| terrahost_index::front::strict_failure(rejected.len()))
+        .flatten()
+    {
+        Some(m) => Err(HostError::Usage(m)),
+        None => Ok(()),
+    }
 }
