@@ -1,8 +1,8 @@
 //! The host: TerraTorch's five registries, filled by plugins.
-use crate::plugins::{
-    meta::{kind, Refusal},
-    LoadOptions,
-};
+//!
+//! This module knows nothing of plugin files: [`crate::plugins`] finds, scans and
+//! loads them and registers what they bring through [`Host::try_add_plugin`] (it also
+//! adds [`Host::load`] and [`Host::load_with`]), so the dependency goes one way.
 use crate::registry::{MultiSourceRegistry, Registry};
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -10,7 +10,9 @@ use abi_stable::{
     std_types::{RResult, RStr, RString, RVec},
 };
 use serde_json::{Map, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use terrahost_index::meta::Refusal;
+use terrahost_index::register::{self, Candidate, Registered, SourceClaim};
 use terrahost_plugin_api::{
     registry_names as names, sdk::DynModule, BuildRequest, EntryInfo, HostRef, Host_TO, Manifest,
     ModuleBox, PluginError, Result, SourceEntry,
@@ -32,7 +34,7 @@ pub struct LoadedPlugin {
 pub struct Rejected {
     /// The file.
     pub path: PathBuf,
-    /// The refusal's code ([`crate::plugins::meta::kind`]): `crashed`, `not-a-plugin`, ...
+    /// The refusal's code ([`terrahost_index::meta::kind`]): `crashed`, `not-a-plugin`, ...
     pub kind: String,
     /// Why it was refused, in one line a user can act on.
     pub reason: String,
@@ -78,20 +80,6 @@ impl Host {
         }
     }
 
-    /// Finds the plugins in `dirs`, scans each in a child process, and registers
-    /// them, with the default [`LoadOptions`] (no registry cache). See
-    /// [`crate::plugins`].
-    pub fn load(dirs: &[PathBuf]) -> Self {
-        Self::load_with(dirs, &LoadOptions::default())
-    }
-
-    /// [`Host::load`] with explicit options (cache file, timeout, scanner).
-    pub fn load_with(dirs: &[PathBuf], options: &LoadOptions) -> Self {
-        let mut host = Self::new();
-        crate::plugins::load_into(&mut host, dirs, options);
-        host
-    }
-
     /// A host whose plugins are linked into this process (no dlopen): for tests,
     /// benchmarks and embedding. Each item is a manifest and the plugin's sources.
     pub fn with_plugins(plugins: Vec<(Manifest, Vec<SourceEntry>)>) -> Result<Self> {
@@ -113,7 +101,7 @@ impl Host {
     }
 
     /// Records a file refused (and already reported) by the scan or registration
-    /// checks of [`crate::plugins::load_into`].
+    /// checks of `crate::plugins::load_into`.
     pub(crate) fn record_rejected(&mut self, path: PathBuf, kind: &str, reason: String) {
         self.rejected.push(Rejected {
             path,
@@ -122,7 +110,7 @@ impl Host {
         });
     }
 
-    /// Records a refused file with its [`kind`] code.
+    /// Records a refused file with its [`terrahost_index::meta::kind`] code.
     pub fn reject(&mut self, path: PathBuf, kind: &str, reason: String) {
         tracing::warn!(path = %path.display(), %kind, %reason, "plugin refused");
         self.rejected.push(Rejected {
@@ -171,8 +159,10 @@ impl Host {
             .map_err(|r| PluginError::invalid_argument(r.reason))
     }
 
-    /// [`Host::add_plugin`], with the refusal's [`kind`] code
-    /// (`duplicate-plugin`, `duplicate-prefix`, `invalid-manifest`).
+    /// [`Host::add_plugin`], with the refusal's [`terrahost_index::meta::kind`] code
+    /// (`duplicate-plugin`, `duplicate-prefix`, `invalid-manifest`). What may register is
+    /// decided by [`terrahost_index::register::check`], the code the front runs on the
+    /// scans' data.
     pub fn try_add_plugin(
         &mut self,
         manifest: Manifest,
@@ -181,61 +171,28 @@ impl Host {
     ) -> std::result::Result<(), Refusal> {
         let plugin = manifest.name.to_string();
         let _span = tracing::info_span!("register", plugin = %plugin).entered();
-        if let Some(other) = self
-            .plugins
-            .iter()
-            .find(|p| p.manifest.name == manifest.name)
-        {
-            let at = other
-                .path
-                .as_ref()
-                .map(|p| format!(" ({})", p.display()))
-                .unwrap_or_default();
-            return Err(Refusal::new(
-                kind::DUPLICATE_PLUGIN,
-                format!(
-                    "a plugin named `{plugin}` is already loaded{at}; remove one of the two copies"
-                ),
-            ));
-        }
-        for s in &sources {
-            let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
-            if !manifest
+        let candidate = Candidate {
+            plugin: &plugin,
+            declared: manifest
                 .sources
                 .iter()
-                .any(|d| d.registry == s.registry && d.prefix == s.prefix)
-            {
-                return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
-                    "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
-                )));
-            }
-            let taken = |e: PluginError| Refusal::new(kind::DUPLICATE_PREFIX, e.to_string());
-            match registry {
-                names::MODEL_FACTORY => self
-                    .model_factory
-                    .check_source(&s.source, &plugin)
-                    .map_err(taken)?,
-                _ => match self.registry(registry) {
-                    Some(RegistryRef::Multi(r)) => {
-                        if let Err(e) = r.check_prefix(prefix, &plugin) {
-                            return Err(if r.get(prefix).is_some() {
-                                taken(e)
-                            } else {
-                                Refusal::new(kind::INVALID_MANIFEST, e.to_string())
-                            });
-                        }
-                    }
-                    _ => {
-                        return Err(Refusal::new(
-                            kind::INVALID_MANIFEST,
-                            Self::unknown_registry(registry)
-                                .context(format_args!("plugin `{plugin}`"))
-                                .to_string(),
-                        ))
-                    }
-                },
-            }
-        }
+                .map(|d| (d.registry.as_str(), d.prefix.as_str()))
+                .collect(),
+            sources: sources
+                .iter()
+                .map(|s| SourceClaim {
+                    registry: s.registry.as_str(),
+                    prefix: s.prefix.as_str(),
+                    names: s
+                        .source
+                        .names()
+                        .into_iter()
+                        .map(|n| n.into_string())
+                        .collect(),
+                })
+                .collect(),
+        };
+        register::check(&Held(self), &candidate)?;
         let mut registered = Vec::new();
         for s in sources {
             let (registry, prefix) = (s.registry.to_string(), s.prefix.to_string());
@@ -246,7 +203,9 @@ impl Host {
                     .model_factory
                     .register_source(&prefix, &plugin, s.source),
             }
-            .map_err(|e| Refusal::new(kind::INVALID_MANIFEST, e.to_string()))?;
+            .map_err(|e| {
+                Refusal::new(terrahost_index::meta::kind::INVALID_MANIFEST, e.to_string())
+            })?;
             tracing::info!(%registry, %prefix, entries = count, "source registered");
             registered.push((registry, prefix, count));
         }
@@ -348,6 +307,28 @@ impl Host {
             Some(RegistryRef::Plain(r)) => r.iter().map(str::to_owned).collect(),
             None => Vec::new(),
         }
+    }
+}
+
+/// What the host holds, as [`register::check`] asks for it.
+struct Held<'a>(&'a Host);
+
+impl Registered for Held<'_> {
+    fn plugin_file(&self, name: &str) -> Option<Option<&Path>> {
+        self.0
+            .plugins
+            .iter()
+            .find(|p| p.manifest.name.as_str() == name)
+            .map(|p| p.path.as_deref())
+    }
+    fn prefix_holder(&self, registry: &str, prefix: &str) -> Option<&str> {
+        match self.0.registry(registry)? {
+            RegistryRef::Multi(r) => r.get(prefix).map(|s| s.plugin.as_str()),
+            RegistryRef::Plain(_) => None,
+        }
+    }
+    fn name_holder(&self, name: &str) -> Option<&str> {
+        self.0.model_factory.holder(name)
     }
 }
 

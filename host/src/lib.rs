@@ -16,7 +16,6 @@
 pub mod config;
 pub mod error;
 pub mod host;
-pub mod loader;
 pub mod mkl_dispatch;
 pub mod plugins;
 pub mod predict;

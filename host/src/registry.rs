@@ -17,6 +17,7 @@
 //! The resolution itself is [`terrahost_index::resolve`], the code the libtorch-free
 //! front runs on the scans' data: one implementation for both binaries.
 use std::collections::HashMap;
+use terrahost_index::register;
 pub use terrahost_index::resolve::WELL_KNOWN_PREFIXES;
 use terrahost_index::resolve::{self, not_found_message, Lookup, SourceView};
 use terrahost_plugin_api::{
@@ -145,21 +146,16 @@ impl MultiSourceRegistry {
         Ok(())
     }
 
-    /// Fails if `prefix` cannot be registered (already present, or not a valid prefix).
+    /// Fails if `prefix` cannot be registered (already present, or not a valid prefix):
+    /// [`terrahost_index::register::check_prefix`], the rule both binaries apply.
     pub fn check_prefix(&self, prefix: &str, plugin: &str) -> Result<()> {
-        if prefix.is_empty() || prefix.contains('_') || prefix.chars().any(char::is_whitespace) {
-            return Err(PluginError::invalid_argument(format!(
-                "plugin `{plugin}` declares an invalid prefix {prefix:?} for the {} registry: a prefix is a non-empty word without `_`",
-                self.name
-            )));
-        }
-        if let Some(existing) = self.get(prefix) {
-            return Err(PluginError::invalid_argument(format!(
-                "Source for prefix {prefix} already exists in the {} registry: plugin `{}` registered it first, so plugin `{plugin}` cannot register it again",
-                self.name, existing.plugin
-            )));
-        }
-        Ok(())
+        register::check_prefix(
+            &self.name,
+            prefix,
+            plugin,
+            self.get(prefix).map(|s| s.plugin.as_str()),
+        )
+        .map_err(|r| PluginError::invalid_argument(r.reason))
     }
 
     /// Remembers `prefix` as a source name, so a missing plugin can be reported as such.
@@ -295,21 +291,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Fails if any name of `source` is already present, naming both plugins.
+    /// The plugin that holds `name` (`host` for an in-process entry).
+    pub fn holder(&self, name: &str) -> Option<&str> {
+        self.index.get(name).map(|&i| match self.order[i].1 {
+            Origin::Local => "host",
+            Origin::Slot(s) => self.slots[s].plugin.as_str(),
+        })
+    }
+
+    /// Fails if any name of `source` is already present, naming both plugins
+    /// ([`terrahost_index::register::check_names`], the rule both binaries apply).
     pub fn check_source(&self, source: &SourceBox, plugin: &str) -> Result<()> {
-        for name in source.names() {
-            if let Some(&i) = self.index.get(name.as_str()) {
-                let holder = match self.order[i].1 {
-                    Origin::Local => "host",
-                    Origin::Slot(s) => self.slots[s].plugin.as_str(),
-                };
-                return Err(PluginError::invalid_argument(format!(
-                    "`{name}` is already in the {} registry from plugin `{holder}`, so plugin `{plugin}` cannot register it again",
-                    self.name
-                )));
-            }
-        }
-        Ok(())
+        let names: Vec<String> = source
+            .names()
+            .into_iter()
+            .map(|n| n.into_string())
+            .collect();
+        register::check_names(&self.name, &names, plugin, |n| self.holder(n))
+            .map_err(|r| PluginError::invalid_argument(r.reason))
     }
 
     /// Merges a plugin source's names into the registry. Refused as a whole if any of

@@ -449,3 +449,123 @@ fn a_prefix_with_an_underscore_is_refused() {
         .register_source("my_src", "p", source("my_src", vec![]))
         .is_err());
 }
+
+/// A plugin for [`terrahost::Host::try_add_plugin`]: `name` declaring each
+/// `(registry, prefix)` of `sources`, with one entry (`entry_name`) per source.
+fn plugin(
+    name: &str,
+    sources: &[(&str, &str, &str)],
+) -> (
+    terrahost_plugin_api::Manifest,
+    Vec<terrahost_plugin_api::SourceEntry>,
+) {
+    let manifest = terrahost_plugin_api::Manifest::current(
+        name,
+        "1.0.0",
+        sources
+            .iter()
+            .map(|(r, p, _)| terrahost_plugin_api::SourceDecl {
+                registry: (*r).into(),
+                prefix: (*p).into(),
+            })
+            .collect(),
+    );
+    let entries = sources
+        .iter()
+        .map(|(r, p, e)| terrahost_plugin_api::SourceEntry {
+            registry: (*r).into(),
+            prefix: (*p).into(),
+            source: source(p, vec![entry(e)]),
+        })
+        .collect();
+    (manifest, entries)
+}
+
+/// The engine's registration is the index's rule (`terrahost_index::register`): each
+/// conflict has its kind, and a refused plugin registers none of its sources.
+#[test]
+fn host_registration_refuses_conflicts_with_their_kinds_and_all_or_nothing() {
+    let mut host = terrahost::Host::new();
+    let add = |host: &mut terrahost::Host, name: &str, sources: &[(&str, &str, &str)]| {
+        let (m, s) = plugin(name, sources);
+        host.try_add_plugin(m, None, s)
+    };
+    add(
+        &mut host,
+        "timm",
+        &[
+            ("backbone", "timm", "resnet18"),
+            ("model_factory", "timm", "TimmModelFactory"),
+        ],
+    )
+    .unwrap();
+
+    let e = add(&mut host, "timm", &[("backbone", "other", "x")]).unwrap_err();
+    assert_eq!(e.kind, "duplicate-plugin");
+    assert_eq!(
+        e.reason,
+        "a plugin named `timm` is already loaded; remove one of the two copies"
+    );
+
+    let e = add(
+        &mut host,
+        "late",
+        &[("neck", "late", "n"), ("backbone", "timm", "x")],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, "duplicate-prefix");
+    assert!(
+        e.reason
+            .contains("plugin `timm` registered it first, so plugin `late` cannot"),
+        "{}",
+        e.reason
+    );
+    assert!(
+        !host.contains("neck", "late_n"),
+        "a refused plugin registers none of its sources"
+    );
+
+    let e = add(
+        &mut host,
+        "flat",
+        &[("model_factory", "flat", "TimmModelFactory")],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, "duplicate-prefix");
+    assert!(e.reason.contains("from plugin `timm`"), "{}", e.reason);
+
+    // The same prefix twice in one plugin was half registered before; now it is refused
+    // as a whole.
+    let e = add(
+        &mut host,
+        "twice",
+        &[("decoder", "twice", "a"), ("decoder", "twice", "b")],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, "invalid-manifest");
+    assert!(e.reason.ends_with("twice"), "{}", e.reason);
+    assert!(!host.contains("decoder", "twice_a"));
+
+    let e = add(&mut host, "odd", &[("head", "odd", "a")]).unwrap_err();
+    assert_eq!(e.kind, "invalid-manifest");
+    assert!(e.reason.starts_with("plugin `odd`: "), "{}", e.reason);
+
+    let (m, mut s) = plugin("undeclared", &[("backbone", "undeclared", "a")]);
+    s.push(terrahost_plugin_api::SourceEntry {
+        registry: "neck".into(),
+        prefix: "undeclared".into(),
+        source: source("undeclared", vec![entry("n")]),
+    });
+    let e = host.try_add_plugin(m, None, s).unwrap_err();
+    assert_eq!(e.kind, "invalid-manifest");
+    assert!(e.reason.contains("does not declare"), "{}", e.reason);
+    assert!(!host.contains("backbone", "undeclared_a"));
+
+    assert_eq!(
+        host.plugins()
+            .iter()
+            .map(|p| p.manifest.name.as_str())
+            .collect::<Vec<_>>(),
+        ["timm"]
+    );
+}

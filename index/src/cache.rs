@@ -19,8 +19,12 @@
 //! leave one complete file, never a torn or mixed one. A cache that cannot be read,
 //! does not parse or was written by another version is ignored with one warning on
 //! stderr, and rewritten.
+//!
+//! The header's protocol and [`Versions`] are the scan's ([`crate::scan`]): this module
+//! depends on the scan, never the other way round.
 use crate::discover::FileKey;
 use crate::meta::Outcome;
+use crate::scan::{Versions, PROTOCOL};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,16 +53,6 @@ pub fn path_from_env() -> Option<Option<PathBuf>> {
     } else {
         Some(Some(PathBuf::from(v)))
     }
-}
-
-/// The plugin-api and libtorch versions a scanner checks plugins against (it says
-/// them in its `hello`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versions {
-    /// The plugin-api version.
-    pub api_version: String,
-    /// The libtorch version.
-    pub torch_version: String,
 }
 
 /// When a cache file's entries may be used.
@@ -92,7 +86,7 @@ impl Header {
     fn new(versions: &Versions) -> Self {
         Self {
             format: FORMAT.to_owned(),
-            protocol: crate::scan::PROTOCOL,
+            protocol: PROTOCOL,
             host_version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: versions.api_version.clone(),
             torch_version: versions.torch_version.clone(),
@@ -101,7 +95,7 @@ impl Header {
 
     fn same_build(&self) -> bool {
         self.format == FORMAT
-            && self.protocol == crate::scan::PROTOCOL
+            && self.protocol == PROTOCOL
             && self.host_version == env!("CARGO_PKG_VERSION")
     }
 }
@@ -208,7 +202,7 @@ impl Cache {
                         env!("CARGO_PKG_VERSION"),
                         versions.api_version,
                         versions.torch_version,
-                        crate::scan::PROTOCOL
+                        PROTOCOL
                     ),
                     Validity::Engine(_) if h.same_build() => {
                         "by another terrahost-engine than the one beside this terrahost".to_owned()
@@ -216,7 +210,7 @@ impl Cache {
                     Validity::Engine(_) => format!(
                         "this is {} (protocol {})",
                         env!("CARGO_PKG_VERSION"),
-                        crate::scan::PROTOCOL
+                        PROTOCOL
                     ),
                 };
                 tracing::warn!(

@@ -6,6 +6,7 @@ use crate::discover::{self, FileKey};
 use crate::engine;
 use crate::gather::{self, CacheUse};
 use crate::meta::{kind, Outcome, Refusal};
+use crate::out::Failure;
 use crate::render::{self, Group, LoadedRow, RejectedRow};
 use crate::resolve::Lookup;
 use crate::scan::{self, Scanned};
@@ -71,6 +72,10 @@ pub enum Command {
         /// Forget the registry cache and scan every file again.
         #[arg(long)]
         rescan: bool,
+        /// Exit with status 1 when any plugin file is refused (after printing
+        /// everything), for deployment checks.
+        #[arg(long)]
+        strict: bool,
     },
     /// The registries and their sources (all of them, or one).
     List {
@@ -215,7 +220,6 @@ pub fn no_scanner(files: &[PathBuf]) -> Scanned {
     }
 }
 
-/// Runs a front command. Errors are one line for the user.
 /// Warns that no plugin loaded from `dirs`, except for the `plugins` command (whose
 /// output says so itself). Both binaries call it, so their stderr stays the same.
 pub fn warn_if_no_plugins(none_loaded: bool, plugins_command: bool, dirs: &[PathBuf]) {
@@ -230,14 +234,26 @@ pub fn warn_if_no_plugins(none_loaded: bool, plugins_command: bool, dirs: &[Path
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), String> {
+/// `plugins --strict`: the error that ends the command with status 1 when `refused`
+/// files were refused (`None` when none was). Both binaries use it.
+pub fn strict_failure(refused: usize) -> Option<String> {
+    match refused {
+        0 => None,
+        1 => Some("1 plugin file was refused (plugins --strict)".to_owned()),
+        n => Some(format!("{n} plugin files were refused (plugins --strict)")),
+    }
+}
+
+/// Runs a front command. Errors are one line for the user; a closed stdout is
+/// [`Failure::is_closed_stdout`], which `main` ends quietly with status 0.
+pub fn run(cli: Cli) -> Result<(), Failure> {
     let Cli {
         globals: g,
         command,
     } = cli;
     if let Some(n) = g.threads {
         if n < 1 {
-            return Err(format!("--threads must be at least 1, got {n}"));
+            return Err(format!("--threads must be at least 1, got {n}").into());
         }
     }
     let dirs = discover::plugin_dirs(&g.plugin_dirs);
@@ -262,7 +278,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         &dirs,
     );
     match command {
-        Command::Plugins { json, .. } => {
+        Command::Plugins { json, strict, .. } => {
             let loaded: Vec<LoadedRow> = view
                 .plugins()
                 .iter()
@@ -284,8 +300,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
                     reason: &r.refusal.reason,
                 })
                 .collect();
-            render::plugins(&dirs, cache.as_deref(), &loaded, &rejected, json);
-            Ok(())
+            render::plugins(&dirs, cache.as_deref(), &loaded, &rejected, json)?;
+            match strict.then(|| strict_failure(rejected.len())).flatten() {
+                Some(m) => Err(m.into()),
+                None => Ok(()),
+            }
         }
         Command::List {
             registry,
@@ -300,16 +319,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
             json,
         } => {
             if view::needs_engine(&name) {
-                return Err(engine::exec(
-                    &std::env::args_os().skip(1).collect::<Vec<_>>(),
-                ));
+                return Err(engine::exec(&std::env::args_os().skip(1).collect::<Vec<_>>()).into());
             }
             match view.describe(&registry, &name) {
-                Ok((qualified, entry)) => {
-                    render::show(&registry, &qualified, entry, json);
-                    Ok(())
-                }
-                Err(Lookup::NotFound(m) | Lookup::NotSupported(m)) => Err(m),
+                Ok((qualified, entry)) => Ok(render::show(&registry, &qualified, entry, json)?),
+                Err(Lookup::NotFound(m) | Lookup::NotSupported(m)) => Err(m.into()),
             }
         }
     }

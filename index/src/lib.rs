@@ -4,7 +4,8 @@
 //! the candidate files ([`discover`]), the host side of the out-of-process scan
 //! ([`scan`]), the registry cache ([`cache`]), the scans' plain data ([`meta`]), the
 //! merged registries as data ([`view`]) with TerraTorch's name resolution
-//! ([`resolve`]), and what `plugins`, `list` and `show` print ([`render`]).
+//! ([`resolve`]), which plugins register and which are refused ([`register`]), and
+//! what `plugins`, `list` and `show` print ([`render`], through [`out`]).
 //!
 //! The `terrahost` binary of this crate is the light front ([`front`]): it maps no
 //! libtorch (this crate depends on neither tch nor the plugin-api), answers the
@@ -18,6 +19,8 @@ pub mod engine;
 pub mod front;
 pub mod gather;
 pub mod meta;
+pub mod out;
+pub mod register;
 pub mod render;
 pub mod resolve;
 pub mod scan;

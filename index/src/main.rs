@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     front::init_logging(cli.globals.verbose);
     match front::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`terrahost list | head`): a quiet success.
+        Err(e) if e.is_closed_stdout() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

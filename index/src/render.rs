@@ -1,18 +1,19 @@
 //! What `plugins`, `list` and `show` print, text and `--json`, written once for both
 //! binaries: the front renders its [`crate::view::View`], the engine its `Host`, each
-//! handing over the same plain rows.
+//! handing over the same plain rows. Everything goes to a locked stdout with
+//! `writeln!`, and a failed write is returned, never a panic ([`crate::out`]: a closed
+//! stdout ends the command quietly).
 use crate::common::registry_names;
 use crate::meta::EntryMeta;
+use crate::out::Failure;
 use globset::{Glob, GlobMatcher};
 use serde_json::{json, Map, Value};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Prints `value` as pretty JSON on stdout.
-pub fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
+pub fn print_json(value: &Value) -> io::Result<()> {
+    crate::out::line(serde_json::to_string_pretty(value).expect("JSON values serialize"))
 }
 
 /// A plugin that loaded, for `plugins`.
@@ -48,7 +49,7 @@ pub fn plugins(
     loaded: &[LoadedRow<'_>],
     rejected: &[RejectedRow<'_>],
     json: bool,
-) {
+) -> io::Result<()> {
     if json {
         let loaded: Vec<_> = loaded
             .iter()
@@ -67,29 +68,31 @@ pub fn plugins(
             .iter()
             .map(|r| json!({"path": r.path.display().to_string(), "kind": r.kind, "reason": r.reason}))
             .collect();
-        print_json(&json!({
+        return print_json(&json!({
             "loaded": loaded,
             "rejected": rejected,
             "cache": cache.map(|p| p.display().to_string()),
         }));
-        return;
     }
-    println!(
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
         "plugin directories: {}",
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(":")
-    );
+    )?;
     match cache {
-        Some(p) => println!("registry cache: {}", p.display()),
-        None => println!("registry cache: none"),
-    }
+        Some(p) => writeln!(out, "registry cache: {}", p.display()),
+        None => writeln!(out, "registry cache: none"),
+    }?;
     if loaded.is_empty() {
-        println!("no plugins loaded");
+        writeln!(out, "no plugins loaded")?;
     }
     for p in loaded {
-        println!(
+        writeln!(
+            out,
             "{} {}  (plugin-api {}, libtorch {}, {})",
             p.name,
             p.version,
@@ -98,17 +101,25 @@ pub fn plugins(
             p.path
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "in-process".into())
-        );
+        )?;
         for (r, prefix, n) in p.sources {
-            println!(
+            writeln!(
+                out,
                 "    {r:<14} {prefix:<12} {n} {}",
                 if *n == 1 { "entry" } else { "entries" }
-            );
+            )?;
         }
     }
     for r in rejected {
-        println!("refused {} [{}]: {}", r.path.display(), r.kind, r.reason);
+        writeln!(
+            out,
+            "refused {} [{}]: {}",
+            r.path.display(),
+            r.kind,
+            r.reason
+        )?;
     }
+    out.flush()
 }
 
 /// One source of a registry as listed.
@@ -128,21 +139,21 @@ pub fn list(
     filter: Option<&str>,
     json: bool,
     groups: &dyn Fn(&str) -> Option<Vec<Group>>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let registries: Vec<&str> = match registry {
         Some(r) if groups(r).is_some() => vec![r],
         Some(r) => {
-            return Err(format!(
+            return Err(Failure::Message(format!(
                 "there is no registry `{r}`; choose one of {}",
                 registry_names::ALL.join(", ")
-            ))
+            )))
         }
         None => registry_names::ALL.to_vec(),
     };
     let matcher = filter
         .map(|f| Glob::new(f).map(|g| g.compile_matcher()))
         .transpose()
-        .map_err(|e| format!("--filter: invalid glob: {e}"))?;
+        .map_err(|e| Failure::Message(format!("--filter: invalid glob: {e}")))?;
     let filtered = |r: &str| -> Vec<Group> {
         let keep = |m: Option<&GlobMatcher>, prefix: &str, name: &str| {
             m.is_none_or(|g| g.is_match(name) || g.is_match(format!("{prefix}_{name}")))
@@ -171,29 +182,31 @@ pub fn list(
                 .collect();
             out.insert((*r).to_owned(), Value::Array(list));
         }
-        print_json(&Value::Object(out));
+        print_json(&Value::Object(out))?;
         return Ok(());
     }
+    let mut out = io::stdout().lock();
     for r in &registries {
         let gs = filtered(r);
         let total: usize = gs.iter().map(|g| g.names.len()).sum();
         let sources = if gs.len() == 1 { "source" } else { "sources" };
         let entries = if total == 1 { "entry" } else { "entries" };
-        println!("{r} ({} {sources}, {total} {entries})", gs.len());
+        writeln!(out, "{r} ({} {sources}, {total} {entries})", gs.len())?;
         for g in gs {
             let names = if g.names.is_empty() {
                 "-".to_owned()
             } else {
                 g.names.join(", ")
             };
-            println!("  {:<11} [{}] {names}", g.prefix, g.plugin);
+            writeln!(out, "  {:<11} [{}] {names}", g.prefix, g.plugin)?;
         }
     }
+    out.flush()?;
     Ok(())
 }
 
 /// `terrahost show`: the entry `qualified` of `registry`.
-pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) {
+pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) -> io::Result<()> {
     if json {
         let params: Vec<_> = info
             .params
@@ -208,7 +221,7 @@ pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) {
                 })
             })
             .collect();
-        print_json(&json!({
+        return print_json(&json!({
             "registry": registry,
             "name": qualified,
             "doc": info.doc,
@@ -216,18 +229,21 @@ pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) {
             "accepts_extra": info.accepts_extra,
             "parameters": params,
         }));
-        return;
     }
-    println!("{registry} {qualified}");
+    let mut out = io::stdout().lock();
+    writeln!(out, "{registry} {qualified}")?;
     if !info.doc.is_empty() {
-        println!("  {}", info.doc);
+        writeln!(out, "  {}", info.doc)?;
     }
     if info.takes_channels {
-        println!("  takes the channel list of its input features first (--channels)");
+        writeln!(
+            out,
+            "  takes the channel list of its input features first (--channels)"
+        )?;
     }
-    println!("  parameters:");
+    writeln!(out, "  parameters:")?;
     if info.params.is_empty() {
-        println!("    (none)");
+        writeln!(out, "    (none)")?;
     }
     let width = info.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &info.params {
@@ -235,15 +251,17 @@ pub fn show(registry: &str, qualified: &str, info: &EntryMeta, json: bool) {
             Some(d) => format!("= {d}"),
             None => "(required)".to_owned(),
         };
-        println!(
+        writeln!(
+            out,
             "    {:<width$}  {:<16} {:<24} {}",
             p.name,
             p.type_name(),
             default,
             p.doc
-        );
+        )?;
     }
     if info.accepts_extra {
-        println!("    further keyword arguments are passed through");
+        writeln!(out, "    further keyword arguments are passed through")?;
     }
+    out.flush()
 }

@@ -17,7 +17,6 @@
 //! carries on with the files after it. A child that fails before beginning any file
 //! is the scanner's fault, not a file's: those files are refused as `scanner-failed`
 //! and that refusal is never cached.
-use crate::cache::Versions;
 use crate::meta::{first_line, kind, Outcome, Refusal};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read};
@@ -25,6 +24,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The plugin-api and libtorch versions a scanner checks plugins against (it says
+/// them in its `hello`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The plugin-api version.
+    pub api_version: String,
+    /// The libtorch version.
+    pub torch_version: String,
+}
 
 /// The protocol's version; a scanner that speaks another is refused. 2: `hello` names
 /// the scanner's plugin-api and libtorch versions, sources carry their refused names.

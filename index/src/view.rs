@@ -2,19 +2,21 @@
 //! scans ([`crate::gather`]) without loading a library. The front answers `plugins`,
 //! `list` and `show` from it.
 //!
-//! Registration follows the engine's (`terrahost::Host::try_add_plugin`): a plugin
-//! name already loaded is `duplicate-plugin`; a source the manifest does not declare,
-//! an invalid prefix or an unknown registry is `invalid-manifest`; a prefix (or, in the
-//! flat `model_factory` registry, a name) another plugin holds is `duplicate-prefix`;
-//! a refused plugin registers nothing. Name resolution is [`crate::resolve::find`],
-//! the same code the engine runs. `tests/tests/front.rs` runs a corpus of commands
-//! through both binaries and checks the answers are identical.
+//! Which plugins register and which are refused is [`crate::register`], the code the
+//! engine's `terrahost::Host::try_add_plugin` runs too: one file per plugin name
+//! ([`crate::register::choose`]: the highest version, then the file found first), then
+//! `duplicate-plugin`, `invalid-manifest` and `duplicate-prefix`; a refused plugin
+//! registers nothing. The engine's `load_into` takes its refusals from this view, so both
+//! binaries refuse the same files for the same reasons. Name resolution is
+//! [`crate::resolve::find`], the same code the engine runs. `tests/tests/front.rs` runs a
+//! corpus of commands through both binaries and checks the answers are identical.
 use crate::common::registry_names as names;
 use crate::gather::Found;
-use crate::meta::{kind, EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use crate::meta::{EntryMeta, ManifestMeta, Outcome, PluginInfo, Refusal, SourceMeta};
+use crate::register::{self, Candidate, Declared, Registered, SourceClaim};
 use crate::resolve::{self, Lookup, SourceView};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One source, as data.
 pub struct DataSource {
@@ -106,22 +108,6 @@ impl MultiView {
         &self.sources
     }
 
-    fn check_prefix(&self, prefix: &str, plugin: &str) -> Result<(), Refusal> {
-        if prefix.is_empty() || prefix.contains('_') || prefix.chars().any(char::is_whitespace) {
-            return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
-                "plugin `{plugin}` declares an invalid prefix {prefix:?} for the {} registry: a prefix is a non-empty word without `_`",
-                self.name
-            )));
-        }
-        if let Some(existing) = self.sources.iter().find(|s| s.prefix == prefix) {
-            return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
-                "Source for prefix {prefix} already exists in the {} registry: plugin `{}` registered it first, so plugin `{plugin}` cannot register it again",
-                self.name, existing.plugin
-            )));
-        }
-        Ok(())
-    }
-
     fn note_prefix(&mut self, prefix: &str) {
         if !self.known_prefixes.iter().any(|p| p == prefix) {
             self.known_prefixes.push(prefix.to_owned());
@@ -166,18 +152,6 @@ impl FlatView {
     /// The sources, in registration order.
     pub fn sources(&self) -> &[DataSource] {
         &self.sources
-    }
-
-    fn check_source(&self, source: &SourceMeta, plugin: &str) -> Result<(), Refusal> {
-        for e in &source.entries {
-            if let Some(&s) = self.index.get(&e.name) {
-                return Err(Refusal::new(kind::DUPLICATE_PREFIX, format!(
-                    "`{}` is already in the {} registry from plugin `{}`, so plugin `{plugin}` cannot register it again",
-                    e.name, self.name, self.sources[s].plugin
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn add(&mut self, source: DataSource) {
@@ -238,6 +212,26 @@ pub struct View {
     rejected: Vec<ViewRejected>,
 }
 
+impl Registered for View {
+    fn plugin_file(&self, name: &str) -> Option<Option<&Path>> {
+        self.plugins
+            .iter()
+            .find(|p| p.manifest.name == name)
+            .map(|p| Some(p.path.as_path()))
+    }
+    fn prefix_holder(&self, registry: &str, prefix: &str) -> Option<&str> {
+        let r = &self.multi[Self::multi_index(registry)?];
+        r.sources
+            .iter()
+            .find(|s| s.prefix == prefix)
+            .map(|s| s.plugin.as_str())
+    }
+    fn name_holder(&self, name: &str) -> Option<&str> {
+        let r = &self.model_factory;
+        r.index.get(name).map(|&s| r.sources[s].plugin.as_str())
+    }
+}
+
 impl View {
     /// Registers every described plugin of `found`, in order; records every refusal.
     pub fn new(found: &[Found]) -> Self {
@@ -253,11 +247,47 @@ impl View {
             plugins: Vec::new(),
             rejected: Vec::new(),
         };
-        for f in found {
-            let refused = match &f.outcome {
+        // One file per plugin name: the others are refused before anything registers.
+        let described: Vec<(usize, Declared)> = found
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match &f.outcome {
+                Outcome::Plugin(info) => Some((
+                    i,
+                    Declared {
+                        plugin: &info.manifest.name,
+                        version: &info.manifest.version,
+                        path: &f.path,
+                    },
+                )),
+                Outcome::Refused(_) => None,
+            })
+            .collect();
+        let losers: HashMap<usize, register::Loser> =
+            register::choose(&described.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+                .into_iter()
+                .map(|l| (described[l.index].0, l))
+                .collect();
+        let mut refusals: Vec<Option<Refusal>> = found
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match &f.outcome {
                 Outcome::Refused(r) => Some(r.clone()),
+                Outcome::Plugin(_) if losers.contains_key(&i) => None,
                 Outcome::Plugin(info) => view.add(f.path.clone(), info).err(),
-            };
+            })
+            .collect();
+        for (&i, l) in &losers {
+            let (w, winner) = described[l.winner];
+            let loser = &described[l.index].1;
+            refusals[i] = Some(register::duplicate_refusal(
+                loser,
+                &winner,
+                l.why,
+                refusals[w].is_some(),
+            ));
+        }
+        for (f, refused) in found.iter().zip(refusals) {
             if let Some(refusal) = refused {
                 tracing::warn!(path = %f.path.display(), kind = %refusal.kind, reason = %refusal.reason, "plugin refused");
                 view.rejected.push(ViewRejected {
@@ -270,54 +300,31 @@ impl View {
     }
 
     fn multi_index(name: &str) -> Option<usize> {
-        [
-            names::BACKBONE,
-            names::NECK,
-            names::DECODER,
-            names::FULL_MODEL,
-        ]
-        .iter()
-        .position(|n| *n == name)
+        register::MULTI.iter().position(|n| *n == name)
     }
 
-    /// Registers a plugin's sources: all of them or none.
+    /// Registers a plugin's sources: all of them or none ([`register::check`]).
     fn add(&mut self, path: PathBuf, info: &PluginInfo) -> Result<(), Refusal> {
         let plugin = info.manifest.name.as_str();
-        if let Some(other) = self.plugins.iter().find(|p| p.manifest.name == plugin) {
-            return Err(Refusal::new(
-                kind::DUPLICATE_PLUGIN,
-                format!(
-                    "a plugin named `{plugin}` is already loaded ({}); remove one of the two copies",
-                    other.path.display()
-                ),
-            ));
-        }
-        for s in &info.sources {
-            let (registry, prefix) = (s.registry.as_str(), s.prefix.as_str());
-            if !info
+        let candidate = Candidate {
+            plugin,
+            declared: info
                 .manifest
                 .sources
                 .iter()
-                .any(|(r, p)| r == registry && p == prefix)
-            {
-                return Err(Refusal::new(kind::INVALID_MANIFEST, format!(
-                    "plugin `{plugin}` registers `{prefix}` in `{registry}` but its manifest does not declare it"
-                )));
-            }
-            if registry == names::MODEL_FACTORY {
-                self.model_factory.check_source(s, plugin)?;
-            } else if let Some(i) = Self::multi_index(registry) {
-                self.multi[i].check_prefix(prefix, plugin)?;
-            } else {
-                return Err(Refusal::new(
-                    kind::INVALID_MANIFEST,
-                    format!(
-                        "plugin `{plugin}`: {}",
-                        resolve::unknown_registry_message(registry)
-                    ),
-                ));
-            }
-        }
+                .map(|(r, p)| (r.as_str(), p.as_str()))
+                .collect(),
+            sources: info
+                .sources
+                .iter()
+                .map(|s| SourceClaim {
+                    registry: &s.registry,
+                    prefix: &s.prefix,
+                    names: s.entries.iter().map(|e| e.name.clone()).collect(),
+                })
+                .collect(),
+        };
+        register::check(self, &candidate)?;
         let mut registered = Vec::new();
         for s in &info.sources {
             let source = DataSource::new(s, plugin);
@@ -367,5 +374,110 @@ impl View {
                 registry,
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::kind;
+
+    fn plugin(name: &str, version: &str, path: &str, prefix: &str) -> Found {
+        Found {
+            path: PathBuf::from(path),
+            key: None,
+            outcome: Outcome::Plugin(PluginInfo {
+                manifest: ManifestMeta {
+                    name: name.into(),
+                    version: version.into(),
+                    api_version: "0.2.0".into(),
+                    torch_version: "2.13.0".into(),
+                    tch_version: "0.26.0".into(),
+                    cxx11_abi: true,
+                    target: "x".into(),
+                    sources: vec![("backbone".into(), prefix.into())],
+                },
+                sources: vec![SourceMeta {
+                    registry: "backbone".into(),
+                    prefix: prefix.into(),
+                    entries: vec![EntryMeta {
+                        name: format!("{name}_{version}"),
+                        doc: String::new(),
+                        takes_channels: false,
+                        accepts_extra: false,
+                        includes_head: false,
+                        params: Vec::new(),
+                    }],
+                    refusals: Vec::new(),
+                }],
+            }),
+        }
+    }
+
+    fn refused(view: &View) -> Vec<(String, String, String)> {
+        view.rejected()
+            .iter()
+            .map(|r| {
+                (
+                    r.path.display().to_string(),
+                    r.refusal.kind.clone(),
+                    r.refusal.reason.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn of_two_files_with_one_plugin_name_the_higher_version_registers() {
+        let view = View::new(&[
+            plugin("smp", "0.2.0", "/a/libsmp.so", "smp"),
+            plugin("smp", "0.3.0", "/b/libsmp.so", "smp"),
+        ]);
+        let loaded: Vec<_> = view
+            .plugins()
+            .iter()
+            .map(|p| (p.path.display().to_string(), p.manifest.version.clone()))
+            .collect();
+        assert_eq!(loaded, [("/b/libsmp.so".to_owned(), "0.3.0".to_owned())]);
+        let r = refused(&view);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].0.as_str(), r[0].1.as_str()),
+            ("/a/libsmp.so", kind::DUPLICATE_PLUGIN)
+        );
+        assert_eq!(
+            r[0].2,
+            "two files declare plugin `smp`: /b/libsmp.so (version 0.3.0) is loaded and this \
+             one, /a/libsmp.so (version 0.2.0), is not, because the higher version wins; \
+             remove the older copy"
+        );
+        // The chosen file's entries are the ones served.
+        assert!(view.describe("backbone", "smp_smp_0.3.0").is_ok());
+        assert!(view.describe("backbone", "smp_smp_0.2.0").is_err());
+    }
+
+    #[test]
+    fn a_chosen_file_that_is_refused_itself_is_not_said_to_load() {
+        let view = View::new(&[
+            plugin("timm", "0.2.0", "/a/libtimm.so", "timm"),
+            plugin("dup", "0.2.0", "/a/libzdup.so", "timm"),
+            plugin("dup", "0.1.0", "/b/libdup.so", "dup"),
+        ]);
+        let r = refused(&view);
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.0.as_str(), r.1.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("/a/libzdup.so", kind::DUPLICATE_PREFIX),
+                ("/b/libdup.so", kind::DUPLICATE_PLUGIN)
+            ]
+        );
+        assert!(
+            r[1].2
+                .contains("/a/libzdup.so (version 0.2.0) was chosen (and then refused itself"),
+            "{}",
+            r[1].2
+        );
     }
 }

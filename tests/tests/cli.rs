@@ -401,3 +401,126 @@ fn run_takes_inputs_named_by_modality() {
         "{e}"
     );
 }
+
+/// `bin` (`terrahost` or `terrahost-engine`) with `--plugin-dir dir`, this binary's
+/// cache and no inherited logging.
+fn command(bin: &str, dir: &Path, args: &[&str]) -> Command {
+    let exe = build_dir().join(bin);
+    assert!(exe.exists(), "{} is not built", exe.display());
+    let mut c = Command::new(exe);
+    c.arg("--plugin-dir")
+        .arg(dir)
+        .args(args)
+        .env("TERRAHOST_CACHE", cache().join("registry.json"))
+        .env_remove("TERRAHOST_SCANNER")
+        .env_remove("TERRAHOST_ENGINE")
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// A reader that goes away (`terrahost list | head -c 10`) ends both binaries quietly
+/// with status 0, as ripgrep does, instead of a "failed printing to stdout" panic
+/// (status 101). Each command runs twice: with stdout already closed before it starts
+/// (a socket whose other end is gone, so the first write fails, every time), and with a
+/// pipe read for 10 bytes and then closed.
+#[test]
+fn a_closed_stdout_ends_both_binaries_quietly_with_status_0() {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::process::Stdio;
+    let dir = real_plugins(&["timm"]);
+    let commands: [&[&str]; 6] = [
+        &["list"],
+        &["list", "--json"],
+        &["plugins"],
+        &["show", "backbone", "timm_resnet18"],
+        &["build", "backbone", "timm_resnet18"],
+        &["--version"],
+    ];
+    for bin in ["terrahost", "terrahost-engine"] {
+        for args in commands {
+            let what = format!("{bin} {}", args.join(" "));
+            let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+            drop(reader);
+            let out = command(bin, dir.path(), args)
+                .stdout(Stdio::from(OwnedFd::from(writer)))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+            assert_eq!(
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).as_ref()
+                ),
+                (Some(0), ""),
+                "{what}, stdout closed before the start"
+            );
+
+            let mut child = command(bin, dir.path(), args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let mut first = [0u8; 10];
+            stdout.read_exact(&mut first).unwrap();
+            drop(stdout);
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).as_ref()
+                ),
+                (Some(0), ""),
+                "{what}, stdout closed after 10 bytes"
+            );
+        }
+    }
+}
+
+/// `plugins --strict` (a deployment check) fails with status 1 when any file is
+/// refused, after printing the whole report, in both binaries alike; without refusals,
+/// or without `--strict`, it succeeds.
+#[test]
+fn plugins_strict_fails_with_status_1_when_any_file_is_refused() {
+    let clean = real_plugins(&["timm"]);
+    let dirty =
+        terrahost_testkit::plugin_dir(&["terrahost_plugin_timm", "terrahost_fixture_not_a_plugin"]);
+    for bin in ["terrahost", "terrahost-engine"] {
+        let out = command(bin, clean.path(), &["plugins", "--strict"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{bin}: {out:?}");
+
+        let out = command(bin, dirty.path(), &["plugins"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{bin} without --strict: {out:?}"
+        );
+
+        let out = command(bin, dirty.path(), &["plugins", "--strict"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bin}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.lines().any(|l| l.starts_with("timm ")) && stdout.contains("[not-a-plugin]"),
+            "{bin}: the whole report is printed: {stdout}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.lines().last(),
+            Some("error: 1 plugin file was refused (plugins --strict)"),
+            "{bin}: {stderr}"
+        );
+
+        let out = command(bin, dirty.path(), &["plugins", "--strict", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bin} --json: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
+        assert_eq!(v["rejected"][0]["kind"], "not-a-plugin");
+    }
+}

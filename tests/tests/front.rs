@@ -206,6 +206,8 @@ fn front_and_engine_answer_a_corpus_of_names_identically() {
             vec!["list", "nope"],
             vec!["plugins"],
             vec!["plugins", "--json"],
+            vec!["plugins", "--strict"],
+            vec!["plugins", "--help"],
             vec!["list", "--help"],
             vec!["show", "--help"],
             vec!["--version"],
@@ -357,9 +359,21 @@ fn front_and_engine_refuse_the_same_plugins_for_the_same_reasons() {
         ["not-a-plugin", "duplicate-prefix", "duplicate-plugin"],
         "{v:#}"
     );
+    // The second smp names both files and says which one loaded and why.
+    let dup = v["rejected"][2]["reason"].as_str().unwrap();
+    let first_smp = dir.path().join("libterrahost_plugin_smp.so");
+    let second_smp = dir.path().join("libzz_second_smp.so");
+    assert!(
+        dup.contains(&format!("{} (version ", first_smp.display()))
+            && dup.contains(&format!("{} (version ", second_smp.display()))
+            && dup.contains("is loaded")
+            && dup.contains("the file whose name comes first wins"),
+        "{dup}"
+    );
     for args in [
         &["plugins", "--json"][..],
         &["plugins"],
+        &["plugins", "--strict"],
         &["list", "--json"],
         &["show", "decoder", "smp_Unet", "--json"],
     ] {

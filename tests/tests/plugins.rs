@@ -95,6 +95,13 @@ fn files_that_are_not_plugins_are_refused_with_reasons_and_the_rest_load() {
     assert_eq!(refused("bad_api").kind, "incompatible-api");
     assert!(reason("garbage").contains("not a loadable library"));
     assert!(reason("not_a_plugin").contains("not a terrahost plugin"));
+    // The hint names the macro that exports the root module, not the one that declares
+    // the plugin (a crate with only `declare_plugin!` exports nothing).
+    let hint = reason("not_a_plugin");
+    assert!(
+        hint.contains("export_plugin!") && !hint.contains("declare_plugin!"),
+        "{hint}"
+    );
     let bad = reason("bad_api");
     assert!(
         bad.contains("plugin-api") && bad.contains(terrahost_plugin_api::API_VERSION),
@@ -119,6 +126,79 @@ fn a_duplicate_prefix_is_refused_for_the_second_plugin_naming_both() {
     // The first plugin's entries are untouched.
     assert!(host.contains("backbone", "timm_resnet18"));
     assert!(!host.contains("backbone", "timm_identity"));
+}
+
+/// The refusal of a second file with the same plugin name, as the engine records it.
+fn duplicate_refusal(host: &Host) -> terrahost::Rejected {
+    assert_eq!(host.rejected().len(), 1, "{:?}", host.rejected());
+    let r = host.rejected()[0].clone();
+    assert_eq!(r.kind, "duplicate-plugin", "{}", r.reason);
+    r
+}
+
+/// Two files with the same plugin name at the same version, in one directory: the file
+/// whose name comes first loads, whatever order the directory lists them in, and the
+/// other's refusal names both files, both versions, which one loaded and why.
+#[test]
+fn of_two_copies_at_one_version_in_one_directory_the_first_name_loads() {
+    let smp = terrahost_testkit::built_library("terrahost_plugin_smp");
+    let version = terrahost_smp::plugin_manifest().version.to_string();
+    for (first, second) in [
+        ("liba_smp.so", "libz_smp.so"),
+        ("libz_smp.so", "liba_smp.so"),
+    ] {
+        // Created in both orders, so the directory's own order cannot decide.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&smp, dir.path().join(first)).unwrap();
+        std::fs::copy(&smp, dir.path().join(second)).unwrap();
+        let host = Host::load(&[dir.path().to_path_buf()]);
+        let loaded: Vec<_> = host.plugins().iter().map(|p| p.path.clone()).collect();
+        let (a, z) = (
+            dir.path().join("liba_smp.so"),
+            dir.path().join("libz_smp.so"),
+        );
+        assert_eq!(loaded, [Some(a.clone())]);
+        let r = duplicate_refusal(&host);
+        assert_eq!(r.path, z);
+        assert_eq!(
+            r.reason,
+            format!(
+                "two files declare plugin `smp`: {} (version {version}) is loaded and this one, \
+                 {} (version {version}), is not, because at equal versions the file whose name \
+                 comes first wins; remove one of the two copies",
+                a.display(),
+                z.display()
+            )
+        );
+        assert!(host.contains("decoder", "smp_Unet"));
+    }
+}
+
+/// At equal versions, the file in the earlier plugin directory loads, even when its name
+/// sorts later.
+#[test]
+fn of_two_copies_at_one_version_the_earlier_plugin_directory_wins() {
+    let smp = terrahost_testkit::built_library("terrahost_plugin_smp");
+    let (early, late) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let chosen = early.path().join("libzz_smp.so");
+    let other = late.path().join("libaa_smp.so");
+    std::fs::copy(&smp, &chosen).unwrap();
+    std::fs::copy(&smp, &other).unwrap();
+    let host = Host::load(&[early.path().to_path_buf(), late.path().to_path_buf()]);
+    assert_eq!(host.plugins().len(), 1);
+    assert_eq!(host.plugins()[0].path.as_deref(), Some(chosen.as_path()));
+    let r = duplicate_refusal(&host);
+    assert_eq!(r.path, other);
+    assert!(
+        r.reason
+            .contains(&format!("{} (version ", chosen.display()))
+            && r.reason.contains(&format!("{} (version ", other.display()))
+            && r.reason.contains("is loaded")
+            && r.reason
+                .contains("the file in the earlier plugin directory wins"),
+        "{}",
+        r.reason
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `terrahost build`.
 use serde_json::{json, Map, Value};
+use std::io::Write;
 use terrahost::{api::params::describe_json, Host, HostError};
 
 /// Parses `--channels 32,64,128`.
@@ -58,7 +59,7 @@ pub fn run(
         .map(|nt| nt.tensor.with(|t| t.numel() as i64))
         .sum();
     if json {
-        crate::cli::print_json(&json!({
+        return crate::cli::print_json(&json!({
             "registry": registry,
             "name": name,
             "resolved": module.label(),
@@ -68,21 +69,26 @@ pub fn run(
             "includes_head": module.includes_head(),
             "build_ms": elapsed.as_secs_f64() * 1e3,
         }));
-        return Ok(());
     }
-    println!(
-        "built {registry} {} in {:.1} ms",
-        module.label(),
-        elapsed.as_secs_f64() * 1e3
-    );
-    println!("  parameters:    {params}");
-    println!(
-        "  state_dict:    {} tensors (parameters and buffers)",
-        state.len()
-    );
-    println!("  out_channels:  {:?}", module.out_channels());
-    println!("  includes_head: {}", module.includes_head());
-    Ok(())
+    let print = || -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "built {registry} {} in {:.1} ms",
+            module.label(),
+            elapsed.as_secs_f64() * 1e3
+        )?;
+        writeln!(out, "  parameters:    {params}")?;
+        writeln!(
+            out,
+            "  state_dict:    {} tensors (parameters and buffers)",
+            state.len()
+        )?;
+        writeln!(out, "  out_channels:  {:?}", module.out_channels())?;
+        writeln!(out, "  includes_head: {}", module.includes_head())?;
+        out.flush()
+    };
+    print().map_err(crate::cli::stdout_error)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `terrahost list`, as the engine answers it (printed by
 //! [`terrahost_index::render::list`], as the front prints it).
 use terrahost::{Host, HostError, RegistryRef};
+use terrahost_index::out::Failure;
 use terrahost_index::render::{self, Group};
 
 fn groups(host: &Host, registry: &str) -> Option<Vec<Group>> {
@@ -33,5 +34,8 @@ pub fn run(
     filter: Option<&str>,
     json: bool,
 ) -> Result<(), HostError> {
-    render::list(registry, filter, json, &|r| groups(host, r)).map_err(HostError::Usage)
+    render::list(registry, filter, json, &|r| groups(host, r)).map_err(|f| match f {
+        Failure::Message(m) => HostError::Usage(m),
+        Failure::Stdout(e) => super::stdout_error(e),
+    })
 }

@@ -1,6 +1,9 @@
 //! The engine's command line (`terrahost-engine`, which the `terrahost` front `exec`s
 //! with the user's arguments). Every command writes its result to stdout (only JSON
-//! with `--json`) and its diagnostics to stderr. `plugins`, `list` and `show` are
+//! with `--json`) and its diagnostics to stderr. Results are written with `writeln!`
+//! on a locked stdout and a failed write is returned as [`stdout_error`]; when the
+//! reader went away (`| head`), `main` ends quietly with status 0
+//! ([`terrahost_index::out`]). `plugins`, `list` and `show` are
 //! normally answered by the front; the engine answers them too (the front hands it
 //! names only a live source resolves), printing through the same code.
 mod build;
@@ -120,8 +123,8 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         &dirs,
     );
     match cli.command {
-        Command::Meta(front::Command::Plugins { json, .. }) => {
-            plugins::run(&host, &dirs, options.cache.as_deref(), json)
+        Command::Meta(front::Command::Plugins { json, strict, .. }) => {
+            plugins::run(&host, &dirs, options.cache.as_deref(), json, strict)
         }
         Command::Meta(front::Command::List {
             registry,
@@ -154,6 +157,21 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
 }
 
 /// Prints `value` as pretty JSON on stdout.
-pub fn print_json(value: &serde_json::Value) {
-    terrahost_index::render::print_json(value);
+pub fn print_json(value: &serde_json::Value) -> Result<(), HostError> {
+    terrahost_index::render::print_json(value).map_err(stdout_error)
+}
+
+/// The path a failed write to stdout names in [`HostError::Io`].
+const STDOUT: &str = "<stdout>";
+
+/// A failed write to stdout.
+pub fn stdout_error(e: std::io::Error) -> HostError {
+    HostError::io(STDOUT, e)
+}
+
+/// Whether `e` is stdout closed by its reader (`terrahost-engine list | head`): the
+/// command ends quietly with status 0, as ripgrep does.
+pub fn is_closed_stdout(e: &HostError) -> bool {
+    matches!(e, HostError::Io { path, source }
+        if path.as_os_str() == STDOUT && terrahost_index::out::is_closed(source))
 }

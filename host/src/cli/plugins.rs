@@ -9,6 +9,7 @@ pub fn run(
     dirs: &[PathBuf],
     cache: Option<&Path>,
     json: bool,
+    strict: bool,
 ) -> Result<(), HostError> {
     let loaded: Vec<LoadedRow> = host
         .plugins()
@@ -31,6 +32,13 @@ pub fn run(
             reason: &r.reason,
         })
         .collect();
-    render::plugins(dirs, cache, &loaded, &rejected, json);
-    Ok(())
+    render::plugins(dirs, cache, &loaded, &rejected, json).map_err(super::stdout_error)?;
+    // `--strict`: the front's rule and message.
+    match strict
+        .then(|| terrahost_index::front::strict_failure(rejected.len()))
+        .flatten()
+    {
+        Some(m) => Err(HostError::Usage(m)),
+        None => Ok(()),
+    }
 }

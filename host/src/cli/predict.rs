@@ -261,10 +261,13 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     let mut results = Vec::new();
     let (mut n_written, mut n_skipped, mut n_failed) = (0, 0, 0);
     let mut seen = 0usize;
-    let emit = |result: &Value| {
+    // A closed stdout stops the run after the scene in hand (its files are complete);
+    // `main` ends quietly ([`crate::cli::is_closed_stdout`]).
+    let emit = |result: &Value| -> Result<(), HostError> {
         if a.json_lines {
-            println!("{result}");
+            terrahost_index::out::line(result).map_err(crate::cli::stdout_error)?;
         }
+        Ok(())
     };
     for (i, scene) in inputs.iter(k, n).enumerate() {
         let scene = match scene {
@@ -291,7 +294,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             n_skipped += 1;
             let r = json!({"input": scene.display().to_string(), "status": "skipped",
                 "reason": "outputs exist (use --overwrite)"});
-            emit(&r);
+            emit(&r)?;
             results.push(r);
             continue;
         }
@@ -326,10 +329,10 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                     "outputs": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     "width": r.width, "height": r.height, "bands": r.bands, "chips": r.chips,
                     "warnings": r.warnings, "seconds": t0.elapsed().as_secs_f64()});
-                emit(&result);
+                emit(&result)?;
                 results.push(result);
                 if !a.json && !a.json_lines {
-                    println!(
+                    terrahost_index::out::line(format_args!(
                         "{label}: {} x {}, {} chips, {:.2} s -> {}",
                         r.width,
                         r.height,
@@ -340,7 +343,8 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                             .map(|p| p.display().to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    );
+                    ))
+                    .map_err(crate::cli::stdout_error)?;
                 }
             }
             Err(e) => {
@@ -353,7 +357,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 };
                 eprintln!("error: {msg}");
                 let r = json!({"input": label, "status": "failed", "error": msg});
-                emit(&r);
+                emit(&r)?;
                 results.push(r);
             }
         }
@@ -374,9 +378,12 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "seconds": t_start.elapsed().as_secs_f64(),
             "peak_rss_mib": peak_rss_mib(),
             "scenes": results,
-        }));
+        }))?;
     } else if !a.json_lines && (n_skipped > 0 || n_failed > 0) {
-        println!("{n_written} written, {n_skipped} skipped (outputs exist), {n_failed} failed");
+        terrahost_index::out::line(format_args!(
+            "{n_written} written, {n_skipped} skipped (outputs exist), {n_failed} failed"
+        ))
+        .map_err(crate::cli::stdout_error)?;
     }
     if n_failed > 0 {
         return Err(usage(format!(

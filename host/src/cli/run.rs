@@ -2,6 +2,7 @@
 //! an input and save the output.
 use clap::Args;
 use serde_json::json;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -318,7 +319,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     };
     let (mean, std) = stats(output);
     if a.json {
-        crate::cli::print_json(&json!({
+        return crate::cli::print_json(&json!({
             "model_factory": cfg.model_factory,
             "model": model.label(),
             "device": format!("{device:?}"),
@@ -342,40 +343,50 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "load_ms": load_ms,
             "forward_ms": forward_ms,
         }));
-        return Ok(());
     }
-    println!("model:   {} from {}", cfg.model_factory, a.config.display());
-    println!("build:   {build_ms:.1} ms");
-    match &loaded {
-        Some(r) => println!(
-            "weights: {} tensors in {load_ms:.1} ms{}",
-            r.loaded,
-            r.stripped_prefix
-                .as_ref()
-                .map(|p| format!(" (stripped `{p}`)"))
-                .unwrap_or_default()
-        ),
-        None => println!("weights: none (random initialisation)"),
-    }
-    println!("forward: {forward_ms:.1} ms on {device:?}");
-    match &inputs {
-        Inputs::Positional(_) => println!("input:   {:?}", input.size()),
-        Inputs::Named(v) => {
-            for (n, t) in v {
-                println!("input:   {n} {:?}", t.size());
+    let print = || -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "model:   {} from {}",
+            cfg.model_factory,
+            a.config.display()
+        )?;
+        writeln!(out, "build:   {build_ms:.1} ms")?;
+        match &loaded {
+            Some(r) => writeln!(
+                out,
+                "weights: {} tensors in {load_ms:.1} ms{}",
+                r.loaded,
+                r.stripped_prefix
+                    .as_ref()
+                    .map(|p| format!(" (stripped `{p}`)"))
+                    .unwrap_or_default()
+            ),
+            None => writeln!(out, "weights: none (random initialisation)"),
+        }?;
+        writeln!(out, "forward: {forward_ms:.1} ms on {device:?}")?;
+        match &inputs {
+            Inputs::Positional(_) => writeln!(out, "input:   {:?}", input.size())?,
+            Inputs::Named(v) => {
+                for (n, t) in v {
+                    writeln!(out, "input:   {n} {:?}", t.size())?;
+                }
             }
         }
-    }
-    for (n, t) in names.iter().zip(&outputs) {
-        let (mean, std) = stats(t);
-        println!(
-            "{:<8} {:?}  mean {mean:.5}  std {std:.5}",
-            format!("{n}:"),
-            t.size()
-        );
-    }
-    if let Some(p) = &a.output {
-        println!("written: {}", p.display());
-    }
-    Ok(())
+        for (n, t) in names.iter().zip(&outputs) {
+            let (mean, std) = stats(t);
+            writeln!(
+                out,
+                "{:<8} {:?}  mean {mean:.5}  std {std:.5}",
+                format!("{n}:"),
+                t.size()
+            )?;
+        }
+        if let Some(p) = &a.output {
+            writeln!(out, "written: {}", p.display())?;
+        }
+        out.flush()
+    };
+    print().map_err(crate::cli::stdout_error)
 }

@@ -5,6 +5,6 @@ use terrahost::{plugins::meta, Host, HostError};
 
 pub fn run(host: &Host, registry: &str, name: &str, json: bool) -> Result<(), HostError> {
     let (qualified, info) = host.describe(registry, name)?;
-    terrahost_index::render::show(registry, &qualified, &meta::entry_meta(&info), json);
-    Ok(())
+    terrahost_index::render::show(registry, &qualified, &meta::entry_meta(&info), json)
+        .map_err(super::stdout_error)
 }

@@ -48,7 +48,7 @@ pub fn open(path: &Path, binding: Binding) -> Result<(Manifest, Vec<SourceEntry>
         return Err(Refusal::new(
             kind::NOT_A_PLUGIN,
             "not a terrahost plugin: the library exports no abi_stable root module \
-             (plugins declare one with `terrahost_plugin_api::declare_plugin!`)",
+             (a plugin's cdylib crate exports one with `terrahost_plugin_api::export_plugin!`)",
         ));
     }
     let header = lib_header_from_path(path).map_err(|e| library_refusal(&e))?;

@@ -18,7 +18,13 @@
 //!
 //! Registration ([`crate::Host::add_plugin`]) then checks what depends on the other
 //! plugins (a prefix or plugin name that is already taken), every time, from the
-//! descriptions. Every refusal has a [`meta::kind`] code and one line of reason.
+//! descriptions, with [`terrahost_index::register`], the front's code; several files
+//! with the same plugin name are settled there too ([`terrahost_index::register::choose`]:
+//! the highest version, then the file found first). Every refusal has a [`meta::kind`]
+//! code and one line of reason.
+//!
+//! This module depends on [`crate::host`] (it fills a [`Host`], and adds [`Host::load`]
+//! and [`Host::load_with`] to it), never the other way round.
 pub use terrahost_index::{cache, discover};
 pub mod load;
 pub mod meta;
@@ -66,6 +72,22 @@ impl Default for LoadOptions {
             scan_timeout: scan::timeout_from_env(),
             scanner: Scanner::Auto,
         }
+    }
+}
+
+impl Host {
+    /// Finds the plugins in `dirs`, scans each in a child process, and registers
+    /// them, with the default [`LoadOptions`] (no registry cache). See
+    /// [`crate::plugins`].
+    pub fn load(dirs: &[PathBuf]) -> Self {
+        Self::load_with(dirs, &LoadOptions::default())
+    }
+
+    /// [`Host::load`] with explicit options (cache file, timeout, scanner).
+    pub fn load_with(dirs: &[PathBuf], options: &LoadOptions) -> Self {
+        let mut host = Self::new();
+        load_into(&mut host, dirs, options);
+        host
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 pub use terrahost_index::scan::*;
 
 /// The plugin-api and libtorch versions this engine checks plugins against.
-pub fn versions() -> terrahost_index::cache::Versions {
-    terrahost_index::cache::Versions {
+pub fn versions() -> terrahost_index::scan::Versions {
+    terrahost_index::scan::Versions {
         api_version: terrahost_plugin_api::API_VERSION.to_owned(),
         torch_version: terrahost_plugin_api::TORCH_VERSION.to_owned(),
     }
