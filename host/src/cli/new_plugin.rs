@@ -3,6 +3,7 @@
 //! process and through the installed host, and a `.cargo/config.toml` that points tch's
 //! build at the libtorch this engine links.
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use terrahost::HostError;
 
@@ -56,23 +57,23 @@ pub fn run(args: &NewPluginArgs) -> Result<(), HostError> {
         fs::write(&path, text).map_err(|e| io_error(&path, e))?;
     }
     let so = format!("lib{}.so", args.name);
-    println!(
-        "created {} (plugin `{}`, plugin-api {API_VERSION})",
-        root.display(),
-        args.name
-    );
-    println!(
-        "  cd {} && cargo test          # runs the entry in process and through terrahost",
-        root.display()
-    );
-    println!("  cargo build --release && cp target/release/{so} ~/.local/share/terrahost/plugins/");
-    println!("  terrahost list neck            # {}_Scale", args.name);
-    if api.is_none() {
-        println!(
-            "note: no plugin-api sources found; Cargo.toml depends on terrahost-plugin-api {API_VERSION} from a \
-             registry (pass --plugin-api DIR to use a checkout)"
-        );
-    }
+    let print = || -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        let (dir, name) = (root.display(), &args.name);
+        writeln!(out, "created {dir} (plugin `{name}`, plugin-api {API_VERSION})")?;
+        writeln!(out, "  cd {dir} && cargo test          # runs the entry in process and through terrahost")?;
+        writeln!(out, "  cargo build --release && cp target/release/{so} ~/.local/share/terrahost/plugins/")?;
+        writeln!(out, "  terrahost list neck            # {name}_Scale")?;
+        if api.is_none() {
+            writeln!(
+                out,
+                "note: no plugin-api sources found; Cargo.toml depends on terrahost-plugin-api {API_VERSION} \
+                 from a registry (pass --plugin-api DIR to use a checkout)"
+            )?;
+        }
+        Ok(())
+    };
+    print().map_err(crate::cli::stdout_error)?;
     Ok(())
 }
 
