@@ -32,13 +32,19 @@ pub fn render(root: &'static TypeLayout) -> String {
     w.visit(root);
     let mut out = String::new();
     writeln!(out, "# {FORMAT}").unwrap();
-    writeln!(out, "# root: {}", root.full_type()).unwrap();
+    writeln!(out, "# root: {}", name(root)).unwrap();
     writeln!(out, "# types: {}", w.order.len()).unwrap();
     for (i, lay) in w.order.iter().enumerate() {
         out.push('\n');
         w.render_type(&mut out, i, lay);
     }
     out
+}
+
+/// A type's name with its generic arguments, as abi_stable prints it (without the
+/// trailing space it leaves after pointer types).
+fn name(lay: &'static TypeLayout) -> String {
+    lay.full_type().to_string().trim_end().to_owned()
 }
 
 #[derive(Default)]
@@ -99,7 +105,7 @@ impl Walker {
 
     fn render_type(&self, out: &mut String, i: usize, lay: &'static TypeLayout) {
         let (package, _version) = lay.package_and_version();
-        writeln!(out, "#{i} {}", lay.full_type()).unwrap();
+        writeln!(out, "#{i} {}", name(lay)).unwrap();
         writeln!(
             out,
             "  package {package}; size {}; align {}; repr {:?}; nonzero {}; data {:?}",
@@ -183,7 +189,7 @@ impl Walker {
             out,
             "  {what} {}: {} -> #{}",
             f.name(),
-            f.full_type(),
+            name(lay),
             self.id(lay)
         )
         .unwrap();
@@ -198,7 +204,13 @@ impl Walker {
     }
 
     fn signature(&self, func: &TLFunction) -> String {
-        let names: Vec<&str> = func.param_names.as_str().split(';').collect();
+        // abi_stable stores the names as one string, each followed by a separator.
+        let names: Vec<&str> = func
+            .param_names
+            .as_str()
+            .split([',', ';'])
+            .filter(|n| !n.is_empty())
+            .collect();
         let params: Vec<String> = func
             .param_type_layouts
             .iter()
@@ -206,13 +218,13 @@ impl Walker {
             .map(|(k, p)| {
                 let lay = p();
                 let name = names.get(k).copied().unwrap_or("_");
-                format!("{name}: {} #{}", lay.full_type(), self.id(lay))
+                format!("{name}: {} #{}", self::name(lay), self.id(lay))
             })
             .collect();
         let ret = match func.return_type_layout() {
             Some(r) => {
                 let lay = r();
-                format!("{} #{}", lay.full_type(), self.id(lay))
+                format!("{} #{}", name(lay), self.id(lay))
             }
             None => "()".to_owned(),
         };

@@ -210,6 +210,7 @@ fn every_committed_fingerprint_is_in_the_current_format() {
 // The fingerprint must see what abi_stable's check sees: a field appended to a
 // `#[repr(C)]` struct reachable from the root, and a method appended to a prefix type.
 
+#[allow(dead_code)]
 mod v1 {
     use abi_stable::{std_types::RString, StableAbi};
     #[repr(C)]
@@ -227,6 +228,7 @@ mod v1 {
     }
 }
 
+#[allow(dead_code)]
 mod v2 {
     use abi_stable::{std_types::RString, StableAbi};
     #[repr(C)]
@@ -245,6 +247,7 @@ mod v2 {
     }
 }
 
+#[allow(dead_code)]
 mod v3 {
     use abi_stable::{std_types::RString, StableAbi};
     #[repr(C)]

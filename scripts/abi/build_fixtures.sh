@@ -15,7 +15,7 @@
 #   current             the working tree's plugin-api (its version from plugin-api/Cargo.toml);
 #                       skipped while that version is an existing release (tag
 #                       plugin-api-v<version>) unless --force: rerun it after a release
-#   0.3.0               the current sources with plugin-api's version set to the next 0.y
+#   0.3.0               the committed sources (HEAD) with plugin-api's version set to the next 0.y
 #                       and a method appended to the Source vtable (the semver-first refusal)
 #
 # Each variant is built in a temporary git worktree of its commit; the fixture crate is
@@ -60,11 +60,20 @@ LIBTORCH=$(cd "$LIBTORCH" && pwd -P)
 export LIBTORCH
 TARGET_DIR=${ABI_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/abi-fixtures}
 mkdir -p "$TARGET_DIR"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/terrahost-abi.XXXXXX")
+# A fixed place (not mktemp): the sources' paths end up in the binaries (panic
+# locations), so the same commit builds the same bytes on every run.
+WORK=${ABI_WORK_DIR:-${TMPDIR:-/tmp}/terrahost-abi-build}
+if [ -e "$WORK" ]; then
+  echo "$WORK exists (another run, or a stale one): remove it first (git worktree prune afterwards)" >&2
+  exit 1
+fi
+mkdir -p "$WORK"
 WORKTREES=()
+SRC=
 cleanup() {
   for w in "${WORKTREES[@]}"; do git -C "$REPO" worktree remove --force "$w" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
+  git -C "$REPO" worktree prune
 }
 trap cleanup EXIT
 
@@ -79,12 +88,12 @@ commit_of() {
   return 1
 }
 
-# worktree <name> <commit>: a detached worktree of <commit>, removed on exit.
+# worktree <name> <commit>: a detached worktree of <commit> in $SRC, removed on exit.
+# (Not called in a $(...) subshell, so that the cleanup sees WORKTREES.)
 worktree() {
-  local dir="$WORK/src-$1"
-  git -C "$REPO" worktree add --detach --quiet "$dir" "$2"
-  WORKTREES+=("$dir")
-  echo "$dir"
+  SRC="$WORK/src-$1"
+  git -C "$REPO" worktree add --detach --quiet "$SRC" "$2"
+  WORKTREES+=("$SRC")
 }
 
 # build <variant> <plugin-api source tree> <layout file or ""> : builds, strips, copies.
@@ -137,7 +146,8 @@ for v in "${WANT[@]}"; do
     0.3.0 | next)
       # The next 0.y: a copy of the committed sources (HEAD) with the version bumped and a
       # method appended to the Source vtable. Its layout is not a release: none is written.
-      src=$(worktree next HEAD)
+      worktree next HEAD
+      src=$SRC
       next=$(echo "$CURRENT_VERSION" | awk -F. '$1 == 0 { print "0." $2 + 1 ".0"; next } { print $1 + 1 ".0.0" }')
       sed -i "s/^version = \"$CURRENT_VERSION\"/version = \"$next\"/" "$src/plugin-api/Cargo.toml"
       grep -q "^version = \"$next\"" "$src/plugin-api/Cargo.toml" || { echo "could not bump $src/plugin-api/Cargo.toml" >&2; exit 1; }
@@ -160,7 +170,8 @@ EOF
       ;;
     *)
       c=$(commit_of "$v") || { echo "unknown variant $v (see --list)" >&2; exit 1; }
-      src=$(worktree "$v" "$c")
+      worktree "$v" "$c"
+      src=$SRC
       build "$v" "$src" "$REPO/plugin-api/abi/$v.layout"
       ;;
   esac
