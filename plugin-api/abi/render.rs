@@ -204,20 +204,16 @@ impl Walker {
     }
 
     fn signature(&self, func: &TLFunction) -> String {
-        // abi_stable stores the names as one string, each followed by a separator.
-        let names: Vec<&str> = func
-            .param_names
-            .as_str()
-            .split([',', ';'])
-            .filter(|n| !n.is_empty())
-            .collect();
+        // abi_stable stores the names as one string, each followed by a separator; an
+        // unnamed parameter has an empty name.
+        let names: Vec<&str> = func.param_names.as_str().split([',', ';']).collect();
         let params: Vec<String> = func
             .param_type_layouts
             .iter()
             .enumerate()
             .map(|(k, p)| {
                 let lay = p();
-                let name = names.get(k).copied().unwrap_or("_");
+                let name = names.get(k).copied().filter(|n| !n.is_empty()).unwrap_or("_");
                 format!("{name}: {} #{}", self::name(lay), self.id(lay))
             })
             .collect();
