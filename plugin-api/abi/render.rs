@@ -213,7 +213,11 @@ impl Walker {
             .enumerate()
             .map(|(k, p)| {
                 let lay = p();
-                let name = names.get(k).copied().filter(|n| !n.is_empty()).unwrap_or("_");
+                let name = names
+                    .get(k)
+                    .copied()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("_");
                 format!("{name}: {} #{}", self::name(lay), self.id(lay))
             })
             .collect();
@@ -236,7 +240,11 @@ impl Walker {
         } else {
             format!("for<{}> ", bound.replace(';', ", "))
         };
-        let unsafety = if func.fn_qualifs.is_unsafe() { "unsafe " } else { "" };
+        let unsafety = if func.fn_qualifs.is_unsafe() {
+            "unsafe "
+        } else {
+            ""
+        };
         format!(
             "fn {}: {bound}{unsafety}fn({}) -> {ret}{lts}",
             func.name,

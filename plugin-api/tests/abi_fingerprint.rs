@@ -167,7 +167,9 @@ fn a_release_within_the_same_0_y_keeps_the_previous_release_layout() {
     let same_line = |o: &Version| o.major == v.major && (v.major != 0 || o.minor == v.minor);
     let previous = committed()
         .into_iter()
-        .filter(|(o, _, _)| same_line(o) && (o.major, o.minor, o.patch) < (v.major, v.minor, v.patch))
+        .filter(|(o, _, _)| {
+            same_line(o) && (o.major, o.minor, o.patch) < (v.major, v.minor, v.patch)
+        })
         .filter(|(o, _, _)| o.build.is_empty())
         .next_back();
     let Some((pv, name, text)) = previous else {
@@ -271,11 +273,21 @@ fn the_fingerprint_changes_with_a_field_or_a_prefix_method() {
     let a = render::render(<v1::Root_Ref as StableAbi>::LAYOUT);
     let b = render::render(<v2::Root_Ref as StableAbi>::LAYOUT);
     let c = render::render(<v3::Root_Ref as StableAbi>::LAYOUT);
-    assert_eq!(a, render::render(<v1::Root_Ref as StableAbi>::LAYOUT), "deterministic");
+    assert_eq!(
+        a,
+        render::render(<v1::Root_Ref as StableAbi>::LAYOUT),
+        "deterministic"
+    );
     assert_ne!(a, b);
-    assert!(b.contains("field includes_head: bool") && !a.contains("includes_head"), "{b}");
+    assert!(
+        b.contains("field includes_head: bool") && !a.contains("includes_head"),
+        "{b}"
+    );
     assert_ne!(a, c);
-    assert!(c.contains("field refusals:") && !a.contains("refusals"), "{c}");
+    assert!(
+        c.contains("field refusals:") && !a.contains("refusals"),
+        "{c}"
+    );
 }
 
 #[test]
@@ -290,6 +302,9 @@ fn the_rendering_names_the_boundary_types_and_their_fields() {
         "Manifest",
         "prefix:",
     ] {
-        assert!(text.contains(needle), "`{needle}` missing from the rendering:\n{text}");
+        assert!(
+            text.contains(needle),
+            "`{needle}` missing from the rendering:\n{text}"
+        );
     }
 }

@@ -226,7 +226,11 @@ fn plugins_built_against_every_released_plugin_api_load_or_are_refused_as_observ
                     assert_eq!(out.size(), input.size(), "{}", v.dir);
                     let want = input * init;
                     let diff = (out - &want).abs().max().double_value(&[]);
-                    assert!(diff == 0.0, "{}: output != input * {init} (max |diff| {diff})", v.dir);
+                    assert!(
+                        diff == 0.0,
+                        "{}: output != input * {init} (max |diff| {diff})",
+                        v.dir
+                    );
                 }
                 // The parameter crossed with its PyTorch name and the init value.
                 let sd = m.state_dict();
@@ -238,12 +242,24 @@ fn plugins_built_against_every_released_plugin_api_load_or_are_refused_as_observ
                 let r = host
                     .rejected()
                     .iter()
-                    .find(|r| r.path.file_name().unwrap().to_string_lossy() == format!("lib{}.so", v.name))
+                    .find(|r| {
+                        r.path.file_name().unwrap().to_string_lossy() == format!("lib{}.so", v.name)
+                    })
                     .unwrap();
                 assert_eq!(r.kind, kind, "{}: {}", v.dir, r.reason);
-                assert!(!r.reason.contains('\n'), "{}: not one line: {}", v.dir, r.reason);
+                assert!(
+                    !r.reason.contains('\n'),
+                    "{}: not one line: {}",
+                    v.dir,
+                    r.reason
+                );
                 for n in needles {
-                    assert!(r.reason.contains(n), "{}: `{n}` not in: {}", v.dir, r.reason);
+                    assert!(
+                        r.reason.contains(n),
+                        "{}: `{n}` not in: {}",
+                        v.dir,
+                        r.reason
+                    );
                 }
                 assert!(
                     !host.contains("neck", &format!("{}_Scale", v.prefix)),

@@ -316,7 +316,13 @@ pub fn layout_difference(errs: &AbiInstabilityErrors) -> Option<LayoutDifference
         };
     let ty = match (expected, e.stack_trace.last()) {
         (Some(t), _) => type_name(t),
-        (None, Some(ExpectedFound { expected: TLFieldOrFunction::Function(f), .. })) => {
+        (
+            None,
+            Some(ExpectedFound {
+                expected: TLFieldOrFunction::Function(f),
+                ..
+            }),
+        ) => {
             format!("fn {}", f.name)
         }
         _ => "?".to_owned(),
@@ -357,10 +363,7 @@ pub fn layout_difference(errs: &AbiInstabilityErrors) -> Option<LayoutDifference
             } else {
                 format!(" ({})", notes.join("; "))
             };
-            format!(
-                "field count {}, host has {}{notes}",
-                c.found, c.expected
-            )
+            format!("field count {}, host has {}{notes}", c.found, c.expected)
         }
         AbiInstability::UnexpectedField(f) => format!(
             "field `{}` where the host has `{}`",
@@ -380,25 +383,21 @@ pub fn layout_difference(errs: &AbiInstabilityErrors) -> Option<LayoutDifference
         AbiInstability::Alignment(a) => {
             format!("alignment {}, host has {}", a.found, a.expected)
         }
-        AbiInstability::MismatchedPrefixSize(s) => format!(
-            "a prefix of {} field(s), host has {}",
-            s.found, s.expected
-        ),
+        AbiInstability::MismatchedPrefixSize(s) => {
+            format!("a prefix of {} field(s), host has {}", s.found, s.expected)
+        }
         AbiInstability::TooManyVariants(v) => {
             format!("{} variant(s), host has {}", v.found, v.expected)
         }
-        AbiInstability::UnexpectedVariant(v) => format!(
-            "variant `{}` where the host has `{}`",
-            v.found, v.expected
-        ),
-        AbiInstability::TLDataDiscriminant(d) => format!(
-            "a {:?} where the host has a {:?}",
-            d.found, d.expected
-        ),
-        AbiInstability::MismatchedPrimitive(d) => format!(
-            "primitive {:?}, host has {:?}",
-            d.found, d.expected
-        ),
+        AbiInstability::UnexpectedVariant(v) => {
+            format!("variant `{}` where the host has `{}`", v.found, v.expected)
+        }
+        AbiInstability::TLDataDiscriminant(d) => {
+            format!("a {:?} where the host has a {:?}", d.found, d.expected)
+        }
+        AbiInstability::MismatchedPrimitive(d) => {
+            format!("primitive {:?}, host has {:?}", d.found, d.expected)
+        }
         AbiInstability::ReprAttr(r) => {
             format!("repr {:?}, host has {:?}", r.found, r.expected)
         }
@@ -799,13 +798,19 @@ mod tests {
         );
         let older = format!("{}.{}.0", host.major, host.minor.saturating_sub(1));
         if older != format!("{}.{}.0", host.major, host.minor) {
-            assert_eq!(check_api_version(&older).unwrap_err().kind, kind::INCOMPATIBLE_API);
+            assert_eq!(
+                check_api_version(&older).unwrap_err().kind,
+                kind::INCOMPATIBLE_API
+            );
         }
         // A newer patch of our line: the plugin may use what this host lacks.
         let newer = format!("{}.{}.{}", host.major, host.minor, host.patch + 1);
         let e = check_api_version(&newer).unwrap_err();
         assert_eq!(e.kind, kind::INCOMPATIBLE_API);
-        assert!(e.reason.contains(&newer) && e.reason.contains("upgrade terrahost"), "{e:?}");
+        assert!(
+            e.reason.contains(&newer) && e.reason.contains("upgrade terrahost"),
+            "{e:?}"
+        );
         let e = check_api_version("zero").unwrap_err();
         assert_eq!(e.kind, kind::INCOMPATIBLE_API);
         assert!(e.reason.contains("\"zero\""), "{e:?}");
