@@ -1,6 +1,7 @@
 //! The integration tests: one test binary (every binary here links libtch, so one
 //! link instead of one per file), a module per area. They load the built plugin
 //! libraries from a directory and run the built `terrahost` binaries, as users do.
+mod abi_matrix;
 mod cli;
 mod corpus;
 mod front;
