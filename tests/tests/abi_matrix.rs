@@ -93,6 +93,14 @@ fn matrix() -> Vec<Variant> {
             prefix: "abi023",
             expect: Loads,
         },
+        // 0.2.4: plugin-api as the boundary only (kernels moved to terrahost-layers),
+        // the same layout as 0.2.3.
+        Variant {
+            dir: "plugin-api-0.2.4",
+            name: "abi_0_2_4",
+            prefix: "abi024",
+            expect: Loads,
+        },
         // The current sources with plugin-api's version set to 0.3.0 and a method
         // appended to Source: refused by version, before (and instead of) the layout.
         Variant {
