@@ -4,10 +4,18 @@
 //! `.safetensors` files are read by tch. Files written by PyTorch's `torch.save`
 //! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by the `torch_save` module: the zip archive
 //! PyTorch has written since 1.6, whose `data.pkl` holds the dict of tensors.
+//!
+//! A `torch.save` file is untrusted input: its reader runs no code, does not recurse on
+//! the file's nesting, checks every declared size before allocating, and allocates at
+//! most a budget: by default [`default_budget`] = 64 MiB + 4 x the file's size, or
+//! `TERRAHOST_CHECKPOINT_BUDGET_MB` MiB when that variable is set ([`BUDGET_ENV`]), or
+//! what the caller passes to [`read_state_dict_with_budget`].
 use std::path::Path;
 use tch::Tensor;
 use terrahost_plugin_api::{PluginError, Result};
-pub use torch_save::conversion_hint;
+pub use torch_save::{
+    conversion_hint, default_budget, BUDGET_ENV, BUDGET_FILE_MULTIPLE, BUDGET_FLOOR,
+};
 
 mod torch_save;
 
@@ -19,6 +27,16 @@ pub const TORCH_SAVE_EXTENSIONS: [&str; 4] = ["pt", "pth", "ckpt", "bin"];
 /// A `torch.save` file may hold the state_dict itself or a dict that carries it under
 /// `state_dict` (Lightning checkpoints) or `model`; those are unwrapped.
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    read_state_dict_with_budget(path, None)
+}
+
+/// [`read_state_dict`] with the read budget of a `torch.save` file given in bytes
+/// (`None`: [`BUDGET_ENV`] when set, else [`default_budget`] of the file's size). A file
+/// that would need more is refused with an error that names the zip entry.
+pub fn read_state_dict_with_budget(
+    path: &Path,
+    budget_bytes: Option<u64>,
+) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
         return Err(PluginError::not_found(format!(
             "checkpoint {} does not exist or is not a file",
@@ -32,9 +50,13 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .to_ascii_lowercase();
     match ext.as_str() {
         "safetensors" => Tensor::read_safetensors(path).map_err(|e| {
-            PluginError::invalid_argument(format!("cannot read {} as safetensors: {e}", path.display()))
+            PluginError::invalid_argument(format!(
+                "cannot read {} as safetensors: {}",
+                path.display(),
+                e.to_string().lines().next().unwrap_or("")
+            ))
         }),
-        e if TORCH_SAVE_EXTENSIONS.contains(&e) => torch_save::read_state_dict(path),
+        e if TORCH_SAVE_EXTENSIONS.contains(&e) => torch_save::read_state_dict_with_budget(path, budget_bytes),
         _ => Err(PluginError::invalid_argument(format!(
             "checkpoint {}: unknown format `.{ext}`; terrahost reads .safetensors and torch.save files \
              (.pt, .pth, .ckpt, .bin)",
