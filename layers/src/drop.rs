@@ -90,7 +90,7 @@ mod tests {
                 rows.iter().all(|r| *r == 0.0 || (*r - 10.0).abs() < 1e-6),
                 "{rows:?}"
             );
-            assert!(rows.iter().any(|r| *r == 0.0) && rows.iter().any(|r| *r > 0.0));
+            assert!(rows.contains(&0.0) && rows.iter().any(|r| *r > 0.0));
         }
     }
 

@@ -165,13 +165,11 @@ fn a_release_within_the_same_0_y_keeps_the_previous_release_layout() {
         return; // the 0.2 history: see COMPATIBILITY.md
     }
     let same_line = |o: &Version| o.major == v.major && (v.major != 0 || o.minor == v.minor);
-    let previous = committed()
-        .into_iter()
-        .filter(|(o, _, _)| {
-            same_line(o) && (o.major, o.minor, o.patch) < (v.major, v.minor, v.patch)
-        })
-        .filter(|(o, _, _)| o.build.is_empty())
-        .next_back();
+    let previous = committed().into_iter().rfind(|(o, _, _)| {
+        same_line(o)
+            && (o.major, o.minor, o.patch) < (v.major, v.minor, v.patch)
+            && o.build.is_empty()
+    });
     let Some((pv, name, text)) = previous else {
         return; // the first release of this line
     };

@@ -60,9 +60,18 @@ pub fn run(args: &NewPluginArgs) -> Result<(), HostError> {
     let print = || -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         let (dir, name) = (root.display(), &args.name);
-        writeln!(out, "created {dir} (plugin `{name}`, plugin-api {API_VERSION})")?;
-        writeln!(out, "  cd {dir} && cargo test          # runs the entry in process and through terrahost")?;
-        writeln!(out, "  cargo build --release && cp target/release/{so} ~/.local/share/terrahost/plugins/")?;
+        writeln!(
+            out,
+            "created {dir} (plugin `{name}`, plugin-api {API_VERSION})"
+        )?;
+        writeln!(
+            out,
+            "  cd {dir} && cargo test          # runs the entry in process and through terrahost"
+        )?;
+        writeln!(
+            out,
+            "  cargo build --release && cp target/release/{so} ~/.local/share/terrahost/plugins/"
+        )?;
         writeln!(out, "  terrahost list neck            # {name}_Scale")?;
         if api.is_none() {
             writeln!(

@@ -293,7 +293,7 @@ pub fn layout_difference(errs: &AbiInstabilityErrors) -> Option<LayoutDifference
                 _ => 0,
             };
             let key = (rank, std::cmp::Reverse(e.stack_trace.len()), i, j);
-            if best.map_or(true, |b| key < b) {
+            if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
         }

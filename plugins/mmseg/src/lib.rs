@@ -2,15 +2,15 @@
 
 pub mod models;
 #[cfg(test)]
-mod tests_decode_heads;
+mod test_support;
 #[cfg(test)]
 mod tests_attention_heads;
 #[cfg(test)]
-mod tests_segmenter_pid_ddr;
-#[cfg(test)]
-mod test_support;
+mod tests_decode_heads;
 #[cfg(test)]
 mod tests_fcn;
+#[cfg(test)]
+mod tests_segmenter_pid_ddr;
 
 pub use models::decode_head::NUM_CLASSES_REQUIRED;
 use terrahost_plugin_api::sdk::Catalog;

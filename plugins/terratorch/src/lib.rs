@@ -121,11 +121,11 @@ terrahost_plugin_api::declare_plugin! {
 }
 
 #[cfg(test)]
-mod tests_entries;
-#[cfg(test)]
 mod tests_decoders;
 #[cfg(test)]
 mod tests_dofa;
+#[cfg(test)]
+mod tests_entries;
 #[cfg(test)]
 mod tests_factories;
 #[cfg(test)]

@@ -45,10 +45,10 @@ terrahost_plugin_api::declare_plugin! {
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
-mod tests_resnet;
-#[cfg(test)]
 mod tests_clay;
 #[cfg(test)]
 mod tests_factory;
+#[cfg(test)]
+mod tests_resnet;
 #[cfg(test)]
 mod tests_vit_convnext;
