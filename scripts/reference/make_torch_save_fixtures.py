@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Writes small `torch.save` checkpoints that the Rust reader of torch.save archives
-(`plugin-api/src/torch_pickle.rs`) must read, plus `expected.safetensors` with the
+(`layers/src/checkpoint/torch_save.rs`) must read, plus `expected.safetensors` with the
 tensors every one of them holds.
 
     .venv-ref/bin/python scripts/reference/make_torch_save_fixtures.py
