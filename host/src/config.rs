@@ -261,7 +261,7 @@ fn config_error(msg: impl Into<String>) -> HostError {
 impl ModelConfig {
     /// Reads a YAML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+        let text = crate::limits::read_text(path, "config").map_err(HostError::Config)?;
         Self::from_yaml(&text).map_err(|e| match e {
             HostError::Config(m) => HostError::Config(format!("{}: {m}", path.display())),
             other => other,
@@ -273,7 +273,7 @@ impl ModelConfig {
     /// TerraTorch task class with `init_args`.
     pub fn from_yaml(text: &str) -> Result<Self> {
         let doc: Value =
-            serde_yaml::from_str(text).map_err(|e| config_error(format!("not valid YAML: {e}")))?;
+            crate::yaml::parse(text).map_err(|e| config_error(format!("not valid YAML: {e}")))?;
         let Value::Object(top) = doc else {
             return Err(config_error("expected a mapping at the top level"));
         };

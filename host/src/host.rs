@@ -27,6 +27,8 @@ pub struct LoadedPlugin {
     pub path: Option<PathBuf>,
     /// `(registry, prefix, number of entries)` for each source it registered.
     pub sources: Vec<(String, String, usize)>,
+    /// The sha256 of the library's bytes as scanned (`None` for an in-process plugin).
+    pub sha256: Option<String>,
 }
 
 /// A file that was not loaded, and why.
@@ -225,8 +227,20 @@ impl Host {
             manifest,
             path,
             sources: registered,
+            sha256: None,
         });
         Ok(())
+    }
+
+    /// Records the sha256 of the library `path` was scanned from (shown by `plugins`).
+    pub(crate) fn note_sha256(&mut self, path: &std::path::Path, sha256: Option<String>) {
+        if let Some(p) = self
+            .plugins
+            .iter_mut()
+            .find(|p| p.path.as_deref() == Some(path))
+        {
+            p.sha256 = sha256;
+        }
     }
 
     /// Whether `registry` has `name`.

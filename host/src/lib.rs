@@ -16,11 +16,13 @@
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod limits;
 pub mod mkl_dispatch;
 pub mod plugins;
 pub mod predict;
 pub mod registry;
 pub mod weights;
+pub mod yaml;
 
 pub use error::HostError;
 pub use host::{Host, LoadedPlugin, RegistryRef, Rejected};

@@ -63,6 +63,11 @@ pub struct FileKey {
     pub inode: u64,
     /// Device number (0 where the platform has none).
     pub device: u64,
+    /// Status-change time, nanoseconds since the epoch (0 where the platform has
+    /// none). No user can set it back, so a file rewritten in place with its size,
+    /// inode and mtime restored still gets a new key and is scanned again.
+    #[serde(default)]
+    pub ctime_ns: i128,
 }
 
 impl FileKey {
@@ -75,20 +80,22 @@ impl FileKey {
 
     fn from_metadata(path: PathBuf, m: &std::fs::Metadata) -> Self {
         #[cfg(unix)]
-        let (mtime_ns, inode, device) = {
+        let (mtime_ns, inode, device, ctime_ns) = {
             use std::os::unix::fs::MetadataExt;
             (
                 i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
                 m.ino(),
                 m.dev(),
+                i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
             )
         };
         #[cfg(not(unix))]
-        let (mtime_ns, inode, device) = (
+        let (mtime_ns, inode, device, ctime_ns) = (
             m.modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos() as i128),
+            0,
             0,
             0,
         );
@@ -98,6 +105,7 @@ impl FileKey {
             mtime_ns,
             inode,
             device,
+            ctime_ns,
         }
     }
 }

@@ -47,6 +47,37 @@ pub struct Globals {
     /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Load plugin files even when someone other than root or you could have written
+    /// them or a directory above them (by default they are refused, as OpenSSH's
+    /// StrictModes refuses such key files). Also $TERRAHOST_ALLOW_INSECURE_PLUGINS=1.
+    #[arg(long, global = true)]
+    pub allow_insecure_plugins: bool,
+
+    /// Load only the libraries whose sha256 is listed in FILE (`sha256sum` lines; write
+    /// one with `plugins --allowlist-out FILE`). Also $TERRAHOST_PLUGIN_ALLOWLIST.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub allowlist: Option<PathBuf>,
+}
+
+impl Globals {
+    /// Puts the plugin-trust options into the environment, where discovery, the
+    /// scanner child and the engine's loader read them. Called first thing, while the
+    /// process has one thread.
+    pub fn export_trust_options(&self) {
+        if self.allow_insecure_plugins {
+            std::env::set_var(crate::trust::ALLOW_INSECURE_VAR, "1");
+        }
+        if let Some(a) = &self.allowlist {
+            std::env::set_var(crate::integrity::ALLOWLIST_VAR, a);
+        }
+    }
+
+    /// Checks that the allowlist in force (flag or environment) can be read, so a typo
+    /// is one error instead of every plugin refused.
+    pub fn check_allowlist(&self) -> Result<(), String> {
+        crate::integrity::Allowlist::from_env().map(|_| ())
+    }
 }
 
 /// The front's command line: the global options and the commands it answers.
@@ -76,6 +107,10 @@ pub enum Command {
         /// everything), for deployment checks.
         #[arg(long)]
         strict: bool,
+        /// Write the allowlist (`sha256sum` lines) of the libraries that loaded to FILE,
+        /// for `--allowlist FILE` later.
+        #[arg(long, value_name = "FILE")]
+        allowlist_out: Option<PathBuf>,
     },
     /// The registries and their sources (all of them, or one).
     List {
@@ -104,7 +139,13 @@ pub enum Command {
 pub const FRONT_COMMANDS: [&str; 3] = ["plugins", "list", "show"];
 
 /// Global options that take a value (as `--opt VALUE`).
-const VALUED: [&str; 4] = ["--plugin-dir", "--cache", "--scan-timeout", "--threads"];
+const VALUED: [&str; 5] = [
+    "--plugin-dir",
+    "--cache",
+    "--scan-timeout",
+    "--threads",
+    "--allowlist",
+];
 
 /// Who answers `args` (the arguments after the program name).
 #[derive(Debug, PartialEq, Eq)]
@@ -136,6 +177,7 @@ pub fn route(args: &[OsString]) -> Route {
             continue;
         }
         if a == "--no-cache"
+            || a == "--allow-insecure-plugins"
             || a == "--verbose"
             || (a.starts_with('-') && a.len() > 1 && a[1..].chars().all(|c| c == 'v'))
         {
@@ -256,6 +298,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             return Err(format!("--threads must be at least 1, got {n}").into());
         }
     }
+    g.export_trust_options();
+    g.check_allowlist()?;
     let dirs = discover::plugin_dirs(&g.plugin_dirs);
     let cache = cache_path(g.no_cache, g.cache.as_ref());
     let timeout = scan_timeout(g.scan_timeout)?;
@@ -278,7 +322,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         &dirs,
     );
     match command {
-        Command::Plugins { json, strict, .. } => {
+        Command::Plugins {
+            json,
+            strict,
+            allowlist_out,
+            ..
+        } => {
             let loaded: Vec<LoadedRow> = view
                 .plugins()
                 .iter()
@@ -289,8 +338,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     api_version: &p.manifest.api_version,
                     torch_version: &p.manifest.torch_version,
                     sources: &p.sources,
+                    sha256: p.sha256.as_deref(),
                 })
                 .collect();
+            if let Some(out) = &allowlist_out {
+                render::allowlist_out(out, &loaded)?;
+            }
             let rejected: Vec<RejectedRow> = view
                 .rejected()
                 .iter()

@@ -4,8 +4,10 @@
 //! who scans and how the cache's validity is checked ([`Validity`]).
 use crate::cache::{Cache, Validity};
 use crate::discover::{self, FileKey};
-use crate::meta::{kind, Outcome};
+use crate::integrity::{self, Policy};
+use crate::meta::{kind, Outcome, Refusal};
 use crate::scan::Scanned;
+use crate::trust;
 use std::path::{Path, PathBuf};
 
 /// One candidate file and what it is.
@@ -32,6 +34,12 @@ pub struct CacheUse<'a> {
 /// Every candidate in `dirs`, in order, with its outcome. Files the cache does not
 /// know are scanned with `scan` (in one call); what it finds is cached, except a
 /// scanner that could not run (`scanner-failed`).
+///
+/// Before the cache is asked, each file's ownership and modes are checked
+/// ([`trust::check`]); with an allowlist in force ([`Policy::from_env`]) a cached
+/// plugin's recorded sha256, or a new file's hash, must be on it. Neither refusal is
+/// cached: both depend on the file's surroundings and the policy, not its bytes, and
+/// neither file is ever handed to the scanner.
 pub fn gather(
     dirs: &[PathBuf],
     cache_use: &CacheUse<'_>,
@@ -45,15 +53,38 @@ pub fn gather(
     if cache_use.rescan {
         cache.clear();
     }
+    let policy = Policy::from_env();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; candidates.len()];
     let mut to_scan = Vec::new();
     for (i, c) in candidates.iter().enumerate() {
         match &c.key {
             Err(r) => outcomes[i] = Some(Outcome::Refused(r.clone())),
             Ok(key) => {
-                if let Some(o) = cache.get(key) {
+                if let Err(r) = trust::check(&c.path) {
+                    outcomes[i] = Some(Outcome::Refused(r));
+                } else if let Some(o) = cache.get(key) {
                     tracing::debug!(file = %c.path.display(), "from the plugin cache");
-                    outcomes[i] = Some(o.clone());
+                    outcomes[i] = Some(match (o, policy.restricts()) {
+                        (Outcome::Plugin(info), true) => {
+                            match allowed(&policy, info.sha256.as_deref()) {
+                                Ok(()) => o.clone(),
+                                Err(r) => Outcome::Refused(r),
+                            }
+                        }
+                        _ => o.clone(),
+                    });
+                } else if let Err(r) = policy
+                    .restricts()
+                    .then(|| {
+                        integrity::sha256_file(&key.path)
+                            .map_err(|e| {
+                                Refusal::new(kind::UNREADABLE, format!("cannot be read: {e}"))
+                            })
+                            .and_then(|h| policy.check(&h))
+                    })
+                    .unwrap_or(Ok(()))
+                {
+                    outcomes[i] = Some(Outcome::Refused(r));
                 } else if let Err(r) = discover::precheck(&key.path, key.size) {
                     cache.insert(key.clone(), Outcome::Refused(r.clone()));
                     outcomes[i] = Some(Outcome::Refused(r));
@@ -98,4 +129,15 @@ pub fn gather(
             outcome: o.expect("every candidate has an outcome"),
         })
         .collect()
+}
+
+/// Whether a cached plugin with the recorded `sha256` may load under `policy`.
+fn allowed(policy: &Policy, sha256: Option<&str>) -> Result<(), Refusal> {
+    match sha256 {
+        Some(h) => policy.check(h),
+        None => Err(Refusal::new(
+            kind::NOT_ALLOWED,
+            "no sha256 was recorded when this file was scanned; run `terrahost plugins --rescan`",
+        )),
+    }
 }

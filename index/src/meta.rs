@@ -66,6 +66,12 @@ pub mod kind {
     pub const DUPLICATE_PREFIX: &str = "duplicate-prefix";
     /// Another plugin with the same name is already loaded.
     pub const DUPLICATE_PLUGIN: &str = "duplicate-plugin";
+    /// The file, or a directory above it, could be written by someone other than root
+    /// or the invoking user ([`crate::trust`]).
+    pub const INSECURE: &str = "insecure-permissions";
+    /// An allowlist is in force and the file's sha256 is not on it
+    /// ([`crate::integrity`]).
+    pub const NOT_ALLOWED: &str = "not-allowed";
 }
 
 /// A plugin's manifest as data.
@@ -164,6 +170,10 @@ pub struct PluginInfo {
     pub manifest: ManifestMeta,
     /// Its sources, as its `sources()` returned them.
     pub sources: Vec<SourceMeta>,
+    /// The sha256 of the bytes the scanner loaded (lowercase hex): the engine loads
+    /// the library only if its bytes hash the same.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 /// What a scan of one file concluded.

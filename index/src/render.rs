@@ -30,6 +30,8 @@ pub struct LoadedRow<'a> {
     pub torch_version: &'a str,
     /// `(registry, prefix, number of entries)` per source.
     pub sources: &'a [(String, String, usize)],
+    /// The sha256 of the library's bytes as scanned (`None` for an in-process plugin).
+    pub sha256: Option<&'a str>,
 }
 
 /// A refused file, for `plugins`.
@@ -60,6 +62,7 @@ pub fn plugins(
                     "path": p.path.map(|p| p.display().to_string()),
                     "api_version": p.api_version,
                     "torch_version": p.torch_version,
+                    "sha256": p.sha256,
                     "sources": p.sources.iter().map(|(r, prefix, n)| json!({"registry": r, "prefix": prefix, "count": n})).collect::<Vec<_>>(),
                 })
             })
@@ -120,6 +123,28 @@ pub fn plugins(
         )?;
     }
     out.flush()
+}
+
+/// `plugins --allowlist-out FILE`: writes the allowlist of the libraries that loaded
+/// (`sha256sum` lines) and says so on stderr.
+pub fn allowlist_out(out: &Path, loaded: &[LoadedRow<'_>]) -> Result<(), String> {
+    let rows: Vec<(String, std::path::PathBuf)> = loaded
+        .iter()
+        .filter_map(|p| Some((p.sha256?.to_owned(), p.path?.to_path_buf())))
+        .collect();
+    crate::integrity::write_allowlist(out, &rows)
+        .map_err(|e| format!("cannot write the allowlist {}: {e}", out.display()))?;
+    eprintln!(
+        "wrote {} {} to {}",
+        rows.len(),
+        if rows.len() == 1 {
+            "library"
+        } else {
+            "libraries"
+        },
+        out.display()
+    );
+    Ok(())
 }
 
 /// One source of a registry as listed.

@@ -37,7 +37,8 @@ pub struct Versions {
 
 /// The protocol's version; a scanner that speaks another is refused. 2: `hello` names
 /// the scanner's plugin-api and libtorch versions, sources carry their refused names.
-pub const PROTOCOL: u32 = 2;
+/// 3: a described plugin carries the sha256 of the bytes the scanner loaded.
+pub const PROTOCOL: u32 = 3;
 
 /// The hidden subcommand that runs the scanner.
 pub const SCAN_COMMAND: &str = "__scan";
@@ -550,7 +551,7 @@ mod tests {
         }
     }
 
-    const HELLO: &str = r#"{"msg":"hello","protocol":2,"host_version":"x"}"#;
+    const HELLO: &str = r#"{"msg":"hello","protocol":3,"host_version":"x"}"#;
 
     #[test]
     fn garbage_on_the_pipe_blames_the_file_in_progress_and_the_rest_are_replayed() {

@@ -185,6 +185,8 @@ pub struct ViewPlugin {
     pub path: PathBuf,
     /// `(registry, prefix, number of entries)` per source.
     pub sources: Vec<(String, String, usize)>,
+    /// The sha256 of its bytes as scanned.
+    pub sha256: Option<String>,
 }
 
 /// A refused file.
@@ -343,6 +345,7 @@ impl View {
             manifest: info.manifest.clone(),
             path,
             sources: registered,
+            sha256: info.sha256.clone(),
         });
         Ok(())
     }
@@ -397,6 +400,7 @@ mod tests {
                     target: "x".into(),
                     sources: vec![("backbone".into(), prefix.into())],
                 },
+                sha256: None,
                 sources: vec![SourceMeta {
                     registry: "backbone".into(),
                     prefix: prefix.into(),

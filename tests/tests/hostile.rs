@@ -431,18 +431,35 @@ fn a_damaged_cache_is_ignored_with_one_warning_and_rebuilt() {
 
 /// The plugin libraries the dynamic loader opened in a terrahost process, from
 /// `LD_DEBUG=files` (glibc's loader reports every file it maps).
+/// The real plugins `cmd` loaded. The engine loads a library from a sealed copy of its
+/// bytes (`/proc/self/fd/N`, see `terrahost::plugins::sealed`), so the dynamic loader's
+/// log names no plugin file: each load is matched to its file by the engine's
+/// `plugin library loaded` event, and the loader's log must show exactly as many
+/// libraries opened from sealed copies.
 fn dlopened(cmd: &mut Command) -> (Output, Vec<&'static str>) {
-    let out = cmd.env("LD_DEBUG", "files").output().unwrap();
+    let out = cmd
+        .env("LD_DEBUG", "files")
+        .env("RUST_LOG", "terrahost=info")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let opened = PLUGINS
+    let opened: Vec<&'static str> = PLUGINS
         .iter()
         .copied()
         .filter(|p| {
-            stderr
-                .lines()
-                .any(|l| l.contains("file=") && l.contains(&format!("libterrahost_plugin_{p}.so")))
+            stderr.lines().any(|l| {
+                (l.contains("dynamically loaded by") || l.contains("plugin library loaded"))
+                    && l.contains(&format!("libterrahost_plugin_{p}.so"))
+            })
         })
         .collect();
+    let sealed: std::collections::HashSet<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("dynamically loaded by"))
+        .filter_map(|l| l.split("file=").nth(1)?.split_whitespace().next())
+        .filter(|f| f.starts_with("/proc/self/fd/"))
+        .collect();
+    assert_eq!(sealed.len(), opened.len(), "{stderr}");
     (out, opened)
 }
 

@@ -10,3 +10,4 @@ mod in_process;
 mod plugins;
 mod predict;
 mod scaffold;
+mod trust;

@@ -100,6 +100,7 @@ fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
 
 /// Loads the plugins and runs the command.
 pub fn run(cli: Cli) -> Result<(), HostError> {
+    cli.globals.export_trust_options();
     if let Command::Scan { files } = &cli.command {
         scan::serve(files);
     }
@@ -114,6 +115,7 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         }
         tch::set_num_threads(n);
     }
+    cli.globals.check_allowlist().map_err(HostError::Usage)?;
     let dirs = discover::plugin_dirs(&cli.globals.plugin_dirs);
     let options = load_options(&cli)?;
     let host = Host::load_with(&dirs, &options);
@@ -123,9 +125,19 @@ pub fn run(cli: Cli) -> Result<(), HostError> {
         &dirs,
     );
     match cli.command {
-        Command::Meta(front::Command::Plugins { json, strict, .. }) => {
-            plugins::run(&host, &dirs, options.cache.as_deref(), json, strict)
-        }
+        Command::Meta(front::Command::Plugins {
+            json,
+            strict,
+            allowlist_out,
+            ..
+        }) => plugins::run(
+            &host,
+            &dirs,
+            options.cache.as_deref(),
+            json,
+            strict,
+            allowlist_out.as_deref(),
+        ),
         Command::Meta(front::Command::List {
             registry,
             filter,

@@ -10,6 +10,7 @@ pub fn run(
     cache: Option<&Path>,
     json: bool,
     strict: bool,
+    allowlist_out: Option<&Path>,
 ) -> Result<(), HostError> {
     let loaded: Vec<LoadedRow> = host
         .plugins()
@@ -21,8 +22,12 @@ pub fn run(
             api_version: p.manifest.api_version.as_str(),
             torch_version: p.manifest.torch_version.as_str(),
             sources: &p.sources,
+            sha256: p.sha256.as_deref(),
         })
         .collect();
+    if let Some(out) = allowlist_out {
+        render::allowlist_out(out, &loaded).map_err(HostError::Usage)?;
+    }
     let rejected: Vec<RejectedRow> = host
         .rejected()
         .iter()

@@ -100,11 +100,11 @@ fn usage(m: impl Into<String>) -> HostError {
 
 /// The config text with `--set KEY=VALUE` applied.
 fn config_text(path: &Path, sets: &[String]) -> Result<String, HostError> {
-    let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+    let text = terrahost::limits::read_text(path, "--config").map_err(HostError::Config)?;
     if sets.is_empty() {
         return Ok(text);
     }
-    let mut top: Value = serde_yaml::from_str(&text)
+    let mut top: Value = terrahost::yaml::parse(&text)
         .map_err(|e| HostError::Config(format!("{}: not YAML: {e}", path.display())))?;
     for s in sets {
         let (key, value) = s.split_once('=').ok_or_else(|| {
@@ -112,7 +112,7 @@ fn config_text(path: &Path, sets: &[String]) -> Result<String, HostError> {
                 "--set `{s}`: expected KEY=VALUE, e.g. data.init_args.img_grep='*.tif'"
             ))
         })?;
-        let value: Value = serde_yaml::from_str(value)
+        let value: Value = terrahost::yaml::parse(value)
             .map_err(|e| usage(format!("--set `{s}`: the value is not YAML: {e}")))?;
         let mut node = &mut top;
         let parts: Vec<&str> = key.split('.').collect();

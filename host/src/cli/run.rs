@@ -102,6 +102,9 @@ fn is_bookkeeping(name: &str) -> bool {
 /// present one, which the plugins read as Python's `None`). A file without `input`
 /// holds named inputs: every tensor except `input.N`, `output`, `output.N` and `aux_*`.
 fn read_input(path: &PathBuf) -> Result<Inputs, HostError> {
+    // A regular file that fits in memory: `/dev/zero` or a FIFO is refused, not read.
+    let (_, len) = terrahost::limits::open_regular(path, "--input").map_err(HostError::Usage)?;
+    terrahost::limits::check_tensor("--input", &[len as i64], 1).map_err(HostError::Usage)?;
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
         HostError::Usage(format!(
             "--input {}: cannot read safetensors: {e}",
@@ -233,10 +236,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         (Some(p), _) => read_input(p)?,
         (None, Some(s)) => {
             tch::manual_seed(0);
-            Inputs::Positional(vec![Tensor::randn(
-                parse_shape(s)?,
-                (Kind::Float, Device::Cpu),
-            )])
+            let shape = parse_shape(s)?;
+            terrahost::limits::check_tensor("--input-shape", &shape, 4)
+                .map_err(HostError::Usage)?;
+            Inputs::Positional(vec![Tensor::randn(shape, (Kind::Float, Device::Cpu))])
         }
         (None, None) => {
             return Err(HostError::Usage(

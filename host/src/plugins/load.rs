@@ -12,6 +12,7 @@
 //! live until the process ends.
 use super::discover::FileKey;
 use super::meta::{self, kind, Outcome, PluginInfo, Refusal, RefusedName, SourceMeta};
+use super::sealed::Sealed;
 use abi_stable::{
     abi_stability::abi_checking::{
         check_layout_compatibility, AbiInstability, AbiInstabilityErrors, ExpectedFound,
@@ -25,6 +26,7 @@ use abi_stable::{
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use terrahost_index::integrity::Policy;
 pub use terrahost_index::meta::first_line;
 use terrahost_plugin_api::{
     BuildRequest, EntryInfo, HostRef, Manifest, ModuleBox, PluginError, PluginRoot_Ref, Source,
@@ -41,8 +43,20 @@ pub enum Binding {
     Lazy,
 }
 
-/// Opens `path`, checks it, and returns its manifest and sources.
-pub fn open(path: &Path, binding: Binding) -> Result<(Manifest, Vec<SourceEntry>), Refusal> {
+/// Opens the library whose bytes `sealed` holds, checks it, and returns its manifest
+/// and sources. The bytes are kept for the life of the process once the dynamic loader
+/// has mapped them.
+pub fn open(sealed: Sealed, binding: Binding) -> Result<(Manifest, Vec<SourceEntry>), Refusal> {
+    let path = sealed.load_path().to_path_buf();
+    let result = open_path(&path, binding);
+    // Whatever the outcome, the loader may hold the name `/proc/self/fd/N`: keep the
+    // descriptor, so the name is never reused for other bytes.
+    sealed.keep();
+    result
+}
+
+/// [`open`] for a path the dynamic loader reads itself.
+fn open_path(path: &Path, binding: Binding) -> Result<(Manifest, Vec<SourceEntry>), Refusal> {
     // libloading first: it tells a file that is not a library (or whose dependencies
     // are missing) from a library that is not a terrahost plugin, with the loader's
     // own message. The handle is leaked on purpose: plugins are never unloaded.
@@ -529,12 +543,24 @@ pub fn describe_sources(
     Ok(PluginInfo {
         manifest: meta::manifest_meta(manifest),
         sources: out,
+        sha256: None,
     })
 }
 
-/// Probes `path` in this process: what the scanner child runs for each file.
+/// Probes `path` in this process: what the scanner child runs for each file. The file
+/// is read once ([`Sealed`]: ownership and modes checked on the open descriptor, bytes
+/// hashed); with an allowlist in force its hash must be listed before it is loaded;
+/// the description carries the hash of the bytes loaded.
 pub fn describe(path: &Path) -> Outcome {
-    match open(path, Binding::Now).and_then(|(m, s)| describe_sources(&m, &s)) {
+    let described = Sealed::open(path).and_then(|sealed| {
+        Policy::from_env().check(&sealed.sha256)?;
+        let sha256 = sealed.sha256.clone();
+        let (m, s) = open(sealed, Binding::Now)?;
+        let mut info = describe_sources(&m, &s)?;
+        info.sha256 = Some(sha256);
+        Ok(info)
+    });
+    match described {
         Ok(info) => Outcome::Plugin(info),
         Err(r) => Outcome::Refused(r),
     }
@@ -543,14 +569,16 @@ pub fn describe(path: &Path) -> Outcome {
 /// A library whose scan succeeded, opened on first use.
 pub struct LazyLibrary {
     key: FileKey,
+    sha256: Option<String>,
     sources: OnceLock<Result<Vec<SourceEntry>, String>>,
 }
 
 impl LazyLibrary {
-    /// The library scanned as `key`.
-    pub fn new(key: FileKey) -> Arc<Self> {
+    /// The library scanned as `key`, whose scanned bytes hashed to `sha256`.
+    pub fn new(key: FileKey, sha256: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             key,
+            sha256,
             sources: OnceLock::new(),
         })
     }
@@ -566,7 +594,9 @@ impl LazyLibrary {
     }
 
     /// Its sources, loading it the first time (once, whichever thread asks first). A
-    /// file that changed since it was scanned is not loaded.
+    /// file that changed since it was scanned is not loaded: its key (size, times,
+    /// inode) must be the scanned one, and the bytes read for loading must hash to the
+    /// scanned bytes' sha256.
     pub fn sources(&self) -> Result<&[SourceEntry], &str> {
         self.sources
             .get_or_init(|| {
@@ -581,8 +611,18 @@ impl LazyLibrary {
                         ))
                     }
                 }
-                let (_, sources) = open(path, Binding::Lazy)
-                    .map_err(|r| format!("{}: {}", path.display(), r.reason))?;
+                let refused = |r: Refusal| format!("{}: {}", path.display(), r.reason);
+                let sealed = Sealed::open(path).map_err(refused)?;
+                if self.sha256.as_deref() != Some(sealed.sha256.as_str()) {
+                    return Err(format!(
+                        "{} changed since it was scanned (its bytes hash to {}, not to the scanned {}); run the command again",
+                        path.display(),
+                        sealed.sha256,
+                        self.sha256.as_deref().unwrap_or("(none recorded)")
+                    ));
+                }
+                Policy::from_env().check(&sealed.sha256).map_err(refused)?;
+                let (_, sources) = open(sealed, Binding::Lazy).map_err(refused)?;
                 tracing::info!("plugin library loaded");
                 Ok(sources)
             })
@@ -731,6 +771,29 @@ impl Source for LazySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_hash_differently_from_the_scan_are_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lib.so");
+        std::fs::write(&f, b"the bytes scanned").unwrap();
+        let key = FileKey::of(&f).unwrap();
+        let scanned = terrahost_index::integrity::sha256_hex(b"other bytes");
+        let lib = LazyLibrary::new(key, Some(scanned.clone()));
+        let Err(e) = lib.sources() else {
+            panic!("loaded")
+        };
+        assert!(
+            e.contains("changed since it was scanned") && e.contains(&scanned),
+            "{e}"
+        );
+        assert!(!lib.is_loaded());
+        // No hash recorded at all (a cache from before hashes): not loaded either.
+        let lib = LazyLibrary::new(FileKey::of(&f).unwrap(), None);
+        assert!(lib
+            .sources()
+            .is_err_and(|e| e.contains("changed since it was scanned")));
+    }
 
     fn manifest(api: &str, torch: &str) -> Manifest {
         let mut m = Manifest::current("p", "1.0.0", vec![]);

@@ -29,6 +29,7 @@ pub use terrahost_index::{cache, discover};
 pub mod load;
 pub mod meta;
 pub mod scan;
+pub mod sealed;
 
 use crate::host::Host;
 use meta::{Outcome, Refusal};
@@ -146,7 +147,10 @@ pub fn load_into(host: &mut Host, dirs: &[PathBuf], options: &LoadOptions) {
             continue;
         };
         let _span = tracing::info_span!("register", file = %f.path.display()).entered();
-        let library = load::LazyLibrary::new(f.key.clone().expect("a described file has a key"));
+        let library = load::LazyLibrary::new(
+            f.key.clone().expect("a described file has a key"),
+            info.sha256.clone(),
+        );
         let sources = info
             .sources
             .iter()
@@ -158,7 +162,10 @@ pub fn load_into(host: &mut Host, dirs: &[PathBuf], options: &LoadOptions) {
             Some(f.path.clone()),
             sources,
         ) {
-            Ok(()) => tracing::info!(plugin = %name, "plugin registered"),
+            Ok(()) => {
+                host.note_sha256(&f.path, info.sha256.clone());
+                tracing::info!(plugin = %name, "plugin registered")
+            }
             Err(r) => host.reject(f.path.clone(), &r.kind, r.reason),
         }
     }

@@ -431,22 +431,21 @@ fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<(Vec<f64>, Option<
         Value::String(s) => {
             let p = PathBuf::from(s);
             let path = if p.is_file() { p } else { config_dir.join(s) };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                err(format!(
-                    "`data.init_args.{key}`: the input {s} does not exist or is not a file ({e})"
-                ))
-            })?;
+            let text = crate::limits::read_text(&path, &format!("`data.init_args.{key}`"))
+                .map_err(err)?;
             let mut rows: Vec<Vec<f64>> = Vec::new();
-            for line in text.lines() {
+            for (number, line) in text.lines().enumerate() {
                 // genfromtxt: `#` starts a comment, blank lines are skipped.
                 let line = line.split('#').next().unwrap_or("");
                 let row = line
                     .split_whitespace()
                     .map(|t| {
-                        t.parse::<f64>().map_err(|_| {
+                        // The token is not quoted: the file may be anything (`/etc/shadow`).
+                        t.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
                             err(format!(
-                                "`data.init_args.{key}`: {} must be a txt file of numbers, found `{t}`",
-                                path.display()
+                                "`data.init_args.{key}`: {} must be a txt file of numbers; line {} holds something else",
+                                path.display(),
+                                number + 1
                             ))
                         })
                     })
@@ -475,14 +474,14 @@ fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<(Vec<f64>, Option<
 impl PredictConfig {
     /// Reads the config file (YAML).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+        let text = crate::limits::read_text(path, "--config").map_err(err)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::from_yaml(&text, dir).map_err(|e| err(format!("{}: {e}", path.display())))
     }
 
     /// Reads the config's text; `config_dir` resolves relative means/stds files.
     pub fn from_yaml(text: &str, config_dir: &Path) -> Result<Self> {
-        let top: Value = serde_yaml::from_str(text).map_err(|e| err(format!("not YAML: {e}")))?;
+        let top: Value = crate::yaml::parse(text).map_err(|e| err(format!("not YAML: {e}")))?;
         let Value::Object(top) = top else {
             return Err(err("the config is not a mapping"));
         };
