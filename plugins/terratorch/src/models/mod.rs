@@ -1,6 +1,7 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod dinov3;
 pub mod dofa_vit;
 pub mod embedding_output_model;
 pub mod encoder_decoder_factory;
