@@ -57,6 +57,15 @@ CASES = {
     "terratorch_dinov3_vit7b16": ("dinov3_vit7b16", 64, 4, 2, True),
 }
 INPUT_SHAPE = [2, 3, 48, 32]  # a 3 x 2 patch grid: rows and columns differ
+
+# name -> (reduced depths, dims, return_cls_token) of the ConvNeXt presets.
+CONVNEXT_CASES = {
+    "terratorch_dinov3_convnext_base": ("dinov3_convnext_base", [1, 1, 2, 1], [8, 16, 24, 32], True),
+    "terratorch_dinov3_convnext_large": ("dinov3_convnext_large", [1, 1, 1, 1], [8, 16, 24, 32], False),
+    "terratorch_dinov3_convnext_small": ("dinov3_convnext_small", [1, 2, 1, 1], [8, 16, 16, 24], True),
+    "terratorch_dinov3_convnext_tiny": ("dinov3_convnext_tiny", [2, 1, 1, 1], [8, 8, 16, 16], True),
+}
+CONVNEXT_INPUT_SHAPE = [1, 3, 32, 64]  # stages of 8 x 16, 4 x 8, 2 x 4 and 1 x 2
 KEPT_BUFFERS = ("rope_embed.periods", "bias_mask")
 
 
@@ -81,13 +90,13 @@ def synth(key: str, t: torch.Tensor) -> torch.Tensor:
 
 
 class Reducer:
-    """Intercepts `DinoVisionTransformer(**kwargs)` as the hub calls it."""
+    """Intercepts the network's class (`DinoVisionTransformer`, `ConvNeXt`) as the hub calls it."""
 
-    def __init__(self, vt_module):
-        self.real = vt_module.DinoVisionTransformer
+    def __init__(self, module, cls_name: str):
+        self.real = getattr(module, cls_name)
         self.reduce: dict | None = None
         self.captured: dict = {}
-        vt_module.DinoVisionTransformer = self
+        setattr(module, cls_name, self)
 
     def __call__(self, **kwargs):
         self.captured = dict(kwargs)
@@ -117,9 +126,11 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     hub_dir = str(args.dinov3_dir.resolve())
     sys.path.insert(0, hub_dir)
+    import dinov3.models.convnext as cn  # noqa: E402
     import dinov3.models.vision_transformer as vt  # noqa: E402
 
-    reducer = Reducer(vt)
+    reducer = Reducer(vt, "DinoVisionTransformer")
+    convnext_reducer = Reducer(cn, "ConvNeXt")
     real_hub_load = torch.hub.load
 
     def local_hub_load(repo, model, *a, **kw):
@@ -131,18 +142,33 @@ def main() -> None:
     os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="dinov3-hub-")  # file:// checkpoints are copied here
     from terratorch.models.backbones.dinov3.dinov3_wrapper import DinoV3Wrapper
 
+    jobs = [
+        (case, hub, {"embed_dim": d, "num_heads": h, "depth": n}, cls, reducer, INPUT_SHAPE)
+        for case, (hub, d, h, n, cls) in CASES.items()
+    ] + [
+        (case, hub, {"depths": depths, "dims": dims}, cls, convnext_reducer, CONVNEXT_INPUT_SHAPE)
+        for case, (hub, depths, dims, cls) in CONVNEXT_CASES.items()
+    ]
     problems = []
-    for case, (hub_name, dim, heads, depth, cls) in CASES.items():
-        reducer.reduce = {"embed_dim": dim, "num_heads": heads, "depth": depth}
+    for case, hub_name, reduce, cls, red, input_shape in jobs:
+        red.reduce = reduce
         wrapper = DinoV3Wrapper(model=hub_name, ckpt_path=None, return_cls_token=cls)
-        preset = {k: jsonable(v) for k, v in reducer.captured.items() if k != "device"}
-        full_params, full_keys = reducer.full_size_counts()
+        preset = {k: (v if isinstance(v, list) else jsonable(v)) for k, v in red.captured.items() if k != "device"}
+        full_params, full_keys = red.full_size_counts()
         sd = wrapper.state_dict()
         new_sd = {k: (t.clone() if any(b in k for b in KEPT_BUFFERS) else synth(k, t)) for k, t in sd.items()}
         wrapper.load_state_dict(new_sd, strict=True)
         wrapper.eval()
+        # ConvNeXt's final norm is also `norms.3`: one tensor under two keys, which holds the value of the
+        # key loaded last. Record such groups (in state_dict order) and the values that are really there.
+        sd_now = wrapper.state_dict()
+        groups: dict[int, list[str]] = {}
+        for k, t in sd_now.items():
+            groups.setdefault(t.data_ptr(), []).append(k)
+        aliases = [g for g in groups.values() if len(g) > 1]
+        new_sd = {k: t.clone() for k, t in sd_now.items()}
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(*INPUT_SHAPE, generator=g, dtype=torch.float32)
+        x = torch.randn(*input_shape, generator=g, dtype=torch.float32)
         with torch.no_grad():
             outs = [o.contiguous() for o in wrapper(x.clone())]
         io = {"input.0": x}
@@ -154,12 +180,13 @@ def main() -> None:
             "name": "terratorch_" + hub_name,
             "args": {"ckpt_path": None, "return_cls_token": cls},
             "reference": f"DinoV3Wrapper(model={hub_name!r}, ckpt_path=None, return_cls_token={cls}) with the "
-            f"hub preset reduced to embed_dim={dim}, num_heads={heads}, depth={depth}",
+            f"hub preset reduced to {reduce}",
             "parity_test": "custom",
-            "reduced": {"embed_dim": dim, "num_heads": heads, "depth": depth},
+            "reduced": reduce,
             "hub_preset": preset,
             "full_size": {"n_params": full_params, "n_state_dict_entries": full_keys},
             "kept_buffers": list(KEPT_BUFFERS),
+            "aliases": aliases,
             "out_channels": [int(c) for c in wrapper.out_channels],
             "n_outputs": len(outs),
             "input_shapes": [list(x.shape)],

@@ -30,6 +30,9 @@ fn backbones() -> Catalog {
         .into_iter()
         .fold(c, Catalog::add);
     c = models::dinov3::entries().into_iter().fold(c, Catalog::add);
+    c = models::dinov3_convnext::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c
 }
 

@@ -7,6 +7,7 @@
 use crate::models::dinov3::{
     self, check_memory, Config, DinoV3Backbone, DinoVisionTransformer, Ffn, PREFIX,
 };
+use crate::models::dinov3_convnext;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -450,4 +451,177 @@ fn dinov3_vitl16_sat_checkpoint_is_recognised() {
     assert!(!f("/w/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth", &with));
     assert!(f("/w/finetuned.safetensors", &with));
     assert!(!f("/w/finetuned.safetensors", &none));
+}
+
+// ---------------------------------------------------------------------------------------
+// ConvNeXt (`models/dinov3_convnext.rs`)
+// ---------------------------------------------------------------------------------------
+
+/// The ConvNeXt fixtures, one per registered name.
+const CONVNEXT_CASES: [&str; 4] = [
+    "terratorch_dinov3_convnext_base",
+    "terratorch_dinov3_convnext_large",
+    "terratorch_dinov3_convnext_small",
+    "terratorch_dinov3_convnext_tiny",
+];
+
+fn int4(v: &Value) -> [i64; 4] {
+    let a: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    a.try_into().unwrap()
+}
+
+/// Builds the fixture's reduced ConvNeXt, checks its keys, loads the reference's weights
+/// (synthetic; keys that share one tensor upstream hold the value of the last of them)
+/// and compares every stage's output.
+fn convnext_parity(case: &str) {
+    use crate::models::dinov3_convnext::{ConvNeXt, DinoV3ConvNeXtBackbone};
+    let fx = Fixture::load(case);
+    let bare = fx.name().strip_prefix("terratorch_").unwrap();
+    let cfg = dinov3_convnext::Config {
+        depths: int4(&fx.meta["reduced"]["depths"]),
+        dims: int4(&fx.meta["reduced"]["dims"]),
+        ..dinov3_convnext::Config::preset(bare).unwrap()
+    };
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = ConvNeXt::new(vs.root() / PREFIX, &cfg).unwrap();
+    let mut ours: Vec<(String, Vec<i64>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.size()))
+        .collect();
+    let mut theirs: Vec<(String, Vec<i64>)> = fx
+        .keys
+        .iter()
+        .map(|(k, s, _)| (k.clone(), s.clone()))
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "{case}: state_dict keys and shapes");
+    let aliases: Vec<Vec<String>> = serde_json::from_value(fx.meta["aliases"].clone()).unwrap();
+    assert_eq!(
+        aliases,
+        vec![
+            vec![
+                "dinov3.norm.weight".to_owned(),
+                "dinov3.norms.3.weight".to_owned()
+            ],
+            vec![
+                "dinov3.norm.bias".to_owned(),
+                "dinov3.norms.3.bias".to_owned()
+            ]
+        ],
+        "{case}"
+    );
+    let source = |k: &str| {
+        aliases
+            .iter()
+            .find(|g| g.iter().any(|a| a == k))
+            .map_or(k.to_owned(), |g| g.last().unwrap().clone())
+    };
+    let weights: Vec<(String, Tensor)> = fx
+        .keys
+        .iter()
+        .map(|(k, s, _)| (k.clone(), synth(&source(k), s, Kind::Float)))
+        .collect();
+    load_varstore(&mut vs, &weights);
+    let cls = fx.meta["args"]["return_cls_token"].as_bool().unwrap();
+    let model = DinoV3ConvNeXtBackbone {
+        net,
+        return_cls_token: cls,
+    };
+    let m = DynModule::new(fx.name(), Built::new(fx.name(), vs, model).boxed());
+    let expected = int4(&fx.meta["out_channels"]);
+    assert_eq!(m.out_channels(), expected.to_vec(), "{case}: out_channels");
+    compare_outputs(&fx, &m);
+}
+
+#[test]
+fn dinov3_convnext_parity_base() {
+    convnext_parity("terratorch_dinov3_convnext_base");
+}
+
+#[test]
+fn dinov3_convnext_parity_large_without_cls_token() {
+    convnext_parity("terratorch_dinov3_convnext_large");
+}
+
+#[test]
+fn dinov3_convnext_parity_small() {
+    convnext_parity("terratorch_dinov3_convnext_small");
+}
+
+#[test]
+fn dinov3_convnext_parity_tiny() {
+    convnext_parity("terratorch_dinov3_convnext_tiny");
+}
+
+/// The presets equal the hub's arguments, and their parameter counts the full-size
+/// reference models'.
+#[test]
+fn dinov3_convnext_presets_are_the_hub_arguments_and_sizes() {
+    let mut names = Vec::new();
+    for case in CONVNEXT_CASES {
+        let fx = Fixture::load(case);
+        let bare = fx.name().strip_prefix("terratorch_").unwrap();
+        names.push(bare.to_owned());
+        let c = dinov3_convnext::Config::preset(bare).unwrap();
+        let h = &fx.meta["hub_preset"];
+        assert_eq!(c.depths, int4(&h["depths"]), "{case}");
+        assert_eq!(c.dims, int4(&h["dims"]), "{case}");
+        assert_eq!(c.in_chans, h["in_chans"].as_i64().unwrap(), "{case}");
+        assert_eq!(
+            Some(c.layer_scale_init_value),
+            h["layer_scale_init_value"].as_f64(),
+            "{case}"
+        );
+        assert_eq!(h["drop_path_rate"].as_f64(), Some(0.0), "{case}");
+        assert_eq!(
+            c.n_params(),
+            fx.meta["full_size"]["n_params"].as_i64().unwrap(),
+            "{case}: full-size parameters"
+        );
+    }
+    assert_eq!(
+        names,
+        dinov3_convnext::NAMES,
+        "one fixture per registered name, in order"
+    );
+}
+
+/// The full-size `dinov3_convnext_tiny` entry: four stage outputs with the pooled token
+/// last, the stage widths as out_channels, no patch size; `norm` and `norms.3` are one
+/// tensor.
+#[test]
+fn dinov3_convnext_tiny_entry_outputs_and_shared_final_norm() {
+    let m = build("terratorch_dinov3_convnext_tiny", json!({})).unwrap();
+    assert_eq!(m.out_channels(), vec![96, 192, 384, 768]);
+    assert!(m.meta().get("patch_size").is_none());
+    let x = Tensor::randn([1, 3, 64, 32], (Kind::Float, Device::Cpu));
+    let ys = tch::no_grad(|| m.forward(&[x])).unwrap();
+    let shapes: Vec<Vec<i64>> = ys.iter().map(Tensor::size).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            vec![1, 16 * 8 + 1, 96],
+            vec![1, 8 * 4 + 1, 192],
+            vec![1, 4 * 2 + 1, 384],
+            vec![1, 2 + 1, 768]
+        ]
+    );
+    let sd: std::collections::HashMap<String, Tensor> = m.state_dict().into_iter().collect();
+    assert_eq!(sd.len(), 182, "state_dict entries (the reference's count)");
+    tch::no_grad(|| {
+        let _ = sd["dinov3.norm.weight"].shallow_clone().fill_(2.5);
+    });
+    assert_eq!(sd["dinov3.norms.3.weight"].double_value(&[0]), 2.5);
+    let e = build_err(
+        "terratorch_dinov3_convnext_base",
+        json!({"depths": [1, 1, 1, 1]}),
+    );
+    assert!(e.contains("depths"), "{e}");
 }
