@@ -11,7 +11,8 @@
 //! * Layers with PyTorch's keys: [`norm`] (LayerNorm, BatchNorm2d), [`linear`] (Linear,
 //!   timm's Mlp and their initialisations), [`conv`] (Conv2d), [`drop`] (dropout,
 //!   stochastic depth, LayerScale), [`torch_transformer`] (`nn.TransformerEncoderLayer`),
-//!   and [`wavelengths`] (TerraTorch's band wavelengths).
+//!   [`wavelengths`] (TerraTorch's band wavelengths), [`rope`] (DINOv3's 2-D rotary
+//!   position embedding) and [`swiglu`] (the SwiGLU feed-forward network).
 //! * smp's shared parts ([`smp`]): its decoder blocks and its U-Net decoder, which both
 //!   the `smp` and the `terratorch` plugins build.
 //! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
@@ -32,7 +33,9 @@ pub mod init;
 pub mod linear;
 pub mod norm;
 pub mod packed_linear;
+pub mod rope;
 pub mod smp;
+pub mod swiglu;
 pub mod torch_transformer;
 pub mod upsample_conv;
 pub mod wavelengths;

@@ -29,6 +29,10 @@ fn backbones() -> Catalog {
     c = models::dofa_vit::entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::dinov3::entries().into_iter().fold(c, Catalog::add);
+    c = models::dinov3_convnext::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c
 }
 
@@ -122,6 +126,8 @@ terrahost_plugin_api::declare_plugin! {
 
 #[cfg(test)]
 mod tests_decoders;
+#[cfg(test)]
+mod tests_dinov3;
 #[cfg(test)]
 mod tests_dofa;
 #[cfg(test)]

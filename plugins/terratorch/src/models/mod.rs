@@ -1,6 +1,8 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod dinov3;
+pub mod dinov3_convnext;
 pub mod dofa_vit;
 pub mod embedding_output_model;
 pub mod encoder_decoder_factory;
