@@ -7,8 +7,8 @@
 //! Each check ends in one line that names the file or the shape and the ceiling, and
 //! how to raise it:
 //! - `TERRAHOST_MAX_TEXT_MB` (default 64): the largest config or means/stds file read;
-//! - `TERRAHOST_MAX_TENSOR_GB` (default: the machine's physical memory): the largest
-//!   single tensor terrahost allocates for an input or a scene.
+//! - `TERRAHOST_MAX_TENSOR_GB` (default: 1/16 of the machine's physical memory): the
+//!   largest input tensor terrahost allocates for a forward or a scene.
 use std::io::Read;
 use std::path::Path;
 
@@ -32,13 +32,15 @@ pub fn max_text_bytes() -> u64 {
     env_number(MAX_TEXT_MB_VAR).map_or(DEFAULT_TEXT_MB << 20, |mb| (mb * 1048576.0) as u64)
 }
 
-/// The largest single tensor allocated for an input or a scene, in bytes: the
-/// override, else the machine's physical memory.
+/// The largest single input tensor allocated for a forward or a scene, in bytes: the
+/// override, else 1/16 of the machine's physical memory. The forward's activations
+/// take many times its input (a ResNet-18 at full resolution, about 40 times), so an
+/// input near the whole memory would only fail later, in the middle of the model.
 pub fn max_tensor_bytes() -> u64 {
     if let Some(gb) = env_number(MAX_TENSOR_GB_VAR) {
         return (gb * 1073741824.0) as u64;
     }
-    physical_memory().unwrap_or(16 << 30)
+    physical_memory().unwrap_or(16 << 30) / 16
 }
 
 /// The machine's physical memory in bytes, if the platform says.

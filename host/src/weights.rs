@@ -132,9 +132,32 @@ fn common_prefix_hint(unexpected: &[&str], missing: &[&str]) -> Option<String> {
     all.then(|| format!("every unexpected key is a missing key under `{head}.`; was the checkpoint saved from a wrapper module?"))
 }
 
-/// Saves named tensors as `.safetensors`.
+/// Saves named tensors as `.safetensors`: into a temporary file beside `path`, then
+/// renamed over it. A symbolic link at `path` is replaced, never written through (so
+/// an output cannot be redirected to a file elsewhere), and a reader never sees half a
+/// file.
 pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let owned: Vec<(&str, Tensor)> = tensors.iter().map(|(k, t)| (*k, t.contiguous())).collect();
-    Tensor::write_safetensors(&owned, path)
+    let tmp = partial_path(path);
+    // A leftover (or planted) file or link under the temporary name goes first: the
+    // writer below creates its file by name.
+    let _ = std::fs::remove_file(&tmp);
+    let written = Tensor::write_safetensors(&owned, &tmp)
         .map_err(|e| HostError::Usage(format!("cannot write {}: {e}", path.display())))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| HostError::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The temporary name an output is written under before it is renamed to `path`:
+/// hidden, in the same directory (so the rename is atomic), unique to this process.
+pub fn partial_path(path: &Path) -> std::path::PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.{}.partial", std::process::id()))
 }

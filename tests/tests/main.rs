@@ -6,6 +6,7 @@ mod cli;
 mod corpus;
 mod front;
 mod hostile;
+mod hostile_inputs;
 mod in_process;
 mod plugins;
 mod predict;

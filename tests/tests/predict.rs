@@ -598,3 +598,99 @@ fn scene_paths_from_stdin_are_predicted_as_they_arrive() {
         "a failed scene makes the exit code non-zero"
     );
 }
+
+/// The hostile-scene corpus (`scripts/hostile/make_scenes.py`) among two good scenes:
+/// each hostile scene is refused in one line naming it and the reason, before anything
+/// is allocated or anything outside the scene's directory is read, and both good
+/// scenes are predicted. Remote paths from `--input -` are refused the same way.
+#[test]
+fn hostile_scenes_are_refused_in_one_line_each_and_the_others_are_predicted() {
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let w = weights("whole", work.path());
+    let scenes = work.path().join("scenes");
+    std::fs::create_dir(&scenes).unwrap();
+    let corpus = workspace_root().join("tests/fixtures/hostile/scenes");
+    for e in std::fs::read_dir(&corpus).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, scenes.join(p.file_name().unwrap())).unwrap();
+    }
+    for name in ["a_good.tif", "z_good.tif"] {
+        std::fs::copy(fixture("whole").join("scenes/w.tif"), scenes.join(name)).unwrap();
+    }
+    let out = work.path().join("out");
+    // The ceiling is pinned so the outcome does not depend on the machine's memory.
+    let o = predict_command(plugins.path(), &fixture("whole"))
+        .env("TERRAHOST_MAX_TENSOR_GB", "1")
+        .args([
+            "--config",
+            fixture("whole").join("config.yaml").to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            scenes.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--json",
+            "--set",
+            "data.init_args.img_grep=*",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    let line = |name: &str| error_line(&o, name);
+    for (name, needle) in [
+        ("declares_1e6x64.tif", "would need 2.9 GiB"),
+        ("sparse_1e6x1e6.tif", "would need 43.7 TiB"),
+        ("vsicurl.vrt", "remote or virtual source"),
+        (
+            "raw_passwd.vrt",
+            "/etc/passwd, outside the scene's directory",
+        ),
+        ("outside.tif", "outside the scene's directory"),
+        ("truncated.tif", "truncated or corrupt"),
+    ] {
+        let l = line(name);
+        assert!(l.contains(needle), "{name}: {l}");
+        assert!(!l.contains("root:"), "{name} quotes a file: {l}");
+    }
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (summary["written"].as_i64(), summary["failed"].as_i64()),
+        (Some(2), Some(6)),
+        "{err}"
+    );
+    // Nothing near the declared sizes was allocated.
+    let rss = summary["peak_rss_mib"].as_f64().unwrap();
+    assert!(rss < 1500.0, "peak RSS {rss} MiB");
+    assert!(out.join("a_good_pred.tif").is_file() && out.join("z_good_pred.tif").is_file());
+
+    // Paths from stdin go through the same check: no URL or virtual path reaches GDAL.
+    let mut child = predict_command(plugins.path(), &fixture("whole"))
+        .args([
+            "--config",
+            fixture("whole").join("config.yaml").to_str().unwrap(),
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            "-",
+            "--output-dir",
+            work.path().join("out2").to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "/vsicurl/http://127.0.0.1:9/x.tif").unwrap();
+        writeln!(stdin, "{}", scenes.join("a_good.tif").display()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let l = error_line(&o, "/vsicurl/http://127.0.0.1:9/x.tif");
+    assert!(l.contains("remote or virtual path"), "{l}");
+    assert!(work.path().join("out2/a_good_pred.tif").is_file());
+}

@@ -45,6 +45,11 @@ pub struct PredictArgs {
     /// interrupted run resumes).
     #[arg(long)]
     pub overwrite: bool,
+    /// Let GDAL open remote and virtual rasters (`/vsicurl/`, URLs, network drivers) and
+    /// VRTs that reference files outside the scene's directory. By default predict reads
+    /// local files only. Also $TERRAHOST_ALLOW_REMOTE_RASTERS=1.
+    #[arg(long)]
+    pub allow_remote_rasters: bool,
     /// Only this machine's share K/N of the sorted inputs (K from 0), e.g.
     /// `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
     #[arg(long, value_name = "K/N")]
@@ -177,6 +182,9 @@ fn check_output_dir(dir: &Path) -> Result<(), HostError> {
 
 pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     let t_start = Instant::now();
+    if a.allow_remote_rasters {
+        std::env::set_var(terrahost::predict::raster_policy::ALLOW_REMOTE_VAR, "1");
+    }
     let device = parse_device(&a.device)?;
     let text = config_text(&a.config, &a.sets)?;
     let config_dir = a.config.parent().unwrap_or(Path::new("."));
@@ -315,7 +323,23 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             progress: &progress,
         };
         let t0 = Instant::now();
-        let outcome = terrahost::predict::predict_scene(&job, scene);
+        // A panic inside one scene (libtorch refusing an allocation, a plugin's forward)
+        // is that scene's error: the others go on.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            terrahost::predict::predict_scene(&job, scene)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(HostError::Usage(format!(
+                "{}: failed: {}",
+                scene.display(),
+                terrahost_index::meta::first_line(&msg)
+            )))
+        });
         if show {
             eprint!("\r\x1b[2K");
         }

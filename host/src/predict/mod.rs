@@ -12,6 +12,7 @@
 pub mod accumulate;
 pub mod bands;
 pub mod data_config;
+pub mod raster_policy;
 pub mod reader;
 pub mod scenes;
 pub mod tiles;
@@ -192,6 +193,7 @@ impl<'a> Rows<'a> {
 /// Predicts one scene into `job.outputs`.
 pub fn predict_scene(job: &Job<'_>, input: &Path) -> Result<SceneReport> {
     let scene = SceneReader::open(input)?;
+    check_scene_memory(job, &scene, input)?;
     let pre = Preprocess::new(&job.config.data, scene.bands, scene.nodata)
         .map_err(|e| HostError::Usage(format!("{}: {e}", input.display())))?;
     let mut warnings = Vec::new();
@@ -218,6 +220,30 @@ pub fn predict_scene(job: &Job<'_>, input: &Path) -> Result<SceneReport> {
         written,
         warnings,
     })
+}
+
+/// Refuses a scene whose reads would not fit in memory, before anything is allocated:
+/// the whole scene (float64) without tiling, a strip of twice the crop height with it.
+/// A header can declare any size: a 47 KB GeoTIFF declares 10^6 x 64 pixels.
+fn check_scene_memory(job: &Job<'_>, scene: &SceneReader, input: &Path) -> Result<()> {
+    let rows = match job.config.tiling.as_ref() {
+        Some(t) => (2 * t.h_crop).min(scene.height),
+        None => scene.height,
+    };
+    let shape = [scene.bands as i64, rows as i64, scene.width as i64];
+    let what = if rows == scene.height {
+        format!(
+            "the scene ({} x {} pixels, {} bands)",
+            scene.width, scene.height, scene.bands
+        )
+    } else {
+        format!(
+            "a strip of {rows} rows of the scene ({} x {} pixels, {} bands)",
+            scene.width, scene.height, scene.bands
+        )
+    };
+    crate::limits::check_tensor(&what, &shape, 8)
+        .map_err(|e| HostError::Usage(format!("{}: {e}", input.display())))
 }
 
 /// The whole scene through the model at once (no tiling, or a scene that fits one chip).

@@ -43,6 +43,7 @@ fn route_gdal_messages() {
             let _ = gdal::config::set_config_option("GDAL_CACHEMAX", "256");
         }
     });
+    super::raster_policy::lock_down_gdal();
 }
 
 /// GDAL's own reason, without the crate's wrapping.
@@ -58,6 +59,8 @@ impl SceneReader {
     /// Opens `path`; an error names the file and says why it is not a usable raster.
     pub fn open(path: &Path) -> Result<Self> {
         route_gdal_messages();
+        super::raster_policy::check_before_open(path)
+            .map_err(|why| raster_err(path, format!("refused: {why}")))?;
         let ds = Dataset::open(path).map_err(|e| {
             let why = reason(&e);
             if why.is_empty() {
@@ -69,6 +72,8 @@ impl SceneReader {
                 raster_err(path, format!("not a raster GDAL can read ({why})"))
             }
         })?;
+        super::raster_policy::check_after_open(path, &ds)
+            .map_err(|why| raster_err(path, format!("refused: {why}")))?;
         let (width, height) = ds.raster_size();
         let bands = ds.raster_count();
         if bands == 0 || width == 0 || height == 0 {

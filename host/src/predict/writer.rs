@@ -51,11 +51,11 @@ impl OutputFile {
         dtype: GdalDataType,
     ) -> Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+        let tmp = crate::weights::partial_path(path);
+        // GDAL creates the file by name: a planted link under the temporary name would
+        // be followed, so whatever is there goes first. The final name is reached by a
+        // rename, which replaces a link instead of following it.
+        let _ = std::fs::remove_file(&tmp);
         let driver = DriverManager::get_driver_by_name("GTiff")
             .map_err(|e| HostError::Usage(format!("GDAL has no GTiff driver: {e}")))?;
         let mut opts = CslStringList::new();
