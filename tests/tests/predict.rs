@@ -633,7 +633,7 @@ fn hostile_scenes_are_refused_in_one_line_each_and_the_others_are_predicted() {
             out.to_str().unwrap(),
             "--json",
             "--set",
-            "data.init_args.img_grep=*",
+            "data.init_args.img_grep='*'",
         ])
         .output()
         .unwrap();
