@@ -196,6 +196,68 @@ fn hostile_configs_inputs_and_checkpoints_end_in_one_line() {
     assert!(seen >= 20, "{seen} hostile checkpoints");
 }
 
+/// The safetensors corpus (`scripts/hostile/make_safetensors.py`), each file as
+/// `--input` and as `--weights`: one line naming the file and the broken rule.
+#[test]
+fn hostile_safetensors_end_in_one_line_naming_the_rule() {
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let config = fixture_config();
+    let config = config.to_str().unwrap();
+    let corpus = workspace_root().join("tests/fixtures/hostile/safetensors");
+    let cases = [
+        (
+            "header_2pow40.safetensors",
+            "declare a 1099511627776-byte header",
+        ),
+        (
+            "header_past_end.safetensors",
+            "truncated, or not safetensors",
+        ),
+        ("overlapping.safetensors", "overlapping"),
+        ("reversed_offsets.safetensors", "not within"),
+        ("dtype_size_mismatch.safetensors", "needs 8 bytes"),
+        ("dim_2pow63.safetensors", "2^64"),
+        ("not_utf8.safetensors", "not UTF-8"),
+        ("nested_1e5.safetensors", "not a JSON object"),
+        ("duplicate_keys.safetensors", "names `a` twice"),
+        ("negative_dim.safetensors", "negative dimension"),
+    ];
+    for (name, needle) in cases {
+        let p = corpus.join(name);
+        let p = p.to_str().unwrap();
+        let out = terrahost(
+            plugins.path(),
+            work.path(),
+            &["run", "--config", config, "--input", p],
+        );
+        assert_one_line(&format!("--input {name}"), &out, needle);
+        let out = terrahost(
+            plugins.path(),
+            work.path(),
+            &[
+                "run",
+                "--config",
+                config,
+                "--weights",
+                p,
+                "--input-shape",
+                "1,3,32,32",
+            ],
+        );
+        let line = assert_one_line(&format!("--weights {name}"), &out, needle);
+        assert!(line.contains(name), "{line}");
+    }
+    // A torch.save checkpoint given as --input is named as what it is.
+    let ckpt = workspace_root().join("tests/fixtures/hostile/checkpoints/benign_state_dict.pt");
+    let out = terrahost(
+        plugins.path(),
+        work.path(),
+        &["run", "--config", config, "--input", ckpt.to_str().unwrap()],
+    );
+    assert_one_line("--input a .pt", &out, "not safetensors");
+}
+
 #[test]
 fn a_means_file_that_is_not_numbers_is_named_not_quoted() {
     let plugins = real_plugins(&PLUGINS);

@@ -105,12 +105,8 @@ fn read_input(path: &PathBuf) -> Result<Inputs, HostError> {
     // A regular file that fits in memory: `/dev/zero` or a FIFO is refused, not read.
     let (_, len) = terrahost::limits::open_regular(path, "--input").map_err(HostError::Usage)?;
     terrahost::limits::check_tensor("--input", &[len as i64], 1).map_err(HostError::Usage)?;
-    let tensors = Tensor::read_safetensors(path).map_err(|e| {
-        HostError::Usage(format!(
-            "--input {}: cannot read safetensors: {e}",
-            path.display()
-        ))
-    })?;
+    let tensors = terrahost_layers::checkpoint::safetensors::read(path)
+        .map_err(|e| HostError::Usage(format!("--input {e}")))?;
     let names: Vec<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
     let get = |name: &str| {
         tensors

@@ -1,7 +1,8 @@
 //! Reading checkpoints (state_dicts) from disk, for the host (`terrahost run --weights`)
 //! and for plugins (`pretrained=true` with a local file).
 //!
-//! `.safetensors` files are read by tch. Files written by PyTorch's `torch.save`
+//! `.safetensors` files are read by [`safetensors`], which checks every offset and size
+//! against the file before allocating. Files written by PyTorch's `torch.save`
 //! (`.pt`, `.pth`, `.ckpt`, `.bin`) are read by the `torch_save` module: the zip archive
 //! PyTorch has written since 1.6, whose `data.pkl` holds the dict of tensors.
 //!
@@ -17,6 +18,7 @@ pub use torch_save::{
     conversion_hint, default_budget, BUDGET_ENV, BUDGET_FILE_MULTIPLE, BUDGET_FLOOR,
 };
 
+pub mod safetensors;
 mod torch_save;
 
 /// The extensions read as `torch.save` archives.
@@ -49,13 +51,7 @@ pub fn read_state_dict_with_budget(
         .unwrap_or("")
         .to_ascii_lowercase();
     match ext.as_str() {
-        "safetensors" => Tensor::read_safetensors(path).map_err(|e| {
-            PluginError::invalid_argument(format!(
-                "cannot read {} as safetensors: {}",
-                path.display(),
-                e.to_string().lines().next().unwrap_or("")
-            ))
-        }),
+        "safetensors" => safetensors::read(path).map_err(PluginError::invalid_argument),
         e if TORCH_SAVE_EXTENSIONS.contains(&e) => torch_save::read_state_dict_with_budget(path, budget_bytes),
         _ => Err(PluginError::invalid_argument(format!(
             "checkpoint {}: unknown format `.{ext}`; terrahost reads .safetensors and torch.save files \
