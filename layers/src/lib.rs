@@ -12,6 +12,8 @@
 //!   timm's Mlp and their initialisations), [`conv`] (Conv2d), [`drop`] (dropout,
 //!   stochastic depth, LayerScale), [`torch_transformer`] (`nn.TransformerEncoderLayer`),
 //!   and [`wavelengths`] (TerraTorch's band wavelengths).
+//! * Networks several plugins build: [`resnet`] (timm's and torchvision's ResNet) and
+//!   [`vit`] (timm's ViT `Attention` and `Block`).
 //! * smp's shared parts ([`smp`]): its decoder blocks and its U-Net decoder, which both
 //!   the `smp` and the `terratorch` plugins build.
 //! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
@@ -32,7 +34,9 @@ pub mod init;
 pub mod linear;
 pub mod norm;
 pub mod packed_linear;
+pub mod resnet;
 pub mod smp;
 pub mod torch_transformer;
 pub mod upsample_conv;
+pub mod vit;
 pub mod wavelengths;
