@@ -13,6 +13,8 @@
 //!   stochastic depth, LayerScale), [`torch_transformer`] (`nn.TransformerEncoderLayer`),
 //!   [`wavelengths`] (TerraTorch's band wavelengths), [`rope`] (DINOv3's 2-D rotary
 //!   position embedding) and [`swiglu`] (the SwiGLU feed-forward network).
+//! * Networks several plugins build: [`resnet`] (timm's and torchvision's ResNet) and
+//!   [`vit`] (timm's ViT `Attention` and `Block`).
 //! * smp's shared parts ([`smp`]): its decoder blocks and its U-Net decoder, which both
 //!   the `smp` and the `terratorch` plugins build.
 //! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
@@ -33,9 +35,11 @@ pub mod init;
 pub mod linear;
 pub mod norm;
 pub mod packed_linear;
+pub mod resnet;
 pub mod rope;
 pub mod smp;
 pub mod swiglu;
 pub mod torch_transformer;
 pub mod upsample_conv;
+pub mod vit;
 pub mod wavelengths;

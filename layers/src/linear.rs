@@ -67,16 +67,15 @@ impl Linear {
     }
 
     /// A linear layer with Xavier-uniform weight and zero bias (the `_init_weights` of
-    /// MAE-style transformers: Prithvi, TerraMind).
+    /// MAE-style transformers: Prithvi, TerraMind). The weight is filled on all threads
+    /// ([`crate::init::uniform_`]): these layers are most of a 300M-parameter model.
     pub fn xavier(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> Self {
-        Self::with_inits(
-            p,
-            c_in,
-            c_out,
-            bias,
-            xavier_uniform(c_in, c_out),
-            Init::Const(0.0),
-        )
+        let mut lin = Self::with_inits(p, c_in, c_out, bias, Init::Const(0.0), Init::Const(0.0));
+        let bound = (6.0 / (c_in + c_out) as f64).sqrt();
+        let mut w = lin.inner.weight().shallow_clone();
+        crate::init::uniform_(&mut w, -bound, bound);
+        lin.inner = PackedLinear::from_parts(w, lin.inner.bias().map(Tensor::shallow_clone));
+        lin
     }
 
     /// `linear(x)`.
@@ -90,19 +89,48 @@ impl Linear {
     }
 }
 
-/// timm's `Mlp` (and mmseg's `FFN`, which computes the same): fc1, exact GELU, dropout,
-/// fc2, dropout. The two layers are built by the caller, so each family keeps its keys.
+/// The activation between the two layers of an [`Mlp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Act {
+    /// `nn.GELU` (exact erf form); fused into the first matmul on the packed path.
+    #[default]
+    Gelu,
+    /// `nn.SiLU`.
+    Silu,
+}
+
+impl Act {
+    /// `act(linear(x))`.
+    pub fn forward_linear(self, linear: &Linear, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => linear.forward_gelu(x),
+            Self::Silu => Ok(linear.forward(x)?.f_silu()?),
+        }
+    }
+}
+
+/// timm's `Mlp` (and mmseg's `FFN`, which computes the same): fc1, activation (exact
+/// GELU unless set), dropout, fc2, dropout. The two layers are built by the caller, so
+/// each family keeps its keys.
 #[derive(Debug)]
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
-    drop: f64,
+    act: Act,
+    drop_hidden: f64,
+    drop_out: f64,
 }
 
 impl Mlp {
-    /// An MLP of the given layers.
+    /// An MLP of the given layers, with GELU and dropout `drop` after both.
     pub fn new(fc1: Linear, fc2: Linear, drop: f64) -> Self {
-        Self { fc1, fc2, drop }
+        Self {
+            fc1,
+            fc2,
+            act: Act::Gelu,
+            drop_hidden: drop,
+            drop_out: drop,
+        }
     }
 
     /// timm's `Mlp(dim, hidden)` under `p` (`fc1` / `fc2`), with timm's init.
@@ -114,9 +142,25 @@ impl Mlp {
         )
     }
 
+    /// The same with activation `act`.
+    pub fn with_act(self, act: Act) -> Self {
+        Self { act, ..self }
+    }
+
+    /// The same with dropout `hidden` after the activation and `out` after fc2 (4M's
+    /// `Mlp`, TerraMind's, drops only at the end).
+    pub fn with_drops(self, hidden: f64, out: f64) -> Self {
+        Self {
+            drop_hidden: hidden,
+            drop_out: out,
+            ..self
+        }
+    }
+
+    /// `[.., dim] -> [.., dim]`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.fc1.forward_gelu(x)?;
-        let y = dropout(y, self.drop, train)?;
-        dropout(self.fc2.forward(&y)?, self.drop, train)
+        let y = self.act.forward_linear(&self.fc1, x)?;
+        let y = dropout(y, self.drop_hidden, train)?;
+        dropout(self.fc2.forward(&y)?, self.drop_out, train)
     }
 }

@@ -247,7 +247,7 @@ mod tests {
     fn randomise(t: &Tensor, lo: f64) {
         tch::no_grad(|| {
             let r = Tensor::rand(t.size(), opts()) + lo;
-            let _ = t.shallow_clone().copy_(&r);
+            t.shallow_clone().copy_(&r);
         });
     }
 
@@ -305,8 +305,7 @@ mod tests {
 
             // A weight loaded in place afterwards is used (the kernels are made again).
             tch::no_grad(|| {
-                let _ = conv
-                    .ws
+                conv.ws
                     .shallow_clone()
                     .copy_(&Tensor::randn(conv.ws.size(), opts()));
             });

@@ -4,6 +4,7 @@
 mod abi_matrix;
 mod cli;
 mod corpus;
+mod cross_plugin;
 mod front;
 mod hostile;
 mod hostile_inputs;

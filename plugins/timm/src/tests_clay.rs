@@ -9,9 +9,7 @@ use crate::test_support::{build, get, n_params, parity, write_checkpoint};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 use terrahost_plugin_api::sdk::DynModule;
-use terrahost_testkit::{
-    compare_outputs, host_with_plugins, keys_and_shapes, set_synthetic, sine_input, Fixture,
-};
+use terrahost_testkit::{set_synthetic, sine_input};
 
 fn build_err(args: Value) -> String {
     match build("clay_v1_base", args) {
@@ -33,31 +31,6 @@ fn clay_parity_waves_gsd_time_latlon_inputs() {
 #[test]
 fn clay_parity_visual_prompt_tuning() {
     parity("timm_clay_v1_base_vpt");
-}
-
-/// The corpus's Clay config (test_encoderdecoder_clay_v1_base_model_factory.yaml, small):
-/// the terratorch plugin's EncoderDecoderFactory with this plugin's backbone.
-#[test]
-fn clay_factory_parity_corpus_unet_config() {
-    let fx = Fixture::load("factory_clay_unet");
-    let host = host_with_plugins(vec![
-        terrahost_terratorch::plugin_sources().unwrap(),
-        crate::plugin_sources().unwrap(),
-    ]);
-    let m = host
-        .build("model_factory", "EncoderDecoderFactory", &fx.args(), None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    // terrahost keeps no `num_batches_tracked` (a checkpoint's are tolerated on load)
-    let mut expected: Vec<(String, Vec<i64>)> = fx
-        .keys
-        .iter()
-        .filter(|(k, _, _)| !k.ends_with("num_batches_tracked"))
-        .map(|(k, s, _)| (k.clone(), s.clone()))
-        .collect();
-    expected.sort();
-    assert_eq!(keys_and_shapes(&m), expected, "state_dict keys");
-    set_synthetic(&m);
-    compare_outputs(&fx, &m);
 }
 
 #[test]
@@ -209,32 +182,4 @@ fn clay_pretrained_loads_a_clay_checkpoint_and_ckpt_path_copies_matching_paramet
         json!({"img_size": 8, "pretrained": true, "pretrained_cfg_overlay": {"file": path.to_str().unwrap()}}),
     );
     assert!(e.contains("missing keys") && e.contains("layers.11"), "{e}");
-}
-
-/// The corpus's Clay config at full size
-/// (integrationtests/configs/test_encoderdecoder_clay_v1_base_model_factory.yaml, pretrained
-/// off): TerraTorch's model has these parameter and state_dict counts
-/// (`num_batches_tracked` not counted).
-#[test]
-fn clay_corpus_config_at_full_size_has_terratorchs_sizes() {
-    let args = json!({"task": "segmentation", "backbone": "clay_v1_base", "backbone_pretrained": false,
-        "num_classes": 3, "backbone_img_size": 512, "backbone_bands": [0, 1, 2, 3, 4, 5],
-        "necks": [{"name": "SelectIndices", "indices": [2, 5, 8, 11]}, {"name": "ReshapeTokensToImage"},
-                  {"name": "LearnedInterpolateToPyramidal"}],
-        "decoder": "UNetDecoder", "decoder_channels": [512, 256, 128, 64], "head_channel_list": [256],
-        "head_dropout": 0.1});
-    let host = host_with_plugins(vec![
-        terrahost_terratorch::plugin_sources().unwrap(),
-        crate::plugin_sources().unwrap(),
-    ]);
-    let m = host
-        .build(
-            "model_factory",
-            "EncoderDecoderFactory",
-            args.as_object().unwrap(),
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(n_params(&m), 107_775_939);
-    assert_eq!(m.state_dict().len(), 199);
 }

@@ -15,7 +15,7 @@
 //! `DOFAEncoderWrapper.forward` would silently skip (negative ones other than -1, indices
 //! past the last block, repeats) are refused, so the outputs always match `out_channels`.
 use super::prithvi_checkpoint::{self as ckpt, StateDict};
-use super::prithvi_mae::Block;
+use super::prithvi_mae::{self, Block};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
@@ -384,7 +384,9 @@ impl DofaEncoder {
         // requires_grad=False upstream, but a parameter (in `parameters()` and the state_dict)
         let pos_embed = m.zeros("pos_embed", &[1, cfg.num_patches() + 1, d]);
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(&m / "blocks" / i, d, cfg.num_heads, cfg.mlp_ratio, eps, 0.0))
+            .map(|i| {
+                prithvi_mae::block(&m / "blocks" / i, d, cfg.num_heads, cfg.mlp_ratio, eps, 0.0)
+            })
             .collect();
         Ok(Self {
             cfg: cfg.clone(),

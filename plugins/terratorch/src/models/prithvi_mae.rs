@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module as _};
 use tch::{Kind, Tensor};
-use terrahost_layers::drop::drop_path;
-use terrahost_layers::packed_linear::PackedLinear;
+pub use terrahost_layers::vit::Block;
+use terrahost_layers::vit::{BlockConfig, LinearInit};
 use terrahost_plugin_api::{PluginError, Result};
 
 /// The constructor arguments shared by `PrithviViT`, `MAEDecoder` and `PrithviMAE`
@@ -316,7 +316,7 @@ fn block_stack(
 ) -> Vec<Block> {
     (0..depth)
         .map(|i| {
-            Block::new(
+            block(
                 &p / i,
                 dim,
                 num_heads,
@@ -328,70 +328,22 @@ fn block_stack(
         .collect()
 }
 
-/// timm's vision-transformer `Block`: pre-norm multi-head self-attention and GELU MLP,
-/// each with a residual connection (`qkv_bias=True`, no layer scale, no qk-norm).
-#[derive(Debug)]
-pub struct Block {
-    norm1: nn::LayerNorm,
-    qkv: PackedLinear,
-    proj: PackedLinear,
-    norm2: nn::LayerNorm,
-    fc1: PackedLinear,
-    fc2: PackedLinear,
+/// timm's vision-transformer `Block` as `PrithviViT` builds it (`qkv_bias=True`, no layer
+/// scale, no qk-norm, GELU MLP, no dropout), with the MAE `_init_weights` (Xavier-uniform
+/// linears): the shared [`Block`] of `terrahost_layers::vit`, under `p` (`blocks.{i}`).
+pub fn block(
+    p: nn::Path,
+    dim: i64,
     num_heads: i64,
+    mlp_ratio: f64,
+    eps: f64,
     drop_path: f64,
-}
-
-impl Block {
-    /// A block of width `dim` under `p` (`blocks.{i}`).
-    pub fn new(
-        p: nn::Path,
-        dim: i64,
-        num_heads: i64,
-        mlp_ratio: f64,
-        eps: f64,
-        drop_path: f64,
-    ) -> Self {
-        let hidden = (dim as f64 * mlp_ratio) as i64;
-        let attn = &p / "attn";
-        let mlp = &p / "mlp";
-        Self {
-            norm1: layer_norm(&p / "norm1", dim, eps),
-            qkv: PackedLinear::new(linear(&attn / "qkv", dim, dim * 3)),
-            proj: PackedLinear::new(linear(&attn / "proj", dim, dim)),
-            norm2: layer_norm(&p / "norm2", dim, eps),
-            fc1: PackedLinear::new(linear(&mlp / "fc1", dim, hidden)),
-            fc2: PackedLinear::new(linear(&mlp / "fc2", hidden, dim)),
-            num_heads,
-            drop_path,
-        }
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let h = self.num_heads;
-        // [B, N, C] -> [3, B, heads, N, C/heads]
-        let qkv = self
-            .qkv
-            .forward(x)
-            .f_reshape([b, n, 3, h, c / h])?
-            .permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        Ok(self.proj.forward(&y.transpose(1, 2).f_reshape([b, n, c])?))
-    }
-
-    /// `[B, N, C] -> [B, N, C]`. Without autograd the linears use oneDNN's packed
-    /// weights, with the GELU fused into the first MLP layer ([`PackedLinear`]).
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.attention(&self.norm1.forward(x))?;
-        let x = x + drop_path(y, self.drop_path, train)?;
-        let h = self.fc1.forward_gelu(&self.norm2.forward(&x));
-        let y = self.fc2.forward(&h);
-        Ok(&x + drop_path(y, self.drop_path, train)?)
-    }
+) -> Block {
+    let mut cfg = BlockConfig::timm(dim, num_heads, mlp_ratio);
+    cfg.norm_eps = eps;
+    cfg.init = LinearInit::Xavier;
+    cfg.drop_path = drop_path;
+    Block::new(p, &cfg)
 }
 
 /// `TemporalEncoder` / `LocationEncoder`: sin-cos embeddings of (year, day of year) or

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{nn, nn::Module as _, Device, Kind, Tensor};
+use terrahost_layers::vit::{Block, BlockConfig, LinearInit};
 use terrahost_plugin_api::{
     sdk::{Built, Entry, Model},
     ParamType, PluginError, Result,
@@ -46,68 +47,14 @@ fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
     )
 }
 
-/// timm's `Attention` with a qkv bias and no q/k norms.
-#[derive(Debug)]
-struct Attention {
-    qkv: nn::Linear,
-    proj: nn::Linear,
-    num_heads: i64,
-}
-
-impl Attention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let hd = c / self.num_heads;
-        // [B, N, C] -> [3, B, heads, N, hd]
-        let qkv = self
-            .qkv
-            .forward(x)
-            .f_reshape([b, n, 3, self.num_heads, hd])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let attn = q
-            .f_matmul(&k.f_transpose(-2, -1)?)?
-            .f_mul_scalar((hd as f64).powf(-0.5))?
-            .f_softmax(-1, Kind::Float)?;
-        // [B, heads, N, hd] -> [B, N, C]
-        let y = attn.f_matmul(&v)?.f_transpose(1, 2)?.f_reshape([b, n, c])?;
-        Ok(self.proj.forward(&y))
-    }
-}
-
-/// timm's pre-norm transformer `Block` (no layer scale, no drop path).
-#[derive(Debug)]
-struct Block {
-    norm1: nn::LayerNorm,
-    attn: Attention,
-    norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-}
-
-impl Block {
-    fn new(p: nn::Path, dim: i64, num_heads: i64, mlp_ratio: f64) -> Self {
-        let hidden = (dim as f64 * mlp_ratio) as i64;
-        let a = &p / "attn";
-        let m = &p / "mlp";
-        Self {
-            norm1: layer_norm(&p / "norm1", dim),
-            attn: Attention {
-                qkv: nn::linear(&a / "qkv", dim, 3 * dim, Default::default()),
-                proj: nn::linear(&a / "proj", dim, dim, Default::default()),
-                num_heads,
-            },
-            norm2: layer_norm(&p / "norm2", dim),
-            fc1: nn::linear(&m / "fc1", dim, hidden, Default::default()),
-            fc2: nn::linear(&m / "fc2", hidden, dim, Default::default()),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.f_add(&self.attn.forward(&self.norm1.forward(x))?)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)).f_gelu("none")?;
-        Ok(x.f_add(&self.fc2.forward(&h))?)
-    }
+/// timm's pre-norm transformer `Block` as `SatMAEHead` builds it (qkv bias, no layer
+/// scale, no drop path, `nn.LayerNorm` eps 1e-5, `nn.Linear`'s own init): the shared
+/// [`Block`] of `terrahost_layers::vit`.
+fn block(p: nn::Path, dim: i64, num_heads: i64, mlp_ratio: f64) -> Block {
+    let mut cfg = BlockConfig::timm(dim, num_heads, mlp_ratio);
+    cfg.norm_eps = 1e-5;
+    cfg.init = LinearInit::Torch;
+    Block::new(p, &cfg)
 }
 
 /// The SatMAE decoder. `forward` takes `[tokens, ids_restore]`: the encoder's kept
@@ -178,7 +125,7 @@ impl SatMAEHead {
             // A fixed (not trained) parameter upstream: it is in the state_dict.
             decoder_pos_embed: p.zeros_no_train("decoder_pos_embed", &[1, cfg.num_patches + 1, d]),
             blocks: (0..cfg.depth)
-                .map(|i| Block::new(&blocks_p / i, d, cfg.num_heads, cfg.mlp_ratio))
+                .map(|i| block(&blocks_p / i, d, cfg.num_heads, cfg.mlp_ratio))
                 .collect(),
             decoder_norm: layer_norm(&p / "decoder_norm", d),
             decoder_pred: nn::linear(
@@ -228,7 +175,7 @@ impl SatMAEHead {
         let mut x =
             Tensor::f_cat(&[x.f_narrow(1, 0, 1)?, rest], 1)?.f_add(&self.decoder_pos_embed)?;
         for blk in &self.blocks {
-            x = blk.forward(&x)?;
+            x = blk.forward(&x, false)?;
         }
         let x = self.decoder_pred.forward(&self.decoder_norm.forward(&x));
         // Drop the class token: [B, N, p*p*c].

@@ -18,9 +18,9 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 // `tm_utils.LayerNorm(dim, eps=1e-6, bias=False)` keeps its bias as a zero buffer;
 // `nn.Linear` with xavier-uniform weight and zero bias (upstream's `init_weights`).
-use terrahost_layers::drop::{drop_path, dropout};
 use terrahost_layers::linear::Linear;
 use terrahost_layers::norm::LayerNorm;
+use terrahost_layers::vit::{Block, BlockConfig, LinearInit, MlpConfig, MlpKind};
 use terrahost_plugin_api::{
     sdk::{BuildCtx, Built, Entry, Model},
     ErrorKind, ModuleBox, ParamType, PluginError, Result,
@@ -90,14 +90,8 @@ pub fn refusal(name: &str) -> String {
     )
 }
 
-/// The activation of the MLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    /// `nn.GELU` (exact erf form).
-    Gelu,
-    /// `nn.SiLU`.
-    Silu,
-}
+/// The activation of the MLP (`nn.GELU`, exact, or `nn.SiLU`).
+pub use terrahost_layers::linear::Act;
 
 /// How the per-modality tokens are merged (`merge_method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,124 +333,41 @@ impl Config {
     }
 }
 
-/// `Block`: pre-norm attention (`Attention` or `NormAttention`) and MLP (`Mlp` or
-/// `GatedMlp`), each with a residual connection.
-#[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    qk_norm: Option<(LayerNorm, LayerNorm)>,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    fc3: Option<Linear>,
-    num_heads: i64,
-    act: Act,
-    drop_path: f64,
-    drop: f64,
-    attn_drop: f64,
-}
-
-impl Block {
-    fn new(p: nn::Path, cfg: &Config, drop_path: f64) -> Self {
-        let dim = cfg.dim;
-        let attn = &p / "attn";
-        let mlp = &p / "mlp";
-        let hidden = (dim as f64 * cfg.mlp_ratio) as i64;
+/// 4M's `Block`: pre-norm attention (`Attention`, or `NormAttention` with qk-norm) and MLP
+/// (`Mlp` or `GatedMlp`), each with a residual connection. It is timm's block with other
+/// options (bias-free LayerNorms, optional biases, Xavier init), so it is the shared
+/// [`Block`] of `terrahost_layers::vit`.
+fn block(p: nn::Path, cfg: &Config, drop_path: f64) -> Block {
+    let hidden = (cfg.dim as f64 * cfg.mlp_ratio) as i64;
+    let mut b = BlockConfig::timm(cfg.dim, cfg.num_heads, cfg.mlp_ratio);
+    b.qkv_bias = cfg.qkv_bias;
+    b.proj_bias = cfg.proj_bias;
+    b.qk_norm = cfg.qk_norm;
+    b.norm_eps = 1e-6;
+    b.norm_bias = false;
+    b.init = LinearInit::Xavier;
+    b.attn_drop = cfg.attn_drop_rate;
+    b.proj_drop = cfg.drop_rate;
+    b.drop_path = drop_path;
+    b.mlp = MlpConfig {
+        kind: if cfg.gated_mlp {
+            MlpKind::Gated
+        } else {
+            MlpKind::Mlp
+        },
         // GatedMlp: int(2 * hidden / 3)
-        let hidden = if cfg.gated_mlp {
+        hidden: if cfg.gated_mlp {
             (2.0 * hidden as f64 / 3.0) as i64
         } else {
             hidden
-        };
-        let head_dim = dim / cfg.num_heads;
-        Self {
-            norm1: LayerNorm::without_bias(&p / "norm1", dim, 1e-6),
-            qkv: Linear::xavier(&attn / "qkv", dim, dim * 3, cfg.qkv_bias),
-            proj: Linear::xavier(&attn / "proj", dim, dim, cfg.proj_bias),
-            qk_norm: cfg.qk_norm.then(|| {
-                (
-                    LayerNorm::without_bias(&attn / "q_norm", head_dim, 1e-6),
-                    LayerNorm::without_bias(&attn / "k_norm", head_dim, 1e-6),
-                )
-            }),
-            norm2: LayerNorm::without_bias(&p / "norm2", dim, 1e-6),
-            fc1: Linear::xavier(&mlp / "fc1", dim, hidden, cfg.mlp_bias),
-            fc2: Linear::xavier(&mlp / "fc2", hidden, dim, cfg.mlp_bias),
-            fc3: cfg
-                .gated_mlp
-                .then(|| Linear::xavier(&mlp / "fc3", dim, hidden, cfg.mlp_bias)),
-            num_heads: cfg.num_heads,
-            act: cfg.act,
-            drop_path,
-            drop: cfg.drop_rate,
-            attn_drop: cfg.attn_drop_rate,
-        }
-    }
-
-    fn attention(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let h = self.num_heads;
-        let scale = ((c / h) as f64).powf(-0.5);
-        // [B, N, C] -> [3, B, heads, N, C/heads]
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .f_reshape([b, n, 3, h, c / h])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let y = match &self.qk_norm {
-            None => Tensor::f_scaled_dot_product_attention::<Tensor>(
-                &q,
-                &k,
-                &v,
-                None,
-                if train { self.attn_drop } else { 0.0 },
-                false,
-                Some(scale),
-                false,
-            )?,
-            Some((qn, kn)) => {
-                let q = qn.forward(&q)?;
-                let k = kn.forward(&k)?;
-                let attn = q.f_matmul(&k.f_transpose(-2, -1)?)? * scale;
-                let attn = dropout(attn.f_softmax(-1, Kind::Float)?, self.attn_drop, train)?;
-                attn.f_matmul(&v)?
-            }
-        };
-        let y = self
-            .proj
-            .forward(&y.f_transpose(1, 2)?.f_reshape([b, n, c])?)?;
-        dropout(y, self.drop, train)
-    }
-
-    fn act(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self.act {
-            Act::Gelu => x.f_gelu("none")?,
-            Act::Silu => x.f_silu()?,
-        })
-    }
-
-    fn mlp(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match &self.fc3 {
-            // GatedMlp: fc2(act(fc1(x)) * fc3(x)), no dropout
-            Some(fc3) => self
-                .fc2
-                .forward(&(self.act(&self.fc1.forward(x)?)? * fc3.forward(x)?)),
-            None => {
-                let y = self.fc2.forward(&self.act(&self.fc1.forward(x)?)?)?;
-                dropout(y, self.drop, train)
-            }
-        }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.attention(&self.norm1.forward(x)?, train)?;
-        let x = x + drop_path(y, self.drop_path, train)?;
-        let y = self.mlp(&self.norm2.forward(&x)?, train)?;
-        Ok(&x + drop_path(y, self.drop_path, train)?)
-    }
+        },
+        act: cfg.act,
+        bias: cfg.mlp_bias,
+        // 4M's Mlp drops only after fc2; its GatedMlp never.
+        drop_hidden: 0.0,
+        drop_out: if cfg.gated_mlp { 0.0 } else { cfg.drop_rate },
+    };
+    Block::new(p, &b)
 }
 
 /// `build_2d_sincos_posemb(h, w, dim)`: `[1, h*w, dim]`, computed in float32 as
@@ -627,7 +538,7 @@ impl TerraMindViT {
                 } else {
                     0.0
                 };
-                Block::new(&p / "encoder" / i, cfg, dpr)
+                block(&p / "encoder" / i, cfg, dpr)
             })
             .collect();
         let encoder_norm = cfg

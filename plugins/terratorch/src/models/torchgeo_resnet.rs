@@ -5,16 +5,17 @@
 //! (`torchgeo/models/resnet.py`, timm's `timm/models/resnet.py`), and `load_resnet_weights`
 //! with `select_patch_embed_weights` on `conv1.weight` for `pretrained=True`.
 //!
-//! The network is timm's full classifier model (its `fc` included, so TerraTorch's
-//! `resnet_model.*` keys load unchanged); the wrapper runs `forward_intermediates` and keeps
+//! The network is timm's full classifier model, the shared
+//! [`terrahost_layers::resnet::ResNet`] with its `fc` (so TerraTorch's `resnet_model.*`
+//! keys load unchanged); the wrapper runs `forward_intermediates` and keeps
 //! the feature maps (stem, layer1..layer4) whose index is in `out_indices`, or the last one
 //! for `-1`, in feature order. Other indices are ignored, as upstream.
 use super::prithvi_checkpoint::{self as ckpt, StateDict};
 use serde_json::{json, Value};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn;
 use tch::Tensor;
 use terrahost_layers::checkpoint::read_state_dict;
-use terrahost_layers::norm::batch_norm2d;
+use terrahost_layers::resnet as net;
 use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
@@ -222,21 +223,14 @@ pub(crate) fn load_checkpoint(
     Ok(())
 }
 
-/// The residual block of a ResNet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Block {
-    /// `BasicBlock` (two 3x3 convolutions, expansion 1): ResNet-18.
-    Basic,
-    /// `Bottleneck` (1x1, 3x3, 1x1, expansion 4): ResNet-50/152.
-    Bottleneck,
-}
+pub use terrahost_layers::resnet::BlockKind;
 
 /// timm's ResNet with the keywords TerraTorch's torchgeo entries pass on to
 /// `timm.create_model` that terrahost supports; the rest at timm's defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Residual block type.
-    pub block: Block,
+    pub block: BlockKind,
     /// Blocks per stage (timm's `layers`).
     pub layers: Vec<i64>,
     /// Input channels of `conv1`.
@@ -256,7 +250,7 @@ pub struct Config {
 }
 
 impl Config {
-    fn new(block: Block, layers: &[i64]) -> Self {
+    fn new(block: BlockKind, layers: &[i64]) -> Self {
         Self {
             block,
             layers: layers.to_vec(),
@@ -271,28 +265,36 @@ impl Config {
     }
     /// timm `resnet18`.
     pub fn resnet18() -> Self {
-        Self::new(Block::Basic, &[2, 2, 2, 2])
+        Self::new(BlockKind::Basic, &[2, 2, 2, 2])
     }
     /// timm `resnet50`.
     pub fn resnet50() -> Self {
-        Self::new(Block::Bottleneck, &[3, 4, 6, 3])
+        Self::new(BlockKind::Bottleneck, &[3, 4, 6, 3])
     }
     /// timm `resnet152`.
     pub fn resnet152() -> Self {
-        Self::new(Block::Bottleneck, &[3, 8, 36, 3])
-    }
-
-    fn expansion(&self) -> i64 {
-        match self.block {
-            Block::Basic => 1,
-            Block::Bottleneck => 4,
-        }
+        Self::new(BlockKind::Bottleneck, &[3, 8, 36, 3])
     }
 
     /// `feature_info` channels: stem, layer1..layer4.
     pub fn feature_channels(&self) -> Vec<i64> {
-        let e = self.expansion();
-        vec![64, 64 * e, 128 * e, 256 * e, 512 * e]
+        self.net_config().feature_channels()
+    }
+
+    /// The shared network's configuration: timm's defaults but for the keywords above,
+    /// all four stages and timm's classifier `fc` (in the state_dict, never run).
+    fn net_config(&self) -> net::Config {
+        let mut c = net::Config::new(self.block, &self.layers);
+        c.in_chans = self.in_chans;
+        c.drop_path_rate = self.drop_path_rate;
+        c.zero_init_last = self.zero_init_last;
+        c.classifier = (self.num_classes > 0).then(|| net::Classifier {
+            num_classes: self.num_classes,
+            // `""` (no pooling) sizes `fc` as "avg" does; the head never runs here.
+            global_pool: net::GlobalPool::parse(&self.global_pool).unwrap_or(net::GlobalPool::Avg),
+            drop_rate: self.drop_rate,
+        });
+        c
     }
 
     fn validate(&self) -> Result<()> {
@@ -327,146 +329,22 @@ impl Config {
     }
 }
 
-fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding,
-        bias: false,
-        ws_init: nn::Init::Kaiming {
-            dist: nn::init::NormalOrUniform::Normal,
-            fan: nn::init::FanInOut::FanOut,
-            non_linearity: nn::init::NonLinearity::ReLU,
-        },
-        ..Default::default()
-    };
-    nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
 pub(crate) use terrahost_layers::drop::drop_path;
 
-struct ResBlock {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
-    drop_path: f64,
-}
-
-impl ResBlock {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let last = self.convs.len() - 1;
-        let mut y = x.shallow_clone();
-        for (i, (c, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward_t(&c.forward(&y), train);
-            if i < last {
-                y = y.f_relu()?;
-            }
-        }
-        let y = drop_path(y, self.drop_path, train)?;
-        let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward_t(&c.forward(x), train),
-            None => x.shallow_clone(),
-        };
-        Ok(y.f_add(&shortcut)?.f_relu()?)
-    }
-}
-
-/// `ResNetEncoderWrapper` around timm's ResNet.
+/// `ResNetEncoderWrapper` around timm's ResNet (the shared
+/// [`terrahost_layers::resnet::ResNet`], classifier included).
 pub struct TorchgeoResNet {
     cfg: Config,
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    stages: Vec<Vec<ResBlock>>,
+    net: net::ResNet,
 }
 
 impl TorchgeoResNet {
     /// Builds the network under `p` (the wrapper's `resnet_model`), with timm's keys.
     pub fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
         cfg.validate()?;
-        let bn = |p: nn::Path, c: i64, zero: bool| {
-            let b = batch_norm2d(p, c, 1e-5, 0.1);
-            if zero {
-                tch::no_grad(|| {
-                    let _ = b.ws.as_ref().map(|w| w.shallow_clone().fill_(0.0));
-                });
-            }
-            b
-        };
-        let conv1 = conv(&p / "conv1", cfg.in_chans, 64, 7, 2, 3);
-        let bn1 = bn(&p / "bn1", 64, false);
-        let e = cfg.expansion();
-        let total: i64 = cfg.layers.iter().sum();
-        let mut idx = 0i64;
-        let mut inplanes = 64;
-        let mut stages = Vec::new();
-        for (s, (&planes, &n)) in [64i64, 128, 256, 512].iter().zip(&cfg.layers).enumerate() {
-            let sp = &p / format!("layer{}", s + 1);
-            let stride = if s == 0 { 1 } else { 2 };
-            let mut blocks = Vec::new();
-            for b in 0..n {
-                let bp = &sp / b;
-                let st = if b == 0 { stride } else { 1 };
-                let downsample = (b == 0 && (stride != 1 || inplanes != planes * e)).then(|| {
-                    (
-                        conv(&bp / "downsample" / 0, inplanes, planes * e, 1, st, 0),
-                        bn(&bp / "downsample" / 1, planes * e, false),
-                    )
-                });
-                let zil = cfg.zero_init_last;
-                let convs = match cfg.block {
-                    Block::Basic => vec![
-                        (
-                            conv(&bp / "conv1", inplanes, planes, 3, st, 1),
-                            bn(&bp / "bn1", planes, false),
-                        ),
-                        (
-                            conv(&bp / "conv2", planes, planes, 3, 1, 1),
-                            bn(&bp / "bn2", planes, zil),
-                        ),
-                    ],
-                    Block::Bottleneck => vec![
-                        (
-                            conv(&bp / "conv1", inplanes, planes, 1, 1, 0),
-                            bn(&bp / "bn1", planes, false),
-                        ),
-                        (
-                            conv(&bp / "conv2", planes, planes, 3, st, 1),
-                            bn(&bp / "bn2", planes, false),
-                        ),
-                        (
-                            conv(&bp / "conv3", planes, planes * e, 1, 1, 0),
-                            bn(&bp / "bn3", planes * e, zil),
-                        ),
-                    ],
-                };
-                let dpr = if total > 1 {
-                    cfg.drop_path_rate * idx as f64 / (total - 1) as f64
-                } else {
-                    0.0
-                };
-                blocks.push(ResBlock {
-                    convs,
-                    downsample,
-                    drop_path: dpr,
-                });
-                inplanes = planes * e;
-                idx += 1;
-            }
-            stages.push(blocks);
-        }
-        if cfg.num_classes > 0 {
-            let mult = if cfg.global_pool == "catavgmax" { 2 } else { 1 };
-            // timm's classifier: only in the state_dict (forward_intermediates never reaches it)
-            let _ = nn::linear(
-                &p / "fc",
-                512 * e * mult,
-                cfg.num_classes,
-                Default::default(),
-            );
-        }
         Ok(Self {
             cfg: cfg.clone(),
-            conv1,
-            bn1,
-            stages,
+            net: net::ResNet::new(p, &cfg.net_config())?,
         })
     }
 
@@ -480,16 +358,7 @@ impl TorchgeoResNet {
                 x.size()
             )));
         }
-        let mut y = self.bn1.forward_t(&self.conv1.forward(x), train).f_relu()?;
-        let mut out = vec![y.shallow_clone()];
-        y = y.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
-        for stage in &self.stages {
-            for b in stage {
-                y = b.forward(&y, train)?;
-            }
-            out.push(y.shallow_clone());
-        }
-        Ok(out)
+        self.net.forward_features(x, train, net::NUM_STAGES)
     }
 }
 

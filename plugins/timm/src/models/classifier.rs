@@ -98,7 +98,7 @@ impl Pool {
 /// The family's trunk, built with every stage.
 #[derive(Debug)]
 enum Trunk {
-    ResNet(ResNet),
+    ResNet(Box<ResNet>),
     Vit(Box<VisionTransformer>),
     ConvNeXt(ConvNeXt),
     Swin(SwinTransformer),
@@ -254,7 +254,11 @@ fn build_classifier(
             none(pool)?;
             let n = *cfg.feature_channels().last().expect("features") * pool.feat_mult();
             fc_layer = fc(&p / "fc", n);
-            (Trunk::ResNet(ResNet::new(p, &cfg)?), cfg.in_chans, pool)
+            (
+                Trunk::ResNet(Box::new(ResNet::new(p, &cfg)?)),
+                cfg.in_chans,
+                pool,
+            )
         }
         Family::ConvNeXt => {
             let cfg = convnext::config(ctx)?;

@@ -291,6 +291,12 @@ impl DynamicEmbedding {
 }
 
 /// One Clay transformer layer: `Attention` (pre-norm, no biases) then `FeedForward`.
+///
+/// Not the shared `terrahost_layers::vit::Block`: this is vit-pytorch's `Transformer`
+/// (lucidrains), whose module tree gives other keys (`{i}.0.norm`, `{i}.0.to_qkv`,
+/// `{i}.0.to_out`, `{i}.1.net.0..3`: the norm lives inside the attention and the MLP is a
+/// `Sequential`), whose attention width is `heads * dim_head` rather than the token width,
+/// and which has no drop path or LayerScale. Only the arithmetic is the same.
 #[derive(Debug)]
 struct Layer {
     attn_norm: LayerNorm,

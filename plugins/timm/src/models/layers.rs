@@ -3,6 +3,6 @@
 //! `DropPath` (`drop.py`), a plain `Conv2d`, the stochastic-depth schedule of
 //! `calculate_drop_path_rates`, and PyTorch's `nn.Linear` / `nn.Dropout`.
 pub(crate) use terrahost_layers::conv::{Conv2d, ConvSpec};
-pub(crate) use terrahost_layers::drop::{drop_path, drop_path_rate, dropout, layer_scale};
+pub(crate) use terrahost_layers::drop::{drop_path, drop_path_rate, dropout};
 pub(crate) use terrahost_layers::linear::{trunc_normal, Linear, Mlp};
 pub(crate) use terrahost_layers::norm::{LayerNorm, LN_EPS, TORCH_LN_EPS};

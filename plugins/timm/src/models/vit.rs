@@ -10,17 +10,18 @@
 //! and the head, and returns `forward_intermediates(..., output_fmt="NCHW",
 //! intermediates_only=True)`: the selected blocks' outputs without the prefix (class and
 //! register) tokens, as [B, embed_dim, H / patch, W / patch] maps.
+//!
+//! `Block`, `Attention`, `Mlp` and `LayerScale` are the shared [`terrahost_layers::vit`].
 use super::checks;
 use super::features::{self, Order, Taps};
-use super::layers::{
-    drop_path, drop_path_rate, layer_scale, trunc_normal, Conv2d, LayerNorm, Linear, Mlp, LN_EPS,
-};
+use super::layers::{drop_path_rate, trunc_normal, Conv2d, LayerNorm, LN_EPS};
 use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
+use terrahost_layers::vit::{Block, BlockConfig};
 use terrahost_plugin_api::params::ParamType;
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, PluginError, Result};
@@ -232,111 +233,20 @@ impl Config {
     }
 }
 
-/// timm's `Attention`: fused qkv projection, optional per-head q/k LayerNorm, scaled
-/// dot-product attention, output projection.
-#[derive(Debug)]
-struct Attention {
-    qkv: Linear,
-    q_norm: Option<LayerNorm>,
-    k_norm: Option<LayerNorm>,
-    proj: Linear,
-    num_heads: i64,
-    attn_drop: f64,
-    proj_drop: f64,
-}
-
-impl Attention {
-    fn new(p: nn::Path, cfg: &Config) -> Self {
-        let d = cfg.embed_dim;
-        let head_dim = d / cfg.num_heads;
-        Self {
-            qkv: Linear::timm(&p / "qkv", d, 3 * d, cfg.qkv_bias),
-            q_norm: cfg
-                .qk_norm
-                .then(|| LayerNorm::new(&p / "q_norm", head_dim, LN_EPS)),
-            k_norm: cfg
-                .qk_norm
-                .then(|| LayerNorm::new(&p / "k_norm", head_dim, LN_EPS)),
-            proj: Linear::timm(&p / "proj", d, d, true),
-            num_heads: cfg.num_heads,
-            attn_drop: cfg.attn_drop_rate,
-            proj_drop: cfg.proj_drop_rate,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let hd = c / self.num_heads;
-        // [B, N, 3C] -> [3, B, heads, N, head_dim]
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .f_reshape([b, n, 3, self.num_heads, hd])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (mut q, mut k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        let drop = if train { self.attn_drop } else { 0.0 };
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, drop, false, None, false,
-        )?;
-        // [B, heads, N, head_dim] -> [B, N, C]
-        let y = y.f_transpose(1, 2)?.f_reshape([b, n, c])?;
-        Ok(self.proj.forward(&y)?.f_dropout(self.proj_drop, train)?)
-    }
-}
-
-/// A pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each branch
-/// optionally scaled (LayerScale `ls1` / `ls2`) and dropped per sample (drop path).
-#[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    ls1: Option<Tensor>,
-    norm2: LayerNorm,
-    mlp: Mlp,
-    ls2: Option<Tensor>,
-    drop_path: f64,
-}
-
-impl Block {
-    fn new(p: nn::Path, cfg: &Config, drop_path: f64) -> Self {
-        let d = cfg.embed_dim;
-        // `init_values` of 0 or None means no LayerScale, as `if init_values` upstream.
-        let ls = |name: &str| {
-            cfg.init_values
-                .filter(|&v| v != 0.0)
-                .map(|v| (&p / name).var("gamma", &[d], Init::Const(v)))
-        };
-        Self {
-            norm1: LayerNorm::new(&p / "norm1", d, LN_EPS),
-            attn: Attention::new(&p / "attn", cfg),
-            ls1: ls("ls1"),
-            norm2: LayerNorm::new(&p / "norm2", d, LN_EPS),
-            mlp: Mlp::timm(
-                &p / "mlp",
-                d,
-                (d as f64 * cfg.mlp_ratio) as i64,
-                cfg.proj_drop_rate,
-            ),
-            ls2: ls("ls2"),
-            drop_path,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = layer_scale(
-            self.attn.forward(&self.norm1.forward(x)?, train)?,
-            self.ls1.as_ref(),
-        )?;
-        let x = x.f_add(&drop_path(y, self.drop_path, train)?)?;
-        let y = layer_scale(
-            self.mlp.forward(&self.norm2.forward(&x)?, train)?,
-            self.ls2.as_ref(),
-        )?;
-        Ok(x.f_add(&drop_path(y, self.drop_path, train)?)?)
+impl Config {
+    /// The shared [`Block`]'s configuration for one block with drop-path rate `drop_path`.
+    fn block_config(&self, drop_path: f64) -> BlockConfig {
+        let mut b = BlockConfig::timm(self.embed_dim, self.num_heads, self.mlp_ratio);
+        b.qkv_bias = self.qkv_bias;
+        b.qk_norm = self.qk_norm;
+        b.attn_drop = self.attn_drop_rate;
+        b.proj_drop = self.proj_drop_rate;
+        b.init_values = self.init_values;
+        b.drop_path = drop_path;
+        // timm's Mlp drops after the activation and after fc2, both at proj_drop.
+        b.mlp.drop_hidden = self.proj_drop_rate;
+        b.mlp.drop_out = self.proj_drop_rate;
+        b
     }
 }
 
@@ -426,7 +336,7 @@ impl VisionTransformer {
         let blocks = (0..=last)
             .map(|i| {
                 let dpr = drop_path_rate(cfg.drop_path_rate, i, cfg.depth);
-                Block::new(&p / "blocks" / i, cfg, dpr)
+                Block::new(&p / "blocks" / i, &cfg.block_config(dpr))
             })
             .collect();
         Ok(Self {

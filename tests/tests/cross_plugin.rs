@@ -1,0 +1,121 @@
+//! Entries of one plugin that build parts of another through the host, checked with both
+//! plugins' code linked into the process: the `timm` plugin's old `prithvi_vit_*` names
+//! (built as the `terratorch` plugin's Prithvi encoder) and Clay inside TerraTorch's
+//! EncoderDecoderFactory. They live here, not in the `timm` crate, so that no plugin crate
+//! depends on another.
+use serde_json::json;
+use terrahost_plugin_api::sdk::DynModule;
+use terrahost_plugin_api::SourceEntry;
+use terrahost_testkit::{
+    check_fixture_with, compare_outputs, host_with_plugins, keys_and_shapes, set_synthetic, Fixture,
+};
+
+/// The number of parameters (not buffers) of `m`.
+fn n_params(m: &DynModule) -> i64 {
+    m.module()
+        .named_parameters()
+        .iter()
+        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
+        .sum()
+}
+
+/// The `timm` then the `terratorch` plugin's sources.
+fn timm_and_terratorch() -> Vec<Vec<SourceEntry>> {
+    vec![
+        terrahost_timm::plugin_sources().unwrap(),
+        terrahost_terratorch::plugin_sources().unwrap(),
+    ]
+}
+
+/// The `terratorch` then the `timm` plugin's sources.
+fn terratorch_and_timm() -> Vec<Vec<SourceEntry>> {
+    vec![
+        terrahost_terratorch::plugin_sources().unwrap(),
+        terrahost_timm::plugin_sources().unwrap(),
+    ]
+}
+
+#[test]
+fn timm_prithvi_vit_tiny_parity() {
+    check_fixture_with(timm_and_terratorch(), "timm_prithvi_vit_tiny");
+}
+
+#[test]
+fn timm_prithvi_vit_100_parity() {
+    check_fixture_with(timm_and_terratorch(), "timm_prithvi_vit_100");
+}
+
+#[test]
+fn timm_prithvi_vit_300_parity() {
+    check_fixture_with(timm_and_terratorch(), "timm_prithvi_vit_300");
+}
+
+/// Sizes of the equivalent TerraTorch builders (counted in Python); the LayerNorm eps
+/// does not change them.
+#[test]
+fn timm_prithvi_vit_sizes_and_errors() {
+    let host = host_with_plugins(timm_and_terratorch());
+    for (name, params) in [
+        ("timm_prithvi_vit_tiny", 3_553_280i64),
+        ("timm_prithvi_vit_100", 86_237_184),
+    ] {
+        let m = host
+            .build("backbone", name, &serde_json::Map::new(), None)
+            .unwrap();
+        assert_eq!(n_params(&m), params, "{name}");
+        assert_eq!(m.meta()["patch_size"], json!([1, 16, 16]));
+    }
+    let args = json!({"features_only": false}).as_object().unwrap().clone();
+    let e = host
+        .build("backbone", "timm_prithvi_vit_tiny", &args, None)
+        .err()
+        .expect("features_only=false fails");
+    assert!(e.to_string().contains("features_only"), "{e}");
+}
+
+/// The corpus's Clay config (test_encoderdecoder_clay_v1_base_model_factory.yaml, small):
+/// the terratorch plugin's EncoderDecoderFactory with the timm plugin's backbone.
+#[test]
+fn clay_factory_parity_corpus_unet_config() {
+    let fx = Fixture::load("factory_clay_unet");
+    let host = host_with_plugins(terratorch_and_timm());
+    let m = host
+        .build("model_factory", "EncoderDecoderFactory", &fx.args(), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // terrahost keeps no `num_batches_tracked` (a checkpoint's are tolerated on load)
+    let mut expected: Vec<(String, Vec<i64>)> = fx
+        .keys
+        .iter()
+        .filter(|(k, _, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, s, _)| (k.clone(), s.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(keys_and_shapes(&m), expected, "state_dict keys");
+    set_synthetic(&m);
+    compare_outputs(&fx, &m);
+}
+
+/// The corpus's Clay config at full size
+/// (integrationtests/configs/test_encoderdecoder_clay_v1_base_model_factory.yaml, pretrained
+/// off): TerraTorch's model has these parameter and state_dict counts
+/// (`num_batches_tracked` not counted).
+#[test]
+fn clay_corpus_config_at_full_size_has_terratorchs_sizes() {
+    let args = json!({"task": "segmentation", "backbone": "clay_v1_base", "backbone_pretrained": false,
+        "num_classes": 3, "backbone_img_size": 512, "backbone_bands": [0, 1, 2, 3, 4, 5],
+        "necks": [{"name": "SelectIndices", "indices": [2, 5, 8, 11]}, {"name": "ReshapeTokensToImage"},
+                  {"name": "LearnedInterpolateToPyramidal"}],
+        "decoder": "UNetDecoder", "decoder_channels": [512, 256, 128, 64], "head_channel_list": [256],
+        "head_dropout": 0.1});
+    let host = host_with_plugins(terratorch_and_timm());
+    let m = host
+        .build(
+            "model_factory",
+            "EncoderDecoderFactory",
+            args.as_object().unwrap(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n_params(&m), 107_775_939);
+    assert_eq!(m.state_dict().len(), 199);
+}
