@@ -6,6 +6,7 @@ mod cli;
 mod corpus;
 mod cross_plugin;
 mod front;
+mod fuzz_replay;
 mod hostile;
 mod hostile_inputs;
 mod in_process;
