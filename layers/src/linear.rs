@@ -78,6 +78,14 @@ impl Linear {
         lin
     }
 
+    /// The layer without its bias, and the bias (still registered where it was), for a
+    /// caller that adds the bias itself (DINOv3's masked qkv bias).
+    pub fn split_bias(self) -> (Self, Option<Tensor>) {
+        let bias = self.inner.bias().map(Tensor::shallow_clone);
+        let inner = PackedLinear::from_parts(self.inner.weight().shallow_clone(), None);
+        (Self { inner }, bias)
+    }
+
     /// `linear(x)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.inner.forward(x))

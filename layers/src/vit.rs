@@ -4,11 +4,14 @@
 //! timm's `Block`), DOFA (timm's `Block` again) and TerraMind (4M's `Block` / `Attention`
 //! / `NormAttention` / `Mlp` / `GatedMlp` in `terratorch/models/backbones/terramind/model/
 //! fm_vit.py`, which differ from timm's only in the options of [`BlockConfig`]) and the
-//! blocks of TerraTorch's `SatMAEHead` (timm's again).
+//! blocks of TerraTorch's `SatMAEHead` (timm's again) and DINOv3's `SelfAttentionBlock`
+//! (`dinov3/layers/block.py` / `attention.py`: timm's block with a masked key bias,
+//! [`BlockConfig::mask_k_bias`], a SwiGLU or timm MLP, and RoPE through the hook).
 //!
 //! A block is pre-norm: `x + drop_path(ls1(attn(norm1(x))))`, then
 //! `x + drop_path(ls2(mlp(norm2(x))))`. Keys: `norm1`, `attn.qkv`, `attn.q_norm`,
-//! `attn.k_norm`, `attn.proj`, `ls1.gamma`, `norm2`, `mlp.*`, `ls2.gamma`.
+//! `attn.k_norm`, `attn.proj`, `ls1.gamma`, `norm2`, `mlp.*`, `ls2.gamma` (and the buffer
+//! `attn.qkv.bias_mask` with [`BlockConfig::mask_k_bias`]).
 //!
 //! Two hooks stay open for families with other parts: the MLP is any [`FeedForward`]
 //! ([`Block::with_mlp`], e.g. a SwiGLU with other key names), and attention takes an
@@ -84,6 +87,10 @@ pub struct BlockConfig {
     pub num_heads: i64,
     /// Bias of the fused qkv projection.
     pub qkv_bias: bool,
+    /// DINOv3's `mask_k_bias` (`LinearKMaskedBias`): the qkv bias is multiplied by the
+    /// buffer `qkv.bias_mask` (1 for q and v, 0 for k unless a checkpoint says otherwise)
+    /// before it is added, so keys get no bias. Only with `qkv_bias`.
+    pub mask_k_bias: bool,
     /// Bias of the output projection.
     pub proj_bias: bool,
     /// LayerNorm over each head's q and k (`q_norm` / `k_norm`).
@@ -117,6 +124,7 @@ impl BlockConfig {
             dim,
             num_heads,
             qkv_bias: true,
+            mask_k_bias: false,
             proj_bias: true,
             qk_norm: false,
             norm_eps: crate::norm::LN_EPS,
@@ -150,6 +158,12 @@ impl BlockConfig {
 pub trait FeedForward: std::fmt::Debug + Send {
     /// `[B, N, dim] -> [B, N, dim]`.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+}
+
+impl FeedForward for crate::swiglu::SwiGluFfn {
+    fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        crate::swiglu::SwiGluFfn::forward(self, x)
+    }
 }
 
 impl FeedForward for Mlp {
@@ -188,11 +202,20 @@ impl FeedForward for GatedMlp {
     }
 }
 
+/// The qkv bias of [`BlockConfig::mask_k_bias`]: added as `bias * bias_mask`.
+#[derive(Debug)]
+struct MaskedBias {
+    bias: Tensor,
+    mask: Tensor,
+}
+
 /// timm's `Attention`: fused qkv projection, optional per-head q/k LayerNorm, scaled
 /// dot-product attention (scale `head_dim ** -0.5`), output projection.
 #[derive(Debug)]
 pub struct Attention {
     qkv: Linear,
+    /// With `mask_k_bias`, the qkv bias, split off `qkv` so that it is masked first.
+    qkv_masked_bias: Option<MaskedBias>,
     q_norm: Option<LayerNorm>,
     k_norm: Option<LayerNorm>,
     proj: Linear,
@@ -203,12 +226,27 @@ pub struct Attention {
 
 impl Attention {
     /// The attention of a block configured by `cfg`, under `p` (`qkv`, `q_norm`,
-    /// `k_norm`, `proj`).
+    /// `k_norm`, `proj`; `qkv.bias_mask` with `mask_k_bias`).
     pub fn new(p: nn::Path, cfg: &BlockConfig) -> Self {
         let d = cfg.dim;
         let head_dim = d / cfg.num_heads;
+        let mut qkv = cfg.init.linear(&p / "qkv", d, 3 * d, cfg.qkv_bias);
+        let mut qkv_masked_bias = None;
+        if cfg.mask_k_bias {
+            let (weight_only, bias) = qkv.split_bias();
+            qkv = weight_only;
+            qkv_masked_bias = bias.map(|bias| {
+                // what DINOv3's `init_weights_vit` writes: keep q and v, zero k
+                let mask = (&p / "qkv").ones_no_train("bias_mask", &[3 * d]);
+                tch::no_grad(|| {
+                    let _ = mask.narrow(0, d, d).fill_(0.0);
+                });
+                MaskedBias { bias, mask }
+            });
+        }
         Self {
-            qkv: cfg.init.linear(&p / "qkv", d, 3 * d, cfg.qkv_bias),
+            qkv,
+            qkv_masked_bias,
             q_norm: cfg.qk_norm.then(|| cfg.norm(&p / "q_norm", head_dim)),
             k_norm: cfg.qk_norm.then(|| cfg.norm(&p / "k_norm", head_dim)),
             proj: cfg.init.linear(&p / "proj", d, d, cfg.proj_bias),
@@ -228,9 +266,11 @@ impl Attention {
         let (b, n, c) = x.size3()?;
         let hd = c / self.num_heads;
         // [B, N, 3C] -> [3, B, heads, N, head_dim]
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let mut qkv = self.qkv.forward(x)?;
+        if let Some(MaskedBias { bias, mask }) = &self.qkv_masked_bias {
+            qkv = qkv.f_add(&bias.f_mul(&mask.f_to_kind(bias.kind())?)?)?;
+        }
+        let qkv = qkv
             .f_reshape([b, n, 3, self.num_heads, hd])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (mut q, mut k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
@@ -452,6 +492,55 @@ mod tests {
             .linear(&v["proj.weight"], Some(&v["proj.bias"]));
         assert_eq!(calls.get(), 1);
         assert!(got.allclose(&want, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn mask_k_bias_keeps_the_keys_and_leaves_k_without_bias() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut cfg = BlockConfig::timm(8, 2, 2.0);
+        cfg.mask_k_bias = true;
+        let attn = Attention::new(vs.root(), &cfg);
+        let k = keys(&vs);
+        let names: Vec<&str> = k.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "proj.bias",
+                "proj.weight",
+                "qkv.bias",
+                "qkv.bias_mask",
+                "qkv.weight"
+            ]
+        );
+        // the mask is a buffer: 1 for q and v, 0 for k
+        assert_eq!(vs.trainable_variables().len(), 4);
+        let v = vs.variables();
+        let mut m = [1f32; 24];
+        m[8..16].fill(0.0);
+        let want_mask = Tensor::from_slice(&m);
+        assert!(v["qkv.bias_mask"].equal(&want_mask));
+        // With a non-zero bias, the masked attention equals an unmasked one whose k bias is
+        // zero.
+        tch::no_grad(|| {
+            v["qkv.bias"]
+                .shallow_clone()
+                .copy_(&Tensor::randn([24], (Kind::Float, Device::Cpu)));
+        });
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let plain = Attention::new(vs2.root(), &BlockConfig::timm(8, 2, 2.0));
+        let v2 = vs2.variables();
+        tch::no_grad(|| {
+            for k in ["qkv.weight", "proj.weight", "proj.bias"] {
+                v2[k].shallow_clone().copy_(&v[k]);
+            }
+            v2["qkv.bias"]
+                .shallow_clone()
+                .copy_(&(&v["qkv.bias"] * &want_mask));
+        });
+        let x = Tensor::randn([1, 3, 8], (Kind::Float, Device::Cpu));
+        let got = tch::no_grad(|| attn.forward(&x, false)).unwrap();
+        let want = tch::no_grad(|| plain.forward(&x, false)).unwrap();
+        assert!(got.allclose(&want, 1e-6, 1e-6, false));
     }
 
     #[test]

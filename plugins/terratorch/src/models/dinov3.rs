@@ -24,14 +24,13 @@
 //! float32 parameters would not fit in the available memory is refused before it is built.
 use serde_json::{json, Map, Value};
 use std::path::Path;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 use terrahost_layers::checkpoint::read_state_dict;
 use terrahost_layers::conv::Conv2d;
-use terrahost_layers::drop::layer_scale;
-use terrahost_layers::linear::{Linear, Mlp};
 use terrahost_layers::norm::LayerNorm;
 use terrahost_layers::rope::{self, RopeConfig, RopePositionEmbedding};
 use terrahost_layers::swiglu::SwiGluFfn;
+use terrahost_layers::vit::{Block, BlockConfig};
 use terrahost_plugin_api::{
     sdk::{BuildCtx, Built, Entry, Model},
     ModuleBox, ParamType, PluginError, Result,
@@ -205,6 +204,41 @@ impl Config {
         (self.embed_dim as f64 * self.ffn_ratio) as i64
     }
 
+    /// The shared block's configuration for `SelfAttentionBlock` (in eval mode, and in
+    /// train mode without stochastic depth: every preset has `drop_path_rate=0`): timm's
+    /// pre-norm block with DINOv3's biases, norm eps, LayerScale and masked key bias. The
+    /// MLP part describes `"mlp"` (fc1, exact GELU, fc2); SwiGLU is built in its place.
+    pub fn block_config(&self) -> BlockConfig {
+        let mut b = BlockConfig::timm(self.embed_dim, self.num_heads, self.ffn_ratio);
+        b.qkv_bias = self.qkv_bias;
+        b.mask_k_bias = self.mask_k_bias;
+        b.proj_bias = self.proj_bias;
+        b.norm_eps = self.norm_eps;
+        b.init_values = self.layerscale_init;
+        b.mlp.hidden = self.ffn_hidden();
+        b.mlp.bias = self.ffn_bias;
+        b
+    }
+
+    /// The block `p` (`blocks.<i>`): keys `norm1`, `attn.qkv` (with the buffer
+    /// `attn.qkv.bias_mask` under `mask_k_bias`), `attn.proj`, `ls1.gamma`, `norm2`,
+    /// `mlp.fc1` / `mlp.fc2` or `mlp.w1` / `mlp.w2` / `mlp.w3`, `ls2.gamma`.
+    fn block(&self, p: nn::Path) -> Block {
+        let cfg = self.block_config();
+        match self.ffn {
+            Ffn::Mlp => Block::new(p, &cfg),
+            Ffn::SwiGlu { align_to } => Block::with_mlp(p, &cfg, |p| {
+                Box::new(SwiGluFfn::new(
+                    p,
+                    self.embed_dim,
+                    self.ffn_hidden(),
+                    self.ffn_bias,
+                    align_to,
+                ))
+            }),
+        }
+    }
+
     /// The number of parameters (`sum(p.numel() for p in model.parameters())`; the
     /// buffers `rope_embed.periods` and `bias_mask` are not parameters).
     pub fn n_params(&self) -> i64 {
@@ -258,148 +292,6 @@ impl Config {
     }
 }
 
-/// `LinearKMaskedBias` (with `mask_k_bias`) or `nn.Linear`: the `qkv` projection. Its
-/// bias, when masked, is `bias * bias_mask`, where the buffer `bias_mask` is 1 for the
-/// query and value thirds and 0 for the key third (what `init_weights_vit` writes; a
-/// checkpoint's own value replaces it).
-struct Qkv {
-    linear: Linear,
-    bias: Option<Tensor>,
-    bias_mask: Option<Tensor>,
-}
-
-impl Qkv {
-    fn new(p: nn::Path, dim: i64, bias: bool, mask_k_bias: bool) -> Result<Self> {
-        let o = 3 * dim;
-        // The weight goes through `Linear` (key `weight`); the bias is kept apart because
-        // it is masked before it is added.
-        let linear = Linear::timm(p.clone(), dim, o, false);
-        let bias_t = bias.then(|| p.var("bias", &[o], nn::Init::Const(0.0)));
-        let bias_mask = match (&bias_t, mask_k_bias) {
-            (Some(_), true) => {
-                let mut m = p.zeros_no_train("bias_mask", &[o]);
-                let init = Tensor::ones([o], (Kind::Float, Device::Cpu));
-                let _ = init.narrow(0, o / 3, 2 * o / 3 - o / 3).fill_(0.0);
-                tch::no_grad(|| m.f_copy_(&init))?;
-                Some(m)
-            }
-            _ => None,
-        };
-        Ok(Self {
-            linear,
-            bias: bias_t,
-            bias_mask,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.linear.forward(x)?;
-        Ok(match (&self.bias, &self.bias_mask) {
-            (Some(b), Some(m)) => y.f_add(&b.f_mul(&m.f_to_kind(b.kind())?)?)?,
-            (Some(b), None) => y.f_add(b)?,
-            _ => y,
-        })
-    }
-}
-
-/// `SelfAttention` with RoPE on the patch tokens.
-struct Attention {
-    qkv: Qkv,
-    proj: Linear,
-    num_heads: i64,
-}
-
-impl Attention {
-    fn forward(&self, x: &Tensor, rope: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
-        let (b, n, c) = x.size3()?;
-        let h = self.num_heads;
-        // [B, N, 3C] -> [B, N, 3, heads, C/heads] -> 3 x [B, heads, N, C/heads]
-        let qkv = self.qkv.forward(x)?.f_reshape([b, n, 3, h, c / h])?;
-        let parts = qkv.f_unbind(2)?;
-        let t = |i: usize| parts[i].f_transpose(1, 2);
-        let (mut q, mut k, v) = (t(0)?, t(1)?, t(2)?);
-        if let Some((sin, cos)) = rope {
-            q = rope::apply_to_patches(&q, sin, cos)?;
-            k = rope::apply_to_patches(&k, sin, cos)?;
-        }
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        // [B, heads, N, C/heads] -> [B, N, C]
-        let y = y.f_transpose(1, 2)?.f_reshape([b, n, c])?;
-        self.proj.forward(&y)
-    }
-}
-
-/// The block's feed-forward network.
-enum FeedForward {
-    Mlp(Mlp),
-    SwiGlu(SwiGluFfn),
-}
-
-/// `SelfAttentionBlock` in eval and in train mode without stochastic depth (every preset
-/// has `drop_path_rate=0`).
-///
-/// It should move onto the shared ViT `Block` of `terrahost-layers` (being written on
-/// another branch) once that block takes a rotary embedding and a pluggable FFN; until
-/// then DINOv3 keeps its own, built from the shared pieces.
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    ls1: Option<Tensor>,
-    norm2: LayerNorm,
-    mlp: FeedForward,
-    ls2: Option<Tensor>,
-}
-
-impl Block {
-    fn new(p: nn::Path, cfg: &Config) -> Result<Self> {
-        let d = cfg.embed_dim;
-        let ls = |name: &str| {
-            cfg.layerscale_init
-                .map(|v| (&p / name).var("gamma", &[d], nn::Init::Const(v)))
-        };
-        let hidden = cfg.ffn_hidden();
-        let mlp = match cfg.ffn {
-            Ffn::Mlp => FeedForward::Mlp(Mlp::new(
-                Linear::timm(&p / "mlp" / "fc1", d, hidden, cfg.ffn_bias),
-                Linear::timm(&p / "mlp" / "fc2", hidden, d, cfg.ffn_bias),
-                0.0,
-            )),
-            Ffn::SwiGlu { align_to } => FeedForward::SwiGlu(SwiGluFfn::new(
-                &p / "mlp",
-                d,
-                hidden,
-                cfg.ffn_bias,
-                align_to,
-            )),
-        };
-        Ok(Self {
-            norm1: LayerNorm::new(&p / "norm1", d, cfg.norm_eps),
-            attn: Attention {
-                qkv: Qkv::new(&p / "attn" / "qkv", d, cfg.qkv_bias, cfg.mask_k_bias)?,
-                proj: Linear::timm(&p / "attn" / "proj", d, d, cfg.proj_bias),
-                num_heads: cfg.num_heads,
-            },
-            ls1: ls("ls1"),
-            norm2: LayerNorm::new(&p / "norm2", d, cfg.norm_eps),
-            mlp,
-            ls2: ls("ls2"),
-        })
-    }
-
-    fn forward(&self, x: &Tensor, rope: Option<&(Tensor, Tensor)>, train: bool) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, rope)?;
-        let x = x.f_add(&layer_scale(a, self.ls1.as_ref())?)?;
-        let y = self.norm2.forward(&x)?;
-        let f = match &self.mlp {
-            FeedForward::Mlp(m) => m.forward(&y, train)?,
-            FeedForward::SwiGlu(s) => s.forward(&y)?,
-        };
-        Ok(x.f_add(&layer_scale(f, self.ls2.as_ref())?)?)
-    }
-}
-
 /// `DinoVisionTransformer`: patch embedding, class and register tokens, blocks with RoPE,
 /// the final norm. Keys are the reference's, under the path it was built at.
 pub struct DinoVisionTransformer {
@@ -428,8 +320,8 @@ impl DinoVisionTransformer {
         let storage_tokens = (cfg.n_storage_tokens > 0)
             .then(|| p.var("storage_tokens", &[1, cfg.n_storage_tokens, d], tok));
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(&p / "blocks" / i, cfg))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|i| cfg.block(&p / "blocks" / i))
+            .collect();
         if cfg.untie_global_and_local_cls_norm {
             let _ = LayerNorm::new(&p / "local_cls_norm", d, cfg.norm_eps);
         }
@@ -502,14 +394,22 @@ impl DinoVisionTransformer {
         let mut out = Vec::with_capacity(self.blocks.len());
         for blk in &self.blocks {
             let drawn;
-            let rope = match &fixed {
+            let (sin, cos) = match &fixed {
                 Some(r) => r,
                 None => {
                     drawn = self.rope_embed.sin_cos(h, w, true)?;
                     &drawn
                 }
             };
-            x = blk.forward(&x, Some(rope), train)?;
+            // `SelfAttention.apply_rope`: patch tokens of q and k rotated, the class and
+            // register tokens left as they are
+            let rope = |q: &Tensor, k: &Tensor| -> Result<(Tensor, Tensor)> {
+                Ok((
+                    rope::apply_to_patches(q, sin, cos)?,
+                    rope::apply_to_patches(k, sin, cos)?,
+                ))
+            };
+            x = blk.forward_with(&x, train, Some(&rope))?;
             out.push(x.shallow_clone());
         }
         Ok(out)
