@@ -73,17 +73,7 @@ pub fn gather(
                         }
                         _ => o.clone(),
                     });
-                } else if let Err(r) = policy
-                    .restricts()
-                    .then(|| {
-                        integrity::sha256_file(&key.path)
-                            .map_err(|e| {
-                                Refusal::new(kind::UNREADABLE, format!("cannot be read: {e}"))
-                            })
-                            .and_then(|h| policy.check(&h))
-                    })
-                    .unwrap_or(Ok(()))
-                {
+                } else if let Err(r) = allowed_before_scan(&policy, &key.path) {
                     outcomes[i] = Some(Outcome::Refused(r));
                 } else if let Err(r) = discover::precheck(&key.path, key.size) {
                     cache.insert(key.clone(), Outcome::Refused(r.clone()));
@@ -129,6 +119,17 @@ pub fn gather(
             outcome: o.expect("every candidate has an outcome"),
         })
         .collect()
+}
+
+/// With an allowlist in force, whether the file at `path` may be scanned: its hash
+/// decides before the scanner opens it.
+fn allowed_before_scan(policy: &Policy, path: &std::path::Path) -> Result<(), Refusal> {
+    if !policy.restricts() {
+        return Ok(());
+    }
+    let hash = integrity::sha256_file(path)
+        .map_err(|e| Refusal::new(kind::UNREADABLE, format!("cannot be read: {e}")))?;
+    policy.check(&hash)
 }
 
 /// Whether a cached plugin with the recorded `sha256` may load under `policy`.

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use terrahost::{config::ModelConfig, weights, Host, HostError};
@@ -101,7 +101,7 @@ fn is_bookkeeping(name: &str) -> bool {
 /// `location_coords` when present (an empty tensor stands for a missing one before a
 /// present one, which the plugins read as Python's `None`). A file without `input`
 /// holds named inputs: every tensor except `input.N`, `output`, `output.N` and `aux_*`.
-fn read_input(path: &PathBuf) -> Result<Inputs, HostError> {
+fn read_input(path: &Path) -> Result<Inputs, HostError> {
     // A regular file that fits in memory: `/dev/zero` or a FIFO is refused, not read.
     let (_, len) = terrahost::limits::open_regular(path, "--input").map_err(HostError::Usage)?;
     terrahost::limits::check_tensor("--input", &[len as i64], 1).map_err(HostError::Usage)?;

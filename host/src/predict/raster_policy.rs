@@ -132,9 +132,10 @@ fn scene_dir(path: &Path) -> Result<PathBuf, String> {
 /// A file the scene refers to must be local and lie in `dir` (or below).
 fn check_reference(reference: &str, dir: &Path) -> Result<(), String> {
     if reference.starts_with("/vsi") || reference.contains("://") {
-        return Err(format!(
+        return Err(
             "it refers to a remote or virtual source; predict reads local files unless --allow-remote-rasters is given"
-        ));
+                .to_owned(),
+        );
     }
     let p = Path::new(reference);
     let p = if p.is_absolute() {
