@@ -25,6 +25,9 @@ fn backbones() -> Catalog {
     c = models::torchgeo_resnet::entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::torchgeo_vit::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c = models::swin_v2::entries().into_iter().fold(c, Catalog::add);
     c = models::dofa_vit::entries()
         .into_iter()
@@ -142,3 +145,5 @@ mod tests_prithvi;
 mod tests_terramind;
 #[cfg(test)]
 mod tests_torchgeo;
+#[cfg(test)]
+mod tests_torchgeo_vit;

@@ -25,6 +25,7 @@ pub mod swin_v2;
 pub mod temporal_wrapper;
 pub mod terramind;
 pub mod torchgeo_resnet;
+pub mod torchgeo_vit;
 pub mod trunk;
 pub mod unet_decoder;
 pub mod upernet_decoder;
