@@ -36,6 +36,9 @@ fn backbones() -> Catalog {
     c = models::dinov3_convnext::entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::mmearth_convnextv2::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c
 }
 
@@ -137,6 +140,8 @@ mod tests_dofa;
 mod tests_entries;
 #[cfg(test)]
 mod tests_factories;
+#[cfg(test)]
+mod tests_mmearth_convnextv2;
 #[cfg(test)]
 mod tests_necks;
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod heads;
 pub mod identity_decoder;
 pub mod linear_decoder;
 pub mod mlp_decoder;
+pub mod mmearth_convnextv2;
 pub mod necks;
 pub mod pixel_wise_model;
 pub mod prithvi_checkpoint;
