@@ -39,7 +39,8 @@ fn backbones() -> Catalog {
     c = models::mmearth_convnextv2::entries()
         .into_iter()
         .fold(c, Catalog::add);
-    c
+    c.add(models::unet::entry())
+        .add(models::identity_backbone::entry())
 }
 
 /// The `terratorch` entries of the `neck` registry.
@@ -152,3 +153,5 @@ mod tests_terramind;
 mod tests_torchgeo;
 #[cfg(test)]
 mod tests_torchgeo_vit;
+#[cfg(test)]
+mod tests_unet_identity;
