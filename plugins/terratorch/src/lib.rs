@@ -117,6 +117,7 @@ fn model_factories() -> Catalog {
         .add(models::prithvi_model_factory::entry())
         .add(models::full_model_factory::entry())
         .add(models::generic_model_factory::entry())
+        .add(models::generic_unet_model_factory::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {

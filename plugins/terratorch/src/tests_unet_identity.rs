@@ -72,3 +72,79 @@ fn identity_backbone_reports_given_channels() {
     let e = build_err("IdentityBackbone", json!({"in_chans": 3}));
     assert!(e.contains("in_chans"), "{e}");
 }
+
+/// GenericUnetModelFactory against TerraTorch's model for the same synthetic weights.
+fn generic_unet_reproduces(case: &str) {
+    let fx = terrahost_testkit::Fixture::load(case);
+    let host = host_with(crate::plugin_sources().unwrap());
+    let module = host
+        .build("model_factory", "GenericUnetModelFactory", &fx.args(), None)
+        .unwrap();
+    // tch's BatchNorm has no `num_batches_tracked` (unused in eval); the rest must match
+    let weights: std::collections::HashMap<String, tch::Tensor> = fx
+        .weights()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    let sd = module.state_dict();
+    assert_eq!(
+        sd.len(),
+        weights.len(),
+        "{case}: TerraTorch's state_dict size"
+    );
+    tch::no_grad(|| {
+        for (k, mut t) in sd {
+            let w = weights
+                .get(&k)
+                .unwrap_or_else(|| panic!("{case}: `{k}` is not a TerraTorch key"));
+            assert_eq!(t.size(), w.size(), "{k}");
+            t.copy_(w);
+        }
+    });
+    let y = tch::no_grad(|| module.forward(&fx.inputs)).unwrap();
+    assert_eq!(y.len(), 1);
+    terrahost_testkit::assert_close(case, &y[0], &fx.outputs[0], 1e-4);
+}
+
+#[test]
+fn generic_unet_factory_segmentation_matches_terratorch() {
+    generic_unet_reproduces("factory_generic_unet_segmentation");
+}
+
+#[test]
+fn generic_unet_factory_regression_squeezes_like_terratorch() {
+    generic_unet_reproduces("factory_generic_unet_regression");
+}
+
+#[test]
+fn generic_unet_factory_refusals() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let build_err = |args: Value| {
+        host.build("model_factory", "GenericUnetModelFactory", &obj(args), None)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let e = build_err(json!({"task": "classification", "backbone": "UNet"}));
+    assert!(e.contains("pixel wise"), "{e}");
+    let e = build_err(json!({"backbone": "timm_resnet18"}));
+    assert!(e.contains("backbone") && e.contains("UNet"), "{e}");
+    let e = build_err(json!({"backbone": "UNet", "decoder": "UNetDecoder"}));
+    assert!(e.contains("decoder"), "{e}");
+    let e = build_err(json!({"task": "segmentation"}));
+    assert!(e.contains("backbone"), "{e}");
+    let m = host
+        .build(
+            "model_factory",
+            "GenericUnetModelFactory",
+            &obj(json!({"task": "regression", "backbone": "UNet", "regression_relu": true,
+                        "backbone_num_stages": 1, "backbone_strides": [1], "backbone_enc_num_convs": [1],
+                        "backbone_dec_num_convs": [], "backbone_downsamples": [], "backbone_enc_dilations": [1],
+                        "backbone_dec_dilations": [], "backbone_out_channels": 2})),
+            None,
+        )
+        .unwrap();
+    let x = tch::Tensor::zeros([1, 3, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    let e = tch::no_grad(|| m.forward(&[x])).expect_err("ReLU on a list fails upstream");
+    assert!(e.to_string().contains("regression_relu"), "{e}");
+}

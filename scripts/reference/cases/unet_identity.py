@@ -61,3 +61,46 @@ CASES: dict[str, Callable[[], Case]] = {
         dec_num_convs=(2,), downsamples=(False,), enc_dilations=(1, 1), dec_dilations=(1,)),
     "terratorch_IdentityBackbone": case_identity,
 }
+
+
+def _generic_unet(model_args: dict, hw: tuple[int, int], explanation: str) -> Callable[[], Case]:
+    def make() -> Case:
+        from refkit import MODEL_FACTORY_REGISTRY, fwd_model_output
+
+        model = MODEL_FACTORY_REGISTRY.build("GenericUnetModelFactory").build_model(**dict(model_args))
+        kw = ", ".join(f"{k}={v!r}" for k, v in model_args.items())
+        return Case(
+            registry="model",
+            name="GenericUnetModelFactory",
+            channels=None,
+            args=model_args,
+            reference=f'MODEL_FACTORY_REGISTRY.build("GenericUnetModelFactory").build_model({kw}). ' + explanation,
+            model=model,
+            input_shapes=[[1, model_args.get("backbone_in_channels", 3), *hw]],
+            forward=fwd_model_output,
+            extra_meta={"model_class": type(model).__name__,
+                        "state_dict_prefixes": sorted({k.split(".")[0] + "." for k in model.state_dict()})},
+            factory_config={"model_factory": "GenericUnetModelFactory", "model_args": model_args},
+        )
+
+    return make
+
+
+CASES["factory_generic_unet_segmentation"] = _generic_unet(
+    {"task": "segmentation", "backbone": "UNet", "backbone_in_channels": 4, "backbone_out_channels": 4,
+     "backbone_num_stages": 3, "backbone_strides": [1, 1, 1], "backbone_enc_num_convs": [2, 2, 2],
+     "backbone_dec_num_convs": [2, 2], "backbone_downsamples": [True, True], "backbone_enc_dilations": [1, 1, 1],
+     "backbone_dec_dilations": [1, 1], "in_channels": 4, "pretrained": False, "num_classes": 3},
+    (16, 16),
+    "GenericUnetModelWrapper (keys unet_model.*) around terratorch.models.backbones.UNet(**backbone_*); output: "
+    "the UNet's last (finest) map; in_channels, pretrained and num_classes are not used.",
+)
+CASES["factory_generic_unet_regression"] = _generic_unet(
+    {"task": "regression", "backbone": "UNet", "backbone_in_channels": 2, "backbone_out_channels": 1,
+     "backbone_num_stages": 2, "backbone_strides": [1, 2], "backbone_enc_num_convs": [1, 2],
+     "backbone_dec_num_convs": [1], "backbone_downsamples": [True], "backbone_enc_dilations": [1, 1],
+     "backbone_dec_dilations": [2], "regression_relu": False},
+    (8, 12),
+    "GenericUnetModelWrapper around a 2-stage UNet with out_channels=1: for regression the single channel of the "
+    "last map is squeezed ([B, H, W]).",
+)

@@ -9,6 +9,7 @@ pub mod encoder_decoder_factory;
 pub mod fcn_decoder;
 pub mod full_model_factory;
 pub mod generic_model_factory;
+pub mod generic_unet_model_factory;
 pub mod heads;
 pub mod identity_backbone;
 pub mod identity_decoder;
