@@ -25,6 +25,9 @@ fn backbones() -> Catalog {
     c = models::torchgeo_resnet::entries()
         .into_iter()
         .fold(c, Catalog::add);
+    c = models::torchgeo_vit::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
     c = models::swin_v2::entries().into_iter().fold(c, Catalog::add);
     c = models::dofa_vit::entries()
         .into_iter()
@@ -33,7 +36,11 @@ fn backbones() -> Catalog {
     c = models::dinov3_convnext::entries()
         .into_iter()
         .fold(c, Catalog::add);
-    c
+    c = models::mmearth_convnextv2::entries()
+        .into_iter()
+        .fold(c, Catalog::add);
+    c.add(models::unet::entry())
+        .add(models::identity_backbone::entry())
 }
 
 /// The `terratorch` entries of the `neck` registry.
@@ -110,6 +117,7 @@ fn model_factories() -> Catalog {
         .add(models::prithvi_model_factory::entry())
         .add(models::full_model_factory::entry())
         .add(models::generic_model_factory::entry())
+        .add(models::generic_unet_model_factory::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -135,6 +143,8 @@ mod tests_entries;
 #[cfg(test)]
 mod tests_factories;
 #[cfg(test)]
+mod tests_mmearth_convnextv2;
+#[cfg(test)]
 mod tests_necks;
 #[cfg(test)]
 mod tests_prithvi;
@@ -142,3 +152,7 @@ mod tests_prithvi;
 mod tests_terramind;
 #[cfg(test)]
 mod tests_torchgeo;
+#[cfg(test)]
+mod tests_torchgeo_vit;
+#[cfg(test)]
+mod tests_unet_identity;
