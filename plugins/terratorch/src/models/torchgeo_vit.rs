@@ -11,13 +11,13 @@
 //! `forward_intermediates(x, intermediates_only=True)`: the patch tokens after every block,
 //! without the final norm, as `[B, D, H/p, W/p]` maps. It keeps `out_indices` and never reads
 //! it, so every block is returned whatever `out_indices` says.
-use super::prithvi_mae::Block;
 use super::torchgeo_resnet::{
     checkpoint_file, in_chans, load_checkpoint, model_bands, pretrained_bands,
 };
 use serde_json::{json, Map, Value};
 use tch::nn::{self, Module};
 use tch::Tensor;
+use terrahost_layers::vit::{Block, BlockConfig};
 use terrahost_plugin_api::sdk::{BuildCtx, Built, Entry, Model};
 use terrahost_plugin_api::{ModuleBox, ParamType, PluginError, Result};
 
@@ -174,14 +174,11 @@ impl TorchgeoViT {
                 } else {
                     0.0
                 };
-                Block::new(
-                    &p / "blocks" / i,
-                    d,
-                    cfg.num_heads,
-                    cfg.mlp_ratio,
-                    1e-6,
-                    rate,
-                )
+                // timm's `vit_small_patch16_224` block: the shared Block with timm's init.
+                let mut block = BlockConfig::timm(d, cfg.num_heads, cfg.mlp_ratio);
+                block.norm_eps = 1e-6;
+                block.drop_path = rate;
+                Block::new(&p / "blocks" / i, &block)
             })
             .collect();
         // the final norm and the classifier: in the state_dict only, as forward_intermediates
