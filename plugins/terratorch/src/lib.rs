@@ -137,6 +137,8 @@ mod tests_factories;
 #[cfg(test)]
 mod tests_necks;
 #[cfg(test)]
+mod tests_peft;
+#[cfg(test)]
 mod tests_prithvi;
 #[cfg(test)]
 mod tests_terramind;

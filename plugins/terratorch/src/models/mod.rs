@@ -14,6 +14,7 @@ pub mod identity_decoder;
 pub mod linear_decoder;
 pub mod mlp_decoder;
 pub mod necks;
+pub mod peft;
 pub mod pixel_wise_model;
 pub mod prithvi_checkpoint;
 pub mod prithvi_mae;
