@@ -84,7 +84,40 @@ CASES = {
             },
         },
     ),
+    # timm's ViT (another plugin in terrahost): fused qkv split, adapters by suffix;
+    # input 3 x 32 x 32.
+    "lora_timm_vit_replace_qkv": (
+        "EncoderDecoderFactory",
+        {
+            "task": "segmentation",
+            "backbone": "timm_vit_tiny_patch16_224",
+            "backbone_pretrained": False,
+            "backbone_features_only": True,
+            "backbone_img_size": 32,
+            "backbone_patch_size": 8,
+            "backbone_embed_dim": 16,
+            "backbone_depth": 2,
+            "backbone_num_heads": 2,
+            "backbone_out_indices": [1],
+            "necks": [{"name": "ReshapeTokensToImage", "remove_cls_token": True}],
+            "decoder": "FCNDecoder",
+            "decoder_channels": 8,
+            "decoder_num_convs": 1,
+            "num_classes": 2,
+            "peft_config": {
+                "method": "LORA",
+                "replace_qkv": "qkv",
+                "peft_config_kwargs": {
+                    "target_modules": ["q_linear", "v_linear", "mlp.fc2"],
+                    "r": 2,
+                    "lora_alpha": 4,
+                },
+            },
+        },
+    ),
 }
+
+IN_CHANS = {"lora_timm_vit_replace_qkv": 3}
 
 
 def build(factory: str, model_args: dict) -> torch.nn.Module:
@@ -108,7 +141,8 @@ def main() -> None:
     for case, (factory, model_args) in CASES.items():
         model = build(factory, model_args)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, len(BANDS), 16, 16, generator=g)
+        size = 32 if case in IN_CHANS else 16
+        x = torch.randn(1, IN_CHANS.get(case, len(BANDS)), size, size, generator=g)
         y = run(model, x)
         sd = {k: v.contiguous() for k, v in model.state_dict().items()}
         d = OUT / case

@@ -7,6 +7,7 @@ mod corpus;
 mod front;
 mod hostile;
 mod in_process;
+mod peft;
 mod plugins;
 mod predict;
 mod scaffold;

@@ -10,7 +10,6 @@ use super::config::LoraSpec;
 use super::layout::{layout, AdapterSite, Entry, InnerTensor, Layout, Source};
 use std::sync::Mutex;
 use tch::{Device, Tensor};
-use terrahost_layers::linear::fan_in_uniform;
 use terrahost_layers::lora::{Adapter, AdapterScope};
 use terrahost_plugin_api::reexports::abi_stable::std_types::{ROption, RResult, RString, RVec};
 use terrahost_plugin_api::{
@@ -94,10 +93,7 @@ impl PeftModule {
             .map(|a| {
                 let w = inner_tensor(&state, &a.weight)?;
                 let opts = (w.kind(), w.device());
-                let bound = match fan_in_uniform(a.in_features) {
-                    tch::nn::Init::Uniform { up, .. } => up,
-                    _ => 1.0 / (a.in_features as f64).sqrt(),
-                };
+                let bound = 1.0 / (a.in_features as f64).sqrt();
                 let am = Tensor::f_rand([spec.r, a.in_features], opts)? * (2.0 * bound) - bound;
                 let bm = Tensor::f_zeros([a.out_features, spec.r], opts)?;
                 Ok((am, bm))

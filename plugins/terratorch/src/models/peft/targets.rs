@@ -105,6 +105,10 @@ pub fn excluded_by_modules_to_save(modules_to_save: &[String], key: &str) -> Res
 
 /// Whether `modules_to_save` keeps the module `key` whole: PEFT's plain
 /// `key.endswith(target_key)`, without a dot (so `norm` also matches `prenorm`).
+/// PEFT runs this over the module names after the LoRA layers are in place, which adds
+/// `base_layer`, `lora_A`, `lora_A.default`, ...; terrahost matches the names before,
+/// which differs only for entries such as `default` or `lora_A` that PEFT itself refuses
+/// or that would wrap its own adapter layers.
 pub fn saved(modules_to_save: &[String], key: &str) -> bool {
     modules_to_save.iter().any(|m| key.ends_with(m.as_str()))
 }
