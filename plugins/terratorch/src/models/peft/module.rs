@@ -8,6 +8,7 @@
 //! inside the backbone (`qkv.weight` -> `qkv.base_layer.weight`).
 use super::config::LoraSpec;
 use super::layout::{layout, AdapterSite, Entry, InnerTensor, Layout, Source};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use tch::{Device, Tensor};
 use terrahost_layers::lora::{Adapter, AdapterScope};
@@ -55,21 +56,20 @@ fn key_of(ts: &[&Tensor]) -> Result<MergeKey> {
         .collect()
 }
 
-fn inner_tensor(inner: &[(String, Tensor)], key: &str) -> Result<Tensor> {
-    inner
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, t)| t.shallow_clone())
-        .ok_or_else(|| {
-            PluginError::build_failed(format!("peft: the backbone no longer has `{key}`"))
-        })
+/// The backbone's tensors by key (shallow clones).
+type State = BTreeMap<String, Tensor>;
+
+fn inner_tensor(inner: &State, key: &str) -> Result<Tensor> {
+    inner.get(key).map(Tensor::shallow_clone).ok_or_else(|| {
+        PluginError::build_failed(format!("peft: the backbone no longer has `{key}`"))
+    })
 }
 
 impl PeftModule {
     /// Wraps `inner` as PEFT's `get_peft_model(replace_qkv(inner), LoraConfig(...))`.
     pub fn new(inner: DynModule, spec: &LoraSpec) -> Result<Self> {
         let label = format!("PeftModel({})", inner.label());
-        let params: Vec<String> = inner
+        let params: BTreeSet<String> = inner
             .module()
             .named_parameters()
             .into_iter()
@@ -84,7 +84,7 @@ impl PeftModule {
             })
             .collect();
         let layout = layout(&tensors, spec)?;
-        let state = inner.state_dict();
+        let state: State = inner.state_dict().into_iter().collect();
         // PEFT's init: A kaiming-uniform (a = sqrt(5), i.e. +-1/sqrt(in)), B zero, so an
         // unloaded adapter adds nothing.
         let lora = layout
@@ -157,7 +157,7 @@ impl PeftModule {
     /// The tensor behind every key (again after a device move, which replaces the
     /// storage the row views were cut from).
     fn expose(&self) -> Result<Vec<Tensor>> {
-        let state = self.inner.state_dict();
+        let state: State = self.inner.state_dict().into_iter().collect();
         self.layout
             .entries
             .iter()
