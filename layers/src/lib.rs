@@ -33,6 +33,7 @@ pub mod drop;
 pub mod inference;
 pub mod init;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod packed_linear;
 pub mod resnet;

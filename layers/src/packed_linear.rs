@@ -139,6 +139,12 @@ impl PackedLinear {
     }
 
     fn forward_with(&self, x: &Tensor, gelu: bool) -> Tensor {
+        // Unmerged LoRA adapters of an open `lora::AdapterScope` (PEFT's lora.Linear:
+        // base(x) + scale * B(A(dropout(x)))); none outside a scope.
+        if let Some(d) = crate::lora::delta(&self.weight, x) {
+            let y = x.linear(&self.weight, self.bias.as_ref()) + d;
+            return if gelu { y.gelu("none") } else { y };
+        }
         let in_features = self.weight.size().get(1).copied().unwrap_or(1).max(1);
         let packed_ok = x.device() == Device::Cpu
             && x.kind() == Kind::Float

@@ -10,6 +10,7 @@ mod fuzz_replay;
 mod hostile;
 mod hostile_inputs;
 mod in_process;
+mod peft;
 mod plugins;
 mod predict;
 mod scaffold;

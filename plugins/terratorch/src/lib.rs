@@ -147,6 +147,8 @@ mod tests_mmearth_convnextv2;
 #[cfg(test)]
 mod tests_necks;
 #[cfg(test)]
+mod tests_peft;
+#[cfg(test)]
 mod tests_prithvi;
 #[cfg(test)]
 mod tests_terramind;

@@ -287,11 +287,15 @@ fn unsupported_options_are_refused_clearly() {
     );
     let e = with("aux_decoders", json!([{"decoder": "d"}]));
     assert!(e.message().contains("needs `name`"), "{e}");
+    // LoRA needs its targets (PEFT has no defaults for these models); other methods
+    // are refused by name.
     let e = with("peft_config", json!({"method": "LORA"}));
     assert!(
-        e.message().contains("peft_config") && e.message().contains("not supported yet"),
+        e.message().contains("peft_config") && e.message().contains("target_modules"),
         "{e}"
     );
+    let e = with("peft_config", json!({"method": "PROMPT_TUNING"}));
+    assert!(e.message().contains("`PROMPT_TUNING`"), "{e}");
     let e = with("backbone_use_temporal", json!("yes"));
     assert!(e.message().contains("use_temporal"), "{e}");
     let mut m = obj(base.clone());

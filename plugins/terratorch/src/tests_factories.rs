@@ -325,7 +325,10 @@ fn full_and_generic_factories_refuse_a_task_as_terratorch_does() {
         )
         .err()
         .unwrap();
-    assert!(e.message().contains("peft_config"), "{e}");
+    assert!(
+        e.message().contains("peft_config") && e.message().contains("target_modules"),
+        "{e}"
+    );
     // every other argument goes to the full model, which refuses what it does not know
     let e = host
         .build(

@@ -9,6 +9,7 @@ use super::heads::{
     RegressionHead, RegressionHeadConfig, ScalarHead, ScalarHeadConfig, SegmentationHead,
     SegmentationHeadConfig,
 };
+use super::peft::{self, config::LoraSpec};
 use super::pixel_wise_model::{PixelHead, PixelWiseModel, PixelWiseOptions};
 use super::scalar_output_model::ScalarOutputModel;
 use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
@@ -261,6 +262,8 @@ pub struct FactoryPlan {
     pub aux_decoders: Vec<AuxSpec>,
     /// `backbone_use_temporal=True`: the backbone is wrapped in a [`TemporalWrapper`].
     pub temporal: Option<TemporalConfig>,
+    /// `peft_config`: the backbone is wrapped in PEFT's LoRA model ([`peft`]).
+    pub peft: Option<LoraSpec>,
 }
 
 fn invalid(msg: impl Into<String>) -> PluginError {
@@ -366,11 +369,10 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         None => None,
     };
 
-    if non_null(args, "peft_config").is_some() {
-        return Err(invalid(
-            "`peft_config` (PEFT adapters) is not supported yet; leave it unset",
-        ));
-    }
+    let peft = non_null(args, "peft_config")
+        .map(peft::config::parse)
+        .transpose()
+        .map_err(|e| invalid(e.message()))?;
     let aux_decoders = match non_null(args, "aux_decoders") {
         None => Vec::new(),
         Some(Value::Array(items)) => items
@@ -506,6 +508,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         padding_mode,
         aux_decoders,
         temporal,
+        peft,
     })
 }
 
@@ -723,6 +726,11 @@ pub fn build_with(ctx: &BuildCtx<'_, '_>, args: &Map<String, Value>) -> Result<M
         let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
         encoder = DynModule::new(label, module);
     }
+    // As upstream: PEFT wraps the backbone after the temporal wrapper.
+    if let Some(spec) = &plan.peft {
+        encoder = peft::wrap_spec(encoder, spec)
+            .map_err(|e| e.context(format_args!("EncoderDecoderFactory: peft_config")))?;
+    }
     let mut channels = encoder.out_channels();
     if channels.is_empty() {
         return Err(PluginError::build_failed(format!(
@@ -937,6 +945,12 @@ pub fn entry() -> Entry {
     )
     .opt("rescale", ParamType::BOOL, json!(true), "resize per-pixel outputs to the input size (bilinear)")
     .opt("image_size_out", ParamType::INT_LIST, Value::Null, "output [height, width] of per-pixel models")
-    .opt("peft_config", ParamType::DICT, Value::Null, "PEFT configuration (not supported yet)")
+    .opt(
+        "peft_config",
+        ParamType::DICT,
+        Value::Null,
+        "PEFT LoRA on the backbone: {method: LORA, replace_qkv, peft_config_kwargs: {target_modules, r, lora_alpha, \
+         lora_dropout, bias, modules_to_save, use_rslora}, merge (terrahost: false keeps the adapters unmerged)}",
+    )
     .accepts_extra()
 }

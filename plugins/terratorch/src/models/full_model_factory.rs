@@ -3,6 +3,7 @@
 //! `state_dict` keys and outputs are the full model's own).
 //! Mirrors `terratorch/models/full_model_factory.py`.
 
+use super::peft::{self, config::LoraSpec};
 use serde_json::{Map, Value};
 use terrahost_plugin_api::{
     sdk::{BuildCtx, Entry},
@@ -27,11 +28,6 @@ pub fn model_and_kwargs(args: &Map<String, Value>) -> Result<(String, Map<String
             ))
         }
     };
-    if args.get("peft_config").is_some_and(|v| !v.is_null()) {
-        return Err(invalid(
-            "`peft_config` (PEFT adapters) is not supported yet; leave it unset",
-        ));
-    }
     // The task classes other than ReconstructionTask call `build_model(task, ...)`, which
     // binds the task to `model`.
     if args.contains_key("task") {
@@ -50,13 +46,29 @@ pub fn model_and_kwargs(args: &Map<String, Value>) -> Result<(String, Map<String
     Ok((model, kwargs))
 }
 
-/// Builds the full model through the host's `full_model` registry.
+/// `peft_config`, read (and so checked) before anything is built.
+pub fn peft_spec(args: &Map<String, Value>) -> Result<Option<LoraSpec>> {
+    args.get("peft_config")
+        .filter(|v| !v.is_null())
+        .map(peft::config::parse)
+        .transpose()
+        .map_err(|e| invalid(e.message()))
+}
+
+/// Builds the full model through the host's `full_model` registry, wrapped in PEFT's
+/// LoRA model when `peft_config` is given (as upstream, around the whole model).
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let (model, kwargs) = model_and_kwargs(ctx.args.map())?;
+    let spec = peft_spec(ctx.args.map())?;
     let built = ctx
         .build("full_model", &model, &kwargs, None)
         .map_err(|e| e.context(format_args!("{NAME}: building full model `{model}`")))?;
-    Ok(built.into_inner())
+    match spec {
+        None => Ok(built.into_inner()),
+        Some(spec) => Ok(peft::wrap_spec(built, &spec)
+            .map_err(|e| e.context(format_args!("{NAME}: peft_config")))?
+            .into_inner()),
+    }
 }
 
 /// The registry entry, with every keyword argument of upstream `build_model`.
@@ -71,6 +83,12 @@ pub fn entry() -> Entry {
     .req("model", ParamType::STR, "full_model registry name (e.g. prithvi_eo_v1_100_mae)")
     .ignores("rescale", "FullModelFactory takes it and does not use it (the model is returned unwrapped)")
     .ignores("padding", "FullModelFactory takes it and does not use it (the model is returned unwrapped)")
-    .opt("peft_config", ParamType::DICT, Value::Null, "PEFT configuration (not supported yet)")
+    .opt(
+        "peft_config",
+        ParamType::DICT,
+        Value::Null,
+        "PEFT LoRA on the whole model: {method: LORA, replace_qkv, peft_config_kwargs, merge} as for \
+         EncoderDecoderFactory",
+    )
     .accepts_extra()
 }
