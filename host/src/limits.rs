@@ -8,7 +8,16 @@
 //! how to raise it:
 //! - `TERRAHOST_MAX_TEXT_MB` (default 64): the largest config or means/stds file read;
 //! - `TERRAHOST_MAX_TENSOR_GB` (default: 1/16 of the machine's physical memory): the
-//!   largest input tensor terrahost allocates for a forward or a scene.
+//!   largest input tensor terrahost allocates for a forward or a scene;
+//! - `TERRAHOST_MAX_MEMORY_GB` (default: the memory available when terrahost starts):
+//!   the most memory the whole process may allocate ([`cap_process_memory`]).
+//!
+//! Layer counts and widths (`num_convs`, `depth`, `embed_dim`, ...) are not checked one
+//! by one: every plugin has its own, and a plugin written tomorrow would escape a list.
+//! The process ceiling covers them all. A model that would not fit fails at the first
+//! allocation past the ceiling, inside libtorch, and that error reaches the user as one
+//! line ([`explain_out_of_memory`]) instead of the kernel's OOM killer ending the host,
+//! or the machine swapping, after minutes.
 use std::io::Read;
 use std::path::Path;
 
@@ -17,6 +26,9 @@ pub const MAX_TEXT_MB_VAR: &str = "TERRAHOST_MAX_TEXT_MB";
 
 /// The environment variable with the tensor ceiling, in GiB.
 pub const MAX_TENSOR_GB_VAR: &str = "TERRAHOST_MAX_TENSOR_GB";
+
+/// The environment variable with the whole process's memory ceiling, in GiB.
+pub const MAX_MEMORY_GB_VAR: &str = "TERRAHOST_MAX_MEMORY_GB";
 
 const DEFAULT_TEXT_MB: u64 = 64;
 
@@ -41,6 +53,113 @@ pub fn max_tensor_bytes() -> u64 {
         return (gb * 1073741824.0) as u64;
     }
     physical_memory().unwrap_or(16 << 30) / 16
+}
+
+/// The most memory the process may allocate, in bytes: the override, else the memory
+/// the kernel says is available now (`MemAvailable`), else the physical memory. Never
+/// below 1 GiB, which libtorch and the plugins need to start at all.
+pub fn max_memory_bytes() -> u64 {
+    let bytes = match env_number(MAX_MEMORY_GB_VAR) {
+        Some(gb) => (gb * 1073741824.0) as u64,
+        None => available_memory()
+            .or_else(physical_memory)
+            .unwrap_or(16 << 30),
+    };
+    bytes.max(1 << 30)
+}
+
+/// Caps the memory this process (and what it starts) may allocate at
+/// [`max_memory_bytes`], with `RLIMIT_DATA`, which counts the heap and anonymous
+/// mappings (every tensor) but not the mapped libraries or files. The limit is only
+/// ever lowered: a tighter one set by the caller (`ulimit -d`) stays. Returns the
+/// ceiling now in force.
+pub fn cap_process_memory() -> u64 {
+    let want = max_memory_bytes();
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_DATA, &mut lim) == 0 {
+                let cur = lim.rlim_cur;
+                if cur != libc::RLIM_INFINITY && cur <= want as libc::rlim_t {
+                    return cur as u64;
+                }
+                let mut new = want as libc::rlim_t;
+                if lim.rlim_max != libc::RLIM_INFINITY {
+                    new = new.min(lim.rlim_max);
+                }
+                lim.rlim_cur = new;
+                if libc::setrlimit(libc::RLIMIT_DATA, &lim) == 0 {
+                    tracing::debug!("memory ceiling {} ({MAX_MEMORY_GB_VAR})", human(new as u64));
+                    return new as u64;
+                }
+            }
+        }
+    }
+    want
+}
+
+/// Rewrites an allocation failure from libtorch ("DefaultCPUAllocator: not enough
+/// memory: you tried to allocate N bytes") so that it says what to do: the model or the
+/// input is too large for the ceiling. Other messages pass unchanged.
+pub fn explain_out_of_memory(message: &str) -> String {
+    if !is_out_of_memory(message) || message.contains(MAX_MEMORY_GB_VAR) {
+        return message.to_owned();
+    }
+    let asked = message
+        .split("you tried to allocate ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.trim_end_matches('.').parse::<u64>().ok())
+        .map(|n| format!(" (an allocation of {} failed)", human(n)))
+        .unwrap_or_default();
+    // What was being done ("building `X` failed in libtorch"), without libtorch's own
+    // wording ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: ...").
+    let cut = ["[enforce fail", "DefaultCPUAllocator"]
+        .iter()
+        .filter_map(|m| message.find(m))
+        .min()
+        .unwrap_or(message.len());
+    let head = message[..cut].trim_end_matches([' ', ':']);
+    format!(
+        "{head}: out of memory{asked} under terrahost's ceiling of {}; check layer counts and widths (depth, num_convs, channels) and input sizes, or raise {MAX_MEMORY_GB_VAR}",
+        human(current_memory_ceiling())
+    )
+}
+
+/// Whether `message` is libtorch's allocation failure.
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("not enough memory") || message.contains("can't allocate memory")
+}
+
+/// The `RLIMIT_DATA` in force, or [`max_memory_bytes`] where there is none.
+fn current_memory_ceiling() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) } == 0
+            && lim.rlim_cur != libc::RLIM_INFINITY
+        {
+            return lim.rlim_cur as u64;
+        }
+    }
+    max_memory_bytes()
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The machine's physical memory in bytes, if the platform says.
@@ -222,5 +341,24 @@ mod tests {
         );
         let e = check_tensor("x", &[i64::MAX, i64::MAX], 4).unwrap_err();
         assert!(e.contains("2^64"), "{e}");
+    }
+
+    #[test]
+    fn libtorch_allocation_failures_say_what_to_do() {
+        let e = explain_out_of_memory(
+            "building FCNDecoder failed: DefaultCPUAllocator: not enough memory: you tried to allocate 2359296 bytes.",
+        );
+        let e2 = explain_out_of_memory(
+            "building FCNDecoder failed: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 2359296 bytes. Error code 12 (Cannot allocate memory)",
+        );
+        assert_eq!(e, e2);
+        assert!(
+            e.starts_with(
+                "building FCNDecoder failed: out of memory (an allocation of 2.2 MiB failed)"
+            ) && e.contains(MAX_MEMORY_GB_VAR)
+                && !e.contains("DefaultCPUAllocator"),
+            "{e}"
+        );
+        assert_eq!(explain_out_of_memory("no such entry"), "no such entry");
     }
 }

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         // The reader of stdout went away (`terrahost list | head`): a quiet success.
         Ok(Err(e)) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            eprintln!(
+                "error: {}",
+                terrahost::limits::explain_out_of_memory(&e.to_string())
+            );
             ExitCode::FAILURE
         }
         Err(_) => {
@@ -48,6 +51,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .unwrap_or_default();
+            if terrahost::limits::is_out_of_memory(&what) {
+                eprintln!("error: {}", terrahost::limits::explain_out_of_memory(&what));
+                return ExitCode::FAILURE;
+            }
             eprintln!("error: terrahost stopped on an internal error ({what}); this is a bug, please report it with the command");
             ExitCode::from(70)
         }

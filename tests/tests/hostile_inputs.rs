@@ -324,3 +324,60 @@ fn run_output_replaces_a_symbolic_link_instead_of_writing_through_it() {
     );
     assert!(tch::Tensor::read_safetensors(&out_path).is_ok());
 }
+
+/// Layer counts and widths a stranger's config or `--args` can set (`num_convs`, a
+/// backbone's `depth`, `channels`) are not listed one by one: the engine caps its own
+/// memory (`TERRAHOST_MAX_MEMORY_GB`, here 2 GiB), so a model that would not fit fails
+/// at the first allocation past the ceiling, in one line that says what to change,
+/// instead of building until the OOM killer ends it.
+#[test]
+fn layer_counts_and_widths_past_the_memory_ceiling_end_in_one_line() {
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let with_ceiling = |args: &[&str]| {
+        Command::new(build_dir().join("terrahost"))
+            .arg("--plugin-dir")
+            .arg(plugins.path())
+            .args(args)
+            .env("TERRAHOST_CACHE", work.path().join("registry.json"))
+            .env("TERRAHOST_MAX_MEMORY_GB", "2")
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    for (what, args) in [
+        ("num_convs 10^6", r#"{"num_convs": 1000000}"#),
+        ("channels 10^8", r#"{"channels": 100000000}"#),
+    ] {
+        let out = with_ceiling(&[
+            "build",
+            "decoder",
+            "FCNDecoder",
+            "--channels",
+            "768",
+            "--args",
+            args,
+        ]);
+        let line = assert_one_line(what, &out, "out of memory");
+        assert!(
+            line.contains("TERRAHOST_MAX_MEMORY_GB") && line.contains("FCNDecoder"),
+            "{what}: {line}"
+        );
+    }
+    // The same through a config: a ViT backbone a million blocks deep.
+    let config = work.path().join("deep.yaml");
+    std::fs::write(
+        &config,
+        "model_factory: EncoderDecoderFactory\nmodel_args:\n  task: segmentation\n  backbone: prithvi_eo_v2_300\n  backbone_depth: 1000000\n  backbone_pretrained: false\n  decoder: FCNDecoder\n  num_classes: 2\n",
+    )
+    .unwrap();
+    let out = with_ceiling(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--input-shape",
+        "1,6,224,224",
+    ]);
+    assert_one_line("backbone_depth 10^6", &out, "TERRAHOST_MAX_MEMORY_GB");
+}

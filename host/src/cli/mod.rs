@@ -100,6 +100,9 @@ fn load_options(cli: &Cli) -> Result<LoadOptions, HostError> {
 
 /// Loads the plugins and runs the command.
 pub fn run(cli: Cli) -> Result<(), HostError> {
+    // Before any plugin runs: a model too large for the machine then fails at its first
+    // allocation past the ceiling, with an error, instead of meeting the OOM killer.
+    terrahost::limits::cap_process_memory();
     cli.globals.export_trust_options();
     if let Command::Scan { files } = &cli.command {
         scan::serve(files);
