@@ -18,9 +18,11 @@ pub const MAX_DEPTH: usize = 128;
 pub fn parse(text: &str) -> Result<Value, String> {
     check_flow_depth(text)?;
     let de = serde_yaml::Deserializer::from_str(text);
-    Node { path: &mut Vec::new() }
-        .deserialize(de)
-        .map_err(|e| e.to_string())
+    Node {
+        path: &mut Vec::new(),
+    }
+    .deserialize(de)
+    .map_err(|e| e.to_string())
 }
 
 /// Refuses text whose `[`/`{` nesting goes deeper than [`MAX_DEPTH`]. Brackets inside
@@ -169,7 +171,10 @@ mod tests {
         // TerraTorch's integrationtests/configs/test_prithvi_swinL_model_factory_config.yaml
         // gives `trainer.max_epochs` twice.
         let v = parse("trainer:\n  max_epochs: 1\n  devices: 1\n  max_epochs: 3\n").unwrap();
-        assert_eq!(v, serde_json::json!({"trainer": {"max_epochs": 3, "devices": 1}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"trainer": {"max_epochs": 3, "devices": 1}})
+        );
         assert_eq!(
             parse("a: ~\nb: [1, x, true]\nc: {d: 2}\n").unwrap(),
             serde_json::json!({"a": null, "b": [1, "x", true], "c": {"d": 2}})

@@ -48,7 +48,42 @@ fn decoders() -> Catalog {
         .add(models::segformer_head::entry())
         .add(models::segmenter_mask_head::entry())
         .add(models::uper_head::entry())
+        .refuses("CCHead", needs_mmcv_op("CrissCrossAttention"))
+        .refuses("PSAHead", needs_mmcv_op("PSAMask"))
+        .refuses("PointHead", needs_mmcv_op("point_sample"))
+        .refuses(
+            "SideAdapterCLIPHead",
+            "SideAdapterCLIPHead needs mmcv's compiled op `point_sample` and a CLIP model, which this plugin does not have",
+        )
+        .refuses("Mask2FormerHead", NEEDS_MMDET)
+        .refuses("MaskFormerHead", NEEDS_MMDET)
+        .refuses(
+            "IterativeDecodeHead",
+            "TerraTorch cannot build it either: K-Net's IterativeDecodeHead skips BaseDecodeHead.__init__, so the in_channels/num_classes TerraTorch passes are a TypeError",
+        )
+        .refuses(
+            "KernelUpdateHead",
+            "not a decoder: K-Net's refinement stage, forward(feats, kernels, masks)",
+        )
+        .refuses(
+            "KernelUpdator",
+            "not a decoder: a block of K-Net's KernelUpdateHead, without num_classes",
+        )
+        .refuses(
+            "VPDDepthHead",
+            "TerraTorch cannot build it either: it takes no num_classes, which TerraTorch requires of every mmseg head",
+        )
 }
+
+/// The reason for a head that needs one of mmcv's compiled ops (`mmcv.ops`), which
+/// mmcv-lite, and so this plugin, does not have.
+fn needs_mmcv_op(op: &str) -> String {
+    format!("needs mmcv's compiled op `{op}` (mmcv.ops), which this plugin does not implement")
+}
+
+/// The reason for MaskFormer's heads.
+const NEEDS_MMDET: &str =
+    "needs the mmdet package (MaskFormer's transformer decoder and matcher), outside this plugin";
 
 terrahost_plugin_api::declare_plugin! {
     name: "mmseg",

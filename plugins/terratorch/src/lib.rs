@@ -107,8 +107,24 @@ fn full_models() -> Catalog {
     c = models::terramind::REFUSED_FULL_MODELS
         .iter()
         .fold(c, |c, n| c.refuses(n, models::terramind::refusal(n)));
-    c
+    NOT_PORTED_FULL_MODELS
+        .iter()
+        .fold(c, |c, (n, why)| c.refuses(n, *why))
 }
+
+/// TerraTorch's other full-model registrations, refused with the reason.
+const NOT_PORTED_FULL_MODELS: [(&str, &str); 5] = [
+    (
+        "flextec_v1_s2l2a",
+        "FlexTEC (`flextec_v1_s2l2a`) is not ported to terrahost yet",
+    ),
+    ("terracodec_v1_elic_s2l2a", TERRACODEC),
+    ("terracodec_v1_fp_s2l2a", TERRACODEC),
+    ("terracodec_v1_tt_s2l1c", TERRACODEC),
+    ("terracodec_v1_tt_s2l2a", TERRACODEC),
+];
+
+const TERRACODEC: &str = "TerraCodec's learned image codecs (`terracodec_v1_*`: compression models with entropy coders, not encoders for a decoder) are not ported to terrahost yet";
 
 /// The `terratorch` entries of the `model_factory` registry.
 fn model_factories() -> Catalog {

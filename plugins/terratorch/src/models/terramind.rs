@@ -35,13 +35,20 @@ pub const BACKBONES: [&str; 4] = [
 ];
 
 /// TerraTorch's other TerraMind backbone registrations, refused by name.
-pub const REFUSED_BACKBONES: [&str; 6] = [
+pub const REFUSED_BACKBONES: [&str; 12] = [
     "terramind_v1_tiny_tim",
     "terramind_v1_small_tim",
     "terramind_v1_base_tim",
     "terramind_v1_large_tim",
     "terramind_v01_base",
     "terramind_v01_base_tim",
+    // TerraTorch registers the v1 tokenizers as backbones too.
+    "terramind_v1_tokenizer_s2l2a",
+    "terramind_v1_tokenizer_s1rtc",
+    "terramind_v1_tokenizer_s1grd",
+    "terramind_v1_tokenizer_dem",
+    "terramind_v1_tokenizer_lulc",
+    "terramind_v1_tokenizer_ndvi",
 ];
 
 /// TerraTorch's TerraMind full-model registrations (encoder-decoder, generation and
