@@ -38,6 +38,15 @@ fn parity_upernet_decoder_scale_modules() {
     parity("terratorch_UperNetDecoder_scale_modules");
 }
 
+/// TerraTorch 1.2.13's UperNetDecoder (no `scale_modules`; otherwise 1.2.11's): the
+/// fixture was written by the 1.2.13 reference environment.
+#[test]
+fn parity_upernet_decoder_terratorch_1_2_13() {
+    let fx = Fixture::load("terratorch_UperNetDecoder_1213");
+    assert_eq!(fx.meta["versions"]["terratorch"], json!("1.2.13"));
+    parity("terratorch_UperNetDecoder_1213");
+}
+
 /// The warnings a build of UperNetDecoder recorded (the SDK's `meta.warnings`).
 fn upernet_warnings(args: Value, channels: &[i64]) -> Vec<String> {
     let host = host_with(crate::plugin_sources().unwrap());

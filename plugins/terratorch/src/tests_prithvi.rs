@@ -308,8 +308,7 @@ fn prithvi_mae_mask_ratio_follows_terratorch_1_2_13() {
             .unwrap();
     assert_eq!(out[2].sum(Kind::Double).double_value(&[]), 2.0 * 4.0 * 64.0);
     let e = tch::no_grad(|| m.forward_kw(&[x.shallow_clone()], &obj(json!({"mask_ratio": 0.0}))))
-        .err()
-        .expect("mask_ratio 0.0 must be refused")
+        .expect_err("mask_ratio 0.0 must be refused")
         .to_string();
     assert!(
         e.contains("mask_ratio 0.0") && e.contains("1.2.12") && e.contains("null"),
@@ -318,8 +317,7 @@ fn prithvi_mae_mask_ratio_follows_terratorch_1_2_13() {
     // a model whose own ratio is 0 builds (a 1.2.11 config loads) and refuses to run
     let m = build("full_model", "terratorch_prithvi_eo_v2_300_mae", args(0.0)).unwrap();
     let e = tch::no_grad(|| m.forward(&[x.shallow_clone()]))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("mask_ratio 0.0"), "{e}");
 }
