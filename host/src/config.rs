@@ -249,6 +249,16 @@ fn unsupported_task(class: &str) -> Option<&'static str> {
             "EmbeddingGenerationTask is not supported by `run` yet; build the backbone's features with \
              `model_factory: EncoderDecoderFactory` and `task: embedding_generation` instead"
         }
+        // TerraTorch 1.2.13's embedding tasks: `configure_models` raises a TypeError unless
+        // the decoder is a SklearnDecoder, whose prediction is a fitted scikit-learn
+        // estimator loaded from a joblib pickle; so no configuration of them is inference
+        // on a network terrahost has.
+        "EmbeddingDecodingTask" | "EmbeddingClassificationTask" => {
+            "TerraTorch 1.2.13's embedding tasks predict with a `SklearnDecoder` (TerraTorch refuses any other \
+             decoder for them): a scikit-learn estimator fitted during training and loaded from the joblib \
+             pickle the checkpoint names, which terrahost does not run; for the backbone's embeddings use \
+             `model_factory: EncoderDecoderFactory` with `task: embedding_generation`"
+        }
         "InferenceTask" => "InferenceTask is not supported by terrahost yet",
         _ => return None,
     })
@@ -679,6 +689,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("custom torch.nn.Module"), "{e}");
+    }
+
+    /// TerraTorch 1.2.13's embedding tasks need a fitted scikit-learn estimator
+    /// (SklearnDecoder): refused with that reason, whatever the model_args say.
+    #[test]
+    fn the_embedding_tasks_of_terratorch_1_2_13_are_refused_with_the_reason() {
+        for class in ["EmbeddingDecodingTask", "EmbeddingClassificationTask"] {
+            let e = ModelConfig::from_yaml(&format!(
+                "model:\n  class_path: terratorch.tasks.{class}\n  init_args:\n    model_factory: EncoderDecoderFactory\n    model_args: {{backbone: prithvi_eo_tiny, decoder: SklearnDecoder, num_classes: 3}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(class) && e.contains("SklearnDecoder") && e.contains("scikit-learn"),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -75,7 +75,11 @@ def main() -> None:
     if a.check:
         bad = 0
         for name in names:
-            problems = check_case(name, cases_[name]())
+            # one case that cannot be built (another TerraTorch release) must not hide the others
+            try:
+                problems = check_case(name, cases_[name]())
+            except Exception as e:  # noqa: BLE001
+                problems = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
             bad += bool(problems)
             print(f"{name:28s} {'OK' if not problems else 'FAIL: ' + '; '.join(problems)}")
         sys.exit(1 if bad else 0)

@@ -221,6 +221,24 @@ def _encoder_kwargs(case: Case, inputs: list[torch.Tensor]) -> dict:
     return {n: t for n, t in zip(names[1:], inputs[1:]) if t.numel() > 0}
 
 
+def _forward_f64(case: Case, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The case's forward on its (synthetic-weight) model in float64, cast back to float32 after (an exact
+    round trip). In place, not on a deepcopy: TerraTorch's encoder_only Prithvi replaces `forward` by a
+    closure over the original module, which a copy would still call."""
+    model64 = case.model.double()
+    # tensors a forward makes itself (encodings of coordinates) follow the default dtype
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            keep = set(case.extra_meta.get("float64_keeps_float32_inputs", []))
+            ins = [t.clone() if i in keep else t.clone().double() for i, t in enumerate(inputs)]
+            return [o.detach().double() for o in case.forward(model64, ins)]
+    finally:
+        torch.set_default_dtype(default)
+        case.model.float()
+
+
 def write_case(case_name: str, case: Case) -> dict:
     out_dir = FIXTURES / case_name
     if out_dir.exists():
@@ -243,6 +261,13 @@ def write_case(case_name: str, case: Case) -> dict:
     # io.safetensors
     io = {f"input.{i}": t.contiguous() for i, t in enumerate(inputs)}
     io.update({f"output.{i}": t.clone().contiguous() for i, t in enumerate(outputs)})
+    f64_meta = {}
+    if case.extra_meta.get("float64"):
+        # The float64 truth (DESIGN.md): the same weights and inputs through model.double(),
+        # stored as `f64.output.i` (float64), with how far the float32 pass is from it.
+        out64 = _forward_f64(case, inputs)
+        io.update({f"f64.output.{i}": t.contiguous() for i, t in enumerate(out64)})
+        f64_meta["max_abs_f32_vs_f64"] = [float((o.double() - t).abs().max()) for o, t in zip(outputs, out64)]
     if case.registry == "model":  # the CLI's names as well
         for name, t in zip(case.extra_meta.get("input_names", ["input"]), inputs):
             io[name] = t.clone().contiguous()
@@ -285,6 +310,7 @@ def write_case(case_name: str, case: Case) -> dict:
         "output_stats": stats,
         "warnings": warn,
         "versions": versions(),
+        **f64_meta,
         **case.extra_meta,
     }
 
@@ -343,6 +369,11 @@ def check_case(case_name: str, case: Case) -> list[str]:
             problems.append(f"output.{i} shape {list(o.shape)} != {list(ref.shape)}")
         elif not torch.equal(ref, o.float()):
             problems.append(f"output.{i} max abs diff {float((ref - o).abs().max()):.3g}")
+    if case.extra_meta.get("float64"):
+        for i, o in enumerate(_forward_f64(case, inputs)):
+            ref = io.get(f"f64.output.{i}")
+            if ref is None or ref.shape != o.shape or not torch.equal(ref, o):
+                problems.append(f"f64.output.{i} differs")
     return problems
 
 

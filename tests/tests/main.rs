@@ -14,4 +14,5 @@ mod peft;
 mod plugins;
 mod predict;
 mod scaffold;
+mod terratorch_1213;
 mod trust;

@@ -96,7 +96,18 @@ fn decoders() -> Catalog {
         .add(models::aspp_head::head_entry())
         .add(models::aspp_head::segmentation_entry())
         .add(models::aspp_head::regression_entry())
+        // TerraTorch 1.2.13's SklearnDecoder is a scikit-learn estimator (fitted during
+        // training, pickled with joblib next to the checkpoint), not a network: there are no
+        // tensors to port, and unpickling it would execute the file.
+        .refuses("SklearnDecoder", SKLEARN_DECODER_REFUSAL)
 }
+
+/// Why `SklearnDecoder` (TerraTorch 1.2.13) is refused.
+pub const SKLEARN_DECODER_REFUSAL: &str =
+    "`SklearnDecoder` (TerraTorch 1.2.13) is a scikit-learn estimator, fitted during training and loaded \
+     from a joblib pickle that the checkpoint names (`sklearn_model_path`), not a network: terrahost runs no \
+     scikit-learn and unpickles nothing, so it cannot build it; use a network decoder (LinearDecoder, \
+     MLPDecoder, IdentityDecoder with the classification head) instead";
 
 /// The `terratorch` entries of the `full_model` registry.
 fn full_models() -> Catalog {

@@ -38,6 +38,41 @@ fn parity_upernet_decoder_scale_modules() {
     parity("terratorch_UperNetDecoder_scale_modules");
 }
 
+/// TerraTorch 1.2.13's UperNetDecoder (no `scale_modules`; otherwise 1.2.11's): the
+/// fixture was written by the 1.2.13 reference environment.
+#[test]
+fn parity_upernet_decoder_terratorch_1_2_13() {
+    let fx = Fixture::load("terratorch_UperNetDecoder_1213");
+    assert_eq!(fx.meta["versions"]["terratorch"], json!("1.2.13"));
+    parity("terratorch_UperNetDecoder_1213");
+}
+
+/// The warnings a build of UperNetDecoder recorded (the SDK's `meta.warnings`).
+fn upernet_warnings(args: Value, channels: &[i64]) -> Vec<String> {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let m = host
+        .build("decoder", "UperNetDecoder", &obj(args), Some(channels))
+        .unwrap();
+    terrahost_plugin_api::warnings::from_meta(&m.meta())
+}
+
+/// `scale_modules` (any value) builds TerraTorch 1.2.11's model with a warning that 1.2.12
+/// and later refuse it; without it there is no warning.
+#[test]
+fn upernet_scale_modules_warns_that_terratorch_1_2_12_refuses_it() {
+    let w = upernet_warnings(json!({"scale_modules": true, "channels": 16}), &[32; 4]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("1.2.12") && w[0].contains("LearnedInterpolateToPyramidal"),
+        "{w:?}"
+    );
+    let w = upernet_warnings(json!({"scale_modules": false, "channels": 16}), &[32; 4]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("1.2.12") && w[0].contains("drop it"), "{w:?}");
+    assert!(upernet_warnings(json!({"channels": 16}), &[32; 4]).is_empty());
+    assert!(upernet_warnings(json!({"scale_modules": null}), &[32; 4]).is_empty());
+}
+
 #[test]
 fn parity_linear_decoder() {
     parity("terratorch_LinearDecoder");
@@ -134,7 +169,7 @@ fn entries_declare_the_upstream_signatures() {
             ("pool_scales", Some(json!([1, 2, 3, 6]))),
             ("channels", Some(json!(256))),
             ("align_corners", Some(json!(true))),
-            ("scale_modules", Some(json!(false))),
+            ("scale_modules", Some(Value::Null)),
         ])
     );
     assert_eq!(
@@ -479,4 +514,37 @@ fn bad_inputs_are_forward_errors() {
     let ids = Tensor::from_slice(&[2i64, 0, 3, 1]).reshape([1, 4]);
     let y = tch::no_grad(|| m.forward(&[tokens, ids])).unwrap();
     assert_eq!(y[0].size(), vec![1, 3, 4, 4]);
+}
+
+/// TerraTorch 1.2.13's `SklearnDecoder` is refused by name with the reason (not "not
+/// found"), alone and as the decoder of the EncoderDecoderFactory.
+#[test]
+fn sklearn_decoder_is_refused_with_the_reason() {
+    use terrahost_plugin_api::ErrorKind;
+    let host = host_with(crate::plugin_sources().unwrap());
+    for name in ["SklearnDecoder", "terratorch_SklearnDecoder"] {
+        let e = host
+            .build("decoder", name, &obj(json!({"num_classes": 2})), Some(&[8]))
+            .err()
+            .expect("SklearnDecoder must be refused");
+        assert_eq!(e.kind, ErrorKind::NOT_SUPPORTED, "{name}: {e}");
+        assert!(
+            e.message().contains("scikit-learn") && e.message().contains("joblib"),
+            "{name}: {e}"
+        );
+        assert!(!host.contains("decoder", name), "{name} is not an entry");
+    }
+    let args = obj(json!({
+        "task": "classification", "backbone": "prithvi_eo_tiny", "backbone_pretrained": false,
+        "backbone_depth": 1, "backbone_embed_dim": 16, "backbone_num_heads": 2, "backbone_img_size": 16,
+        "decoder": "SklearnDecoder", "num_classes": 2,
+    }));
+    let e = host
+        .build("model_factory", "EncoderDecoderFactory", &args, None)
+        .err()
+        .expect("a factory with SklearnDecoder must be refused");
+    assert!(
+        e.to_string().contains("SklearnDecoder") && e.to_string().contains("scikit-learn"),
+        "{e}"
+    );
 }

@@ -288,6 +288,40 @@ fn prithvi_mae_random_mask() {
     assert_eq!(out[2].sum(Kind::Double).double_value(&[]), 2.0 * 8.0 * 64.0);
 }
 
+/// `mask_ratio` follows TerraTorch 1.2.13: a null keyword means the model's own ratio,
+/// 0.0 is refused (as a keyword, and as the model's ratio) with the reason.
+#[test]
+fn prithvi_mae_mask_ratio_follows_terratorch_1_2_13() {
+    let args = |ratio: f64| {
+        json!({"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32, "patch_size": [1, 8, 8],
+               "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2, "mask_ratio": ratio})
+    };
+    let m = build("full_model", "terratorch_prithvi_eo_v2_300_mae", args(0.5)).unwrap();
+    let x = Tensor::randn([2, 6, 32, 32], tch::kind::FLOAT_CPU);
+    // null: the model's 0.5 -> 8 of 16 patches masked per sample
+    let out =
+        tch::no_grad(|| m.forward_kw(&[x.shallow_clone()], &obj(json!({"mask_ratio": null}))))
+            .unwrap();
+    assert_eq!(out[2].sum(Kind::Double).double_value(&[]), 2.0 * 8.0 * 64.0);
+    let out =
+        tch::no_grad(|| m.forward_kw(&[x.shallow_clone()], &obj(json!({"mask_ratio": 0.25}))))
+            .unwrap();
+    assert_eq!(out[2].sum(Kind::Double).double_value(&[]), 2.0 * 4.0 * 64.0);
+    let e = tch::no_grad(|| m.forward_kw(&[x.shallow_clone()], &obj(json!({"mask_ratio": 0.0}))))
+        .expect_err("mask_ratio 0.0 must be refused")
+        .to_string();
+    assert!(
+        e.contains("mask_ratio 0.0") && e.contains("1.2.12") && e.contains("null"),
+        "{e}"
+    );
+    // a model whose own ratio is 0 builds (a 1.2.11 config loads) and refuses to run
+    let m = build("full_model", "terratorch_prithvi_eo_v2_300_mae", args(0.0)).unwrap();
+    let e = tch::no_grad(|| m.forward(&[x.shallow_clone()]))
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("mask_ratio 0.0"), "{e}");
+}
+
 /// Pretrained loading against TerraTorch: the checkpoint is the synthetic state_dict
 /// of a 6-band MAE (MAE key layout), loaded into a 3-band encoder with a band subset.
 #[test]

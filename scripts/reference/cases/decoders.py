@@ -5,6 +5,7 @@ channel list is the first positional argument, the rest are keyword arguments.""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -79,18 +80,47 @@ def case_UperNetDecoder() -> Case:
     )
 
 
+def _upernet_scale_modules_from_parts(channel_list, **kwargs) -> torch.nn.Module:
+    """TerraTorch 1.2.11's `UperNetDecoder(scale_modules=True)` rebuilt from 1.2.12+'s parts: 1.2.12 removed
+    the argument, and its LearnedInterpolateToPyramidal neck holds the same fpn1..fpn4 layers. They sit at
+    the top level here, before the decoder's own modules, so the keys and their order are 1.2.11's."""
+    from terratorch.registry import NECK_REGISTRY
+
+    neck = NECK_REGISTRY.build("LearnedInterpolateToPyramidal", channel_list)
+    decoder = DECODER_REGISTRY.build("UperNetDecoder", neck.process_channel_list(channel_list), **kwargs)
+
+    class UperNetDecoderScaleModules(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ["fpn1", "fpn2", "fpn3", "fpn4"]:
+                self.add_module(name, getattr(neck, name))
+            for name, module in decoder.named_children():
+                self.add_module(name, module)
+            self.out_channels = decoder.out_channels
+
+        def forward(self, inputs):
+            return decoder(neck(inputs))
+
+    return UperNetDecoderScaleModules()
+
+
 def case_UperNetDecoder_scale_modules() -> Case:
-    return _decoder(
-        "UperNetDecoder",
-        [32, 32, 32, 32],
-        [[1, 32, 8, 8]] * 4,
+    kwargs = {"pool_scales": [1, 2], "channels": 16, "align_corners": False}
+    reference = (
         "ViT-style equal maps through the deprecated scale_modules (fpn1: x4 with C/4, fpn2: x2 with C/2, "
-        "fpn3: identity, fpn4: maxpool /2), small channels and pool scales, align_corners=False.",
-        pool_scales=[1, 2],
-        channels=16,
-        align_corners=False,
-        scale_modules=True,
+        "fpn3: identity, fpn4: maxpool /2), small channels and pool scales, align_corners=False."
     )
+    if "scale_modules" in inspect.signature(DECODER_REGISTRY["terratorch"]._registry["UperNetDecoder"]).parameters:
+        return _decoder("UperNetDecoder", [32, 32, 32, 32], [[1, 32, 8, 8]] * 4, reference, scale_modules=True, **kwargs)
+    case = _decoder("UperNetDecoder", [32, 32, 32, 32], [[1, 32, 8, 8]] * 4, reference, **kwargs)
+    case.model = _upernet_scale_modules_from_parts([32, 32, 32, 32], **kwargs)
+    case.args = {**kwargs, "scale_modules": True}
+    case.reference = (
+        "TerraTorch 1.2.11's UperNetDecoder(scale_modules=True), which 1.2.12 removed: built from 1.2.12+'s "
+        "LearnedInterpolateToPyramidal neck (the same fpn1..fpn4) and UperNetDecoder, with 1.2.11's keys. "
+        + reference
+    )
+    return case
 
 
 # ---------------------------------------------------------------------------

@@ -362,6 +362,16 @@ pub struct PrithviMAEModel {
 
 impl PrithviMAEModel {
     fn run(&self, xs: &[Tensor], mask_ratio: f64, train: bool) -> Result<Vec<Tensor>> {
+        // TerraTorch 1.2.12+ semantics: a ratio of 0 masks no patch, so the loss (a mean
+        // over masked patches) is 0/0; refused whether it came from the keyword or from
+        // the model's own `mask_ratio`.
+        if mask_ratio == 0.0 {
+            return Err(PluginError::invalid_argument(
+                "Prithvi MAE: mask_ratio 0.0 masks no patch and leaves the reconstruction loss undefined, so \
+                 TerraTorch 1.2.12 and later refuse it (1.2.11 read a 0.0 keyword as the model's default): pass \
+                 a ratio in (0, 1), or null for the model's own mask_ratio",
+            ));
+        }
         let x = xs
             .first()
             .ok_or_else(|| PluginError::invalid_argument("Prithvi MAE needs an input image"))?;
@@ -383,8 +393,9 @@ impl Model for PrithviMAEModel {
         self.run(xs, self.cfg.mask_ratio, train)
     }
 
-    /// Keyword `mask_ratio` as in `PrithviMAE.forward` (0 or null fall back to the
-    /// model's `mask_ratio`, like Python's `mask_ratio or self.mask_ratio`).
+    /// Keyword `mask_ratio` as in TerraTorch 1.2.13's `PrithviMAE.forward`: null (or
+    /// absent) means the model's `mask_ratio`, 0.0 is refused (1.2.11's
+    /// `mask_ratio or self.mask_ratio` read 0.0 as the default; see the README).
     fn forward_kw(
         &self,
         xs: &[Tensor],
@@ -399,14 +410,13 @@ impl Model for PrithviMAEModel {
                     let r = v.as_f64().ok_or_else(|| {
                         PluginError::invalid_argument(format!("forward keyword mask_ratio must be a number, got {v}"))
                     })?;
-                    if r != 0.0 {
-                        if !(0.0..1.0).contains(&r) {
-                            return Err(PluginError::invalid_argument(format!(
-                                "forward keyword mask_ratio must be in [0, 1), got {r}"
-                            )));
-                        }
-                        ratio = r;
+                    // 0.0 passes here and is refused by `run` with the reason.
+                    if !(0.0..1.0).contains(&r) {
+                        return Err(PluginError::invalid_argument(format!(
+                            "forward keyword mask_ratio must be in (0, 1), or null for the model's own, got {r}"
+                        )));
                     }
+                    ratio = r;
                 }
                 (other, _) => {
                     return Err(PluginError::invalid_argument(format!(

@@ -1,7 +1,8 @@
 //! TerraTorch's UPerNet decoder (a pyramid pooling module on the deepest map plus an
 //! FPN over the others), and the conv-BN-ReLU block its decoders share.
 //! Mirrors `terratorch/models/decoders/upernet_decoder.py` (`UperNetDecoder`, `PPM`)
-//! and `terratorch/models/decoders/utils.py` (`ConvModule`).
+//! and `terratorch/models/decoders/utils.py` (`ConvModule`), as of TerraTorch 1.2.13 (which
+//! differs from 1.2.11 only in dropping `scale_modules`; terrahost keeps it, with a warning).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -66,7 +67,8 @@ pub struct Config {
     pub channels: i64,
     /// `align_corners` of every bilinear resize.
     pub align_corners: bool,
-    /// Rescale four equal-size (ViT) maps to strides 4, 8, 16, 32 first (deprecated upstream).
+    /// Rescale four equal-size (ViT) maps to strides 4, 8, 16, 32 first: TerraTorch 1.2.11's
+    /// `scale_modules`, which 1.2.12 removed (the LearnedInterpolateToPyramidal neck does it).
     pub scale_modules: bool,
 }
 
@@ -298,7 +300,29 @@ pub(crate) fn entry() -> Entry {
                 pool_scales: ctx.args.get("pool_scales")?,
                 channels: ctx.args.get("channels")?,
                 align_corners: ctx.args.get("align_corners")?,
-                scale_modules: ctx.args.get("scale_modules")?,
+                scale_modules: false,
+            };
+            // TerraTorch 1.2.12 removed the argument (its constructor raises on any value),
+            // while 1.2.11 configs and checkpoints still carry it: build the 1.2.11 model and
+            // say that the newer reference refuses the config.
+            let cfg = match ctx.args.opt::<bool>("scale_modules")? {
+                None => cfg,
+                Some(true) => {
+                    terrahost_plugin_api::warn!(
+                        "`scale_modules` was removed in TerraTorch 1.2.12, which refuses it: building \
+                         TerraTorch 1.2.11's model (fpn1/fpn2 rescaling inside the decoder); for 1.2.12 \
+                         and later drop it and add the LearnedInterpolateToPyramidal neck before the \
+                         decoder (the same layers, under the neck's keys)"
+                    );
+                    Config { scale_modules: true, ..cfg }
+                }
+                Some(false) => {
+                    terrahost_plugin_api::warn!(
+                        "`scale_modules: false` changes nothing, but TerraTorch 1.2.12 and later refuse \
+                         the argument: drop it"
+                    );
+                    cfg
+                }
             };
             let vs = nn::VarStore::new(Device::Cpu);
             let model = UperNetDecoder::new(vs.root(), &ctx.channels, &cfg)?;
@@ -311,8 +335,9 @@ pub(crate) fn entry() -> Entry {
     .opt(
         "scale_modules",
         ParamType::BOOL,
-        json!(false),
-        "rescale four equal-size (ViT) maps by x4, x2, x1, /2 first (deprecated upstream)",
+        json!(null),
+        "TerraTorch 1.2.11 only (1.2.12 and later refuse it; terrahost builds it with a warning): rescale \
+         four equal-size (ViT) maps by x4, x2, x1, /2 first; null means not given (False)",
     )
     .takes_channels()
 }
