@@ -491,7 +491,7 @@ impl ModelConfig {
     /// error). Loading pretrained weights first would only need files, or a hub, that the
     /// checkpoint makes pointless. Returns the keys it set to `false`: `pretrained`,
     /// `backbone_pretrained` and `backbone_kwargs.pretrained` where true, and
-    /// `pretrained` for the factories whose default is true (PrithviModelFactory,
+    /// `pretrained` for the factories whose default is true (PrithviModelFactory, ClayModelFactory,
     /// SMPModelFactory, TimmModelFactory).
     pub fn switch_off_pretrained(&mut self) -> Vec<String> {
         let mut changed = Vec::new();
@@ -508,7 +508,12 @@ impl ModelConfig {
                 changed.push("backbone_kwargs.pretrained".to_owned());
             }
         }
-        let defaults_on = ["PrithviModelFactory", "SMPModelFactory", "TimmModelFactory"];
+        let defaults_on = [
+            "PrithviModelFactory",
+            "ClayModelFactory",
+            "SMPModelFactory",
+            "TimmModelFactory",
+        ];
         if defaults_on.contains(&self.model_factory.as_str())
             && !self.model_args.contains_key("pretrained")
         {

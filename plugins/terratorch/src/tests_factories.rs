@@ -465,3 +465,23 @@ fn embedding_generation_drops_leftover_arguments_as_terratorch_does() {
         "{e}"
     );
 }
+
+/// The factories this plugin does not build are refused by name, with the reason, and are
+/// not entries.
+#[test]
+fn satmae_and_clay15_factories_are_refused_with_the_reason() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    for (name, why) in [
+        ("SatMAEModelFactory", "prepare_features_for_image_model"),
+        ("Clay1_5ModelFactory", "Clay v1.5 encoder is not ported"),
+    ] {
+        let e = host
+            .build("model_factory", name, &Map::new(), None)
+            .err()
+            .unwrap_or_else(|| panic!("{name} must be refused"));
+        assert_eq!(e.kind, ErrorKind::NOT_SUPPORTED, "{name}: {e}");
+        assert!(e.message().contains(why), "{name}: {e}");
+        assert!(!host.contains("model_factory", name));
+    }
+    assert!(host.contains("model_factory", "ClayModelFactory"));
+}

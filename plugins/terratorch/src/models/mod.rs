@@ -1,6 +1,7 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod clay_model_factory;
 pub mod dinov3;
 pub mod dinov3_convnext;
 pub mod dofa_vit;
