@@ -491,8 +491,8 @@ impl ModelConfig {
     /// error). Loading pretrained weights first would only need files, or a hub, that the
     /// checkpoint makes pointless. Returns the keys it set to `false`: `pretrained`,
     /// `backbone_pretrained` and `backbone_kwargs.pretrained` where true, and
-    /// `pretrained` for the factories whose default is true (PrithviModelFactory, ClayModelFactory,
-    /// SMPModelFactory, TimmModelFactory).
+    /// `pretrained` for the factories whose default is true (PrithviModelFactory,
+    /// ClayModelFactory, Clay1_5ModelFactory, SMPModelFactory, TimmModelFactory).
     pub fn switch_off_pretrained(&mut self) -> Vec<String> {
         let mut changed = Vec::new();
         let is_on = |v: &Value| !matches!(v, Value::Null | Value::Bool(false));
@@ -511,6 +511,7 @@ impl ModelConfig {
         let defaults_on = [
             "PrithviModelFactory",
             "ClayModelFactory",
+            "Clay1_5ModelFactory",
             "SMPModelFactory",
             "TimmModelFactory",
         ];

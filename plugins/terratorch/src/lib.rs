@@ -116,16 +116,13 @@ fn model_factories() -> Catalog {
         .add(encoder_decoder_factory::entry())
         .add(models::prithvi_model_factory::entry())
         .add(models::clay_model_factory::entry())
+        .add(models::clay1_5_model_factory::entry())
         .add(models::full_model_factory::entry())
         .add(models::generic_model_factory::entry())
         .add(models::generic_unet_model_factory::entry())
         .refuses(
             "SatMAEModelFactory",
             models::clay_model_factory::SATMAE_REFUSAL,
-        )
-        .refuses(
-            "Clay1_5ModelFactory",
-            models::clay_model_factory::CLAY15_REFUSAL,
         )
 }
 

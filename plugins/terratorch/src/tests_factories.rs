@@ -466,22 +466,88 @@ fn embedding_generation_drops_leftover_arguments_as_terratorch_does() {
     );
 }
 
-/// The factories this plugin does not build are refused by name, with the reason, and are
-/// not entries.
+/// `SatMAEModelFactory`, which TerraTorch cannot build with, is refused by name with the
+/// reason, and is not an entry.
 #[test]
-fn satmae_and_clay15_factories_are_refused_with_the_reason() {
+fn satmae_factory_is_refused_with_the_reason() {
     let host = host_with(crate::plugin_sources().unwrap());
-    for (name, why) in [
-        ("SatMAEModelFactory", "prepare_features_for_image_model"),
-        ("Clay1_5ModelFactory", "Clay v1.5 encoder is not ported"),
-    ] {
-        let e = host
-            .build("model_factory", name, &Map::new(), None)
-            .err()
-            .unwrap_or_else(|| panic!("{name} must be refused"));
-        assert_eq!(e.kind, ErrorKind::NOT_SUPPORTED, "{name}: {e}");
-        assert!(e.message().contains(why), "{name}: {e}");
-        assert!(!host.contains("model_factory", name));
-    }
+    let e = host
+        .build("model_factory", "SatMAEModelFactory", &Map::new(), None)
+        .err()
+        .expect("SatMAEModelFactory must be refused");
+    assert_eq!(e.kind, ErrorKind::NOT_SUPPORTED, "{e}");
+    assert!(
+        e.message().contains("prepare_features_for_image_model"),
+        "{e}"
+    );
+    assert!(!host.contains("model_factory", "SatMAEModelFactory"));
     assert!(host.contains("model_factory", "ClayModelFactory"));
+    assert!(host.contains("model_factory", "Clay1_5ModelFactory"));
+}
+
+/// The `Clay1_5ModelFactory` fixtures (`cases/clay15_factory.py`, TerraTorch 1.2.13): every
+/// task it supports, TerraTorch's keys and output.
+#[test]
+fn clay15_factory_parity_segmentation_padded_input() {
+    check_model_fixture("factory_clay15_segmentation");
+}
+
+#[test]
+fn clay15_factory_parity_regression_platform_list_channel_order() {
+    check_model_fixture("factory_clay15_regression");
+}
+
+#[test]
+fn clay15_factory_parity_classification() {
+    check_model_fixture("factory_clay15_classification");
+}
+
+#[test]
+fn clay15_factory_parity_scalar_regression() {
+    check_model_fixture("factory_clay15_scalar_regression");
+}
+
+/// What `Clay1_5ModelFactory` cannot take: upstream's own errors, and the two departures
+/// (no downloads; the channel order named by `band_order`).
+#[test]
+fn clay15_factory_refusals() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let base = json!({"task": "segmentation", "decoder": "FCNDecoder", "pretrained": false,
+        "num_classes": 2, "platform": "s2", "dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "mlp_ratio": 2.0,
+        "metadata": {"s2": {"band_order": ["red", "nir"], "gsd": 10,
+            "bands": {"wavelength": {"red": 0.665, "nir": 0.842}}}}});
+    let err = |patch: Value| {
+        let mut a = obj(base.clone());
+        for (k, v) in obj(patch) {
+            if v.is_null() {
+                a.remove(&k);
+            } else {
+                a.insert(k, v);
+            }
+        }
+        host.build("model_factory", "Clay1_5ModelFactory", &a, None)
+            .err()
+            .expect("must fail")
+            .to_string()
+    };
+    assert!(err(json!({"task": "embedding_generation"}))
+        .contains("Task embedding_generation not supported"));
+    assert!(err(json!({"platform": "naip"})).contains("Platform 'naip' not found in metadata"));
+    assert!(err(json!({"platform": null})).contains("'platform' is required"));
+    assert!(err(json!({"dim": null})).contains("KeyError 'dim'"));
+    let e = err(json!({"pretrained": true}));
+    assert!(
+        e.contains("downloads nothing") && e.contains("pretrained: false"),
+        "{e}"
+    );
+    let e = err(json!({"metadata": {"s2": {"gsd": 10, "bands": {"wavelength": {"red": 0.665}}}}}));
+    assert!(e.contains("band_order") && e.contains("key order"), "{e}");
+    let e = err(json!({"decoder": "smp_Unet"}));
+    assert!(e.contains("Decoder smp_Unet was not found"), "{e}");
+    // dim - 8 must split into four sin-cos quarters
+    let e = err(json!({"dim": 30}));
+    assert!(e.contains("multiple of 4"), "{e}");
+    // and the base arguments build
+    host.build("model_factory", "Clay1_5ModelFactory", &obj(base), None)
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -86,11 +86,6 @@ pub const SATMAE_REFUSAL: &str = "`SatMAEModelFactory` builds no model in TerraT
      its backbones are Python classes imported from a SatMAE checkout (`model_sys_path`); terrahost refuses it rather \
      than build what TerraTorch never builds. Use EncoderDecoderFactory with a ViT backbone and the SatMAEHead decoder";
 
-/// Why `Clay1_5ModelFactory` is refused: its encoder is not ported.
-pub const CLAY15_REFUSAL: &str = "`Clay1_5ModelFactory` (the Clay v1.5 encoder of terratorch/models/backbones/clay_v15 \
-     with terratorch decoders, TerraTorch 1.2.12+) is not supported yet: the Clay v1.5 encoder is not ported to \
-     terrahost. ClayModelFactory builds Clay v1 (clay_v1_base) with the same decoders";
-
 fn invalid(msg: impl Into<String>) -> PluginError {
     PluginError::invalid_argument(format!("{NAME}: {}", msg.into()))
 }
