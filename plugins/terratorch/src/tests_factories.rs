@@ -551,3 +551,48 @@ fn clay15_factory_refusals() {
     host.build("model_factory", "Clay1_5ModelFactory", &obj(base), None)
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// TerraTorch's `examples/confs/clay15.yaml` (model_args as written, `pretrained: false` as
+/// `run --weights` sets it; the metadata cut to its one platform): TerraTorch 1.2.13 builds it
+/// with 7,379,594 parameters and 111 state_dict entries (printed from the reference, not from
+/// this crate).
+#[test]
+fn clay15_corpus_config_has_terratorchs_size() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let metadata = json!({"sentinel-2-l2a": {
+        "band_order": ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+                       "swir16", "swir22"],
+        "gsd": 10,
+        "bands": {"wavelength": {"blue": 0.493, "green": 0.56, "red": 0.665, "rededge1": 0.704,
+            "rededge2": 0.74, "rededge3": 0.783, "nir": 0.842, "nir08": 0.865, "swir16": 1.61,
+            "swir22": 2.19}}}});
+    let mut args = obj(
+        json!({"task": "classification", "num_classes": 10, "decoder": "FCNDecoder",
+        "backbone_pretrained": true, "backbone": "clay15", "backbone_in_channels": 6, "dim": 192,
+        "depth": 6, "heads": 4, "dim_head": 48, "mlp_ratio": 2, "decoder_dim": 96, "decoder_depth": 3,
+        "decoder_heads": 2, "decoder_dim_head": 48, "decoder_mlp_ratio": 2, "mask_ratio": 0.75,
+        "norm_pix_loss": false, "patch_size": 8, "shuffle": true, "platform": ["sentinel-2-l2a"],
+        "batch_size": 64, "in_channels": "None", "pretrained": false}),
+    );
+    args.insert(
+        "teacher".into(),
+        json!("vit_large_patch14_reg4_dinov2.lvd142m"),
+    );
+    args.insert("dolls".into(), json!([16, 32, 64, 128, 256, 768, 1024]));
+    args.insert("doll_weights".into(), json!([1, 1, 1, 1, 1, 1, 1]));
+    args.insert("metadata".into(), metadata);
+    let m = host
+        .build("model_factory", "Clay1_5ModelFactory", &args, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n: i64 = m
+        .module()
+        .named_parameters()
+        .iter()
+        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
+        .sum();
+    assert_eq!(n, 7_379_594);
+    assert_eq!(keys_and_shapes(&m).len(), 111);
+    let x = tch::Tensor::zeros([1, 10, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let y = tch::no_grad(|| m.forward(&[x])).unwrap();
+    assert_eq!(y[0].size(), [1, 10]);
+}

@@ -66,7 +66,8 @@ impl Config {
                 return bad(format!("Clay v1.5: `{name}` must be at least 1, got {v}"));
             }
         }
-        if !(self.mlp_ratio > 0.0) || (self.dim as f64 * self.mlp_ratio) < 1.0 {
+        // NaN fails too: int(dim * nan) raises upstream
+        if self.mlp_ratio.is_nan() || (self.dim as f64 * self.mlp_ratio) < 1.0 {
             return bad(format!(
                 "Clay v1.5: `mlp_ratio` {} gives no MLP width for dim {}",
                 self.mlp_ratio, self.dim
