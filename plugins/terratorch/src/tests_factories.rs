@@ -512,7 +512,8 @@ fn clay15_factory_parity_scalar_regression() {
 #[test]
 fn clay15_factory_refusals() {
     let host = host_with(crate::plugin_sources().unwrap());
-    let base = json!({"task": "segmentation", "decoder": "FCNDecoder", "pretrained": false,
+    let base = json!({"task": "segmentation", "backbone": "clay_v1.5", "in_channels": 2,
+        "decoder": "FCNDecoder", "pretrained": false,
         "num_classes": 2, "platform": "s2", "dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "mlp_ratio": 2.0,
         "metadata": {"s2": {"band_order": ["red", "nir"], "gsd": 10,
             "bands": {"wavelength": {"red": 0.665, "nir": 0.842}}}}});
@@ -535,6 +536,8 @@ fn clay15_factory_refusals() {
     assert!(err(json!({"platform": "naip"})).contains("Platform 'naip' not found in metadata"));
     assert!(err(json!({"platform": null})).contains("'platform' is required"));
     assert!(err(json!({"dim": null})).contains("KeyError 'dim'"));
+    // positional upstream: build_model() is missing it
+    assert!(err(json!({"in_channels": null})).contains("in_channels"));
     let e = err(json!({"pretrained": true}));
     assert!(
         e.contains("downloads nothing") && e.contains("pretrained: false"),

@@ -355,9 +355,9 @@ pub fn entry() -> Entry {
         build,
     )
     .req("task", ParamType::STR, "segmentation, regression, classification or scalar_regression")
-    .opt("backbone", ParamType::ANY, Value::Null, "taken and not used upstream")
+    .req("backbone", ParamType::ANY, "required upstream (positional) and not used")
     .req("decoder", ParamType::ANY, "a terratorch.models.decoders class name (FCNDecoder, IdentityDecoder, ...)")
-    .opt("in_channels", ParamType::ANY, Value::Null, "taken and not used upstream (the channels are the platform's bands)")
+    .req("in_channels", ParamType::ANY, "required upstream (positional) and not used: the channels are the platform's bands")
     .opt("bands", ParamType::ANY, json!([]), "taken and not used upstream (the platform's metadata gives the bands)")
     .opt("num_classes", ParamType::INT, Value::Null, "number of classes, for the head (only when non-zero)")
     .opt("pretrained", ParamType::BOOL, json!(true), "must be false here: upstream loads checkpoint_path or downloads Clay v1.5")
