@@ -502,7 +502,7 @@ impl ModelConfig {
     /// checkpoint makes pointless. Returns the keys it set to `false`: `pretrained`,
     /// `backbone_pretrained` and `backbone_kwargs.pretrained` where true, and
     /// `pretrained` for the factories whose default is true (PrithviModelFactory,
-    /// SMPModelFactory, TimmModelFactory).
+    /// ClayModelFactory, Clay1_5ModelFactory, SMPModelFactory, TimmModelFactory).
     pub fn switch_off_pretrained(&mut self) -> Vec<String> {
         let mut changed = Vec::new();
         let is_on = |v: &Value| !matches!(v, Value::Null | Value::Bool(false));
@@ -518,7 +518,13 @@ impl ModelConfig {
                 changed.push("backbone_kwargs.pretrained".to_owned());
             }
         }
-        let defaults_on = ["PrithviModelFactory", "SMPModelFactory", "TimmModelFactory"];
+        let defaults_on = [
+            "PrithviModelFactory",
+            "ClayModelFactory",
+            "Clay1_5ModelFactory",
+            "SMPModelFactory",
+            "TimmModelFactory",
+        ];
         if defaults_on.contains(&self.model_factory.as_str())
             && !self.model_args.contains_key("pretrained")
         {

@@ -366,6 +366,11 @@ impl Registry {
         match self.index.get(name) {
             Some(&i) => Ok(self.order[i].1),
             None => {
+                // a name a source knows and refuses gets the source's reason, as in the
+                // multi-source registries
+                if let Some(e) = self.slots.iter().find_map(|s| s.refusal(name)) {
+                    return Err(e);
+                }
                 let names: Vec<String> = self.iter().map(str::to_owned).collect();
                 Err(PluginError::not_found(not_found_message(
                     name, &self.name, &names,

@@ -119,3 +119,89 @@ fn clay_corpus_config_at_full_size_has_terratorchs_sizes() {
     assert_eq!(n_params(&m), 107_775_939);
     assert_eq!(m.state_dict().len(), 199);
 }
+
+/// A `ClayModelFactory` fixture (`scripts/reference/cases/clay_factories.py`): the terratorch
+/// plugin's factory with the timm plugin's Clay; TerraTorch's keys, then its output from the
+/// synthetic weights.
+fn clay_model_factory_parity(case: &str) {
+    let fx = Fixture::load(case);
+    assert_eq!(fx.meta["name"], "ClayModelFactory", "{case}");
+    let host = host_with_plugins(terratorch_and_timm());
+    let m = host
+        .build("model_factory", "ClayModelFactory", &fx.args(), None)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let mut expected: Vec<(String, Vec<i64>)> = fx
+        .keys
+        .iter()
+        .filter(|(k, _, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, s, _)| (k.clone(), s.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(keys_and_shapes(&m), expected, "{case}: state_dict keys");
+    set_synthetic(&m);
+    compare_outputs(&fx, &m);
+}
+
+#[test]
+fn clay_model_factory_parity_segmentation_fcn_padded_input() {
+    clay_model_factory_parity("factory_clay_mf_segmentation");
+}
+
+#[test]
+fn clay_model_factory_parity_regression_identity_decoder_out_indices() {
+    clay_model_factory_parity("factory_clay_mf_regression");
+}
+
+#[test]
+fn clay_model_factory_parity_classification() {
+    clay_model_factory_parity("factory_clay_mf_classification");
+}
+
+#[test]
+fn clay_model_factory_parity_scalar_regression() {
+    clay_model_factory_parity("factory_clay_mf_scalar_regression");
+}
+
+/// Upstream passes no neck, so a decoder that needs every layer's map (UperNetDecoder, built
+/// for the 12 feature channels) gets only the last one and fails in the forward; terrahost
+/// fails there too instead of building something else.
+#[test]
+fn clay_model_factory_upernet_fails_in_forward_as_upstream() {
+    let args = json!({"task": "segmentation", "backbone": "clay_v1_base", "decoder": "UperNetDecoder",
+        "in_channels": 3, "bands": ["blue", "green", "red"], "pretrained": false, "num_classes": 2,
+        "backbone_img_size": 16, "decoder_channels": 8});
+    let host = host_with_plugins(terratorch_and_timm());
+    let m = host
+        .build(
+            "model_factory",
+            "ClayModelFactory",
+            args.as_object().unwrap(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let x = tch::Tensor::zeros([1, 3, 16, 16], (tch::Kind::Float, tch::Device::Cpu));
+    assert!(
+        m.forward(&[x]).is_err(),
+        "UperNetDecoder on one map must fail"
+    );
+}
+
+/// `bands` defaults to `[]` upstream, which gives Clay's dynamic embedding no wavelengths: the
+/// forward fails there ("weight of size [768, 0, 8, 8]"); terrahost's Clay refuses it earlier,
+/// at build, naming `bands`, rather than guessing bands.
+#[test]
+fn clay_model_factory_default_bands_are_refused_as_upstream_fails() {
+    let args = json!({"task": "segmentation", "backbone": "clay_v1_base", "decoder": "FCNDecoder",
+        "in_channels": 3, "pretrained": false, "num_classes": 2, "backbone_img_size": 16});
+    let host = host_with_plugins(terratorch_and_timm());
+    let e = host
+        .build(
+            "model_factory",
+            "ClayModelFactory",
+            args.as_object().unwrap(),
+            None,
+        )
+        .err()
+        .expect("no bands: no wavelengths for 3 channels");
+    assert!(e.to_string().contains("`bands` must name"), "{e}");
+}

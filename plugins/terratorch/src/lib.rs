@@ -142,9 +142,15 @@ fn model_factories() -> Catalog {
     Catalog::new("terratorch")
         .add(encoder_decoder_factory::entry())
         .add(models::prithvi_model_factory::entry())
+        .add(models::clay_model_factory::entry())
+        .add(models::clay1_5_model_factory::entry())
         .add(models::full_model_factory::entry())
         .add(models::generic_model_factory::entry())
         .add(models::generic_unet_model_factory::entry())
+        .refuses(
+            "SatMAEModelFactory",
+            models::clay_model_factory::SATMAE_REFUSAL,
+        )
 }
 
 terrahost_plugin_api::declare_plugin! {

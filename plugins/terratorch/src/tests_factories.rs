@@ -465,3 +465,137 @@ fn embedding_generation_drops_leftover_arguments_as_terratorch_does() {
         "{e}"
     );
 }
+
+/// `SatMAEModelFactory`, which TerraTorch cannot build with, is refused by name with the
+/// reason, and is not an entry.
+#[test]
+fn satmae_factory_is_refused_with_the_reason() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let e = host
+        .build("model_factory", "SatMAEModelFactory", &Map::new(), None)
+        .err()
+        .expect("SatMAEModelFactory must be refused");
+    assert_eq!(e.kind, ErrorKind::NOT_SUPPORTED, "{e}");
+    assert!(
+        e.message().contains("prepare_features_for_image_model"),
+        "{e}"
+    );
+    assert!(!host.contains("model_factory", "SatMAEModelFactory"));
+    assert!(host.contains("model_factory", "ClayModelFactory"));
+    assert!(host.contains("model_factory", "Clay1_5ModelFactory"));
+}
+
+/// The `Clay1_5ModelFactory` fixtures (`cases/clay15_factory.py`, TerraTorch 1.2.13): every
+/// task it supports, TerraTorch's keys and output.
+#[test]
+fn clay15_factory_parity_segmentation_padded_input() {
+    check_model_fixture("factory_clay15_segmentation");
+}
+
+#[test]
+fn clay15_factory_parity_regression_platform_list_channel_order() {
+    check_model_fixture("factory_clay15_regression");
+}
+
+#[test]
+fn clay15_factory_parity_classification() {
+    check_model_fixture("factory_clay15_classification");
+}
+
+#[test]
+fn clay15_factory_parity_scalar_regression() {
+    check_model_fixture("factory_clay15_scalar_regression");
+}
+
+/// What `Clay1_5ModelFactory` cannot take: upstream's own errors, and the two departures
+/// (no downloads; the channel order named by `band_order`).
+#[test]
+fn clay15_factory_refusals() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let base = json!({"task": "segmentation", "backbone": "clay_v1.5", "in_channels": 2,
+        "decoder": "FCNDecoder", "pretrained": false,
+        "num_classes": 2, "platform": "s2", "dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "mlp_ratio": 2.0,
+        "metadata": {"s2": {"band_order": ["red", "nir"], "gsd": 10,
+            "bands": {"wavelength": {"red": 0.665, "nir": 0.842}}}}});
+    let err = |patch: Value| {
+        let mut a = obj(base.clone());
+        for (k, v) in obj(patch) {
+            if v.is_null() {
+                a.remove(&k);
+            } else {
+                a.insert(k, v);
+            }
+        }
+        host.build("model_factory", "Clay1_5ModelFactory", &a, None)
+            .err()
+            .expect("must fail")
+            .to_string()
+    };
+    assert!(err(json!({"task": "embedding_generation"}))
+        .contains("Task embedding_generation not supported"));
+    assert!(err(json!({"platform": "naip"})).contains("Platform 'naip' not found in metadata"));
+    assert!(err(json!({"platform": null})).contains("'platform' is required"));
+    assert!(err(json!({"dim": null})).contains("KeyError 'dim'"));
+    // positional upstream: build_model() is missing it
+    assert!(err(json!({"in_channels": null})).contains("in_channels"));
+    let e = err(json!({"pretrained": true}));
+    assert!(
+        e.contains("downloads nothing") && e.contains("pretrained: false"),
+        "{e}"
+    );
+    let e = err(json!({"metadata": {"s2": {"gsd": 10, "bands": {"wavelength": {"red": 0.665}}}}}));
+    assert!(e.contains("band_order") && e.contains("key order"), "{e}");
+    let e = err(json!({"decoder": "smp_Unet"}));
+    assert!(e.contains("Decoder smp_Unet was not found"), "{e}");
+    // dim - 8 must split into four sin-cos quarters
+    let e = err(json!({"dim": 30}));
+    assert!(e.contains("multiple of 4"), "{e}");
+    // and the base arguments build
+    host.build("model_factory", "Clay1_5ModelFactory", &obj(base), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// TerraTorch's `examples/confs/clay15.yaml` (model_args as written, `pretrained: false` as
+/// `run --weights` sets it; the metadata cut to its one platform): TerraTorch 1.2.13 builds it
+/// with 7,379,594 parameters and 111 state_dict entries (printed from the reference, not from
+/// this crate).
+#[test]
+fn clay15_corpus_config_has_terratorchs_size() {
+    let host = host_with(crate::plugin_sources().unwrap());
+    let metadata = json!({"sentinel-2-l2a": {
+        "band_order": ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+                       "swir16", "swir22"],
+        "gsd": 10,
+        "bands": {"wavelength": {"blue": 0.493, "green": 0.56, "red": 0.665, "rededge1": 0.704,
+            "rededge2": 0.74, "rededge3": 0.783, "nir": 0.842, "nir08": 0.865, "swir16": 1.61,
+            "swir22": 2.19}}}});
+    let mut args = obj(
+        json!({"task": "classification", "num_classes": 10, "decoder": "FCNDecoder",
+        "backbone_pretrained": true, "backbone": "clay15", "backbone_in_channels": 6, "dim": 192,
+        "depth": 6, "heads": 4, "dim_head": 48, "mlp_ratio": 2, "decoder_dim": 96, "decoder_depth": 3,
+        "decoder_heads": 2, "decoder_dim_head": 48, "decoder_mlp_ratio": 2, "mask_ratio": 0.75,
+        "norm_pix_loss": false, "patch_size": 8, "shuffle": true, "platform": ["sentinel-2-l2a"],
+        "batch_size": 64, "in_channels": "None", "pretrained": false}),
+    );
+    args.insert(
+        "teacher".into(),
+        json!("vit_large_patch14_reg4_dinov2.lvd142m"),
+    );
+    args.insert("dolls".into(), json!([16, 32, 64, 128, 256, 768, 1024]));
+    args.insert("doll_weights".into(), json!([1, 1, 1, 1, 1, 1, 1]));
+    args.insert("metadata".into(), metadata);
+    let m = host
+        .build("model_factory", "Clay1_5ModelFactory", &args, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n: i64 = m
+        .module()
+        .named_parameters()
+        .iter()
+        .map(|nt| nt.tensor.with(|t| t.numel() as i64))
+        .sum();
+    assert_eq!(n, 7_379_594);
+    assert_eq!(keys_and_shapes(&m).len(), 111);
+    let x = tch::Tensor::zeros([1, 10, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let y = tch::no_grad(|| m.forward(&[x])).unwrap();
+    assert_eq!(y[0].size(), [1, 10]);
+}

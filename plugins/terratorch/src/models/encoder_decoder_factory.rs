@@ -731,6 +731,18 @@ pub fn build_with(ctx: &BuildCtx<'_, '_>, args: &Map<String, Value>) -> Result<M
         encoder = peft::wrap_spec(encoder, spec)
             .map_err(|e| e.context(format_args!("EncoderDecoderFactory: peft_config")))?;
     }
+    build_around(ctx, &plan, encoder)
+}
+
+/// The rest of [`build_with`] once the backbone is built: necks, decoder, heads and the task
+/// model around `encoder` (the factories that make their backbone themselves, as TerraTorch's
+/// `Clay1_5ModelFactory` does, then hand it to the same task models).
+pub fn build_around(
+    ctx: &BuildCtx<'_, '_>,
+    plan: &FactoryPlan,
+    encoder: DynModule,
+) -> Result<ModuleBox> {
+    let plan = plan.clone();
     let mut channels = encoder.out_channels();
     if channels.is_empty() {
         return Err(PluginError::build_failed(format!(

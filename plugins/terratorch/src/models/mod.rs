@@ -1,6 +1,9 @@
 //! Model families, one file each, plus the small helpers they share.
 
 pub mod aspp_head;
+pub mod clay1_5_model_factory;
+pub mod clay_model_factory;
+pub mod clay_v15;
 pub mod dinov3;
 pub mod dinov3_convnext;
 pub mod dofa_vit;
