@@ -86,7 +86,7 @@ pub fn cap_process_memory() -> u64 {
             if libc::getrlimit(libc::RLIMIT_DATA, &mut lim) == 0 {
                 let cur = lim.rlim_cur;
                 if cur != libc::RLIM_INFINITY && cur <= want as libc::rlim_t {
-                    return cur as u64;
+                    return cur;
                 }
                 let mut new = want as libc::rlim_t;
                 if lim.rlim_max != libc::RLIM_INFINITY {
@@ -148,7 +148,7 @@ fn current_memory_ceiling() -> u64 {
         if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) } == 0
             && lim.rlim_cur != libc::RLIM_INFINITY
         {
-            return lim.rlim_cur as u64;
+            return lim.rlim_cur;
         }
     }
     max_memory_bytes()

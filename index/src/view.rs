@@ -165,8 +165,13 @@ impl FlatView {
 
     /// The description of `name`.
     pub fn describe(&self, name: &str) -> Result<&EntryMeta, Lookup> {
-        match self.index.get(name) {
-            Some(&s) => Ok(self.sources[s].entry(name).expect("indexed")),
+        if let Some(&s) = self.index.get(name) {
+            return Ok(self.sources[s].entry(name).expect("indexed"));
+        }
+        // A name a source knows and refuses gets the source's reason, as the engine's
+        // registry answers `build`.
+        match self.sources.iter().find_map(|s| s.refusal(name)) {
+            Some(why) => Err(Lookup::NotSupported(why)),
             None => Err(Lookup::NotFound(resolve::not_found_message(
                 name,
                 &self.name,

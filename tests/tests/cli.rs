@@ -138,6 +138,32 @@ fn show_prints_parameters_with_types_and_defaults() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("num_classes"));
 }
 
+/// A name a plugin knows and refuses is answered with its reason by `show` (the front)
+/// and `build` (the engine) alike, in every registry, the flat model_factory included.
+#[test]
+fn refused_names_get_the_plugins_reason_from_show_and_build() {
+    let dir = real_plugins(&PLUGINS);
+    for (registry, name, why) in [
+        ("model_factory", "SatMAEModelFactory", "builds no model"),
+        (
+            "model_factory",
+            "ObjectDetectionModelFactory",
+            "object detection",
+        ),
+        ("decoder", "SklearnDecoder", "scikit-learn"),
+        ("decoder", "mmseg_CCHead", "CrissCrossAttention"),
+        ("backbone", "terramind_v1_tokenizer_s2l2a", "tokenizers"),
+    ] {
+        for command in ["show", "build"] {
+            let e = err_text(dir.path(), &[command, registry, name]);
+            assert!(
+                e.contains(why) && !e.contains("did you mean"),
+                "{command} {registry} {name}: {e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn build_reports_what_it_built() {
     let dir = real_plugins(&PLUGINS);

@@ -151,6 +151,10 @@ fn model_factories() -> Catalog {
             "SatMAEModelFactory",
             models::clay_model_factory::SATMAE_REFUSAL,
         )
+        .refuses(
+            "ObjectDetectionModelFactory",
+            "object detection (torchvision's Faster R-CNN, FCOS, RetinaNet, Mask R-CNN and TerraTorch's DETRs) is not ported to terrahost yet",
+        )
 }
 
 terrahost_plugin_api::declare_plugin! {

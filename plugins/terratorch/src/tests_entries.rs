@@ -803,11 +803,14 @@ fn temporal_wrapper_pools_time_steps_and_undoes_the_permutation() {
         let f1 = inner.forward(&[x.select(2, 1)]).unwrap();
         assert_eq!(ys.len(), f0.len());
         for (i, y) in ys.iter().enumerate() {
+            // 1e-5: the wrapper runs the time steps as one batch and the reference one
+            // at a time, and libtorch may pick other conv kernels for the two batch
+            // sizes; on values near 3 they differ in the last float32 bits (1.2e-6 seen).
             assert_close(
                 &format!("permute {permute}, feature {i}"),
                 y,
                 &(&f0[i] - &f1[i]),
-                1e-6,
+                1e-5,
             );
         }
     }
