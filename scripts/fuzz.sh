@@ -21,6 +21,9 @@ fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 bash "$repo/scripts/setup-libtorch.sh" >/dev/null
 cd "$repo/fuzz"
+# The fuzz crate is its own workspace, built by cargo-fuzz without the rpath the
+# workspace's binaries embed: the targets find libtorch through the loader path.
+export LD_LIBRARY_PATH="$repo/.venv/libtorch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo fuzz build -s none -O
 for t in "${targets[@]}"; do
     echo "== $t: ${secs} s"
