@@ -9,7 +9,8 @@
 //! - `TERRAHOST_MAX_TEXT_MB` (default 64): the largest config or means/stds file read;
 //! - `TERRAHOST_MAX_TENSOR_GB` (default: 1/16 of the machine's physical memory): the
 //!   largest input tensor terrahost allocates for a forward or a scene;
-//! - `TERRAHOST_MAX_MEMORY_GB` (default: the memory available when terrahost starts):
+//! - `TERRAHOST_MAX_MEMORY_GB` (default: the memory available when terrahost starts,
+//!   at least half the physical memory):
 //!   the most memory the whole process may allocate ([`cap_process_memory`]).
 //!
 //! Layer counts and widths (`num_convs`, `depth`, `embed_dim`, ...) are not checked one
@@ -56,14 +57,18 @@ pub fn max_tensor_bytes() -> u64 {
 }
 
 /// The most memory the process may allocate, in bytes: the override, else the memory
-/// the kernel says is available now (`MemAvailable`), else the physical memory. Never
-/// below 1 GiB, which libtorch and the plugins need to start at all.
+/// the kernel says is available now (`MemAvailable`) but at least half the physical
+/// memory, else 16 GiB. Never below 1 GiB, which libtorch and the plugins need to start
+/// at all. The floor keeps a model that fits the machine from being refused only
+/// because other programs held memory when terrahost started (parallel test runs);
+/// the ceiling still stops a runaway build long before the OOM killer would.
 pub fn max_memory_bytes() -> u64 {
     let bytes = match env_number(MAX_MEMORY_GB_VAR) {
         Some(gb) => (gb * 1073741824.0) as u64,
-        None => available_memory()
-            .or_else(physical_memory)
-            .unwrap_or(16 << 30),
+        None => match (available_memory(), physical_memory()) {
+            (Some(a), Some(p)) => a.max(p / 2),
+            (a, p) => a.or(p).unwrap_or(16 << 30),
+        },
     };
     bytes.max(1 << 30)
 }
