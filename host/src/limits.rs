@@ -81,28 +81,20 @@ pub fn max_memory_bytes() -> u64 {
 pub fn cap_process_memory() -> u64 {
     let want = max_memory_bytes();
     #[cfg(target_os = "linux")]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_DATA, &mut lim) == 0 {
-                let cur = lim.rlim_cur;
-                if cur != libc::RLIM_INFINITY && cur <= want as libc::rlim_t {
-                    return cur;
-                }
-                let mut new = want as libc::rlim_t;
-                if lim.rlim_max != libc::RLIM_INFINITY {
-                    new = new.min(lim.rlim_max);
-                }
-                lim.rlim_cur = new;
-                if libc::setrlimit(libc::RLIMIT_DATA, &lim) == 0 {
-                    tracing::debug!("memory ceiling {} ({MAX_MEMORY_GB_VAR})", human(new as u64));
-                    return new as u64;
-                }
-            }
+    if let Some(mut lim) = data_limit() {
+        let cur = lim.rlim_cur;
+        if cur != libc::RLIM_INFINITY && cur <= want as libc::rlim_t {
+            return cur;
+        }
+        let mut new = want as libc::rlim_t;
+        if lim.rlim_max != libc::RLIM_INFINITY {
+            new = new.min(lim.rlim_max);
+        }
+        lim.rlim_cur = new;
+        // SAFETY: setrlimit only reads the struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) } == 0 {
+            tracing::debug!("memory ceiling {} ({MAX_MEMORY_GB_VAR})", human(new));
+            return new;
         }
     }
     want
@@ -144,19 +136,21 @@ pub fn is_out_of_memory(message: &str) -> bool {
 /// The `RLIMIT_DATA` in force, or [`max_memory_bytes`] where there is none.
 fn current_memory_ceiling() -> u64 {
     #[cfg(target_os = "linux")]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct passed.
-        if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) } == 0
-            && lim.rlim_cur != libc::RLIM_INFINITY
-        {
-            return lim.rlim_cur;
-        }
+    if let Some(lim) = data_limit().filter(|l| l.rlim_cur != libc::RLIM_INFINITY) {
+        return lim.rlim_cur;
     }
     max_memory_bytes()
+}
+
+/// This process's `RLIMIT_DATA`, if the kernel answers.
+#[cfg(target_os = "linux")]
+fn data_limit() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    (unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) } == 0).then_some(lim)
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes.
