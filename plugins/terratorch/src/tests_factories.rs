@@ -540,7 +540,9 @@ fn clay15_factory_refusals() {
     assert!(err(json!({"in_channels": null})).contains("in_channels"));
     let e = err(json!({"pretrained": true}));
     assert!(
-        e.contains("downloads nothing") && e.contains("pretrained: false"),
+        e.contains("downloads nothing")
+            && e.contains("checkpoint_path=")
+            && e.contains("pretrained: false"),
         "{e}"
     );
     let e = err(json!({"metadata": {"s2": {"gsd": 10, "bands": {"wavelength": {"red": 0.665}}}}}));
@@ -553,6 +555,71 @@ fn clay15_factory_refusals() {
     // and the base arguments build
     host.build("model_factory", "Clay1_5ModelFactory", &obj(base), None)
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `pretrained: true` with a local `checkpoint_path` (`clay15_checkpoint_fixture.py`): the
+/// `model.encoder.*` entries of a Lightning checkpoint in `clay-v1.5.ckpt`'s layout (float16 on
+/// disk, upstream's own encoder initialisation) load as TerraTorch 1.2.13 loads them, the MAE
+/// decoder and teacher entries are ignored, and with the synthetic decoder and head the output
+/// is TerraTorch's. Checkpoints that would leave encoder weights random are refused.
+#[test]
+fn clay15_factory_reads_a_clay_checkpoint() {
+    let fx = Fixture::load("factory_clay15_checkpoint");
+    let ckpt = fx.dir.join(fx.meta["checkpoint"].as_str().unwrap());
+    let mut args = fx.args();
+    args.insert("checkpoint_path".into(), json!(ckpt.to_str().unwrap()));
+    let host = host_with(crate::plugin_sources().unwrap());
+    let m = host
+        .build("model_factory", fx.name(), &args, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut want: Vec<(String, Vec<i64>)> = fx
+        .keys
+        .iter()
+        .map(|(k, s, _)| (k.clone(), s.clone()))
+        .collect();
+    want.sort();
+    assert_eq!(keys_and_shapes(&m), want);
+    // the decoder and head as the reference set them; the encoder stays the checkpoint's
+    tch::no_grad(|| {
+        for (k, mut t) in m.state_dict() {
+            if !k.starts_with("encoder.encoder_module.") {
+                t.copy_(&terrahost_testkit::synth(&k, &t.size(), t.kind()));
+            }
+        }
+    });
+    compare_outputs(&fx, &m);
+
+    let build_err = |args: &Map<String, Value>| {
+        host.build("model_factory", fx.name(), args, None)
+            .err()
+            .expect("must fail")
+            .to_string()
+    };
+    // another size: the keys it lacks are named
+    let mut a = args.clone();
+    a.insert("depth".into(), json!(3));
+    let e = build_err(&a);
+    assert!(
+        e.contains("model.encoder.transformer.layers.2") && e.contains("random"),
+        "{e}"
+    );
+    // a checkpoint of something else: no model.encoder.* entries
+    let other = fx
+        .dir
+        .parent()
+        .unwrap()
+        .join("factory_clay15_segmentation/io.safetensors");
+    a = args.clone();
+    a.insert("checkpoint_path".into(), json!(other.to_str().unwrap()));
+    let e = build_err(&a);
+    assert!(e.contains("model.encoder.") && e.contains("input.0"), "{e}");
+    a.insert(
+        "checkpoint_path".into(),
+        json!("/nonexistent/clay-v1.5.ckpt"),
+    );
+    assert!(build_err(&a).contains("/nonexistent/clay-v1.5.ckpt"));
+    a.insert("checkpoint_path".into(), json!(7));
+    assert!(build_err(&a).contains("`checkpoint_path` must be a file path"));
 }
 
 /// TerraTorch's `examples/confs/clay15.yaml` (model_args as written, `pretrained: false` as

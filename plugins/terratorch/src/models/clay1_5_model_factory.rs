@@ -8,10 +8,14 @@
 //! The task model is the `EncoderDecoderFactory`'s without necks
 //! ([`encoder_decoder_factory::build_around`]); `patch_size` and `padding` pad the input as
 //! there. Two departures, each refused with the reason rather than built differently:
-//! - `pretrained` (upstream's default) loads `checkpoint_path` or downloads Clay v1.5 from the
-//!   Hugging Face hub; terrahost downloads nothing and does not read Clay checkpoints here yet,
-//!   so it needs `pretrained: false` (`run --weights` sets it, and loads a whole model's
-//!   checkpoint).
+//! - `pretrained` (upstream's default) without `checkpoint_path` downloads Clay v1.5 from the
+//!   Hugging Face hub, and when that fails upstream goes on with random weights; terrahost
+//!   downloads nothing, so it asks for `checkpoint_path` or `pretrained: false` (`run
+//!   --weights` sets it, and loads a whole model's checkpoint).
+//! - `checkpoint_path` is read as upstream reads it (`model.encoder.*` of the Lightning
+//!   `state_dict`), but a checkpoint that leaves encoder weights out is refused: upstream
+//!   loads it with `strict=False` and keeps random values there, which no other run
+//!   reproduces.
 //! - upstream takes the channel order from the key order of `bands.wavelength`; terrahost's
 //!   argument trees do not keep key order, so `metadata[platform].band_order` (which Clay's
 //!   metadata files carry, in that order) names it.
@@ -20,6 +24,7 @@ use super::clay_v15::{ClayV15Backbone, Config};
 use super::encoder_decoder_factory::{self, extract_prefix_keys};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device};
+use terrahost_layers::checkpoint::read_state_dict;
 use terrahost_plugin_api::{
     params::describe_json,
     sdk::{BuildCtx, Built, DynModule, Entry},
@@ -262,18 +267,27 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         mlp_ratio,
         patch_size,
     };
-    if args.get("pretrained").is_some_and(truthy) {
-        let why = if args.get("checkpoint_path").is_some_and(truthy) {
-            "reading a Clay v1.5 checkpoint's model.encoder.* weights through checkpoint_path is not supported yet"
-        } else {
-            "without checkpoint_path upstream downloads clay-v1.5.ckpt from the Hugging Face hub, and terrahost \
-             downloads nothing"
-        };
-        return Err(invalid(format!(
-            "pretrained=true: {why}; build with `pretrained: false` and load a whole model's checkpoint \
-             (`terrahost run --weights` does both)"
-        )));
-    }
+    // upstream resolves the checkpoint before it builds anything else
+    let checkpoint = if args.get("pretrained").is_some_and(truthy) {
+        match args.get("checkpoint_path").filter(|v| !v.is_null()) {
+            Some(Value::String(path)) => Some(path.clone()),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`checkpoint_path` must be a file path, got {}",
+                    describe_json(other)
+                )))
+            }
+            None => {
+                return Err(invalid(
+                    "pretrained=true without checkpoint_path: upstream downloads clay-v1.5.ckpt from the Hugging \
+                     Face hub, and terrahost downloads nothing; give checkpoint_path=<local clay-v1.5.ckpt>, or \
+                     build with `pretrained: false` and load a whole model's checkpoint (`terrahost run --weights`)",
+                ))
+            }
+        }
+    } else {
+        None
+    };
     let unused = [
         "backbone",
         "bands",
@@ -283,7 +297,6 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         "mask_ratio",
         "shuffle",
         "batch_size",
-        "checkpoint_path",
     ];
     for key in unused {
         if args.get(key).is_some_and(|v| !v.is_null()) {
@@ -295,6 +308,9 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let vs = nn::VarStore::new(Device::Cpu);
     let backbone = ClayV15Backbone::new(vs.root(), cfg, waves, gsd)
         .map_err(|e| e.context(format_args!("{NAME}: building the Clay v1.5 encoder")))?;
+    if let Some(path) = &checkpoint {
+        load_encoder_weights(&vs, path)?;
+    }
     let label = "ClayMAEBackbone".to_owned();
     let encoder = DynModule::new(label.clone(), Built::new(label, vs, backbone).boxed());
 
@@ -341,6 +357,87 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         .map_err(|e| e.context(format_args!("{NAME}")))
 }
 
+/// Where a Clay v1.5 checkpoint keeps the encoder: its Lightning `state_dict` holds the
+/// whole `ClayMAE` under `model.`.
+const CHECKPOINT_ENCODER_PREFIX: &str = "model.encoder.";
+
+/// `_load_encoder_weights`: the `model.encoder.*` entries of the checkpoint's `state_dict`
+/// (or of the file's top-level dict) loaded into the encoder, which `vs` holds under
+/// `encoder_module.`. Other entries (ClayMAE's decoder, the teacher) are ignored as
+/// upstream ignores them; encoder keys the model lacks are logged as upstream logs them.
+/// Unlike upstream, a checkpoint without `model.encoder.*` entries, or one that leaves
+/// encoder weights out, is refused: upstream would run on random values there.
+fn load_encoder_weights(vs: &nn::VarStore, path: &str) -> Result<()> {
+    let pairs = read_state_dict(std::path::Path::new(path))?;
+    let total = pairs.len();
+    let mut others = Vec::new();
+    let mut encoder = Vec::new();
+    for (k, v) in pairs {
+        match k.strip_prefix(CHECKPOINT_ENCODER_PREFIX) {
+            Some(rest) => encoder.push((format!("encoder_module.{rest}"), v)),
+            None => others.push(k),
+        }
+    }
+    if encoder.is_empty() {
+        let shown: Vec<&str> = others.iter().take(5).map(String::as_str).collect();
+        return Err(invalid(format!(
+            "checkpoint_path {path}: none of its {total} entries starts with `{CHECKPOINT_ENCODER_PREFIX}` (a Clay \
+             v1.5 checkpoint keeps its encoder there; it has {}); give the clay-v1.5.ckpt that Clay publishes",
+            shown.join(", ")
+        )));
+    }
+    let vars = vs.variables();
+    let given: std::collections::HashSet<&str> = encoder.iter().map(|(k, _)| k.as_str()).collect();
+    let mut missing: Vec<&str> = vars
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !given.contains(k))
+        .collect();
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        let more = missing.len().saturating_sub(5);
+        missing.truncate(5);
+        return Err(invalid(format!(
+            "checkpoint_path {path} leaves {} encoder weight(s) out ({}{}): it does not hold a Clay v1.5 encoder of \
+             this size (dim, depth, heads, dim_head, mlp_ratio, patch_size); upstream would keep random values there",
+            missing.len() + more,
+            missing.iter().map(|k| format!("model.encoder.{}", &k["encoder_module.".len()..])).collect::<Vec<_>>().join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+        )));
+    }
+    let mut unexpected = Vec::new();
+    let mut wrong = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for (k, v) in &encoder {
+            match vars.get(k) {
+                None => unexpected.push(k["encoder_module.".len()..].to_owned()),
+                Some(dst) if dst.size() != v.size() => wrong.push(format!(
+                    "model.encoder.{} (checkpoint {:?}, model {:?})",
+                    &k["encoder_module.".len()..],
+                    v.size(),
+                    dst.size()
+                )),
+                Some(dst) => {
+                    dst.shallow_clone().f_copy_(&v.f_to_kind(dst.kind())?)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if !wrong.is_empty() {
+        return Err(invalid(format!(
+            "checkpoint_path {path} does not fit this encoder (dim, depth, heads, dim_head, mlp_ratio, patch_size): \
+             size mismatch for {}",
+            wrong.join(", ")
+        )));
+    }
+    if !unexpected.is_empty() {
+        terrahost_plugin_api::warn!("Unexpected encoder keys in {path}: {unexpected:?}");
+    }
+    tracing::info!("{NAME}: encoder weights loaded from {path}");
+    Ok(())
+}
+
 /// The registry entry, with the keyword arguments upstream's `build_model` declares and
 /// the ones it reads from `**kwargs`.
 pub fn entry() -> Entry {
@@ -348,10 +445,10 @@ pub fn entry() -> Entry {
         NAME,
         "TerraTorch 1.2.12+'s Clay v1.5 downstream factory: the Clay v1.5 encoder of size dim/depth/heads/dim_head/\
          mlp_ratio/patch_size on the wavelengths and gsd of metadata[platform] (zero time and lat/lon, no masking, \
-         the class token dropped: one [B, dim, H/p, W/p] map), a terratorch.models.decoders class on [dim] \
+         the class token dropped: one [B, dim, H/p, W/p] map; with pretrained, the model.encoder.* weights of checkpoint_path), a terratorch.models.decoders class on [dim] \
          (`decoder_*`, less ClayMAE's decoder_dim/depth/heads/dim_head/mlp_ratio/ratio) and the task's head \
          (`head_*`, num_classes). Tasks: segmentation, regression, classification, scalar_regression. Needs \
-         pretrained: false (no downloads) and metadata[platform].band_order (the channel order).",
+         checkpoint_path or pretrained: false (no downloads), and metadata[platform].band_order (the channel order).",
         build,
     )
     .req("task", ParamType::STR, "segmentation, regression, classification or scalar_regression")
@@ -360,12 +457,12 @@ pub fn entry() -> Entry {
     .req("in_channels", ParamType::ANY, "required upstream (positional) and not used: the channels are the platform's bands")
     .opt("bands", ParamType::ANY, json!([]), "taken and not used upstream (the platform's metadata gives the bands)")
     .opt("num_classes", ParamType::INT, Value::Null, "number of classes, for the head (only when non-zero)")
-    .opt("pretrained", ParamType::BOOL, json!(true), "must be false here: upstream loads checkpoint_path or downloads Clay v1.5")
+    .opt("pretrained", ParamType::BOOL, json!(true), "load checkpoint_path's encoder weights (needs checkpoint_path: no downloads)")
     .opt("num_frames", ParamType::ANY, json!(1), "taken and not used upstream")
     .opt("prepare_features_for_image_model", ParamType::ANY, Value::Null, "taken and not used upstream")
     .opt("aux_decoders", ParamType::DICT_LIST, Value::Null, "auxiliary heads, each {name, decoder, decoder_args}")
     .opt("rescale", ParamType::BOOL, json!(true), "resize per-pixel outputs to the input size (bilinear)")
-    .opt("checkpoint_path", ParamType::ANY, Value::Null, "a Clay v1.5 checkpoint (not read here yet: refused with pretrained)")
+    .opt("checkpoint_path", ParamType::ANY, Value::Null, "a local Clay v1.5 checkpoint (clay-v1.5.ckpt): its model.encoder.* weights, read with pretrained")
     .opt("platform", ParamType::ANY, Value::Null, "the platform (a key of metadata), or a list whose first item is one")
     .opt("metadata", ParamType::DICT, Value::Null, "per platform: band_order, bands.wavelength (band -> micrometres), gsd")
     .opt("dim", ParamType::INT, Value::Null, "token width (required)")
