@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """TerraTorch's own config corpus as a parity test: builds the model of every YAML under
-tests/corpus/terratorch/ in TerraTorch 1.2.11 (pretrained weights off), sets the synthetic
+tests/corpus/terratorch/ in TerraTorch (1.2.13 over 1.2.11's set, see README.md; pretrained weights off), sets the synthetic
 weights, runs it in float32 and in float64, and writes
 
   tests/corpus/fixtures/<slug>/meta.json         config, inputs, outputs, errors float32 vs float64
@@ -96,7 +96,9 @@ def build_task(cfg: dict):
     if "model_args" in init:
         init["model_args"] = pretrained_off(init["model_args"])
         factory = init.get("model_factory")
-        if factory in ("PrithviModelFactory", "SMPModelFactory", "TimmModelFactory"):
+        # factories whose `pretrained` defaults to True (Clay1_5ModelFactory since 1.2.12: it downloads
+        # Clay v1.5 from the hub and, offline, goes on with random weights)
+        if factory in ("PrithviModelFactory", "SMPModelFactory", "TimmModelFactory", "Clay1_5ModelFactory"):
             init["model_args"].setdefault("pretrained", False)
     if init.get("aux_heads"):
         init["aux_heads"] = [h if isinstance(h, AuxiliaryHead) else AuxiliaryHead(**instantiate(h)) for h in init["aux_heads"]]
@@ -114,6 +116,12 @@ def first_conv(module: torch.nn.Module):
 def channel_guess(model_args: dict, encoder: torch.nn.Module) -> tuple[int, int | None]:
     """(channels, frames or None for 4-D input)."""
     frames = model_args.get("backbone_num_frames") or model_args.get("num_frames")
+    platform = model_args.get("platform")
+    platform = platform[0] if isinstance(platform, list) and platform else platform
+    metadata = model_args.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get(platform), dict):
+        # Clay v1.5 (Clay1_5ModelFactory): one channel per band of the platform, and no convolution to ask
+        return len(metadata[platform]["bands"]["wavelength"]), None
     for key in ("bands", "backbone_bands", "backbone_model_bands", "model_bands"):
         if isinstance(model_args.get(key), list):
             c = len(model_args[key])
