@@ -13,8 +13,9 @@
 //!   stochastic depth, LayerScale), [`torch_transformer`] (`nn.TransformerEncoderLayer`),
 //!   [`wavelengths`] (TerraTorch's band wavelengths), [`rope`] (DINOv3's 2-D rotary
 //!   position embedding) and [`swiglu`] (the SwiGLU feed-forward network).
-//! * Networks several plugins build: [`resnet`] (timm's and torchvision's ResNet) and
-//!   [`vit`] (timm's ViT `Attention` and `Block`).
+//! * Networks several plugins build: [`resnet`] (timm's and torchvision's ResNet),
+//!   [`vit`] (timm's ViT `Attention` and `Block`) and [`clay`] (Clay v1's and v1.5's
+//!   dynamic embedding and transformer layer).
 //! * smp's shared parts ([`smp`]): its decoder blocks and its U-Net decoder, which both
 //!   the `smp` and the `terratorch` plugins build.
 //! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
@@ -26,6 +27,7 @@
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
 pub mod checkpoint;
+pub mod clay;
 pub mod conv;
 pub mod conv_bn;
 pub mod derived;

@@ -5,25 +5,19 @@
 //! `terratorch/models/clay1_5_model_factory.py` does: no masking, the wavelengths and GSD of one
 //! platform's metadata, zero time and lat/lon, the class token dropped, one `[B, dim, h, w]` map.
 //!
-//! The arithmetic is Clay v1's (the `timm` plugin's `clay_v1_base`), with the width, depth,
-//! heads, head width, MLP ratio and patch size as arguments instead of the base preset; the
-//! keys are `encoder_module.*` under the backbone, as upstream's wrapper names them.
+//! The blocks are Clay v1's (`terrahost_layers::clay`, which the `timm` plugin's
+//! `clay_v1_base` builds too), with the width, depth, heads, head width, MLP ratio and patch
+//! size as arguments instead of the base preset; the keys are `encoder_module.*` under the
+//! backbone, as upstream's wrapper names them.
 
 use serde_json::{json, Map, Value};
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
-use terrahost_layers::linear::Linear;
+use terrahost_layers::clay::{posemb_sincos_2d_with_gsd, DynamicEmbedding, TransformerLayer};
 use terrahost_layers::norm::{LayerNorm, TORCH_LN_EPS};
-use terrahost_layers::torch_transformer::TransformerEncoderLayer;
 use terrahost_plugin_api::sdk::Model;
 use terrahost_plugin_api::{PluginError, Result};
 
-/// The wavelength embedding width (`wave_dim`, fixed by `Encoder`).
-const WAVE_DIM: i64 = 128;
-/// The latent tokens of the weight generator (`num_latent_tokens`, fixed by `Encoder`).
-const LATENT_TOKENS: i64 = 128;
-/// `DynamicEmbedding` scales the generated kernels by this before the convolution.
-const KERNEL_SCALE: f64 = 0.02;
 /// Time (4) and lat/lon (4) values appended to every token's position encoding.
 const METADATA_DIMS: i64 = 8;
 
@@ -77,166 +71,13 @@ impl Config {
     }
 }
 
-/// `posemb_sincos_1d(pos, dim)`: `[N] -> [N, dim]`, sin then cos, float32.
-fn posemb_sincos_1d(pos: &Tensor, dim: i64) -> Result<Tensor> {
-    let half = dim / 2;
-    let omega = Tensor::f_arange(half, (Kind::Float, pos.device()))?.f_div_scalar(half - 1)?;
-    let omega = Tensor::f_pow_scalar(10000, &omega)?.f_reciprocal()?;
-    let scaled = pos.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    Ok(Tensor::f_cat(&[scaled.f_sin()?, scaled.f_cos()?], 1)?.f_to_kind(Kind::Float)?)
-}
-
-/// `posemb_sincos_2d_with_gsd(h, w, dim, gsd)`: `[h*w, dim]` as (x sin, x cos, y sin, y cos)
-/// in row-major token order, float32.
-fn posemb_sincos_2d_with_gsd(h: i64, w: i64, dim: i64, gsd: f64) -> Result<Tensor> {
-    let opts = (Kind::Float, tch::Device::Cpu);
-    let quarter = dim / 4;
-    let omega = Tensor::f_arange(quarter, opts)?.f_div_scalar(quarter - 1)?;
-    let omega = Tensor::f_pow_scalar(10000, &omega.f_mul_scalar(2)?.f_div_scalar(dim)?)?
-        .f_reciprocal()?
-        .f_mul_scalar(gsd)?;
-    // meshgrid(arange(h), arange(w), indexing="ij"), flattened
-    let y = Tensor::f_arange(h, opts)?.f_repeat_interleave_self_int(w, 0, None)?;
-    let x = Tensor::f_arange(w, opts)?.f_repeat([h])?;
-    let y = y.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    let x = x.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    Ok(Tensor::f_cat(
-        &[x.f_sin()?, x.f_cos()?, y.f_sin()?, y.f_cos()?],
-        1,
-    )?)
-}
-
-/// `FCBlock`: `x + gelu(l2(gelu(l1(x))))`.
-#[derive(Debug)]
-struct FcBlock {
-    l1: Linear,
-    l2: Linear,
-}
-
-impl FcBlock {
-    fn new(p: nn::Path, size: i64) -> Self {
-        Self {
-            l1: Linear::torch(&p / "l1", size, size, true),
-            l2: Linear::torch(&p / "l2", size, size, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.l2.forward_gelu(&self.l1.forward_gelu(x)?)?;
-        Ok(x.f_add(&y)?)
-    }
-}
-
-/// `WavesTransformer` (encoder side): kernels and bias generated from the wavelengths.
-#[derive(Debug)]
-struct WavesTransformer {
-    layer: TransformerEncoderLayer,
-    fc_weight: Linear,
-    fc_bias: Linear,
-    weight_tokens: Tensor,
-    bias_token: Tensor,
-}
-
-impl WavesTransformer {
-    fn new(p: nn::Path, output_dim: i64, embed_dim: i64) -> Result<Self> {
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
-        Ok(Self {
-            layer: TransformerEncoderLayer::new(&p / "encoder" / "layers" / 0, WAVE_DIM, 4)?,
-            fc_weight: Linear::torch(&p / "fc_weight", WAVE_DIM, output_dim, true),
-            fc_bias: Linear::torch(&p / "fc_bias", WAVE_DIM, embed_dim, true),
-            weight_tokens: p.var("weight_tokens", &[LATENT_TOKENS, WAVE_DIM], init),
-            bias_token: p.var("bias_token", &[1, WAVE_DIM], init),
-        })
-    }
-
-    /// `[C, wave_dim]` -> (weights `[C, dim*k*k]`, bias `[dim]`).
-    fn forward(&self, waves: &Tensor) -> Result<(Tensor, Tensor)> {
-        let c = waves.size()[0];
-        let x = Tensor::f_cat(&[&self.weight_tokens, waves, &self.bias_token], 0)?;
-        let out = self.layer.forward(&x)?;
-        let tokens =
-            out.f_narrow(0, LATENT_TOKENS, c)?
-                .f_add(&x.f_narrow(0, LATENT_TOKENS, c)?)?;
-        let weights = self.fc_weight.forward(&tokens)?;
-        let bias = self.fc_bias.forward(&out.f_get(LATENT_TOKENS + c)?)?;
-        Ok((weights, bias))
-    }
-}
-
-/// One vit-pytorch `Transformer` layer: `Attention` (its own pre-norm, no biases) then
-/// `FeedForward` (`net`: LayerNorm, Linear, GELU, Linear). Not the shared ViT `Block`: the
-/// keys (`{i}.0.to_qkv`, `{i}.1.net.1`) and the attention width (`heads * dim_head`) differ.
-#[derive(Debug)]
-struct Layer {
-    attn_norm: LayerNorm,
-    to_qkv: Linear,
-    to_out: Linear,
-    ff_norm: LayerNorm,
-    ff1: Linear,
-    ff2: Linear,
-    heads: i64,
-    dim_head: i64,
-}
-
-impl Layer {
-    fn new(p: nn::Path, cfg: &Config) -> Self {
-        let a = &p / 0;
-        let f = &p / 1 / "net";
-        let inner = cfg.dim_head * cfg.heads;
-        // int(dim * mlp_ratio) upstream
-        let hidden = (cfg.dim as f64 * cfg.mlp_ratio) as i64;
-        Self {
-            attn_norm: LayerNorm::new(&a / "norm", cfg.dim, TORCH_LN_EPS),
-            to_qkv: Linear::torch(&a / "to_qkv", cfg.dim, inner * 3, false),
-            to_out: Linear::torch(&a / "to_out", inner, cfg.dim, false),
-            ff_norm: LayerNorm::new(&f / 0, cfg.dim, TORCH_LN_EPS),
-            ff1: Linear::torch(&f / 1, cfg.dim, hidden, true),
-            ff2: Linear::torch(&f / 3, hidden, cfg.dim, true),
-            heads: cfg.heads,
-            dim_head: cfg.dim_head,
-        }
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.size3()?;
-        let x = self.attn_norm.forward(x)?;
-        // [B, N, 3 * h * d] -> [3, B, h, N, d]: chunk(3) then "b n (h d) -> b h n d"
-        let qkv = self
-            .to_qkv
-            .forward(&x)?
-            .f_reshape([b, n, 3, self.heads, self.dim_head])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        // "b h n d -> b n (h d)"
-        let y = y
-            .f_transpose(1, 2)?
-            .f_reshape([b, n, self.heads * self.dim_head])?;
-        self.to_out.forward(&y)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.attention(x)?.f_add(x)?;
-        let y = self
-            .ff2
-            .forward(&self.ff1.forward_gelu(&self.ff_norm.forward(&x)?)?)?;
-        Ok(y.f_add(&x)?)
-    }
-}
-
 /// `ClayMAEBackbone`: the Clay v1.5 `Encoder` (keys `encoder_module.*`) for one platform.
 #[derive(Debug)]
 pub struct ClayV15Backbone {
     cfg: Config,
     cls_token: Tensor,
-    fclayer: FcBlock,
-    weight_generator: WavesTransformer,
-    layers: Vec<Layer>,
+    patch_embedding: DynamicEmbedding,
+    layers: Vec<TransformerLayer>,
     norm: LayerNorm,
     /// The platform's wavelengths, in channel order.
     waves: Vec<f64>,
@@ -249,9 +90,7 @@ impl ClayV15Backbone {
     pub fn new(p: nn::Path, cfg: Config, waves: Vec<f64>, gsd: f64) -> Result<Self> {
         cfg.validate()?;
         let e = &p / "encoder_module";
-        let pe = &e / "patch_embedding";
         let t = &e / "transformer";
-        let output_dim = cfg.patch_size * cfg.patch_size * cfg.dim;
         Ok(Self {
             cls_token: e.var(
                 "cls_token",
@@ -261,10 +100,21 @@ impl ClayV15Backbone {
                     stdev: 0.02,
                 },
             ),
-            weight_generator: WavesTransformer::new(&pe / "weight_generator", output_dim, cfg.dim)?,
-            fclayer: FcBlock::new(&pe / "fclayer", WAVE_DIM),
+            patch_embedding: DynamicEmbedding::new(
+                &e / "patch_embedding",
+                cfg.patch_size,
+                cfg.dim,
+            )?,
             layers: (0..cfg.depth)
-                .map(|i| Layer::new(&t / "layers" / i, &cfg))
+                .map(|i| {
+                    TransformerLayer::new(
+                        &t / "layers" / i,
+                        cfg.dim,
+                        cfg.heads,
+                        cfg.dim_head,
+                        cfg.mlp_ratio,
+                    )
+                })
                 .collect(),
             norm: LayerNorm::new(&t / "norm", cfg.dim, TORCH_LN_EPS),
             cfg,
@@ -273,23 +123,14 @@ impl ClayV15Backbone {
         })
     }
 
-    /// `DynamicEmbedding.forward`: `[B, C, H, W]` -> `[B, (H/k)*(W/k), dim]`.
+    /// `DynamicEmbedding.forward` on the platform's wavelengths: `[B, C, H, W]` ->
+    /// `[B, (H/k)*(W/k), dim]`.
     fn patch_embed(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.cfg.patch_size;
         // torch.tensor(list of floats): float32
         let waves = Tensor::from_slice(&self.waves)
             .f_to_kind(Kind::Float)?
             .f_to_device(x.device())?;
-        let c = self.waves.len() as i64;
-        let w = self.fclayer.forward(&posemb_sincos_1d(&waves, WAVE_DIM)?)?;
-        let (weight, bias) = self.weight_generator.forward(&w)?;
-        // "cin (cout k1 k2) -> cout cin k1 k2"
-        let weight = weight
-            .f_view([c, self.cfg.dim, k, k])?
-            .f_permute([1, 0, 2, 3])?
-            .f_mul_scalar(KERNEL_SCALE)?;
-        let y = x.f_conv2d(&weight, Some(&bias), [k, k], [0, 0], [1, 1], 1)?;
-        Ok(y.f_flatten(2, 3)?.f_transpose(1, 2)?)
+        self.patch_embedding.forward(x, &waves)
     }
 
     /// The whole downstream forward: `[B, C, H, W]` -> `[B, dim, g, g]` with `g = sqrt(L)`.

@@ -11,14 +11,14 @@
 //! are `time` [B, 4], `latlon` [B, 4], `waves` [C] and `gsd` (one number); an empty tensor
 //! or a missing input means `None` (zeros, zeros, the bands' wavelengths, 1.0). `waves`
 //! and `gsd` may also come as forward keywords.
-use super::layers::{dropout, LayerNorm, Linear, TORCH_LN_EPS};
+use super::layers::{dropout, LayerNorm, TORCH_LN_EPS};
 use crate::pretrained::{self, LoadPretrained};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
-use terrahost_layers::torch_transformer::TransformerEncoderLayer;
+use terrahost_layers::clay::{posemb_sincos_2d_with_gsd, DynamicEmbedding, TransformerLayer};
 use terrahost_layers::wavelengths::WAVES_LIST;
 use terrahost_plugin_api::params::ParamType;
 use terrahost_plugin_api::sdk::{BuildCtx, Entry, Model};
@@ -58,12 +58,6 @@ pub const HEADS: i64 = 12;
 pub const DIM_HEAD: i64 = 64;
 /// MLP hidden width / DIM.
 pub const MLP_RATIO: f64 = 4.0;
-/// Width of the wavelength embedding (`wave_dim`).
-pub const WAVE_DIM: i64 = 128;
-/// Latent weight tokens of the `WavesTransformer`.
-pub const LATENT_TOKENS: i64 = 128;
-/// The generated kernels are multiplied by this.
-pub const KERNEL_SCALE: f64 = 0.02;
 
 /// `Datacuber._parse_wavelengths`: the wavelength of each band (0.0 when unknown).
 pub fn wavelengths(bands: &[Value]) -> Vec<f64> {
@@ -164,192 +158,6 @@ impl Config {
     }
 }
 
-/// `posemb_sincos_1d(pos, dim)`: `[N] -> [N, dim]`, sin then cos, float32.
-pub fn posemb_sincos_1d(pos: &Tensor, dim: i64) -> Result<Tensor> {
-    let half = dim / 2;
-    let omega = Tensor::f_arange(half, (pos.kind(), pos.device()))?.f_div_scalar(half - 1)?;
-    let omega = Tensor::f_pow_scalar(10000, &omega)?.f_reciprocal()?;
-    let scaled = pos.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    Ok(Tensor::f_cat(&[scaled.f_sin()?, scaled.f_cos()?], 1)?.f_to_kind(Kind::Float)?)
-}
-
-/// `posemb_sincos_2d_with_gsd(h, w, dim, gsd)`: `[h*w, dim]` as (x sin, x cos, y sin,
-/// y cos), rows-major token order, float32.
-pub fn posemb_sincos_2d_with_gsd(h: i64, w: i64, dim: i64, gsd: f64) -> Result<Tensor> {
-    let opts = (Kind::Float, tch::Device::Cpu);
-    let quarter = dim / 4;
-    let omega = Tensor::f_arange(quarter, opts)?.f_div_scalar(quarter - 1)?;
-    let omega = Tensor::f_pow_scalar(10000, &omega.f_mul_scalar(2)?.f_div_scalar(dim)?)?
-        .f_reciprocal()?
-        .f_mul_scalar(gsd / 1.0)?;
-    // meshgrid(arange(h), arange(w), indexing="ij"), flattened
-    let y = Tensor::f_arange(h, opts)?.f_repeat_interleave_self_int(w, 0, None)?;
-    let x = Tensor::f_arange(w, opts)?.f_repeat([h])?;
-    let y = y.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    let x = x.f_unsqueeze(1)?.f_mul(&omega.f_unsqueeze(0)?)?;
-    Ok(Tensor::f_cat(
-        &[x.f_sin()?, x.f_cos()?, y.f_sin()?, y.f_cos()?],
-        1,
-    )?)
-}
-
-/// `FCBlock`: `x + gelu(l2(gelu(l1(x))))`.
-#[derive(Debug)]
-struct FcBlock {
-    l1: Linear,
-    l2: Linear,
-}
-
-impl FcBlock {
-    fn new(p: nn::Path, size: i64) -> Self {
-        Self {
-            l1: Linear::torch(&p / "l1", size, size, true),
-            l2: Linear::torch(&p / "l2", size, size, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.l2.forward_gelu(&self.l1.forward_gelu(x)?)?;
-        Ok(x.f_add(&y)?)
-    }
-}
-
-/// `WavesTransformer` (encoder side, `is_decoder=False`).
-#[derive(Debug)]
-struct WavesTransformer {
-    layer: TransformerEncoderLayer,
-    fc_weight: Linear,
-    fc_bias: Linear,
-    weight_tokens: Tensor,
-    bias_token: Tensor,
-}
-
-impl WavesTransformer {
-    fn new(p: nn::Path, output_dim: i64) -> Result<Self> {
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
-        Ok(Self {
-            layer: TransformerEncoderLayer::new(&p / "encoder" / "layers" / 0, WAVE_DIM, 4)?,
-            fc_weight: Linear::torch(&p / "fc_weight", WAVE_DIM, output_dim, true),
-            fc_bias: Linear::torch(&p / "fc_bias", WAVE_DIM, DIM, true),
-            weight_tokens: p.var("weight_tokens", &[LATENT_TOKENS, WAVE_DIM], init),
-            bias_token: p.var("bias_token", &[1, WAVE_DIM], init),
-        })
-    }
-
-    /// `[C, wave_dim]` -> (weights `[C, D*k*k]`, bias `[D]`).
-    fn forward(&self, waves: &Tensor) -> Result<(Tensor, Tensor)> {
-        let c = waves.size()[0];
-        let x = Tensor::f_cat(&[&self.weight_tokens, waves, &self.bias_token], 0)?;
-        let out = self.layer.forward(&x)?;
-        let weights =
-            self.fc_weight
-                .forward(&out.f_narrow(0, LATENT_TOKENS, c)?.f_add(&x.f_narrow(
-                    0,
-                    LATENT_TOKENS,
-                    c,
-                )?)?)?;
-        let bias = self.fc_bias.forward(&out.f_get(LATENT_TOKENS + c)?)?;
-        Ok((weights, bias))
-    }
-}
-
-/// `DynamicEmbedding` (encoder side): patch kernels generated from the wavelengths.
-#[derive(Debug)]
-struct DynamicEmbedding {
-    weight_generator: WavesTransformer,
-    fclayer: FcBlock,
-}
-
-impl DynamicEmbedding {
-    fn new(p: nn::Path) -> Result<Self> {
-        Ok(Self {
-            weight_generator: WavesTransformer::new(
-                &p / "weight_generator",
-                PATCH_SIZE * PATCH_SIZE * DIM,
-            )?,
-            fclayer: FcBlock::new(&p / "fclayer", WAVE_DIM),
-        })
-    }
-
-    /// `[B, C, H, W]`, waves `[C]` -> `[B, (H/8)*(W/8), D]`.
-    fn forward(&self, x: &Tensor, waves: &Tensor) -> Result<Tensor> {
-        let c = waves.size()[0];
-        let k = PATCH_SIZE;
-        let w = self.fclayer.forward(&posemb_sincos_1d(waves, WAVE_DIM)?)?;
-        let (weight, bias) = self.weight_generator.forward(&w)?;
-        // "cin (cout k1 k2) -> cout cin k1 k2"
-        let weight = weight
-            .f_view([c, DIM, k, k])?
-            .f_permute([1, 0, 2, 3])?
-            .f_mul_scalar(KERNEL_SCALE)?;
-        let y = x.f_conv2d(&weight, Some(&bias), [k, k], [0, 0], [1, 1], 1)?;
-        Ok(y.f_flatten(2, 3)?.f_transpose(1, 2)?)
-    }
-}
-
-/// One Clay transformer layer: `Attention` (pre-norm, no biases) then `FeedForward`.
-///
-/// Not the shared `terrahost_layers::vit::Block`: this is vit-pytorch's `Transformer`
-/// (lucidrains), whose module tree gives other keys (`{i}.0.norm`, `{i}.0.to_qkv`,
-/// `{i}.0.to_out`, `{i}.1.net.0..3`: the norm lives inside the attention and the MLP is a
-/// `Sequential`), whose attention width is `heads * dim_head` rather than the token width,
-/// and which has no drop path or LayerScale. Only the arithmetic is the same.
-#[derive(Debug)]
-struct Layer {
-    attn_norm: LayerNorm,
-    to_qkv: Linear,
-    to_out: Linear,
-    ff_norm: LayerNorm,
-    ff1: Linear,
-    ff2: Linear,
-}
-
-impl Layer {
-    fn new(p: nn::Path) -> Self {
-        let a = &p / 0;
-        let f = &p / 1 / "net";
-        let inner = DIM_HEAD * HEADS;
-        let hidden = (DIM as f64 * MLP_RATIO) as i64;
-        Self {
-            attn_norm: LayerNorm::new(&a / "norm", DIM, TORCH_LN_EPS),
-            to_qkv: Linear::torch(&a / "to_qkv", DIM, inner * 3, false),
-            to_out: Linear::torch(&a / "to_out", inner, DIM, false),
-            ff_norm: LayerNorm::new(&f / 0, DIM, TORCH_LN_EPS),
-            ff1: Linear::torch(&f / 1, DIM, hidden, true),
-            ff2: Linear::torch(&f / 3, hidden, DIM, true),
-        }
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.size3()?;
-        let x = self.attn_norm.forward(x)?;
-        // [B, N, 3 * h * d] -> [3, B, h, N, d]
-        let qkv = self
-            .to_qkv
-            .forward(&x)?
-            .f_reshape([b, n, 3, HEADS, DIM_HEAD])?
-            .f_permute([2, 0, 3, 1, 4])?;
-        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        )?;
-        // "b h n d -> b n (h d)"
-        let y = y.f_transpose(1, 2)?.f_reshape([b, n, HEADS * DIM_HEAD])?;
-        self.to_out.forward(&y)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.attention(x)?.f_add(x)?;
-        let y = self
-            .ff2
-            .forward(&self.ff1.forward_gelu(&self.ff_norm.forward(&x)?)?)?;
-        Ok(y.f_add(&x)?)
-    }
-}
-
 /// The Clay v1 encoder as `TimmBackboneWrapper(Embedder)` returns it.
 #[derive(Debug)]
 pub struct ClayEmbedder {
@@ -357,7 +165,7 @@ pub struct ClayEmbedder {
     waves: Vec<f64>,
     cls_token: Tensor,
     patch_embedding: DynamicEmbedding,
-    layers: Vec<Layer>,
+    layers: Vec<TransformerLayer>,
     norm: LayerNorm,
     prompts: Vec<Tensor>,
 }
@@ -412,9 +220,11 @@ impl ClayEmbedder {
                     stdev: 0.02,
                 },
             ),
-            patch_embedding: DynamicEmbedding::new(&e / "patch_embedding")?,
+            patch_embedding: DynamicEmbedding::new(&e / "patch_embedding", PATCH_SIZE, DIM)?,
             norm: LayerNorm::new(&t / "norm", DIM, TORCH_LN_EPS),
-            layers: (0..DEPTH).map(|i| Layer::new(&t / "layers" / i)).collect(),
+            layers: (0..DEPTH)
+                .map(|i| TransformerLayer::new(&t / "layers" / i, DIM, HEADS, DIM_HEAD, MLP_RATIO))
+                .collect(),
             prompts,
         })
     }
