@@ -21,7 +21,7 @@
 //!   metadata files carry, in that order) names it.
 
 use super::clay_v15::{ClayV15Backbone, Config};
-use super::encoder_decoder_factory::{self, extract_prefix_keys};
+use super::encoder_decoder_factory::{self, extract_prefix_keys, py_truthy};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device};
 use terrahost_layers::checkpoint::read_state_dict;
@@ -62,18 +62,6 @@ const DECODERS: [&str; 10] = [
 
 fn invalid(msg: impl Into<String>) -> PluginError {
     PluginError::invalid_argument(format!("{NAME}: {}", msg.into()))
-}
-
-/// Python's truth value of a JSON value.
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }
 
 /// A decoder name routed to the `terratorch` source, as upstream looks it up in
@@ -268,7 +256,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         patch_size,
     };
     // upstream resolves the checkpoint before it builds anything else
-    let checkpoint = if args.get("pretrained").is_some_and(truthy) {
+    let checkpoint = if args.get("pretrained").is_some_and(py_truthy) {
         match args.get("checkpoint_path").filter(|v| !v.is_null()) {
             Some(Value::String(path)) => Some(path.clone()),
             Some(other) => {
@@ -329,7 +317,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         plan_args.insert(format!("head_{k}"), v);
     }
     // `if num_classes:` upstream
-    if args.get("num_classes").is_some_and(truthy) {
+    if args.get("num_classes").is_some_and(py_truthy) {
         plan_args.insert("num_classes".into(), args["num_classes"].clone());
     }
     if let Some(Value::Array(items)) = args.get("aux_decoders") {

@@ -17,7 +17,7 @@
 //! error, and `prepare_features_for_image_model` and `checkpoint_path` (used only for a
 //! backbone given as a module, which a config cannot give) are not used.
 
-use super::encoder_decoder_factory::{self, extract_prefix_keys};
+use super::encoder_decoder_factory::{self, extract_prefix_keys, py_truthy};
 use serde_json::{json, Map, Value};
 use terrahost_plugin_api::{
     params::describe_json,
@@ -88,18 +88,6 @@ pub const SATMAE_REFUSAL: &str = "`SatMAEModelFactory` builds no model in TerraT
 
 fn invalid(msg: impl Into<String>) -> PluginError {
     PluginError::invalid_argument(format!("{NAME}: {}", msg.into()))
-}
-
-/// Python's truth value of a JSON value (`None`, `False`, `0`, `""`, `[]`, `{}` are false).
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }
 
 /// The result of [`translate`]: the `EncoderDecoderFactory` arguments and the arguments
@@ -191,11 +179,11 @@ pub fn translate(args: &Map<String, Value>) -> Result<Translated> {
     let mut dropped: Vec<String> = rest.keys().cloned().collect();
     if args
         .get("prepare_features_for_image_model")
-        .is_some_and(truthy)
+        .is_some_and(py_truthy)
     {
         dropped.push("prepare_features_for_image_model".into());
     }
-    if args.get("checkpoint_path").is_some_and(truthy) {
+    if args.get("checkpoint_path").is_some_and(py_truthy) {
         dropped.push("checkpoint_path".into());
     }
 
@@ -219,7 +207,7 @@ pub fn translate(args: &Map<String, Value>) -> Result<Translated> {
         out.insert(format!("head_{k}"), v);
     }
     // `if num_classes:` upstream: 0 and None leave the head without one
-    if args.get("num_classes").is_some_and(truthy) {
+    if args.get("num_classes").is_some_and(py_truthy) {
         out.insert("num_classes".into(), get("num_classes"));
     }
     out.insert("aux_decoders".into(), aux_decoders(&get("aux_decoders"))?);

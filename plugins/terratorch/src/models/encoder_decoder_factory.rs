@@ -128,6 +128,19 @@ pub fn unused_arguments_message(unused: &Map<String, Value>) -> String {
     )
 }
 
+/// Python's truth value of a JSON value (`None`, `False`, `0`, `""`, `[]`, `{}` are
+/// false), for the `if kwarg:` tests of TerraTorch's factories.
+pub fn py_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 /// A JSON value as Python's `repr` prints the same value (`None`, `True`, `'text'`).
 pub fn py_repr(v: &Value) -> String {
     match v {

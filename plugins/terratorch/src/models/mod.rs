@@ -31,6 +31,7 @@ pub mod scalar_output_model;
 pub mod swin_v2;
 pub mod temporal_wrapper;
 pub mod terramind;
+pub mod torchgeo_bands;
 pub mod torchgeo_resnet;
 pub mod torchgeo_vit;
 pub mod trunk;

@@ -3,7 +3,7 @@
 //! the [`EncoderDecoderFactory`](super::encoder_decoder_factory) without necks.
 //! Mirrors `terratorch/models/prithvi_model_factory.py`.
 
-use super::encoder_decoder_factory;
+use super::encoder_decoder_factory::{self, py_truthy};
 use serde_json::{json, Map, Value};
 use terrahost_plugin_api::{
     params::describe_json,
@@ -34,18 +34,6 @@ fn invalid(msg: impl Into<String>) -> PluginError {
     PluginError::invalid_argument(format!("{NAME}: {}", msg.into()))
 }
 
-/// Python's truth value of a JSON value (`None`, `False`, `0`, `""`, `[]`, `{}` are false).
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 /// The `EncoderDecoderFactory` arguments TerraTorch's `PrithviModelFactory.build_model`
 /// calls it with: `backbone_bands`, `backbone_in_chans` (`in_channels`, else
 /// `len(bands)`), `backbone_pretrained` and `backbone_num_frames` overwrite whatever
@@ -64,7 +52,7 @@ pub fn translate(args: &Map<String, Value>) -> Result<Map<String, Value>> {
     };
     if args
         .get("prepare_features_for_image_model")
-        .is_some_and(truthy)
+        .is_some_and(py_truthy)
     {
         return Err(invalid(
             "This functionality is no longer supported. Please migrate to EncoderDecoderFactory and use necks. \

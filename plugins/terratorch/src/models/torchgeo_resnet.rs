@@ -11,6 +11,9 @@
 //! the feature maps (stem, layer1..layer4) whose index is in `out_indices`, or the last one
 //! for `-1`, in feature order. Other indices are ignored, as upstream.
 use super::prithvi_checkpoint::{self as ckpt, StateDict};
+use super::torchgeo_bands::{
+    LANDSAT_ETM_SR, LANDSAT_ETM_TOA, LANDSAT_OLI_SR, LANDSAT_OLI_TIRS_TOA, LANDSAT_TM_TOA, S2_ALL,
+};
 use serde_json::{json, Value};
 use tch::nn;
 use tch::Tensor;
@@ -403,28 +406,6 @@ struct Spec {
     bands: Option<&'static [&'static str]>,
 }
 
-const LANDSAT_TM_TOA: &[&str] = &["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
-const LANDSAT_ETM_TOA: &[&str] = &[
-    "B1",
-    "B2",
-    "B3",
-    "B4",
-    "B5",
-    "B6_VCID_1",
-    "B6_VCID_2",
-    "B7",
-    "B8",
-];
-const LANDSAT_ETM_SR: &[&str] = &["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"];
-const LANDSAT_OLI_TIRS_TOA: &[&str] = &[
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11",
-];
-const LANDSAT_OLI_SR: &[&str] = &[
-    "SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7",
-];
-const S2_ALL: &[&str] = &[
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8a", "B9", "B10", "B11", "B12",
-];
 const S2_ALL_TT: &[&str] = &[
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 ];

@@ -11,6 +11,9 @@
 //! `forward_intermediates(x, intermediates_only=True)`: the patch tokens after every block,
 //! without the final norm, as `[B, D, H/p, W/p]` maps. It keeps `out_indices` and never reads
 //! it, so every block is returned whatever `out_indices` says.
+use super::torchgeo_bands::{
+    LANDSAT_ETM_SR, LANDSAT_ETM_TOA, LANDSAT_OLI_SR, LANDSAT_OLI_TIRS_TOA, LANDSAT_TM_TOA, S2_ALL,
+};
 use super::torchgeo_resnet::{
     checkpoint_file, in_chans, load_checkpoint, model_bands, pretrained_bands,
 };
@@ -283,29 +286,6 @@ struct Spec {
     weights: &'static str,
     bands: &'static [&'static str],
 }
-
-const LANDSAT_TM_TOA: &[&str] = &["B1", "B2", "B3", "B4", "B5", "B6", "B7"];
-const LANDSAT_ETM_TOA: &[&str] = &[
-    "B1",
-    "B2",
-    "B3",
-    "B4",
-    "B5",
-    "B6_VCID_1",
-    "B6_VCID_2",
-    "B7",
-    "B8",
-];
-const LANDSAT_ETM_SR: &[&str] = &["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"];
-const LANDSAT_OLI_TIRS_TOA: &[&str] = &[
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11",
-];
-const LANDSAT_OLI_SR: &[&str] = &[
-    "SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7",
-];
-const S2_ALL: &[&str] = &[
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8a", "B9", "B10", "B11", "B12",
-];
 
 const SPECS: &[Spec] = &[
     Spec {
