@@ -19,6 +19,8 @@
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
 pub mod boxes;
 pub mod nms;
+pub mod poolers;
+pub mod roi_align;
 
 #[cfg(test)]
 pub(crate) mod testutil {
