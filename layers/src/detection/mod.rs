@@ -11,13 +11,17 @@
 //! * [`roi_align`]: `roi_align` (`torchvision/csrc/ops/cpu/roi_align_kernel.cpp`);
 //! * [`poolers`]: `MultiScaleRoIAlign` and its `LevelMapper` (`torchvision/ops/poolers.py`);
 //! * [`box_coder`]: `BoxCoder` (`torchvision/models/detection/_utils.py`);
-//! * [`anchors`]: `AnchorGenerator` (`torchvision/models/detection/anchor_utils.py`);
+//! * [`anchors`]: `AnchorGenerator` (`torchvision/models/detection/anchor_utils.py`), over
+//!   an [`image_list::ImageList`];
 //! * [`transform`]: `GeneralizedRCNNTransform`'s inference path
 //!   (`torchvision/models/detection/transform.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
+pub mod anchors;
+pub mod box_coder;
 pub mod boxes;
+pub mod image_list;
 pub mod nms;
 pub mod poolers;
 pub mod roi_align;
