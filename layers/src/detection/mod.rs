@@ -25,6 +25,7 @@ pub mod image_list;
 pub mod nms;
 pub mod poolers;
 pub mod roi_align;
+pub mod transform;
 
 #[cfg(test)]
 pub(crate) mod testutil {
