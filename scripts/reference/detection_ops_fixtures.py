@@ -285,8 +285,9 @@ def transform_group() -> dict[str, torch.Tensor]:
 
 def rpn_group() -> dict[str, torch.Tensor]:
     """RPN inference on a two-level pyramid with formula weights: the head's outputs, the
-    decoded proposals and the selected boxes and scores, with small pre/post NMS top-n so the
-    top-n cuts matter."""
+    decoded proposals and the selected boxes and scores. The top-n cuts and the score threshold
+    all remove proposals here: 6 per image survive NMS without the threshold, 4 and 5 with it,
+    and the post-NMS top 4 cuts the second image."""
     out: dict[str, torch.Tensor] = {}
     torch.manual_seed(0)
     ag = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
@@ -295,8 +296,8 @@ def rpn_group() -> dict[str, torch.Tensor]:
         v.copy_(formula(list(v.shape), 0.05 * len(k)).mul(0.3))
         out[f"head.{k}"] = v.clone()
     rpn = RegionProposalNetwork(
-        ag, head, 0.7, 0.3, 256, 0.5, dict(training=2000, testing=20), dict(training=2000, testing=12), 0.6,
-        score_thresh=0.3,
+        ag, head, 0.7, 0.3, 256, 0.5, dict(training=2000, testing=20), dict(training=2000, testing=4), 0.6,
+        score_thresh=0.7,
     ).eval()
     images = ImageList(torch.zeros(2, 3, 32, 48), [(32, 45), (29, 48)])
     # The features are not stored: formula([2, 4, 8, 12], 0.4) and formula([2, 4, 4, 6], 1.3).

@@ -14,7 +14,9 @@
 //! * [`anchors`]: `AnchorGenerator` (`torchvision/models/detection/anchor_utils.py`), over
 //!   an [`image_list::ImageList`];
 //! * [`transform`]: `GeneralizedRCNNTransform`'s inference path
-//!   (`torchvision/models/detection/transform.py`).
+//!   (`torchvision/models/detection/transform.py`);
+//! * [`rpn`]: `RPNHead` and `RegionProposalNetwork`'s inference path
+//!   (`torchvision/models/detection/rpn.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -25,6 +27,7 @@ pub mod image_list;
 pub mod nms;
 pub mod poolers;
 pub mod roi_align;
+pub mod rpn;
 pub mod transform;
 
 #[cfg(test)]
