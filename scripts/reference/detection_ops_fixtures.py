@@ -176,6 +176,7 @@ def roi_align_group() -> dict[str, torch.Tensor]:
                     out[key] = roi_align(x, rois, (ph, pw), spatial_scale=scale, sampling_ratio=ratio, aligned=aligned)
     out["out.empty"] = roi_align(x, torch.zeros(0, 5), (3, 4), 1.0, 2, False)
     out["out.float64"] = roi_align(x.double(), rois.double(), (3, 4), 0.5, 0, True)
+    out["out.float16"] = roi_align(x.half(), rois.half(), (3, 4), 0.5, 0, False)
     return out
 
 
@@ -272,6 +273,11 @@ def transform_group() -> dict[str, torch.Tensor]:
     il2, _ = t2(up)
     out["up.images"] = il2.tensors
     out["up.image_sizes"] = torch.tensor(il2.image_sizes, dtype=torch.int64)
+    # fixed_size (width, height): every image resized to 17 x 23 (height x width).
+    t3 = GeneralizedRCNNTransform(20, 30, mean, std, size_divisible=32, fixed_size=(23, 17)).eval()
+    il3, _ = t3(images)
+    out["fixed.images"] = il3.tensors
+    out["fixed.image_sizes"] = torch.tensor(il3.image_sizes, dtype=torch.int64)
     # postprocess: boxes in the resized images back to the originals.
     g = torch.Generator().manual_seed(3)
     res = [{"boxes": rand_boxes(g, 4, 20.0, 1.0, 10.0)}, {"boxes": rand_boxes(g, 3, 20.0, 1.0, 10.0)}]

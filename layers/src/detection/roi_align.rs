@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn roi_align_handles_no_rois_and_float64() {
+    fn roi_align_handles_no_rois_float64_and_float16() {
         let f = fixture("roi_align");
         let x = get(&f, "x");
         let empty = Tensor::zeros([0, 5], (Kind::Float, Device::Cpu));
@@ -322,6 +322,18 @@ mod tests {
         )
         .unwrap();
         assert_close(&got, get(&f, "out.float64"), 1e-12, "float64");
+        // float16 rounds after every operation on both sides; 1e-3 is one unit in the last
+        // place at magnitude 1.
+        let got = roi_align(
+            &x.to_kind(Kind::Half),
+            &get(&f, "rois").to_kind(Kind::Half),
+            (3, 4),
+            0.5,
+            0,
+            false,
+        )
+        .unwrap();
+        assert_close(&got, get(&f, "out.float16"), 1e-3, "float16");
     }
 
     #[test]

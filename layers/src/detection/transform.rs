@@ -262,6 +262,34 @@ mod tests {
     }
 
     #[test]
+    fn transform_with_a_fixed_size_takes_it_as_width_and_height() {
+        let f = fixture("transform");
+        let images = [
+            formula(&[3, 21, 30], 0.2)
+                .f_add_scalar(1.0)
+                .unwrap()
+                .f_div_scalar(2.0)
+                .unwrap(),
+            formula(&[3, 27, 14], 0.7)
+                .f_add_scalar(1.0)
+                .unwrap()
+                .f_div_scalar(2.0)
+                .unwrap(),
+        ];
+        let mut t = GeneralizedRCNNTransform::new(
+            20,
+            30,
+            vec![0.485, 0.456, 0.406],
+            vec![0.229, 0.224, 0.225],
+        );
+        t.fixed_size = Some((23, 17));
+        let il = t.forward(&images).unwrap();
+        assert_eq!(il.image_sizes, sizes(get(&f, "fixed.image_sizes")));
+        assert_eq!(il.image_sizes, [(17, 23), (17, 23)]);
+        assert_close(&il.tensors, get(&f, "fixed.images"), TOL, "fixed");
+    }
+
+    #[test]
     fn transform_upscales_with_another_size_divisible() {
         let f = fixture("transform");
         let mut t =
