@@ -26,7 +26,8 @@
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
 //! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
-//!   box coding, anchors and the detection models' image transform.
+//!   box coding, anchors, the detection models' image transform and the region proposal
+//!   network.
 pub mod checkpoint;
 pub mod conv;
 pub mod conv_bn;

@@ -163,6 +163,11 @@ def roi_align_group() -> dict[str, torch.Tensor]:
             [1, 2.2, 1.3, 2.9, 1.8],  # sub-pixel
             [0, 0.0, 0.0, 22.0, 18.0],  # large (adaptive grid 4 x 6 at scale 1)
             [1, 10.4, 8.3, 10.9, 8.9],  # at the last row and column
+            # With a 2 x 2 output, adaptive sampling, scale 1, not aligned, samples fall exactly
+            # on the bounds: at -1 (still sampled, clamped to 0) and at H = 9 and W = 11
+            # (sampled, clamped to the last row and column); the next ones are outside.
+            [0, -1.5, -1.5, 0.5, 0.5],
+            [1, 10.5, 8.5, 12.5, 10.5],
         ],
         dtype=torch.float32,
     )

@@ -125,7 +125,9 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Tensor
 /// different categories never suppress each other); int64 indices in decreasing order of
 /// score. Like torchvision on the CPU, up to 1000 boxes are suppressed in one pass with
 /// each category's boxes shifted apart (the coordinate trick, in the boxes' precision), and
-/// more boxes one category at a time.
+/// more boxes one category at a time. That switch and the kernel are the CPU's whatever
+/// the device (torchvision on CUDA switches at 25 000 boxes and runs its CUDA kernel,
+/// whose order of tied boxes it does not guarantee).
 pub fn batched_nms(
     boxes: &Tensor,
     scores: &Tensor,
