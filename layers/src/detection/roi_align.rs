@@ -200,17 +200,16 @@ pub fn roi_align(
         let xs = (0..gw)
             .map(|ix| step(&x0, &bw, ix, gw, w))
             .collect::<Result<Vec<_>>>()?;
-        let mut acc: Option<Tensor> = None;
+        // The kernel's `output_val`, from 0, one sample added at a time.
+        let rows = members.len() as i64 * ph_n * pw_n;
+        let mut acc = Tensor::f_zeros([rows, c], opts)?;
+        let mut val = Tensor::f_empty([rows, c], opts)?;
+        let mut tmp = Tensor::f_empty([rows, c], opts)?;
         for y in &ys {
             for x in &xs {
-                let val = bilinear_sample(&feat, &base, w, y, x)?;
-                acc = Some(match acc {
-                    Some(a) => a.f_add(&val)?,
-                    None => val,
-                });
+                add_bilinear_sample(&mut acc, (&mut val, &mut tmp), &feat, &base, w, (y, x))?;
             }
         }
-        let Some(acc) = acc else { continue };
         // count = grid_h * grid_w (>= 1 here): the average.
         let avg = acc.f_div_scalar(gh * gw)?.f_view([-1, ph_n, pw_n, c])?;
         out = out.f_index_copy(0, &idx, &avg)?;
@@ -240,10 +239,20 @@ fn adaptive_grid(roi_size: &Tensor, pooled: i64) -> Result<Vec<i64>> {
         .collect())
 }
 
-/// One sample per RoI and bin: the four neighbours' values weighted as the kernel weights
-/// them, `((w1*v1 + w2*v2) + w3*v3) + w4*v4`, `[G*PH*PW, C]`. A sample outside the map has
-/// weights 0 and position 0, as upstream (so a non-finite value there still propagates).
-fn bilinear_sample(feat: &Tensor, base: &Tensor, width: i64, y: &Axis, x: &Axis) -> Result<Tensor> {
+/// Adds one sample per RoI and bin to `acc` (`[G*PH*PW, C]`): the four neighbours' values
+/// weighted as the kernel weights them, `((w1*v1 + w2*v2) + w3*v3) + w4*v4`, computed in
+/// the scratch buffers `val` and `tmp` (in place, so a step allocates no feature-sized
+/// tensor). A sample outside the map has weights 0 and position 0, as upstream (so a
+/// non-finite value there still propagates).
+fn add_bilinear_sample(
+    acc: &mut Tensor,
+    bufs: (&mut Tensor, &mut Tensor),
+    feat: &Tensor,
+    base: &Tensor,
+    width: i64,
+    (y, x): (&Axis, &Axis),
+) -> Result<()> {
+    let (val, tmp) = bufs;
     // [G, PH, 1] and [G, 1, PW] -> [G, PH, PW]
     let valid = y
         .valid
@@ -251,23 +260,32 @@ fn bilinear_sample(feat: &Tensor, base: &Tensor, width: i64, y: &Axis, x: &Axis)
         .f_logical_and(&x.valid.f_unsqueeze(1)?)?;
     let zero_w = Tensor::f_zeros([], (y.l.kind(), y.l.device()))?;
     let zero_i = Tensor::f_zeros([], (Kind::Int64, y.low.device()))?;
-    let term = |wy: &Tensor, wx: &Tensor, iy: &Tensor, ix: &Tensor| -> Result<Tensor> {
-        let wgt = wy.f_unsqueeze(2)?.f_mul(&wx.f_unsqueeze(1)?)?;
-        let wgt = wgt.f_where_self(&valid, &zero_w)?.f_view([-1, 1])?;
-        let pos = iy
-            .f_unsqueeze(2)?
-            .f_mul_scalar(width)?
-            .f_add(&ix.f_unsqueeze(1)?)?;
-        let rows = pos
-            .f_where_self(&valid, &zero_i)?
-            .f_add(base)?
-            .f_view([-1])?;
-        Ok(wgt.f_mul(&feat.f_index_select(0, &rows)?)?)
-    };
-    let v = term(&y.h, &x.h, &y.low, &x.low)?;
-    let v = v.f_add(&term(&y.h, &x.l, &y.low, &x.high)?)?;
-    let v = v.f_add(&term(&y.l, &x.h, &y.high, &x.low)?)?;
-    Ok(v.f_add(&term(&y.l, &x.l, &y.high, &x.high)?)?)
+    // w * input[rows] into `out`.
+    let term =
+        |out: &mut Tensor, wy: &Tensor, wx: &Tensor, iy: &Tensor, ix: &Tensor| -> Result<()> {
+            let wgt = wy.f_unsqueeze(2)?.f_mul(&wx.f_unsqueeze(1)?)?;
+            let wgt = wgt.f_where_self(&valid, &zero_w)?.f_view([-1, 1])?;
+            let pos = iy
+                .f_unsqueeze(2)?
+                .f_mul_scalar(width)?
+                .f_add(&ix.f_unsqueeze(1)?)?;
+            let rows = pos
+                .f_where_self(&valid, &zero_i)?
+                .f_add(base)?
+                .f_view([-1])?;
+            let _ = feat.f_index_select_out(out, 0, &rows)?;
+            let _ = out.f_mul_(&wgt)?;
+            Ok(())
+        };
+    term(val, &y.h, &x.h, &y.low, &x.low)?;
+    term(tmp, &y.h, &x.l, &y.low, &x.high)?;
+    let _ = val.f_add_(tmp)?;
+    term(tmp, &y.l, &x.h, &y.high, &x.low)?;
+    let _ = val.f_add_(tmp)?;
+    term(tmp, &y.l, &x.l, &y.high, &x.high)?;
+    let _ = val.f_add_(tmp)?;
+    let _ = acc.f_add_(val)?;
+    Ok(())
 }
 
 #[cfg(test)]
