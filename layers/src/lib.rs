@@ -26,11 +26,15 @@
 //!   fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
+//! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
+//!   box coding, anchors, the detection models' image transform and the region proposal
+//!   network.
 pub mod checkpoint;
 pub mod clay;
 pub mod conv;
 pub mod conv_bn;
 pub mod derived;
+pub mod detection;
 pub mod drop;
 pub mod inference;
 pub mod init;

@@ -1,0 +1,104 @@
+//! torchvision's detection operators and building blocks, written with `tch`: what
+//! TerraTorch's object-detection frameworks (Faster R-CNN, Mask R-CNN, RetinaNet, FCOS)
+//! run between a backbone and their detections.
+//!
+//! Each file mirrors one upstream piece and matches its CPU results:
+//!
+//! * [`boxes`]: `box_area`, `box_iou`, `clip_boxes_to_image`, `remove_small_boxes`
+//!   (`torchvision/ops/boxes.py`);
+//! * [`nms`]: `nms` and `batched_nms` (`torchvision/ops/boxes.py` and the CPU kernel
+//!   `torchvision/csrc/ops/cpu/nms_kernel.cpp`);
+//! * [`roi_align`]: `roi_align` (`torchvision/csrc/ops/cpu/roi_align_kernel.cpp`);
+//! * [`poolers`]: `MultiScaleRoIAlign` and its `LevelMapper` (`torchvision/ops/poolers.py`);
+//! * [`box_coder`]: `BoxCoder` (`torchvision/models/detection/_utils.py`);
+//! * [`anchors`]: `AnchorGenerator` (`torchvision/models/detection/anchor_utils.py`), over
+//!   an [`image_list::ImageList`];
+//! * [`transform`]: `GeneralizedRCNNTransform`'s inference path
+//!   (`torchvision/models/detection/transform.py`);
+//! * [`rpn`]: `RPNHead` and `RegionProposalNetwork`'s inference path
+//!   (`torchvision/models/detection/rpn.py`).
+//!
+//! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
+//! `scripts/reference/detection_ops_fixtures.py` with torchvision.
+pub mod anchors;
+pub mod box_coder;
+pub mod boxes;
+pub mod image_list;
+pub mod nms;
+pub mod poolers;
+pub mod roi_align;
+pub mod rpn;
+pub mod transform;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use tch::{Kind, Tensor};
+
+    /// The tensors of `tests/fixtures/detection_ops/<group>.safetensors`, by name.
+    pub fn fixture(group: &str) -> HashMap<String, Tensor> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/detection_ops")
+            .join(format!("{group}.safetensors"));
+        Tensor::read_safetensors(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .into_iter()
+            .collect()
+    }
+
+    /// One named tensor of a fixture.
+    pub fn get<'a>(f: &'a HashMap<String, Tensor>, name: &str) -> &'a Tensor {
+        f.get(name)
+            .unwrap_or_else(|| panic!("fixture has no tensor `{name}`"))
+    }
+
+    /// A float64 scalar stored as a one-element tensor (thresholds).
+    pub fn scalar(f: &HashMap<String, Tensor>, name: &str) -> f64 {
+        get(f, name).double_value(&[0])
+    }
+
+    /// The fixture script's `formula`: sin(0.37 * i + phase) over the flat index, float32,
+    /// with the same libtorch ops so the values are identical.
+    pub fn formula(shape: &[i64], phase: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        Tensor::arange(n, (Kind::Float, tch::Device::Cpu))
+            .f_mul_scalar(0.37)
+            .unwrap()
+            .f_add_scalar(phase)
+            .unwrap()
+            .sin()
+            .reshape(shape)
+    }
+
+    /// Exact equality of integer tensors (indices), with a readable message.
+    pub fn assert_same_indices(got: &Tensor, want: &Tensor, what: &str) {
+        assert_eq!(got.kind(), Kind::Int64, "{what}: kind");
+        let g = Vec::<i64>::try_from(got.flatten(0, -1)).unwrap();
+        let w = Vec::<i64>::try_from(want.to_kind(Kind::Int64).flatten(0, -1)).unwrap();
+        assert_eq!(g, w, "{what}");
+    }
+
+    /// Same shape and dtype, and every element within `tol` of the reference (NaN where
+    /// the reference is NaN).
+    pub fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
+        assert_eq!(got.size(), want.size(), "{what}: shape");
+        assert_eq!(got.kind(), want.kind(), "{what}: dtype");
+        if want.numel() == 0 {
+            return;
+        }
+        let g = got.to_kind(Kind::Double);
+        let w = want.to_kind(Kind::Double);
+        let nan_g = g.isnan();
+        let nan_w = w.isnan();
+        assert!(
+            nan_g.equal(&nan_w),
+            "{what}: NaN pattern differs\n got {g}\nwant {w}"
+        );
+        let diff = (g.nan_to_num(0.0, None, None) - w.nan_to_num(0.0, None, None))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff <= tol, "{what}: max abs difference {diff} > {tol}");
+    }
+}
