@@ -1,6 +1,7 @@
 //! TerraTorch's own configs, run unchanged: every YAML of TerraTorch's `examples/confs`,
 //! `integrationtests/configs` and `tests/resources/configs` (copied into
-//! `tests/corpus/terratorch/`) whose model TerraTorch 1.2.11 builds offline goes through
+//! `tests/corpus/terratorch/`) whose model TerraTorch builds offline (1.2.11's references; 1.2.13
+//! gives the same, `tests/corpus/README.md`) goes through
 //! the `terrahost run` binary from the original file, with the synthetic weights, and
 //! must give TerraTorch's numbers.
 //!
