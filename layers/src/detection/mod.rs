@@ -16,7 +16,11 @@
 //! * [`transform`]: `GeneralizedRCNNTransform`'s inference path
 //!   (`torchvision/models/detection/transform.py`);
 //! * [`rpn`]: `RPNHead` and `RegionProposalNetwork`'s inference path
-//!   (`torchvision/models/detection/rpn.py`).
+//!   (`torchvision/models/detection/rpn.py`);
+//! * [`roi_heads`]: `TwoMLPHead`, `FastRCNNPredictor`, `RoIHeads`' inference path (boxes
+//!   and masks), `MaskRCNNHeads`, `MaskRCNNPredictor`, `maskrcnn_inference` and
+//!   `paste_masks_in_image` (`torchvision/models/detection/roi_heads.py`,
+//!   `faster_rcnn.py`, `mask_rcnn.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -27,6 +31,7 @@ pub mod image_list;
 pub mod nms;
 pub mod poolers;
 pub mod roi_align;
+pub mod roi_heads;
 pub mod rpn;
 pub mod transform;
 
