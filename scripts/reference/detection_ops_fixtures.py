@@ -347,7 +347,9 @@ HEAD_SCALE = {"fc6": 2.0, "fc7": 1.5, "cls_score": 2.0, "bbox_pred": 0.5}
 CLS_BIAS = [0.0, 1.5, -0.3, 4.5]
 
 
-def seeded_weights(module: torch.nn.Module, seed: int, out: dict[str, torch.Tensor], prefix: str) -> None:
+def seeded_weights(
+    module: torch.nn.Module, seed: int, out: dict[str, torch.Tensor], prefix: str, cls_bias: list[float] = CLS_BIAS
+) -> None:
     """Every parameter ~ N(0, 1) * scale / sqrt(fan-in), from one generator in state_dict order;
     stored under `prefix + key`."""
     g = torch.Generator().manual_seed(seed)
@@ -358,7 +360,7 @@ def seeded_weights(module: torch.nn.Module, seed: int, out: dict[str, torch.Tens
             fan_in = v[0].numel() if v.dim() > 1 else 4
             v.copy_(torch.randn(v.shape, generator=g).mul(scale / math.sqrt(fan_in)))
             if k.endswith("cls_score.bias"):
-                v.copy_(torch.tensor(CLS_BIAS))
+                v.copy_(torch.tensor(cls_bias))
             out[prefix + k] = v.clone()
 
 
@@ -483,6 +485,9 @@ def rcnn_images() -> list[torch.Tensor]:
     return [formula([3, 30, 40], 0.3).add(1).div(2), formula([3, 36, 28], 1.2).add(1).div(2)]
 
 
+RCNN_CLS_BIAS = [0.0, 0.5, 1.5, 2.0]
+
+
 def rcnn_group() -> dict[str, torch.Tensor]:
     """Whole Faster R-CNN and Mask R-CNN (torchvision's classes) on a tiny backbone: two images
     resized to 64..96, RPN with anchors 16 and 32, the RoIHeads of `roi_heads_module`."""
@@ -500,7 +505,7 @@ def rcnn_group() -> dict[str, torch.Tensor]:
         mask_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2),
         mask_head=MaskRCNNHeads(4, [8, 8], 1), mask_predictor=MaskRCNNPredictor(8, 6, 4), **common,
     ).eval()
-    seeded_weights(mask, 9, out, "w.")
+    seeded_weights(mask, 9, out, "w.", RCNN_CLS_BIAS)
     faster = FasterRCNN(TinyBackbone(), None, **common).eval()
     faster.load_state_dict({k: v for k, v in mask.state_dict().items() if ".mask_" not in k})
     images = rcnn_images()
