@@ -209,8 +209,8 @@ pub struct MaskBranch {
     pub mask_predictor: MaskRCNNPredictor,
 }
 
-/// One image's detections, in the coordinates of the image the heads saw (before
-/// `GeneralizedRCNNTransform.postprocess`).
+/// One image's detections: out of [`RoIHeads`] in the coordinates of the image the heads
+/// saw, out of [`super::faster_rcnn::GeneralizedRCNN`] in the input image's.
 #[derive(Debug)]
 pub struct Detections {
     /// `[D, 4]` boxes `(x1, y1, x2, y2)`.
@@ -219,7 +219,8 @@ pub struct Detections {
     pub scores: Tensor,
     /// `[D]` int64 class indices (1.. ; 0 is the background).
     pub labels: Tensor,
-    /// `[D, 1, M, M]` mask probabilities of each box's class (Mask R-CNN), before pasting.
+    /// Mask R-CNN's mask probabilities of each box's class: `[D, 1, M, M]` out of the
+    /// heads, `[D, 1, H, W]` pasted into the image after `GeneralizedRCNN`'s postprocess.
     pub masks: Option<Tensor>,
 }
 
@@ -455,11 +456,13 @@ fn py_slice(start: i64, stop: i64, len: i64) -> (i64, i64) {
     (s, (e - s).max(0))
 }
 
-/// `paste_mask_in_image(mask [M, M], box (int64 x1, y1, x2, y2), im_h, im_w)`: the mask
-/// resized (bilinear, `align_corners=False`) to the box's `(y2 - y1 + 1) x (x2 - x1 + 1)`
-/// pixels and written into a zero `[im_h, im_w]` image at the box, clipped to the image.
-/// As upstream, a box entirely outside the image is an error (the two slices differ).
-fn paste_mask_in_image(mask: &Tensor, b: [i64; 4], im_h: i64, im_w: i64) -> Result<Tensor> {
+/// `paste_mask_in_image(mask [M, M], box (int64 x1, y1, x2, y2), im_mask [im_h, im_w])`:
+/// the mask resized (bilinear, `align_corners=False`) to the box's `(y2 - y1 + 1) x
+/// (x2 - x1 + 1)` pixels and written into the zero image `im_mask` at the box, clipped to
+/// the image. As upstream, a box entirely outside the image is an error (the two slices
+/// differ in size).
+fn paste_mask_in_image(mask: &Tensor, b: [i64; 4], im_mask: &Tensor) -> Result<()> {
+    let (im_h, im_w) = (im_mask.size()[0], im_mask.size()[1]);
     let w = (b[2] - b[0] + 1).max(1);
     let h = (b[3] - b[1] + 1).max(1);
     let resized = mask
@@ -467,7 +470,6 @@ fn paste_mask_in_image(mask: &Tensor, b: [i64; 4], im_h: i64, im_w: i64) -> Resu
         .f_upsample_bilinear2d([h, w], false, None, None)?
         .f_select(0, 0)?
         .f_select(0, 0)?;
-    let im_mask = Tensor::f_zeros([im_h, im_w], (resized.kind(), resized.device()))?;
     let (x_0, x_1) = (b[0].max(0), (b[2] + 1).min(im_w));
     let (y_0, y_1) = (b[1].max(0), (b[3] + 1).min(im_h));
     // im_mask[y_0:y_1, x_0:x_1] = mask[y_0 - y1 : y_1 - y1, x_0 - x1 : x_1 - x1]
@@ -483,15 +485,17 @@ fn paste_mask_in_image(mask: &Tensor, b: [i64; 4], im_h: i64, im_w: i64) -> Resu
              {im_h} x {im_w} image: {e}"
         ))
     })?;
-    Ok(im_mask)
+    Ok(())
 }
 
 /// torchvision's `paste_masks_in_image(masks [N, 1, M, M], boxes [N, 4], (im_h, im_w),
 /// padding)` (its eager path, one box at a time): each mask padded by `padding`, its box
 /// expanded to match and truncated to whole pixels, and the mask resized into the box
 /// within a `[N, 1, im_h, im_w]` zero image. Boxes partly outside the image are clipped;
-/// a box wholly outside is an error, as upstream. The masks' size is proportional to
-/// the boxes' (in pixels): callers pass boxes inside the image, as the detectors do.
+/// a box wholly outside is an error, as upstream. Each mask is resized to its box's size
+/// in pixels: callers pass boxes inside the image, as the detectors do. Upstream builds one
+/// image per box and stacks them; here each box is pasted straight into its slice of the
+/// output (the same values, one image-sized buffer per box less at the peak).
 pub fn paste_masks_in_image(
     masks: &Tensor,
     boxes: &Tensor,
@@ -510,22 +514,15 @@ pub fn paste_masks_in_image(
     let (masks, scale) = expand_masks(masks, padding)?;
     let boxes = expand_boxes(boxes, scale)?.f_to_kind(Kind::Int64)?;
     let n = boxes.size()[0];
-    if n == 0 {
-        return Ok(Tensor::f_empty(
-            [0, 1, im_h, im_w],
-            (masks.kind(), masks.device()),
-        )?);
-    }
+    let out = Tensor::f_zeros([n, 1, im_h, im_w], (masks.kind(), masks.device()))?;
     let coords = Vec::<i64>::try_from(boxes.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
-    let res = coords
-        .chunks(4)
-        .enumerate()
-        .map(|(i, b)| {
-            let mask = masks.f_select(0, i as i64)?.f_select(0, 0)?;
-            paste_mask_in_image(&mask, [b[0], b[1], b[2], b[3]], im_h, im_w)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::f_stack(&res, 0)?.f_unsqueeze(1)?)
+    for (i, b) in coords.chunks(4).enumerate() {
+        let i = i as i64;
+        let mask = masks.f_select(0, i)?.f_select(0, 0)?;
+        let im_mask = out.f_select(0, i)?.f_select(0, 0)?;
+        paste_mask_in_image(&mask, [b[0], b[1], b[2], b[3]], &im_mask)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
