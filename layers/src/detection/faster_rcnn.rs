@@ -12,8 +12,8 @@ use terrahost_plugin_api::{PluginError, Result};
 use super::anchors::AnchorGenerator;
 use super::poolers::MultiScaleRoIAlign;
 use super::roi_heads::{
-    paste_masks_in_image, Detections, FastRCNNPredictor, MaskBranch, MaskRCNNHeads,
-    MaskRCNNPredictor, RoIHeads, TwoMLPHead,
+    paste_masks_in_image, BoxHead, Detections, FastRCNNConvFCHead, FastRCNNPredictor, MaskBranch,
+    MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead,
 };
 use super::rpn::{RPNHead, RegionProposalNetwork};
 use super::transform::{resize_boxes, GeneralizedRCNNTransform};
@@ -34,6 +34,29 @@ pub struct MaskConfig {
     pub dilation: i64,
     /// `MaskRCNNPredictor`'s `dim_reduced` (256).
     pub dim_reduced: i64,
+    /// `MaskRCNNHeads` with `norm_layer=BatchNorm2d` (TerraTorch's); no norm by default.
+    pub batch_norm: bool,
+}
+
+/// The box head of [`RCNNConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxHeadConfig {
+    /// torchvision's default `TwoMLPHead(C * R * R, representation_size)` (1024).
+    TwoMlp {
+        /// Both linear layers' width.
+        representation_size: i64,
+    },
+    /// `FastRCNNConvFCHead((C, R, R), conv_layers, fc_layers, norm_layer)` (TerraTorch's
+    /// Mask R-CNN: [256, 256, 256, 256], [1024], BatchNorm2d).
+    ConvFc {
+        /// The 3x3 convolutions' channels.
+        conv_layers: Vec<i64>,
+        /// The linear layers' widths.
+        fc_layers: Vec<i64>,
+        /// A `BatchNorm2d` after each convolution.
+        batch_norm: bool,
+    },
 }
 
 impl Default for MaskConfig {
@@ -45,6 +68,7 @@ impl Default for MaskConfig {
             layers: vec![256; 4],
             dilation: 1,
             dim_reduced: 256,
+            batch_norm: false,
         }
     }
 }
@@ -77,14 +101,16 @@ pub struct RCNNConfig {
     pub rpn_nms_thresh: f64,
     /// `rpn_score_thresh` (0).
     pub rpn_score_thresh: f64,
+    /// `RPNHead`'s `conv_depth` (1; TerraTorch's Mask R-CNN: 2).
+    pub rpn_conv_depth: usize,
     /// `box_roi_pool`'s feature maps ("0" to "3").
     pub box_featmap_names: Vec<String>,
     /// `box_roi_pool`'s output size (7).
     pub box_output_size: i64,
     /// `box_roi_pool`'s sampling ratio (2).
     pub box_sampling_ratio: i64,
-    /// `TwoMLPHead`'s representation size (1024).
-    pub representation_size: i64,
+    /// The box head (`TwoMLPHead` of width 1024).
+    pub box_head: BoxHeadConfig,
     /// `box_score_thresh` (0.05).
     pub box_score_thresh: f64,
     /// `box_nms_thresh` (0.5).
@@ -112,10 +138,13 @@ impl Default for RCNNConfig {
             rpn_post_nms_top_n_test: 1000,
             rpn_nms_thresh: 0.7,
             rpn_score_thresh: 0.0,
+            rpn_conv_depth: 1,
             box_featmap_names: ["0", "1", "2", "3"].map(String::from).to_vec(),
             box_output_size: 7,
             box_sampling_ratio: 2,
-            representation_size: 1024,
+            box_head: BoxHeadConfig::TwoMlp {
+                representation_size: 1024,
+            },
             box_score_thresh: 0.05,
             box_nms_thresh: 0.5,
             box_detections_per_img: 100,
@@ -174,7 +203,12 @@ impl GeneralizedRCNN {
                  anchor sizes and aspect ratios give {per_location:?}"
             )));
         }
-        let head = RPNHead::new(p / "rpn" / "head", out_channels, num_anchors, 1);
+        let head = RPNHead::new(
+            p / "rpn" / "head",
+            out_channels,
+            num_anchors,
+            cfg.rpn_conv_depth,
+        );
         let rpn = RegionProposalNetwork::new(
             anchors,
             head,
@@ -185,22 +219,46 @@ impl GeneralizedRCNN {
         );
         let r = p / "roi_heads";
         let res = cfg.box_output_size;
+        let (box_head, representation): (BoxHead, i64) = match &cfg.box_head {
+            BoxHeadConfig::TwoMlp {
+                representation_size,
+            } => (
+                TwoMLPHead::new(
+                    &r / "box_head",
+                    out_channels * res * res,
+                    *representation_size,
+                )
+                .into(),
+                *representation_size,
+            ),
+            BoxHeadConfig::ConvFc {
+                conv_layers,
+                fc_layers,
+                batch_norm,
+            } => {
+                let width = match (fc_layers.last(), conv_layers.last()) {
+                    (Some(&fc), _) => fc,
+                    (None, Some(&c)) => c * res * res,
+                    (None, None) => out_channels * res * res,
+                };
+                let head = FastRCNNConvFCHead::new(
+                    &r / "box_head",
+                    (out_channels, res, res),
+                    conv_layers,
+                    fc_layers,
+                    *batch_norm,
+                );
+                (head.into(), width)
+            }
+        };
         let mut roi_heads = RoIHeads::new(
             MultiScaleRoIAlign::new(
                 &names(&cfg.box_featmap_names),
                 (res, res),
                 cfg.box_sampling_ratio,
             ),
-            TwoMLPHead::new(
-                &r / "box_head",
-                out_channels * res * res,
-                cfg.representation_size,
-            ),
-            FastRCNNPredictor::new(
-                &r / "box_predictor",
-                cfg.representation_size,
-                cfg.num_classes,
-            ),
+            box_head,
+            FastRCNNPredictor::new(&r / "box_predictor", representation, cfg.num_classes),
             cfg.box_score_thresh,
             cfg.box_nms_thresh,
             cfg.box_detections_per_img,
@@ -220,6 +278,7 @@ impl GeneralizedRCNN {
                     out_channels,
                     &m.layers,
                     m.dilation,
+                    m.batch_norm,
                 ),
                 mask_predictor: MaskRCNNPredictor::new(
                     &r / "mask_predictor",
@@ -328,7 +387,9 @@ mod tests {
             rpn_pre_nms_top_n_test: 60,
             rpn_post_nms_top_n_test: 25,
             box_featmap_names: vec!["0".into(), "1".into()],
-            representation_size: 16,
+            box_head: BoxHeadConfig::TwoMlp {
+                representation_size: 16,
+            },
             box_score_thresh: 0.2,
             box_detections_per_img: 6,
             mask: mask.then(|| MaskConfig {
@@ -343,7 +404,15 @@ mod tests {
     }
 
     fn model(vs: &nn::VarStore, f: &HashMap<String, Tensor>, mask: bool) -> GeneralizedRCNN {
-        let m = GeneralizedRCNN::from_config(&vs.root(), 4, &config(mask)).unwrap();
+        model_from(vs, f, &config(mask))
+    }
+
+    fn model_from(
+        vs: &nn::VarStore,
+        f: &HashMap<String, Tensor>,
+        cfg: &RCNNConfig,
+    ) -> GeneralizedRCNN {
+        let m = GeneralizedRCNN::from_config(&vs.root(), 4, cfg).unwrap();
         tch::no_grad(|| {
             for (name, mut var) in vs.variables() {
                 var.copy_(get(f, &format!("w.{name}")));
@@ -394,17 +463,7 @@ mod tests {
         let model = model(&vs, &f, true);
         let mut keys: Vec<String> = vs.variables().into_keys().collect();
         keys.sort();
-        let want: Vec<String> = {
-            let mut w: Vec<String> = f
-                .keys()
-                .filter_map(|k| k.strip_prefix("w."))
-                .filter(|k| !k.starts_with("backbone."))
-                .map(String::from)
-                .collect();
-            w.sort();
-            w
-        };
-        assert_eq!(keys, want, "torchvision's state_dict keys");
+        assert_eq!(keys, fixture_keys(&f), "torchvision's state_dict keys");
         let images = images();
         tch::no_grad(|| {
             // The RPN's proposals on their own.
@@ -461,5 +520,72 @@ mod tests {
             ..config(false)
         };
         assert!(GeneralizedRCNN::from_config(&vs.root(), 4, &cfg).is_err());
+    }
+
+    /// State-dict keys of the fixture's model other than the backbone's, sorted.
+    fn fixture_keys(f: &HashMap<String, Tensor>) -> Vec<String> {
+        let mut w: Vec<String> = f
+            .keys()
+            .filter_map(|k| k.strip_prefix("w."))
+            .filter(|k| !k.starts_with("backbone."))
+            .map(String::from)
+            .collect();
+        w.sort();
+        w
+    }
+
+    #[test]
+    fn mask_rcnn_with_terratorchs_heads_matches_torchvision() {
+        // TerraTorch's Mask R-CNN heads at fixture size: RPNHead with two convolutions,
+        // FastRCNNConvFCHead and MaskRCNNHeads with BatchNorm2d, one 7 x 7 pooler for boxes
+        // and masks.
+        let f = fixture("rcnn_bn");
+        let cfg = RCNNConfig {
+            rpn_conv_depth: 2,
+            box_head: BoxHeadConfig::ConvFc {
+                conv_layers: vec![4, 4],
+                fc_layers: vec![16],
+                batch_norm: true,
+            },
+            box_detections_per_img: 4,
+            mask: Some(MaskConfig {
+                featmap_names: vec!["0".into(), "1".into()],
+                output_size: 7,
+                layers: vec![8, 8],
+                dim_reduced: 6,
+                batch_norm: true,
+                ..MaskConfig::default()
+            }),
+            ..config(true)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model_from(&vs, &f, &cfg);
+        let mut keys: Vec<String> = vs.variables().into_keys().collect();
+        keys.sort();
+        assert_eq!(keys, fixture_keys(&f), "torchvision's state_dict keys");
+        let images = images();
+        tch::no_grad(|| {
+            let il = model.transform.forward(&images).unwrap();
+            let feats = backbone(&f, &il.tensors).unwrap();
+            let maps: Vec<Tensor> = feats.iter().map(|(_, t)| t.shallow_clone()).collect();
+            let (proposals, _) = model.rpn.forward(&il, &maps).unwrap();
+            let pooled = model
+                .roi_heads
+                .box_roi_pool
+                .forward(&feats, &proposals, &il.image_sizes)
+                .unwrap();
+            let head = model.roi_heads.box_head.forward(&pooled).unwrap();
+            assert_close(&head, get(&f, "box_head"), TOL, "box head");
+            let dets = model.forward(&images, |x| backbone(&f, x)).unwrap();
+            for (i, d) in dets.iter().enumerate() {
+                let pre = format!("bn.{i}");
+                assert_eq!(d.boxes.size()[0], 4);
+                assert_close(&d.boxes, get(&f, &format!("{pre}.boxes")), BOX_TOL, &pre);
+                assert_close(&d.scores, get(&f, &format!("{pre}.scores")), TOL, &pre);
+                assert_same_indices(&d.labels, get(&f, &format!("{pre}.labels")), &pre);
+                let masks = d.masks.as_ref().unwrap();
+                assert_close(masks, get(&f, &format!("{pre}.masks")), TOL, &pre);
+            }
+        });
     }
 }

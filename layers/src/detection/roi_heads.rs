@@ -98,29 +98,75 @@ impl FastRCNNPredictor {
     }
 }
 
-/// torchvision's `MaskRCNNHeads(in_channels, layers, dilation)` without a norm layer: one
-/// 3x3 convolution (padding = dilation) and ReLU per entry of `layers`, under the keys
-/// `{i}.0.*` (torchvision's version-2 layout; the older `mask_fcn{i+1}.*` keys are
-/// renamed to these when a checkpoint is read).
+/// torchvision's `Conv2dNormActivation(c_in, c_out, 3, padding=dilation, dilation,
+/// norm_layer)` with ReLU: the convolution under `0` (with a bias only without a norm),
+/// an eval-mode `BatchNorm2d` (eps 1e-5) under `1` when `batch_norm`. Upstream's heads
+/// initialise the convolution Kaiming normal (fan-out) with a zero bias.
+#[derive(Debug)]
+struct ConvNormRelu {
+    conv: Conv2d,
+    bn: Option<nn::BatchNorm>,
+}
+
+impl ConvNormRelu {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, dilation: i64, batch_norm: bool) -> Self {
+        let spec = ConvSpec::new(c_in, c_out, 3)
+            .padding(dilation)
+            .dilation(dilation);
+        let w = kaiming_normal_fan_out(c_out * 9);
+        let bias = (!batch_norm).then_some(Init::Const(0.0));
+        ConvNormRelu {
+            conv: Conv2d::new(p / 0, spec, w, bias),
+            bn: batch_norm.then(|| crate::norm::batch_norm2d(p / 1, c_out, 1e-5, 0.1)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let t = self.conv.forward(x)?;
+        let t = match &self.bn {
+            Some(bn) => t.f_batch_norm(
+                bn.ws.as_ref(),
+                bn.bs.as_ref(),
+                Some(&bn.running_mean),
+                Some(&bn.running_var),
+                false,
+                0.1,
+                1e-5,
+                true,
+            )?,
+            None => t,
+        };
+        Ok(t.f_relu()?)
+    }
+}
+
+/// torchvision's `MaskRCNNHeads(in_channels, layers, dilation, norm_layer)`: one 3x3
+/// convolution (padding = dilation) and ReLU per entry of `layers`, under the keys
+/// `{i}.0.*`, with a `BatchNorm2d` under `{i}.1.*` when `batch_norm` (TerraTorch's
+/// Mask R-CNN). These are torchvision's version-2 keys; it renames the older
+/// `mask_fcn{i+1}.*` to them when a checkpoint is read.
 #[derive(Debug)]
 pub struct MaskRCNNHeads {
-    convs: Vec<Conv2d>,
+    convs: Vec<ConvNormRelu>,
 }
 
 impl MaskRCNNHeads {
     /// The heads under `p`, initialised as upstream (Kaiming normal, fan-out, zero biases).
-    pub fn new(p: nn::Path, in_channels: i64, layers: &[i64], dilation: i64) -> Self {
+    pub fn new(
+        p: nn::Path,
+        in_channels: i64,
+        layers: &[i64],
+        dilation: i64,
+        batch_norm: bool,
+    ) -> Self {
         let mut next = in_channels;
         let convs = layers
             .iter()
             .enumerate()
             .map(|(i, &features)| {
-                let spec = ConvSpec::new(next, features, 3)
-                    .padding(dilation)
-                    .dilation(dilation);
-                let w = kaiming_normal_fan_out(features * 9);
+                let block = ConvNormRelu::new(&(&p / i), next, features, dilation, batch_norm);
                 next = features;
-                Conv2d::new(&p / i / 0, spec, w, Some(Init::Const(0.0)))
+                block
             })
             .collect();
         MaskRCNNHeads { convs }
@@ -130,9 +176,100 @@ impl MaskRCNNHeads {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut t = x.shallow_clone();
         for conv in &self.convs {
-            t = conv.forward(&t)?.f_relu()?;
+            t = conv.forward(&t)?;
         }
         Ok(t)
+    }
+}
+
+/// torchvision's `FastRCNNConvFCHead(input_size (C, H, W), conv_layers, fc_layers,
+/// norm_layer)`: 3x3 convolutions with ReLU (`{i}.0`, and `BatchNorm2d` `{i}.1` when
+/// `batch_norm`), flattened, then linear layers with ReLU (`{n_conv + 1 + 2j}`).
+/// TerraTorch's Mask R-CNN uses it with four 256-channel convolutions, one 1024 linear
+/// layer and BatchNorm2d.
+#[derive(Debug)]
+pub struct FastRCNNConvFCHead {
+    convs: Vec<ConvNormRelu>,
+    fcs: Vec<PlainLinear>,
+}
+
+impl FastRCNNConvFCHead {
+    /// The head under `p`.
+    pub fn new(
+        p: nn::Path,
+        input_size: (i64, i64, i64),
+        conv_layers: &[i64],
+        fc_layers: &[i64],
+        batch_norm: bool,
+    ) -> Self {
+        let (c, h, w) = input_size;
+        let mut prev = c;
+        let convs = conv_layers
+            .iter()
+            .enumerate()
+            .map(|(i, &cur)| {
+                let block = ConvNormRelu::new(&(&p / i), prev, cur, 1, batch_norm);
+                prev = cur;
+                block
+            })
+            .collect();
+        let mut prev = prev * h * w;
+        let first_fc = conv_layers.len() + 1;
+        let fcs = fc_layers
+            .iter()
+            .enumerate()
+            .map(|(j, &cur)| {
+                let fc = PlainLinear::new(&p / (first_fc + 2 * j), prev, cur);
+                prev = cur;
+                fc
+            })
+            .collect();
+        FastRCNNConvFCHead { convs, fcs }
+    }
+
+    /// `[K, C, H, W]` -> `[K, fc_layers.last()]` (or the flattened convolution output
+    /// without linear layers).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut t = x.shallow_clone();
+        for conv in &self.convs {
+            t = conv.forward(&t)?;
+        }
+        let mut t = t.f_flatten(1, -1)?;
+        for fc in &self.fcs {
+            t = fc.forward(&t)?.f_relu()?;
+        }
+        Ok(t)
+    }
+}
+
+/// The box heads `RoIHeads` runs between the pooling and the predictor.
+#[derive(Debug)]
+pub enum BoxHead {
+    /// torchvision's default ([`TwoMLPHead`]).
+    TwoMLP(TwoMLPHead),
+    /// Convolutions then linear layers ([`FastRCNNConvFCHead`]).
+    ConvFC(FastRCNNConvFCHead),
+}
+
+impl BoxHead {
+    /// The pooled features `[K, C, H, W]` to one representation per box `[K, D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            BoxHead::TwoMLP(h) => h.forward(x),
+            BoxHead::ConvFC(h) => h.forward(x),
+        }
+    }
+}
+
+impl From<TwoMLPHead> for BoxHead {
+    fn from(h: TwoMLPHead) -> Self {
+        BoxHead::TwoMLP(h)
+    }
+}
+
+impl From<FastRCNNConvFCHead> for BoxHead {
+    fn from(h: FastRCNNConvFCHead) -> Self {
+        BoxHead::ConvFC(h)
     }
 }
 
@@ -230,7 +367,7 @@ pub struct RoIHeads {
     /// `box_roi_pool` (torchvision: 7 x 7, sampling ratio 2).
     pub box_roi_pool: MultiScaleRoIAlign,
     /// `box_head`.
-    pub box_head: TwoMLPHead,
+    pub box_head: BoxHead,
     /// `box_predictor`.
     pub box_predictor: FastRCNNPredictor,
     /// Weights (10, 10, 5, 5).
@@ -250,7 +387,7 @@ impl RoIHeads {
     /// [`RoIHeads::with_mask`].
     pub fn new(
         box_roi_pool: MultiScaleRoIAlign,
-        box_head: TwoMLPHead,
+        box_head: impl Into<BoxHead>,
         box_predictor: FastRCNNPredictor,
         score_thresh: f64,
         nms_thresh: f64,
@@ -258,7 +395,7 @@ impl RoIHeads {
     ) -> Self {
         RoIHeads {
             box_roi_pool,
-            box_head,
+            box_head: box_head.into(),
             box_predictor,
             box_coder: BoxCoder::new([10.0, 10.0, 5.0, 5.0]),
             score_thresh,
@@ -547,7 +684,7 @@ mod tests {
         )
         .with_mask(MaskBranch {
             mask_roi_pool: MultiScaleRoIAlign::new(&["0", "1"], (7, 7), 2),
-            mask_head: MaskRCNNHeads::new(&p / "mask_head", 4, &[8, 8], 1),
+            mask_head: MaskRCNNHeads::new(&p / "mask_head", 4, &[8, 8], 1, false),
             mask_predictor: MaskRCNNPredictor::new(&p / "mask_predictor", 8, 6, 4),
         });
         load(vs, f);
@@ -647,7 +784,7 @@ mod tests {
             let m = heads.mask.as_ref().unwrap();
             let x = m.mask_roi_pool.forward(&feats, &boxes, &shapes).unwrap();
             assert_close(
-                &m.mask_head.forward(&x).unwrap(),
+                &m.mask_head.forward(&x).unwrap().narrow(0, 0, 8),
                 get(&f, "mask_head"),
                 TOL,
                 "mask head",
