@@ -1,9 +1,10 @@
 """Reference fixtures for the detection ops of `terrahost-layers` (`layers/src/detection/`):
 torchvision's NMS and box utilities, RoIAlign, MultiScaleRoIAlign, BoxCoder, AnchorGenerator,
 GeneralizedRCNNTransform, the RPN's proposal selection, the R-CNN box and mask heads with their
-postprocessing (RoIHeads, paste_masks_in_image) and whole Faster and Mask R-CNNs on a tiny backbone, run on small deterministic inputs
-with the edge cases that decide parity (empty inputs, exact score ties, identical and zero-area
-boxes, boxes outside the image or the feature map, odd image sizes).
+postprocessing (RoIHeads, paste_masks_in_image) and whole Faster and Mask R-CNNs on a tiny
+backbone (also with TerraTorch's transform, read from the installed TerraTorch's source), run on
+small deterministic inputs with the edge cases that decide parity (empty inputs, exact score ties,
+identical and zero-area boxes, boxes outside the image or the feature map, odd image sizes).
 
 Writes tests/fixtures/detection_ops/<group>.safetensors (inputs and torchvision's outputs) and
 meta.json (the versions that made them). Large inputs are not stored: both sides rebuild them
@@ -484,6 +485,24 @@ class TinyBackbone(torch.nn.Module):
         return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
 
 
+def terratorch_transform_class() -> type:
+    """TerraTorch's `TerratorchGeneralizedRCNNTransform` (`terratorch/models/utils.py`, 1.2.x),
+    taken from the installed package's source: importing terratorch itself needs mmcv's compiled
+    extension, which the reference environment lacks; the class needs only torch, torchvision's
+    GeneralizedRCNNTransform and ImageList."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("terratorch")
+    assert spec is not None and spec.submodule_search_locations, "TerraTorch is not installed"
+    path = Path(spec.submodule_search_locations[0], "models", "utils.py")
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TerratorchGeneralizedRCNNTransform")
+    ns = {"torch": torch, "GeneralizedRCNNTransform": GeneralizedRCNNTransform, "ImageList": ImageList}
+    exec(compile(ast.Module([cls], []), str(path), "exec"), ns)
+    return ns["TerratorchGeneralizedRCNNTransform"]
+
+
 def rcnn_images() -> list[torch.Tensor]:
     # Not stored: both sides rebuild them.
     return [formula([3, 30, 40], 0.3).add(1).div(2), formula([3, 36, 28], 1.2).add(1).div(2)]
@@ -526,6 +545,18 @@ def rcnn_group() -> dict[str, torch.Tensor]:
             out[f"mask.{i}.{k}"] = d[k]
         for k in ("boxes", "scores", "labels"):
             out[f"faster.{i}.{k}"] = fd[k]
+    # TerraTorch's factory swaps in its own transform, which only stacks the images (no
+    # normalisation, no resizing, no padding): two 30 x 31 images through the same Mask R-CNN.
+    tt = terratorch_transform_class()
+    t = mask.transform
+    mask.transform = tt(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size, _skip_resize=True).eval()
+    with torch.no_grad():
+        tdets = mask([formula([3, 30, 31], 0.3).add(1).div(2), formula([3, 30, 31], 1.2).add(1).div(2)])
+    for i, d in enumerate(tdets):
+        assert d["boxes"].shape[0] > 0, "no detections"
+        for k in ("boxes", "scores", "labels"):
+            out[f"tt.{i}.{k}"] = d[k]
+    out["tt.0.masks"] = tdets[0]["masks"][:3]  # 3 of 6: the file stays small
     return out
 
 

@@ -89,6 +89,9 @@ pub struct RCNNConfig {
     pub image_mean: Vec<f64>,
     /// `image_std` (ImageNet's).
     pub image_std: Vec<f64>,
+    /// TerraTorch's transform, which only stacks the images
+    /// ([`GeneralizedRCNNTransform::stack_only`]); torchvision's by default.
+    pub terratorch_transform: bool,
     /// Anchor sizes per feature level ((32,), (64,), (128,), (256,), (512,)).
     pub anchor_sizes: Vec<Vec<f64>>,
     /// Anchor aspect ratios per level ((0.5, 1, 2) on each).
@@ -129,6 +132,7 @@ impl Default for RCNNConfig {
             max_size: 1333,
             image_mean: vec![0.485, 0.456, 0.406],
             image_std: vec![0.229, 0.224, 0.225],
+            terratorch_transform: false,
             anchor_sizes: [32.0, 64.0, 128.0, 256.0, 512.0]
                 .iter()
                 .map(|&s| vec![s])
@@ -188,12 +192,13 @@ impl GeneralizedRCNN {
     /// `roi_heads.mask_head.*`, `roi_heads.mask_predictor.*`; the backbone's are the
     /// caller's).
     pub fn from_config(p: &nn::Path, out_channels: i64, cfg: &RCNNConfig) -> Result<Self> {
-        let transform = GeneralizedRCNNTransform::new(
+        let mut transform = GeneralizedRCNNTransform::new(
             cfg.min_size,
             cfg.max_size,
             cfg.image_mean.clone(),
             cfg.image_std.clone(),
         );
+        transform.stack_only = cfg.terratorch_transform;
         let anchors = AnchorGenerator::new(cfg.anchor_sizes.clone(), cfg.aspect_ratios.clone())?;
         let per_location = anchors.num_anchors_per_location();
         let num_anchors = per_location[0];
@@ -486,6 +491,37 @@ mod tests {
                 assert_close(masks, get(&f, &format!("{pre}.masks")), TOL, &pre);
             }
         });
+    }
+
+    #[test]
+    fn mask_rcnn_with_terratorchs_transform_matches() {
+        // TerraTorch's factory replaces the transform with one that only stacks the images:
+        // no normalisation, no resizing to 64..96, no padding (two 30 x 31 images).
+        let f = fixture("rcnn");
+        let cfg = RCNNConfig {
+            terratorch_transform: true,
+            ..config(true)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model_from(&vs, &f, &cfg);
+        let img = |phase: f64| {
+            formula(&[3, 30, 31], phase)
+                .f_add_scalar(1.0)
+                .unwrap()
+                .f_div_scalar(2.0)
+                .unwrap()
+        };
+        let images = [img(0.3), img(1.2)];
+        let dets = tch::no_grad(|| model.forward(&images, |x| backbone(&f, x))).unwrap();
+        for (i, d) in dets.iter().enumerate() {
+            let pre = format!("tt.{i}");
+            assert_close(&d.boxes, get(&f, &format!("{pre}.boxes")), BOX_TOL, &pre);
+            assert_close(&d.scores, get(&f, &format!("{pre}.scores")), TOL, &pre);
+            assert_same_indices(&d.labels, get(&f, &format!("{pre}.labels")), &pre);
+            assert_eq!(d.masks.as_ref().unwrap().size(), [6, 1, 30, 31]);
+        }
+        let masks = dets[0].masks.as_ref().unwrap().narrow(0, 0, 3);
+        assert_close(&masks, get(&f, "tt.0.masks"), TOL, "tt masks");
     }
 
     #[test]
