@@ -157,6 +157,58 @@ impl Default for RCNNConfig {
     }
 }
 
+impl RCNNConfig {
+    /// The `faster-rcnn` framework of TerraTorch's `ObjectDetectionModelFactory` (1.2.x)
+    /// for a backbone (with necks) that gives `levels` feature maps named `feat0`, `feat1`,
+    /// ... and images of `in_channels` bands: one anchor size per level from (32, 64, 128,
+    /// 256, 512) with ratios (0.5, 1, 2), a 7 x 7 pooler over `feat0`..`feat3`, TerraTorch's
+    /// stack-only transform (mean 0, std 1 per band, unused), torchvision's defaults for the
+    /// rest. The factory's `framework_*` arguments override fields of the result.
+    pub fn terratorch_faster_rcnn(num_classes: i64, levels: usize, in_channels: usize) -> Self {
+        let sizes: Vec<Vec<f64>> = [32.0, 64.0, 128.0, 256.0, 512.0]
+            .iter()
+            .take(levels)
+            .map(|&s| vec![s])
+            .collect();
+        RCNNConfig {
+            num_classes,
+            image_mean: vec![0.0; in_channels],
+            image_std: vec![1.0; in_channels],
+            terratorch_transform: true,
+            aspect_ratios: vec![vec![0.5, 1.0, 2.0]; sizes.len()],
+            anchor_sizes: sizes,
+            box_featmap_names: ["feat0", "feat1", "feat2", "feat3"]
+                .map(String::from)
+                .to_vec(),
+            ..RCNNConfig::default()
+        }
+    }
+
+    /// The `mask-rcnn` framework of the same factory: [`RCNNConfig::terratorch_faster_rcnn`]
+    /// with an RPN head of two convolutions, `FastRCNNConvFCHead` ([256] x 4 convolutions,
+    /// [1024], BatchNorm2d), `MaskRCNNHeads` ([256] x 4, BatchNorm2d) and the box pooler
+    /// (7 x 7) for the masks too.
+    pub fn terratorch_mask_rcnn(num_classes: i64, levels: usize, in_channels: usize) -> Self {
+        let base = Self::terratorch_faster_rcnn(num_classes, levels, in_channels);
+        RCNNConfig {
+            rpn_conv_depth: 2,
+            box_head: BoxHeadConfig::ConvFc {
+                conv_layers: vec![256; 4],
+                fc_layers: vec![1024],
+                batch_norm: true,
+            },
+            mask: Some(MaskConfig {
+                featmap_names: base.box_featmap_names.clone(),
+                output_size: base.box_output_size,
+                sampling_ratio: base.box_sampling_ratio,
+                batch_norm: true,
+                ..MaskConfig::default()
+            }),
+            ..base
+        }
+    }
+}
+
 /// torchvision's `GeneralizedRCNN` in eval mode.
 #[derive(Debug)]
 pub struct GeneralizedRCNN {
@@ -623,5 +675,37 @@ mod tests {
                 assert_close(masks, get(&f, &format!("{pre}.masks")), TOL, &pre);
             }
         });
+    }
+
+    #[test]
+    fn terratorch_presets_follow_its_factory() {
+        // terratorch/models/object_detection_model_factory.py (1.2.11).
+        let f = RCNNConfig::terratorch_faster_rcnn(3, 4, 6);
+        assert_eq!(f.anchor_sizes, [[32.0], [64.0], [128.0], [256.0]]);
+        assert_eq!(f.aspect_ratios.len(), 4);
+        assert_eq!(f.box_featmap_names, ["feat0", "feat1", "feat2", "feat3"]);
+        assert!(f.terratorch_transform && f.mask.is_none());
+        assert_eq!((f.image_mean.len(), f.image_std[5]), (6, 1.0));
+        assert_eq!(f.rpn_conv_depth, 1);
+        let m = RCNNConfig::terratorch_mask_rcnn(3, 7, 6);
+        assert_eq!(m.anchor_sizes.len(), 5);
+        assert_eq!(m.rpn_conv_depth, 2);
+        let mask = m.mask.as_ref().unwrap();
+        assert_eq!(
+            (mask.output_size, mask.layers.len(), mask.batch_norm),
+            (7, 4, true)
+        );
+        // The whole Mask R-CNN builds with torchvision's keys at TerraTorch's widths.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = RCNNConfig::terratorch_mask_rcnn(3, 4, 6);
+        GeneralizedRCNN::from_config(&vs.root(), 256, &cfg).unwrap();
+        let vars = vs.variables();
+        assert_eq!(vars["roi_heads.box_head.5.weight"].size(), [1024, 256 * 49]);
+        assert_eq!(
+            vars["roi_heads.box_predictor.cls_score.weight"].size(),
+            [3, 1024]
+        );
+        assert_eq!(vars["roi_heads.mask_head.3.1.running_var"].size(), [256]);
+        assert_eq!(vars["rpn.head.conv.1.0.weight"].size(), [256, 256, 3, 3]);
     }
 }
