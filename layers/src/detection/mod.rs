@@ -23,7 +23,9 @@
 //!   `faster_rcnn.py`, `mask_rcnn.py`);
 //! * [`faster_rcnn`]: `GeneralizedRCNN`'s inference, composed as `FasterRCNN` and
 //!   `MaskRCNN` compose it, over a caller's backbone
-//!   (`torchvision/models/detection/generalized_rcnn.py`).
+//!   (`torchvision/models/detection/generalized_rcnn.py`);
+//! * [`retinanet`]: `RetinaNetHead` (with TerraTorch's GroupNorm) and `RetinaNet`'s
+//!   inference (`torchvision/models/detection/retinanet.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -34,6 +36,7 @@ pub mod faster_rcnn;
 pub mod image_list;
 pub mod nms;
 pub mod poolers;
+pub mod retinanet;
 pub mod roi_align;
 pub mod roi_heads;
 pub mod rpn;
