@@ -32,6 +32,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
@@ -467,7 +468,7 @@ def paste_group() -> dict[str, torch.Tensor]:
     masks = formula([8, 1, 14, 14], 0.5).sigmoid()
     out["boxes"] = boxes
     out["out"] = paste_masks_in_image(masks, boxes, (30, 41))
-    out["out.padding2"] = paste_masks_in_image(masks[:3], boxes[:3], (30, 41), padding=2)
+    out["out.padding2"] = paste_masks_in_image(masks[1:3], boxes[1:3], (30, 41), padding=2)
     out["empty"] = paste_masks_in_image(torch.zeros(0, 1, 14, 14), torch.zeros(0, 4), (30, 41))
     return out
 
@@ -660,6 +661,35 @@ def retinanet_group() -> dict[str, torch.Tensor]:
     return out
 
 
+def fcos_group() -> dict[str, torch.Tensor]:
+    """FCOS as TerraTorch's factory builds it (one anchor per location, sizes 8 and 16, its
+    default GroupNorm(32) head, TerraTorch's stack-only transform), the backbone and images of
+    `retinanet_group`, formula weights; 20 detections per image kept."""
+    out: dict[str, torch.Tensor] = {}
+    ag = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))
+    model = FCOS(
+        WideTinyBackbone(), 3, anchor_generator=ag, head=FCOSHead(32, 1, 3), _skip_resize=True,
+        image_mean=[0.0] * 3, image_std=[1.0] * 3, detections_per_img=20,
+    ).eval()
+    formula_weights(model)
+    t = model.transform
+    model.transform = terratorch_transform_class()(
+        t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size, _skip_resize=True
+    ).eval()
+    images = [formula([3, 30, 31], 0.3).add(1).div(2), formula([3, 30, 31], 1.2).add(1).div(2)]
+    with torch.no_grad():
+        il, _ = model.transform(images)
+        head_out = model.head(list(model.backbone(il.tensors).values()))
+        dets = model(images)
+    for k in ("cls_logits", "bbox_regression", "bbox_ctrness"):
+        out[k] = head_out[k][:, :32]  # the first 32 locations keep the file small
+    for i, d in enumerate(dets):
+        assert d["boxes"].shape[0] == 20
+        for k in ("boxes", "scores", "labels"):
+            out[f"out.{i}.{k}"] = d[k]
+    return out
+
+
 GROUPS = {
     "boxes": nms_group,
     "roi_align": roi_align_group,
@@ -673,6 +703,7 @@ GROUPS = {
     "rcnn": rcnn_group,
     "rcnn_bn": rcnn_bn_group,
     "retinanet": retinanet_group,
+    "fcos": fcos_group,
 }
 
 

@@ -25,7 +25,9 @@
 //!   `MaskRCNN` compose it, over a caller's backbone
 //!   (`torchvision/models/detection/generalized_rcnn.py`);
 //! * [`retinanet`]: `RetinaNetHead` (with TerraTorch's GroupNorm) and `RetinaNet`'s
-//!   inference (`torchvision/models/detection/retinanet.py`).
+//!   inference (`torchvision/models/detection/retinanet.py`);
+//! * [`fcos`]: `FCOSHead`, `BoxLinearCoder` decoding and `FCOS`'s inference
+//!   (`torchvision/models/detection/fcos.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -33,6 +35,7 @@ pub mod anchors;
 pub mod box_coder;
 pub mod boxes;
 pub mod faster_rcnn;
+pub mod fcos;
 pub mod image_list;
 pub mod nms;
 pub mod poolers;
