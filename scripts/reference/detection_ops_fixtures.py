@@ -690,6 +690,45 @@ def fcos_group() -> dict[str, torch.Tensor]:
     return out
 
 
+def terratorch_function(relpath: str, name: str, namespace: dict) -> object:
+    """A top-level function of the installed TerraTorch's source, compiled on its own (see
+    `terratorch_transform_class`)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("terratorch")
+    assert spec is not None and spec.submodule_search_locations, "TerraTorch is not installed"
+    path = Path(spec.submodule_search_locations[0], relpath)
+    tree = ast.parse(path.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    ns = dict(namespace)
+    exec(compile(ast.Module([fn], []), str(path), "exec"), ns)
+    return ns[name]
+
+
+def ms_deform_attn_group() -> dict[str, torch.Tensor]:
+    """TerraTorch's `ms_deform_attn_core_pytorch` (multi-scale deformable attention's sampling,
+    the PyTorch path of its CUDA-only op): two levels (6 x 7 and 3 x 4), 2 heads of 4 channels,
+    5 queries, 3 points; sampling locations inside, outside and exactly on the borders."""
+    import torch.nn.functional as F  # noqa: N812
+
+    core = terratorch_function(
+        "models/backbones/detr_ops/functions/ms_deform_attn_func.py", "ms_deform_attn_core_pytorch",
+        {"torch": torch, "F": F},
+    )
+    g = torch.Generator().manual_seed(21)
+    shapes = [[6, 7], [3, 4]]
+    # The value is not stored: formula([2, 54, 2, 4], 0.4).
+    value = formula([2, 54, 2, 4], 0.4)
+    loc = torch.rand(2, 5, 2, 2, 3, 2, generator=g) * 1.4 - 0.2
+    loc[0, 0, 0, 0] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    loc[1, 4, 1, 1] = torch.tensor([[1.0, 0.5], [-1e-3, 0.5], [0.5, 1.0 + 1e-3]])
+    weights = torch.rand(2, 5, 2, 2 * 3, generator=g).softmax(-1).view(2, 5, 2, 2, 3)
+    out = {"locations": loc, "weights": weights, "shapes": torch.tensor(shapes, dtype=torch.int64)}
+    out["out"] = core(value, shapes, loc, weights)
+    return out
+
+
 GROUPS = {
     "boxes": nms_group,
     "roi_align": roi_align_group,
@@ -704,6 +743,7 @@ GROUPS = {
     "rcnn_bn": rcnn_bn_group,
     "retinanet": retinanet_group,
     "fcos": fcos_group,
+    "ms_deform_attn": ms_deform_attn_group,
 }
 
 

@@ -27,7 +27,9 @@
 //! * [`retinanet`]: `RetinaNetHead` (with TerraTorch's GroupNorm) and `RetinaNet`'s
 //!   inference (`torchvision/models/detection/retinanet.py`);
 //! * [`fcos`]: `FCOSHead`, `BoxLinearCoder` decoding and `FCOS`'s inference
-//!   (`torchvision/models/detection/fcos.py`).
+//!   (`torchvision/models/detection/fcos.py`);
+//! * [`ms_deform_attn`]: multi-scale deformable attention's sampling (TerraTorch's
+//!   `ms_deform_attn_core_pytorch`, for Deformable DETR).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -37,6 +39,7 @@ pub mod boxes;
 pub mod faster_rcnn;
 pub mod fcos;
 pub mod image_list;
+pub mod ms_deform_attn;
 pub mod nms;
 pub mod poolers;
 pub mod retinanet;
