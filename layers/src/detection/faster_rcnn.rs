@@ -596,6 +596,27 @@ mod tests {
     }
 
     #[test]
+    fn mask_rcnn_without_detections_gives_empty_pasted_masks() {
+        // Every score under the threshold: torchvision's postprocess then returns masks
+        // [0, 1, H, W] of the input's size.
+        let f = fixture("rcnn");
+        let cfg = RCNNConfig {
+            box_score_thresh: 0.999,
+            ..config(true)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model_from(&vs, &f, &cfg);
+        let images = images();
+        let dets = tch::no_grad(|| model.forward(&images, |x| backbone(&f, x))).unwrap();
+        for (d, img) in dets.iter().zip(&images) {
+            assert_eq!(d.boxes.size(), [0, 4]);
+            assert_eq!(d.labels.size(), [0]);
+            let masks = d.masks.as_ref().unwrap();
+            assert_eq!(masks.size(), [0, 1, img.size()[1], img.size()[2]]);
+        }
+    }
+
+    #[test]
     fn generalized_rcnn_refuses_a_backbone_without_features() {
         let f = fixture("rcnn");
         let vs = nn::VarStore::new(Device::Cpu);
