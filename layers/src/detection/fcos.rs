@@ -11,7 +11,6 @@ use terrahost_plugin_api::{PluginError, Result};
 
 use super::anchors::AnchorGenerator;
 use super::boxes::{check_boxes, clip_boxes_to_image};
-use super::nms::batched_nms;
 use super::roi_heads::Detections;
 use super::transform::{resize_boxes, GeneralizedRCNNTransform};
 use crate::conv::{Conv2d, ConvSpec};
@@ -313,17 +312,13 @@ impl FCOS {
                 scores.push(s);
                 labels.push(idxs.f_remainder(num_classes)?);
             }
-            let boxes = Tensor::f_cat(&boxes, 0)?;
-            let scores = Tensor::f_cat(&scores, 0)?;
-            let labels = Tensor::f_cat(&labels, 0)?;
-            let keep = batched_nms(&boxes, &scores, &labels, self.nms_thresh)?;
-            let keep = keep.f_narrow(0, 0, keep.size()[0].min(self.detections_per_img.max(0)))?;
-            out.push(Detections {
-                boxes: boxes.f_index_select(0, &keep)?,
-                scores: scores.f_index_select(0, &keep)?,
-                labels: labels.f_index_select(0, &keep)?,
-                masks: None,
-            });
+            out.push(Detections::after_batched_nms(
+                &boxes,
+                &scores,
+                &labels,
+                self.nms_thresh,
+                self.detections_per_img,
+            )?);
         }
         Ok(out)
     }
@@ -334,33 +329,6 @@ mod tests {
     use super::*;
     use crate::detection::testutil::*;
     use tch::Device;
-
-    /// The fixture's `formula_weights` (see `retinanet`'s tests).
-    fn formula_weight(key: &str, shape: &[i64]) -> Tensor {
-        let scale = if shape.len() > 1 {
-            1.0 / (shape[1..].iter().product::<i64>() as f64).sqrt()
-        } else {
-            0.5
-        };
-        formula(shape, 0.05 * key.len() as f64)
-            .f_mul_scalar(scale)
-            .unwrap()
-    }
-
-    /// The fixture's `WideTinyBackbone` with formula weights.
-    fn backbone(x: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let conv = |x: &Tensor, c: &str, c_in: i64, stride: i64| -> Result<Tensor> {
-            let w = formula_weight(&format!("backbone.{c}.weight"), &[32, c_in, 3, 3]);
-            let b = formula_weight(&format!("backbone.{c}.bias"), &[32]);
-            Ok(
-                x.f_conv2d(&w, Some(&b), [stride, stride], [1, 1], [1, 1], 1)?
-                    .f_relu()?,
-            )
-        };
-        let a = conv(x, "c1", 3, 4)?;
-        let b = conv(&a, "c2", 32, 2)?;
-        Ok(vec![("0".into(), a), ("1".into(), b)])
-    }
 
     #[test]
     fn fcos_as_terratorch_builds_it_matches_torchvision() {
@@ -390,7 +358,7 @@ mod tests {
         let images = [img(0.3), img(1.2)];
         tch::no_grad(|| {
             let il = model.transform.forward(&images).unwrap();
-            let feats: Vec<Tensor> = backbone(&il.tensors)
+            let feats: Vec<Tensor> = wide_tiny_backbone(&il.tensors)
                 .unwrap()
                 .into_iter()
                 .map(|(_, t)| t)
@@ -405,7 +373,7 @@ mod tests {
             ] {
                 assert_close(&got.narrow(1, 0, 32), get(&f, name), 1e-5, name);
             }
-            let dets = model.forward(&images, backbone).unwrap();
+            let dets = model.forward(&images, wide_tiny_backbone).unwrap();
             for (i, d) in dets.iter().enumerate() {
                 let pre = format!("out.{i}");
                 assert_close(&d.boxes, get(&f, &format!("{pre}.boxes")), 1e-4, &pre);

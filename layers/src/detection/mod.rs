@@ -89,6 +89,36 @@ pub(crate) mod testutil {
             .reshape(shape)
     }
 
+    /// The fixture script's `formula_weights`: `formula(shape, 0.05 * len(key))` scaled by
+    /// 1 / sqrt(fan-in) for weights of two or more dimensions, 0.5 otherwise.
+    pub fn formula_weight(key: &str, shape: &[i64]) -> Tensor {
+        let scale = if shape.len() > 1 {
+            1.0 / (shape[1..].iter().product::<i64>() as f64).sqrt()
+        } else {
+            0.5
+        };
+        formula(shape, 0.05 * key.len() as f64)
+            .f_mul_scalar(scale)
+            .unwrap()
+    }
+
+    /// The fixture script's `WideTinyBackbone` (two 3x3 convolutions of 32 channels with
+    /// ReLU, strides 4 and 2) with formula weights: feature maps "0" and "1".
+    pub fn wide_tiny_backbone(x: &Tensor) -> terrahost_plugin_api::Result<Vec<(String, Tensor)>> {
+        let conv =
+            |x: &Tensor, c: &str, c_in: i64, stride: i64| -> terrahost_plugin_api::Result<Tensor> {
+                let w = formula_weight(&format!("backbone.{c}.weight"), &[32, c_in, 3, 3]);
+                let b = formula_weight(&format!("backbone.{c}.bias"), &[32]);
+                Ok(
+                    x.f_conv2d(&w, Some(&b), [stride, stride], [1, 1], [1, 1], 1)?
+                        .f_relu()?,
+                )
+            };
+        let a = conv(x, "c1", 3, 4)?;
+        let b = conv(&a, "c2", 32, 2)?;
+        Ok(vec![("0".into(), a), ("1".into(), b)])
+    }
+
     /// Exact equality of integer tensors (indices), with a readable message.
     pub fn assert_same_indices(got: &Tensor, want: &Tensor, what: &str) {
         assert_eq!(got.kind(), Kind::Int64, "{what}: kind");

@@ -5,13 +5,12 @@
 //! clipping; then NMS per class and the top detections) and the forward composition over a
 //! caller's backbone. The losses, which only training needs, are not here.
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use terrahost_plugin_api::{PluginError, Result};
 
 use super::anchors::AnchorGenerator;
 use super::box_coder::BoxCoder;
 use super::boxes::clip_boxes_to_image;
-use super::nms::batched_nms;
 use super::roi_heads::Detections;
 use super::transform::{resize_boxes, GeneralizedRCNNTransform};
 use crate::conv::{Conv2d, ConvSpec};
@@ -307,17 +306,13 @@ impl RetinaNet {
                 scores.push(s);
                 labels.push(l);
             }
-            let boxes = Tensor::f_cat(&boxes, 0)?;
-            let scores = Tensor::f_cat(&scores, 0)?;
-            let labels = Tensor::f_cat(&labels, 0)?.f_to_kind(Kind::Int64)?;
-            let keep = batched_nms(&boxes, &scores, &labels, self.nms_thresh)?;
-            let keep = keep.f_narrow(0, 0, keep.size()[0].min(self.detections_per_img.max(0)))?;
-            out.push(Detections {
-                boxes: boxes.f_index_select(0, &keep)?,
-                scores: scores.f_index_select(0, &keep)?,
-                labels: labels.f_index_select(0, &keep)?,
-                masks: None,
-            });
+            out.push(Detections::after_batched_nms(
+                &boxes,
+                &scores,
+                &labels,
+                self.nms_thresh,
+                self.detections_per_img,
+            )?);
         }
         Ok(out)
     }
@@ -328,36 +323,6 @@ mod tests {
     use super::*;
     use crate::detection::testutil::*;
     use tch::Device;
-
-    /// The fixture's `formula_weights`: formula(shape, 0.05 * len(key)) scaled by
-    /// 1 / sqrt(fan-in) for weights of two or more dimensions, 0.5 otherwise.
-    fn formula_weight(key: &str, shape: &[i64]) -> Tensor {
-        let scale = if shape.len() > 1 {
-            1.0 / (shape[1..].iter().product::<i64>() as f64).sqrt()
-        } else {
-            0.5
-        };
-        formula(shape, 0.05 * key.len() as f64)
-            .f_mul_scalar(scale)
-            .unwrap()
-    }
-
-    /// The fixture's `WideTinyBackbone` with formula weights.
-    fn backbone(x: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let conv = |x: &Tensor, c: &str, c_in: i64, stride: i64| -> Result<Tensor> {
-            let wk = format!("backbone.{c}.weight");
-            let bk = format!("backbone.{c}.bias");
-            let w = formula_weight(&wk, &[32, c_in, 3, 3]);
-            let b = formula_weight(&bk, &[32]);
-            Ok(
-                x.f_conv2d(&w, Some(&b), [stride, stride], [1, 1], [1, 1], 1)?
-                    .f_relu()?,
-            )
-        };
-        let a = conv(x, "c1", 3, 4)?;
-        let b = conv(&a, "c2", 32, 2)?;
-        Ok(vec![("0".into(), a), ("1".into(), b)])
-    }
 
     #[test]
     fn retinanet_as_terratorch_builds_it_matches_torchvision() {
@@ -392,7 +357,7 @@ mod tests {
         let images = [img(0.3), img(1.2)];
         tch::no_grad(|| {
             let il = model.transform.forward(&images).unwrap();
-            let feats: Vec<Tensor> = backbone(&il.tensors)
+            let feats: Vec<Tensor> = wide_tiny_backbone(&il.tensors)
                 .unwrap()
                 .into_iter()
                 .map(|(_, t)| t)
@@ -407,7 +372,7 @@ mod tests {
                 1e-5,
                 "reg",
             );
-            let dets = model.forward(&images, backbone).unwrap();
+            let dets = model.forward(&images, wide_tiny_backbone).unwrap();
             for (i, d) in dets.iter().enumerate() {
                 let pre = format!("out.{i}");
                 assert_close(&d.boxes, get(&f, &format!("{pre}.boxes")), 1e-4, &pre);

@@ -361,6 +361,31 @@ pub struct Detections {
     pub masks: Option<Tensor>,
 }
 
+impl Detections {
+    /// The end of RetinaNet's and FCOS's `postprocess_detections`: the candidates of every
+    /// level together, `batched_nms` per class at `nms_thresh`, the best
+    /// `detections_per_img` kept (no masks).
+    pub fn after_batched_nms(
+        boxes: &[Tensor],
+        scores: &[Tensor],
+        labels: &[Tensor],
+        nms_thresh: f64,
+        detections_per_img: i64,
+    ) -> Result<Self> {
+        let boxes = Tensor::f_cat(boxes, 0)?;
+        let scores = Tensor::f_cat(scores, 0)?;
+        let labels = Tensor::f_cat(labels, 0)?.f_to_kind(Kind::Int64)?;
+        let keep = batched_nms(&boxes, &scores, &labels, nms_thresh)?;
+        let keep = keep.f_narrow(0, 0, keep.size()[0].min(detections_per_img.max(0)))?;
+        Ok(Self {
+            boxes: boxes.f_index_select(0, &keep)?,
+            scores: scores.f_index_select(0, &keep)?,
+            labels: labels.f_index_select(0, &keep)?,
+            masks: None,
+        })
+    }
+}
+
 /// torchvision's `RoIHeads` in eval mode, for boxes and (with [`MaskBranch`]) masks.
 #[derive(Debug)]
 pub struct RoIHeads {
