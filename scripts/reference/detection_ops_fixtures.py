@@ -729,6 +729,49 @@ def ms_deform_attn_group() -> dict[str, torch.Tensor]:
     return out
 
 
+def terratorch_method(relpath: str, cls: str, name: str, namespace: dict) -> object:
+    """A method of a class of the installed TerraTorch's source, compiled on its own as a
+    function (its `self` unused), as `terratorch_function` does for top-level functions."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("terratorch")
+    assert spec is not None and spec.submodule_search_locations, "TerraTorch is not installed"
+    path = Path(spec.submodule_search_locations[0], relpath)
+    tree = ast.parse(path.read_text())
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    fn = next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    ns = dict(namespace)
+    exec(compile(ast.Module([fn], []), str(path), "exec"), ns)
+    return ns[name]
+
+
+def task_nms_group() -> dict[str, torch.Tensor]:
+    """`ObjectDetectionTask.apply_nms_sample` (the task's filter after the model: scores strictly
+    above `score_threshold`, then class-agnostic NMS at `iou_threshold`), from the installed
+    TerraTorch's source: 40 boxes with tied scores, scores exactly at the threshold, identical
+    boxes of different classes, and masks that must follow their boxes; two threshold pairs and
+    one sample with no box above the threshold."""
+    apply = terratorch_method("tasks/object_detection_task.py", "ObjectDetectionTask", "apply_nms_sample",
+                              {"nms": torchvision.ops.nms})
+    g = torch.Generator().manual_seed(23)
+    boxes = rand_boxes(g, 40, 50.0, 4.0, 30.0)
+    boxes[7] = boxes[3]  # identical boxes, different classes
+    scores = (torch.rand(40, generator=g) * 16).floor() / 16  # ties on a 1/16 grid, some exactly 0.5
+    scores[3], scores[7] = 0.9, 0.9
+    labels = torch.arange(40).remainder(3) + 1
+    masks = torch.rand(40, 1, 8, 8, generator=g)
+    out = {"boxes": boxes, "scores": scores, "labels": labels, "masks": masks}
+    for i, (iou, score) in enumerate([(0.5, 0.5), (0.7, 0.3), (0.5, 0.95)]):
+        y = apply(None, {"boxes": boxes.clone(), "scores": scores.clone(), "labels": labels.clone(),
+                         "masks": masks.clone()}, iou_threshold=iou, score_threshold=score)
+        out[f"iou.{i}"], out[f"score_threshold.{i}"] = thr(iou), thr(score)
+        for k in ("boxes", "scores", "labels", "masks"):
+            out[f"out.{i}.{k}"] = y[k]
+    assert out["out.0.boxes"].shape[0] > 0 and out["out.2.boxes"].shape[0] == 0
+    return out
+
+
 GROUPS = {
     "boxes": nms_group,
     "roi_align": roi_align_group,
@@ -744,6 +787,7 @@ GROUPS = {
     "retinanet": retinanet_group,
     "fcos": fcos_group,
     "ms_deform_attn": ms_deform_attn_group,
+    "task_nms": task_nms_group,
 }
 
 

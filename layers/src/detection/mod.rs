@@ -29,7 +29,9 @@
 //! * [`fcos`]: `FCOSHead`, `BoxLinearCoder` decoding and `FCOS`'s inference
 //!   (`torchvision/models/detection/fcos.py`);
 //! * [`ms_deform_attn`]: multi-scale deformable attention's sampling (TerraTorch's
-//!   `ms_deform_attn_core_pytorch`, for Deformable DETR).
+//!   `ms_deform_attn_core_pytorch`, for Deformable DETR);
+//! * [`object_detection_task`]: `ObjectDetectionTask.apply_nms_sample`, TerraTorch's
+//!   task-level score threshold and class-agnostic NMS after the framework.
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -41,6 +43,7 @@ pub mod fcos;
 pub mod image_list;
 pub mod ms_deform_attn;
 pub mod nms;
+pub mod object_detection_task;
 pub mod poolers;
 pub mod retinanet;
 pub mod roi_align;
