@@ -49,6 +49,7 @@ REPO = HERE.parent.parent
 DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terratorch"]
 RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "ort": "ort", "openvino": "openvino",
               "openvino-bf16": "openvino-bf16"}
+PLUGIN_CRATES = ["terrahost-terratorch", "terrahost-timm", "terrahost-smp", "terrahost-mmseg"]
 LABEL = {
     "torch215": "PyTorch 2.15 eager fp32",
     "torch215-bf16": "PyTorch 2.15 autocast bf16",
@@ -67,7 +68,10 @@ def venv_python(name: str) -> str:
 
 @functools.cache
 def server_binary() -> str:
-    """The forward_server bench executable cargo built (the newest); asked of cargo once."""
+    """The forward_server bench executable cargo built (the newest); asked of cargo once. The four
+    plugin libraries it loads are built first (the bench profile's output directory is release's)."""
+    subprocess.run(["cargo", "build", "-q", "--release"] + [a for p in PLUGIN_CRATES for a in ("-p", p)],
+                   cwd=REPO, check=True)
     out = subprocess.run(
         ["cargo", "bench", "-q", "-p", "terrahost-integration-tests", "--bench", "forward_server", "--no-run",
          "--message-format", "json"], cwd=REPO, check=True, capture_output=True, text=True).stdout
@@ -202,6 +206,8 @@ def markdown(result: dict) -> str:
         err = f"{acc['max_abs_err']:.2e}" if "max_abs_err" in acc else "—"
         arg = f"{100 * acc['argmax_differs']:.3f} %" if "argmax_differs" in acc else "—"
         label = LABEL.get(w["worker"], w["worker"])
+        if w["rounds"] != result["rounds"]:
+            label += f" ({w['rounds']} rounds)"
         ran = w["info"].get("precision")
         if w["worker"].startswith("openvino-bf16") and ran and ran != "bf16":
             label += f" (ran as {ran}: the CPU has no bf16)"
@@ -216,6 +222,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", action="append", help="repeatable; default: " + " ".join(DEFAULT_WORKERS))
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds-of", action="append", default=[], metavar="WORKER=N",
+                    help="a slow worker takes part in the first N rounds only (its ratios are still taken "
+                         "against the reference's time in the same rounds)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="of the shared weights and input")
@@ -231,6 +240,12 @@ def main() -> None:
     ap.add_argument("--markdown", help="also write the Markdown table here")
     a = ap.parse_args()
     specs = a.worker or DEFAULT_WORKERS
+    limit = {}
+    for item in a.rounds_of:
+        name, _, n = item.rpartition("=")
+        if name not in specs or not n.isdigit() or name == specs[0]:
+            sys.exit(f"forward_pairs: --rounds-of wants WORKER=N for a worker other than the reference, got `{item}`")
+        limit[name] = int(n)
 
     fixture = None
     if not a.no_fixture:
@@ -255,7 +270,7 @@ def main() -> None:
         if r % 2:
             order.reverse()
         for i in order:
-            if not alive[i]:
+            if not alive[i] or r >= limit.get(workers[i].name, a.rounds):
                 continue
             t = workers[i].forward()
             if t is None:
@@ -279,7 +294,7 @@ def main() -> None:
         w, ts = workers[i], times[i]
         ratios = [t / t0 for t, t0 in zip(ts, base)]
         q1, q3 = quartiles(ratios)
-        entry = {"worker": w.name, "info": w.info, "median_s": statistics.median(ts), "times_s": ts,
+        entry = {"worker": w.name, "info": w.info, "rounds": len(ts), "median_s": statistics.median(ts), "times_s": ts,
                  "median_ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
                  "ratio_q1": q1, "ratio_q3": q3, "ratios": ratios}
         if fixture is not None and w.output is not None:
