@@ -49,7 +49,7 @@ REPO = HERE.parent.parent
 DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terratorch"]
 RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "ort": "ort", "openvino": "openvino",
               "openvino-bf16": "openvino-bf16"}
-PLUGIN_CRATES = ["terrahost-terratorch", "terrahost-timm", "terrahost-smp", "terrahost-mmseg"]
+PLUGIN_CRATES = ["terrahost-plugin-terratorch", "terrahost-plugin-timm", "terrahost-plugin-smp", "terrahost-plugin-mmseg"]
 LABEL = {
     "torch215": "PyTorch 2.15 eager fp32",
     "torch215-bf16": "PyTorch 2.15 autocast bf16",
@@ -69,8 +69,11 @@ def venv_python(name: str) -> str:
 @functools.cache
 def server_binary() -> str:
     """The forward_server bench executable cargo built (the newest); asked of cargo once. The four
-    plugin libraries it loads are built first (the bench profile's output directory is release's)."""
+    plugin libraries it loads and the engine that scans them (`terrahost-engine`) are built first
+    (the bench profile's output directory is release's)."""
     subprocess.run(["cargo", "build", "-q", "--release"] + [a for p in PLUGIN_CRATES for a in ("-p", p)],
+                   cwd=REPO, check=True)
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "terrahost", "--bin", "terrahost-engine"],
                    cwd=REPO, check=True)
     out = subprocess.run(
         ["cargo", "bench", "-q", "-p", "terrahost-integration-tests", "--bench", "forward_server", "--no-run",

@@ -34,6 +34,9 @@ fn main() {
     tch::set_num_threads(threads);
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
+    for r in host.rejected() {
+        eprintln!("forward_server: plugin {} refused: {}", r.path.display(), r.reason);
+    }
     let cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
     let model = host
         .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
