@@ -17,7 +17,8 @@ A worker may be followed by `:VAR=VALUE,...` environment settings
 (`terrahost:TERRAHOST_PACKED_LINEAR=0`). Every worker builds once, loads the same weights and
 input, runs a warm-up forward (whose output is kept for the accuracy columns) and waits; then
 each round runs one forward on every worker, in an order that alternates (A B C, C B A, ...),
-and each worker's time is divided by the reference's time of the same round. Printed: the
+and each worker's time is divided by the reference's time of the same round (a --pause before
+each forward lets the previous worker's spinning threads sleep). Printed: the
 median time of each worker, the median ratio with its range and interquartile range, the
 largest absolute difference from the float64 output and the fraction of pixels whose argmax
 over the classes differs from the float64 output's; then the same as a Markdown table.
@@ -42,6 +43,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -228,6 +230,9 @@ def main() -> None:
     ap.add_argument("--rounds-of", action="append", default=[], metavar="WORKER=N",
                     help="a slow worker takes part in the first N rounds only (its ratios are still taken "
                          "against the reference's time in the same rounds)")
+    ap.add_argument("--pause", type=float, default=0.2,
+                    help="seconds of quiet before each forward, so that the previous worker's spinning "
+                         "threads (OpenMP, ONNX Runtime, TBB) have gone to sleep")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="of the shared weights and input")
@@ -275,6 +280,7 @@ def main() -> None:
         for i in order:
             if not alive[i] or r >= limit.get(workers[i].name, a.rounds):
                 continue
+            time.sleep(a.pause)
             t = workers[i].forward()
             if t is None:
                 alive[i] = False
@@ -287,7 +293,7 @@ def main() -> None:
         if ok:
             w.close()
 
-    result = {"batch": a.batch, "threads": a.threads, "rounds": a.rounds, "seed": a.seed,
+    result = {"batch": a.batch, "threads": a.threads, "rounds": a.rounds, "seed": a.seed, "pause_s": a.pause,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
               "workers": [], "unavailable": unavailable}
