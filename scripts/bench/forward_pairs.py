@@ -209,7 +209,8 @@ def markdown(result: dict) -> str:
     for w in result["workers"]:
         acc = w.get("accuracy") or {}
         err = f"{acc['max_abs_err']:.2e}" if "max_abs_err" in acc else "—"
-        arg = f"{100 * acc['argmax_differs']:.3f} %" if "argmax_differs" in acc else "—"
+        arg = (f"{100 * acc['argmax_differs']:.3f} % ({round(acc['argmax_differs'] * acc['pixels'])} px)"
+               if "argmax_differs" in acc else "—")
         label = LABEL.get(w["worker"], w["worker"])
         if w["rounds"] != result["rounds"]:
             label += f" ({w['rounds']} rounds)"
