@@ -35,7 +35,11 @@ fn main() {
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
     for r in host.rejected() {
-        eprintln!("forward_server: plugin {} refused: {}", r.path.display(), r.reason);
+        eprintln!(
+            "forward_server: plugin {} refused: {}",
+            r.path.display(),
+            r.reason
+        );
     }
     let cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
     let model = host
