@@ -6,6 +6,8 @@
     .venv-ref/bin/python scripts/bench/terratorch_reference.py --runs 7 --threads 2 --mode inference_mode
     .venv-ref/bin/python scripts/bench/terratorch_reference.py --once   # one build + one forward (for peak RSS)
     .venv-ref/bin/python scripts/bench/terratorch_reference.py --serve --batch 8   # a worker for forward_pairs.py
+    ... --serve --weights W.safetensors --input X.safetensors --output Y.safetensors
+        # those weights (strictly) and that input (`x`); the warm-up output is written as `y`
 
 Prints one JSON object: medians in seconds, the thread count and the versions.
 """
@@ -38,6 +40,9 @@ def main() -> None:
     p.add_argument("--mode", choices=["no_grad", "inference_mode"], default="inference_mode")
     p.add_argument("--serve", action="store_true",
                    help="build once, warm up, print {\"ready\": true}, then one forward per stdin line")
+    p.add_argument("--weights", help="a .safetensors state_dict to load (strictly) instead of the initialisation")
+    p.add_argument("--input", help="a .safetensors file whose tensor `x` is the input (its batch wins)")
+    p.add_argument("--output", help="with --serve: write the warm-up forward's output here (`y`)")
     a = p.parse_args()
 
     t_import = time.perf_counter()
@@ -52,10 +57,19 @@ def main() -> None:
 
     def build():
         m = factory.build_model(**json.loads(json.dumps(cfg["model_args"])))
+        if a.weights:
+            from safetensors.torch import load_file
+
+            m.load_state_dict(load_file(a.weights), strict=True)
         return m.eval()
 
     torch.manual_seed(0)
     x = torch.randn(a.batch, 6, 224, 224)
+    if a.input:
+        from safetensors.torch import load_file
+
+        x = load_file(a.input)["x"].float().contiguous()
+        a.batch = x.shape[0]
     if a.serve:
         serve(build(), x, a)
         return
@@ -95,8 +109,14 @@ def serve(model, x, a) -> None:
     import torch
 
     with torch.no_grad() if a.mode == "no_grad" else torch.inference_mode():
-        model(x)  # warm-up
-        print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "batch": a.batch}), flush=True)
+        y = model(x).output  # warm-up
+        if a.output:
+            from safetensors.torch import save_file
+
+            save_file({"y": y.float().contiguous()}, a.output)
+        del y
+        print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "batch": a.batch,
+                          "torch": torch.__version__}), flush=True)
         for _ in sys.stdin:
             t = time.perf_counter()
             model(x)

@@ -6,7 +6,12 @@
 //! `{"forward_s": ...}` after each. Settings come from the environment, so that two
 //! workers can differ only there (`TERRAHOST_PACKED_LINEAR=0`, for example):
 //! `TERRAHOST_BENCH_CONFIG`, `TERRAHOST_BENCH_BATCH` (default 8),
-//! `TERRAHOST_BENCH_THREADS` (default 2).
+//! `TERRAHOST_BENCH_THREADS` (default 2). `TERRAHOST_BENCH_WEIGHTS` (a `.safetensors` or
+//! `.pt` state_dict) loads those weights, strictly, instead of the initialisation;
+//! `TERRAHOST_BENCH_INPUT` (a `.safetensors` file with one tensor `x`) replaces the seeded
+//! random input (the batch is then the file's); `TERRAHOST_BENCH_OUTPUT` writes the
+//! warm-up forward's first output there (`.safetensors`, tensor `y`), so that the same
+//! weights and input can be compared across runtimes (`forward_pairs.py --accuracy`).
 use serde_json::json;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -29,14 +34,44 @@ fn main() {
     tch::set_num_threads(threads);
     let dir = real_plugins(&PLUGINS);
     let host = Host::load(&[dir.path().to_path_buf()]);
+    for r in host.rejected() {
+        eprintln!(
+            "forward_server: plugin {} refused: {}",
+            r.path.display(),
+            r.reason
+        );
+    }
     let cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
     let model = host
         .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
         .expect("the model builds");
-    tch::manual_seed(0);
-    let x = tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
+    if let Ok(w) = std::env::var("TERRAHOST_BENCH_WEIGHTS") {
+        let state = terrahost::weights::read_state_dict(std::path::Path::new(&w))
+            .expect("TERRAHOST_BENCH_WEIGHTS reads");
+        terrahost::weights::load_state_dict(&model, state).expect("the weights fit the model");
+    }
+    let x = match std::env::var("TERRAHOST_BENCH_INPUT") {
+        Ok(p) => tch::Tensor::read_safetensors(&p)
+            .expect("TERRAHOST_BENCH_INPUT reads")
+            .into_iter()
+            .find(|(k, _)| k == "x")
+            .expect("TERRAHOST_BENCH_INPUT holds a tensor `x`")
+            .1
+            .to_kind(tch::Kind::Float)
+            .contiguous(),
+        Err(_) => {
+            tch::manual_seed(0);
+            tch::Tensor::randn([batch, 6, 224, 224], (tch::Kind::Float, tch::Device::Cpu))
+        }
+    };
+    let batch = x.size()[0];
     terrahost_layers::inference::inference_mode(|| {
-        model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
+        let y = model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
+        if let Ok(p) = std::env::var("TERRAHOST_BENCH_OUTPUT") {
+            terrahost::weights::write_tensors(std::path::Path::new(&p), &[("y", &y[0])])
+                .expect("TERRAHOST_BENCH_OUTPUT writes");
+        }
+        drop(y);
         println!(
             "{}",
             json!({"ready": true, "threads": threads, "batch": batch})
