@@ -27,8 +27,9 @@
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
 //! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
-//!   box coding, anchors, the detection models' image transform and the region proposal
-//!   network.
+//!   box coding, anchors, the detection models' image transform, the region proposal
+//!   network, the R-CNN box and mask heads and their composition (Faster and Mask R-CNN
+//!   inference over a caller's backbone).
 pub mod checkpoint;
 pub mod clay;
 pub mod conv;

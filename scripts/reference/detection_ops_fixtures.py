@@ -1,6 +1,7 @@
 """Reference fixtures for the detection ops of `terrahost-layers` (`layers/src/detection/`):
 torchvision's NMS and box utilities, RoIAlign, MultiScaleRoIAlign, BoxCoder, AnchorGenerator,
-GeneralizedRCNNTransform and the RPN's proposal selection, run on small deterministic inputs
+GeneralizedRCNNTransform, the RPN's proposal selection, the R-CNN box and mask heads with their
+postprocessing (RoIHeads, paste_masks_in_image) and whole Faster and Mask R-CNNs on a tiny backbone, run on small deterministic inputs
 with the edge cases that decide parity (empty inputs, exact score ties, identical and zero-area
 boxes, boxes outside the image or the feature map, odd image sizes).
 
@@ -27,6 +28,9 @@ from safetensors.torch import load_file, save_file
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
@@ -337,6 +341,233 @@ def rpn_group() -> dict[str, torch.Tensor]:
     return out
 
 
+# RoIHeads: weights drawn from a seeded generator (scaled per layer so the class scores spread
+# over the three foreground classes), stored; the cls_score bias is set by hand.
+HEAD_SCALE = {"fc6": 2.0, "fc7": 1.5, "cls_score": 2.0, "bbox_pred": 0.5}
+CLS_BIAS = [0.0, 1.5, -0.3, 4.5]
+
+
+def seeded_weights(
+    module: torch.nn.Module, seed: int, out: dict[str, torch.Tensor], prefix: str, cls_bias: list[float] = CLS_BIAS
+) -> None:
+    """Every parameter ~ N(0, 1) * scale / sqrt(fan-in), from one generator in state_dict order;
+    stored under `prefix + key`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            if k.endswith("num_batches_tracked"):
+                continue
+            parts = k.split(".")
+            scale = next((HEAD_SCALE[p] for p in parts if p in HEAD_SCALE), 1.0)
+            fan_in = v[0].numel() if v.dim() > 1 else 4
+            v.copy_(torch.randn(v.shape, generator=g).mul(scale / math.sqrt(fan_in)))
+            if k.endswith("cls_score.bias"):
+                v.copy_(torch.tensor(cls_bias))
+            if k.endswith("running_var"):
+                v.abs_().add_(0.5)
+            out[prefix + k] = v.clone()
+
+
+def roi_heads_module(score_thresh: float, detections: int) -> RoIHeads:
+    """4 channels, two levels, 4 classes; TwoMLPHead(196, 16); a 2-layer mask head on 7 x 7."""
+    return RoIHeads(
+        MultiScaleRoIAlign(["0", "1"], 7, 2), TwoMLPHead(4 * 49, 16), FastRCNNPredictor(16, 4),
+        0.5, 0.5, 512, 0.25, None, score_thresh, 0.5, detections,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2),
+        mask_head=MaskRCNNHeads(4, [8, 8], 1),
+        mask_predictor=MaskRCNNPredictor(8, 6, 4),
+    ).eval()
+
+
+def many_proposals() -> torch.Tensor:
+    """400 proposals from the formula (1200 class boxes: batched_nms's one-class-at-a-time path)."""
+    xy = formula([400, 2], 0.3).add(1.0).mul(30.0)
+    wh = formula([400, 2], 1.1).add(1.0).mul(12.0).add(2.0)
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def roi_heads_group() -> dict[str, torch.Tensor]:
+    """RoIHeads inference (boxes and masks) on a two-level pyramid: pooled box features, the
+    head's output, class logits, deltas, decoded boxes, the detections and their mask
+    probabilities; plus no proposals, every score under the threshold, and 1200 candidates."""
+    out: dict[str, torch.Tensor] = {}
+    heads = roi_heads_module(0.2, 10)
+    seeded_weights(heads, 5, out, "w.")
+    # The features are not stored: formula([2, 4, 16, 24], 0.2) and formula([2, 4, 8, 12], 0.9).
+    feats = OrderedDict([("0", formula([2, 4, 16, 24], 0.2)), ("1", formula([2, 4, 8, 12], 0.9))])
+    g = torch.Generator().manual_seed(11)
+    shapes = [(64, 90), (58, 96)]
+    props = [rand_boxes(g, 12, 70.0, 3.0, 40.0).clamp(0, 90), rand_boxes(g, 9, 70.0, 3.0, 40.0).clamp(0, 90)]
+    # At the borders: the decoded boxes are clipped there.
+    props[0] = torch.cat([props[0], torch.tensor([[0.0, 0.0, 20.0, 15.0], [70.0, 50.0, 90.0, 64.0]])])
+    for i, p in enumerate(props):
+        out[f"proposals.{i}"] = p
+    out["image_shapes"] = torch.tensor(shapes, dtype=torch.int64)
+    with torch.no_grad():
+        pooled = heads.box_roi_pool(feats, props, shapes)
+        head = heads.box_head(pooled)
+        logits, deltas = heads.box_predictor(head)
+        res, _ = heads(feats, props, shapes)
+        mask_feats = heads.mask_head(heads.mask_roi_pool(feats, [r["boxes"] for r in res], shapes))
+    out["box_features"] = pooled
+    out["box_head"] = head
+    out["class_logits"] = logits
+    out["box_regression"] = deltas
+    out["decoded"] = heads.box_coder.decode(deltas, props)
+    out["mask_head"] = mask_feats[:8]  # the first 8 of 20 rows keep the file small
+    for i, r in enumerate(res):
+        assert r["boxes"].shape[0] > 0
+        for k in ("boxes", "scores", "labels", "masks"):
+            out[f"out.{i}.{k}"] = r[k]
+    # No proposals for the first image.
+    with torch.no_grad():
+        res, _ = heads(feats, [torch.zeros(0, 4), props[1]], shapes)
+    for i, r in enumerate(res):
+        for k in ("boxes", "scores", "labels", "masks"):
+            out[f"none.{i}.{k}"] = r[k]
+    # Every score under the threshold.
+    high = roi_heads_module(0.99, 10)
+    high.load_state_dict(heads.state_dict())
+    with torch.no_grad():
+        res, _ = high(feats, props, shapes)
+    assert all(r["boxes"].shape[0] == 0 for r in res)
+    for i, r in enumerate(res):
+        out[f"high.{i}.masks"] = r["masks"]
+    # 1200 class boxes (> 1000): batched_nms runs class by class; 100 detections kept.
+    many = roi_heads_module(0.0, 100)
+    many.load_state_dict(heads.state_dict())
+    with torch.no_grad():
+        res, _ = many(OrderedDict((k, v[:1]) for k, v in feats.items()), [many_proposals()], shapes[:1])
+    assert res[0]["boxes"].shape[0] == 100
+    for k in ("boxes", "scores", "labels"):
+        out[f"many.{k}"] = res[0][k]
+    return out
+
+
+def paste_group() -> dict[str, torch.Tensor]:
+    """paste_masks_in_image: 14 x 14 masks into a 30 x 41 image, boxes inside, partly outside on
+    every side, at the borders, thinner than a pixel, larger than the image."""
+    out: dict[str, torch.Tensor] = {}
+    boxes = torch.tensor(
+        [
+            [3.0, 4.0, 20.0, 18.0],  # inside
+            [10.3, 2.7, 33.9, 25.2],  # inside, fractional
+            [-6.0, -4.5, 12.0, 9.0],  # partly outside (top left)
+            [30.0, 20.0, 47.5, 36.0],  # partly outside (bottom right)
+            [0.0, 0.0, 41.0, 30.0],  # the whole image
+            [-5.0, -5.0, 45.0, 35.0],  # larger than the image
+            [3.2, 3.7, 3.5, 3.9],  # thinner than a pixel
+            [38.0, 0.0, 41.0, 30.0],  # at the right border
+        ]
+    )
+    # The masks are not stored: formula([8, 1, 14, 14], 0.5).sigmoid().
+    masks = formula([8, 1, 14, 14], 0.5).sigmoid()
+    out["boxes"] = boxes
+    out["out"] = paste_masks_in_image(masks, boxes, (30, 41))
+    out["out.padding2"] = paste_masks_in_image(masks[:3], boxes[:3], (30, 41), padding=2)
+    out["empty"] = paste_masks_in_image(torch.zeros(0, 1, 14, 14), torch.zeros(0, 4), (30, 41))
+    return out
+
+
+class TinyBackbone(torch.nn.Module):
+    """Two levels, 4 channels: a stride-4 3x3 convolution and ReLU, then a stride-2 one."""
+
+    out_channels = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.c2 = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        a = torch.relu(self.c1(x))
+        return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
+
+
+def rcnn_images() -> list[torch.Tensor]:
+    # Not stored: both sides rebuild them.
+    return [formula([3, 30, 40], 0.3).add(1).div(2), formula([3, 36, 28], 1.2).add(1).div(2)]
+
+
+RCNN_CLS_BIAS = [0.0, 0.5, 1.5, 2.0]
+
+
+def rcnn_group() -> dict[str, torch.Tensor]:
+    """Whole Faster R-CNN and Mask R-CNN (torchvision's classes) on a tiny backbone: two images
+    resized to 64..96, RPN with anchors 16 and 32, the RoIHeads of `roi_heads_module`."""
+    out: dict[str, torch.Tensor] = {}
+    common = dict(
+        min_size=64, max_size=96, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        rpn_anchor_generator=AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2),
+        rpn_pre_nms_top_n_test=60, rpn_post_nms_top_n_test=25,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2),
+        box_head=TwoMLPHead(4 * 49, 16), box_predictor=FastRCNNPredictor(16, 4),
+        box_score_thresh=0.2, box_detections_per_img=6,
+    )
+    mask = MaskRCNN(
+        TinyBackbone(), None,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1"], 7, 2),
+        mask_head=MaskRCNNHeads(4, [8, 8], 1), mask_predictor=MaskRCNNPredictor(8, 6, 4), **common,
+    ).eval()
+    seeded_weights(mask, 9, out, "w.", RCNN_CLS_BIAS)
+    faster = FasterRCNN(TinyBackbone(), None, **common).eval()
+    faster.load_state_dict({k: v for k, v in mask.state_dict().items() if ".mask_" not in k})
+    images = rcnn_images()
+    with torch.no_grad():
+        il, _ = mask.transform(images)
+        proposals, _ = mask.rpn(il, mask.backbone(il.tensors))
+        dets = mask(images)
+        fdets = faster(images)
+    for i, p in enumerate(proposals):
+        out[f"proposals.{i}"] = p
+    for i, (d, fd) in enumerate(zip(dets, fdets)):
+        assert d["boxes"].shape[0] > 0, "no detections"
+        for k in ("boxes", "scores", "labels", "masks"):
+            out[f"mask.{i}.{k}"] = d[k]
+        for k in ("boxes", "scores", "labels"):
+            out[f"faster.{i}.{k}"] = fd[k]
+    return out
+
+
+BN_CLS_BIAS = [0.0, 0.5, 1.5, 2.0]
+
+
+def rcnn_bn_group() -> dict[str, torch.Tensor]:
+    """Mask R-CNN with the heads TerraTorch's factory gives it: RPNHead with two convolutions,
+    FastRCNNConvFCHead and MaskRCNNHeads with BatchNorm2d, one 7 x 7 pooler shared by boxes and
+    masks; the tiny backbone and images of `rcnn_group`."""
+    out: dict[str, torch.Tensor] = {}
+    pool = MultiScaleRoIAlign(["0", "1"], 7, 2)
+    model = MaskRCNN(
+        TinyBackbone(), None,
+        min_size=64, max_size=96, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        rpn_anchor_generator=AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2),
+        rpn_head=RPNHead(4, 3, conv_depth=2),
+        rpn_pre_nms_top_n_test=60, rpn_post_nms_top_n_test=25,
+        box_roi_pool=pool,
+        box_head=FastRCNNConvFCHead((4, 7, 7), [4, 4], [16], norm_layer=torch.nn.BatchNorm2d),
+        box_predictor=FastRCNNPredictor(16, 4),
+        box_score_thresh=0.2, box_detections_per_img=4,
+        mask_roi_pool=pool,
+        mask_head=MaskRCNNHeads(4, [8, 8], 1, norm_layer=torch.nn.BatchNorm2d),
+        mask_predictor=MaskRCNNPredictor(8, 6, 4),
+    ).eval()
+    seeded_weights(model, 13, out, "w.", BN_CLS_BIAS)
+    images = rcnn_images()
+    with torch.no_grad():
+        il, _ = model.transform(images)
+        feats = model.backbone(il.tensors)
+        proposals, _ = model.rpn(il, feats)
+        box_head = model.roi_heads.box_head(pool(feats, proposals, il.image_sizes))
+        dets = model(images)
+    out["box_head"] = box_head
+    for i, d in enumerate(dets):
+        assert d["boxes"].shape[0] > 0, "no detections"
+        for k in ("boxes", "scores", "labels", "masks"):
+            out[f"bn.{i}.{k}"] = d[k]
+    return out
+
+
 GROUPS = {
     "boxes": nms_group,
     "roi_align": roi_align_group,
@@ -345,6 +576,10 @@ GROUPS = {
     "anchors": anchors_group,
     "transform": transform_group,
     "rpn": rpn_group,
+    "roi_heads": roi_heads_group,
+    "paste_masks": paste_group,
+    "rcnn": rcnn_group,
+    "rcnn_bn": rcnn_bn_group,
 }
 
 

@@ -16,17 +16,26 @@
 //! * [`transform`]: `GeneralizedRCNNTransform`'s inference path
 //!   (`torchvision/models/detection/transform.py`);
 //! * [`rpn`]: `RPNHead` and `RegionProposalNetwork`'s inference path
-//!   (`torchvision/models/detection/rpn.py`).
+//!   (`torchvision/models/detection/rpn.py`);
+//! * [`roi_heads`]: `TwoMLPHead`, `FastRCNNPredictor`, `RoIHeads`' inference path (boxes
+//!   and masks), `MaskRCNNHeads`, `MaskRCNNPredictor`, `maskrcnn_inference` and
+//!   `paste_masks_in_image` (`torchvision/models/detection/roi_heads.py`,
+//!   `faster_rcnn.py`, `mask_rcnn.py`);
+//! * [`faster_rcnn`]: `GeneralizedRCNN`'s inference, composed as `FasterRCNN` and
+//!   `MaskRCNN` compose it, over a caller's backbone
+//!   (`torchvision/models/detection/generalized_rcnn.py`).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
 pub mod anchors;
 pub mod box_coder;
 pub mod boxes;
+pub mod faster_rcnn;
 pub mod image_list;
 pub mod nms;
 pub mod poolers;
 pub mod roi_align;
+pub mod roi_heads;
 pub mod rpn;
 pub mod transform;
 
