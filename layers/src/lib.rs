@@ -29,7 +29,8 @@
 //! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
 //!   box coding, anchors, the detection models' image transform, the region proposal
 //!   network, the R-CNN box and mask heads and their composition (Faster and Mask R-CNN
-//!   inference over a caller's backbone).
+//!   inference over a caller's backbone), RetinaNet's and FCOS's inference, and
+//!   multi-scale deformable attention's sampling.
 pub mod checkpoint;
 pub mod clay;
 pub mod conv;

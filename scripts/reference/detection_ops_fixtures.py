@@ -1,9 +1,10 @@
 """Reference fixtures for the detection ops of `terrahost-layers` (`layers/src/detection/`):
 torchvision's NMS and box utilities, RoIAlign, MultiScaleRoIAlign, BoxCoder, AnchorGenerator,
 GeneralizedRCNNTransform, the RPN's proposal selection, the R-CNN box and mask heads with their
-postprocessing (RoIHeads, paste_masks_in_image) and whole Faster and Mask R-CNNs on a tiny backbone, run on small deterministic inputs
-with the edge cases that decide parity (empty inputs, exact score ties, identical and zero-area
-boxes, boxes outside the image or the feature map, odd image sizes).
+postprocessing (RoIHeads, paste_masks_in_image) and whole Faster and Mask R-CNNs on a tiny
+backbone (also with TerraTorch's transform, read from the installed TerraTorch's source), run on
+small deterministic inputs with the edge cases that decide parity (empty inputs, exact score ties,
+identical and zero-area boxes, boxes outside the image or the feature map, odd image sizes).
 
 Writes tests/fixtures/detection_ops/<group>.safetensors (inputs and torchvision's outputs) and
 meta.json (the versions that made them). Large inputs are not stored: both sides rebuild them
@@ -20,6 +21,7 @@ import json
 import math
 import sys
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +32,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.fcos import FCOS, FCOSHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -464,7 +468,7 @@ def paste_group() -> dict[str, torch.Tensor]:
     masks = formula([8, 1, 14, 14], 0.5).sigmoid()
     out["boxes"] = boxes
     out["out"] = paste_masks_in_image(masks, boxes, (30, 41))
-    out["out.padding2"] = paste_masks_in_image(masks[:3], boxes[:3], (30, 41), padding=2)
+    out["out.padding2"] = paste_masks_in_image(masks[1:3], boxes[1:3], (30, 41), padding=2)
     out["empty"] = paste_masks_in_image(torch.zeros(0, 1, 14, 14), torch.zeros(0, 4), (30, 41))
     return out
 
@@ -482,6 +486,24 @@ class TinyBackbone(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         a = torch.relu(self.c1(x))
         return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
+
+
+def terratorch_transform_class() -> type:
+    """TerraTorch's `TerratorchGeneralizedRCNNTransform` (`terratorch/models/utils.py`, 1.2.x),
+    taken from the installed package's source: importing terratorch itself needs mmcv's compiled
+    extension, which the reference environment lacks; the class needs only torch, torchvision's
+    GeneralizedRCNNTransform and ImageList."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("terratorch")
+    assert spec is not None and spec.submodule_search_locations, "TerraTorch is not installed"
+    path = Path(spec.submodule_search_locations[0], "models", "utils.py")
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TerratorchGeneralizedRCNNTransform")
+    ns = {"torch": torch, "GeneralizedRCNNTransform": GeneralizedRCNNTransform, "ImageList": ImageList}
+    exec(compile(ast.Module([cls], []), str(path), "exec"), ns)
+    return ns["TerratorchGeneralizedRCNNTransform"]
 
 
 def rcnn_images() -> list[torch.Tensor]:
@@ -526,6 +548,18 @@ def rcnn_group() -> dict[str, torch.Tensor]:
             out[f"mask.{i}.{k}"] = d[k]
         for k in ("boxes", "scores", "labels"):
             out[f"faster.{i}.{k}"] = fd[k]
+    # TerraTorch's factory swaps in its own transform, which only stacks the images (no
+    # normalisation, no resizing, no padding): two 30 x 31 images through the same Mask R-CNN.
+    tt = terratorch_transform_class()
+    t = mask.transform
+    mask.transform = tt(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size, _skip_resize=True).eval()
+    with torch.no_grad():
+        tdets = mask([formula([3, 30, 31], 0.3).add(1).div(2), formula([3, 30, 31], 1.2).add(1).div(2)])
+    for i, d in enumerate(tdets):
+        assert d["boxes"].shape[0] > 0, "no detections"
+        for k in ("boxes", "scores", "labels"):
+            out[f"tt.{i}.{k}"] = d[k]
+    out["tt.0.masks"] = tdets[0]["masks"][:2]  # 2 of 6: the file stays small
     return out
 
 
@@ -568,6 +602,133 @@ def rcnn_bn_group() -> dict[str, torch.Tensor]:
     return out
 
 
+class WideTinyBackbone(torch.nn.Module):
+    """`TinyBackbone` with 32 channels (GroupNorm(32) needs them)."""
+
+    out_channels = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 32, 3, stride=4, padding=1)
+        self.c2 = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        a = torch.relu(self.c1(x))
+        return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
+
+
+def formula_weights(module: torch.nn.Module) -> None:
+    """Every parameter and buffer: formula(shape, 0.05 * len(key)) * scale, scale 1 / sqrt(fan-in)
+    for weights of two or more dimensions, 0.5 otherwise (not stored: both sides rebuild them)."""
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            if not v.is_floating_point():
+                continue
+            scale = 1.0 / math.sqrt(v[0].numel()) if v.dim() > 1 else 0.5
+            v.copy_(formula(list(v.shape), 0.05 * len(k)).mul(scale))
+
+
+def retinanet_group() -> dict[str, torch.Tensor]:
+    """RetinaNet as TerraTorch's factory builds it (anchors (16, 20, 25) and (32, 40, 50) with
+    ratios (0.5, 1, 2), GroupNorm(32) heads, TerraTorch's stack-only transform), 32 channels, two
+    levels, 3 classes, formula weights; 20 detections per image kept. Level 0 has 1728 candidates
+    (top 1000 kept), and the 1432 boxes of an image go through batched_nms class by class."""
+    out: dict[str, torch.Tensor] = {}
+    ag = AnchorGenerator(((16, 20, 25), (32, 40, 50)), ((0.5, 1.0, 2.0),) * 2)
+    head = RetinaNetHead(32, 9, 3, norm_layer=partial(torch.nn.GroupNorm, 32))
+    model = RetinaNet(
+        WideTinyBackbone(), 3, anchor_generator=ag, head=head, _skip_resize=True,
+        image_mean=[0.0] * 3, image_std=[1.0] * 3, detections_per_img=20,
+    ).eval()
+    formula_weights(model)
+    t = model.transform
+    model.transform = terratorch_transform_class()(
+        t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size, _skip_resize=True
+    ).eval()
+    images = [formula([3, 30, 31], 0.3).add(1).div(2), formula([3, 30, 31], 1.2).add(1).div(2)]
+    with torch.no_grad():
+        il, _ = model.transform(images)
+        feats = list(model.backbone(il.tensors).values())
+        head_out = model.head(feats)
+        dets = model(images)
+    # The first 32 anchors of each image keep the file small.
+    out["cls_logits"] = head_out["cls_logits"][:, :32]
+    out["bbox_regression"] = head_out["bbox_regression"][:, :32]
+    for i, d in enumerate(dets):
+        assert d["boxes"].shape[0] == 20
+        for k in ("boxes", "scores", "labels"):
+            out[f"out.{i}.{k}"] = d[k]
+    return out
+
+
+def fcos_group() -> dict[str, torch.Tensor]:
+    """FCOS as TerraTorch's factory builds it (one anchor per location, sizes 8 and 16, its
+    default GroupNorm(32) head, TerraTorch's stack-only transform), the backbone and images of
+    `retinanet_group`, formula weights; 20 detections per image kept."""
+    out: dict[str, torch.Tensor] = {}
+    ag = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))
+    model = FCOS(
+        WideTinyBackbone(), 3, anchor_generator=ag, head=FCOSHead(32, 1, 3), _skip_resize=True,
+        image_mean=[0.0] * 3, image_std=[1.0] * 3, detections_per_img=20,
+    ).eval()
+    formula_weights(model)
+    t = model.transform
+    model.transform = terratorch_transform_class()(
+        t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size, _skip_resize=True
+    ).eval()
+    images = [formula([3, 30, 31], 0.3).add(1).div(2), formula([3, 30, 31], 1.2).add(1).div(2)]
+    with torch.no_grad():
+        il, _ = model.transform(images)
+        head_out = model.head(list(model.backbone(il.tensors).values()))
+        dets = model(images)
+    for k in ("cls_logits", "bbox_regression", "bbox_ctrness"):
+        out[k] = head_out[k][:, :32]  # the first 32 locations keep the file small
+    for i, d in enumerate(dets):
+        assert d["boxes"].shape[0] == 20
+        for k in ("boxes", "scores", "labels"):
+            out[f"out.{i}.{k}"] = d[k]
+    return out
+
+
+def terratorch_function(relpath: str, name: str, namespace: dict) -> object:
+    """A top-level function of the installed TerraTorch's source, compiled on its own (see
+    `terratorch_transform_class`)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("terratorch")
+    assert spec is not None and spec.submodule_search_locations, "TerraTorch is not installed"
+    path = Path(spec.submodule_search_locations[0], relpath)
+    tree = ast.parse(path.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    ns = dict(namespace)
+    exec(compile(ast.Module([fn], []), str(path), "exec"), ns)
+    return ns[name]
+
+
+def ms_deform_attn_group() -> dict[str, torch.Tensor]:
+    """TerraTorch's `ms_deform_attn_core_pytorch` (multi-scale deformable attention's sampling,
+    the PyTorch path of its CUDA-only op): two levels (6 x 7 and 3 x 4), 2 heads of 4 channels,
+    5 queries, 3 points; sampling locations inside, outside and exactly on the borders."""
+    import torch.nn.functional as F  # noqa: N812
+
+    core = terratorch_function(
+        "models/backbones/detr_ops/functions/ms_deform_attn_func.py", "ms_deform_attn_core_pytorch",
+        {"torch": torch, "F": F},
+    )
+    g = torch.Generator().manual_seed(21)
+    shapes = [[6, 7], [3, 4]]
+    # The value is not stored: formula([2, 54, 2, 4], 0.4).
+    value = formula([2, 54, 2, 4], 0.4)
+    loc = torch.rand(2, 5, 2, 2, 3, 2, generator=g) * 1.4 - 0.2
+    loc[0, 0, 0, 0] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    loc[1, 4, 1, 1] = torch.tensor([[1.0, 0.5], [-1e-3, 0.5], [0.5, 1.0 + 1e-3]])
+    weights = torch.rand(2, 5, 2, 2 * 3, generator=g).softmax(-1).view(2, 5, 2, 2, 3)
+    out = {"locations": loc, "weights": weights, "shapes": torch.tensor(shapes, dtype=torch.int64)}
+    out["out"] = core(value, shapes, loc, weights)
+    return out
+
+
 GROUPS = {
     "boxes": nms_group,
     "roi_align": roi_align_group,
@@ -580,6 +741,9 @@ GROUPS = {
     "paste_masks": paste_group,
     "rcnn": rcnn_group,
     "rcnn_bn": rcnn_bn_group,
+    "retinanet": retinanet_group,
+    "fcos": fcos_group,
+    "ms_deform_attn": ms_deform_attn_group,
 }
 
 

@@ -89,6 +89,9 @@ pub struct RCNNConfig {
     pub image_mean: Vec<f64>,
     /// `image_std` (ImageNet's).
     pub image_std: Vec<f64>,
+    /// TerraTorch's transform, which only stacks the images
+    /// ([`GeneralizedRCNNTransform::stack_only`]); torchvision's by default.
+    pub terratorch_transform: bool,
     /// Anchor sizes per feature level ((32,), (64,), (128,), (256,), (512,)).
     pub anchor_sizes: Vec<Vec<f64>>,
     /// Anchor aspect ratios per level ((0.5, 1, 2) on each).
@@ -129,6 +132,7 @@ impl Default for RCNNConfig {
             max_size: 1333,
             image_mean: vec![0.485, 0.456, 0.406],
             image_std: vec![0.229, 0.224, 0.225],
+            terratorch_transform: false,
             anchor_sizes: [32.0, 64.0, 128.0, 256.0, 512.0]
                 .iter()
                 .map(|&s| vec![s])
@@ -149,6 +153,58 @@ impl Default for RCNNConfig {
             box_nms_thresh: 0.5,
             box_detections_per_img: 100,
             mask: None,
+        }
+    }
+}
+
+impl RCNNConfig {
+    /// The `faster-rcnn` framework of TerraTorch's `ObjectDetectionModelFactory` (1.2.x)
+    /// for a backbone (with necks) that gives `levels` feature maps named `feat0`, `feat1`,
+    /// ... and images of `in_channels` bands: one anchor size per level from (32, 64, 128,
+    /// 256, 512) with ratios (0.5, 1, 2), a 7 x 7 pooler over `feat0`..`feat3`, TerraTorch's
+    /// stack-only transform (mean 0, std 1 per band, unused), torchvision's defaults for the
+    /// rest. The factory's `framework_*` arguments override fields of the result.
+    pub fn terratorch_faster_rcnn(num_classes: i64, levels: usize, in_channels: usize) -> Self {
+        let sizes: Vec<Vec<f64>> = [32.0, 64.0, 128.0, 256.0, 512.0]
+            .iter()
+            .take(levels)
+            .map(|&s| vec![s])
+            .collect();
+        RCNNConfig {
+            num_classes,
+            image_mean: vec![0.0; in_channels],
+            image_std: vec![1.0; in_channels],
+            terratorch_transform: true,
+            aspect_ratios: vec![vec![0.5, 1.0, 2.0]; sizes.len()],
+            anchor_sizes: sizes,
+            box_featmap_names: ["feat0", "feat1", "feat2", "feat3"]
+                .map(String::from)
+                .to_vec(),
+            ..RCNNConfig::default()
+        }
+    }
+
+    /// The `mask-rcnn` framework of the same factory: [`RCNNConfig::terratorch_faster_rcnn`]
+    /// with an RPN head of two convolutions, `FastRCNNConvFCHead` ([256] x 4 convolutions,
+    /// [1024], BatchNorm2d), `MaskRCNNHeads` ([256] x 4, BatchNorm2d) and the box pooler
+    /// (7 x 7) for the masks too.
+    pub fn terratorch_mask_rcnn(num_classes: i64, levels: usize, in_channels: usize) -> Self {
+        let base = Self::terratorch_faster_rcnn(num_classes, levels, in_channels);
+        RCNNConfig {
+            rpn_conv_depth: 2,
+            box_head: BoxHeadConfig::ConvFc {
+                conv_layers: vec![256; 4],
+                fc_layers: vec![1024],
+                batch_norm: true,
+            },
+            mask: Some(MaskConfig {
+                featmap_names: base.box_featmap_names.clone(),
+                output_size: base.box_output_size,
+                sampling_ratio: base.box_sampling_ratio,
+                batch_norm: true,
+                ..MaskConfig::default()
+            }),
+            ..base
         }
     }
 }
@@ -188,12 +244,13 @@ impl GeneralizedRCNN {
     /// `roi_heads.mask_head.*`, `roi_heads.mask_predictor.*`; the backbone's are the
     /// caller's).
     pub fn from_config(p: &nn::Path, out_channels: i64, cfg: &RCNNConfig) -> Result<Self> {
-        let transform = GeneralizedRCNNTransform::new(
+        let mut transform = GeneralizedRCNNTransform::new(
             cfg.min_size,
             cfg.max_size,
             cfg.image_mean.clone(),
             cfg.image_std.clone(),
         );
+        transform.stack_only = cfg.terratorch_transform;
         let anchors = AnchorGenerator::new(cfg.anchor_sizes.clone(), cfg.aspect_ratios.clone())?;
         let per_location = anchors.num_anchors_per_location();
         let num_anchors = per_location[0];
@@ -489,6 +546,37 @@ mod tests {
     }
 
     #[test]
+    fn mask_rcnn_with_terratorchs_transform_matches() {
+        // TerraTorch's factory replaces the transform with one that only stacks the images:
+        // no normalisation, no resizing to 64..96, no padding (two 30 x 31 images).
+        let f = fixture("rcnn");
+        let cfg = RCNNConfig {
+            terratorch_transform: true,
+            ..config(true)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model_from(&vs, &f, &cfg);
+        let img = |phase: f64| {
+            formula(&[3, 30, 31], phase)
+                .f_add_scalar(1.0)
+                .unwrap()
+                .f_div_scalar(2.0)
+                .unwrap()
+        };
+        let images = [img(0.3), img(1.2)];
+        let dets = tch::no_grad(|| model.forward(&images, |x| backbone(&f, x))).unwrap();
+        for (i, d) in dets.iter().enumerate() {
+            let pre = format!("tt.{i}");
+            assert_close(&d.boxes, get(&f, &format!("{pre}.boxes")), BOX_TOL, &pre);
+            assert_close(&d.scores, get(&f, &format!("{pre}.scores")), TOL, &pre);
+            assert_same_indices(&d.labels, get(&f, &format!("{pre}.labels")), &pre);
+            assert_eq!(d.masks.as_ref().unwrap().size(), [6, 1, 30, 31]);
+        }
+        let masks = dets[0].masks.as_ref().unwrap().narrow(0, 0, 2);
+        assert_close(&masks, get(&f, "tt.0.masks"), TOL, "tt masks");
+    }
+
+    #[test]
     fn faster_rcnn_matches_torchvision_end_to_end() {
         let f = fixture("rcnn");
         let vs = nn::VarStore::new(Device::Cpu);
@@ -505,6 +593,27 @@ mod tests {
         }
         let labels = Vec::<i64>::try_from(get(&f, "faster.1.labels")).unwrap();
         assert!(labels.contains(&1) && labels.contains(&3), "{labels:?}");
+    }
+
+    #[test]
+    fn mask_rcnn_without_detections_gives_empty_pasted_masks() {
+        // Every score under the threshold: torchvision's postprocess then returns masks
+        // [0, 1, H, W] of the input's size.
+        let f = fixture("rcnn");
+        let cfg = RCNNConfig {
+            box_score_thresh: 0.999,
+            ..config(true)
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model_from(&vs, &f, &cfg);
+        let images = images();
+        let dets = tch::no_grad(|| model.forward(&images, |x| backbone(&f, x))).unwrap();
+        for (d, img) in dets.iter().zip(&images) {
+            assert_eq!(d.boxes.size(), [0, 4]);
+            assert_eq!(d.labels.size(), [0]);
+            let masks = d.masks.as_ref().unwrap();
+            assert_eq!(masks.size(), [0, 1, img.size()[1], img.size()[2]]);
+        }
     }
 
     #[test]
@@ -587,5 +696,37 @@ mod tests {
                 assert_close(masks, get(&f, &format!("{pre}.masks")), TOL, &pre);
             }
         });
+    }
+
+    #[test]
+    fn terratorch_presets_follow_its_factory() {
+        // terratorch/models/object_detection_model_factory.py (1.2.11).
+        let f = RCNNConfig::terratorch_faster_rcnn(3, 4, 6);
+        assert_eq!(f.anchor_sizes, [[32.0], [64.0], [128.0], [256.0]]);
+        assert_eq!(f.aspect_ratios.len(), 4);
+        assert_eq!(f.box_featmap_names, ["feat0", "feat1", "feat2", "feat3"]);
+        assert!(f.terratorch_transform && f.mask.is_none());
+        assert_eq!((f.image_mean.len(), f.image_std[5]), (6, 1.0));
+        assert_eq!(f.rpn_conv_depth, 1);
+        let m = RCNNConfig::terratorch_mask_rcnn(3, 7, 6);
+        assert_eq!(m.anchor_sizes.len(), 5);
+        assert_eq!(m.rpn_conv_depth, 2);
+        let mask = m.mask.as_ref().unwrap();
+        assert_eq!(
+            (mask.output_size, mask.layers.len(), mask.batch_norm),
+            (7, 4, true)
+        );
+        // The whole Mask R-CNN builds with torchvision's keys at TerraTorch's widths.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = RCNNConfig::terratorch_mask_rcnn(3, 4, 6);
+        GeneralizedRCNN::from_config(&vs.root(), 256, &cfg).unwrap();
+        let vars = vs.variables();
+        assert_eq!(vars["roi_heads.box_head.5.weight"].size(), [1024, 256 * 49]);
+        assert_eq!(
+            vars["roi_heads.box_predictor.cls_score.weight"].size(),
+            [3, 1024]
+        );
+        assert_eq!(vars["roi_heads.mask_head.3.1.running_var"].size(), [256]);
+        assert_eq!(vars["rpn.head.conv.1.0.weight"].size(), [256, 256, 3, 3]);
     }
 }

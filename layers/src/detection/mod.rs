@@ -23,7 +23,13 @@
 //!   `faster_rcnn.py`, `mask_rcnn.py`);
 //! * [`faster_rcnn`]: `GeneralizedRCNN`'s inference, composed as `FasterRCNN` and
 //!   `MaskRCNN` compose it, over a caller's backbone
-//!   (`torchvision/models/detection/generalized_rcnn.py`).
+//!   (`torchvision/models/detection/generalized_rcnn.py`);
+//! * [`retinanet`]: `RetinaNetHead` (with TerraTorch's GroupNorm) and `RetinaNet`'s
+//!   inference (`torchvision/models/detection/retinanet.py`);
+//! * [`fcos`]: `FCOSHead`, `BoxLinearCoder` decoding and `FCOS`'s inference
+//!   (`torchvision/models/detection/fcos.py`);
+//! * [`ms_deform_attn`]: multi-scale deformable attention's sampling (TerraTorch's
+//!   `ms_deform_attn_core_pytorch`, for Deformable DETR).
 //!
 //! The tests load `tests/fixtures/detection_ops/*.safetensors`, written by
 //! `scripts/reference/detection_ops_fixtures.py` with torchvision.
@@ -31,9 +37,12 @@ pub mod anchors;
 pub mod box_coder;
 pub mod boxes;
 pub mod faster_rcnn;
+pub mod fcos;
 pub mod image_list;
+pub mod ms_deform_attn;
 pub mod nms;
 pub mod poolers;
+pub mod retinanet;
 pub mod roi_align;
 pub mod roi_heads;
 pub mod rpn;

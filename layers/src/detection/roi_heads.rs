@@ -877,7 +877,7 @@ mod tests {
         let out = paste_masks_in_image(&masks, boxes, (30, 41), 1).unwrap();
         assert_close(&out, get(&f, "out"), 1e-6, "padding 1");
         let out2 =
-            paste_masks_in_image(&masks.narrow(0, 0, 3), &boxes.narrow(0, 0, 3), (30, 41), 2)
+            paste_masks_in_image(&masks.narrow(0, 1, 2), &boxes.narrow(0, 1, 2), (30, 41), 2)
                 .unwrap();
         assert_close(&out2, get(&f, "out.padding2"), 1e-6, "padding 2");
         let empty = paste_masks_in_image(

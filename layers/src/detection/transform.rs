@@ -25,6 +25,12 @@ pub struct GeneralizedRCNNTransform {
     pub size_divisible: i64,
     /// `(width, height)` every image is resized to instead, when given.
     pub fixed_size: Option<(i64, i64)>,
+    /// TerraTorch's `TerratorchGeneralizedRCNNTransform` (`terratorch/models/utils.py`,
+    /// 1.2.x), which TerraTorch's object-detection factory puts in every torchvision
+    /// framework: `forward` only stacks the images, which must then have one shape (no
+    /// normalisation, no resizing, no padding; the sizes above are unused). `postprocess`
+    /// is torchvision's.
+    pub stack_only: bool,
 }
 
 impl GeneralizedRCNNTransform {
@@ -37,6 +43,21 @@ impl GeneralizedRCNNTransform {
             image_std,
             size_divisible: 32,
             fixed_size: None,
+            stack_only: false,
+        }
+    }
+
+    /// TerraTorch's transform (see [`GeneralizedRCNNTransform::stack_only`]) with the
+    /// arguments its factory keeps from torchvision's.
+    pub fn terratorch(
+        min_size: i64,
+        max_size: i64,
+        image_mean: Vec<f64>,
+        image_std: Vec<f64>,
+    ) -> Self {
+        GeneralizedRCNNTransform {
+            stack_only: true,
+            ..Self::new(min_size, max_size, image_mean, image_std)
         }
     }
 
@@ -47,6 +68,21 @@ impl GeneralizedRCNNTransform {
             return Err(PluginError::invalid_argument(
                 "GeneralizedRCNNTransform: no images",
             ));
+        }
+        if self.stack_only {
+            let shape = images[0].size();
+            if shape.len() < 2 || images.iter().any(|i| i.size() != shape) {
+                return Err(PluginError::invalid_argument(format!(
+                    "TerratorchGeneralizedRCNNTransform: the images must all have one shape [C, H, \
+                     W] to be stacked, got {:?}",
+                    images.iter().map(|i| i.size()).collect::<Vec<_>>()
+                )));
+            }
+            let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+            return Ok(ImageList {
+                tensors: Tensor::f_stack(images, 0)?,
+                image_sizes: vec![(h, w); images.len()],
+            });
         }
         let mut resized = Vec::with_capacity(images.len());
         for image in images {
@@ -309,5 +345,17 @@ mod tests {
             .forward(&[Tensor::zeros([4, 8, 8], (Kind::Float, tch::Device::Cpu))])
             .is_err());
         assert!(t.forward(&[]).is_err());
+    }
+
+    #[test]
+    fn terratorchs_transform_only_stacks() {
+        let t = GeneralizedRCNNTransform::terratorch(800, 1333, vec![0.0; 3], vec![1.0; 3]);
+        let a = formula(&[3, 30, 31], 0.3);
+        let b = formula(&[3, 30, 31], 1.2);
+        let il = t.forward(&[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        assert_eq!(il.image_sizes, [(30, 31), (30, 31)]);
+        assert_close(&il.tensors, &Tensor::stack(&[a, b], 0), 0.0, "stacked");
+        let c = formula(&[3, 30, 32], 0.3);
+        assert!(t.forward(&[il.tensors.get(0), c]).is_err());
     }
 }
