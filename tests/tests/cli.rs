@@ -145,11 +145,6 @@ fn refused_names_get_the_plugins_reason_from_show_and_build() {
     let dir = real_plugins(&PLUGINS);
     for (registry, name, why) in [
         ("model_factory", "SatMAEModelFactory", "builds no model"),
-        (
-            "model_factory",
-            "ObjectDetectionModelFactory",
-            "object detection",
-        ),
         ("decoder", "SklearnDecoder", "scikit-learn"),
         ("decoder", "mmseg_CCHead", "CrissCrossAttention"),
         ("backbone", "terramind_v1_tokenizer_s2l2a", "tokenizers"),
