@@ -78,6 +78,20 @@ CASES = {
         "framework_box_nms_thresh": 0.4,
         "framework_box_detections_per_img": 4,
     },
+    # Across plugins: a timm backbone (the `timm` plugin) under the terratorch factory,
+    # as object_detection_substation_resnet50.yaml (there with ResNet-50 and Mask R-CNN).
+    "faster_rcnn_timm_resnet18": {
+        "task": "object_detection",
+        "framework": "faster-rcnn",
+        "num_classes": 3,
+        "backbone": "timm_resnet18",
+        "backbone_pretrained": False,
+        "backbone_out_indices": [1, 2, 3, 4],
+        "in_channels": 3,
+        "necks": [{"name": "FeaturePyramidNetworkNeck", "out_channel": 32}],
+        "framework_rpn_post_nms_top_n_test": 50,
+        "framework_box_detections_per_img": 6,
+    },
 }
 
 

@@ -7,6 +7,8 @@
 //! (the reference's keys and shapes), `io.safetensors` (`input.N`, `output.N`) and, for
 //! small cases, `weights.safetensors`. Weights follow a formula both sides compute with
 //! libtorch (see [`synth`]), so large models need no committed weight file.
+pub mod detection;
+
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use tch::{nn, Kind, Tensor};

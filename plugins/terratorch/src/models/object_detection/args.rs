@@ -416,10 +416,12 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
                         let w: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
                         Some([w[0], w[1], w[2], w[3]])
                     }
-                    other => return Err(invalid(format!(
+                    other => {
+                        return Err(invalid(format!(
                         "`framework_bbox_reg_weights` must be 4 numbers (wx, wy, ww, wh), got {}",
                         describe_json(other)
-                    ))),
+                    )))
+                    }
                 }
             }
             k if TRAINING_ONLY.contains(&k) => training_only.push(format!("framework_{k}")),
