@@ -26,6 +26,21 @@ pub fn fixture(case: &str) -> (Value, HashMap<String, Tensor>) {
     (meta, tensors)
 }
 
+/// The fixture cases (`<case>.json` files), sorted.
+pub fn fixture_cases() -> Vec<String> {
+    let dir = workspace_root().join("tests/fixtures/detection_factory");
+    let mut cases: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .collect();
+    cases.sort();
+    cases
+}
+
 /// The script's `hashed`: `((i * i) mod 10007)` mapped to [-1, 1), times
 /// `3 / sqrt(fan_in)`, integer arithmetic then float64 as there.
 pub fn hashed(shape: &[i64]) -> Tensor {
