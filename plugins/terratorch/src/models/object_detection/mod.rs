@@ -24,7 +24,7 @@ pub mod backbone_wrapper;
 pub mod rcnn;
 
 use super::temporal_wrapper::TemporalWrapper;
-use args::{plan, DECLARED};
+use args::plan;
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
 use rcnn::RcnnModel;
 use serde_json::Value;
@@ -126,7 +126,6 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
 
 /// The registry entry, with the keyword arguments of upstream `build_model`.
 pub fn entry() -> Entry {
-    debug_assert_eq!(DECLARED.len(), 5);
     Entry::new(
         "ObjectDetectionModelFactory",
         "Builds an object-detection model: a registry backbone and necks (ending in FeaturePyramidNetworkNeck) \
