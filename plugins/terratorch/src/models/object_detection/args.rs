@@ -6,7 +6,7 @@
 use super::super::encoder_decoder_factory::{extract_prefix_keys, py_repr};
 use super::super::temporal_wrapper::TemporalConfig;
 use serde_json::{Map, Value};
-use terrahost_layers::detection::faster_rcnn::{BoxHeadConfig, MaskConfig, RCNNConfig};
+use terrahost_layers::detection::faster_rcnn::RCNNConfig;
 use terrahost_plugin_api::{params::describe_json, PluginError, Result};
 
 /// The keyword arguments `build_model` declares; the rest is split by prefix.
@@ -189,37 +189,23 @@ fn float_arg(key: &str, v: &Value) -> Result<f64> {
     })
 }
 
-/// TerraTorch's R-CNN settings for `framework` (before the `framework_*` arguments).
-pub fn terratorch_rcnn(framework: Framework, num_classes: i64, in_channels: i64) -> RCNNConfig {
-    let feats: Vec<String> = (0..4).map(|i| format!("feat{i}")).collect();
-    let mut cfg = RCNNConfig {
-        num_classes,
-        image_mean: vec![0.0; in_channels as usize],
-        image_std: vec![1.0; in_channels as usize],
-        box_featmap_names: feats.clone(),
-        box_output_size: 7,
-        box_sampling_ratio: 2,
-        ..RCNNConfig::default()
-    };
-    if framework == Framework::MaskRcnn {
-        cfg.rpn_conv_depth = 2;
-        cfg.box_head = BoxHeadConfig::ConvFc {
-            conv_layers: vec![256; 4],
-            fc_layers: vec![1024],
-            batch_norm: true,
-        };
-        cfg.mask = Some(MaskConfig {
-            // mask_roi_pool is the box pooler itself.
-            featmap_names: feats,
-            output_size: 7,
-            sampling_ratio: 2,
-            layers: vec![256; 4],
-            dilation: 1,
-            dim_reduced: 256,
-            batch_norm: true,
-        });
+/// TerraTorch's R-CNN settings for `framework` over `levels` feature maps (before the
+/// `framework_*` arguments): the layers crate's presets, with TerraTorch's stack-only
+/// transform.
+pub fn terratorch_rcnn(
+    framework: Framework,
+    num_classes: i64,
+    levels: usize,
+    in_channels: i64,
+) -> RCNNConfig {
+    match framework {
+        Framework::FasterRcnn => {
+            RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize)
+        }
+        Framework::MaskRcnn => {
+            RCNNConfig::terratorch_mask_rcnn(num_classes, levels, in_channels as usize)
+        }
     }
-    cfg
 }
 
 /// Reads the build arguments into a plan, refusing what TerraTorch (or torchvision's
@@ -394,7 +380,8 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
         })?,
     };
 
-    let mut rcnn = terratorch_rcnn(framework, num_classes, in_channels);
+    // Five levels until the necks tell how many maps there are (`build` cuts the anchors).
+    let mut rcnn = terratorch_rcnn(framework, num_classes, 5, in_channels);
     let mut bbox_reg_weights = None;
     let mut training_only = Vec::new();
     let mut no_effect = Vec::new();

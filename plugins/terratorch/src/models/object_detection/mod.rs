@@ -106,9 +106,15 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             ANCHOR_SIZES.len()
         )));
     }
+    let preset = args::terratorch_rcnn(
+        plan.framework,
+        plan.rcnn.num_classes,
+        levels,
+        plan.in_channels,
+    );
     let mut cfg = plan.rcnn.clone();
-    cfg.anchor_sizes = ANCHOR_SIZES[..levels].iter().map(|&s| vec![s]).collect();
-    cfg.aspect_ratios = vec![vec![0.5, 1.0, 2.0]; levels];
+    cfg.anchor_sizes = preset.anchor_sizes;
+    cfg.aspect_ratios = preset.aspect_ratios;
 
     let vs = nn::VarStore::new(Device::Cpu);
     let mut rcnn = GeneralizedRCNN::from_config(

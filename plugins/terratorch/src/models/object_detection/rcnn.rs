@@ -13,7 +13,6 @@ use super::backbone_wrapper::BackboneWrapper;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 use terrahost_layers::detection::faster_rcnn::GeneralizedRCNN;
-use terrahost_layers::detection::image_list::ImageList;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
     PluginError, Result,
@@ -51,21 +50,13 @@ impl RcnnModel {
         }
     }
 
-    /// TerraTorch's transform: the images (one `[B, C, H, W]` tensor, or `[C, H, W]`
-    /// tensors of one size) stacked into a batch, each image's size its own.
-    fn stack(xs: &[Tensor]) -> Result<ImageList> {
-        let tensors = match xs {
-            [x] if x.dim() == 4 => x.shallow_clone(),
+    /// The images: one `[B, C, H, W]` tensor, or `[C, H, W]` tensors (of one size, which
+    /// TerraTorch's transform checks when it stacks them).
+    fn images(xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let images = match xs {
+            [x] if x.dim() == 4 => x.f_unbind(0)?,
             _ if !xs.is_empty() && xs.iter().all(|x| x.dim() == 3) => {
-                let first = xs[0].size();
-                if let Some(other) = xs.iter().find(|x| x.size() != first) {
-                    return Err(PluginError::invalid_argument(format!(
-                        "ObjectDetectionModel: images of shapes {first:?} and {:?} cannot be batched: TerraTorch's \
-                         transform concatenates them without resizing or padding",
-                        other.size()
-                    )));
-                }
-                Tensor::f_stack(xs, 0)?
+                xs.iter().map(Tensor::shallow_clone).collect()
             }
             _ => {
                 return Err(PluginError::invalid_argument(format!(
@@ -74,26 +65,23 @@ impl RcnnModel {
                 )))
             }
         };
-        if !matches!(
-            tensors.kind(),
-            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-        ) {
+        if let Some(x) = images.iter().find(|x| {
+            !matches!(
+                x.kind(),
+                Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+            )
+        }) {
             return Err(PluginError::invalid_argument(format!(
                 "ObjectDetectionModel: expected floating-point images, got {:?}",
-                tensors.kind()
+                x.kind()
             )));
         }
-        let s = tensors.size();
-        if s[0] == 0 || s[2] == 0 || s[3] == 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "ObjectDetectionModel: empty batch or image, shape {s:?}"
-            )));
+        if images.is_empty() || images.iter().any(|x| x.numel() == 0) {
+            return Err(PluginError::invalid_argument(
+                "ObjectDetectionModel: empty batch or image",
+            ));
         }
-        let image_sizes = vec![(s[2], s[3]); s[0] as usize];
-        Ok(ImageList {
-            tensors,
-            image_sizes,
-        })
+        Ok(images)
     }
 }
 
@@ -105,22 +93,12 @@ impl Model for RcnnModel {
                  terrahost runs them in eval mode only",
             ));
         }
-        let images = Self::stack(xs)?;
-        let features = self.backbone.forward(&images.tensors)?;
-        if features.is_empty() {
-            return Err(PluginError::invalid_argument(
-                "ObjectDetectionModel: the backbone and necks returned no feature maps",
-            ));
-        }
-        let maps: Vec<Tensor> = features.iter().map(|(_, t)| t.shallow_clone()).collect();
-        let (proposals, _) = self.rcnn.rpn.forward(&images, &maps)?;
+        let images = Self::images(xs)?;
+        // TerraTorch's transform stacks the images (no normalisation, resize or padding),
+        // so the detections come out in the input's pixels.
         let detections = self
             .rcnn
-            .roi_heads
-            .forward(&features, &proposals, &images.image_sizes)?;
-        let detections =
-            self.rcnn
-                .postprocess(detections, &images.image_sizes, &images.image_sizes)?;
+            .forward(&images, |batch| self.backbone.forward(batch))?;
         let mut out = Vec::with_capacity(detections.len() * 4);
         for d in detections {
             out.push(d.boxes);
