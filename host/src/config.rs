@@ -53,7 +53,7 @@ struct TaskClass {
 
 /// Task-class arguments that only matter for training (losses, optimisation, freezing,
 /// metrics, plotting).
-const TRAINING_ONLY: [&str; 27] = [
+const TRAINING_ONLY: [&str; 30] = [
     "loss",
     "aux_loss",
     "class_weights",
@@ -81,14 +81,20 @@ const TRAINING_ONLY: [&str; 27] = [
     "modalities",
     "tiled_inference_on_testing",
     "tiled_inference_on_validation",
+    "boxes_field",
+    "labels_field",
+    "masks_field",
 ];
 
 /// Task-class arguments that shape inference on scenes (TerraTorch's `predict`), not the
 /// model: `run` feeds the model one tensor and writes its raw output.
-const INFERENCE_ONLY: [&str; 3] = [
+const INFERENCE_ONLY: [&str; 5] = [
     "tiled_inference_parameters",
     "output_on_inference",
     "output_most_probable",
+    // ObjectDetectionTask's predict_step: apply_nms_batch on the model's detections.
+    "iou_threshold",
+    "score_threshold",
 ];
 
 const SEGMENTATION_ARGS: &[&str] = &[
@@ -199,8 +205,27 @@ const RECONSTRUCTION_ARGS: &[&str] = &[
     "modalities",
 ];
 
+/// `ObjectDetectionTask` (TerraTorch 1.2.13): `configure_models` calls
+/// `build_model("object_detection", **model_args)`.
+const OBJECT_DETECTION_ARGS: &[&str] = &[
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "freeze_backbone",
+    "freeze_decoder",
+    "class_names",
+    "iou_threshold",
+    "score_threshold",
+    "boxes_field",
+    "labels_field",
+    "masks_field",
+    "ignore_index",
+];
+
 /// The task classes of TerraTorch 1.2.11 whose models `run` builds.
-const TASK_CLASSES: [TaskClass; 6] = [
+const TASK_CLASSES: [TaskClass; 7] = [
     TaskClass {
         name: "SemanticSegmentationTask",
         task: Some("segmentation"),
@@ -233,14 +258,16 @@ const TASK_CLASSES: [TaskClass; 6] = [
         task: None,
         args: RECONSTRUCTION_ARGS,
     },
+    TaskClass {
+        name: "ObjectDetectionTask",
+        task: Some("object_detection"),
+        args: OBJECT_DETECTION_ARGS,
+    },
 ];
 
 /// Task classes of TerraTorch that terrahost does not build, with the reason.
 fn unsupported_task(class: &str) -> Option<&'static str> {
     Some(match class {
-        "ObjectDetectionTask" => {
-            "object detection (ObjectDetectionModelFactory) is not supported by terrahost yet"
-        }
         "WxCTask" | "WxCDownscalingTask" => {
             "the WxC / granite weather models are not supported by terrahost yet"
         }
@@ -677,14 +704,32 @@ mod tests {
         assert_eq!(c.model_factory, "FullModelFactory");
     }
 
+    /// ObjectDetectionTask passes `task="object_detection"` positionally; its NMS thresholds
+    /// only shape TerraTorch's predict step.
+    #[test]
+    fn object_detection_task_builds_with_its_task() {
+        let c = ModelConfig::from_yaml(
+            "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n  init_args:\n    model_factory: ObjectDetectionModelFactory\n    model_args: {framework: faster-rcnn}\n    score_threshold: 0.3\n    boxes_field: bbox\n",
+        )
+        .unwrap();
+        assert_eq!(c.model_args["task"], "object_detection");
+        assert_eq!(c.model_factory, "ObjectDetectionModelFactory");
+        let score = c
+            .unused
+            .iter()
+            .find(|u| u.key == "model.init_args.score_threshold")
+            .unwrap();
+        assert!(score.warn && score.why.contains("predict"), "{score:?}");
+        let field = c
+            .unused
+            .iter()
+            .find(|u| u.key == "model.init_args.boxes_field")
+            .unwrap();
+        assert!(!field.warn, "{field:?}");
+    }
+
     #[test]
     fn unsupported_and_unknown_tasks_are_named() {
-        let e = ModelConfig::from_yaml(
-            "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n  init_args: {model_factory: ObjectDetectionModelFactory, model_args: {}}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("object detection"), "{e}");
         let e = ModelConfig::from_yaml(
             "model:\n  class_path: my.pkg.SemanticSegmentationTsk\n  init_args: {model_args: {}}\n",
         )

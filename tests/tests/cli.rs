@@ -145,11 +145,6 @@ fn refused_names_get_the_plugins_reason_from_show_and_build() {
     let dir = real_plugins(&PLUGINS);
     for (registry, name, why) in [
         ("model_factory", "SatMAEModelFactory", "builds no model"),
-        (
-            "model_factory",
-            "ObjectDetectionModelFactory",
-            "object detection",
-        ),
         ("decoder", "SklearnDecoder", "scikit-learn"),
         ("decoder", "mmseg_CCHead", "CrissCrossAttention"),
         ("backbone", "terramind_v1_tokenizer_s2l2a", "tokenizers"),
@@ -548,5 +543,86 @@ fn plugins_strict_fails_with_status_1_when_any_file_is_refused() {
         assert_eq!(out.status.code(), Some(1), "{bin} --json: {out:?}");
         let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON only");
         assert_eq!(v["rejected"][0]["kind"], "not-a-plugin");
+    }
+}
+
+/// An `ObjectDetectionTask` config run as a user runs it: the Mask R-CNN of the
+/// `mask_rcnn_prithvi` detection fixture, its weights as a checkpoint, two images in; `run`
+/// writes each image's `boxes.{i}`, `scores.{i}`, `labels.{i}`, `masks.{i}`, which match
+/// TerraTorch 1.2.13.
+#[test]
+fn run_writes_the_detections_of_each_image() {
+    use terrahost_testkit::detection::{fixture, max_abs_diff, set_weights};
+    let dir = real_plugins(&PLUGINS);
+    let (meta, want) = fixture("mask_rcnn_prithvi");
+    let mut model_args = meta["args"].as_object().unwrap().clone();
+    model_args.remove("task");
+    let host = terrahost_testkit::host_with(terrahost_terratorch::plugin_sources().unwrap());
+    let mut build_args = model_args.clone();
+    build_args.insert("task".into(), serde_json::json!("object_detection"));
+    let module = host
+        .build(
+            "model_factory",
+            "ObjectDetectionModelFactory",
+            &build_args,
+            None,
+        )
+        .unwrap();
+    set_weights(&module);
+    let work = tempfile::tempdir().unwrap();
+    let weights: Vec<(String, tch::Tensor)> = module.state_dict();
+    let named: Vec<(&str, &tch::Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let weights_path = work.path().join("w.safetensors");
+    terrahost::weights::write_tensors(&weights_path, &named).unwrap();
+    let input_path = work.path().join("in.safetensors");
+    terrahost::weights::write_tensors(&input_path, &[("input", &want["input"])]).unwrap();
+    let config = serde_json::json!({"model": {
+        "class_path": "terratorch.tasks.ObjectDetectionTask",
+        "init_args": {"model_factory": "ObjectDetectionModelFactory", "model_args": model_args,
+                      "score_threshold": 0.5, "class_names": ["bg", "a", "b"]}}});
+    let config_path = work.path().join("od.yaml");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let output = work.path().join("out.safetensors");
+    ok_json(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--weights",
+            weights_path.to_str().unwrap(),
+            "--input",
+            input_path.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    );
+    let got: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&output)
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut names: Vec<&String> = got.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "boxes.0", "boxes.1", "labels.0", "labels.1", "masks.0", "masks.1", "scores.0",
+            "scores.1"
+        ]
+    );
+    for (name, t) in &got {
+        let w = &want[name];
+        assert_eq!(t.size(), w.size(), "{name}");
+        let tol = match name.split('.').next() {
+            Some("labels") => 0.0,
+            Some("boxes") => 1e-3,
+            _ => 1e-4,
+        };
+        let d = max_abs_diff(t, w);
+        assert!(d <= tol, "{name} differs by {d}");
     }
 }

@@ -205,3 +205,17 @@ fn clay_model_factory_default_bands_are_refused_as_upstream_fails() {
         .expect("no bands: no wavelengths for 3 channels");
     assert!(e.to_string().contains("`bands` must name"), "{e}");
 }
+
+/// TerraTorch's ObjectDetectionModelFactory (`terratorch` plugin) over a `timm` backbone
+/// (`timm_resnet18`, `out_indices` [1, 2, 3, 4]) and FeaturePyramidNetworkNeck, Faster
+/// R-CNN: TerraTorch 1.2.13's detections, keys `torchvision_model.backbone.backbone.*` the
+/// timm model's (`scripts/reference/detection_factory_fixtures.py`).
+#[test]
+fn object_detection_factory_over_a_timm_backbone_matches_terratorch() {
+    let host = host_with_plugins(terratorch_and_timm());
+    terrahost_testkit::detection::check_detection_fixture(
+        &host,
+        "faster_rcnn_timm_resnet18",
+        &["boxes", "scores", "labels"],
+    );
+}

@@ -387,6 +387,14 @@ fn every_registered_entry_has_a_reference_fixture() {
         };
         fixture_names.insert((registry.to_owned(), m["name"].as_str().unwrap().to_owned()));
     }
+    // The object-detection factory's fixtures (`tests/fixtures/detection_factory`, run by
+    // `tests_object_detection` and `cross_plugin`).
+    if !terrahost_testkit::detection::fixture_cases().is_empty() {
+        fixture_names.insert((
+            "model_factory".to_owned(),
+            "ObjectDetectionModelFactory".to_owned(),
+        ));
+    }
     let mut missing = Vec::new();
     let mut count = 0;
     for registry in terrahost_plugin_api::registry_names::ALL {

@@ -177,8 +177,20 @@ fn order_named(
 }
 
 /// The names the model gives its outputs (`output`, `aux_<name>`...), else `output`,
-/// `output.1`, ...
+/// `output.1`, ... A model whose outputs repeat per image (the object-detection models:
+/// `boxes`, `scores`, `labels`, `masks`) gives `output_names_per_image` instead, and
+/// image `i`'s outputs are named `boxes.{i}`, `scores.{i}`, ...
 fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> Vec<String> {
+    let per_image: Vec<&str> = meta
+        .get("output_names_per_image")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if !per_image.is_empty() && n.is_multiple_of(per_image.len()) {
+        return (0..n)
+            .map(|j| format!("{}.{}", per_image[j % per_image.len()], j / per_image.len()))
+            .collect();
+    }
     let given: Vec<String> = meta
         .get("output_names")
         .and_then(|v| v.as_array())
@@ -388,4 +400,24 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         out.flush()
     };
     print().map_err(crate::cli::stdout_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_names;
+    use serde_json::json;
+
+    #[test]
+    fn per_image_outputs_are_named_by_image() {
+        let meta = json!({"output_names_per_image": ["boxes", "scores", "labels"]});
+        assert_eq!(
+            output_names(meta.as_object().unwrap(), 6),
+            ["boxes.0", "scores.0", "labels.0", "boxes.1", "scores.1", "labels.1"]
+        );
+        let meta = json!({"output_names": ["output", "aux_x"]});
+        assert_eq!(
+            output_names(meta.as_object().unwrap(), 3),
+            ["output", "aux_x", "output.2"]
+        );
+    }
 }

@@ -151,10 +151,7 @@ fn model_factories() -> Catalog {
             "SatMAEModelFactory",
             models::clay_model_factory::SATMAE_REFUSAL,
         )
-        .refuses(
-            "ObjectDetectionModelFactory",
-            "object detection (torchvision's Faster R-CNN, FCOS, RetinaNet, Mask R-CNN and TerraTorch's DETRs) is not ported to terrahost yet",
-        )
+        .add(models::object_detection::entry())
 }
 
 terrahost_plugin_api::declare_plugin! {
@@ -183,6 +180,8 @@ mod tests_factories;
 mod tests_mmearth_convnextv2;
 #[cfg(test)]
 mod tests_necks;
+#[cfg(test)]
+mod tests_object_detection;
 #[cfg(test)]
 mod tests_peft;
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod linear_decoder;
 pub mod mlp_decoder;
 pub mod mmearth_convnextv2;
 pub mod necks;
+pub mod object_detection;
 pub mod peft;
 pub mod pixel_wise_model;
 pub mod prithvi_checkpoint;

@@ -1,0 +1,474 @@
+//! The arguments of TerraTorch's `ObjectDetectionModelFactory.build_model`
+//! (`terratorch/models/object_detection_model_factory.py`, 1.2.13): the task check, the
+//! `backbone_` / `framework_` split, the input channel count, and the `framework_*`
+//! keyword arguments as torchvision's `FasterRCNN` / `MaskRCNN` constructors take them.
+
+use super::super::encoder_decoder_factory::{extract_prefix_keys, py_repr};
+use super::super::temporal_wrapper::TemporalConfig;
+use serde_json::{Map, Value};
+use terrahost_layers::detection::faster_rcnn::RCNNConfig;
+use terrahost_plugin_api::{params::describe_json, PluginError, Result};
+
+/// The keyword arguments `build_model` declares; the rest is split by prefix.
+pub const DECLARED: [&str; 5] = ["task", "backbone", "framework", "num_classes", "necks"];
+
+/// Backbone arguments `_get_backbone` pops for its temporal wrapper.
+const TEMPORAL_KEYS: [&str; 6] = [
+    "use_temporal",
+    "temporal_pooling",
+    "temporal_concat",
+    "temporal_n_timestamps",
+    "temporal_features_permute_op",
+    "temporal_subset_lengths",
+];
+
+/// The detection frameworks TerraTorch 1.2.13 knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// torchvision's `FasterRCNN`.
+    FasterRcnn,
+    /// torchvision's `MaskRCNN` with TerraTorch's heads.
+    MaskRcnn,
+}
+
+/// Why each framework terrahost does not build is refused.
+pub const NOT_PORTED: [(&str, &str); 5] = [
+    (
+        "fcos",
+        "torchvision's FCOS (its head, anchor-free box coding and postprocess) is not ported to terrahost yet",
+    ),
+    (
+        "retinanet",
+        "torchvision's RetinaNet (its GroupNorm head and focal-loss postprocess) is not ported to terrahost yet",
+    ),
+    (
+        "detr",
+        "TerraTorch's DETR (terratorch/models/detr: transformer decoder and set postprocess) is not ported to terrahost yet",
+    ),
+    (
+        "deformable-detr",
+        "TerraTorch's Deformable DETR (multi-scale deformable attention) is not ported to terrahost yet",
+    ),
+    (
+        "rf-detr",
+        "TerraTorch's RF-DETR is not ported to terrahost yet",
+    ),
+];
+
+impl Framework {
+    /// `framework` as TerraTorch compares it (case-sensitive).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "faster-rcnn" => Ok(Self::FasterRcnn),
+            "mask-rcnn" => Ok(Self::MaskRcnn),
+            other => match NOT_PORTED.iter().find(|(n, _)| *n == other) {
+                Some((_, why)) => Err(PluginError::build_failed(format!(
+                    "ObjectDetectionModelFactory: framework `{other}`: {why}; terrahost builds `faster-rcnn` and \
+                     `mask-rcnn`"
+                ))),
+                None => Err(invalid(format!(
+                    "Framework type '{other}' is not valid. (TerraTorch's frameworks are faster-rcnn, fcos, \
+                     retinanet, mask-rcnn, detr, deformable-detr and rf-detr)"
+                ))),
+            },
+        }
+    }
+
+    /// The upstream name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FasterRcnn => "faster-rcnn",
+            Self::MaskRcnn => "mask-rcnn",
+        }
+    }
+
+    /// torchvision's class.
+    fn class(self) -> &'static str {
+        match self {
+            Self::FasterRcnn => "FasterRCNN",
+            Self::MaskRcnn => "MaskRCNN",
+        }
+    }
+
+    /// The keyword arguments TerraTorch itself passes to the constructor (a
+    /// `framework_` argument of the same name is a duplicate keyword in Python).
+    fn set_by_terratorch(self) -> &'static [&'static str] {
+        match self {
+            Self::FasterRcnn => &[
+                "rpn_anchor_generator",
+                "box_roi_pool",
+                "_skip_resize",
+                "image_mean",
+                "image_std",
+            ],
+            Self::MaskRcnn => &[
+                "num_classes",
+                "rpn_anchor_generator",
+                "rpn_head",
+                "box_head",
+                "box_roi_pool",
+                "mask_roi_pool",
+                "mask_head",
+                "_skip_resize",
+                "image_mean",
+                "image_std",
+            ],
+        }
+    }
+
+    /// Constructor arguments that take modules (or, for `box_predictor`, replace
+    /// `num_classes`), which a config cannot give.
+    fn module_valued(self) -> &'static [&'static str] {
+        match self {
+            Self::FasterRcnn => &["rpn_head", "box_head", "box_predictor"],
+            Self::MaskRcnn => &["box_predictor", "mask_predictor"],
+        }
+    }
+}
+
+/// Constructor arguments that only training reads (sampling and matching).
+const TRAINING_ONLY: [&str; 10] = [
+    "rpn_pre_nms_top_n_train",
+    "rpn_post_nms_top_n_train",
+    "rpn_fg_iou_thresh",
+    "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "box_fg_iou_thresh",
+    "box_bg_iou_thresh",
+    "box_batch_size_per_image",
+    "box_positive_fraction",
+];
+
+/// Transform arguments TerraTorch's `TerratorchGeneralizedRCNNTransform` keeps and never
+/// uses (it neither resizes nor pads).
+const TRANSFORM_UNUSED: [&str; 4] = ["min_size", "max_size", "size_divisible", "fixed_size"];
+
+/// Everything the factory builds from, decided from the arguments alone.
+#[derive(Clone, Debug)]
+pub struct DetectionPlan {
+    /// The framework.
+    pub framework: Framework,
+    /// The backbone registry name.
+    pub backbone: String,
+    /// `backbone_*` arguments, prefix and temporal keys removed.
+    pub backbone_kwargs: Map<String, Value>,
+    /// The temporal wrapper, when `backbone_use_temporal` is true.
+    pub temporal: Option<TemporalConfig>,
+    /// Necks as (registry name, arguments), in order.
+    pub necks: Vec<(String, Map<String, Value>)>,
+    /// Input channels (`in_channels`, else the number of `backbone_model_bands` /
+    /// `backbone_bands`): the length of the zero mean and unit std.
+    pub in_channels: i64,
+    /// torchvision's arguments with TerraTorch's settings and the `framework_*` ones; the
+    /// anchor sizes are cut to the number of feature maps once the necks are built.
+    pub rcnn: RCNNConfig,
+    /// `framework_bbox_reg_weights`, when given.
+    pub bbox_reg_weights: Option<[f64; 4]>,
+}
+
+fn invalid(msg: impl Into<String>) -> PluginError {
+    PluginError::invalid_argument(format!("ObjectDetectionModelFactory: {}", msg.into()))
+}
+
+fn int_arg(key: &str, v: &Value) -> Result<i64> {
+    v.as_i64().ok_or_else(|| {
+        invalid(format!(
+            "`framework_{key}` must be an integer, got {}",
+            describe_json(v)
+        ))
+    })
+}
+
+fn float_arg(key: &str, v: &Value) -> Result<f64> {
+    v.as_f64().ok_or_else(|| {
+        invalid(format!(
+            "`framework_{key}` must be a number, got {}",
+            describe_json(v)
+        ))
+    })
+}
+
+/// TerraTorch's R-CNN settings for `framework` over `levels` feature maps (before the
+/// `framework_*` arguments): the layers crate's presets, with TerraTorch's stack-only
+/// transform.
+pub fn terratorch_rcnn(
+    framework: Framework,
+    num_classes: i64,
+    levels: usize,
+    in_channels: i64,
+) -> RCNNConfig {
+    match framework {
+        Framework::FasterRcnn => {
+            RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize)
+        }
+        Framework::MaskRcnn => {
+            RCNNConfig::terratorch_mask_rcnn(num_classes, levels, in_channels as usize)
+        }
+    }
+}
+
+/// Reads the build arguments into a plan, refusing what TerraTorch (or torchvision's
+/// constructors) refuse, and warning about what they accept and never use.
+pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
+    let task = match args.get("task") {
+        Some(Value::String(s)) => s.to_lowercase(),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`task` must be a string, got {}",
+                describe_json(other)
+            )))
+        }
+        None => return Err(invalid("argument `task` is required")),
+    };
+    if task != "object_detection" {
+        return Err(invalid(format!(
+            "Task {task} not supported. Please choose one of ['object_detection']"
+        )));
+    }
+    let backbone = match args.get("backbone") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`backbone` must be a registry name, got {}",
+                describe_json(other)
+            )))
+        }
+        None => return Err(invalid("argument `backbone` is required")),
+    };
+    let framework_name = match args.get("framework") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`framework` must be a string, got {}",
+                describe_json(other)
+            )))
+        }
+        None => return Err(invalid("argument `framework` is required")),
+    };
+
+    let extras: Map<String, Value> = args
+        .iter()
+        .filter(|(k, _)| !DECLARED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (mut backbone_kwargs, rest) = extract_prefix_keys(&extras, "backbone_");
+    let (framework_kwargs, rest) = extract_prefix_keys(&rest, "framework_");
+
+    // The input channel count comes before the framework is looked at.
+    let in_channels = match rest.get("in_channels") {
+        Some(v) => v.as_i64().filter(|&n| n >= 1).ok_or_else(|| {
+            invalid(format!(
+                "`in_channels` must be a positive integer, got {}",
+                describe_json(v)
+            ))
+        })?,
+        None => {
+            let key = if backbone_kwargs.contains_key("model_bands") {
+                "model_bands"
+            } else {
+                "bands"
+            };
+            match backbone_kwargs.get(key) {
+                Some(Value::Array(a)) => a.len() as i64,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "`backbone_{key}` must be a list of bands (TerraTorch takes its length as the number of \
+                         input channels), got {}",
+                        describe_json(other)
+                    )))
+                }
+                None => {
+                    return Err(invalid(
+                        "give `in_channels`, `backbone_model_bands` or `backbone_bands`: TerraTorch reads the \
+                         number of input channels from one of them and fails without (KeyError: 'bands')",
+                    ))
+                }
+            }
+        }
+    };
+    let framework = Framework::parse(&framework_name)?;
+
+    let use_temporal = match backbone_kwargs.get("use_temporal") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`backbone_use_temporal` must be true or false, got {}",
+                describe_json(other)
+            )))
+        }
+    };
+    let temporal = if use_temporal {
+        Some(TemporalConfig::from_kwargs(&backbone_kwargs).map_err(|e| invalid(e.message()))?)
+    } else {
+        None
+    };
+    for key in TEMPORAL_KEYS {
+        backbone_kwargs.remove(key);
+    }
+
+    let mut necks = Vec::new();
+    match args.get("necks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let obj = item.as_object().ok_or_else(|| {
+                    invalid(format!(
+                        "`necks[{i}]` must be a dict with a `name`, got {}",
+                        describe_json(item)
+                    ))
+                })?;
+                let name = match obj.get("name") {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => {
+                        return Err(invalid(format!(
+                            "`necks[{i}]` needs a `name` key naming the neck"
+                        )))
+                    }
+                };
+                let nargs = obj
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "name")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                necks.push((name, nargs));
+            }
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "`necks` must be a list of dicts, got {}",
+                describe_json(other)
+            )))
+        }
+    }
+
+    // torchvision's keyword checks, in the order Python makes them: duplicates at the call.
+    let class = framework.class();
+    for key in ["backbone", "num_classes"] {
+        if framework_kwargs.contains_key(key) && !framework.set_by_terratorch().contains(&key) {
+            return Err(invalid(format!(
+                "`framework_{key}`: {class}.__init__() got multiple values for argument '{key}' (TerraTorch passes \
+                 it itself)"
+            )));
+        }
+    }
+    for key in framework.set_by_terratorch() {
+        if framework_kwargs.contains_key(*key) {
+            return Err(invalid(format!(
+                "`framework_{key}`: torchvision.models.detection.{}.{class}() got multiple values for keyword \
+                 argument '{key}' (TerraTorch sets it itself)",
+                match framework {
+                    Framework::FasterRcnn => "faster_rcnn",
+                    Framework::MaskRcnn => "mask_rcnn",
+                }
+            )));
+        }
+    }
+    let num_classes = match args.get("num_classes") {
+        None | Some(Value::Null) => {
+            return Err(invalid(
+                "num_classes should not be None when box_predictor is not specified (torchvision's check; give \
+                 `num_classes`, background included)",
+            ))
+        }
+        Some(v) => v.as_i64().filter(|&n| n >= 1).ok_or_else(|| {
+            invalid(format!(
+                "`num_classes` must be a positive integer (background included), got {}",
+                describe_json(v)
+            ))
+        })?,
+    };
+
+    // Five levels until the necks tell how many maps there are (`build` cuts the anchors).
+    let mut rcnn = terratorch_rcnn(framework, num_classes, 5, in_channels);
+    let mut bbox_reg_weights = None;
+    let mut training_only = Vec::new();
+    let mut no_effect = Vec::new();
+    let mut swallowed = Vec::new();
+    for (key, v) in &framework_kwargs {
+        let k = key.as_str();
+        match k {
+            "rpn_pre_nms_top_n_test" => rcnn.rpn_pre_nms_top_n_test = int_arg(k, v)?,
+            "rpn_post_nms_top_n_test" => rcnn.rpn_post_nms_top_n_test = int_arg(k, v)?,
+            "rpn_nms_thresh" => rcnn.rpn_nms_thresh = float_arg(k, v)?,
+            "rpn_score_thresh" => rcnn.rpn_score_thresh = float_arg(k, v)?,
+            "box_score_thresh" => rcnn.box_score_thresh = float_arg(k, v)?,
+            "box_nms_thresh" => rcnn.box_nms_thresh = float_arg(k, v)?,
+            "box_detections_per_img" => rcnn.box_detections_per_img = int_arg(k, v)?,
+            "bbox_reg_weights" => {
+                bbox_reg_weights = match v {
+                    Value::Null => None,
+                    Value::Array(a) if a.len() == 4 && a.iter().all(Value::is_number) => {
+                        let w: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
+                        Some([w[0], w[1], w[2], w[3]])
+                    }
+                    other => {
+                        return Err(invalid(format!(
+                        "`framework_bbox_reg_weights` must be 4 numbers (wx, wy, ww, wh), got {}",
+                        describe_json(other)
+                    )))
+                    }
+                }
+            }
+            k if TRAINING_ONLY.contains(&k) => training_only.push(format!("framework_{k}")),
+            k if TRANSFORM_UNUSED.contains(&k) => no_effect.push(format!("framework_{k}")),
+            k if framework.module_valued().contains(&k) => {
+                if !v.is_null() {
+                    return Err(invalid(format!(
+                        "`framework_{k}` takes a torch module in torchvision's {class}; a config value ({}) cannot \
+                         stand for one. TerraTorch's heads are built from `num_classes` and the backbone's channels",
+                        py_repr(v)
+                    )));
+                }
+            }
+            _ => swallowed.push(format!("framework_{key}")),
+        }
+    }
+    if !training_only.is_empty() {
+        terrahost_plugin_api::warn!(
+            "ObjectDetectionModelFactory: {} only matter(s) in training; terrahost runs inference and does not \
+             use them",
+            training_only.join(", ")
+        );
+    }
+    if !no_effect.is_empty() {
+        terrahost_plugin_api::warn!(
+            "ObjectDetectionModelFactory: {} has no effect: TerraTorch replaces torchvision's transform by one \
+             that neither normalises, resizes nor pads the images",
+            no_effect.join(", ")
+        );
+    }
+    if !swallowed.is_empty() {
+        terrahost_plugin_api::warn!(
+            "ObjectDetectionModelFactory: {} is not an argument of torchvision's {class}; it reaches \
+             GeneralizedRCNNTransform's **kwargs, which ignores it, so TerraTorch accepts it and nothing uses it",
+            swallowed.join(", ")
+        );
+    }
+    // TerraTorch 1.2.13 never checks what is left over (it defines _check_all_args_used
+    // and does not call it): such arguments are accepted and unused.
+    let leftovers: Vec<&String> = rest.keys().filter(|k| *k != "in_channels").collect();
+    if !leftovers.is_empty() {
+        terrahost_plugin_api::warn!(
+            "ObjectDetectionModelFactory ignores {} (TerraTorch 1.2.13's build_model accepts arguments without a \
+             `backbone_` or `framework_` prefix and does not use them)",
+            leftovers
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    Ok(DetectionPlan {
+        framework,
+        backbone,
+        backbone_kwargs,
+        temporal,
+        necks,
+        in_channels,
+        rcnn,
+        bbox_reg_weights,
+    })
+}

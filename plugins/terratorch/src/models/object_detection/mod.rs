@@ -1,0 +1,160 @@
+//! TerraTorch's `ObjectDetectionModelFactory` (`terratorch/models/object_detection_model_factory.py`,
+//! TerraTorch 1.2.13) for the R-CNN frameworks `faster-rcnn` and `mask-rcnn`: a registry
+//! backbone (from any plugin) and registry necks in a [`backbone_wrapper::BackboneWrapper`],
+//! under torchvision's `FasterRCNN` / `MaskRCNN` with TerraTorch's settings
+//! ([`args::terratorch_rcnn`]): anchors 32, 64, 128, 256, 512 (one per level, cut to the
+//! number of feature maps) with aspect ratios 0.5, 1, 2; one `MultiScaleRoIAlign` over
+//! `feat0`..`feat3` (7 x 7, sampling ratio 2); for Mask R-CNN `RPNHead(conv_depth=2)`,
+//! `FastRCNNConvFCHead((C, 7, 7), [256] * 4, [1024], BatchNorm2d)` and
+//! `MaskRCNNHeads(C, [256] * 4, 1, BatchNorm2d)` with the box pooler as mask pooler; and
+//! TerraTorch's transform, which passes the images through unchanged.
+//!
+//! `fcos`, `retinanet`, `detr`, `deformable-detr` and `rf-detr` are refused with the reason
+//! ([`args::NOT_PORTED`]).
+//!
+//! **Outputs.** TerraTorch's model returns one dict per image; the module returns, image
+//! after image, `boxes` (`[D, 4]` float, `x1, y1, x2, y2` in input pixels), `scores` (`[D]`
+//! float, decreasing), `labels` (`[D]` int64, 1.. as 0 is the background) and for
+//! `mask-rcnn` `masks` (`[D, 1, H, W]` float probabilities). `terrahost run` names them
+//! `boxes.{i}`, `scores.{i}`, `labels.{i}`, `masks.{i}` for image `i` (the module's
+//! `output_names_per_image` meta).
+
+pub mod args;
+pub mod backbone_wrapper;
+pub mod rcnn;
+
+use super::temporal_wrapper::TemporalWrapper;
+use args::plan;
+use backbone_wrapper::{BackboneWrapper, FPN_NECK};
+use rcnn::RcnnModel;
+use serde_json::Value;
+use tch::{nn, Device};
+use terrahost_layers::detection::box_coder::BoxCoder;
+use terrahost_layers::detection::faster_rcnn::GeneralizedRCNN;
+use terrahost_plugin_api::{
+    sdk::{BuildCtx, Built, DynModule, Entry},
+    ModuleBox, ParamType, PluginError, Result,
+};
+
+/// TerraTorch's anchor sizes, one per feature level, cut to the number of levels.
+const ANCHOR_SIZES: [f64; 5] = [32.0, 64.0, 128.0, 256.0, 512.0];
+
+fn in_step<T>(what: impl std::fmt::Display, r: Result<T>) -> Result<T> {
+    r.map_err(|e| e.context(format_args!("ObjectDetectionModelFactory: {what}")))
+}
+
+/// Whether the last neck hands torchvision named maps, as TerraTorch's detection path needs.
+fn ends_in_named_maps(necks: &[(String, serde_json::Map<String, Value>)]) -> bool {
+    match necks.last() {
+        Some((name, nargs)) => {
+            let bare = name.strip_prefix("terratorch_").unwrap_or(name);
+            bare == FPN_NECK && nargs.get("output_ordered_dict") != Some(&Value::Bool(false))
+        }
+        None => false,
+    }
+}
+
+/// Builds the model: backbone and necks through the host, the R-CNN here.
+pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
+    let plan = plan(ctx.args.map())?;
+    if !ends_in_named_maps(&plan.necks) {
+        let names: Vec<&str> = plan.necks.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(PluginError::invalid_argument(format!(
+            "ObjectDetectionModelFactory: framework `{}` needs named feature maps, which TerraTorch gets only from a \
+             last neck `{FPN_NECK}` (with output_ordered_dict true: it names them feat0, feat1, ...); with necks \
+             {names:?} torchvision's RPN fails on the list of features ('list' object has no attribute 'values'). \
+             Add {{name: {FPN_NECK}}} as the last neck",
+            plan.framework.name()
+        )));
+    }
+
+    let mut backbone = in_step(
+        format_args!("building backbone `{}`", plan.backbone),
+        ctx.build("backbone", &plan.backbone, &plan.backbone_kwargs, None),
+    )?;
+    if let Some(cfg) = &plan.temporal {
+        let label = format!("TemporalWrapper({})", backbone.label());
+        let wrapper = TemporalWrapper::new(backbone, cfg.clone())
+            .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
+        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
+        backbone = DynModule::new(label, module);
+    }
+    let mut channels = backbone.out_channels();
+    if channels.is_empty() {
+        return Err(PluginError::build_failed(format!(
+            "ObjectDetectionModelFactory: backbone must have out_channels attribute (`{}` reports none)",
+            plan.backbone
+        )));
+    }
+    let mut necks = Vec::new();
+    for (i, (name, nargs)) in plan.necks.iter().enumerate() {
+        let neck = in_step(
+            format_args!("building neck {i} `{name}` for channels {channels:?}"),
+            ctx.build("neck", name, nargs, Some(&channels)),
+        )?;
+        channels = neck.out_channels();
+        necks.push(neck);
+    }
+    let wrapper = BackboneWrapper::new("torchvision_model.backbone", backbone, necks, channels)?;
+
+    let levels = wrapper.channel_list.len();
+    if levels > ANCHOR_SIZES.len() {
+        return Err(PluginError::invalid_argument(format!(
+            "ObjectDetectionModelFactory: the necks give {levels} feature maps but TerraTorch's anchor generator has \
+             sizes for at most {} (torchvision: there needs to be a match between the number of feature maps \
+             passed and the number of sizes / aspect ratios specified)",
+            ANCHOR_SIZES.len()
+        )));
+    }
+    let preset = args::terratorch_rcnn(
+        plan.framework,
+        plan.rcnn.num_classes,
+        levels,
+        plan.in_channels,
+    );
+    let mut cfg = plan.rcnn.clone();
+    cfg.anchor_sizes = preset.anchor_sizes;
+    cfg.aspect_ratios = preset.aspect_ratios;
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut rcnn = GeneralizedRCNN::from_config(
+        &(vs.root() / "torchvision_model"),
+        wrapper.out_channels(),
+        &cfg,
+    )
+    .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
+    if let Some(w) = plan.bbox_reg_weights {
+        rcnn.roi_heads.box_coder = BoxCoder::new(w);
+    }
+    let model = RcnnModel::new(plan.framework, wrapper, rcnn, cfg.num_classes);
+    Ok(Built::new(ctx.qualified(), vs, model).boxed())
+}
+
+/// The registry entry, with the keyword arguments of upstream `build_model`.
+pub fn entry() -> Entry {
+    Entry::new(
+        "ObjectDetectionModelFactory",
+        "Builds an object-detection model: a registry backbone and necks (ending in FeaturePyramidNetworkNeck) \
+         under torchvision's Faster R-CNN (`faster-rcnn`) or Mask R-CNN (`mask-rcnn`) with TerraTorch's anchors, \
+         pooler and heads. `backbone_*` arguments go to the backbone, `framework_*` ones to torchvision's \
+         constructor (box_score_thresh, box_nms_thresh, box_detections_per_img, rpn_pre_nms_top_n_test, \
+         rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh, bbox_reg_weights). Outputs per image i: \
+         boxes.i, scores.i, labels.i (and masks.i). fcos, retinanet and the DETRs are not ported.",
+        build,
+    )
+    .req("task", ParamType::STR, "object_detection")
+    .req("backbone", ParamType::STR, "backbone registry name (e.g. timm_resnet50, prithvi_eo_v2_300)")
+    .req(
+        "framework",
+        ParamType::STR,
+        "faster-rcnn or mask-rcnn (TerraTorch's fcos, retinanet, detr, deformable-detr and rf-detr are refused)",
+    )
+    .opt("num_classes", ParamType::INT, Value::Null, "number of classes, background included")
+    .opt(
+        "necks",
+        ParamType::DICT_LIST,
+        Value::Null,
+        "necks applied in order, each {\"name\": ..., args...}; the last must be FeaturePyramidNetworkNeck",
+    )
+    .accepts_extra()
+}
