@@ -10,6 +10,7 @@ use tch::Tensor;
 use terrahost_plugin_api::{PluginError, Result};
 
 use super::anchors::AnchorGenerator;
+use super::image_list::original_image_sizes;
 use super::poolers::MultiScaleRoIAlign;
 use super::roi_heads::{
     paste_masks_in_image, BoxHead, Detections, FastRCNNConvFCHead, FastRCNNPredictor, MaskBranch,
@@ -357,19 +358,7 @@ impl GeneralizedRCNN {
     where
         F: FnOnce(&Tensor) -> Result<Vec<(String, Tensor)>>,
     {
-        let original_sizes = images
-            .iter()
-            .map(|img| {
-                let s = img.size();
-                if s.len() < 2 {
-                    return Err(PluginError::invalid_argument(format!(
-                        "GeneralizedRCNN: expecting the last two dimensions of each image to be \
-                         H and W, got {s:?}"
-                    )));
-                }
-                Ok((s[s.len() - 2], s[s.len() - 1]))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let original_sizes = original_image_sizes(images, "GeneralizedRCNN")?;
         let images = self.transform.forward(images)?;
         let features = backbone(&images.tensors)?;
         if features.is_empty() {
@@ -497,14 +486,10 @@ mod tests {
     }
 
     fn images() -> Vec<Tensor> {
-        let img = |shape: &[i64], phase: f64| {
-            formula(shape, phase)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap()
-        };
-        vec![img(&[3, 30, 40], 0.3), img(&[3, 36, 28], 1.2)]
+        vec![
+            formula_image(&[3, 30, 40], 0.3),
+            formula_image(&[3, 36, 28], 1.2),
+        ]
     }
 
     // Boxes in pixels of magnitude ~40 after two box codings and a rescale: 1e-4 is within
@@ -556,13 +541,7 @@ mod tests {
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let model = model_from(&vs, &f, &cfg);
-        let img = |phase: f64| {
-            formula(&[3, 30, 31], phase)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap()
-        };
+        let img = |phase: f64| formula_image(&[3, 30, 31], phase);
         let images = [img(0.3), img(1.2)];
         let dets = tch::no_grad(|| model.forward(&images, |x| backbone(&f, x))).unwrap();
         for (i, d) in dets.iter().enumerate() {

@@ -11,7 +11,8 @@ use terrahost_plugin_api::{PluginError, Result};
 
 use super::anchors::AnchorGenerator;
 use super::boxes::{check_boxes, clip_boxes_to_image};
-use super::roi_heads::Detections;
+use super::image_list::original_image_sizes;
+use super::roi_heads::{level_candidates, Detections};
 use super::transform::{resize_boxes, GeneralizedRCNNTransform};
 use crate::conv::{Conv2d, ConvSpec};
 
@@ -221,19 +222,7 @@ impl FCOS {
     where
         F: FnOnce(&Tensor) -> Result<Vec<(String, Tensor)>>,
     {
-        let original_sizes = images
-            .iter()
-            .map(|img| {
-                let s = img.size();
-                if s.len() < 2 {
-                    return Err(PluginError::invalid_argument(format!(
-                        "FCOS: expecting the last two dimensions of each image to be H and W, \
-                         got {s:?}"
-                    )));
-                }
-                Ok((s[s.len() - 2], s[s.len() - 1]))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let original_sizes = original_image_sizes(images, "FCOS")?;
         let il = self.transform.forward(images)?;
         let features: Vec<Tensor> = backbone(&il.tensors)?.into_iter().map(|(_, t)| t).collect();
         if features.is_empty() {
@@ -297,20 +286,15 @@ impl FCOS {
                     .f_mul(&ctrness.f_sigmoid()?)?
                     .f_sqrt()?
                     .f_flatten(0, -1)?;
-                let keep = all.f_gt(self.score_thresh)?;
-                let s = all.f_masked_select(&keep)?;
-                let idxs = keep.f_nonzero()?.f_select(1, 0)?;
-                let k = self.topk_candidates.min(idxs.size()[0]);
-                let (s, order) = s.f_topk(k, 0, true, true)?;
-                let idxs = idxs.f_index_select(0, &order)?;
-                let anchor_idxs = idxs.f_div_scalar_mode(num_classes, "floor")?;
+                let (s, anchor_idxs, l) =
+                    level_candidates(&all, num_classes, self.score_thresh, self.topk_candidates)?;
                 let b = box_linear_decode(
                     &regression.f_index_select(0, &anchor_idxs)?,
                     &anchors.f_index_select(0, &anchor_idxs)?,
                 )?;
                 boxes.push(clip_boxes_to_image(&b, shape)?);
                 scores.push(s);
-                labels.push(idxs.f_remainder(num_classes)?);
+                labels.push(l);
             }
             out.push(Detections::after_batched_nms(
                 &boxes,
@@ -348,13 +332,7 @@ mod tests {
         let transform = GeneralizedRCNNTransform::terratorch(800, 1333, vec![0.0; 3], vec![1.0; 3]);
         let mut model = FCOS::new(transform, ag, head);
         model.detections_per_img = 20;
-        let img = |phase: f64| {
-            formula(&[3, 30, 31], phase)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap()
-        };
+        let img = |phase: f64| formula_image(&[3, 30, 31], phase);
         let images = [img(0.3), img(1.2)];
         tch::no_grad(|| {
             let il = model.transform.forward(&images).unwrap();

@@ -92,6 +92,15 @@ pub(crate) mod testutil {
             .reshape(shape)
     }
 
+    /// The fixture script's test images: `(formula(shape, phase) + 1) / 2`, in [0, 1].
+    pub fn formula_image(shape: &[i64], phase: f64) -> Tensor {
+        formula(shape, phase)
+            .f_add_scalar(1.0)
+            .unwrap()
+            .f_div_scalar(2.0)
+            .unwrap()
+    }
+
     /// The fixture script's `formula_weights`: `formula(shape, 0.05 * len(key))` scaled by
     /// 1 / sqrt(fan-in) for weights of two or more dimensions, 0.5 otherwise.
     pub fn formula_weight(key: &str, shape: &[i64]) -> Tensor {

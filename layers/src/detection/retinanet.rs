@@ -11,7 +11,8 @@ use terrahost_plugin_api::{PluginError, Result};
 use super::anchors::AnchorGenerator;
 use super::box_coder::BoxCoder;
 use super::boxes::clip_boxes_to_image;
-use super::roi_heads::Detections;
+use super::image_list::original_image_sizes;
+use super::roi_heads::{level_candidates, Detections};
 use super::transform::{resize_boxes, GeneralizedRCNNTransform};
 use crate::conv::{Conv2d, ConvSpec};
 
@@ -213,19 +214,7 @@ impl RetinaNet {
     where
         F: FnOnce(&Tensor) -> Result<Vec<(String, Tensor)>>,
     {
-        let original_sizes = images
-            .iter()
-            .map(|img| {
-                let s = img.size();
-                if s.len() < 2 {
-                    return Err(PluginError::invalid_argument(format!(
-                        "RetinaNet: expecting the last two dimensions of each image to be H and \
-                         W, got {s:?}"
-                    )));
-                }
-                Ok((s[s.len() - 2], s[s.len() - 1]))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let original_sizes = original_image_sizes(images, "RetinaNet")?;
         let il = self.transform.forward(images)?;
         let features: Vec<Tensor> = backbone(&il.tensors)?.into_iter().map(|(_, t)| t).collect();
         if features.is_empty() {
@@ -290,14 +279,8 @@ impl RetinaNet {
             for ((logits, regression), anchors) in logits.iter().zip(&regression).zip(&anchors) {
                 let num_classes = logits.size()[1];
                 let all = logits.f_sigmoid()?.f_flatten(0, -1)?;
-                let keep = all.f_gt(self.score_thresh)?;
-                let s = all.f_masked_select(&keep)?;
-                let idxs = keep.f_nonzero()?.f_select(1, 0)?;
-                let k = self.topk_candidates.min(idxs.size()[0]);
-                let (s, order) = s.f_topk(k, 0, true, true)?;
-                let idxs = idxs.f_index_select(0, &order)?;
-                let anchor_idxs = idxs.f_div_scalar_mode(num_classes, "floor")?;
-                let l = idxs.f_remainder(num_classes)?;
+                let (s, anchor_idxs, l) =
+                    level_candidates(&all, num_classes, self.score_thresh, self.topk_candidates)?;
                 let b = self.box_coder.decode_single(
                     &regression.f_index_select(0, &anchor_idxs)?,
                     &anchors.f_index_select(0, &anchor_idxs)?,
@@ -347,13 +330,7 @@ mod tests {
         let transform = GeneralizedRCNNTransform::terratorch(800, 1333, vec![0.0; 3], vec![1.0; 3]);
         let mut model = RetinaNet::new(transform, ag, head);
         model.detections_per_img = 20;
-        let img = |phase: f64| {
-            formula(&[3, 30, 31], phase)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap()
-        };
+        let img = |phase: f64| formula_image(&[3, 30, 31], phase);
         let images = [img(0.3), img(1.2)];
         tch::no_grad(|| {
             let il = model.transform.forward(&images).unwrap();

@@ -361,6 +361,27 @@ pub struct Detections {
     pub masks: Option<Tensor>,
 }
 
+/// One feature level's candidates in RetinaNet's and FCOS's `postprocess_detections`: of
+/// the level's flattened `[anchors * classes]` scores, those above `score_thresh`, at most
+/// `topk_candidates` of them by score; returns (their scores, their anchors' indices, their
+/// classes).
+pub fn level_candidates(
+    scores: &Tensor,
+    num_classes: i64,
+    score_thresh: f64,
+    topk_candidates: i64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let keep = scores.f_gt(score_thresh)?;
+    let s = scores.f_masked_select(&keep)?;
+    let idxs = keep.f_nonzero()?.f_select(1, 0)?;
+    let k = topk_candidates.min(idxs.size()[0]);
+    let (s, order) = s.f_topk(k, 0, true, true)?;
+    let idxs = idxs.f_index_select(0, &order)?;
+    let anchor_idxs = idxs.f_div_scalar_mode(num_classes, "floor")?;
+    let labels = idxs.f_remainder(num_classes)?;
+    Ok((s, anchor_idxs, labels))
+}
+
 impl Detections {
     /// The end of RetinaNet's and FCOS's `postprocess_detections`: the candidates of every
     /// level together, `batched_nms` per class at `nms_thresh`, the best

@@ -271,16 +271,8 @@ mod tests {
         let mean = vec![0.485, 0.456, 0.406];
         let std = vec![0.229, 0.224, 0.225];
         let images = [
-            formula(&[3, 21, 30], 0.2)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap(),
-            formula(&[3, 27, 14], 0.7)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap(),
+            formula_image(&[3, 21, 30], 0.2),
+            formula_image(&[3, 27, 14], 0.7),
         ];
         let t = GeneralizedRCNNTransform::new(20, 30, mean, std);
         let il = t.forward(&images).unwrap();
@@ -301,16 +293,8 @@ mod tests {
     fn transform_with_a_fixed_size_takes_it_as_width_and_height() {
         let f = fixture("transform");
         let images = [
-            formula(&[3, 21, 30], 0.2)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap(),
-            formula(&[3, 27, 14], 0.7)
-                .f_add_scalar(1.0)
-                .unwrap()
-                .f_div_scalar(2.0)
-                .unwrap(),
+            formula_image(&[3, 21, 30], 0.2),
+            formula_image(&[3, 27, 14], 0.7),
         ];
         let mut t = GeneralizedRCNNTransform::new(
             20,
