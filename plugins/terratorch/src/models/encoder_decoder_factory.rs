@@ -45,7 +45,7 @@ pub const DECLARED: [&str; 13] = [
 
 /// Backbone arguments TerraTorch consumes itself to wrap the backbone in time
 /// ([`TemporalWrapper`]), never passing them to the backbone.
-const TEMPORAL_KEYS: [&str; 6] = [
+pub const TEMPORAL_KEYS: [&str; 6] = [
     "use_temporal",
     "temporal_pooling",
     "temporal_concat",
@@ -304,6 +304,86 @@ fn dict_or_empty(args: &Map<String, Value>, key: &str) -> Result<Map<String, Val
     Ok(typed::<Map<String, Value>>(args, key)?.unwrap_or_default())
 }
 
+/// Takes TerraTorch's temporal-wrapper options (`_get_backbone` pops them) out of a
+/// backbone's keyword arguments: the wrapper's settings when `use_temporal` is true, and
+/// none of the keys left for the backbone either way. `invalid` names the factory in errors.
+pub fn take_temporal_config(
+    backbone_kwargs: &mut Map<String, Value>,
+    invalid: impl Fn(String) -> PluginError,
+) -> Result<Option<TemporalConfig>> {
+    let use_temporal = match backbone_kwargs.get("use_temporal") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`backbone_use_temporal` must be true or false, got {}",
+                describe_json(other)
+            )))
+        }
+    };
+    let temporal = if use_temporal {
+        Some(
+            TemporalConfig::from_kwargs(backbone_kwargs)
+                .map_err(|e| invalid(e.message().to_owned()))?,
+        )
+    } else {
+        None
+    };
+    for key in TEMPORAL_KEYS {
+        backbone_kwargs.remove(key);
+    }
+    Ok(temporal)
+}
+
+/// A factory's `necks` argument (`null` or a list of dicts, each with a string `name` and
+/// the neck's own arguments), as `build_neck_list` reads it. `invalid` names the factory
+/// in errors.
+pub fn neck_specs(
+    necks: Option<&Value>,
+    invalid: impl Fn(String) -> PluginError,
+) -> Result<Vec<NeckSpec>> {
+    let items = match necks {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`necks` must be a list of dicts, got {}",
+                describe_json(other)
+            )))
+        }
+    };
+    let mut specs = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let neck = item.as_object().ok_or_else(|| {
+            invalid(format!(
+                "`necks[{i}]` must be a dict with a `name`, got {}",
+                describe_json(item)
+            ))
+        })?;
+        let name = match neck.get("name") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`necks[{i}].name` must be a string, got {}",
+                    describe_json(other)
+                )))
+            }
+            None => {
+                return Err(invalid(format!(
+                    "`necks[{i}]` needs a `name` key naming the neck"
+                )))
+            }
+        };
+        let args = neck
+            .iter()
+            .filter(|(k, _)| k.as_str() != "name")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        specs.push(NeckSpec { name, args });
+    }
+    Ok(specs)
+}
+
 /// Reads the validated build arguments (declared ones plus prefixed extras) into a
 /// plan, splitting the extras by prefix exactly as upstream does: an explicit
 /// `backbone_kwargs`/`decoder_kwargs`/`head_kwargs` dict that is non-empty wins, and
@@ -339,25 +419,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
     if backbone_kwargs.is_empty() {
         (backbone_kwargs, extras) = extract_prefix_keys(&extras, "backbone_");
     }
-    // TerraTorch's temporal wrapper options never reach the backbone.
-    let use_temporal = match backbone_kwargs.get("use_temporal") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(invalid(format!(
-                "`backbone_use_temporal` must be true or false, got {}",
-                describe_json(other)
-            )))
-        }
-    };
-    let temporal = if use_temporal {
-        Some(TemporalConfig::from_kwargs(&backbone_kwargs).map_err(|e| invalid(e.message()))?)
-    } else {
-        None
-    };
-    for key in TEMPORAL_KEYS {
-        backbone_kwargs.remove(key);
-    }
+    let temporal = take_temporal_config(&mut backbone_kwargs, invalid)?;
 
     // Like upstream, the patch size and padding mode are read from the backbone's
     // arguments (and still passed on to the backbone).
@@ -415,29 +477,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<FactoryPlan> {
         }
     }
 
-    let mut necks = Vec::new();
-    for (i, neck) in typed::<Vec<Map<String, Value>>>(args, "necks")?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        let name = match neck.get("name") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "`necks[{i}].name` must be a string, got {}",
-                    describe_json(other)
-                )))
-            }
-            None => {
-                return Err(invalid(format!(
-                    "`necks[{i}]` needs a `name` key naming the neck"
-                )))
-            }
-        };
-        let args = neck.into_iter().filter(|(k, _)| k != "name").collect();
-        necks.push(NeckSpec { name, args });
-    }
+    let necks = neck_specs(args.get("necks"), invalid)?;
 
     if task == Task::EmbeddingGeneration {
         // Upstream's embedding path never reads `decoder_*`/`head_*` nor checks what is

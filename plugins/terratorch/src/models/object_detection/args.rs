@@ -3,7 +3,9 @@
 //! `backbone_` / `framework_` split, the input channel count, and the `framework_*`
 //! keyword arguments as torchvision's `FasterRCNN` / `MaskRCNN` constructors take them.
 
-use super::super::encoder_decoder_factory::{extract_prefix_keys, py_repr};
+use super::super::encoder_decoder_factory::{
+    extract_prefix_keys, neck_specs, py_repr, take_temporal_config, NeckSpec,
+};
 use super::super::temporal_wrapper::TemporalConfig;
 use serde_json::{Map, Value};
 use terrahost_layers::detection::faster_rcnn::RCNNConfig;
@@ -11,16 +13,6 @@ use terrahost_plugin_api::{params::describe_json, PluginError, Result};
 
 /// The keyword arguments `build_model` declares; the rest is split by prefix.
 pub const DECLARED: [&str; 5] = ["task", "backbone", "framework", "num_classes", "necks"];
-
-/// Backbone arguments `_get_backbone` pops for its temporal wrapper.
-const TEMPORAL_KEYS: [&str; 6] = [
-    "use_temporal",
-    "temporal_pooling",
-    "temporal_concat",
-    "temporal_n_timestamps",
-    "temporal_features_permute_op",
-    "temporal_subset_lengths",
-];
 
 /// The detection frameworks TerraTorch 1.2.13 knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +148,7 @@ pub struct DetectionPlan {
     /// The temporal wrapper, when `backbone_use_temporal` is true.
     pub temporal: Option<TemporalConfig>,
     /// Necks as (registry name, arguments), in order.
-    pub necks: Vec<(String, Map<String, Value>)>,
+    pub necks: Vec<NeckSpec>,
     /// Input channels (`in_channels`, else the number of `backbone_model_bands` /
     /// `backbone_bands`): the length of the zero mean and unit std.
     pub in_channels: i64,
@@ -289,59 +281,9 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
     };
     let framework = Framework::parse(&framework_name)?;
 
-    let use_temporal = match backbone_kwargs.get("use_temporal") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(invalid(format!(
-                "`backbone_use_temporal` must be true or false, got {}",
-                describe_json(other)
-            )))
-        }
-    };
-    let temporal = if use_temporal {
-        Some(TemporalConfig::from_kwargs(&backbone_kwargs).map_err(|e| invalid(e.message()))?)
-    } else {
-        None
-    };
-    for key in TEMPORAL_KEYS {
-        backbone_kwargs.remove(key);
-    }
+    let temporal = take_temporal_config(&mut backbone_kwargs, invalid)?;
 
-    let mut necks = Vec::new();
-    match args.get("necks") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let obj = item.as_object().ok_or_else(|| {
-                    invalid(format!(
-                        "`necks[{i}]` must be a dict with a `name`, got {}",
-                        describe_json(item)
-                    ))
-                })?;
-                let name = match obj.get("name") {
-                    Some(Value::String(s)) => s.clone(),
-                    _ => {
-                        return Err(invalid(format!(
-                            "`necks[{i}]` needs a `name` key naming the neck"
-                        )))
-                    }
-                };
-                let nargs = obj
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "name")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                necks.push((name, nargs));
-            }
-        }
-        Some(other) => {
-            return Err(invalid(format!(
-                "`necks` must be a list of dicts, got {}",
-                describe_json(other)
-            )))
-        }
-    }
+    let necks = neck_specs(args.get("necks"), invalid)?;
 
     // torchvision's keyword checks, in the order Python makes them: duplicates at the call.
     let class = framework.class();

@@ -23,6 +23,7 @@ pub mod args;
 pub mod backbone_wrapper;
 pub mod rcnn;
 
+use super::encoder_decoder_factory::NeckSpec;
 use super::temporal_wrapper::TemporalWrapper;
 use args::plan;
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
@@ -44,11 +45,11 @@ fn in_step<T>(what: impl std::fmt::Display, r: Result<T>) -> Result<T> {
 }
 
 /// Whether the last neck hands torchvision named maps, as TerraTorch's detection path needs.
-fn ends_in_named_maps(necks: &[(String, serde_json::Map<String, Value>)]) -> bool {
+fn ends_in_named_maps(necks: &[NeckSpec]) -> bool {
     match necks.last() {
-        Some((name, nargs)) => {
+        Some(NeckSpec { name, args }) => {
             let bare = name.strip_prefix("terratorch_").unwrap_or(name);
-            bare == FPN_NECK && nargs.get("output_ordered_dict") != Some(&Value::Bool(false))
+            bare == FPN_NECK && args.get("output_ordered_dict") != Some(&Value::Bool(false))
         }
         None => false,
     }
@@ -58,7 +59,7 @@ fn ends_in_named_maps(necks: &[(String, serde_json::Map<String, Value>)]) -> boo
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
     let plan = plan(ctx.args.map())?;
     if !ends_in_named_maps(&plan.necks) {
-        let names: Vec<&str> = plan.necks.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = plan.necks.iter().map(|n| n.name.as_str()).collect();
         return Err(PluginError::invalid_argument(format!(
             "ObjectDetectionModelFactory: framework `{}` needs named feature maps, which TerraTorch gets only from a \
              last neck `{FPN_NECK}` (with output_ordered_dict true: it names them feat0, feat1, ...); with necks \
@@ -87,7 +88,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         )));
     }
     let mut necks = Vec::new();
-    for (i, (name, nargs)) in plan.necks.iter().enumerate() {
+    for (i, NeckSpec { name, args: nargs }) in plan.necks.iter().enumerate() {
         let neck = in_step(
             format_args!("building neck {i} `{name}` for channels {channels:?}"),
             ctx.build("neck", name, nargs, Some(&channels)),
