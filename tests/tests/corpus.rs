@@ -9,17 +9,20 @@
 //! the same model run in float64. The float64 output is the truth (PyTorch's own float32
 //! CPU kernels can be off by far more than terrahost on some shapes); the tolerance is
 //! 1e-4 relative to the output's magnitude (absolute below magnitude 1). Both errors are
-//! reported.
+//! reported. Object-detection configs are compared per image and detection
+//! ([`compare_detections`]).
 //!
 //! `tests/corpus/known_gaps.json` names the buildable configs terrahost does not run yet,
 //! each with its reason. The test fails when any other config fails, and when a known
 //! gap starts to pass (remove it from the list then), so the list and the README's score
 //! stay true. The run writes its table to `target/corpus-report.json`.
+//! `TERRAHOST_CORPUS_ONLY=<part of a slug>` runs only the matching configs.
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
+use terrahost_testkit::detection::hashed;
 use terrahost_testkit::{build_dir, kind_of, real_plugins, synth, workspace_root, PLUGINS};
 
 /// The relative tolerance against the float64 reference.
@@ -35,8 +38,10 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-/// The synthetic weights of a corpus fixture, written as a `.safetensors` checkpoint.
-fn write_weights(fixture: &Path, out: &Path) {
+/// The synthetic weights of a corpus fixture, written as a `.safetensors` checkpoint: refkit's
+/// `synth`, and for the keys under one of `hashed_prefixes` with two or more dimensions (the
+/// detection heads' matrices, see `scripts/reference/corpus.py`) the script's `hashed`.
+fn write_weights(fixture: &Path, hashed_prefixes: &[&str], out: &Path) {
     let keys = read_json(&fixture.join("state_dict.json"));
     let tensors: Vec<(String, Tensor)> = keys
         .as_array()
@@ -50,7 +55,12 @@ fn write_weights(fixture: &Path, out: &Path) {
                 .iter()
                 .map(|d| d.as_i64().expect("dim"))
                 .collect();
-            let t = synth(&key, &shape, kind_of(e[2].as_str().expect("dtype")));
+            let kind = kind_of(e[2].as_str().expect("dtype"));
+            let t = if shape.len() >= 2 && hashed_prefixes.iter().any(|p| key.starts_with(p)) {
+                hashed(&shape).to_kind(kind)
+            } else {
+                synth(&key, &shape, kind)
+            };
             (key, t)
         })
         .collect();
@@ -70,7 +80,12 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
     let fixture = corpus_dir().join("fixtures").join(slug);
     let work = tempfile::tempdir().unwrap();
     let weights = work.path().join("weights.safetensors");
-    write_weights(&fixture, &weights);
+    let hashed_prefixes: Vec<&str> = meta
+        .get("hashed_prefixes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    write_weights(&fixture, &hashed_prefixes, &weights);
 
     // Only the inputs go into the input file (the fixture also holds the references).
     let io = Tensor::read_safetensors(fixture.join("io.safetensors")).unwrap();
@@ -135,6 +150,9 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
         };
     }
     let got = Tensor::read_safetensors(&output_file).unwrap();
+    if meta.get("task").and_then(Value::as_str) == Some("object_detection") {
+        return compare_detections(meta, &get, &got);
+    }
     let mut passed = true;
     let mut per_output = Map::new();
     for name in meta["output_names"].as_array().unwrap() {
@@ -180,6 +198,105 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
     }
 }
 
+/// An `ObjectDetectionTask` config's detections, image by image (`boxes.{i}`, `scores.{i}`,
+/// `labels.{i}`, the first `masks_kept` of `masks.{i}`), as issue 18 asks: the same labels in
+/// the same order, boxes within 1e-3 px and scores and masks within 1e-4 of TerraTorch's
+/// float32 output. PyTorch's own float32 boxes are often farther than that from its float64
+/// ones (float32 rounding in a ViT backbone moves the synthetic model's box regression by up to
+/// 0.014 px at 224 x 224, and another summation order moves it as much again), so terrahost also
+/// passes when it is no farther from float64 than twice PyTorch's float32 error or than the
+/// rest of the corpus allows (1e-4 of the output's magnitude: 0.022 px for boxes in 224 px).
+/// Only the leading detections of an image on which PyTorch's float32 and float64 runs agree
+/// are compared (`compared_detections`; all of them for most configs): past a near tie of the
+/// synthetic model, float32 rounding decides which detections follow (`corpus.py`).
+fn compare_detections(
+    meta: &Map<String, Value>,
+    get: &dyn Fn(&str) -> Option<Tensor>,
+    got: &[(String, Tensor)],
+) -> Outcome {
+    let counts = |key: &str| -> Vec<i64> {
+        meta[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("the fixture's meta lacks `{key}`"))
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    let (detections, compared) = (counts("detections_per_image"), counts("compared_detections"));
+    let mut passed = true;
+    let mut per_output = Map::new();
+    for name in meta["output_names"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let (kind, image) = name.split_once('.').unwrap();
+        let image: usize = image.parse().unwrap();
+        let (Some(ref32), Some(ref64)) = (get(name), get(&format!("f64.{name}"))) else {
+            panic!("the fixture lacks `{name}` or `f64.{name}`");
+        };
+        let Some(out) = got.iter().find(|(k, _)| k == name).map(|(_, t)| t) else {
+            passed = false;
+            per_output.insert(name.into(), json!({"error": "terrahost wrote no such output"}));
+            continue;
+        };
+        // All of the image's detections when PyTorch's float32 and float64 runs agree on all of
+        // them, else at least the leading ones they agree on; those are compared.
+        let rows = out.size().first().copied().unwrap_or(0);
+        let whole = compared[image] == detections[image];
+        if (whole && kind != "masks" && rows != detections[image]) || rows < ref32.size()[0] {
+            passed = false;
+            per_output.insert(
+                name.into(),
+                json!({"error": format!("{rows} detections, TerraTorch's {}", detections[image])}),
+            );
+            continue;
+        }
+        let out = out.narrow(0, 0, ref32.size()[0]);
+        if out.size() != ref32.size() {
+            passed = false;
+            per_output.insert(
+                name.into(),
+                json!({"error": format!("shape {:?}, TerraTorch's is {:?}", out.size(), ref32.size())}),
+            );
+            continue;
+        }
+        if kind == "labels" {
+            let same = out.equal(&ref32);
+            passed &= same;
+            per_output.insert(name.into(), json!({"same": same}));
+            continue;
+        }
+        let max_abs = |a: &Tensor, b: &Tensor| {
+            if a.numel() == 0 {
+                0.0
+            } else {
+                (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            }
+        };
+        let tol = if kind == "boxes" { 1e-3 } else { 1e-4 };
+        let err32 = max_abs(&out, &ref32);
+        let err64 = max_abs(&out, &ref64);
+        let pytorch_err = max_abs(&ref32, &ref64);
+        let magnitude = if ref64.numel() == 0 {
+            0.0
+        } else {
+            ref64.abs().max().double_value(&[])
+        };
+        let ok = err32 <= tol || err64 <= (2.0 * pytorch_err).max(RTOL * magnitude);
+        passed &= ok;
+        per_output.insert(
+            name.into(),
+            json!({"max_abs_vs_f32": err32, "max_abs_vs_f64": err64, "pytorch_f32_vs_f64": pytorch_err,
+                   "magnitude": magnitude, "ok": ok}),
+        );
+    }
+    Outcome {
+        passed,
+        detail: Value::Object(per_output),
+    }
+}
+
 fn count_yamls(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -217,7 +334,13 @@ fn terratorchs_own_configs_run_unchanged() {
     let mut unexpected_failures = Vec::new();
     let mut unexpected_passes = Vec::new();
     let (mut built, mut ran) = (0, 0);
+    // `TERRAHOST_CORPUS_ONLY=object_detection` runs only the configs whose slug contains it
+    // (a developer's shortcut; the whole corpus runs otherwise).
+    let only = std::env::var("TERRAHOST_CORPUS_ONLY").ok();
     for (slug, rec) in results {
+        if only.as_deref().is_some_and(|o| !slug.contains(o)) {
+            continue;
+        }
         if rec["status"] != "built" {
             report.insert(
                 slug.clone(),
