@@ -32,7 +32,12 @@ fn norm(ln: &nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
 }
 
 /// `norm(x + linear2(relu(linear1(x))))`, the layers' `forward_ffn`.
-fn ffn(linear1: &nn::Linear, linear2: &nn::Linear, ln: &nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
+fn ffn(
+    linear1: &nn::Linear,
+    linear2: &nn::Linear,
+    ln: &nn::LayerNorm,
+    x: &Tensor,
+) -> Result<Tensor> {
     let h = apply(linear2, &apply(linear1, x)?.f_relu()?)?;
     norm(ln, &x.f_add(&h)?)
 }
@@ -125,7 +130,8 @@ impl DeformableTransformer {
                  layers' outputs: torch.stack of an empty list)",
             ));
         }
-        let attn = |q: nn::Path| MSDeformAttn::new(q, d, cfg.num_feature_levels, cfg.nhead, cfg.n_points);
+        let attn =
+            |q: nn::Path| MSDeformAttn::new(q, d, cfg.num_feature_levels, cfg.nhead, cfg.n_points);
         let enc = &p / "encoder" / "layers";
         let encoder = (0..cfg.num_encoder_layers)
             .map(|i| {
@@ -172,7 +178,12 @@ impl DeformableTransformer {
 
     /// `forward(srcs, masks=all valid, pos_embeds, query_embed [Q, 2C])`: `srcs` and
     /// `pos_embeds` are one `[B, C, H_l, W_l]` map per level.
-    pub fn forward(&self, srcs: &[Tensor], pos_embeds: &[Tensor], query_embed: &Tensor) -> Result<DeformableOutput> {
+    pub fn forward(
+        &self,
+        srcs: &[Tensor],
+        pos_embeds: &[Tensor],
+        query_embed: &Tensor,
+    ) -> Result<DeformableOutput> {
         let c = self.cfg.d_model;
         let levels = self.cfg.num_feature_levels as usize;
         if srcs.len() != levels || pos_embeds.len() != levels {

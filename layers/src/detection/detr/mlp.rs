@@ -12,7 +12,13 @@ pub struct Mlp {
 
 impl Mlp {
     /// The layers under `p / "layers" / i`.
-    pub fn new(p: nn::Path, input_dim: i64, hidden_dim: i64, output_dim: i64, num_layers: usize) -> Self {
+    pub fn new(
+        p: nn::Path,
+        input_dim: i64,
+        hidden_dim: i64,
+        output_dim: i64,
+        num_layers: usize,
+    ) -> Self {
         let dims: Vec<i64> = std::iter::once(input_dim)
             .chain(std::iter::repeat(hidden_dim).take(num_layers.saturating_sub(1)))
             .chain(std::iter::once(output_dim))

@@ -29,7 +29,13 @@ fn apply(l: &nn::Linear, x: &Tensor) -> Result<Tensor> {
 
 impl MSDeformAttn {
     /// The module under `p`; `d_model` must be divisible by `n_heads` (upstream's check).
-    pub fn new(p: nn::Path, d_model: i64, n_levels: i64, n_heads: i64, n_points: i64) -> Result<Self> {
+    pub fn new(
+        p: nn::Path,
+        d_model: i64,
+        n_levels: i64,
+        n_heads: i64,
+        n_points: i64,
+    ) -> Result<Self> {
         if n_heads < 1 || d_model % n_heads != 0 || n_levels < 1 || n_points < 1 {
             return Err(PluginError::invalid_argument(format!(
                 "MSDeformAttn: d_model must be divisible by n_heads, and levels and points positive; got d_model \
@@ -38,7 +44,11 @@ impl MSDeformAttn {
         }
         let lin = |name: &str, i, o| nn::linear(&p / name, i, o, Default::default());
         Ok(Self {
-            sampling_offsets: lin("sampling_offsets", d_model, n_heads * n_levels * n_points * 2),
+            sampling_offsets: lin(
+                "sampling_offsets",
+                d_model,
+                n_heads * n_levels * n_points * 2,
+            ),
             attention_weights: lin("attention_weights", d_model, n_heads * n_levels * n_points),
             value_proj: lin("value_proj", d_model, d_model),
             output_proj: lin("output_proj", d_model, d_model),

@@ -35,7 +35,15 @@ fn to_pixels(b: &Tensor, height: i64, width: i64) -> Result<Tensor> {
     let c = b.f_unbind(-1)?;
     let (cx, cy, w, h) = (&c[0], &c[1], &c[2], &c[3]);
     let (hw, hh) = (w.f_mul_scalar(0.5)?, h.f_mul_scalar(0.5)?);
-    let xyxy = Tensor::f_stack(&[cx.f_sub(&hw)?, cy.f_sub(&hh)?, cx.f_add(&hw)?, cy.f_add(&hh)?], -1)?;
+    let xyxy = Tensor::f_stack(
+        &[
+            cx.f_sub(&hw)?,
+            cy.f_sub(&hh)?,
+            cx.f_add(&hw)?,
+            cy.f_add(&hh)?,
+        ],
+        -1,
+    )?;
     // Upstream scales by an int64 tensor of sizes, which promotes to the boxes' float kind.
     let scale = Tensor::f_from_slice(&[width, height, width, height])?.f_to_kind(b.kind())?;
     Ok(xyxy.f_mul(&scale.f_to_device(b.device())?)?)
@@ -86,8 +94,11 @@ pub fn deformable_detr_postprocess(
     let (scores, index) = prob.f_topk(DEFORMABLE_TOP_K, 1, true, true)?;
     let query = index.f_floor_divide_scalar(k)?;
     let labels = index.f_remainder(k)?;
-    let boxes = to_pixels(pred_boxes, height, width)?
-        .f_gather(1, &query.f_unsqueeze(-1)?.f_repeat([1, 1, 4])?, false)?;
+    let boxes = to_pixels(pred_boxes, height, width)?.f_gather(
+        1,
+        &query.f_unsqueeze(-1)?.f_repeat([1, 1, 4])?,
+        false,
+    )?;
     (0..b)
         .map(|i| {
             Ok(ImageDetections {

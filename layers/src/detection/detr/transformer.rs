@@ -79,7 +79,10 @@ impl EncoderLayer {
 
     fn forward(&self, src: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let qk = src.f_add(pos)?;
-        let src = norm(&self.norm1, &src.f_add(&self.self_attn.forward(&qk, &qk, src)?)?)?;
+        let src = norm(
+            &self.norm1,
+            &src.f_add(&self.self_attn.forward(&qk, &qk, src)?)?,
+        )?;
         norm(&self.norm2, &src.f_add(&self.ffn.forward(&src)?)?)
     }
 }
@@ -107,9 +110,18 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, tgt: &Tensor, memory_k: &Tensor, memory: &Tensor, query_pos: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        tgt: &Tensor,
+        memory_k: &Tensor,
+        memory: &Tensor,
+        query_pos: &Tensor,
+    ) -> Result<Tensor> {
         let qk = tgt.f_add(query_pos)?;
-        let tgt = norm(&self.norm1, &tgt.f_add(&self.self_attn.forward(&qk, &qk, tgt)?)?)?;
+        let tgt = norm(
+            &self.norm1,
+            &tgt.f_add(&self.self_attn.forward(&qk, &qk, tgt)?)?,
+        )?;
         let cross = self
             .multihead_attn
             .forward(&tgt.f_add(query_pos)?, memory_k, memory)?;
@@ -156,7 +168,12 @@ impl Transformer {
     /// the normed last decoder output `[B, Q, C]` (the last entry of upstream's
     /// `[layers, B, Q, C]`; with intermediate outputs the last is the same normed output)
     /// and the encoder memory `[B, C, H, W]`.
-    pub fn forward(&self, src: &Tensor, query_embed: &Tensor, pos: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        query_embed: &Tensor,
+        pos: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let s = src.size();
         if s.len() != 4 || s[1] != self.d_model || pos.size() != s {
             return Err(PluginError::forward_failed(format!(
@@ -180,7 +197,10 @@ impl Transformer {
             out = layer.forward(&out, &memory_k, &memory, &query_pos)?;
         }
         let hs = norm(&self.decoder_norm, &out)?.f_transpose(0, 1)?;
-        let memory = memory.f_permute([1, 2, 0])?.f_contiguous()?.f_view([b, c, h, w])?;
+        let memory = memory
+            .f_permute([1, 2, 0])?
+            .f_contiguous()?
+            .f_view([b, c, h, w])?;
         Ok((hs, memory))
     }
 }

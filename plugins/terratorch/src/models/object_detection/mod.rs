@@ -21,10 +21,11 @@
 
 pub mod args;
 pub mod backbone_wrapper;
+pub mod detr;
 pub mod rcnn;
 
 use super::encoder_decoder_factory::NeckSpec;
-use super::temporal_wrapper::TemporalWrapper;
+use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
 use args::plan;
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
 use rcnn::RcnnModel;
@@ -55,9 +56,52 @@ fn ends_in_named_maps(necks: &[NeckSpec]) -> bool {
     }
 }
 
-/// Builds the model: backbone and necks through the host, the R-CNN here.
+/// The registry backbone (in TerraTorch's temporal wrapper when asked) and its necks, built
+/// through the host and wrapped as `torchvision_model.backbone`.
+fn backbone_wrapper(
+    ctx: &BuildCtx<'_, '_>,
+    name: &str,
+    kwargs: &serde_json::Map<String, Value>,
+    temporal: &Option<TemporalConfig>,
+    neck_specs: &[NeckSpec],
+) -> Result<BackboneWrapper> {
+    let mut backbone = in_step(
+        format_args!("building backbone `{name}`"),
+        ctx.build("backbone", name, kwargs, None),
+    )?;
+    if let Some(cfg) = temporal {
+        let label = format!("TemporalWrapper({})", backbone.label());
+        let wrapper = TemporalWrapper::new(backbone, cfg.clone())
+            .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
+        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
+        backbone = DynModule::new(label, module);
+    }
+    let mut channels = backbone.out_channels();
+    if channels.is_empty() {
+        return Err(PluginError::build_failed(format!(
+            "ObjectDetectionModelFactory: backbone must have out_channels attribute (`{name}` reports none)"
+        )));
+    }
+    let mut necks = Vec::new();
+    for (i, NeckSpec { name, args: nargs }) in neck_specs.iter().enumerate() {
+        let neck = in_step(
+            format_args!("building neck {i} `{name}` for channels {channels:?}"),
+            ctx.build("neck", name, nargs, Some(&channels)),
+        )?;
+        channels = neck.out_channels();
+        necks.push(neck);
+    }
+    BackboneWrapper::new("torchvision_model.backbone", backbone, necks, channels)
+}
+
+/// Builds the model: backbone and necks through the host, the R-CNN here (the DETRs in
+/// [`detr`]).
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let plan = plan(ctx.args.map())?;
+    let front = args::front(ctx.args.map())?;
+    if front.framework.is_detr() {
+        return detr::build(ctx, front);
+    }
+    let plan = plan(front)?;
     if !ends_in_named_maps(&plan.necks) {
         let names: Vec<&str> = plan.necks.iter().map(|n| n.name.as_str()).collect();
         return Err(PluginError::invalid_argument(format!(
@@ -69,34 +113,13 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         )));
     }
 
-    let mut backbone = in_step(
-        format_args!("building backbone `{}`", plan.backbone),
-        ctx.build("backbone", &plan.backbone, &plan.backbone_kwargs, None),
+    let wrapper = backbone_wrapper(
+        ctx,
+        &plan.backbone,
+        &plan.backbone_kwargs,
+        &plan.temporal,
+        &plan.necks,
     )?;
-    if let Some(cfg) = &plan.temporal {
-        let label = format!("TemporalWrapper({})", backbone.label());
-        let wrapper = TemporalWrapper::new(backbone, cfg.clone())
-            .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
-        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
-        backbone = DynModule::new(label, module);
-    }
-    let mut channels = backbone.out_channels();
-    if channels.is_empty() {
-        return Err(PluginError::build_failed(format!(
-            "ObjectDetectionModelFactory: backbone must have out_channels attribute (`{}` reports none)",
-            plan.backbone
-        )));
-    }
-    let mut necks = Vec::new();
-    for (i, NeckSpec { name, args: nargs }) in plan.necks.iter().enumerate() {
-        let neck = in_step(
-            format_args!("building neck {i} `{name}` for channels {channels:?}"),
-            ctx.build("neck", name, nargs, Some(&channels)),
-        )?;
-        channels = neck.out_channels();
-        necks.push(neck);
-    }
-    let wrapper = BackboneWrapper::new("torchvision_model.backbone", backbone, necks, channels)?;
 
     let levels = wrapper.channel_list.len();
     if levels > ANCHOR_SIZES.len() {
