@@ -59,6 +59,7 @@ fn set_weights(state: Vec<(String, Tensor)>, want: &HashMap<String, Tensor>) {
 fn close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
     assert_eq!(got.size(), want.size(), "{what}: shape");
     let d = max_abs_diff(got, want);
+    eprintln!("{what}: max abs difference {d:.3e}");
     assert!(d <= tol, "{what}: differs by {d} (tolerance {tol})");
 }
 
@@ -295,8 +296,7 @@ fn deformable_detr_needs_100_candidates() {
     a.insert("framework_num_queries".into(), json!(24));
     let module = build(&a).unwrap();
     let e = tch::no_grad(|| module.forward(&[want["input"].shallow_clone()]))
-        .err()
-        .expect("24 x 4 < 100 candidates must fail")
+        .expect_err("24 x 4 < 100 candidates must fail")
         .to_string();
     assert!(e.contains("top 100") && e.contains("24 x 4"), "{e}");
 }

@@ -1,13 +1,13 @@
 //! TerraTorch's DETR and Deformable DETR (`terratorch/models/detr/`, TerraTorch 1.2.13), the
 //! inference path its `ObjectDetectionModelFactory` wrappers run (`terratorch_detr.py`):
 //!
-//! * [`position_encoding`]: `PositionEmbeddingSine`;
-//! * [`multihead_attention`]: `torch.nn.MultiheadAttention` as the transformers call it;
-//! * [`transformer`]: DETR's encoder-decoder `Transformer`;
-//! * [`ms_deform_attn`]: the `MSDeformAttn` module around the deformable sampling;
-//! * [`deformable_transformer`]: `DeformableTransformer` (single stage, no box refinement);
-//! * [`mlp`]: the box head `MLP`;
-//! * [`postprocess`]: DETR's and Deformable DETR's `PostProcess`.
+//! * `PositionEmbeddingSine` in [`position_encoding`];
+//! * `torch.nn.MultiheadAttention`, as the transformers call it, in [`multihead_attention`];
+//! * DETR's encoder-decoder `Transformer` in [`transformer`];
+//! * the `MSDeformAttn` module around the deformable sampling in [`ms_deform_attn`];
+//! * `DeformableTransformer` (single stage, no box refinement) in [`deformable_transformer`];
+//! * the box head `MLP` in [`mlp`];
+//! * DETR's and Deformable DETR's `PostProcess` in [`postprocess`].
 //!
 //! The tests are the factory's parity tests (`plugins/terratorch/src/tests_detr.rs`), whose
 //! fixtures hold the intermediates of each piece.
