@@ -9,7 +9,10 @@
 //! `MaskRCNNHeads(C, [256] * 4, 1, BatchNorm2d)` with the box pooler as mask pooler; and
 //! TerraTorch's transform, which passes the images through unchanged.
 //!
-//! `fcos`, `retinanet`, `detr`, `deformable-detr` and `rf-detr` are refused with the reason
+//! `detr` and `deformable-detr` are built by [`detr`] (TerraTorch's own DETR wrappers, on
+//! the feature maps as a list, so no FPN neck is needed).
+//!
+//! `fcos`, `retinanet` and `rf-detr` are refused with the reason
 //! ([`args::NOT_PORTED`]).
 //!
 //! **Outputs.** TerraTorch's model returns one dict per image; the module returns, image
@@ -163,7 +166,9 @@ pub fn entry() -> Entry {
          pooler and heads. `backbone_*` arguments go to the backbone, `framework_*` ones to torchvision's \
          constructor (box_score_thresh, box_nms_thresh, box_detections_per_img, rpn_pre_nms_top_n_test, \
          rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh, bbox_reg_weights). Outputs per image i: \
-         boxes.i, scores.i, labels.i (and masks.i). fcos, retinanet and the DETRs are not ported.",
+         boxes.i, scores.i, labels.i (and masks.i). `detr` and `deformable-detr` build TerraTorch's DETR wrappers \
+         (framework_d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, num_queries, and for \
+         deformable-detr n_points and num_feature_levels); fcos, retinanet and rf-detr are not ported.",
         build,
     )
     .req("task", ParamType::STR, "object_detection")
@@ -171,14 +176,15 @@ pub fn entry() -> Entry {
     .req(
         "framework",
         ParamType::STR,
-        "faster-rcnn or mask-rcnn (TerraTorch's fcos, retinanet, detr, deformable-detr and rf-detr are refused)",
+        "faster-rcnn, mask-rcnn, detr or deformable-detr (TerraTorch's fcos, retinanet and rf-detr are refused)",
     )
     .opt("num_classes", ParamType::INT, Value::Null, "number of classes, background included")
     .opt(
         "necks",
         ParamType::DICT_LIST,
         Value::Null,
-        "necks applied in order, each {\"name\": ..., args...}; the last must be FeaturePyramidNetworkNeck",
+        "necks applied in order, each {\"name\": ..., args...}; for the R-CNNs the last must be \
+         FeaturePyramidNetworkNeck",
     )
     .accepts_extra()
 }
