@@ -287,6 +287,29 @@ fn detr_accepts_the_training_only_arguments() {
     build(&a).unwrap();
 }
 
+/// DETR reads the feature maps as a list: without the FPN neck (TerraTorch's R-CNNs need its
+/// named maps) it runs on the last reshaped token map, every query a detection per image.
+#[test]
+fn detr_runs_without_the_fpn_neck() {
+    let (meta, want) = fixture("detr_prithvi");
+    let mut a = args_of(&meta);
+    let mut necks = a["necks"].as_array().unwrap().clone();
+    necks.truncate(2); // SelectIndices, ReshapeTokensToImage: four [B, 32, 4, 4] maps
+    a.insert("necks".into(), Value::Array(necks));
+    let module = build(&a).unwrap();
+    let out = tch::no_grad(|| module.forward(&[want["input"].shallow_clone()])).unwrap();
+    assert_eq!(out.len(), 6);
+    for i in 0..2 {
+        assert_eq!(out[3 * i].size(), [7, 4], "boxes.{i}");
+        assert_eq!(out[3 * i + 1].size(), [7], "scores.{i}");
+        let labels = Vec::<i64>::try_from(&out[3 * i + 2]).unwrap();
+        assert!(
+            labels.iter().all(|l| (0..3).contains(l)),
+            "labels.{i}: {labels:?}"
+        );
+    }
+}
+
 /// Deformable DETR's PostProcess keeps 100 detections: fewer queries x classes fail upstream
 /// (torch.topk) and here, at the forward, with the reason.
 #[test]

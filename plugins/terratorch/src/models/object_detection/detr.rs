@@ -180,6 +180,14 @@ pub fn read_config(
             }
         }
     }
+    // nn.Dropout checks its probability even though eval mode never applies it.
+    if let Some(p) = kwargs.get("dropout").and_then(Value::as_f64) {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(invalid(format!(
+                "`framework_dropout`: dropout probability has to be between 0 and 1, but got {p}"
+            )));
+        }
+    }
     let deformable = framework == Framework::DeformableDetr;
     let num_classes = match num_classes {
         None | Some(Value::Null) => {
