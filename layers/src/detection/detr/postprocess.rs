@@ -109,3 +109,53 @@ pub fn deformable_detr_postprocess(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A centred 0.2 x 0.4 box on a 10 (high) x 20 (wide) image is x 8..12, y 3..7.
+    fn boxes(q: i64) -> Tensor {
+        Tensor::from_slice(&[0.5f32, 0.5, 0.2, 0.4])
+            .view([1, 1, 4])
+            .repeat([1, q, 1])
+    }
+
+    #[test]
+    fn detr_postprocess_drops_the_no_object_class() {
+        // Query 0: the no-object logit is the largest but never a label; query 1: class 0.
+        let logits = Tensor::from_slice(&[0.0f32, 1.0, 5.0, 2.0, 0.0, 0.0]).view([1, 2, 3]);
+        let d = detr_postprocess(&logits, &boxes(2), 10, 20).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&d[0].labels).unwrap(), [1, 0]);
+        let e = |a: f64, b: f64, c: f64| a.exp() / (a.exp() + b.exp() + c.exp());
+        let want = [e(1.0, 0.0, 5.0), e(2.0, 0.0, 0.0)];
+        for (g, w) in Vec::<f32>::try_from(&d[0].scores).unwrap().iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
+        }
+        let b = Vec::<f32>::try_from(d[0].boxes.flatten(0, 1)).unwrap();
+        for (g, w) in b.iter().zip([8.0f32, 3.0, 12.0, 7.0, 8.0, 3.0, 12.0, 7.0]) {
+            assert!((g - w).abs() < 1e-5, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn deformable_postprocess_keeps_the_top_100_query_class_pairs() {
+        // 2 queries x 50 classes, logits increasing with the flat index: the best pair is
+        // query 1, class 49, then query 1, class 48, ...; the 51st is query 0, class 49.
+        let logits = Tensor::arange(100, (Kind::Float, tch::Device::Cpu))
+            .f_div_scalar(10.0)
+            .unwrap()
+            .view([1, 2, 50]);
+        let d = deformable_detr_postprocess(&logits, &boxes(2), 10, 20).unwrap();
+        let labels = Vec::<i64>::try_from(&d[0].labels).unwrap();
+        assert_eq!(labels.len(), 100);
+        assert_eq!((labels[0], labels[1], labels[50]), (49, 48, 49));
+        let s = Vec::<f32>::try_from(&d[0].scores).unwrap();
+        assert!((s[0] as f64 - 1.0 / (1.0 + (-9.9f64).exp())).abs() < 1e-6);
+        assert!(s.windows(2).all(|w| w[0] >= w[1]));
+        // 2 x 49 = 98 candidates are too few for upstream's top 100.
+        let short = logits.narrow(2, 0, 49);
+        let e = deformable_detr_postprocess(&short, &boxes(2), 10, 20).unwrap_err();
+        assert!(e.to_string().contains("2 x 49 = 98"), "{e}");
+    }
+}

@@ -13,6 +13,10 @@
 //!   layers (`class_embed.{i}`, `bbox_embed.{i}` hold one module), boxes relative to the
 //!   queries' reference points; `PostProcess` keeps the top 100 scores over queries x classes.
 //!
+//! TerraTorch's Deformable DETR imports a CUDA-only extension (`MultiScaleDeformableAttention`)
+//! for its sampling; terrahost runs the PyTorch path of the same sampling
+//! (`ms_deform_attn_core_pytorch`) on every device, which is what the fixtures compare with.
+//!
 //! Labels are `0..num_classes` (no background class, unlike the R-CNNs). The boxes are in the
 //! input's pixels (TerraTorch passes every image's input size). Parameters sit under
 //! `torchvision_model.` as in TerraTorch's state_dict (DETR also keeps its loss's
