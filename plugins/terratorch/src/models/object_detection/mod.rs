@@ -25,6 +25,7 @@
 pub mod args;
 pub mod backbone_wrapper;
 pub mod detr;
+pub mod detr_args;
 pub mod rcnn;
 
 use super::encoder_decoder_factory::NeckSpec;
