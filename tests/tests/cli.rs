@@ -626,3 +626,100 @@ fn run_writes_the_detections_of_each_image() {
         assert!(d <= tol, "{name} differs by {d}");
     }
 }
+
+/// The same for `deformable-detr` (the `deformable_detr_prithvi` fixture of
+/// `scripts/reference/detr_fixtures.py`): TerraTorch's state_dict keys as a checkpoint load
+/// unchanged, and `run` writes each image's top 100 detections as TerraTorch 1.2.13 does.
+#[test]
+fn run_writes_the_detections_of_deformable_detr() {
+    use terrahost_testkit::detection::max_abs_diff;
+    let dir = real_plugins(&PLUGINS);
+    let fixtures = terrahost_testkit::workspace_root().join("tests/fixtures/detr");
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("deformable_detr_prithvi.json")).unwrap(),
+    )
+    .unwrap();
+    let want: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(fixtures.join("deformable_detr_prithvi.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let build_args = meta["args"].as_object().unwrap().clone();
+    let mut model_args = build_args.clone();
+    model_args.remove("task");
+    let host = terrahost_testkit::host_with(terrahost_terratorch::plugin_sources().unwrap());
+    let module = host
+        .build(
+            "model_factory",
+            "ObjectDetectionModelFactory",
+            &build_args,
+            None,
+        )
+        .unwrap();
+    // Synthetic backbone and necks, the fixture's stored head weights.
+    let weights: Vec<(String, tch::Tensor)> = tch::no_grad(|| {
+        module
+            .state_dict()
+            .into_iter()
+            .map(|(k, t)| {
+                let v = if k.starts_with("torchvision_model.backbone.") {
+                    terrahost_testkit::synth(&k, &t.size(), t.kind())
+                } else {
+                    want[&format!("sd.{k}")].shallow_clone()
+                };
+                (k, v)
+            })
+            .collect()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let named: Vec<(&str, &tch::Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let weights_path = work.path().join("w.safetensors");
+    terrahost::weights::write_tensors(&weights_path, &named).unwrap();
+    let input_path = work.path().join("in.safetensors");
+    terrahost::weights::write_tensors(&input_path, &[("input", &want["input"])]).unwrap();
+    let config = serde_json::json!({"model": {
+        "class_path": "terratorch.tasks.ObjectDetectionTask",
+        "init_args": {"model_factory": "ObjectDetectionModelFactory", "model_args": model_args}}});
+    let config_path = work.path().join("od.yaml");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let output = work.path().join("out.safetensors");
+    ok_json(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--weights",
+            weights_path.to_str().unwrap(),
+            "--input",
+            input_path.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    );
+    let got: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&output)
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut names: Vec<&String> = got.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["boxes.0", "boxes.1", "labels.0", "labels.1", "scores.0", "scores.1"]
+    );
+    for (name, t) in &got {
+        let w = &want[name];
+        assert_eq!(t.size(), w.size(), "{name}");
+        let tol = match name.split('.').next() {
+            Some("labels") => 0.0,
+            Some("boxes") => 1e-3,
+            _ => 1e-4,
+        };
+        let d = max_abs_diff(t, w);
+        assert!(d <= tol, "{name} differs by {d}");
+    }
+}

@@ -30,6 +30,8 @@
 //!   (`torchvision/models/detection/fcos.py`);
 //! * [`ms_deform_attn`]: multi-scale deformable attention's sampling (TerraTorch's
 //!   `ms_deform_attn_core_pytorch`, for Deformable DETR);
+//! * [`detr`]: TerraTorch's DETR and Deformable DETR (position encoding, transformers,
+//!   box head, postprocess);
 //! * [`object_detection_task`]: `ObjectDetectionTask.apply_nms_sample`, TerraTorch's
 //!   task-level score threshold and class-agnostic NMS after the framework.
 //!
@@ -38,6 +40,7 @@
 pub mod anchors;
 pub mod box_coder;
 pub mod boxes;
+pub mod detr;
 pub mod faster_rcnn;
 pub mod fcos;
 pub mod image_list;

@@ -169,6 +169,8 @@ terrahost_plugin_api::declare_plugin! {
 #[cfg(test)]
 mod tests_decoders;
 #[cfg(test)]
+mod tests_detr;
+#[cfg(test)]
 mod tests_dinov3;
 #[cfg(test)]
 mod tests_dofa;

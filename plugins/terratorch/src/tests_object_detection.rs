@@ -49,8 +49,6 @@ fn object_detection_refuses_frameworks_not_ported_with_the_reason() {
     for (fw, what) in [
         ("fcos", "FCOS"),
         ("retinanet", "RetinaNet"),
-        ("detr", "DETR"),
-        ("deformable-detr", "Deformable DETR"),
         ("rf-detr", "RF-DETR"),
     ] {
         let e = refusal(&base_args(fw));

@@ -21,10 +21,14 @@ pub enum Framework {
     FasterRcnn,
     /// torchvision's `MaskRCNN` with TerraTorch's heads.
     MaskRcnn,
+    /// TerraTorch's `DETR` (`terratorch/models/detr`).
+    Detr,
+    /// TerraTorch's `DeformableDETR`.
+    DeformableDetr,
 }
 
 /// Why each framework terrahost does not build is refused.
-pub const NOT_PORTED: [(&str, &str); 5] = [
+pub const NOT_PORTED: [(&str, &str); 3] = [
     (
         "fcos",
         "torchvision's FCOS (its head, anchor-free box coding and postprocess) is not ported to terrahost yet",
@@ -34,16 +38,9 @@ pub const NOT_PORTED: [(&str, &str); 5] = [
         "torchvision's RetinaNet (its GroupNorm head and focal-loss postprocess) is not ported to terrahost yet",
     ),
     (
-        "detr",
-        "TerraTorch's DETR (terratorch/models/detr: transformer decoder and set postprocess) is not ported to terrahost yet",
-    ),
-    (
-        "deformable-detr",
-        "TerraTorch's Deformable DETR (multi-scale deformable attention) is not ported to terrahost yet",
-    ),
-    (
         "rf-detr",
-        "TerraTorch's RF-DETR is not ported to terrahost yet",
+        "TerraTorch's RF-DETR wraps LW-DETR from the optional `rfdetr` package (decoder-only, two-stage queries), \
+         which is not ported to terrahost yet",
     ),
 ];
 
@@ -53,10 +50,12 @@ impl Framework {
         match name {
             "faster-rcnn" => Ok(Self::FasterRcnn),
             "mask-rcnn" => Ok(Self::MaskRcnn),
+            "detr" => Ok(Self::Detr),
+            "deformable-detr" => Ok(Self::DeformableDetr),
             other => match NOT_PORTED.iter().find(|(n, _)| *n == other) {
                 Some((_, why)) => Err(PluginError::build_failed(format!(
-                    "ObjectDetectionModelFactory: framework `{other}`: {why}; terrahost builds `faster-rcnn` and \
-                     `mask-rcnn`"
+                    "ObjectDetectionModelFactory: framework `{other}`: {why}; terrahost builds `faster-rcnn`, \
+                     `mask-rcnn`, `detr` and `deformable-detr`"
                 ))),
                 None => Err(invalid(format!(
                     "Framework type '{other}' is not valid. (TerraTorch's frameworks are faster-rcnn, fcos, \
@@ -71,7 +70,14 @@ impl Framework {
         match self {
             Self::FasterRcnn => "faster-rcnn",
             Self::MaskRcnn => "mask-rcnn",
+            Self::Detr => "detr",
+            Self::DeformableDetr => "deformable-detr",
         }
+    }
+
+    /// Whether TerraTorch builds it from `terratorch/models/detr` (no torchvision transform).
+    pub fn is_detr(self) -> bool {
+        matches!(self, Self::Detr | Self::DeformableDetr)
     }
 
     /// torchvision's class.
@@ -79,6 +85,8 @@ impl Framework {
         match self {
             Self::FasterRcnn => "FasterRCNN",
             Self::MaskRcnn => "MaskRCNN",
+            Self::Detr => "TerraTorchDETR",
+            Self::DeformableDetr => "TerraTorchDeformableDETR",
         }
     }
 
@@ -105,6 +113,7 @@ impl Framework {
                 "image_mean",
                 "image_std",
             ],
+            Self::Detr | Self::DeformableDetr => &["in_channels"],
         }
     }
 
@@ -114,6 +123,7 @@ impl Framework {
         match self {
             Self::FasterRcnn => &["rpn_head", "box_head", "box_predictor"],
             Self::MaskRcnn => &["box_predictor", "mask_predictor"],
+            Self::Detr | Self::DeformableDetr => &[],
         }
     }
 }
@@ -197,12 +207,39 @@ pub fn terratorch_rcnn(
         Framework::MaskRcnn => {
             RCNNConfig::terratorch_mask_rcnn(num_classes, levels, in_channels as usize)
         }
+        // `plan` refuses the DETRs, which `build` hands to `detr::build` before planning.
+        Framework::Detr | Framework::DeformableDetr => {
+            RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize)
+        }
     }
 }
 
-/// Reads the build arguments into a plan, refusing what TerraTorch (or torchvision's
-/// constructors) refuse, and warning about what they accept and never use.
-pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
+/// What every framework reads from the build arguments, in TerraTorch's order (task,
+/// prefix split, input channels, framework, temporal options, necks).
+#[derive(Clone, Debug)]
+pub struct Front {
+    /// The framework.
+    pub framework: Framework,
+    /// The backbone registry name.
+    pub backbone: String,
+    /// `backbone_*` arguments, prefix and temporal keys removed.
+    pub backbone_kwargs: Map<String, Value>,
+    /// The temporal wrapper, when `backbone_use_temporal` is true.
+    pub temporal: Option<TemporalConfig>,
+    /// Necks as (registry name, arguments), in order.
+    pub necks: Vec<NeckSpec>,
+    /// Input channels.
+    pub in_channels: i64,
+    /// `framework_*` arguments, prefix removed.
+    pub framework_kwargs: Map<String, Value>,
+    /// Arguments with neither prefix.
+    pub rest: Map<String, Value>,
+    /// `num_classes` as given.
+    pub num_classes: Option<Value>,
+}
+
+/// Reads the arguments every framework shares, refusing what TerraTorch refuses.
+pub fn front(args: &Map<String, Value>) -> Result<Front> {
     let task = match args.get("task") {
         Some(Value::String(s)) => s.to_lowercase(),
         Some(other) => {
@@ -284,6 +321,39 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
     let temporal = take_temporal_config(&mut backbone_kwargs, invalid)?;
 
     let necks = neck_specs(args.get("necks"), invalid)?;
+    Ok(Front {
+        framework,
+        backbone,
+        backbone_kwargs,
+        temporal,
+        necks,
+        in_channels,
+        framework_kwargs,
+        rest,
+        num_classes: args.get("num_classes").cloned(),
+    })
+}
+
+/// Reads the build arguments of an R-CNN framework into a plan, refusing what TerraTorch (or
+/// torchvision's constructors) refuse, and warning about what they accept and never use.
+pub fn plan(front: Front) -> Result<DetectionPlan> {
+    let Front {
+        framework,
+        backbone,
+        backbone_kwargs,
+        temporal,
+        necks,
+        in_channels,
+        framework_kwargs,
+        rest,
+        num_classes,
+    } = front;
+    if framework.is_detr() {
+        return Err(invalid(format!(
+            "framework `{}` is not an R-CNN: its arguments are read by detr::read_config",
+            framework.name()
+        )));
+    }
 
     // torchvision's keyword checks, in the order Python makes them: duplicates at the call.
     let class = framework.class();
@@ -303,11 +373,12 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
                 match framework {
                     Framework::FasterRcnn => "faster_rcnn",
                     Framework::MaskRcnn => "mask_rcnn",
+                    Framework::Detr | Framework::DeformableDetr => "detr",
                 }
             )));
         }
     }
-    let num_classes = match args.get("num_classes") {
+    let num_classes = match num_classes.as_ref() {
         None | Some(Value::Null) => {
             return Err(invalid(
                 "num_classes should not be None when box_predictor is not specified (torchvision's check; give \
@@ -388,8 +459,24 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
             swallowed.join(", ")
         );
     }
-    // TerraTorch 1.2.13 never checks what is left over (it defines _check_all_args_used
-    // and does not call it): such arguments are accepted and unused.
+    warn_leftovers(&rest);
+
+    Ok(DetectionPlan {
+        framework,
+        backbone,
+        backbone_kwargs,
+        temporal,
+        necks,
+        in_channels,
+        rcnn,
+        bbox_reg_weights,
+    })
+}
+
+/// Warns about the arguments with neither prefix: TerraTorch 1.2.13 never checks what is
+/// left over (it defines `_check_all_args_used` and does not call it), so they are accepted
+/// and unused.
+pub fn warn_leftovers(rest: &Map<String, Value>) {
     let leftovers: Vec<&String> = rest.keys().filter(|k| *k != "in_channels").collect();
     if !leftovers.is_empty() {
         terrahost_plugin_api::warn!(
@@ -402,15 +489,4 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
                 .join(", ")
         );
     }
-
-    Ok(DetectionPlan {
-        framework,
-        backbone,
-        backbone_kwargs,
-        temporal,
-        necks,
-        in_channels,
-        rcnn,
-        bbox_reg_weights,
-    })
 }

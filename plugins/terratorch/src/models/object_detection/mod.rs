@@ -9,7 +9,10 @@
 //! `MaskRCNNHeads(C, [256] * 4, 1, BatchNorm2d)` with the box pooler as mask pooler; and
 //! TerraTorch's transform, which passes the images through unchanged.
 //!
-//! `fcos`, `retinanet`, `detr`, `deformable-detr` and `rf-detr` are refused with the reason
+//! `detr` and `deformable-detr` are built by [`detr`] (TerraTorch's own DETR wrappers, on
+//! the feature maps as a list, so no FPN neck is needed).
+//!
+//! `fcos`, `retinanet` and `rf-detr` are refused with the reason
 //! ([`args::NOT_PORTED`]).
 //!
 //! **Outputs.** TerraTorch's model returns one dict per image; the module returns, image
@@ -21,10 +24,12 @@
 
 pub mod args;
 pub mod backbone_wrapper;
+pub mod detr;
+pub mod detr_args;
 pub mod rcnn;
 
 use super::encoder_decoder_factory::NeckSpec;
-use super::temporal_wrapper::TemporalWrapper;
+use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
 use args::plan;
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
 use rcnn::RcnnModel;
@@ -55,9 +60,52 @@ fn ends_in_named_maps(necks: &[NeckSpec]) -> bool {
     }
 }
 
-/// Builds the model: backbone and necks through the host, the R-CNN here.
+/// The registry backbone (in TerraTorch's temporal wrapper when asked) and its necks, built
+/// through the host and wrapped as `torchvision_model.backbone`.
+fn backbone_wrapper(
+    ctx: &BuildCtx<'_, '_>,
+    name: &str,
+    kwargs: &serde_json::Map<String, Value>,
+    temporal: &Option<TemporalConfig>,
+    neck_specs: &[NeckSpec],
+) -> Result<BackboneWrapper> {
+    let mut backbone = in_step(
+        format_args!("building backbone `{name}`"),
+        ctx.build("backbone", name, kwargs, None),
+    )?;
+    if let Some(cfg) = temporal {
+        let label = format!("TemporalWrapper({})", backbone.label());
+        let wrapper = TemporalWrapper::new(backbone, cfg.clone())
+            .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
+        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
+        backbone = DynModule::new(label, module);
+    }
+    let mut channels = backbone.out_channels();
+    if channels.is_empty() {
+        return Err(PluginError::build_failed(format!(
+            "ObjectDetectionModelFactory: backbone must have out_channels attribute (`{name}` reports none)"
+        )));
+    }
+    let mut necks = Vec::new();
+    for (i, NeckSpec { name, args: nargs }) in neck_specs.iter().enumerate() {
+        let neck = in_step(
+            format_args!("building neck {i} `{name}` for channels {channels:?}"),
+            ctx.build("neck", name, nargs, Some(&channels)),
+        )?;
+        channels = neck.out_channels();
+        necks.push(neck);
+    }
+    BackboneWrapper::new("torchvision_model.backbone", backbone, necks, channels)
+}
+
+/// Builds the model: backbone and necks through the host, the R-CNN here (the DETRs in
+/// [`detr`]).
 pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
-    let plan = plan(ctx.args.map())?;
+    let front = args::front(ctx.args.map())?;
+    if front.framework.is_detr() {
+        return detr::build(ctx, front);
+    }
+    let plan = plan(front)?;
     if !ends_in_named_maps(&plan.necks) {
         let names: Vec<&str> = plan.necks.iter().map(|n| n.name.as_str()).collect();
         return Err(PluginError::invalid_argument(format!(
@@ -69,34 +117,13 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         )));
     }
 
-    let mut backbone = in_step(
-        format_args!("building backbone `{}`", plan.backbone),
-        ctx.build("backbone", &plan.backbone, &plan.backbone_kwargs, None),
+    let wrapper = backbone_wrapper(
+        ctx,
+        &plan.backbone,
+        &plan.backbone_kwargs,
+        &plan.temporal,
+        &plan.necks,
     )?;
-    if let Some(cfg) = &plan.temporal {
-        let label = format!("TemporalWrapper({})", backbone.label());
-        let wrapper = TemporalWrapper::new(backbone, cfg.clone())
-            .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
-        let module = Built::new(label.clone(), nn::VarStore::new(Device::Cpu), wrapper).boxed();
-        backbone = DynModule::new(label, module);
-    }
-    let mut channels = backbone.out_channels();
-    if channels.is_empty() {
-        return Err(PluginError::build_failed(format!(
-            "ObjectDetectionModelFactory: backbone must have out_channels attribute (`{}` reports none)",
-            plan.backbone
-        )));
-    }
-    let mut necks = Vec::new();
-    for (i, NeckSpec { name, args: nargs }) in plan.necks.iter().enumerate() {
-        let neck = in_step(
-            format_args!("building neck {i} `{name}` for channels {channels:?}"),
-            ctx.build("neck", name, nargs, Some(&channels)),
-        )?;
-        channels = neck.out_channels();
-        necks.push(neck);
-    }
-    let wrapper = BackboneWrapper::new("torchvision_model.backbone", backbone, necks, channels)?;
 
     let levels = wrapper.channel_list.len();
     if levels > ANCHOR_SIZES.len() {
@@ -140,7 +167,9 @@ pub fn entry() -> Entry {
          pooler and heads. `backbone_*` arguments go to the backbone, `framework_*` ones to torchvision's \
          constructor (box_score_thresh, box_nms_thresh, box_detections_per_img, rpn_pre_nms_top_n_test, \
          rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh, bbox_reg_weights). Outputs per image i: \
-         boxes.i, scores.i, labels.i (and masks.i). fcos, retinanet and the DETRs are not ported.",
+         boxes.i, scores.i, labels.i (and masks.i). `detr` and `deformable-detr` build TerraTorch's DETR wrappers \
+         (framework_d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, num_queries, and for \
+         deformable-detr n_points and num_feature_levels); fcos, retinanet and rf-detr are not ported.",
         build,
     )
     .req("task", ParamType::STR, "object_detection")
@@ -148,14 +177,15 @@ pub fn entry() -> Entry {
     .req(
         "framework",
         ParamType::STR,
-        "faster-rcnn or mask-rcnn (TerraTorch's fcos, retinanet, detr, deformable-detr and rf-detr are refused)",
+        "faster-rcnn, mask-rcnn, detr or deformable-detr (TerraTorch's fcos, retinanet and rf-detr are refused)",
     )
     .opt("num_classes", ParamType::INT, Value::Null, "number of classes, background included")
     .opt(
         "necks",
         ParamType::DICT_LIST,
         Value::Null,
-        "necks applied in order, each {\"name\": ..., args...}; the last must be FeaturePyramidNetworkNeck",
+        "necks applied in order, each {\"name\": ..., args...}; for the R-CNNs the last must be \
+         FeaturePyramidNetworkNeck",
     )
     .accepts_extra()
 }

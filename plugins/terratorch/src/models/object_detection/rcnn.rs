@@ -23,6 +23,7 @@ pub fn per_image_names(framework: Framework) -> &'static [&'static str] {
     match framework {
         Framework::FasterRcnn => &["boxes", "scores", "labels"],
         Framework::MaskRcnn => &["boxes", "scores", "labels", "masks"],
+        Framework::Detr | Framework::DeformableDetr => &super::detr::PER_IMAGE_NAMES,
     }
 }
 
