@@ -36,6 +36,9 @@ pub enum TaskKind {
     Segmentation,
     /// PixelwiseRegressionTask: one value per pixel.
     Regression,
+    /// ObjectDetectionTask: boxes, scores and labels (and Mask R-CNN's masks), written
+    /// as vector features (see [`super::detection`]).
+    Detection,
 }
 
 /// One of `output_on_inference`'s selectors (segmentation), or the regression value.
@@ -112,7 +115,37 @@ pub struct DataArgs {
     /// `expand_temporal_dimension`: the file's bands are frames of `dataset_bands`
     /// stacked time-major, and the model gets `[B, C, T, H, W]`.
     pub expand_temporal_dimension: bool,
+    /// The scene's nodata value stays a value: TerraTorch's object-detection dataset
+    /// (`GenericNonGeoObjectDetectionDataset`) opens scenes without `masked=True`, so
+    /// only NaNs already in the file meet `no_data_replace`.
+    pub keep_nodata_values: bool,
+    /// `class_names` of the datamodule (the object-detection one has them).
+    pub class_names: Option<Vec<String>>,
 }
+
+/// What `ObjectDetectionTask` adds to prediction: its `predict_step` filter and the
+/// tiling terrahost does on scenes larger than a tile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectionArgs {
+    /// `iou_threshold` (TerraTorch's default 0.5).
+    pub iou_threshold: f64,
+    /// `score_threshold` (TerraTorch's default 0.5).
+    pub score_threshold: f64,
+    /// The task's `class_names`, else the datamodule's: `class_names[label]` names a label.
+    pub class_names: Option<Vec<String>>,
+    /// The tile (rows, columns): `tiled_inference_parameters` `h_crop`/`w_crop` (or
+    /// `crop`), else [`DEFAULT_DETECTION_TILE`].
+    pub tile: (usize, usize),
+    /// The overlap of neighbouring tiles (rows, columns): `crop - stride` when the config
+    /// gives a stride, else a quarter of the tile.
+    pub overlap: (usize, usize),
+    /// Tiles per forward (`tiled_inference_parameters.batch_size`, default 16).
+    pub batch_size: usize,
+}
+
+/// The detection tile without `tiled_inference_parameters`: 512 x 512 pixels, the size
+/// of many detection training chips and small enough for a CPU forward.
+pub const DEFAULT_DETECTION_TILE: usize = 512;
 
 /// A key of the config that predict does not use.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +163,8 @@ pub struct PredictConfig {
     /// `None`: the whole scene goes through the model.
     pub tiling: Option<Tiling>,
     pub outputs: Vec<OutputKind>,
+    /// The object-detection settings (`Some` exactly for [`TaskKind::Detection`]).
+    pub detection: Option<DetectionArgs>,
     /// Top-level `out_dtype` of `terratorch predict`.
     pub out_dtype: Option<String>,
     /// Top-level `predict_output_dir`.
@@ -171,6 +206,7 @@ const DATA_QUIET: &[&str] = &[
     "return_georeference",
     "embedding_input",
     "pca_step",
+    "class_names",
 ];
 
 /// Datamodule arguments predict reads.
@@ -189,9 +225,10 @@ const DATA_READ: &[&str] = &[
     "tortilla_file",
 ];
 
-const DATAMODULES: [&str; 2] = [
+const DATAMODULES: [&str; 3] = [
     "GenericNonGeoSegmentationDataModule",
     "GenericNonGeoPixelwiseRegressionDataModule",
+    "GenericNonGeoObjectDetectionDataModule",
 ];
 
 const TILING_KEYS: [&str; 14] = [
@@ -471,6 +508,75 @@ fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<(Vec<f64>, Option<
     }
 }
 
+/// A list of strings (`class_names`); null is none.
+fn string_list(v: &Value, key: &str) -> Result<Option<Vec<String>>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| err(format!("`{key}`: {x} is not a string; give a list of names")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        other => Err(err(format!("`{key}` must be a list of names, got {other}"))),
+    }
+}
+
+/// A threshold of `ObjectDetectionTask` (a number in [0, 1]).
+fn threshold(init: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
+    match init.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| (0.0..=1.0).contains(x))
+            .ok_or_else(|| err(format!("`model.init_args.{key}` must be a number from 0 to 1, got {v}"))),
+    }
+}
+
+/// `ObjectDetectionTask`'s `iou_threshold`, `score_threshold` and `class_names`, and the
+/// tile and overlap from `tiled_inference_parameters` (crop and stride keys only:
+/// TerraTorch's detection predict does not tile, so the blending keys mean nothing here).
+pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Result<DetectionArgs> {
+    let iou_threshold = threshold(init, "iou_threshold", 0.5)?;
+    let score_threshold = threshold(init, "score_threshold", 0.5)?;
+    let class_names = init
+        .get("class_names")
+        .map(|v| string_list(v, "model.init_args.class_names"))
+        .transpose()?
+        .flatten();
+    let empty = Map::new();
+    let map = match tiled {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(err(format!(
+                "`model.init_args.tiled_inference_parameters` must be a mapping, got {other}"
+            )))
+        }
+    };
+    // Validates every key as segmentation does (an unknown key is refused the same way).
+    let resolved = parse_tiling(tiled)?;
+    let given = |k: &str| map.get(k).and_then(|v| as_usize(v, k).ok().flatten()).filter(|x| *x > 0);
+    let crop = given("crop");
+    let h = given("h_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
+    let w = given("w_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
+    let stride = given("stride");
+    let hs = given("h_stride").or(stride);
+    let ws = given("w_stride").or(stride);
+    let overlap = |tile: usize, stride: Option<usize>| stride.map_or(tile / 4, |s| tile.saturating_sub(s));
+    Ok(DetectionArgs {
+        iou_threshold,
+        score_threshold,
+        class_names,
+        tile: (h, w),
+        overlap: (overlap(h, hs), overlap(w, ws)),
+        batch_size: resolved.map_or(16, |t| t.batch_size),
+    })
+}
+
 impl PredictConfig {
     /// Reads the config file (YAML).
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -495,17 +601,19 @@ impl PredictConfig {
         let task = match class_name {
             "SemanticSegmentationTask" => TaskKind::Segmentation,
             "PixelwiseRegressionTask" => TaskKind::Regression,
+            "ObjectDetectionTask" => TaskKind::Detection,
             "" => {
                 return Err(err(
                     "predict needs a LightningCLI config whose `model.class_path` is \
-                     terratorch.tasks.SemanticSegmentationTask or PixelwiseRegressionTask",
+                     terratorch.tasks.SemanticSegmentationTask, PixelwiseRegressionTask or ObjectDetectionTask",
                 ))
             }
             other => {
                 return Err(err(format!(
-                "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
-                     SemanticSegmentationTask and PixelwiseRegressionTask; {other} is not one"
-            )))
+                    "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters for \
+                     SemanticSegmentationTask and PixelwiseRegressionTask and vector features for \
+                     ObjectDetectionTask; {other} is none of them"
+                )))
             }
         };
         let init = model
@@ -513,12 +621,18 @@ impl PredictConfig {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let tiling = parse_tiling(init.get("tiled_inference_parameters"))?;
-        let outputs = parse_outputs(
-            task,
-            init.get("output_on_inference"),
-            init.get("output_most_probable"),
-        )?;
+        let tiled = init.get("tiled_inference_parameters");
+        let (tiling, outputs) = if task == TaskKind::Detection {
+            // Detection tiles on its own terms (`super::detection`): no raster outputs.
+            (None, Vec::new())
+        } else {
+            let outputs = parse_outputs(
+                task,
+                init.get("output_on_inference"),
+                init.get("output_most_probable"),
+            )?;
+            (parse_tiling(tiled)?, outputs)
+        };
 
         let mut data = DataArgs {
             img_grep: "*".into(),
@@ -534,6 +648,15 @@ impl PredictConfig {
             }
             Some(other) => return Err(err(format!("`data` must be a mapping, got {other}"))),
         }
+        let detection = if task == TaskKind::Detection {
+            let mut d = parse_detection(&init, tiled)?;
+            if d.class_names.is_none() {
+                d.class_names = data.class_names.clone();
+            }
+            Some(d)
+        } else {
+            None
+        };
         let str_key = |k: &str| top.get(k).and_then(Value::as_str).map(str::to_owned);
         for key in top.keys() {
             if !["model", "data", "out_dtype", "predict_output_dir"].contains(&key.as_str()) {
@@ -549,6 +672,7 @@ impl PredictConfig {
             data,
             tiling,
             outputs,
+            detection,
             out_dtype: str_key("out_dtype"),
             predict_output_dir: str_key("predict_output_dir").map(PathBuf::from),
             unused,
@@ -703,14 +827,22 @@ impl PredictConfig {
             stds,
             stats_frames,
             expand_temporal_dimension,
+            keep_nodata_values: class_name == "GenericNonGeoObjectDetectionDataModule",
+            class_names: init
+                .get("class_names")
+                .map(|v| string_list(v, "data.init_args.class_names"))
+                .transpose()?
+                .flatten(),
         })
     }
 
     /// The model-section keys predict reads (so they are not reported as unused).
-    pub const MODEL_KEYS_READ: [&'static str; 3] = [
+    pub const MODEL_KEYS_READ: [&'static str; 5] = [
         "model.init_args.tiled_inference_parameters",
         "model.init_args.output_on_inference",
         "model.init_args.output_most_probable",
+        "model.init_args.iou_threshold",
+        "model.init_args.score_threshold",
     ];
 }
 
