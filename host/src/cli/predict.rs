@@ -327,9 +327,9 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 )
             })
             .collect();
-        let vector_out = detection.as_ref().map(|_| {
-            scenes::output_path_with(&out_dir, scene, "pred", vector_format.extension())
-        });
+        let vector_out = detection
+            .as_ref()
+            .map(|_| scenes::output_path_with(&out_dir, scene, "pred", vector_format.extension()));
         let exists = match &vector_out {
             Some(p) => p.is_file(),
             None => outputs.iter().all(|(_, p, _)| p.is_file()),

@@ -515,9 +515,11 @@ fn string_list(v: &Value, key: &str) -> Result<Option<Vec<String>>> {
         Value::Array(a) => a
             .iter()
             .map(|x| {
-                x.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| err(format!("`{key}`: {x} is not a string; give a list of names")))
+                x.as_str().map(str::to_owned).ok_or_else(|| {
+                    err(format!(
+                        "`{key}`: {x} is not a string; give a list of names"
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()
             .map(Some),
@@ -532,7 +534,11 @@ fn threshold(init: &Map<String, Value>, key: &str, default: f64) -> Result<f64> 
         Some(v) => v
             .as_f64()
             .filter(|x| (0.0..=1.0).contains(x))
-            .ok_or_else(|| err(format!("`model.init_args.{key}` must be a number from 0 to 1, got {v}"))),
+            .ok_or_else(|| {
+                err(format!(
+                    "`model.init_args.{key}` must be a number from 0 to 1, got {v}"
+                ))
+            }),
     }
 }
 
@@ -559,14 +565,19 @@ pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Resu
     };
     // Validates every key as segmentation does (an unknown key is refused the same way).
     let resolved = parse_tiling(tiled)?;
-    let given = |k: &str| map.get(k).and_then(|v| as_usize(v, k).ok().flatten()).filter(|x| *x > 0);
+    let given = |k: &str| {
+        map.get(k)
+            .and_then(|v| as_usize(v, k).ok().flatten())
+            .filter(|x| *x > 0)
+    };
     let crop = given("crop");
     let h = given("h_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
     let w = given("w_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
     let stride = given("stride");
     let hs = given("h_stride").or(stride);
     let ws = given("w_stride").or(stride);
-    let overlap = |tile: usize, stride: Option<usize>| stride.map_or(tile / 4, |s| tile.saturating_sub(s));
+    let overlap =
+        |tile: usize, stride: Option<usize>| stride.map_or(tile / 4, |s| tile.saturating_sub(s));
     Ok(DetectionArgs {
         iou_threshold,
         score_threshold,

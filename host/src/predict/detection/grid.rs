@@ -30,7 +30,10 @@ pub fn starts(n: usize, tile: usize, overlap: usize) -> (Vec<usize>, usize) {
         return (vec![0], n);
     }
     let stride = tile - overlap;
-    let mut v: Vec<usize> = (0..).map(|i| i * stride).take_while(|s| s + tile < n).collect();
+    let mut v: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|s| s + tile < n)
+        .collect();
     v.push(n - tile);
     v.dedup();
     (v, tile)
@@ -53,7 +56,12 @@ impl Tile {
     /// the edge rule (module docs).
     pub fn leaves_to_neighbour(&self, b: [f64; 4]) -> bool {
         let (w, h) = (self.width as f64, self.height as f64);
-        let near = [b[0] <= EDGE_TOLERANCE, b[1] <= EDGE_TOLERANCE, b[2] >= w - EDGE_TOLERANCE, b[3] >= h - EDGE_TOLERANCE];
+        let near = [
+            b[0] <= EDGE_TOLERANCE,
+            b[1] <= EDGE_TOLERANCE,
+            b[2] >= w - EDGE_TOLERANCE,
+            b[3] >= h - EDGE_TOLERANCE,
+        ];
         let extent = [b[2] - b[0], b[3] - b[1], b[2] - b[0], b[3] - b[1]];
         (0..4).any(|e| match self.overlaps[e] {
             Some(o) => near[e] && extent[e] < o as f64 - 2.0 * EDGE_TOLERANCE,
@@ -105,7 +113,13 @@ mod tests {
 
     #[test]
     fn only_small_boxes_at_inner_edges_are_left_to_the_neighbour() {
-        let t = Tile { x0: 0, y0: 0, width: 64, height: 64, overlaps: [None, None, Some(32), None] };
+        let t = Tile {
+            x0: 0,
+            y0: 0,
+            width: 64,
+            height: 64,
+            overlaps: [None, None, Some(32), None],
+        };
         // Cut by the right (inner) edge, inside the overlap strip: the neighbour has it.
         assert!(t.leaves_to_neighbour([50.0, 10.0, 64.0, 20.0]));
         assert!(t.leaves_to_neighbour([50.0, 10.0, 63.2, 20.0]));

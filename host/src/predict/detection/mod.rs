@@ -56,7 +56,9 @@ pub fn check_settings(d: &DetectionArgs) -> Result<()> {
     let (th, tw) = d.tile;
     let (oh, ow) = d.overlap;
     if th == 0 || tw == 0 {
-        return Err(HostError::Usage("the detection tile must be at least 1 x 1 pixels".into()));
+        return Err(HostError::Usage(
+            "the detection tile must be at least 1 x 1 pixels".into(),
+        ));
     }
     if 2 * oh > th || 2 * ow > tw {
         return Err(HostError::Usage(format!(
@@ -84,7 +86,11 @@ fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Vec<Detec
         .meta()
         .get("output_names_per_image")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let pos = |k: &str| names.iter().position(|n| n == k);
     let (Some(b), Some(s), Some(l)) = (pos("boxes"), pos("scores"), pos("labels")) else {
@@ -121,7 +127,11 @@ fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Vec<Detec
 pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
     let scene = SceneReader::open(input)?;
     let data = &job.config.data;
-    let nodata = if data.keep_nodata_values { None } else { scene.nodata };
+    let nodata = if data.keep_nodata_values {
+        None
+    } else {
+        scene.nodata
+    };
     let named = |e: HostError| HostError::Usage(format!("{}: {e}", input.display()));
     let pre = Preprocess::new(data, scene.bands, nodata).map_err(named)?;
     let d = job.settings;
@@ -151,21 +161,30 @@ pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
     let mut run = |pending: &mut Vec<(usize, Tensor)>, found: &mut Vec<Found>| -> Result<()> {
         let batch: Vec<(usize, Tensor)> = std::mem::take(pending);
         let x = pre.model_input(Tensor::stack(
-            &batch.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>(),
+            &batch
+                .iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect::<Vec<_>>(),
             0,
         ));
         let dets = forward(job.model, x, job.device)?;
         for ((ti, _), det) in batch.iter().zip(dets) {
             let tile = &tiles[*ti];
             let kept = apply_nms_sample(&det, d.iou_threshold, d.score_threshold)?;
-            let boxes = Vec::<f64>::try_from(kept.boxes.to_kind(Kind::Double).contiguous().view([-1]))
-                .map_err(|e| HostError::Usage(format!("boxes: {e}")))?;
+            let boxes =
+                Vec::<f64>::try_from(kept.boxes.to_kind(Kind::Double).contiguous().view([-1]))
+                    .map_err(|e| HostError::Usage(format!("boxes: {e}")))?;
             let scores = Vec::<f64>::try_from(kept.scores.to_kind(Kind::Double))
                 .map_err(|e| HostError::Usage(format!("scores: {e}")))?;
             let labels = Vec::<i64>::try_from(&kept.labels)
                 .map_err(|e| HostError::Usage(format!("labels: {e}")))?;
             for (i, (&score, &label)) in scores.iter().zip(&labels).enumerate() {
-                let b = [boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3]];
+                let b = [
+                    boxes[4 * i],
+                    boxes[4 * i + 1],
+                    boxes[4 * i + 2],
+                    boxes[4 * i + 3],
+                ];
                 if several && tile.leaves_to_neighbour(b) {
                     continue;
                 }
@@ -208,7 +227,9 @@ pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
     if several && !found.is_empty() {
         found = merge(found, d.iou_threshold)?;
     }
-    let gt = scene.geo_transform.unwrap_or([0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    let gt = scene
+        .geo_transform
+        .unwrap_or([0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
     let has_masks = found.iter().any(|f| f.mask.is_some());
     let mut features = Vec::with_capacity(found.len());
     for f in &found {
@@ -220,7 +241,11 @@ pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
             },
             None => vector::box_polygon(&gt, f.bbox)?,
         };
-        features.push(vector::Detection { geometry, label: f.label, score: f.score });
+        features.push(vector::Detection {
+            geometry,
+            label: f.label,
+            score: f.score,
+        });
     }
     let written = vector::write(
         &job.output,
@@ -256,7 +281,8 @@ impl DetectJob<'_> {
 fn as_multi(g: gdal::vector::Geometry) -> Result<gdal::vector::Geometry> {
     let mut m = gdal::vector::Geometry::empty(gdal::vector::OGRwkbGeometryType::wkbMultiPolygon)
         .map_err(|e| HostError::Usage(format!("GDAL: {e}")))?;
-    m.add_geometry(g).map_err(|e| HostError::Usage(format!("GDAL: {e}")))?;
+    m.add_geometry(g)
+        .map_err(|e| HostError::Usage(format!("GDAL: {e}")))?;
     Ok(m)
 }
 
@@ -274,4 +300,204 @@ fn merge(found: Vec<Found>, iou_threshold: f64) -> Result<Vec<Found>> {
         .into_iter()
         .filter_map(|i| slots[i as usize].take())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gdal::vector::LayerAccess;
+    use serde_json::{json, Map, Value};
+    use terrahost_plugin_api::sdk::{Built, Model};
+
+    /// A stand-in detector whose detections depend only on the pixels of each object, as
+    /// the tiling is meant to preserve: every distinct value `v > 0.5` of band 1 is one
+    /// object, its box the pixels equal to `v` (x2, y2 exclusive), its score `v / 10`,
+    /// its label `1 + v mod 2`. A real backbone's detections also depend on the context
+    /// a tile cuts off, so equality with the one-piece prediction is only exact here.
+    struct Blobs;
+
+    impl Model for Blobs {
+        fn forward(
+            &self,
+            xs: &[Tensor],
+            _train: bool,
+        ) -> terrahost_plugin_api::Result<Vec<Tensor>> {
+            let mut out = Vec::new();
+            for img in xs[0].unbind(0) {
+                let band = img.get(0);
+                let values =
+                    Vec::<f32>::try_from(band.flatten(0, -1).unique_dim(0, true, false, false).0)?;
+                let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+                for v in values.into_iter().filter(|v| *v > 0.5) {
+                    let at = band.eq(v as f64).nonzero(); // [n, 2] (row, col)
+                    let (r, c) = (at.select(1, 0), at.select(1, 1));
+                    boxes.extend([
+                        c.min().double_value(&[]) as f32,
+                        r.min().double_value(&[]) as f32,
+                        c.max().double_value(&[]) as f32 + 1.0,
+                        r.max().double_value(&[]) as f32 + 1.0,
+                    ]);
+                    scores.push(v / 10.0);
+                    labels.push(1 + v as i64 % 2);
+                }
+                out.push(Tensor::from_slice(&boxes).view([-1, 4]));
+                out.push(Tensor::from_slice(&scores));
+                out.push(Tensor::from_slice(&labels));
+            }
+            Ok(out)
+        }
+
+        fn out_channels(&self) -> Vec<i64> {
+            vec![3]
+        }
+
+        fn meta(&self) -> Map<String, Value> {
+            let mut m = Map::new();
+            m.insert(
+                "output_names_per_image".into(),
+                json!(["boxes", "scores", "labels"]),
+            );
+            m
+        }
+    }
+
+    /// A 160 x 160 one-band scene with five rectangles `(value, x0, x1, y0, y1)`.
+    const OBJECTS: [(f32, usize, usize, usize, usize); 5] = [
+        (1.0, 5, 15, 5, 15),
+        // Across x = 64, the first tile's right edge (tiles at x = 0, 40, 80, 96).
+        (2.0, 60, 75, 10, 25),
+        // Across y = 40, the second tile row's top edge.
+        (3.0, 100, 115, 30, 48),
+        (4.0, 140, 155, 60, 75),
+        (5.0, 30, 48, 130, 150),
+    ];
+
+    fn scene(dir: &Path) -> PathBuf {
+        let path = dir.join("blobs.tif");
+        let n = 160;
+        let mut px = vec![0f32; n * n];
+        for (v, x0, x1, y0, y1) in OBJECTS {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    px[y * n + x] = v;
+                }
+            }
+        }
+        let driver = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+        let mut ds = driver
+            .create_with_band_type::<f32, _>(&path, n, n, 1)
+            .unwrap();
+        ds.set_geo_transform(&[500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0])
+            .unwrap();
+        let mut buf = gdal::raster::Buffer::new((n, n), px);
+        ds.rasterband(1)
+            .unwrap()
+            .write((0, 0), (n, n), &mut buf)
+            .unwrap();
+        path
+    }
+
+    /// (label, score, pixel box) of every feature written, in file order.
+    fn predict(dir: &Path, input: &Path, tile: usize, overlap: usize) -> Vec<(i64, f64, [f64; 4])> {
+        let model = DynModule::new(
+            "blobs",
+            Built::new("blobs", tch::nn::VarStore::new(Device::Cpu), Blobs).boxed(),
+        );
+        let config = PredictConfig::from_yaml(
+            "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n  init_args:\n    score_threshold: 0.0\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let mut settings = config.detection.clone().unwrap();
+        settings.tile = (tile, tile);
+        settings.overlap = (overlap, overlap);
+        settings.batch_size = 3;
+        check_settings(&settings).unwrap();
+        let output = dir.join(format!("out_{tile}.gpkg"));
+        let job = DetectJob {
+            model: &model,
+            config: &config,
+            settings: &settings,
+            device: Device::Cpu,
+            output: output.clone(),
+            format: VectorFormat::Gpkg,
+            progress: &|_, _| {},
+        };
+        let report = predict_scene(&job, input).unwrap();
+        let ds = gdal::Dataset::open(&output).unwrap();
+        let mut layer = ds.layer(0).unwrap();
+        let got: Vec<_> = layer
+            .features()
+            .map(|f| {
+                let env = f.geometry().unwrap().envelope();
+                // CRS back to pixels: x = 500000 + 10 col, y = 4000000 - 10 row.
+                let b = [
+                    (env.MinX - 500000.0) / 10.0,
+                    (4000000.0 - env.MaxY) / 10.0,
+                    (env.MaxX - 500000.0) / 10.0,
+                    (4000000.0 - env.MinY) / 10.0,
+                ];
+                (
+                    f.field_as_integer64(0).unwrap().unwrap(),
+                    f.field_as_double(2).unwrap().unwrap(),
+                    b,
+                )
+            })
+            .collect();
+        assert_eq!(report.detections, Some(got.len()));
+        got
+    }
+
+    #[test]
+    fn tiled_prediction_equals_the_one_piece_prediction_for_local_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = scene(dir.path());
+        let whole = predict(dir.path(), &input, 256, 64);
+        let tiled = predict(dir.path(), &input, 64, 24);
+        let mut want: Vec<(i64, f64, [f64; 4])> = OBJECTS
+            .iter()
+            .map(|&(v, x0, x1, y0, y1)| {
+                (
+                    1 + v as i64 % 2,
+                    (v / 10.0) as f64,
+                    [x0 as f64, y0 as f64, x1 as f64, y1 as f64],
+                )
+            })
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(whole, want, "one piece");
+        // Every object once, the ones across tile edges whole.
+        assert_eq!(tiled, want, "tiled");
+    }
+
+    #[test]
+    fn without_the_edge_rule_a_cut_object_would_be_two_detections() {
+        // The piece of object 2 left of x = 64 overlaps its whole box by IoU 4/15, below
+        // the NMS threshold: only the edge rule removes it.
+        let t = grid::tiles(160, 160, (64, 64), (24, 24));
+        assert!(t[0].leaves_to_neighbour([60.0, 10.0, 64.0, 25.0]));
+    }
+
+    #[test]
+    fn overlaps_above_half_the_tile_are_refused() {
+        let c = PredictConfig::from_yaml(
+            "model:\n  class_path: ObjectDetectionTask\n  init_args:\n    tiled_inference_parameters: {crop: 64, stride: 16}\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let d = c.detection.unwrap();
+        assert_eq!((d.tile, d.overlap), ((64, 64), (48, 48)));
+        let e = check_settings(&d).unwrap_err().to_string();
+        assert!(e.contains("more than half the tile"), "{e}");
+        let c = PredictConfig::from_yaml(
+            "model:\n  class_path: ObjectDetectionTask\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let d = c.detection.unwrap();
+        assert_eq!(
+            (d.tile, d.overlap, d.iou_threshold, d.score_threshold),
+            ((512, 512), (128, 128), 0.5, 0.5)
+        );
+    }
 }

@@ -7,7 +7,9 @@
 //! complete, as the GeoTIFF outputs are.
 use crate::error::{HostError, Result};
 use gdal::spatial_ref::SpatialRef;
-use gdal::vector::{Feature, Geometry, LayerAccess, LayerOptions, OGRFieldType, OGRwkbGeometryType};
+use gdal::vector::{
+    Feature, Geometry, LayerAccess, LayerOptions, OGRFieldType, OGRwkbGeometryType,
+};
 use gdal::DriverManager;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -54,12 +56,21 @@ pub const LAYER: &str = "detections";
 
 /// Scene pixel `(col, row)` to CRS coordinates through the affine geotransform.
 pub fn to_crs(gt: &[f64; 6], col: f64, row: f64) -> (f64, f64) {
-    (gt[0] + col * gt[1] + row * gt[2], gt[3] + col * gt[4] + row * gt[5])
+    (
+        gt[0] + col * gt[1] + row * gt[2],
+        gt[3] + col * gt[4] + row * gt[5],
+    )
 }
 
 /// The polygon of a pixel box `(x1, y1, x2, y2)` in the CRS.
 pub fn box_polygon(gt: &[f64; 6], b: [f64; 4]) -> Result<Geometry> {
-    let ring = [(b[0], b[1]), (b[2], b[1]), (b[2], b[3]), (b[0], b[3]), (b[0], b[1])];
+    let ring = [
+        (b[0], b[1]),
+        (b[2], b[1]),
+        (b[2], b[3]),
+        (b[0], b[3]),
+        (b[0], b[1]),
+    ];
     let pts: Vec<String> = ring
         .iter()
         .map(|&(c, r)| {
@@ -77,15 +88,27 @@ fn gdal_err(e: gdal::errors::GdalError) -> HostError {
 /// The pixels of `mask` (`[h, w]` probabilities of a tile whose top-left pixel is scene
 /// pixel `(x0, y0)`) above 0.5, as TerraTorch thresholds masks, polygonised into one
 /// multipolygon in the CRS. `None` when no pixel is above 0.5.
-pub fn mask_polygon(gt: &[f64; 6], mask: &Tensor, x0: usize, y0: usize) -> Result<Option<Geometry>> {
+pub fn mask_polygon(
+    gt: &[f64; 6],
+    mask: &Tensor,
+    x0: usize,
+    y0: usize,
+) -> Result<Option<Geometry>> {
     let (h, w) = (mask.size()[0] as usize, mask.size()[1] as usize);
-    let bits: Vec<u8> = Vec::<u8>::try_from(mask.gt(0.5).to_kind(Kind::Uint8).contiguous().flatten(0, -1))
-        .map_err(|e| HostError::Usage(format!("mask: {e}")))?;
+    let bits: Vec<u8> = Vec::<u8>::try_from(
+        mask.gt(0.5)
+            .to_kind(Kind::Uint8)
+            .contiguous()
+            .flatten(0, -1),
+    )
+    .map_err(|e| HostError::Usage(format!("mask: {e}")))?;
     if !bits.contains(&1) {
         return Ok(None);
     }
     let mem = DriverManager::get_driver_by_name("MEM").map_err(gdal_err)?;
-    let mut raster = mem.create_with_band_type::<u8, _>("", w, h, 1).map_err(gdal_err)?;
+    let mut raster = mem
+        .create_with_band_type::<u8, _>("", w, h, 1)
+        .map_err(gdal_err)?;
     let (ox, oy) = to_crs(gt, x0 as f64, y0 as f64);
     raster
         .set_geo_transform(&[ox, gt[1], gt[2], oy, gt[4], gt[5]])
@@ -98,14 +121,28 @@ pub fn mask_polygon(gt: &[f64; 6], mask: &Tensor, x0: usize, y0: usize) -> Resul
         .create_vector_only("")
         .map_err(gdal_err)?;
     let mut layer = polys
-        .create_layer(LayerOptions { name: "mask", ty: OGRwkbGeometryType::wkbPolygon, ..Default::default() })
+        .create_layer(LayerOptions {
+            name: "mask",
+            ty: OGRwkbGeometryType::wkbPolygon,
+            ..Default::default()
+        })
         .map_err(gdal_err)?;
-    layer.create_defn_fields(&[("v", OGRFieldType::OFTInteger)]).map_err(gdal_err)?;
+    layer
+        .create_defn_fields(&[("v", OGRFieldType::OFTInteger)])
+        .map_err(gdal_err)?;
     // SAFETY: the band and the layer live until the call returns; the band is its own
     // mask, so only the pixels set to 1 become polygons.
     let err = unsafe {
         let b = band.c_rasterband();
-        gdal_sys::GDALPolygonize(b, b, layer.c_layer(), 0, std::ptr::null_mut(), None, std::ptr::null_mut())
+        gdal_sys::GDALPolygonize(
+            b,
+            b,
+            layer.c_layer(),
+            0,
+            std::ptr::null_mut(),
+            None,
+            std::ptr::null_mut(),
+        )
     };
     if err != gdal_sys::CPLErr::CE_None {
         return Err(HostError::Usage("GDALPolygonize failed on a mask".into()));
@@ -140,28 +177,48 @@ pub fn write(
     detections: &[Detection],
 ) -> Result<PathBuf> {
     let ext = format.extension();
-    let tmp = PathBuf::from(format!("{}.{ext}", crate::weights::partial_path(path).display()));
+    let tmp = PathBuf::from(format!(
+        "{}.{ext}",
+        crate::weights::partial_path(path).display()
+    ));
     // Whatever is under the temporary name goes first: GDAL would write through a link.
     let _ = std::fs::remove_file(&tmp);
     let fail = |what: &str, e: gdal::errors::GdalError| {
-        HostError::Usage(format!("cannot {what} {} ({e}); is the output directory writable?", tmp.display()))
+        HostError::Usage(format!(
+            "cannot {what} {} ({e}); is the output directory writable?",
+            tmp.display()
+        ))
     };
     let result = (|| -> Result<()> {
-        let driver = DriverManager::get_driver_by_name(format.driver()).map_err(|e| fail("create", e))?;
-        let mut ds = driver.create_vector_only(&tmp).map_err(|e| fail("create", e))?;
+        let driver =
+            DriverManager::get_driver_by_name(format.driver()).map_err(|e| fail("create", e))?;
+        let mut ds = driver
+            .create_vector_only(&tmp)
+            .map_err(|e| fail("create", e))?;
         let srs = if projection.is_empty() {
             None
         } else {
             let mut s = SpatialRef::from_wkt(projection).map_err(|e| fail("set the CRS of", e))?;
             // Coordinates go x (easting/longitude), y (northing/latitude), as the
             // geotransform gives them, whatever the CRS's official axis order.
-            s.set_axis_mapping_strategy(gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder);
+            s.set_axis_mapping_strategy(
+                gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder,
+            );
             Some(s)
         };
-        let ty = if masks { OGRwkbGeometryType::wkbMultiPolygon } else { OGRwkbGeometryType::wkbPolygon };
+        let ty = if masks {
+            OGRwkbGeometryType::wkbMultiPolygon
+        } else {
+            OGRwkbGeometryType::wkbPolygon
+        };
         {
             let layer = ds
-                .create_layer(LayerOptions { name: LAYER, srs: srs.as_ref(), ty, ..Default::default() })
+                .create_layer(LayerOptions {
+                    name: LAYER,
+                    srs: srs.as_ref(),
+                    ty,
+                    ..Default::default()
+                })
                 .map_err(|e| fail("create a layer in", e))?;
             layer
                 .create_defn_fields(&[
@@ -178,20 +235,27 @@ pub fn write(
         for d in detections {
             let defn = layer.defn();
             let mut f = Feature::new(defn).map_err(|e| fail("write", e))?;
-            f.set_field_integer64(0, d.label).map_err(|e| fail("write", e))?;
+            f.set_field_integer64(0, d.label)
+                .map_err(|e| fail("write", e))?;
             match class_names.and_then(|n| usize::try_from(d.label).ok().and_then(|i| n.get(i))) {
                 Some(name) => f.set_field_string(1, name).map_err(|e| fail("write", e))?,
                 None => f.set_field_null(1).map_err(|e| fail("write", e))?,
             }
-            f.set_field_double(2, d.score).map_err(|e| fail("write", e))?;
+            f.set_field_double(2, d.score)
+                .map_err(|e| fail("write", e))?;
             f.set_field_string(3, scene).map_err(|e| fail("write", e))?;
-            f.set_geometry(d.geometry.clone()).map_err(|e| fail("write", e))?;
+            f.set_geometry(d.geometry.clone())
+                .map_err(|e| fail("write", e))?;
             f.create(&layer).map_err(|e| fail("write", e))?;
         }
-        drop(layer);
         let rc = unsafe { gdal_sys::GDALDatasetCommitTransaction(ds.c_dataset()) };
-        if rc != gdal_sys::OGRErr::OGRERR_NONE && rc != gdal_sys::OGRErr::OGRERR_UNSUPPORTED_OPERATION {
-            return Err(HostError::Usage(format!("cannot write {} (disk full?)", tmp.display())));
+        if rc != gdal_sys::OGRErr::OGRERR_NONE
+            && rc != gdal_sys::OGRErr::OGRERR_UNSUPPORTED_OPERATION
+        {
+            return Err(HostError::Usage(format!(
+                "cannot write {} (disk full?)",
+                tmp.display()
+            )));
         }
         ds.close().map_err(|e| fail("finish", e))?;
         Ok(())
