@@ -265,6 +265,22 @@ fn as_bool(v: &Value, key: &str) -> Result<bool> {
     }
 }
 
+/// Refuses a key `tiled_inference` does not take, with did-you-mean.
+fn check_tiling_keys(map: &Map<String, Value>) -> Result<()> {
+    for key in map.keys() {
+        if !TILING_KEYS.contains(&key.as_str()) {
+            let hint = did_you_mean(key, TILING_KEYS.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(err(format!(
+                "`tiled_inference_parameters.{key}` is not an argument of TerraTorch's tiled_inference{hint}; \
+                 TerraTorch would pass it on to the model's forward, which refuses it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `tiled_inference_parameters` as `tiled_inference` reads it. An empty mapping (or
 /// none) means no tiling (`if self.tiled_inference_parameters:`).
 pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
@@ -278,17 +294,7 @@ pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
             )))
         }
     };
-    for key in map.keys() {
-        if !TILING_KEYS.contains(&key.as_str()) {
-            let hint = did_you_mean(key, TILING_KEYS.iter().copied())
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            return Err(err(format!(
-                "`tiled_inference_parameters.{key}` is not an argument of TerraTorch's tiled_inference{hint}; \
-                 TerraTorch would pass it on to the model's forward, which refuses it"
-            )));
-        }
-    }
+    check_tiling_keys(map)?;
     let get = |k: &str| -> Result<Option<usize>> {
         map.get(k)
             .map(|v| as_usize(v, k))
@@ -563,19 +569,22 @@ pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Resu
             )))
         }
     };
-    // Validates every key as segmentation does (an unknown key is refused the same way).
-    let resolved = parse_tiling(tiled)?;
-    let given = |k: &str| {
-        map.get(k)
-            .and_then(|v| as_usize(v, k).ok().flatten())
-            .filter(|x| *x > 0)
+    // An unknown key is refused as segmentation refuses it.
+    check_tiling_keys(map)?;
+    let given = |k: &str| -> Result<Option<usize>> {
+        Ok(map
+            .get(k)
+            .map(|v| as_usize(v, k))
+            .transpose()?
+            .flatten()
+            .filter(|x| *x > 0))
     };
-    let crop = given("crop");
-    let h = given("h_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
-    let w = given("w_crop").or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
-    let stride = given("stride");
-    let hs = given("h_stride").or(stride);
-    let ws = given("w_stride").or(stride);
+    let crop = given("crop")?;
+    let h = given("h_crop")?.or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
+    let w = given("w_crop")?.or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
+    let stride = given("stride")?;
+    let hs = given("h_stride")?.or(stride);
+    let ws = given("w_stride")?.or(stride);
     let overlap =
         |tile: usize, stride: Option<usize>| stride.map_or(tile / 4, |s| tile.saturating_sub(s));
     Ok(DetectionArgs {
@@ -584,7 +593,7 @@ pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Resu
         class_names,
         tile: (h, w),
         overlap: (overlap(h, hs), overlap(w, ws)),
-        batch_size: resolved.map_or(16, |t| t.batch_size),
+        batch_size: given("batch_size")?.unwrap_or(16),
     })
 }
 

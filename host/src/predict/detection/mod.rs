@@ -489,6 +489,14 @@ mod tests {
         assert_eq!((d.tile, d.overlap), ((64, 64), (48, 48)));
         let e = check_settings(&d).unwrap_err().to_string();
         assert!(e.contains("more than half the tile"), "{e}");
+        // A crop without a stride: a quarter of the tile (TerraTorch's default stride of
+        // 192 belongs to its segmentation tiling and is not applied).
+        let c = PredictConfig::from_yaml(
+            "model:\n  class_path: ObjectDetectionTask\n  init_args:\n    tiled_inference_parameters: {crop: 64}\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.detection.unwrap().overlap, (16, 16));
         let c = PredictConfig::from_yaml(
             "model:\n  class_path: ObjectDetectionTask\n",
             Path::new("."),
