@@ -42,10 +42,14 @@ pub struct PredictArgs {
     /// `<stem>_pred.gpkg`) or `geojson` (`<stem>_pred.geojson`).
     #[arg(long, value_name = "gpkg|geojson", default_value = "gpkg")]
     pub vector_format: String,
+    /// Object detection: the tile, in pixels (square). Default: the model's input size
+    /// (`model_args.backbone_img_size`), else 512. A scene that fits one tile is one
+    /// forward.
+    #[arg(long, value_name = "PIXELS")]
+    pub tile_size: Option<usize>,
     /// Object detection: the overlap of neighbouring tiles, in pixels (at most half the
-    /// tile). Default: `crop - stride` of the config's `tiled_inference_parameters` when it
-    /// gives a stride, else a quarter of the tile. Objects up to overlap - 2 pixels are
-    /// whole in at least one tile.
+    /// tile). Default: a quarter of the tile. Objects up to overlap - 2 pixels are whole in
+    /// at least one tile.
     #[arg(long, value_name = "PIXELS")]
     pub tile_overlap: Option<usize>,
     /// Overrides a config key, as TerraTorch's `--data.init_args.KEY VALUE` do:
@@ -240,16 +244,20 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     let vector_format = VectorFormat::parse(&a.vector_format)?;
     let detection = match pcfg.detection.clone() {
         Some(mut d) => {
+            if let Some(t) = a.tile_size {
+                d.tile = (t, t);
+                d.overlap = (t / 4, t / 4);
+            }
             if let Some(o) = a.tile_overlap {
                 d.overlap = (o, o);
             }
             detection::check_settings(&d)?;
             Some(d)
         }
-        None if a.tile_overlap.is_some() => {
+        None if a.tile_overlap.is_some() || a.tile_size.is_some() => {
             return Err(usage(
-                "--tile-overlap is for ObjectDetectionTask configs; segmentation and regression tile with \
-                 `tiled_inference_parameters`",
+                "--tile-size and --tile-overlap are for ObjectDetectionTask configs; segmentation and regression \
+                 tile with `tiled_inference_parameters`",
             ))
         }
         None => None,

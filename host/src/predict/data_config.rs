@@ -133,13 +133,13 @@ pub struct DetectionArgs {
     pub score_threshold: f64,
     /// The task's `class_names`, else the datamodule's: `class_names[label]` names a label.
     pub class_names: Option<Vec<String>>,
-    /// The tile (rows, columns): `tiled_inference_parameters` `h_crop`/`w_crop` (or
-    /// `crop`), else [`DEFAULT_DETECTION_TILE`].
+    /// The tile (rows, columns): the model's `backbone_img_size`, else
+    /// [`DEFAULT_DETECTION_TILE`] (`--tile-size` overrides).
     pub tile: (usize, usize),
-    /// The overlap of neighbouring tiles (rows, columns): `crop - stride` when the config
-    /// gives a stride, else a quarter of the tile.
+    /// The overlap of neighbouring tiles (rows, columns): a quarter of the tile
+    /// (`--tile-overlap` overrides).
     pub overlap: (usize, usize),
-    /// Tiles per forward (`tiled_inference_parameters.batch_size`, default 16).
+    /// Tiles per forward (the datamodule's `batch_size`, default 8).
     pub batch_size: usize,
 }
 
@@ -548,10 +548,22 @@ fn threshold(init: &Map<String, Value>, key: &str, default: f64) -> Result<f64> 
     }
 }
 
-/// `ObjectDetectionTask`'s `iou_threshold`, `score_threshold` and `class_names`, and the
-/// tile and overlap from `tiled_inference_parameters` (crop and stride keys only:
-/// TerraTorch's detection predict does not tile, so the blending keys mean nothing here).
-pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Result<DetectionArgs> {
+/// `ObjectDetectionTask`'s `iou_threshold`, `score_threshold` and `class_names`; the tile
+/// is the model's input size, `model_args.backbone_img_size` (an int or `[h, w]`), else
+/// [`DEFAULT_DETECTION_TILE`], overlapping by a quarter; `batch_size` tiles (the
+/// datamodule's `batch_size`, else 8) go through the model at a time. The task has no
+/// `tiled_inference_parameters` (LightningCLI refuses the key): `--tile-size` and
+/// `--tile-overlap` set the tiles on the command line.
+pub fn parse_detection(
+    init: &Map<String, Value>,
+    data_batch_size: Option<usize>,
+) -> Result<DetectionArgs> {
+    if init.contains_key("tiled_inference_parameters") {
+        return Err(err(
+            "`model.init_args.tiled_inference_parameters`: ObjectDetectionTask has no such argument (LightningCLI \
+             refuses it); remove it and give the tiles with --tile-size and --tile-overlap",
+        ));
+    }
     let iou_threshold = threshold(init, "iou_threshold", 0.5)?;
     let score_threshold = threshold(init, "score_threshold", 0.5)?;
     let class_names = init
@@ -559,41 +571,24 @@ pub fn parse_detection(init: &Map<String, Value>, tiled: Option<&Value>) -> Resu
         .map(|v| string_list(v, "model.init_args.class_names"))
         .transpose()?
         .flatten();
-    let empty = Map::new();
-    let map = match tiled {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(err(format!(
-                "`model.init_args.tiled_inference_parameters` must be a mapping, got {other}"
-            )))
+    let size = |v: &Value| v.as_u64().filter(|x| *x > 0).map(|x| x as usize);
+    let tile = match init
+        .get("model_args")
+        .and_then(|m| m.get("backbone_img_size"))
+    {
+        Some(Value::Array(a)) if a.len() == 2 && a.iter().all(|v| size(v).is_some()) => {
+            (size(&a[0]).unwrap(), size(&a[1]).unwrap())
         }
+        Some(v) if size(v).is_some() => (size(v).unwrap(), size(v).unwrap()),
+        _ => (DEFAULT_DETECTION_TILE, DEFAULT_DETECTION_TILE),
     };
-    // An unknown key is refused as segmentation refuses it.
-    check_tiling_keys(map)?;
-    let given = |k: &str| -> Result<Option<usize>> {
-        Ok(map
-            .get(k)
-            .map(|v| as_usize(v, k))
-            .transpose()?
-            .flatten()
-            .filter(|x| *x > 0))
-    };
-    let crop = given("crop")?;
-    let h = given("h_crop")?.or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
-    let w = given("w_crop")?.or(crop).unwrap_or(DEFAULT_DETECTION_TILE);
-    let stride = given("stride")?;
-    let hs = given("h_stride")?.or(stride);
-    let ws = given("w_stride")?.or(stride);
-    let overlap =
-        |tile: usize, stride: Option<usize>| stride.map_or(tile / 4, |s| tile.saturating_sub(s));
     Ok(DetectionArgs {
         iou_threshold,
         score_threshold,
         class_names,
-        tile: (h, w),
-        overlap: (overlap(h, hs), overlap(w, ws)),
-        batch_size: given("batch_size")?.unwrap_or(16),
+        tile,
+        overlap: (tile.0 / 4, tile.1 / 4),
+        batch_size: data_batch_size.filter(|b| *b > 0).unwrap_or(8),
     })
 }
 
@@ -669,7 +664,13 @@ impl PredictConfig {
             Some(other) => return Err(err(format!("`data` must be a mapping, got {other}"))),
         }
         let detection = if task == TaskKind::Detection {
-            let mut d = parse_detection(&init, tiled)?;
+            let batch = top
+                .get("data")
+                .and_then(|d| d.get("init_args"))
+                .and_then(|i| i.get("batch_size"))
+                .and_then(Value::as_u64)
+                .map(|b| b as usize);
+            let mut d = parse_detection(&init, batch)?;
             if d.class_names.is_none() {
                 d.class_names = data.class_names.clone();
             }

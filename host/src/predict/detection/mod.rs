@@ -479,33 +479,36 @@ mod tests {
     }
 
     #[test]
-    fn overlaps_above_half_the_tile_are_refused() {
-        let c = PredictConfig::from_yaml(
-            "model:\n  class_path: ObjectDetectionTask\n  init_args:\n    tiled_inference_parameters: {crop: 64, stride: 16}\n",
-            Path::new("."),
-        )
-        .unwrap();
-        let d = c.detection.unwrap();
-        assert_eq!((d.tile, d.overlap), ((64, 64), (48, 48)));
+    fn tiles_come_from_the_model_input_and_bad_overlaps_are_refused() {
+        let yaml = |init: &str| {
+            PredictConfig::from_yaml(
+                &format!("model:\n  class_path: ObjectDetectionTask\n  init_args:\n{init}"),
+                Path::new("."),
+            )
+        };
+        let d = yaml("    model_args: {backbone_img_size: 224}\n")
+            .unwrap()
+            .detection
+            .unwrap();
+        assert_eq!((d.tile, d.overlap), ((224, 224), (56, 56)));
+        let d = yaml("    iou_threshold: 0.3\n").unwrap().detection.unwrap();
+        assert_eq!(
+            (
+                d.tile,
+                d.overlap,
+                d.iou_threshold,
+                d.score_threshold,
+                d.batch_size
+            ),
+            ((512, 512), (128, 128), 0.3, 0.5, 8)
+        );
+        let e = yaml("    tiled_inference_parameters: {crop: 64}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tile-size"), "{e}");
+        let mut d = d;
+        d.overlap = (300, 300);
         let e = check_settings(&d).unwrap_err().to_string();
         assert!(e.contains("more than half the tile"), "{e}");
-        // A crop without a stride: a quarter of the tile (TerraTorch's default stride of
-        // 192 belongs to its segmentation tiling and is not applied).
-        let c = PredictConfig::from_yaml(
-            "model:\n  class_path: ObjectDetectionTask\n  init_args:\n    tiled_inference_parameters: {crop: 64}\n",
-            Path::new("."),
-        )
-        .unwrap();
-        assert_eq!(c.detection.unwrap().overlap, (16, 16));
-        let c = PredictConfig::from_yaml(
-            "model:\n  class_path: ObjectDetectionTask\n",
-            Path::new("."),
-        )
-        .unwrap();
-        let d = c.detection.unwrap();
-        assert_eq!(
-            (d.tile, d.overlap, d.iou_threshold, d.score_threshold),
-            ((512, 512), (128, 128), 0.5, 0.5)
-        );
     }
 }
