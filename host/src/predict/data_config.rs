@@ -959,6 +959,30 @@ mod tests {
         assert_eq!(c.tiling, None);
     }
 
+    #[test]
+    fn the_object_detection_datamodule_keeps_nodata_values_and_names_classes() {
+        let yaml = "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n\
+                    data:\n  class_path: terratorch.datamodules.GenericNonGeoObjectDetectionDataModule\n  \
+                    init_args:\n    batch_size: 3\n    label_grep: '*.json'\n    class_names: [bg, ship]\n";
+        let c = PredictConfig::from_yaml(yaml, Path::new(".")).unwrap();
+        assert!(c.data.keep_nodata_values);
+        let d = c.detection.unwrap();
+        assert_eq!(
+            d.class_names,
+            Some(vec!["bg".to_owned(), "ship".to_owned()])
+        );
+        assert_eq!(d.batch_size, 3);
+        assert!(c.unused.iter().all(|u| !u.warn), "{:?}", c.unused);
+        let seg = "model:\n  class_path: SemanticSegmentationTask\n\
+                   data:\n  class_path: GenericNonGeoSegmentationDataModule\n";
+        assert!(
+            !PredictConfig::from_yaml(seg, Path::new("."))
+                .unwrap()
+                .data
+                .keep_nodata_values
+        );
+    }
+
     fn temporal_yaml(extra: &str) -> String {
         format!(
             "model:\n  class_path: terratorch.tasks.SemanticSegmentationTask\n\

@@ -267,3 +267,40 @@ pub fn write(
     std::fs::rename(&tmp, path).map_err(|e| HostError::io(path, e))?;
     Ok(path.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GT: [f64; 6] = [500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0];
+
+    #[test]
+    fn masks_are_polygonised_above_one_half_in_scene_coordinates() {
+        // A tile whose top-left is scene pixel (10, 20); mask pixels at columns 2..5 of
+        // rows 1..3 are above 0.5, one pixel is exactly 0.5 (not above, as TerraTorch's `>`).
+        let mask = Tensor::zeros([8, 8], (Kind::Float, tch::Device::Cpu));
+        let _ = mask.narrow(0, 1, 2).narrow(1, 2, 3).fill_(0.9);
+        let _ = mask.narrow(0, 6, 1).narrow(1, 6, 1).fill_(0.5);
+        let g = mask_polygon(&GT, &mask, 10, 20).unwrap().unwrap();
+        assert_eq!(g.geometry_type(), OGRwkbGeometryType::wkbMultiPolygon);
+        assert!((g.area() - 6.0 * 100.0).abs() < 1e-9, "{}", g.area());
+        let e = g.envelope();
+        assert_eq!(
+            [e.MinX, e.MinY, e.MaxX, e.MaxY],
+            [500120.0, 3999770.0, 500150.0, 3999790.0]
+        );
+        let empty = Tensor::full([4, 4], 0.5, (Kind::Float, tch::Device::Cpu));
+        assert!(mask_polygon(&GT, &empty, 0, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn boxes_go_through_the_geotransform() {
+        let g = box_polygon(&GT, [1.0, 2.0, 4.5, 6.0]).unwrap();
+        let e = g.envelope();
+        assert_eq!(
+            [e.MinX, e.MinY, e.MaxX, e.MaxY],
+            [500010.0, 3999940.0, 500045.0, 3999980.0]
+        );
+        assert!(VectorFormat::parse("shp").is_err());
+    }
+}
