@@ -533,18 +533,16 @@ fn string_list(v: &Value, key: &str) -> Result<Option<Vec<String>>> {
     }
 }
 
-/// A threshold of `ObjectDetectionTask` (a number in [0, 1]).
+/// A threshold of `ObjectDetectionTask`: any finite number, as TerraTorch takes it (a
+/// score threshold of 1 or more keeps nothing).
 fn threshold(init: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
     match init.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .filter(|x| (0.0..=1.0).contains(x))
-            .ok_or_else(|| {
-                err(format!(
-                    "`model.init_args.{key}` must be a number from 0 to 1, got {v}"
-                ))
-            }),
+        Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+            err(format!(
+                "`model.init_args.{key}` must be a number (TerraTorch's default is 0.5), got {v}"
+            ))
+        }),
     }
 }
 

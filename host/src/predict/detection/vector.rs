@@ -189,6 +189,15 @@ pub fn write(
             tmp.display()
         ))
     };
+    // Removes the temporary file unless it was renamed into place, also when a panic
+    // (GDAL, libtorch) ends the scene halfway: no partial file stays behind.
+    struct Partial<'a>(&'a Path);
+    impl Drop for Partial<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _partial = Partial(&tmp);
     let result = (|| -> Result<()> {
         let driver =
             DriverManager::get_driver_by_name(format.driver()).map_err(|e| fail("create", e))?;
@@ -260,10 +269,7 @@ pub fn write(
         ds.close().map_err(|e| fail("finish", e))?;
         Ok(())
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    result?;
     std::fs::rename(&tmp, path).map_err(|e| HostError::io(path, e))?;
     Ok(path.to_owned())
 }
