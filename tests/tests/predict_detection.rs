@@ -558,3 +558,57 @@ fn resume_shard_json_lines_and_bad_scenes() {
         .collect();
     assert_eq!(left.len(), 2, "no partial files left behind: {left:?}");
 }
+
+/// Mask R-CNN on a tiled scene: each mask is polygonised in its own tile and placed in the
+/// scene through the tile's offset, so every feature is a multipolygon inside the scene,
+/// of whole pixels (its area a multiple of the 100 m² pixel).
+#[test]
+fn mask_rcnn_masks_of_a_tiled_scene_land_in_the_scene() {
+    let plugins = real_plugins(&PLUGINS);
+    let case = "mask_rcnn_prithvi";
+    let work = tempfile::tempdir().unwrap();
+    let (config, weights) = model_files(case, work.path(), json!({}));
+    let (_, tensors) = fixture(case);
+    let x = &tensors["input"];
+    let scene = work.path().join("strip.tif");
+    write_scene(&scene, &Tensor::cat(&[x.get(0), x.get(1)], 2));
+    let out = work.path().join("out");
+    let o = predict(
+        plugins.path(),
+        &config,
+        &weights,
+        &[
+            "--input",
+            scene.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--tile-overlap",
+            "16",
+            "--json-lines",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The tile is the model's input, backbone_img_size 64: 1 x 3 tiles on 64 x 128.
+    assert_eq!(json_lines(&o)[0]["chips"], 3);
+    let (_, _, got) = read(&out.join("strip_pred.gpkg"));
+    assert!(!got.is_empty());
+    for f in &got {
+        assert_eq!(
+            f.geometry.geometry_type(),
+            gdal::vector::OGRwkbGeometryType::wkbMultiPolygon
+        );
+        let e = f.geometry.envelope();
+        assert!(
+            e.MinX >= GT[0]
+                && e.MaxX <= GT[0] + 1280.0
+                && e.MinY >= GT[3] - 640.0
+                && e.MaxY <= GT[3],
+            "{e:?}"
+        );
+        let pixels = f.geometry.area() / 100.0;
+        assert!(
+            (pixels - pixels.round()).abs() < 1e-6 && pixels >= 1.0,
+            "{pixels}"
+        );
+    }
+}
