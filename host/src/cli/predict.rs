@@ -252,6 +252,11 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 d.overlap = (o, o);
             }
             detection::check_settings(&d)?;
+            if a.out_dtype.is_some() || pcfg.out_dtype.is_some() {
+                tracing::warn!(
+                    "`out_dtype` / --out-dtype is not used: ObjectDetectionTask writes vector features, not rasters"
+                );
+            }
             Some(d)
         }
         None if a.tile_overlap.is_some() || a.tile_size.is_some() => {
