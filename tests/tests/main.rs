@@ -13,6 +13,7 @@ mod in_process;
 mod peft;
 mod plugins;
 mod predict;
+mod predict_detection;
 mod scaffold;
 mod terratorch_1213;
 mod trust;

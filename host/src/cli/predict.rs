@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 use terrahost::predict::data_config::{OutputKind, PredictConfig};
+use terrahost::predict::detection::{self, vector::VectorFormat, DetectJob};
 use terrahost::predict::{scenes, writer, Job};
 use terrahost::{config::ModelConfig, weights, Host, HostError};
 
@@ -37,6 +38,20 @@ pub struct PredictArgs {
     /// probabilities and regression values (TerraTorch's int16 truncates them).
     #[arg(long, value_name = "DTYPE")]
     pub out_dtype: Option<String>,
+    /// Object detection: the vector format of the detections, `gpkg` (GeoPackage,
+    /// `<stem>_pred.gpkg`) or `geojson` (`<stem>_pred.geojson`).
+    #[arg(long, value_name = "gpkg|geojson", default_value = "gpkg")]
+    pub vector_format: String,
+    /// Object detection: the tile, in pixels (square). Default: the model's input size
+    /// (`model_args.backbone_img_size`), else 512. A scene that fits one tile is one
+    /// forward.
+    #[arg(long, value_name = "PIXELS")]
+    pub tile_size: Option<usize>,
+    /// Object detection: the overlap of neighbouring tiles, in pixels (at most half the
+    /// tile). Default: a quarter of the tile. Objects up to overlap - 2 pixels are whole in
+    /// at least one tile.
+    #[arg(long, value_name = "PIXELS")]
+    pub tile_overlap: Option<usize>,
     /// Overrides a config key, as TerraTorch's `--data.init_args.KEY VALUE` do:
     /// `--set data.init_args.no_data_replace=0` (the value is YAML). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -226,6 +241,33 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
         (Inputs::Listed(mine), Some(total), Some(len))
     };
 
+    let vector_format = VectorFormat::parse(&a.vector_format)?;
+    let detection = match pcfg.detection.clone() {
+        Some(mut d) => {
+            if let Some(t) = a.tile_size {
+                d.tile = (t, t);
+                d.overlap = (t / 4, t / 4);
+            }
+            if let Some(o) = a.tile_overlap {
+                d.overlap = (o, o);
+            }
+            detection::check_settings(&d)?;
+            if a.out_dtype.is_some() || pcfg.out_dtype.is_some() {
+                tracing::warn!(
+                    "`out_dtype` / --out-dtype is not used: ObjectDetectionTask writes vector features, not rasters"
+                );
+            }
+            Some(d)
+        }
+        None if a.tile_overlap.is_some() || a.tile_size.is_some() => {
+            return Err(usage(
+                "--tile-size and --tile-overlap are for ObjectDetectionTask configs; segmentation and regression \
+                 tile with `tiled_inference_parameters`",
+            ))
+        }
+        None => None,
+    };
+
     let dtype_name = a.out_dtype.clone().or_else(|| pcfg.out_dtype.clone());
     let dtype_for = |kind: OutputKind| -> Result<_, HostError> {
         match &dtype_name {
@@ -298,7 +340,14 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 )
             })
             .collect();
-        if !a.overwrite && outputs.iter().all(|(_, p, _)| p.is_file()) {
+        let vector_out = detection
+            .as_ref()
+            .map(|_| scenes::output_path_with(&out_dir, scene, "pred", vector_format.extension()));
+        let exists = match &vector_out {
+            Some(p) => p.is_file(),
+            None => outputs.iter().all(|(_, p, _)| p.is_file()),
+        };
+        if !a.overwrite && exists {
             n_skipped += 1;
             let r = json!({"input": scene.display().to_string(), "status": "skipped",
                 "reason": "outputs exist (use --overwrite)"});
@@ -326,7 +375,21 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
         // A panic inside one scene (libtorch refusing an allocation, a plugin's forward)
         // is that scene's error: the others go on.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            terrahost::predict::predict_scene(&job, scene)
+            match (&detection, &vector_out) {
+                (Some(settings), Some(output)) => detection::predict_scene(
+                    &DetectJob {
+                        model: &model,
+                        config: &pcfg,
+                        settings,
+                        device,
+                        output: output.clone(),
+                        format: vector_format,
+                        progress: &progress,
+                    },
+                    scene,
+                ),
+                _ => terrahost::predict::predict_scene(&job, scene),
+            }
         }))
         .unwrap_or_else(|p| {
             let msg = p
@@ -349,10 +412,13 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                     tracing::warn!("{w}");
                 }
                 n_written += 1;
-                let result = json!({"input": label, "status": "written",
+                let mut result = json!({"input": label, "status": "written",
                     "outputs": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     "width": r.width, "height": r.height, "bands": r.bands, "chips": r.chips,
                     "warnings": r.warnings, "seconds": t0.elapsed().as_secs_f64()});
+                if let Some(n) = r.detections {
+                    result["detections"] = json!(n);
+                }
                 emit(&result)?;
                 results.push(result);
                 if !a.json && !a.json_lines {

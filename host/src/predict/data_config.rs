@@ -36,6 +36,9 @@ pub enum TaskKind {
     Segmentation,
     /// PixelwiseRegressionTask: one value per pixel.
     Regression,
+    /// ObjectDetectionTask: boxes, scores and labels (and Mask R-CNN's masks), written
+    /// as vector features (see [`super::detection`]).
+    Detection,
 }
 
 /// One of `output_on_inference`'s selectors (segmentation), or the regression value.
@@ -112,7 +115,37 @@ pub struct DataArgs {
     /// `expand_temporal_dimension`: the file's bands are frames of `dataset_bands`
     /// stacked time-major, and the model gets `[B, C, T, H, W]`.
     pub expand_temporal_dimension: bool,
+    /// The scene's nodata value stays a value: TerraTorch's object-detection dataset
+    /// (`GenericNonGeoObjectDetectionDataset`) opens scenes without `masked=True`, so
+    /// only NaNs already in the file meet `no_data_replace`.
+    pub keep_nodata_values: bool,
+    /// `class_names` of the datamodule (the object-detection one has them).
+    pub class_names: Option<Vec<String>>,
 }
+
+/// What `ObjectDetectionTask` adds to prediction: its `predict_step` filter and the
+/// tiling terrahost does on scenes larger than a tile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectionArgs {
+    /// `iou_threshold` (TerraTorch's default 0.5).
+    pub iou_threshold: f64,
+    /// `score_threshold` (TerraTorch's default 0.5).
+    pub score_threshold: f64,
+    /// The task's `class_names`, else the datamodule's: `class_names[label]` names a label.
+    pub class_names: Option<Vec<String>>,
+    /// The tile (rows, columns): the model's `backbone_img_size`, else
+    /// [`DEFAULT_DETECTION_TILE`] (`--tile-size` overrides).
+    pub tile: (usize, usize),
+    /// The overlap of neighbouring tiles (rows, columns): a quarter of the tile
+    /// (`--tile-overlap` overrides).
+    pub overlap: (usize, usize),
+    /// Tiles per forward (the datamodule's `batch_size`, default 8).
+    pub batch_size: usize,
+}
+
+/// The detection tile without `tiled_inference_parameters`: 512 x 512 pixels, the size
+/// of many detection training chips and small enough for a CPU forward.
+pub const DEFAULT_DETECTION_TILE: usize = 512;
 
 /// A key of the config that predict does not use.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +163,8 @@ pub struct PredictConfig {
     /// `None`: the whole scene goes through the model.
     pub tiling: Option<Tiling>,
     pub outputs: Vec<OutputKind>,
+    /// The object-detection settings (`Some` exactly for [`TaskKind::Detection`]).
+    pub detection: Option<DetectionArgs>,
     /// Top-level `out_dtype` of `terratorch predict`.
     pub out_dtype: Option<String>,
     /// Top-level `predict_output_dir`.
@@ -171,6 +206,7 @@ const DATA_QUIET: &[&str] = &[
     "return_georeference",
     "embedding_input",
     "pca_step",
+    "class_names",
 ];
 
 /// Datamodule arguments predict reads.
@@ -189,9 +225,10 @@ const DATA_READ: &[&str] = &[
     "tortilla_file",
 ];
 
-const DATAMODULES: [&str; 2] = [
+const DATAMODULES: [&str; 3] = [
     "GenericNonGeoSegmentationDataModule",
     "GenericNonGeoPixelwiseRegressionDataModule",
+    "GenericNonGeoObjectDetectionDataModule",
 ];
 
 const TILING_KEYS: [&str; 14] = [
@@ -228,6 +265,22 @@ fn as_bool(v: &Value, key: &str) -> Result<bool> {
     }
 }
 
+/// Refuses a key `tiled_inference` does not take, with did-you-mean.
+fn check_tiling_keys(map: &Map<String, Value>) -> Result<()> {
+    for key in map.keys() {
+        if !TILING_KEYS.contains(&key.as_str()) {
+            let hint = did_you_mean(key, TILING_KEYS.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(err(format!(
+                "`tiled_inference_parameters.{key}` is not an argument of TerraTorch's tiled_inference{hint}; \
+                 TerraTorch would pass it on to the model's forward, which refuses it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `tiled_inference_parameters` as `tiled_inference` reads it. An empty mapping (or
 /// none) means no tiling (`if self.tiled_inference_parameters:`).
 pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
@@ -241,17 +294,7 @@ pub fn parse_tiling(v: Option<&Value>) -> Result<Option<Tiling>> {
             )))
         }
     };
-    for key in map.keys() {
-        if !TILING_KEYS.contains(&key.as_str()) {
-            let hint = did_you_mean(key, TILING_KEYS.iter().copied())
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            return Err(err(format!(
-                "`tiled_inference_parameters.{key}` is not an argument of TerraTorch's tiled_inference{hint}; \
-                 TerraTorch would pass it on to the model's forward, which refuses it"
-            )));
-        }
-    }
+    check_tiling_keys(map)?;
     let get = |k: &str| -> Result<Option<usize>> {
         map.get(k)
             .map(|v| as_usize(v, k))
@@ -471,6 +514,82 @@ fn numbers(v: &Value, key: &str, config_dir: &Path) -> Result<(Vec<f64>, Option<
     }
 }
 
+/// A list of strings (`class_names`); null is none.
+fn string_list(v: &Value, key: &str) -> Result<Option<Vec<String>>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_owned).ok_or_else(|| {
+                    err(format!(
+                        "`{key}`: {x} is not a string; give a list of names"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        other => Err(err(format!("`{key}` must be a list of names, got {other}"))),
+    }
+}
+
+/// A threshold of `ObjectDetectionTask`: any finite number, as TerraTorch takes it (a
+/// score threshold of 1 or more keeps nothing).
+fn threshold(init: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
+    match init.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+            err(format!(
+                "`model.init_args.{key}` must be a number (TerraTorch's default is 0.5), got {v}"
+            ))
+        }),
+    }
+}
+
+/// `ObjectDetectionTask`'s `iou_threshold`, `score_threshold` and `class_names`; the tile
+/// is the model's input size, `model_args.backbone_img_size` (an int or `[h, w]`), else
+/// [`DEFAULT_DETECTION_TILE`], overlapping by a quarter; `batch_size` tiles (the
+/// datamodule's `batch_size`, else 8) go through the model at a time. The task has no
+/// `tiled_inference_parameters` (LightningCLI refuses the key): `--tile-size` and
+/// `--tile-overlap` set the tiles on the command line.
+pub fn parse_detection(
+    init: &Map<String, Value>,
+    data_batch_size: Option<usize>,
+) -> Result<DetectionArgs> {
+    if init.contains_key("tiled_inference_parameters") {
+        return Err(err(
+            "`model.init_args.tiled_inference_parameters`: ObjectDetectionTask has no such argument (LightningCLI \
+             refuses it); remove it and give the tiles with --tile-size and --tile-overlap",
+        ));
+    }
+    let iou_threshold = threshold(init, "iou_threshold", 0.5)?;
+    let score_threshold = threshold(init, "score_threshold", 0.5)?;
+    let class_names = init
+        .get("class_names")
+        .map(|v| string_list(v, "model.init_args.class_names"))
+        .transpose()?
+        .flatten();
+    let size = |v: &Value| v.as_u64().filter(|x| *x > 0).map(|x| x as usize);
+    let tile = match init
+        .get("model_args")
+        .and_then(|m| m.get("backbone_img_size"))
+    {
+        Some(Value::Array(a)) if a.len() == 2 && a.iter().all(|v| size(v).is_some()) => {
+            (size(&a[0]).unwrap(), size(&a[1]).unwrap())
+        }
+        Some(v) if size(v).is_some() => (size(v).unwrap(), size(v).unwrap()),
+        _ => (DEFAULT_DETECTION_TILE, DEFAULT_DETECTION_TILE),
+    };
+    Ok(DetectionArgs {
+        iou_threshold,
+        score_threshold,
+        class_names,
+        tile,
+        overlap: (tile.0 / 4, tile.1 / 4),
+        batch_size: data_batch_size.filter(|b| *b > 0).unwrap_or(8),
+    })
+}
+
 impl PredictConfig {
     /// Reads the config file (YAML).
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -495,17 +614,19 @@ impl PredictConfig {
         let task = match class_name {
             "SemanticSegmentationTask" => TaskKind::Segmentation,
             "PixelwiseRegressionTask" => TaskKind::Regression,
+            "ObjectDetectionTask" => TaskKind::Detection,
             "" => {
                 return Err(err(
                     "predict needs a LightningCLI config whose `model.class_path` is \
-                     terratorch.tasks.SemanticSegmentationTask or PixelwiseRegressionTask",
+                     terratorch.tasks.SemanticSegmentationTask, PixelwiseRegressionTask or ObjectDetectionTask",
                 ))
             }
             other => {
                 return Err(err(format!(
-                "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters, for \
-                     SemanticSegmentationTask and PixelwiseRegressionTask; {other} is not one"
-            )))
+                    "`model.class_path` is `{class}`: terrahost predict writes per-pixel rasters for \
+                     SemanticSegmentationTask and PixelwiseRegressionTask and vector features for \
+                     ObjectDetectionTask; {other} is none of them"
+                )))
             }
         };
         let init = model
@@ -513,12 +634,18 @@ impl PredictConfig {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let tiling = parse_tiling(init.get("tiled_inference_parameters"))?;
-        let outputs = parse_outputs(
-            task,
-            init.get("output_on_inference"),
-            init.get("output_most_probable"),
-        )?;
+        let tiled = init.get("tiled_inference_parameters");
+        let (tiling, outputs) = if task == TaskKind::Detection {
+            // Detection tiles on its own terms (`super::detection`): no raster outputs.
+            (None, Vec::new())
+        } else {
+            let outputs = parse_outputs(
+                task,
+                init.get("output_on_inference"),
+                init.get("output_most_probable"),
+            )?;
+            (parse_tiling(tiled)?, outputs)
+        };
 
         let mut data = DataArgs {
             img_grep: "*".into(),
@@ -534,6 +661,21 @@ impl PredictConfig {
             }
             Some(other) => return Err(err(format!("`data` must be a mapping, got {other}"))),
         }
+        let detection = if task == TaskKind::Detection {
+            let batch = top
+                .get("data")
+                .and_then(|d| d.get("init_args"))
+                .and_then(|i| i.get("batch_size"))
+                .and_then(Value::as_u64)
+                .map(|b| b as usize);
+            let mut d = parse_detection(&init, batch)?;
+            if d.class_names.is_none() {
+                d.class_names = data.class_names.clone();
+            }
+            Some(d)
+        } else {
+            None
+        };
         let str_key = |k: &str| top.get(k).and_then(Value::as_str).map(str::to_owned);
         for key in top.keys() {
             if !["model", "data", "out_dtype", "predict_output_dir"].contains(&key.as_str()) {
@@ -549,6 +691,7 @@ impl PredictConfig {
             data,
             tiling,
             outputs,
+            detection,
             out_dtype: str_key("out_dtype"),
             predict_output_dir: str_key("predict_output_dir").map(PathBuf::from),
             unused,
@@ -703,14 +846,22 @@ impl PredictConfig {
             stds,
             stats_frames,
             expand_temporal_dimension,
+            keep_nodata_values: class_name == "GenericNonGeoObjectDetectionDataModule",
+            class_names: init
+                .get("class_names")
+                .map(|v| string_list(v, "data.init_args.class_names"))
+                .transpose()?
+                .flatten(),
         })
     }
 
     /// The model-section keys predict reads (so they are not reported as unused).
-    pub const MODEL_KEYS_READ: [&'static str; 3] = [
+    pub const MODEL_KEYS_READ: [&'static str; 5] = [
         "model.init_args.tiled_inference_parameters",
         "model.init_args.output_on_inference",
         "model.init_args.output_most_probable",
+        "model.init_args.iou_threshold",
+        "model.init_args.score_threshold",
     ];
 }
 
@@ -804,6 +955,30 @@ mod tests {
             .iter()
             .any(|u| u.key == "data.init_args.batch_size" && !u.warn));
         assert_eq!(c.tiling, None);
+    }
+
+    #[test]
+    fn the_object_detection_datamodule_keeps_nodata_values_and_names_classes() {
+        let yaml = "model:\n  class_path: terratorch.tasks.ObjectDetectionTask\n\
+                    data:\n  class_path: terratorch.datamodules.GenericNonGeoObjectDetectionDataModule\n  \
+                    init_args:\n    batch_size: 3\n    label_grep: '*.json'\n    class_names: [bg, ship]\n";
+        let c = PredictConfig::from_yaml(yaml, Path::new(".")).unwrap();
+        assert!(c.data.keep_nodata_values);
+        let d = c.detection.unwrap();
+        assert_eq!(
+            d.class_names,
+            Some(vec!["bg".to_owned(), "ship".to_owned()])
+        );
+        assert_eq!(d.batch_size, 3);
+        assert!(c.unused.iter().all(|u| !u.warn), "{:?}", c.unused);
+        let seg = "model:\n  class_path: SemanticSegmentationTask\n\
+                   data:\n  class_path: GenericNonGeoSegmentationDataModule\n";
+        assert!(
+            !PredictConfig::from_yaml(seg, Path::new("."))
+                .unwrap()
+                .data
+                .keep_nodata_values
+        );
     }
 
     fn temporal_yaml(extra: &str) -> String {

@@ -7,11 +7,15 @@
 //! GeoTIFFs). [`data_config`] reads the config's `data:` section and the task's
 //! inference keys; [`scenes`] lists, filters and shards the inputs.
 //!
+//! [`detection`] runs `ObjectDetectionTask` models on the same reader and preprocessing,
+//! over overlapping tiles, and writes vector features instead of rasters.
+//!
 //! With tiling, only the scene rows the next tile row needs are held (plus the strip of
 //! rows that chips still touch), so memory is O(width x crop), whatever the height.
 pub mod accumulate;
 pub mod bands;
 pub mod data_config;
+pub mod detection;
 pub mod raster_policy;
 pub mod reader;
 pub mod scenes;
@@ -51,6 +55,8 @@ pub struct SceneReport {
     pub chips: usize,
     pub written: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// The detections written (object detection only).
+    pub detections: Option<usize>,
 }
 
 /// The model on one batch `[B, C, h, w]` (or `[B, C, T, h, w]`, multi-temporal):
@@ -219,6 +225,7 @@ pub fn predict_scene(job: &Job<'_>, input: &Path) -> Result<SceneReport> {
         chips,
         written,
         warnings,
+        detections: None,
     })
 }
 

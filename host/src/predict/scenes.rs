@@ -127,6 +127,12 @@ pub fn shard<T>(items: Vec<T>, k: usize, n: usize) -> Vec<T> {
 
 /// `<out_dir>/<stem>_<suffix>.tif` (`os.path.splitext(basename)[0]`).
 pub fn output_path(out_dir: &Path, input: &Path, suffix: &str) -> PathBuf {
+    output_path_with(out_dir, input, suffix, "tif")
+}
+
+/// `<out_dir>/<stem>_<suffix>.<ext>`: the raster outputs' naming for other kinds of file
+/// (the detections' `.gpkg` / `.geojson`).
+pub fn output_path_with(out_dir: &Path, input: &Path, suffix: &str, ext: &str) -> PathBuf {
     let name = input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -135,7 +141,7 @@ pub fn output_path(out_dir: &Path, input: &Path, suffix: &str) -> PathBuf {
         Some(i) if i > 0 => name[..i].to_owned(),
         _ => name,
     };
-    out_dir.join(format!("{stem}_{suffix}.tif"))
+    out_dir.join(format!("{stem}_{suffix}.{ext}"))
 }
 
 #[cfg(test)]
