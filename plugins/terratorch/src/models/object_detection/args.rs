@@ -204,8 +204,8 @@ pub enum FrameworkConfig {
     /// `faster-rcnn`, `mask-rcnn`: the anchor sizes are cut to the number of feature maps
     /// once the necks are built; `framework_bbox_reg_weights`, when given.
     Rcnn {
-        /// The R-CNN's configuration.
-        cfg: RCNNConfig,
+        /// The R-CNN's configuration (boxed: it is much larger than the other variant).
+        cfg: Box<RCNNConfig>,
         /// The box coder's weights of the box head.
         bbox_reg_weights: Option<[f64; 4]>,
     },
@@ -385,7 +385,7 @@ pub fn plan(args: &Map<String, Value>) -> Result<DetectionPlan> {
         }
         // Five levels until the necks tell how many maps there are (`build` cuts the anchors).
         _ => FrameworkConfig::Rcnn {
-            cfg: terratorch_rcnn(framework, num_classes, 5, in_channels),
+            cfg: Box::new(terratorch_rcnn(framework, num_classes, 5, in_channels)),
             bbox_reg_weights: None,
         },
     };

@@ -130,7 +130,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         )));
     }
     let preset = args::terratorch_rcnn(plan.framework, plan.num_classes, levels, plan.in_channels);
-    let mut cfg = cfg;
+    let mut cfg = *cfg;
     cfg.anchor_sizes = preset.anchor_sizes;
     cfg.aspect_ratios = preset.aspect_ratios;
 
