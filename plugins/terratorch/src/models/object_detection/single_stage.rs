@@ -95,8 +95,20 @@ impl SingleStageConfig {
     }
 }
 
-/// The anchor generator TerraTorch gives `framework` over `levels` feature maps.
+/// The anchor generator TerraTorch gives `framework` over `levels` feature maps (at most 6).
 pub fn anchor_generator(framework: Framework, levels: usize) -> Result<AnchorGenerator> {
+    let max = match framework {
+        Framework::Fcos => FCOS_SIZES.len(),
+        _ => RETINANET_SIZES.len(),
+    };
+    if levels > max {
+        return Err(PluginError::invalid_argument(format!(
+            "ObjectDetectionModelFactory: the necks give {levels} feature maps but TerraTorch's {} anchor \
+             generator has sizes for at most {max} (torchvision: there needs to be a match between the number \
+             of feature maps passed and the number of sizes / aspect ratios specified); use fewer levels",
+            framework.name()
+        )));
+    }
     match framework {
         Framework::Fcos => {
             // TerraTorch passes `((1.0,),) * 6 * len(sizes)` ratios, longer than the sizes;
@@ -195,20 +207,7 @@ impl SingleStageModel {
         in_channels: i64,
         cfg: &SingleStageConfig,
     ) -> Result<Self> {
-        let levels = backbone.channel_list.len();
-        let max = match framework {
-            Framework::Fcos => FCOS_SIZES.len(),
-            _ => RETINANET_SIZES.len(),
-        };
-        if levels > max {
-            return Err(PluginError::invalid_argument(format!(
-                "ObjectDetectionModelFactory: the necks give {levels} feature maps but TerraTorch's {} anchor \
-                 generator has sizes for at most {max} (torchvision: there needs to be a match between the number \
-                 of feature maps passed and the number of sizes / aspect ratios specified); use fewer levels",
-                framework.name()
-            )));
-        }
-        let anchors = anchor_generator(framework, levels)?;
+        let anchors = anchor_generator(framework, backbone.channel_list.len())?;
         // The transform's sizes are kept by TerraTorch and never used (stack only).
         let transform = GeneralizedRCNNTransform::terratorch(
             800,
@@ -291,5 +290,37 @@ impl Model for SingleStageModel {
 
     fn children_mut(&mut self) -> Vec<(&str, &mut DynModule)> {
         self.backbone.children_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_follow_terratorchs_tables_and_refuse_a_seventh_level() {
+        // FCOS: one anchor per location; size 8 at ratio 1 is (-4, -4, 4, 4).
+        let ag = anchor_generator(Framework::Fcos, 4).unwrap();
+        assert_eq!(
+            ag.sizes,
+            vec![vec![8.0], vec![16.0], vec![32.0], vec![64.0]]
+        );
+        assert_eq!(ag.cell_anchors[0].size(), [1, 4]);
+        let first: Vec<f32> = Vec::try_from(ag.cell_anchors[0].reshape([-1])).unwrap();
+        assert_eq!(first, [-4.0, -4.0, 4.0, 4.0]);
+        // RetinaNet: three sizes by three ratios; the first is size 16 at ratio 0.5:
+        // w = 16 * sqrt(2) = 22.63, h = 16 / sqrt(2) = 11.31, halved and rounded.
+        let ag = anchor_generator(Framework::RetinaNet, 6).unwrap();
+        assert_eq!(ag.sizes[5], vec![512.0, 645.0, 812.0]);
+        assert_eq!(ag.cell_anchors[0].size(), [9, 4]);
+        let first: Vec<f32> = Vec::try_from(ag.cell_anchors[0].get(0)).unwrap();
+        assert_eq!(first, [-11.0, -6.0, 11.0, 6.0]);
+        for fw in [Framework::Fcos, Framework::RetinaNet] {
+            let e = anchor_generator(fw, 7).unwrap_err().to_string();
+            assert!(
+                e.contains("7 feature maps") && e.contains("at most 6"),
+                "{e}"
+            );
+        }
     }
 }
