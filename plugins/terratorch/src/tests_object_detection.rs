@@ -314,6 +314,23 @@ fn object_detection_accepts_the_arguments_terratorch_ignores() {
     a.insert("framework_rpn_fg_iou_thresh".into(), json!(0.6));
     a.insert("in_channels".into(), json!(3));
     build(&a).unwrap();
+    // FCOS's and RetinaNet's constructors pass unknown keywords to the same transform;
+    // their training-only ones (and the transform's sizes) are accepted too.
+    for (fw, training) in [
+        ("fcos", "center_sampling_radius"),
+        ("retinanet", "fg_iou_thresh"),
+    ] {
+        let mut a = base_args(fw);
+        a.insert("framework_not_an_argument".into(), json!(1));
+        a.insert(format!("framework_{training}"), json!(0.5));
+        a.insert("framework_min_size".into(), json!(64));
+        a.insert("framework_head".into(), Value::Null);
+        if fw == "retinanet" {
+            a.remove("framework_head");
+            a.insert("framework_proposal_matcher".into(), Value::Null);
+        }
+        build(&a).unwrap_or_else(|e| panic!("{fw}: {e}"));
+    }
 }
 
 /// `framework_*` thresholds reach torchvision's inference: a score threshold above every
