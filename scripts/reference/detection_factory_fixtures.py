@@ -92,7 +92,48 @@ CASES = {
         "framework_rpn_post_nms_top_n_test": 50,
         "framework_box_detections_per_img": 6,
     },
+    # The single-stage frameworks (torchvision's FCOS and RetinaNet with TerraTorch's anchors
+    # and, for RetinaNet, its GroupNorm(32) head); the thresholds keep a few well-separated
+    # detections of several classes.
+    "fcos_prithvi": {
+        "task": "object_detection",
+        "framework": "fcos",
+        "num_classes": 3,
+        **BACKBONE,
+        "necks": NECKS,
+        "framework_score_thresh": 0.51,
+        "framework_nms_thresh": 0.5,
+        "framework_detections_per_img": 10,
+        "framework_topk_candidates": 50,
+        "framework_center_sampling_radius": 2.0,
+    },
+    "retinanet_prithvi": {
+        "task": "object_detection",
+        "framework": "retinanet",
+        "num_classes": 4,
+        **BACKBONE,
+        "necks": NECKS,
+        "framework_score_thresh": 0.3,
+        "framework_nms_thresh": 0.4,
+        "framework_detections_per_img": 10,
+        "framework_topk_candidates": 100,
+        "framework_fg_iou_thresh": 0.6,
+    },
+    "retinanet_timm_resnet18": {
+        "task": "object_detection",
+        "framework": "retinanet",
+        "num_classes": 3,
+        "backbone": "timm_resnet18",
+        "backbone_pretrained": False,
+        "backbone_out_indices": [1, 2, 3, 4],
+        "in_channels": 3,
+        "necks": [{"name": "FeaturePyramidNetworkNeck", "out_channel": 32}],
+        "framework_score_thresh": 0.3,
+        "framework_detections_per_img": 8,
+    },
 }
+
+SINGLE_STAGE = ("fcos", "retinanet")
 
 
 def hashed(t: torch.Tensor) -> torch.Tensor:
@@ -109,7 +150,9 @@ def hashed(t: torch.Tensor) -> torch.Tensor:
 
 
 def is_hashed(key: str, t: torch.Tensor) -> bool:
-    return key.startswith("torchvision_model.roi_heads.") and t.dim() >= 2
+    # FCOS's and RetinaNet's heads too: with `synth` their smooth kernels give neighbouring
+    # anchors near-equal scores (ties whose order no implementation can be held to).
+    return key.startswith(("torchvision_model.roi_heads.", "torchvision_model.head.")) and t.dim() >= 2
 
 
 def build(args: dict) -> torch.nn.Module:
@@ -127,6 +170,26 @@ def inputs() -> torch.Tensor:
     return torch.rand(2, 3, 64, 64, generator=g, dtype=torch.float32)
 
 
+def intermediates(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The FPN maps (`features.l`) and the head's outputs (`head.cls_logits`,
+    `head.bbox_regression`, FCOS's `head.bbox_ctrness`) of the batch, to locate a mismatch."""
+    tv = model.torchvision_model
+    with torch.no_grad():
+        images, _ = tv.transform(list(x))
+        features = list(tv.backbone(images.tensors).values())
+        head = tv.head(features)
+    out = {f"features.{i}": f.contiguous() for i, f in enumerate(features)}
+    out.update({f"head.{k}": v.contiguous() for k, v in head.items()})
+    return out
+
+
+def check_separated(case: str, image: int, scores: torch.Tensor) -> None:
+    """Refuses near-ties among an image's kept scores: their order would be arbitrary."""
+    gaps = (scores[:-1] - scores[1:]).abs()
+    if gaps.numel() and float(gaps.min()) < 1e-5:
+        raise SystemExit(f"{case}: image {image} has scores within 1e-5 of each other: {scores.tolist()}")
+
+
 def run(case: str) -> tuple[dict, dict[str, torch.Tensor]]:
     args = CASES[case]
     model = build(args)
@@ -134,15 +197,23 @@ def run(case: str) -> tuple[dict, dict[str, torch.Tensor]]:
     with torch.no_grad():
         out = model(x).output
     tensors = {"input": x}
+    if args["framework"] in SINGLE_STAGE:
+        tensors.update(intermediates(model, x))
     counts = []
+    labels = set()
     for i, det in enumerate(out):
         n = det["boxes"].shape[0]
         if n == 0:
             raise SystemExit(f"{case}: image {i} has no detections; lower the score threshold")
         counts.append(n)
+        labels.update(det["labels"].tolist())
+        if args["framework"] in SINGLE_STAGE:
+            check_separated(case, i, det["scores"])
         for k in ("boxes", "scores", "labels", "masks"):
             if k in det:
                 tensors[f"{k}.{i}"] = det[k].contiguous()
+    if args["framework"] in SINGLE_STAGE and (sum(counts) < 4 or len(labels) < 2):
+        raise SystemExit(f"{case}: {counts} detections of labels {sorted(labels)}; want several of 2+ labels")
     sd = model.state_dict()
     meta = {
         "case": case,

@@ -552,9 +552,32 @@ fn plugins_strict_fails_with_status_1_when_any_file_is_refused() {
 /// TerraTorch 1.2.13.
 #[test]
 fn run_writes_the_detections_of_each_image() {
+    run_detection_fixture(
+        "mask_rcnn_prithvi",
+        &["bg", "a", "b"],
+        &[
+            "boxes.0", "boxes.1", "labels.0", "labels.1", "masks.0", "masks.1", "scores.0",
+            "scores.1",
+        ],
+    );
+}
+
+/// The same for a single-stage framework: the FCOS of the `fcos_prithvi` fixture.
+#[test]
+fn run_writes_the_fcos_detections_of_each_image() {
+    run_detection_fixture(
+        "fcos_prithvi",
+        &["a", "b", "c"],
+        &[
+            "boxes.0", "boxes.1", "labels.0", "labels.1", "scores.0", "scores.1",
+        ],
+    );
+}
+
+fn run_detection_fixture(case: &str, class_names: &[&str], outputs: &[&str]) {
     use terrahost_testkit::detection::{fixture, max_abs_diff, set_weights};
     let dir = real_plugins(&PLUGINS);
-    let (meta, want) = fixture("mask_rcnn_prithvi");
+    let (meta, want) = fixture(case);
     let mut model_args = meta["args"].as_object().unwrap().clone();
     model_args.remove("task");
     let host = terrahost_testkit::host_with(terrahost_terratorch::plugin_sources().unwrap());
@@ -579,7 +602,7 @@ fn run_writes_the_detections_of_each_image() {
     let config = serde_json::json!({"model": {
         "class_path": "terratorch.tasks.ObjectDetectionTask",
         "init_args": {"model_factory": "ObjectDetectionModelFactory", "model_args": model_args,
-                      "score_threshold": 0.5, "class_names": ["bg", "a", "b"]}}});
+                      "score_threshold": 0.5, "class_names": class_names}}});
     let config_path = work.path().join("od.yaml");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let output = work.path().join("out.safetensors");
@@ -607,13 +630,7 @@ fn run_writes_the_detections_of_each_image() {
             .collect();
     let mut names: Vec<&String> = got.keys().collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "boxes.0", "boxes.1", "labels.0", "labels.1", "masks.0", "masks.1", "scores.0",
-            "scores.1"
-        ]
-    );
+    assert_eq!(names, outputs, "{case}: outputs");
     for (name, t) in &got {
         let w = &want[name];
         assert_eq!(t.size(), w.size(), "{name}");
@@ -623,7 +640,7 @@ fn run_writes_the_detections_of_each_image() {
             _ => 1e-4,
         };
         let d = max_abs_diff(t, w);
-        assert!(d <= tol, "{name} differs by {d}");
+        assert!(d <= tol, "{case}: {name} differs by {d}");
     }
 }
 

@@ -219,3 +219,15 @@ fn object_detection_factory_over_a_timm_backbone_matches_terratorch() {
         &["boxes", "scores", "labels"],
     );
 }
+
+/// The same backbone under TerraTorch's RetinaNet (GroupNorm head, nine anchors per
+/// location): boxes within 1e-3 px, scores within 1e-4, labels exact.
+#[test]
+fn object_detection_retinanet_over_a_timm_backbone_matches_terratorch() {
+    let host = host_with_plugins(terratorch_and_timm());
+    terrahost_testkit::detection::check_detection_fixture(
+        &host,
+        "retinanet_timm_resnet18",
+        &["boxes", "scores", "labels"],
+    );
+}

@@ -1,6 +1,6 @@
 //! The object-detection factory fixtures of `scripts/reference/detection_factory_fixtures.py`
 //! (`tests/fixtures/detection_factory/<case>.{json,safetensors}`): TerraTorch 1.2.13's
-//! ObjectDetectionModelFactory with refkit's synthetic weights, the R-CNN heads' weight
+//! ObjectDetectionModelFactory with refkit's synthetic weights, the detection heads' weight
 //! matrices from the script's `hashed`, and each image's detections.
 
 use crate::{keys_and_shapes, set_synthetic, workspace_root};
@@ -51,9 +51,11 @@ pub fn hashed(shape: &[i64]) -> Tensor {
     (v * 3.0 / fan_in).reshape(shape).to_kind(Kind::Float)
 }
 
-/// Whether the script sets `key` with [`hashed`] (its `is_hashed`).
+/// Whether the script sets `key` with [`hashed`] (its `is_hashed`): the R-CNN box and mask
+/// heads' and the FCOS / RetinaNet heads' weight matrices and kernels.
 pub fn is_hashed(key: &str, t: &Tensor) -> bool {
-    key.starts_with("torchvision_model.roi_heads.") && t.dim() >= 2
+    (key.starts_with("torchvision_model.roi_heads.") || key.starts_with("torchvision_model.head."))
+        && t.dim() >= 2
 }
 
 /// The fixtures' weights: refkit's synthetic ones, [`is_hashed`] keys from [`hashed`].
@@ -84,6 +86,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// detections: boxes within 1e-3 px, scores within 1e-4, labels (and their order) exact,
 /// masks within 1e-4. `per_image` are the output names of one image.
 pub fn check_detection_fixture(host: &Host, case: &str, per_image: &[&str]) {
+    check_detection_fixture_within(host, case, per_image, 1e-3);
+}
+
+/// [`check_detection_fixture`] with the boxes within `box_tol` px (for a fixture whose
+/// float32 reference is itself further than 1e-3 px from its float64 run).
+pub fn check_detection_fixture_within(host: &Host, case: &str, per_image: &[&str], box_tol: f64) {
     let (meta, want) = fixture(case);
     let args: Map<String, Value> = meta["args"].as_object().unwrap().clone();
     let module = host
@@ -155,7 +163,7 @@ pub fn check_detection_fixture(host: &Host, case: &str, per_image: &[&str]) {
                 "labels" => assert!(got.equal(w), "{case}: {key}: got {got} want {w}"),
                 "boxes" => {
                     let d = max_abs_diff(got, w);
-                    assert!(d <= 1e-3, "{case}: {key} differs by {d} px");
+                    assert!(d <= box_tol, "{case}: {key} differs by {d} px");
                 }
                 _ => {
                     let d = max_abs_diff(got, w);

@@ -1,12 +1,14 @@
 //! The arguments of TerraTorch's `ObjectDetectionModelFactory.build_model`
 //! (`terratorch/models/object_detection_model_factory.py`, 1.2.13): the task check, the
 //! `backbone_` / `framework_` split, the input channel count, and the `framework_*`
-//! keyword arguments as torchvision's `FasterRCNN` / `MaskRCNN` constructors take them.
+//! keyword arguments as torchvision's `FasterRCNN` / `MaskRCNN` / `FCOS` / `RetinaNet`
+//! constructors take them.
 
 use super::super::encoder_decoder_factory::{
     extract_prefix_keys, neck_specs, py_repr, take_temporal_config, NeckSpec,
 };
 use super::super::temporal_wrapper::TemporalConfig;
+use super::single_stage::SingleStageConfig;
 use serde_json::{Map, Value};
 use terrahost_layers::detection::faster_rcnn::RCNNConfig;
 use terrahost_plugin_api::{params::describe_json, PluginError, Result};
@@ -25,18 +27,14 @@ pub enum Framework {
     Detr,
     /// TerraTorch's `DeformableDETR`.
     DeformableDetr,
+    /// torchvision's `FCOS` with TerraTorch's anchors.
+    Fcos,
+    /// torchvision's `RetinaNet` with TerraTorch's anchors and GroupNorm head.
+    RetinaNet,
 }
 
 /// Why each framework terrahost does not build is refused.
-pub const NOT_PORTED: [(&str, &str); 3] = [
-    (
-        "fcos",
-        "torchvision's FCOS (its head, anchor-free box coding and postprocess) is not ported to terrahost yet",
-    ),
-    (
-        "retinanet",
-        "torchvision's RetinaNet (its GroupNorm head and focal-loss postprocess) is not ported to terrahost yet",
-    ),
+pub const NOT_PORTED: [(&str, &str); 1] = [
     (
         "rf-detr",
         "TerraTorch's RF-DETR wraps LW-DETR from the optional `rfdetr` package (decoder-only, two-stage queries), \
@@ -52,10 +50,13 @@ impl Framework {
             "mask-rcnn" => Ok(Self::MaskRcnn),
             "detr" => Ok(Self::Detr),
             "deformable-detr" => Ok(Self::DeformableDetr),
+            "fcos" => Ok(Self::Fcos),
+            "retinanet" => Ok(Self::RetinaNet),
             other => match NOT_PORTED.iter().find(|(n, _)| *n == other) {
                 Some((_, why)) => Err(PluginError::build_failed(format!(
                     "ObjectDetectionModelFactory: framework `{other}`: {why}; terrahost builds `faster-rcnn`, \
-                     `mask-rcnn`, `detr` and `deformable-detr`"
+                     `mask-rcnn`, `fcos`, `retinanet`, \
+                     `detr` and `deformable-detr`"
                 ))),
                 None => Err(invalid(format!(
                     "Framework type '{other}' is not valid. (TerraTorch's frameworks are faster-rcnn, fcos, \
@@ -72,6 +73,8 @@ impl Framework {
             Self::MaskRcnn => "mask-rcnn",
             Self::Detr => "detr",
             Self::DeformableDetr => "deformable-detr",
+            Self::Fcos => "fcos",
+            Self::RetinaNet => "retinanet",
         }
     }
 
@@ -87,6 +90,19 @@ impl Framework {
             Self::MaskRcnn => "MaskRCNN",
             Self::Detr => "TerraTorchDETR",
             Self::DeformableDetr => "TerraTorchDeformableDETR",
+            Self::Fcos => "FCOS",
+            Self::RetinaNet => "RetinaNet",
+        }
+    }
+
+    /// The module of torchvision.models.detection that defines [`Framework::class`].
+    fn module(self) -> &'static str {
+        match self {
+            Self::FasterRcnn => "faster_rcnn",
+            Self::MaskRcnn => "mask_rcnn",
+            Self::Fcos => "fcos",
+            Self::RetinaNet => "retinanet",
+            Self::Detr | Self::DeformableDetr => "detr",
         }
     }
 
@@ -114,6 +130,19 @@ impl Framework {
                 "image_std",
             ],
             Self::Detr | Self::DeformableDetr => &["in_channels"],
+            Self::Fcos => &[
+                "anchor_generator",
+                "_skip_resize",
+                "image_mean",
+                "image_std",
+            ],
+            Self::RetinaNet => &[
+                "anchor_generator",
+                "head",
+                "_skip_resize",
+                "image_mean",
+                "image_std",
+            ],
         }
     }
 
@@ -124,12 +153,27 @@ impl Framework {
             Self::FasterRcnn => &["rpn_head", "box_head", "box_predictor"],
             Self::MaskRcnn => &["box_predictor", "mask_predictor"],
             Self::Detr | Self::DeformableDetr => &[],
+            Self::Fcos => &["head"],
+            Self::RetinaNet => &["proposal_matcher"],
+        }
+    }
+
+    /// Constructor arguments that only training reads (target assignment and sampling).
+    fn training_only(self) -> &'static [&'static str] {
+        match self {
+            Self::FasterRcnn | Self::MaskRcnn => &RCNN_TRAINING_ONLY,
+            // FCOS's centre sampling picks the positive locations of the targets.
+            Self::Fcos => &["center_sampling_radius"],
+            // RetinaNet's Matcher thresholds assign anchors to targets.
+            Self::RetinaNet => &["fg_iou_thresh", "bg_iou_thresh"],
+            // `plan` refuses the DETRs (detr_args reads theirs).
+            Self::Detr | Self::DeformableDetr => &[],
         }
     }
 }
 
-/// Constructor arguments that only training reads (sampling and matching).
-const TRAINING_ONLY: [&str; 10] = [
+/// The R-CNNs' constructor arguments that only training reads (sampling and matching).
+const RCNN_TRAINING_ONLY: [&str; 10] = [
     "rpn_pre_nms_top_n_train",
     "rpn_post_nms_top_n_train",
     "rpn_fg_iou_thresh",
@@ -162,18 +206,33 @@ pub struct DetectionPlan {
     /// Input channels (`in_channels`, else the number of `backbone_model_bands` /
     /// `backbone_bands`): the length of the zero mean and unit std.
     pub in_channels: i64,
-    /// torchvision's arguments with TerraTorch's settings and the `framework_*` ones; the
-    /// anchor sizes are cut to the number of feature maps once the necks are built.
-    pub rcnn: RCNNConfig,
-    /// `framework_bbox_reg_weights`, when given.
-    pub bbox_reg_weights: Option<[f64; 4]>,
+    /// `num_classes` (for the R-CNNs background included, for FCOS and RetinaNet not).
+    pub num_classes: i64,
+    /// torchvision's arguments with TerraTorch's settings and the `framework_*` ones.
+    pub config: FrameworkConfig,
+}
+
+/// torchvision's settings of the framework: TerraTorch's and the `framework_*` arguments.
+#[derive(Clone, Debug)]
+pub enum FrameworkConfig {
+    /// `faster-rcnn`, `mask-rcnn`: the anchor sizes are cut to the number of feature maps
+    /// once the necks are built; `framework_bbox_reg_weights`, when given.
+    Rcnn {
+        /// The R-CNN's configuration (boxed: it is much larger than the other variant).
+        cfg: Box<RCNNConfig>,
+        /// The box coder's weights of the box head.
+        bbox_reg_weights: Option<[f64; 4]>,
+    },
+    /// `fcos`, `retinanet`.
+    SingleStage(SingleStageConfig),
 }
 
 fn invalid(msg: impl Into<String>) -> PluginError {
     PluginError::invalid_argument(format!("ObjectDetectionModelFactory: {}", msg.into()))
 }
 
-fn int_arg(key: &str, v: &Value) -> Result<i64> {
+/// `framework_{key}` as an integer.
+pub(super) fn int_arg(key: &str, v: &Value) -> Result<i64> {
     v.as_i64().ok_or_else(|| {
         invalid(format!(
             "`framework_{key}` must be an integer, got {}",
@@ -182,7 +241,8 @@ fn int_arg(key: &str, v: &Value) -> Result<i64> {
     })
 }
 
-fn float_arg(key: &str, v: &Value) -> Result<f64> {
+/// `framework_{key}` as a number.
+pub(super) fn float_arg(key: &str, v: &Value) -> Result<f64> {
     v.as_f64().ok_or_else(|| {
         invalid(format!(
             "`framework_{key}` must be a number, got {}",
@@ -193,7 +253,7 @@ fn float_arg(key: &str, v: &Value) -> Result<f64> {
 
 /// TerraTorch's R-CNN settings for `framework` over `levels` feature maps (before the
 /// `framework_*` arguments): the layers crate's presets, with TerraTorch's stack-only
-/// transform.
+/// transform (Mask R-CNN's for `mask-rcnn`, Faster R-CNN's for the others).
 pub fn terratorch_rcnn(
     framework: Framework,
     num_classes: i64,
@@ -201,16 +261,10 @@ pub fn terratorch_rcnn(
     in_channels: i64,
 ) -> RCNNConfig {
     match framework {
-        Framework::FasterRcnn => {
-            RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize)
-        }
         Framework::MaskRcnn => {
             RCNNConfig::terratorch_mask_rcnn(num_classes, levels, in_channels as usize)
         }
-        // `plan` refuses the DETRs, which `build` hands to `detr::build` before planning.
-        Framework::Detr | Framework::DeformableDetr => {
-            RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize)
-        }
+        _ => RCNNConfig::terratorch_faster_rcnn(num_classes, levels, in_channels as usize),
     }
 }
 
@@ -370,15 +424,17 @@ pub fn plan(front: Front) -> Result<DetectionPlan> {
             return Err(invalid(format!(
                 "`framework_{key}`: torchvision.models.detection.{}.{class}() got multiple values for keyword \
                  argument '{key}' (TerraTorch sets it itself)",
-                match framework {
-                    Framework::FasterRcnn => "faster_rcnn",
-                    Framework::MaskRcnn => "mask_rcnn",
-                    Framework::Detr | Framework::DeformableDetr => "detr",
-                }
+                framework.module()
             )));
         }
     }
     let num_classes = match num_classes.as_ref() {
+        None | Some(Value::Null) if matches!(framework, Framework::Fcos | Framework::RetinaNet) => {
+            return Err(invalid(format!(
+                "{class}'s head needs `num_classes` (without it TerraTorch fails: TypeError: unsupported operand \
+                 type(s) for *: 'int' and 'NoneType'); give the number of classes, no background class"
+            )))
+        }
         None | Some(Value::Null) => {
             return Err(invalid(
                 "num_classes should not be None when box_predictor is not specified (torchvision's check; give \
@@ -393,38 +449,35 @@ pub fn plan(front: Front) -> Result<DetectionPlan> {
         })?,
     };
 
-    // Five levels until the necks tell how many maps there are (`build` cuts the anchors).
-    let mut rcnn = terratorch_rcnn(framework, num_classes, 5, in_channels);
-    let mut bbox_reg_weights = None;
+    let mut config = match framework {
+        Framework::Fcos | Framework::RetinaNet => {
+            FrameworkConfig::SingleStage(SingleStageConfig::torchvision(framework))
+        }
+        // Five levels until the necks tell how many maps there are (`build` cuts the anchors).
+        _ => FrameworkConfig::Rcnn {
+            cfg: Box::new(terratorch_rcnn(framework, num_classes, 5, in_channels)),
+            bbox_reg_weights: None,
+        },
+    };
     let mut training_only = Vec::new();
     let mut no_effect = Vec::new();
     let mut swallowed = Vec::new();
     for (key, v) in &framework_kwargs {
         let k = key.as_str();
+        let used = match &mut config {
+            FrameworkConfig::Rcnn {
+                cfg,
+                bbox_reg_weights,
+            } => read_rcnn_arg(cfg, bbox_reg_weights, k, v)?,
+            FrameworkConfig::SingleStage(cfg) => cfg.read(k, v)?,
+        };
+        if used {
+            continue;
+        }
         match k {
-            "rpn_pre_nms_top_n_test" => rcnn.rpn_pre_nms_top_n_test = int_arg(k, v)?,
-            "rpn_post_nms_top_n_test" => rcnn.rpn_post_nms_top_n_test = int_arg(k, v)?,
-            "rpn_nms_thresh" => rcnn.rpn_nms_thresh = float_arg(k, v)?,
-            "rpn_score_thresh" => rcnn.rpn_score_thresh = float_arg(k, v)?,
-            "box_score_thresh" => rcnn.box_score_thresh = float_arg(k, v)?,
-            "box_nms_thresh" => rcnn.box_nms_thresh = float_arg(k, v)?,
-            "box_detections_per_img" => rcnn.box_detections_per_img = int_arg(k, v)?,
-            "bbox_reg_weights" => {
-                bbox_reg_weights = match v {
-                    Value::Null => None,
-                    Value::Array(a) if a.len() == 4 && a.iter().all(Value::is_number) => {
-                        let w: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
-                        Some([w[0], w[1], w[2], w[3]])
-                    }
-                    other => {
-                        return Err(invalid(format!(
-                        "`framework_bbox_reg_weights` must be 4 numbers (wx, wy, ww, wh), got {}",
-                        describe_json(other)
-                    )))
-                    }
-                }
+            k if framework.training_only().contains(&k) => {
+                training_only.push(format!("framework_{k}"))
             }
-            k if TRAINING_ONLY.contains(&k) => training_only.push(format!("framework_{k}")),
             k if TRANSFORM_UNUSED.contains(&k) => no_effect.push(format!("framework_{k}")),
             k if framework.module_valued().contains(&k) => {
                 if !v.is_null() {
@@ -468,8 +521,8 @@ pub fn plan(front: Front) -> Result<DetectionPlan> {
         temporal,
         necks,
         in_channels,
-        rcnn,
-        bbox_reg_weights,
+        num_classes,
+        config,
     })
 }
 
@@ -489,4 +542,40 @@ pub fn warn_leftovers(rest: &Map<String, Value>) {
                 .join(", ")
         );
     }
+}
+
+/// Sets `key` (a `framework_` argument without its prefix) when it is one of the R-CNNs'
+/// inference settings; `Ok(false)` when it is not.
+fn read_rcnn_arg(
+    rcnn: &mut RCNNConfig,
+    bbox_reg_weights: &mut Option<[f64; 4]>,
+    k: &str,
+    v: &Value,
+) -> Result<bool> {
+    match k {
+        "rpn_pre_nms_top_n_test" => rcnn.rpn_pre_nms_top_n_test = int_arg(k, v)?,
+        "rpn_post_nms_top_n_test" => rcnn.rpn_post_nms_top_n_test = int_arg(k, v)?,
+        "rpn_nms_thresh" => rcnn.rpn_nms_thresh = float_arg(k, v)?,
+        "rpn_score_thresh" => rcnn.rpn_score_thresh = float_arg(k, v)?,
+        "box_score_thresh" => rcnn.box_score_thresh = float_arg(k, v)?,
+        "box_nms_thresh" => rcnn.box_nms_thresh = float_arg(k, v)?,
+        "box_detections_per_img" => rcnn.box_detections_per_img = int_arg(k, v)?,
+        "bbox_reg_weights" => {
+            *bbox_reg_weights = match v {
+                Value::Null => None,
+                Value::Array(a) if a.len() == 4 && a.iter().all(Value::is_number) => {
+                    let w: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
+                    Some([w[0], w[1], w[2], w[3]])
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "`framework_bbox_reg_weights` must be 4 numbers (wx, wy, ww, wh), got {}",
+                        describe_json(other)
+                    )))
+                }
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }

@@ -1,5 +1,5 @@
 //! TerraTorch's `ObjectDetectionModelFactory` (`terratorch/models/object_detection_model_factory.py`,
-//! TerraTorch 1.2.13) for the R-CNN frameworks `faster-rcnn` and `mask-rcnn`: a registry
+//! TerraTorch 1.2.13) for the frameworks `faster-rcnn`, `mask-rcnn`, `fcos` and `retinanet`: a registry
 //! backbone (from any plugin) and registry necks in a [`backbone_wrapper::BackboneWrapper`],
 //! under torchvision's `FasterRCNN` / `MaskRCNN` with TerraTorch's settings
 //! ([`args::terratorch_rcnn`]): anchors 32, 64, 128, 256, 512 (one per level, cut to the
@@ -7,17 +7,19 @@
 //! `feat0`..`feat3` (7 x 7, sampling ratio 2); for Mask R-CNN `RPNHead(conv_depth=2)`,
 //! `FastRCNNConvFCHead((C, 7, 7), [256] * 4, [1024], BatchNorm2d)` and
 //! `MaskRCNNHeads(C, [256] * 4, 1, BatchNorm2d)` with the box pooler as mask pooler; and
-//! TerraTorch's transform, which passes the images through unchanged.
+//! TerraTorch's transform, which passes the images through unchanged. `fcos` and
+//! `retinanet` are torchvision's `FCOS` and `RetinaNet` with TerraTorch's anchors and heads
+//! ([`single_stage`]).
 //!
 //! `detr` and `deformable-detr` are built by [`detr`] (TerraTorch's own DETR wrappers, on
 //! the feature maps as a list, so no FPN neck is needed).
 //!
-//! `fcos`, `retinanet` and `rf-detr` are refused with the reason
-//! ([`args::NOT_PORTED`]).
+//! `rf-detr` is refused with the reason ([`args::NOT_PORTED`]).
 //!
 //! **Outputs.** TerraTorch's model returns one dict per image; the module returns, image
 //! after image, `boxes` (`[D, 4]` float, `x1, y1, x2, y2` in input pixels), `scores` (`[D]`
-//! float, decreasing), `labels` (`[D]` int64, 1.. as 0 is the background) and for
+//! float, decreasing), `labels` (`[D]` int64: for the R-CNNs 1.., as 0 is the background;
+//! for `fcos` and `retinanet`, which have no background class, 0..) and for
 //! `mask-rcnn` `masks` (`[D, 1, H, W]` float probabilities). `terrahost run` names them
 //! `boxes.{i}`, `scores.{i}`, `labels.{i}`, `masks.{i}` for image `i` (the module's
 //! `output_names_per_image` meta).
@@ -27,13 +29,15 @@ pub mod backbone_wrapper;
 pub mod detr;
 pub mod detr_args;
 pub mod rcnn;
+pub mod single_stage;
 
 use super::encoder_decoder_factory::NeckSpec;
 use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
-use args::plan;
+use args::{plan, FrameworkConfig};
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
 use rcnn::RcnnModel;
 use serde_json::Value;
+use single_stage::SingleStageModel;
 use tch::{nn, Device};
 use terrahost_layers::detection::box_coder::BoxCoder;
 use terrahost_layers::detection::faster_rcnn::GeneralizedRCNN;
@@ -111,7 +115,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         return Err(PluginError::invalid_argument(format!(
             "ObjectDetectionModelFactory: framework `{}` needs named feature maps, which TerraTorch gets only from a \
              last neck `{FPN_NECK}` (with output_ordered_dict true: it names them feat0, feat1, ...); with necks \
-             {names:?} torchvision's RPN fails on the list of features ('list' object has no attribute 'values'). \
+             {names:?} torchvision fails on the list of features ('list' object has no attribute 'values'). \
              Add {{name: {FPN_NECK}}} as the last neck",
             plan.framework.name()
         )));
@@ -125,6 +129,24 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         &plan.necks,
     )?;
 
+    let (cfg, bbox_reg_weights) = match plan.config {
+        FrameworkConfig::Rcnn {
+            cfg,
+            bbox_reg_weights,
+        } => (cfg, bbox_reg_weights),
+        FrameworkConfig::SingleStage(cfg) => {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = SingleStageModel::new(
+                &(vs.root() / "torchvision_model"),
+                plan.framework,
+                wrapper,
+                plan.num_classes,
+                plan.in_channels,
+                &cfg,
+            )?;
+            return Ok(Built::new(ctx.qualified(), vs, model).boxed());
+        }
+    };
     let levels = wrapper.channel_list.len();
     if levels > ANCHOR_SIZES.len() {
         return Err(PluginError::invalid_argument(format!(
@@ -134,13 +156,8 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
             ANCHOR_SIZES.len()
         )));
     }
-    let preset = args::terratorch_rcnn(
-        plan.framework,
-        plan.rcnn.num_classes,
-        levels,
-        plan.in_channels,
-    );
-    let mut cfg = plan.rcnn.clone();
+    let preset = args::terratorch_rcnn(plan.framework, plan.num_classes, levels, plan.in_channels);
+    let mut cfg = *cfg;
     cfg.anchor_sizes = preset.anchor_sizes;
     cfg.aspect_ratios = preset.aspect_ratios;
 
@@ -151,7 +168,7 @@ pub fn build(ctx: &BuildCtx<'_, '_>) -> Result<ModuleBox> {
         &cfg,
     )
     .map_err(|e| e.context(format_args!("ObjectDetectionModelFactory")))?;
-    if let Some(w) = plan.bbox_reg_weights {
+    if let Some(w) = bbox_reg_weights {
         rcnn.roi_heads.box_coder = BoxCoder::new(w);
     }
     let model = RcnnModel::new(plan.framework, wrapper, rcnn, cfg.num_classes);
@@ -163,13 +180,15 @@ pub fn entry() -> Entry {
     Entry::new(
         "ObjectDetectionModelFactory",
         "Builds an object-detection model: a registry backbone and necks (ending in FeaturePyramidNetworkNeck) \
-         under torchvision's Faster R-CNN (`faster-rcnn`) or Mask R-CNN (`mask-rcnn`) with TerraTorch's anchors, \
-         pooler and heads. `backbone_*` arguments go to the backbone, `framework_*` ones to torchvision's \
-         constructor (box_score_thresh, box_nms_thresh, box_detections_per_img, rpn_pre_nms_top_n_test, \
-         rpn_post_nms_top_n_test, rpn_nms_thresh, rpn_score_thresh, bbox_reg_weights). Outputs per image i: \
-         boxes.i, scores.i, labels.i (and masks.i). `detr` and `deformable-detr` build TerraTorch's DETR wrappers \
-         (framework_d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, num_queries, and for \
-         deformable-detr n_points and num_feature_levels); fcos, retinanet and rf-detr are not ported.",
+         under torchvision's Faster R-CNN (`faster-rcnn`), Mask R-CNN (`mask-rcnn`), FCOS (`fcos`) or RetinaNet \
+         (`retinanet`) with TerraTorch's anchors, pooler and heads. `backbone_*` arguments go to the backbone, \
+         `framework_*` ones to torchvision's constructor (R-CNNs: box_score_thresh, box_nms_thresh, \
+         box_detections_per_img, rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test, rpn_nms_thresh, \
+         rpn_score_thresh, bbox_reg_weights; fcos and retinanet: score_thresh, nms_thresh, detections_per_img, \
+         topk_candidates). Outputs per image i: boxes.i, scores.i, labels.i (and masks.i). `detr` and `deformable-detr` build \
+         TerraTorch's DETR wrappers (framework_d_model, nhead, num_encoder_layers, num_decoder_layers, \
+         dim_feedforward, num_queries, and for deformable-detr n_points and num_feature_levels); rf-detr is not \
+         ported.",
         build,
     )
     .req("task", ParamType::STR, "object_detection")
@@ -177,9 +196,14 @@ pub fn entry() -> Entry {
     .req(
         "framework",
         ParamType::STR,
-        "faster-rcnn, mask-rcnn, detr or deformable-detr (TerraTorch's fcos, retinanet and rf-detr are refused)",
+        "faster-rcnn, mask-rcnn, fcos, retinanet, detr or deformable-detr (TerraTorch's rf-detr is refused)",
     )
-    .opt("num_classes", ParamType::INT, Value::Null, "number of classes, background included")
+    .opt(
+        "num_classes",
+        ParamType::INT,
+        Value::Null,
+        "number of classes (for the R-CNNs background included, for fcos, retinanet and the DETRs not)",
+    )
     .opt(
         "necks",
         ParamType::DICT_LIST,

@@ -21,7 +21,9 @@ use terrahost_plugin_api::{
 /// The output names of one image, in order; image `i`'s are suffixed `.{i}`.
 pub fn per_image_names(framework: Framework) -> &'static [&'static str] {
     match framework {
-        Framework::FasterRcnn => &["boxes", "scores", "labels"],
+        Framework::FasterRcnn | Framework::Fcos | Framework::RetinaNet => {
+            &["boxes", "scores", "labels"]
+        }
         Framework::MaskRcnn => &["boxes", "scores", "labels", "masks"],
         Framework::Detr | Framework::DeformableDetr => &super::detr::PER_IMAGE_NAMES,
     }
@@ -50,11 +52,12 @@ impl RcnnModel {
             num_classes,
         }
     }
+}
 
-    /// The images: one `[B, C, H, W]` tensor, or `[C, H, W]` tensors (of one size, which
-    /// TerraTorch's transform checks when it stacks them).
-    fn images(xs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let images = match xs {
+/// The images: one `[B, C, H, W]` tensor, or `[C, H, W]` tensors (of one size, which
+/// TerraTorch's transform checks when it stacks them).
+pub fn images(xs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let images = match xs {
             [x] if x.dim() == 4 => x.f_unbind(0)?,
             _ if !xs.is_empty() && xs.iter().all(|x| x.dim() == 3) => {
                 xs.iter().map(Tensor::shallow_clone).collect()
@@ -66,24 +69,23 @@ impl RcnnModel {
                 )))
             }
         };
-        if let Some(x) = images.iter().find(|x| {
-            !matches!(
-                x.kind(),
-                Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-            )
-        }) {
-            return Err(PluginError::invalid_argument(format!(
-                "ObjectDetectionModel: expected floating-point images, got {:?}",
-                x.kind()
-            )));
-        }
-        if images.is_empty() || images.iter().any(|x| x.numel() == 0) {
-            return Err(PluginError::invalid_argument(
-                "ObjectDetectionModel: empty batch or image",
-            ));
-        }
-        Ok(images)
+    if let Some(x) = images.iter().find(|x| {
+        !matches!(
+            x.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        )
+    }) {
+        return Err(PluginError::invalid_argument(format!(
+            "ObjectDetectionModel: expected floating-point images, got {:?}",
+            x.kind()
+        )));
     }
+    if images.is_empty() || images.iter().any(|x| x.numel() == 0) {
+        return Err(PluginError::invalid_argument(
+            "ObjectDetectionModel: empty batch or image",
+        ));
+    }
+    Ok(images)
 }
 
 impl Model for RcnnModel {
@@ -94,7 +96,7 @@ impl Model for RcnnModel {
                  terrahost runs them in eval mode only",
             ));
         }
-        let images = Self::images(xs)?;
+        let images = images(xs)?;
         // TerraTorch's transform stacks the images (no normalisation, resize or padding),
         // so the detections come out in the input's pixels.
         let detections = self
