@@ -10,7 +10,8 @@
 //! `.pt` state_dict) loads those weights, strictly, instead of the initialisation;
 //! `TERRAHOST_BENCH_INPUT` (a `.safetensors` file with one tensor `x`) replaces the seeded
 //! random input (the batch is then the file's); `TERRAHOST_BENCH_OUTPUT` writes the
-//! warm-up forward's first output there (`.safetensors`, tensor `y`), so that the same
+//! warm-up forward's output there (`.safetensors`, tensor `y`; the detections of an
+//! object-detection model as `boxes.{i}`, `scores.{i}`, ...), so that the same
 //! weights and input can be compared across runtimes (`forward_pairs.py --accuracy`).
 use serde_json::json;
 use std::io::BufRead;
@@ -18,6 +19,24 @@ use std::path::PathBuf;
 use std::time::Instant;
 use terrahost::Host;
 use terrahost_testkit::{real_plugins, workspace_root, PLUGINS};
+
+/// The names of the outputs written to `TERRAHOST_BENCH_OUTPUT`: `y` for a one-output model (what
+/// `forward_pairs.py` reads), `y.{j}`, or for a model whose outputs repeat per image (object
+/// detection) `boxes.{i}`, `scores.{i}`, ... as `terrahost run` names them.
+fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> Vec<String> {
+    let per_image: Vec<&str> = meta
+        .get("output_names_per_image")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    match n {
+        _ if !per_image.is_empty() && n.is_multiple_of(per_image.len()) => (0..n)
+            .map(|j| format!("{}.{}", per_image[j % per_image.len()], j / per_image.len()))
+            .collect(),
+        1 => vec!["y".into()],
+        _ => (0..n).map(|j| format!("y.{j}")).collect(),
+    }
+}
 
 fn main() {
     let threads: i32 = std::env::var("TERRAHOST_BENCH_THREADS")
@@ -68,7 +87,10 @@ fn main() {
     terrahost_layers::inference::inference_mode(|| {
         let y = model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
         if let Ok(p) = std::env::var("TERRAHOST_BENCH_OUTPUT") {
-            terrahost::weights::write_tensors(std::path::Path::new(&p), &[("y", &y[0])])
+            let names = output_names(&model.meta(), y.len());
+            let named: Vec<(&str, &tch::Tensor)> =
+                names.iter().map(String::as_str).zip(&y).collect();
+            terrahost::weights::write_tensors(std::path::Path::new(&p), &named)
                 .expect("TERRAHOST_BENCH_OUTPUT writes");
         }
         drop(y);

@@ -222,7 +222,10 @@ fn compare_detections(
             .map(|v| v.as_i64().unwrap())
             .collect()
     };
-    let (detections, compared) = (counts("detections_per_image"), counts("compared_detections"));
+    let (detections, compared) = (
+        counts("detections_per_image"),
+        counts("compared_detections"),
+    );
     let mut passed = true;
     let mut per_output = Map::new();
     for name in meta["output_names"].as_array().unwrap() {
@@ -234,7 +237,10 @@ fn compare_detections(
         };
         let Some(out) = got.iter().find(|(k, _)| k == name).map(|(_, t)| t) else {
             passed = false;
-            per_output.insert(name.into(), json!({"error": "terrahost wrote no such output"}));
+            per_output.insert(
+                name.into(),
+                json!({"error": "terrahost wrote no such output"}),
+            );
             continue;
         };
         // All of the image's detections when PyTorch's float32 and float64 runs agree on all of
