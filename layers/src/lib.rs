@@ -26,6 +26,7 @@
 //!   fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
+//!   [`stage_times`] times the stages of a forward for benchmarks, when asked.
 //! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
 //!   box coding, anchors, the detection models' image transform, the region proposal
 //!   network, the R-CNN box and mask heads and their composition (Faster and Mask R-CNN
@@ -47,6 +48,7 @@ pub mod packed_linear;
 pub mod resnet;
 pub mod rope;
 pub mod smp;
+pub mod stage_times;
 pub mod swiglu;
 pub mod torch_transformer;
 pub mod upsample_conv;

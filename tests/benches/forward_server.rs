@@ -60,8 +60,13 @@ fn main() {
             r.reason
         );
     }
-    let cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
-    let model = host
+    let mut cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
+    if std::env::var_os("TERRAHOST_BENCH_WEIGHTS").is_some() {
+        // As `terrahost run --weights`: the file replaces every weight, so nothing pretrained is
+        // looked for (TerraTorch's configs say `backbone_pretrained: true`).
+        cfg.switch_off_pretrained();
+    }
+    let mut model = host
         .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
         .expect("the model builds");
     if let Ok(w) = std::env::var("TERRAHOST_BENCH_WEIGHTS") {
@@ -69,6 +74,7 @@ fn main() {
             .expect("TERRAHOST_BENCH_WEIGHTS reads");
         terrahost::weights::load_state_dict(&model, state).expect("the weights fit the model");
     }
+    model.set_train(false);
     let x = match std::env::var("TERRAHOST_BENCH_INPUT") {
         Ok(p) => tch::Tensor::read_safetensors(&p)
             .expect("TERRAHOST_BENCH_INPUT reads")

@@ -63,17 +63,23 @@ fn kind_of(dtype: &str) -> Option<(Kind, u64)> {
     })
 }
 
-/// Parses the safetensors `bytes` (the whole file; `name` names it in errors) into
-/// `(name, tensor)` pairs in the order of their data in the file.
-pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> {
-    let bad = |what: String| format!("{name}: not a valid safetensors file: {what}");
-    let size = bytes.len() as u64;
+/// One tensor the header declares: where its bytes lie in the data section, and what they are.
+struct Entry {
+    begin: u64,
+    end: u64,
+    key: String,
+    kind: Kind,
+    shape: Vec<i64>,
+}
+
+/// Checks the 8-byte length prefix of a file of `size` bytes and returns the header's length.
+fn header_len(prefix: &[u8], size: u64, bad: &dyn Fn(String) -> String) -> Result<u64, String> {
     if size < 8 {
         return Err(bad(format!(
             "it is {size} bytes, shorter than the 8-byte header length"
         )));
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let n = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
     if n > size - 8 {
         return Err(bad(format!(
             "its first 8 bytes declare a {n}-byte header but the file has {size} bytes (truncated, or not safetensors: a torch.save checkpoint is read from a .pt/.pth/.ckpt/.bin name)"
@@ -84,7 +90,17 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> 
             "its header is {n} bytes, more than the format's limit of 100 MiB"
         )));
     }
-    let header = std::str::from_utf8(&bytes[8..8 + n as usize]).map_err(|e| {
+    Ok(n)
+}
+
+/// The header's entries, checked against the `data_len` bytes of data that follow it, in
+/// the order of their data.
+fn entries(
+    header: &[u8],
+    data_len: u64,
+    bad: &dyn Fn(String) -> String,
+) -> Result<Vec<Entry>, String> {
+    let header = std::str::from_utf8(header).map_err(|e| {
         bad(format!(
             "its header is not UTF-8 (byte {})",
             e.valid_up_to()
@@ -96,10 +112,8 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> 
             one_line(&e.to_string())
         ))
     })?;
-    let data = &bytes[8 + n as usize..];
-    let data_len = data.len() as u64;
     let mut seen = std::collections::HashSet::new();
-    let mut tensors: Vec<(u64, u64, String, Kind, Vec<i64>)> = Vec::new();
+    let mut tensors: Vec<Entry> = Vec::new();
     for (key, value) in entries.0 {
         if !seen.insert(key.clone()) {
             return Err(bad(format!("the header names `{key}` twice")));
@@ -145,18 +159,25 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> 
                 end - begin
             )));
         }
-        tensors.push((begin, end, key, kind, info.shape));
+        tensors.push(Entry {
+            begin,
+            end,
+            key,
+            kind,
+            shape: info.shape,
+        });
     }
-    tensors.sort_by_key(|t| (t.0, t.1));
+    tensors.sort_by_key(|t| (t.begin, t.end));
     // The format's rule: tensors tile the data exactly, without overlap or gap.
     let mut at = 0u64;
-    for (begin, end, key, _, _) in &tensors {
-        if *begin != at {
+    for e in &tensors {
+        if e.begin != at {
             return Err(bad(format!(
-                "tensor `{key}` starts at data byte {begin}, but the previous tensor ends at {at} (overlapping or out-of-order offsets)"
+                "tensor `{}` starts at data byte {}, but the previous tensor ends at {at} (overlapping or out-of-order offsets)",
+                e.key, e.begin
             )));
         }
-        at = *end;
+        at = e.end;
     }
     if at != data_len {
         return Err(bad(format!(
@@ -164,24 +185,82 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> 
             data_len - at
         )));
     }
-    tensors
+    Ok(tensors)
+}
+
+/// Parses the safetensors `bytes` (the whole file; `name` names it in errors) into
+/// `(name, tensor)` pairs in the order of their data in the file.
+pub fn parse(bytes: &[u8], name: &str) -> Result<Vec<(String, Tensor)>, String> {
+    let bad = |what: String| format!("{name}: not a valid safetensors file: {what}");
+    let n = header_len(bytes, bytes.len() as u64, &bad)?;
+    let data = &bytes[8 + n as usize..];
+    entries(&bytes[8..8 + n as usize], data.len() as u64, &bad)?
         .into_iter()
-        .map(|(begin, end, key, kind, shape)| {
-            let t = Tensor::f_from_data_size(&data[begin as usize..end as usize], &shape, kind)
-                .map_err(|e| bad(format!("tensor `{key}`: {}", one_line(&e.to_string()))))?;
-            Ok((key, t))
+        .map(|e| {
+            let t =
+                Tensor::f_from_data_size(&data[e.begin as usize..e.end as usize], &e.shape, e.kind)
+                    .map_err(|err| {
+                        bad(format!(
+                            "tensor `{}`: {}",
+                            e.key,
+                            one_line(&err.to_string())
+                        ))
+                    })?;
+            Ok((e.key, t))
         })
         .collect()
 }
 
 /// Reads the safetensors file at `path` (a regular file, read once).
+///
+/// The header is checked first (as [`parse`] does); then each tensor's bytes are read from
+/// the file straight into the tensor's own memory. Nothing holds the whole file, so loading
+/// a checkpoint costs its tensors and not twice that: a 1.2 GB Prithvi-EO-2.0-300M file
+/// used to peak at the file, its tensors and the model at once.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::io::Read;
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| format!("{name}: {e}");
+    let bad = |what: String| format!("{name}: not a valid safetensors file: {what}");
+    let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(format!("{name} is not a regular file"));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&bytes, &path.display().to_string())
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let size = meta.len();
+    let mut prefix = [0u8; 8];
+    if size >= 8 {
+        file.read_exact(&mut prefix).map_err(io)?;
+    }
+    let n = header_len(&prefix, size, &bad)?;
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let list = entries(&header, size - 8 - n, &bad)?;
+    drop(header);
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let t = Tensor::f_empty(&e.shape, (e.kind, tch::Device::Cpu)).map_err(|err| {
+            bad(format!(
+                "tensor `{}`: {}",
+                e.key,
+                one_line(&err.to_string())
+            ))
+        })?;
+        let len = (e.end - e.begin) as usize;
+        if len > 0 {
+            // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `len` bytes (the header
+            // check above ties `len` to its shape and dtype), owned here and not yet shared.
+            let dst = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) };
+            file.read_exact(dst).map_err(|err| {
+                format!(
+                    "{name}: tensor `{}`: {err} (was the file changed while it was read?)",
+                    e.key
+                )
+            })?;
+        }
+        out.push((e.key, t));
+    }
+    Ok(out)
 }
 
 fn one_line(s: &str) -> String {
@@ -217,6 +296,43 @@ mod tests {
             let other = &theirs.iter().find(|(n, _)| n == k).unwrap().1;
             assert!(t.equal(other), "{k}");
         }
+    }
+
+    #[test]
+    fn reading_a_file_gives_what_parsing_its_bytes_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let tensors = [
+            ("f32", Tensor::randn([3, 5], opts)),
+            ("bf16", Tensor::randn([7], opts).to_kind(Kind::BFloat16)),
+            ("f16", Tensor::randn([2, 2, 2], opts).to_kind(Kind::Half)),
+            ("i64", Tensor::from_slice(&[i64::MIN, 0, i64::MAX])),
+            ("u8", Tensor::from_slice(&[0u8, 7, 255])),
+            ("empty", Tensor::zeros([0, 4], opts)),
+            ("scalar", Tensor::from(2.5f64)),
+        ];
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (*k, t)).collect();
+        Tensor::write_safetensors(&named, &p).unwrap();
+        let streamed = read(&p).unwrap();
+        let parsed = parse(&std::fs::read(&p).unwrap(), "t").unwrap();
+        assert_eq!(streamed.len(), tensors.len());
+        for ((ka, a), (kb, b)) in streamed.iter().zip(&parsed) {
+            assert_eq!(ka, kb);
+            assert_eq!(a.kind(), b.kind(), "{ka}");
+            assert!(a.equal(b), "{ka}");
+            let original = &tensors.iter().find(|(k, _)| k == ka).unwrap().1;
+            assert!(a.equal(original), "{ka}");
+        }
+        // A file cut short is refused by its header check, before any tensor is allocated.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        let e = read(&p).unwrap_err();
+        assert!(
+            e.contains("bytes of data") || e.contains("not within"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -358,9 +358,12 @@ impl GeneralizedRCNN {
     where
         F: FnOnce(&Tensor) -> Result<Vec<(String, Tensor)>>,
     {
+        let mut times = crate::stage_times::StageTimes::start("GeneralizedRCNN");
         let original_sizes = original_image_sizes(images, "GeneralizedRCNN")?;
         let images = self.transform.forward(images)?;
+        times.lap("transform");
         let features = backbone(&images.tensors)?;
+        times.lap("backbone_and_necks");
         if features.is_empty() {
             return Err(PluginError::invalid_argument(
                 "GeneralizedRCNN: the backbone returned no feature maps",
@@ -368,10 +371,14 @@ impl GeneralizedRCNN {
         }
         let maps: Vec<Tensor> = features.iter().map(|(_, t)| t.shallow_clone()).collect();
         let (proposals, _) = self.rpn.forward(&images, &maps)?;
+        times.lap("rpn");
         let detections = self
             .roi_heads
             .forward(&features, &proposals, &images.image_sizes)?;
-        self.postprocess(detections, &images.image_sizes, &original_sizes)
+        times.lap("roi_heads");
+        let out = self.postprocess(detections, &images.image_sizes, &original_sizes);
+        times.lap("postprocess");
+        out
     }
 
     /// `transform.postprocess`: boxes from the batch's image sizes back to the originals,

@@ -31,7 +31,7 @@ use super::args::{warn_leftovers, Framework, Front};
 use super::backbone_wrapper::BackboneWrapper;
 use super::detr_args::invalid;
 pub use super::detr_args::{read_config, DetrConfig};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 use terrahost_layers::detection::detr::deformable_transformer::{
     inverse_sigmoid, DeformableTransformer, DeformableTransformerConfig,
@@ -373,11 +373,7 @@ impl DetrModel {
 impl Model for DetrModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         if train {
-            return Err(PluginError::invalid_argument(format!(
-                "ObjectDetectionModel ({}): in training mode TerraTorch's DETRs need targets and return losses; \
-                 terrahost runs them in eval mode only",
-                self.framework.name()
-            )));
+            return Err(super::eval_only(self.framework));
         }
         let x = self.images(xs)?;
         let s = x.size();
@@ -405,14 +401,7 @@ impl Model for DetrModel {
     }
 
     fn meta(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("output_names_per_image".into(), json!(PER_IMAGE_NAMES));
-        m.insert("framework".into(), json!(self.framework.name()));
-        m.insert(
-            "channel_list".into(),
-            json!(self.backbone.channel_list.clone()),
-        );
-        m
+        super::model_meta(self.framework, &self.backbone)
     }
 
     fn children(&self) -> Vec<(&str, &DynModule)> {

@@ -33,10 +33,10 @@ pub mod single_stage;
 
 use super::encoder_decoder_factory::NeckSpec;
 use super::temporal_wrapper::{TemporalConfig, TemporalWrapper};
-use args::{plan, FrameworkConfig};
+use args::{plan, Framework, FrameworkConfig};
 use backbone_wrapper::{BackboneWrapper, FPN_NECK};
 use rcnn::RcnnModel;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use single_stage::SingleStageModel;
 use tch::{nn, Device};
 use terrahost_layers::detection::box_coder::BoxCoder;
@@ -48,6 +48,40 @@ use terrahost_plugin_api::{
 
 /// TerraTorch's anchor sizes, one per feature level, cut to the number of levels.
 const ANCHOR_SIZES: [f64; 5] = [32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The output names of one image, in order; image `i`'s are suffixed `.{i}`.
+pub fn per_image_names(framework: Framework) -> &'static [&'static str] {
+    match framework {
+        Framework::FasterRcnn | Framework::Fcos | Framework::RetinaNet => {
+            &["boxes", "scores", "labels"]
+        }
+        Framework::MaskRcnn => &["boxes", "scores", "labels", "masks"],
+        Framework::Detr | Framework::DeformableDetr => &detr::PER_IMAGE_NAMES,
+    }
+}
+
+/// The `meta` of every detection model: how `run` names the outputs of each image, the
+/// framework, and the channel list the backbone and necks hand it.
+fn model_meta(framework: Framework, backbone: &BackboneWrapper) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "output_names_per_image".into(),
+        json!(per_image_names(framework)),
+    );
+    m.insert("framework".into(), json!(framework.name()));
+    m.insert("channel_list".into(), json!(backbone.channel_list));
+    m
+}
+
+/// The refusal of a forward in training mode: upstream's detectors then need targets and
+/// return losses, and training is not what terrahost runs.
+fn eval_only(framework: Framework) -> PluginError {
+    PluginError::invalid_argument(format!(
+        "ObjectDetectionModel ({}): in training mode the detector needs targets and returns losses; \
+         terrahost runs it in eval mode only (set_train(false))",
+        framework.name()
+    ))
+}
 
 fn in_step<T>(what: impl std::fmt::Display, r: Result<T>) -> Result<T> {
     r.map_err(|e| e.context(format_args!("ObjectDetectionModelFactory: {what}")))

@@ -10,24 +10,13 @@
 
 use super::args::Framework;
 use super::backbone_wrapper::BackboneWrapper;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tch::{Kind, Tensor};
 use terrahost_layers::detection::faster_rcnn::GeneralizedRCNN;
 use terrahost_plugin_api::{
     sdk::{DynModule, Model},
     PluginError, Result,
 };
-
-/// The output names of one image, in order; image `i`'s are suffixed `.{i}`.
-pub fn per_image_names(framework: Framework) -> &'static [&'static str] {
-    match framework {
-        Framework::FasterRcnn | Framework::Fcos | Framework::RetinaNet => {
-            &["boxes", "scores", "labels"]
-        }
-        Framework::MaskRcnn => &["boxes", "scores", "labels", "masks"],
-        Framework::Detr | Framework::DeformableDetr => &super::detr::PER_IMAGE_NAMES,
-    }
-}
 
 /// `ObjectDetectionModel(torchvision_model=FasterRCNN | MaskRCNN)` in eval mode.
 pub struct RcnnModel {
@@ -91,10 +80,7 @@ pub fn images(xs: &[Tensor]) -> Result<Vec<Tensor>> {
 impl Model for RcnnModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         if train {
-            return Err(PluginError::invalid_argument(
-                "ObjectDetectionModel: in training mode torchvision's R-CNNs need targets and return losses; \
-                 terrahost runs them in eval mode only",
-            ));
+            return Err(super::eval_only(self.framework));
         }
         let images = images(xs)?;
         // TerraTorch's transform stacks the images (no normalisation, resize or padding),
@@ -125,17 +111,7 @@ impl Model for RcnnModel {
     }
 
     fn meta(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert(
-            "output_names_per_image".into(),
-            json!(per_image_names(self.framework)),
-        );
-        m.insert("framework".into(), json!(self.framework.name()));
-        m.insert(
-            "channel_list".into(),
-            json!(self.backbone.channel_list.clone()),
-        );
-        m
+        super::model_meta(self.framework, &self.backbone)
     }
 
     fn children(&self) -> Vec<(&str, &DynModule)> {

@@ -18,8 +18,8 @@
 
 use super::args::Framework;
 use super::backbone_wrapper::BackboneWrapper;
-use super::rcnn::{images, per_image_names};
-use serde_json::{json, Map, Value};
+use super::rcnn::images;
+use serde_json::{Map, Value};
 use tch::nn;
 use tch::Tensor;
 use terrahost_layers::detection::anchors::AnchorGenerator;
@@ -243,11 +243,7 @@ impl SingleStageModel {
 impl Model for SingleStageModel {
     fn forward(&self, xs: &[Tensor], train: bool) -> Result<Vec<Tensor>> {
         if train {
-            return Err(PluginError::invalid_argument(format!(
-                "ObjectDetectionModel: in training mode torchvision's {} needs targets and returns losses; \
-                 terrahost runs it in eval mode only",
-                self.framework.name()
-            )));
+            return Err(super::eval_only(self.framework));
         }
         let images = images(xs)?;
         let backbone = |batch: &Tensor| self.backbone.forward(batch);
@@ -271,17 +267,7 @@ impl Model for SingleStageModel {
     }
 
     fn meta(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert(
-            "output_names_per_image".into(),
-            json!(per_image_names(self.framework)),
-        );
-        m.insert("framework".into(), json!(self.framework.name()));
-        m.insert(
-            "channel_list".into(),
-            json!(self.backbone.channel_list.clone()),
-        );
-        m
+        super::model_meta(self.framework, &self.backbone)
     }
 
     fn children(&self) -> Vec<(&str, &DynModule)> {
