@@ -221,6 +221,17 @@ def markdown(result: dict) -> str:
                      f"{w['ratio_max']:.3f}] ({w['ratio_q1']:.3f}–{w['ratio_q3']:.3f}) | {err} | {arg} |")
     for u in result["unavailable"]:
         lines.append(f"| {LABEL.get(u['worker'], u['worker'])} | unavailable: {u['why']} | | | | |")
+    # terrahost against each other runtime directly, round by round (not through PyTorch's time)
+    by = {w["worker"]: w for w in result["workers"]}
+    if "terrahost" in by:
+        pairs = []
+        for name, w in by.items():
+            if name == "terrahost" or w["rounds"] != by["terrahost"]["rounds"]:
+                continue
+            r = sorted(a / b for a, b in zip(by["terrahost"]["times_s"], w["times_s"]))
+            pairs.append(f"{LABEL.get(name, name)} {statistics.median(r):.3f} [{r[0]:.3f}, {r[-1]:.3f}]")
+        if pairs:
+            lines += ["", "terrahost's time over each runtime's in the same round, median [min, max]: " + "; ".join(pairs)]
     return "\n".join(lines)
 
 
