@@ -6,7 +6,8 @@
 //! finds them at runtime and probes each in a child process ([`plugins`]), checks that they were built against a compatible
 //! plugin-api and the same libtorch, merges them into TerraTorch's registries
 //! ([`registry`]), and builds and runs models whose parts come from different plugins
-//! ([`Host::build`], [`weights`], [`config`]).
+//! ([`Host::build`], [`weights`], [`config`]); [`output_names`] says how their outputs are
+//! named where they are written.
 //!
 //! Which crate does what: `abi_stable` defines and checks the binary interface,
 //! `libloading` opens candidate files and tells "not a library" from "not a plugin",
@@ -18,6 +19,7 @@ pub mod error;
 pub mod host;
 pub mod limits;
 pub mod mkl_dispatch;
+pub mod output_names;
 pub mod plugins;
 pub mod predict;
 pub mod registry;

@@ -281,6 +281,19 @@ DETECTION_BATCH = 2
 # Mask R-CNN's pasted masks are [D, 1, H, W] per image: only the first ones are stored.
 MASKS_KEPT = 4
 DETECTION_SEEDS = tuple(range(4))
+# Float32 ties PyTorch's float32 and float64 runs happen to break the same way but another
+# summation order may not: two RPN proposals whose objectness differs by less than the model's
+# float32 error (the scores of a float32 run of this model are up to about 4e-7 from float64's),
+# one kept and one suppressed by the RPN's NMS (the `rpn_kept_rank`-th kept proposal of `image`
+# and its closest-scored rival; `objectness_gap_float64` as detection_margins.py measures it). Which of the two survives decides the detections from
+# `first_changed_detection` of that image on, so only those before it are compared.
+# detection_float32_ties.py swaps the pair in TerraTorch's float32 run and shows the other
+# outcome (for substation_prithvi: terrahost's 100 detections of image 1).
+FLOAT32_TIES = {
+    "examples__confs__object_detection_substation_prithvi": [
+        {"image": 1, "rpn_kept_rank": 31, "objectness_gap_float64": 2.8e-7, "first_changed_detection": 54},
+    ],
+}
 
 
 def detection_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -345,6 +358,9 @@ def run_detection(model: torch.nn.Module, cfg: dict, rec: dict) -> dict:
         if whole:
             break
     seed, x, (out32, out64), agree = best
+    ties = FLOAT32_TIES.get(rec["slug"], [])
+    for tie in ties:
+        agree[tie["image"]] = min(agree[tie["image"]], tie["first_changed_detection"])
     if min(agree) == 0:
         rec.update(status="terratorch-undecided",
                    error=f"PyTorch's float32 and float64 runs disagree from the first detection for every input tried {tried}")
@@ -384,6 +400,7 @@ def run_detection(model: torch.nn.Module, cfg: dict, rec: dict) -> dict:
         "input_seed": seed,
         "seeds_tried": tried,
         "compared_detections": agree,
+        "float32_ties": ties,
         "outputs": {n: list(io[n].shape) for n in names},
         "output_names": names,
         "detections_per_image": [int(d["boxes"].shape[0]) for d in out32],

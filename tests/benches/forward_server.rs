@@ -24,15 +24,10 @@ use terrahost_testkit::{real_plugins, workspace_root, PLUGINS};
 /// `forward_pairs.py` reads), `y.{j}`, or for a model whose outputs repeat per image (object
 /// detection) `boxes.{i}`, `scores.{i}`, ... as `terrahost run` names them.
 fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> Vec<String> {
-    let per_image: Vec<&str> = meta
-        .get("output_names_per_image")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
+    if let Some(names) = terrahost::output_names::repeated_per_image(meta, n) {
+        return names;
+    }
     match n {
-        _ if !per_image.is_empty() && n.is_multiple_of(per_image.len()) => (0..n)
-            .map(|j| format!("{}.{}", per_image[j % per_image.len()], j / per_image.len()))
-            .collect(),
         1 => vec!["y".into()],
         _ => (0..n).map(|j| format!("y.{j}")).collect(),
     }

@@ -208,7 +208,9 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
 /// rest of the corpus allows (1e-4 of the output's magnitude: 0.022 px for boxes in 224 px).
 /// Only the leading detections of an image on which PyTorch's float32 and float64 runs agree
 /// are compared (`compared_detections`; all of them for most configs): past a near tie of the
-/// synthetic model, float32 rounding decides which detections follow (`corpus.py`).
+/// synthetic model, float32 rounding decides which detections follow (`corpus.py`). The same
+/// holds before a documented float32 tie that PyTorch's two runs happen to break alike
+/// (`float32_ties`: `corpus.py`'s `FLOAT32_TIES`, shown by `detection_float32_ties.py`).
 fn compare_detections(
     meta: &Map<String, Value>,
     get: &dyn Fn(&str) -> Option<Tensor>,

@@ -181,15 +181,8 @@ fn order_named(
 /// `boxes`, `scores`, `labels`, `masks`) gives `output_names_per_image` instead, and
 /// image `i`'s outputs are named `boxes.{i}`, `scores.{i}`, ...
 fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> Vec<String> {
-    let per_image: Vec<&str> = meta
-        .get("output_names_per_image")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    if !per_image.is_empty() && n.is_multiple_of(per_image.len()) {
-        return (0..n)
-            .map(|j| format!("{}.{}", per_image[j % per_image.len()], j / per_image.len()))
-            .collect();
+    if let Some(names) = terrahost::output_names::repeated_per_image(meta, n) {
+        return names;
     }
     let given: Vec<String> = meta
         .get("output_names")

@@ -82,16 +82,7 @@ struct Found {
 /// The model's detections of each image of a batch, by `output_names_per_image`.
 fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Vec<Detections>> {
     let n = batch.size()[0] as usize;
-    let names: Vec<String> = model
-        .meta()
-        .get("output_names_per_image")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = crate::output_names::per_image(&model.meta());
     let pos = |k: &str| names.iter().position(|n| n == k);
     let (Some(b), Some(s), Some(l)) = (pos("boxes"), pos("scores"), pos("labels")) else {
         return Err(HostError::Usage(
@@ -270,11 +261,9 @@ pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
 impl DetectJob<'_> {
     /// Whether the model gives masks (so that an empty layer has the right geometry type).
     fn model_has_masks(&self) -> bool {
-        self.model
-            .meta()
-            .get("output_names_per_image")
-            .and_then(|v| v.as_array())
-            .is_some_and(|a| a.iter().any(|v| v == "masks"))
+        crate::output_names::per_image(&self.model.meta())
+            .iter()
+            .any(|n| n == "masks")
     }
 }
 
