@@ -44,7 +44,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "scripts" / "reference"))
 
-from forward_pairs import quartiles, server_binary  # noqa: E402
+from forward_pairs import quartiles, read_json_line, server_binary  # noqa: E402
 
 CONFIGS = [
     REPO / "tests/corpus/terratorch/examples/confs/object_detection_substation_prithvi.yaml",
@@ -113,12 +113,7 @@ class Worker:
             raise SystemExit(f"detection_pairs: the {name} worker ended before it was ready (exit {self.proc.wait()})")
 
     def read(self) -> dict | None:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return None
-            if line.startswith("{"):
-                return json.loads(line)
+        return read_json_line(self.proc)
 
     def forward(self) -> dict:
         self.proc.stdin.write("go\n")

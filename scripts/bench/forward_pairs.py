@@ -68,6 +68,17 @@ def venv_python(name: str) -> str:
     return str(p) if p.exists() else sys.executable
 
 
+def read_json_line(proc: subprocess.Popen) -> dict | None:
+    """The next JSON line a worker prints on stdout (other lines are skipped), or None once it
+    has ended."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        if line.startswith("{"):
+            return json.loads(line)
+
+
 @functools.cache
 def server_binary() -> str:
     """The forward_server bench executable cargo built (the newest); asked of cargo once. The four
@@ -141,12 +152,7 @@ class Worker:
         self.info = first
 
     def _read(self) -> dict | None:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return None
-            if line.startswith("{"):
-                return json.loads(line)
+        return read_json_line(self.proc)
 
     def forward(self) -> float | None:
         try:

@@ -55,8 +55,9 @@ fn main() {
             r.reason
         );
     }
+    let weights = std::env::var("TERRAHOST_BENCH_WEIGHTS").ok();
     let mut cfg = terrahost::config::ModelConfig::from_file(&config).expect("a model config");
-    if std::env::var_os("TERRAHOST_BENCH_WEIGHTS").is_some() {
+    if weights.is_some() {
         // As `terrahost run --weights`: the file replaces every weight, so nothing pretrained is
         // looked for (TerraTorch's configs say `backbone_pretrained: true`).
         cfg.switch_off_pretrained();
@@ -64,7 +65,7 @@ fn main() {
     let mut model = host
         .build("model_factory", &cfg.model_factory, &cfg.model_args, None)
         .expect("the model builds");
-    if let Ok(w) = std::env::var("TERRAHOST_BENCH_WEIGHTS") {
+    if let Some(w) = weights {
         let state = terrahost::weights::read_state_dict(std::path::Path::new(&w))
             .expect("TERRAHOST_BENCH_WEIGHTS reads");
         terrahost::weights::load_state_dict(&model, state).expect("the weights fit the model");
