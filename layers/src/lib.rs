@@ -23,10 +23,11 @@
 //! * Initialisation and inference: [`init`] (parallel initialisation of big layers),
 //!   [`inference`] (libtorch's inference mode).
 //! * Fused inference kernels: [`packed_linear`] (oneDNN's pre-packed linear, with GELU
-//!   fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
+//!   fused; opt-in), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
-//!   [`stage_times`] times the stages of a forward for benchmarks, when asked.
+//!   [`stage_times`] times the stages of a forward for benchmarks, when asked;
+//!   [`op_profile`] records libtorch's operators as a Chrome trace.
 //! * Object detection ([`detection`]): torchvision's NMS, RoIAlign, MultiScaleRoIAlign,
 //!   box coding, anchors, the detection models' image transform, the region proposal
 //!   network, the R-CNN box and mask heads and their composition (Faster and Mask R-CNN
@@ -44,6 +45,7 @@ pub mod init;
 pub mod linear;
 pub mod lora;
 pub mod norm;
+pub mod op_profile;
 pub mod packed_linear;
 pub mod resnet;
 pub mod rope;

@@ -1,6 +1,6 @@
 //! `nn.Linear` and timm's `Mlp` (`timm/layers/mlp.py`), with the initialisations
-//! PyTorch and timm give them. Without autograd a linear layer runs on oneDNN's packed
-//! weight ([`PackedLinear`]).
+//! PyTorch and timm give them. Without autograd a linear layer can run on oneDNN's
+//! packed weight ([`PackedLinear`], opt-in: `TERRAHOST_PACKED_LINEAR=1`).
 use crate::drop::dropout;
 use crate::packed_linear::PackedLinear;
 use tch::nn::{self, Init};
@@ -36,7 +36,7 @@ pub fn xavier_uniform(c_in: i64, c_out: i64) -> Init {
     }
 }
 
-/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it runs on
+/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it can run on
 /// oneDNN's packed weight ([`PackedLinear`]).
 #[derive(Debug)]
 pub struct Linear {

@@ -1,11 +1,21 @@
-//! `nn.Linear` for inference on CPU with oneDNN's pre-packed weights. libtorch's default
-//! linear repacks the weight on every call; for the token counts of a ViT on a 224x224
-//! image that repacking is a fifth of the time. [`PackedLinear`] packs the weight once
-//! (and again whenever it changes: a checkpoint load, a device move) and keeps the
+//! `nn.Linear` for inference on CPU with oneDNN's pre-packed weights, opt-in
+//! (`TERRAHOST_PACKED_LINEAR=1`). libtorch's default linear hands the weight to MKL's
+//! GEMM on every call; [`PackedLinear`] can instead pack it once into oneDNN's blocked
+//! layout (and again whenever it changes: a checkpoint load, a device move) and keep the
 //! packed copy next to the parameter, which stays the `state_dict` entry. The packed
-//! path runs only without autograd (`no_grad` or inference mode), for float32 CPU
-//! tensors on a libtorch built with oneDNN; anything else takes the plain path, with
-//! the same numbers to float rounding.
+//! path runs only when switched on, without autograd (`no_grad` or inference mode), for
+//! float32 CPU tensors on a libtorch built with oneDNN; anything else takes the plain
+//! path, with the same numbers to float rounding.
+//!
+//! Why it is off by default: it was faster than libtorch's plain linear for a ViT-B's
+//! batches of 1 and 2 while MKL ran its generic code on AMD CPUs. Since the engine fixes
+//! MKL's kernel choice (`host/src/mkl_dispatch.rs`), MKL's GEMM wins at every row count
+//! measured on this project's 2-core AVX2 machine (`scripts/bench/forward_pairs.py`,
+//! interleaved rounds, the catalog model, plain time over packed time, median):
+//! 0.914 at batch 1 (197 rows per linear, 15 rounds), 0.862 at batch 2 (11 rounds),
+//! 0.932 at batch 8 (15 rounds); and the packed copies cost a second copy of every
+//! linear weight. It stays for CPUs where oneDNN's kernels win (with MKL's own vendor
+//! check, `TERRAHOST_MKL_VENDOR_CHECK=1`, for one) and as the fused GELU's kernel.
 use crate::derived::Derived;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -30,23 +40,18 @@ pub fn grad_enabled() -> bool {
     unsafe { terrahost_grad_enabled() }
 }
 
-/// The environment variable that turns packing off (`0`), for example to save the
-/// memory of the packed copies of a very large model.
+/// The environment variable that turns packing on (`1`); see the module docs.
 pub const ENV_SWITCH: &str = "TERRAHOST_PACKED_LINEAR";
 
 /// The environment variable that sets [`max_rows`].
 pub const ENV_MAX_ROWS: &str = "TERRAHOST_PACKED_LINEAR_MAX_ROWS";
 
-/// The most rows (`x.numel() / in_features`) a call may have for the packed path to run;
-/// larger calls take libtorch's plain linear. What packing saves is the repack of the
-/// weight that every plain call does, which matters for few rows and vanishes for many:
-/// on this project's 2-core AVX2 machine (oneDNN against MKL, in libtorch 2.13), the
-/// catalog model at batch 8 (1576 rows per linear) ran 7% faster on the plain path
-/// (`scripts/bench/forward_pairs.py`, 15 interleaved rounds, median ratio 0.932), and
-/// oneDNN lost to MKL on every ViT-B linear shape from about 800 rows up. The default
-/// of 512 rows keeps packing for batches of 1 and 2 of a ViT-B (197 and 394 rows),
-/// where it was measured faster when it was introduced; `TERRAHOST_PACKED_LINEAR_MAX_ROWS`
-/// overrides it.
+/// The most rows (`x.numel() / in_features`) a call may have for the packed path to run
+/// when packing is on; larger calls take libtorch's plain linear. What packing saves is
+/// the handing over of the weight that every plain call does, which matters for few rows
+/// and vanishes for many: even against MKL's generic AMD code, oneDNN lost on every
+/// ViT-B linear shape from about 800 rows up. 512 rows (a ViT-B batch of 1 or 2) unless
+/// `TERRAHOST_PACKED_LINEAR_MAX_ROWS` says otherwise.
 pub fn max_rows() -> i64 {
     static MAX: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
@@ -57,15 +62,18 @@ pub fn max_rows() -> i64 {
     })
 }
 
-/// Whether the packed path is used: this libtorch has oneDNN's packed linear and
-/// `TERRAHOST_PACKED_LINEAR` is not `0`.
+/// Whether this libtorch has oneDNN's packed linear.
+fn supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: looks operators up in libtorch's dispatcher; never unwinds.
+    *SUPPORTED.get_or_init(|| unsafe { terrahost_mkldnn_linear_available() })
+}
+
+/// Whether the packed path is used: `TERRAHOST_PACKED_LINEAR` is `1` and this libtorch
+/// has oneDNN's packed linear.
 pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let enabled = std::env::var(ENV_SWITCH).map_or(true, |v| v.trim() != "0");
-        // SAFETY: looks operators up in libtorch's dispatcher; never unwinds.
-        enabled && unsafe { terrahost_mkldnn_linear_available() }
-    })
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "1")) && supported()
 }
 
 fn last_error() -> String {
@@ -225,19 +233,29 @@ mod tests {
         let (_vs, l, lin) = layer(64, 96);
         let x = Tensor::randn([2, 7, 64], (Kind::Float, Device::Cpu));
         let plain = lin.forward(&x);
-        let packed = tch::no_grad(|| l.forward(&x));
-        assert!(available(), "this libtorch has oneDNN");
+        assert!(supported(), "this libtorch has oneDNN");
+        // The packed path itself (the switch only decides whether `forward` takes it).
+        let packed = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
         assert!((&plain - &packed).abs().max().double_value(&[]) < 1e-4);
         assert!(l.packed.is_ready(), "the packed path ran");
-        let gelu = tch::no_grad(|| l.forward_gelu(&x));
+        let gelu = tch::no_grad(|| l.packed_forward(&x, true)).expect("oneDNN packs");
         assert!((plain.gelu("none") - &gelu).abs().max().double_value(&[]) < 1e-4);
         // a weight loaded in place afterwards is used (the packed copy is refreshed)
         tch::no_grad(|| {
             let _ = lin.ws.shallow_clone().fill_(0.5);
         });
-        let after = tch::no_grad(|| l.forward(&x));
+        let after = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
         let expected = lin.forward(&x);
         assert!((&after - &expected).abs().max().double_value(&[]) < 1e-4);
+        // whichever path the switch picks, `forward` gives the plain numbers
+        let chosen = tch::no_grad(|| l.forward_gelu(&x));
+        assert!(
+            (expected.gelu("none") - &chosen)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-4
+        );
         // with autograd on, the plain path keeps the graph
         let y = l.forward(&x);
         assert!(y.requires_grad());

@@ -11,12 +11,19 @@ stride 192, batch_size 8) and weights, with the same libtorch thread count.
    scene is predicted by A then B, then B then A, ..., and the time ratio
    terrahost / TerraTorch is taken pair by pair: the median and the spread are reported.
    The class maps of the two sides are compared too.
+   With `--runtime ort` and/or `--runtime openvino` (run under `.venv-bench`, which has them),
+   more TerraTorch workers join the same rounds: TerraTorch's own predict path, with only the
+   model's forward handed to ONNX Runtime or OpenVINO (fp32) on `torch.onnx.export`'s graph of
+   the same model and weights, with a dynamic batch (made once, `model_dynamic.onnx`). That is
+   what a user who serves with one of them and keeps TerraTorch's reading, tiling and writing
+   runs. Each side's time is divided by terrahost's of the same round.
 2. **Time to the first output file and peak RSS, cold.** Fresh processes, interleaved:
    `terrahost predict` against `terratorch predict -c ... --ckpt_path ...`, each under
    /usr/bin/time (peak RSS), the first output file watched for in its output directory.
 
     .venv-ref/bin/python scripts/bench/predict_compare.py --terrahost target/release/terrahost \
-        --plugin-dir target/bench/predict/plugins [--size 2048] [--pairs 5] [--cold-pairs 2]
+        --plugin-dir target/bench/predict/plugins [--size 2048] [--pairs 5] [--cold-pairs 2] \
+        [--runtime ort --runtime openvino]
 
 Writes target/bench/predict/compare.json and prints a table.
 """
@@ -95,7 +102,83 @@ def predict_once(task, cfg: dict, scene: Path, out_dir: Path) -> None:
     trainer.predict(task, datamodule=dm, return_predictions=False)
 
 
-def worker(threads: int, work: Path) -> None:
+def export_dynamic_onnx(model, path: Path, bands: int, crop: int) -> None:
+    """torch.onnx.export of the model's logits with a dynamic batch (the last batch of a
+    scene's crops is smaller): the dynamo exporter, and the TorchScript one if that fails."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).output
+
+    logits = Logits(model).eval()
+    x = torch.randn(2, bands, crop, crop)
+    tmp = path.with_suffix(".onnx.tmp")
+    errors = []
+    for dynamo in (True, False):
+        try:
+            kwargs = ({"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=1024)},)} if dynamo
+                      else {"dynamic_axes": {"x": {0: "batch"}, "y": {0: "batch"}}})
+            with torch.no_grad():
+                torch.onnx.export(logits, (x,), str(tmp), input_names=["x"], output_names=["y"], opset_version=18,
+                                  dynamo=dynamo, external_data=False, **kwargs)
+            os.replace(tmp, path)
+            return
+        except Exception as e:  # noqa: BLE001 - the other exporter is tried, then the failure reported
+            errors.append(f"dynamo={dynamo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    sys.exit(f"predict_compare: torch.onnx.export failed: {'; '.join(errors)}")
+
+
+def runtime_model(task, cfg: dict, work: Path, runtime: str, threads: int):
+    """A stand-in for `task.model` whose forward runs in ONNX Runtime or OpenVINO (fp32) and
+    returns TerraTorch's ModelOutput, so that the rest of TerraTorch's predict path is unchanged."""
+    import numpy as np
+    import torch
+    from terratorch.models.model import ModelOutput
+
+    onnx_path = work / "model_dynamic.onnx"
+    if not onnx_path.exists():
+        bands = len(cfg["data"]["init_args"]["means"])  # one normalisation per band
+        crop = cfg["model"]["init_args"]["tiled_inference_parameters"]["crop"]
+        export_dynamic_onnx(task.model, onnx_path, bands, crop)
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run(x):
+            return sess.run(None, {name: x})[0]
+    else:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+
+        def run(x):
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()
+
+    class RuntimeModel(torch.nn.Module):
+        def forward(self, x, **kwargs):
+            return ModelOutput(output=torch.from_numpy(run(np.ascontiguousarray(x.detach().numpy(), np.float32))))
+
+    return RuntimeModel().eval()
+
+
+def worker(threads: int, work: Path, runtime: str = "torch") -> None:
     """Reads `SCENE OUT_DIR` lines, predicts, answers one JSON line each."""
     warnings.filterwarnings("ignore")
     import logging
@@ -104,6 +187,8 @@ def worker(threads: int, work: Path) -> None:
     task, cfg = build_task(threads)
     if not (work / "weights.safetensors").exists():
         export_weights(task, work)
+    if runtime != "torch":
+        task.model = runtime_model(task, cfg, work, runtime, threads)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         scene, out_dir = line.rstrip("\n").split("\t")
@@ -190,12 +275,16 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--cold-pairs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtime", action="append", choices=["ort", "openvino"], default=[],
+                    help="also TerraTorch's predict with the forward in this runtime (repeatable)")
+    ap.add_argument("--forward", choices=["torch", "ort", "openvino"], default="torch", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="where to write the results (default WORK/compare.json)")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     a.terrahost = str(Path(a.terrahost).resolve())
     a.plugin_dir = str(Path(a.plugin_dir).resolve())
     if a.worker:
-        worker(a.threads, work)
+        worker(a.threads, work, a.forward)
         return
     work.mkdir(parents=True, exist_ok=True)
     scenes = work / "scenes"
@@ -204,7 +293,7 @@ def main() -> None:
     if not scene.exists():
         print(f"==> writing {scene}", file=sys.stderr)
         write_scene(scene, a.size)
-    out = {s: work / f"out-{s}" for s in ("terrahost", "terratorch")}
+    out = {s: work / f"out-{s}" for s in ("terrahost", "terratorch", *a.runtime)}
     for d in out.values():
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
@@ -216,31 +305,43 @@ def main() -> None:
                             "--config", str(CONFIG), "--weights", str(work / "weights.safetensors"), "--input", "-",
                             "--json-lines", "--overwrite", "--quiet", "--output-dir", str(out["terrahost"])],
               ready_line=False)
+    others = {}
+    for rt in a.runtime:
+        print(f"==> starting TerraTorch with the forward in {rt} (exports the ONNX graph once)", file=sys.stderr)
+        others[rt] = Side(rt, [sys.executable, __file__, "--worker", "--threads", str(a.threads), "--work", str(work),
+                               "--forward", rt], ready_line=True)
     req_th = str(scene)
     req_tt = f"{scene}\t{out['terratorch']}"
+    sides = [("th", th, req_th), ("tt", tt, req_tt)] + [(rt, side, f"{scene}\t{out[rt]}") for rt, side in others.items()]
     print("==> warm-up: one scene each", file=sys.stderr)
-    th.predict(req_th)
-    tt.predict(req_tt)
-    t_th, t_tt, ratios = [], [], []
+    for _, side, req in sides:
+        side.predict(req)
+    times = {k: [] for k, _, _ in sides}
     for i in range(a.pairs):
-        order = [("th", th, req_th), ("tt", tt, req_tt)]
-        if i % 2:
-            order.reverse()
+        order = sides if i % 2 == 0 else sides[::-1]
         got = {k: side.predict(req) for k, side, req in order}
-        t_th.append(got["th"])
-        t_tt.append(got["tt"])
-        ratios.append(got["th"] / got["tt"])
-        print(f"    pair {i + 1}: terrahost {got['th']:.2f} s, TerraTorch {got['tt']:.2f} s, "
-              f"ratio {ratios[-1]:.3f}", file=sys.stderr)
+        for k, t in got.items():
+            times[k].append(t)
+        print(f"    round {i + 1}: " + ", ".join(f"{k} {t:.2f} s" for k, t in got.items())
+              + f"; terrahost / TerraTorch {got['th'] / got['tt']:.3f}", file=sys.stderr)
+    t_th, t_tt = times["th"], times["tt"]
+    ratios = [x / y for x, y in zip(t_th, t_tt)]
     chips = th.last.get("chips")
-    th.close()
-    tt.close()
+    for _, side, _ in sides:
+        side.close()
 
     stem = scene.stem
     m_th, crs_th, tr_th, dt_th, nd_th = class_map(out["terrahost"] / f"{stem}_pred.tif")
     m_tt, crs_tt, tr_tt, dt_tt, nd_tt = class_map(out["terratorch"] / f"{stem}_pred.tif")
     differ = int((m_th != m_tt).sum())
     same_geo = (crs_th, tr_th, dt_th, nd_th, m_th.shape) == (crs_tt, tr_tt, dt_tt, nd_tt, m_tt.shape)
+    runtimes = {}
+    for rt in a.runtime:
+        m_rt = class_map(out[rt] / f"{stem}_pred.tif")[0]
+        r = [x / y for x, y in zip(t_th, times[rt])]
+        runtimes[rt] = {"seconds": times[rt], "terrahost_over_it": r, "median_ratio": statistics.median(r),
+                        "ratio_spread": [min(r), max(r)], "class_map_pixels_differing_from_terrahost":
+                        int((m_rt != m_th).sum())}
 
     cold = {"terrahost": [], "terratorch": []}
     if a.cold_pairs:
@@ -281,14 +382,20 @@ def main() -> None:
         "warm": {"pairs": a.pairs, "terrahost_s": t_th, "terratorch_s": t_tt, "ratios": ratios,
                  "median_ratio": med(ratios), "ratio_spread": [min(ratios), max(ratios)]},
         "class_maps": {"pixels": int(m_th.size), "differ": differ, "same_georeferencing_and_dtype": same_geo},
+        "terratorch_with_forward_in": runtimes,
         "cold": cold,
+        "torch": __import__("torch").__version__,
     }
-    (work / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (Path(a.json) if a.json else work / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"scene {a.size} x {a.size} x 6 uint16, threads {a.threads}, {a.pairs} interleaved pairs")
     print(f"warm, per scene: terrahost median {med(t_th):.2f} s, TerraTorch median {med(t_tt):.2f} s; "
           f"ratio median {med(ratios):.3f} (spread {spread(ratios)}; target <= 0.9)")
     print(f"class maps: {differ} of {m_th.size} pixels differ; georeferencing, dtype and nodata "
           f"{'identical' if same_geo else 'DIFFER'}")
+    for rt, r in runtimes.items():
+        print(f"TerraTorch with the forward in {rt}: median {med(r['seconds']):.2f} s; terrahost / it: median "
+              f"{r['median_ratio']:.3f} (spread {spread(r['terrahost_over_it'])}); class map: "
+              f"{r['class_map_pixels_differing_from_terrahost']} pixels differ from terrahost's")
     for name, runs in cold.items():
         if runs:
             print(f"cold {name}: first output {spread([r['first_output_s'] for r in runs])} s, "

@@ -4,7 +4,7 @@
 //! plugin libraries, runs one warm-up forward on a `[B, 6, 224, 224]` input, prints
 //! `{"ready": true}`, and then runs one forward per line read on stdin, printing
 //! `{"forward_s": ...}` after each. Settings come from the environment, so that two
-//! workers can differ only there (`TERRAHOST_PACKED_LINEAR=0`, for example):
+//! workers can differ only there (`TERRAHOST_PACKED_LINEAR=1`, for example):
 //! `TERRAHOST_BENCH_CONFIG`, `TERRAHOST_BENCH_BATCH` (default 8),
 //! `TERRAHOST_BENCH_THREADS` (default 2). `TERRAHOST_BENCH_WEIGHTS` (a `.safetensors` or
 //! `.pt` state_dict) loads those weights, strictly, instead of the initialisation;
@@ -13,6 +13,9 @@
 //! warm-up forward's output there (`.safetensors`, tensor `y`; the detections of an
 //! object-detection model as `boxes.{i}`, `scores.{i}`, ...), so that the same
 //! weights and input can be compared across runtimes (`forward_pairs.py --accuracy`).
+//! `TERRAHOST_BENCH_PROFILE` records libtorch's operators over the timed forwards (not the
+//! warm-up) and writes them there as a Chrome trace when stdin closes
+//! (`scripts/bench/op_profile.py`).
 use serde_json::json;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -100,6 +103,10 @@ fn main() {
             "{}",
             json!({"ready": true, "threads": threads, "batch": batch})
         );
+        let profile = std::env::var("TERRAHOST_BENCH_PROFILE").ok().map(|p| {
+            terrahost_layers::op_profile::OpProfile::start(std::path::Path::new(&p))
+                .expect("TERRAHOST_BENCH_PROFILE can be written")
+        });
         for line in std::io::stdin().lock().lines() {
             if line.is_err() {
                 break;
@@ -109,6 +116,9 @@ fn main() {
             let s = t.elapsed().as_secs_f64();
             drop(y);
             println!("{}", json!({"forward_s": s}));
+        }
+        if let Some(p) = profile {
+            p.finish().expect("the profile is written");
         }
     });
 }

@@ -347,6 +347,62 @@ fn run_loads_a_terratorch_lightning_checkpoint() {
     }
 }
 
+/// `run --profile FILE` writes a Chrome trace of the forward's libtorch operators, the
+/// plugin's included (the model is built and run inside the terratorch plugin), and says
+/// where; a trace that cannot be written is refused before the model is built.
+#[test]
+fn run_profile_writes_a_trace_of_the_plugins_operators() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = Fixture::load("factory_segmentation");
+    let work = tempfile::tempdir().unwrap();
+    let trace = work.path().join("ops.json");
+    let config = fx.dir.join("config.yaml");
+    let v = ok_json(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input-shape",
+            "1,3,64,64",
+            "--device",
+            "cpu",
+            "--profile",
+            trace.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(v["profile_file"].as_str(), trace.to_str(), "{v}");
+    let events: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap())
+        .expect("the profile is JSON");
+    let names: Vec<&str> = events
+        .as_array()
+        .expect("a Chrome trace: a list of events")
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("convolution")),
+        "the plugin's convolutions are recorded: {names:?}"
+    );
+    let missing = work.path().join("no-such-dir").join("ops.json");
+    let e = err_text(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input-shape",
+            "1,3,64,64",
+            "--profile",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("--profile: directory"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+}
+
 /// `--input` without a tensor `input` holds tensors named by modality: they reach the
 /// model as TerraTorch's dict, in the model's order (`input_names`), whatever order the
 /// file has; a tensor the model does not take is dropped with a warning naming it, and

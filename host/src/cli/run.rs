@@ -39,6 +39,12 @@ pub struct RunArgs {
     /// cpu, cuda or auto (cuda when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Record libtorch's operators during the forward and write them to FILE as a Chrome
+    /// trace (open it in Perfetto or chrome://tracing; `scripts/bench/op_profile.py
+    /// --summarise FILE` sums it per operator). The forward is the process's first, so
+    /// one-time costs (oneDNN's kernel set-up) are in it.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// Print JSON only.
     #[arg(long)]
     pub json: bool,
@@ -206,22 +212,24 @@ fn output_names(meta: &serde_json::Map<String, serde_json::Value>, n: usize) -> 
         .collect()
 }
 
-pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
-    let device = parse_device(&a.device)?;
-    // Refuse an output path that cannot be written before spending time on the model.
-    if let Some(dir) = a
-        .output
-        .as_ref()
+/// Refuses a file path whose directory does not exist, before time is spent on the model.
+fn check_parent_dir(flag: &str, path: Option<&PathBuf>) -> Result<(), HostError> {
+    match path
         .and_then(|p| p.parent())
         .filter(|d| !d.as_os_str().is_empty())
     {
-        if !dir.is_dir() {
-            return Err(HostError::Usage(format!(
-                "--output: directory {} does not exist",
-                dir.display()
-            )));
-        }
+        Some(dir) if !dir.is_dir() => Err(HostError::Usage(format!(
+            "{flag}: directory {} does not exist",
+            dir.display()
+        ))),
+        _ => Ok(()),
     }
+}
+
+pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
+    let device = parse_device(&a.device)?;
+    check_parent_dir("--output", a.output.as_ref())?;
+    check_parent_dir("--profile", a.profile.as_ref())?;
     let mut cfg = ModelConfig::from_file(&a.config)?;
     cfg.report_unused();
     if a.weights.is_some() {
@@ -279,6 +287,13 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         // One generator serves host and plugins: libtorch is one shared library.
         tch::manual_seed(seed);
     }
+    let profile = match &a.profile {
+        Some(p) => Some(
+            terrahost_layers::op_profile::OpProfile::start(p)
+                .map_err(|e| HostError::Usage(format!("--profile: {e}")))?,
+        ),
+        None => None,
+    };
     let t2 = Instant::now();
     let outputs = match &inputs {
         Inputs::Positional(xs) => {
@@ -296,6 +311,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         }
     };
     let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
+    if let Some(p) = profile {
+        p.finish()
+            .map_err(|e| HostError::Usage(format!("--profile: {e}")))?;
+    }
     if outputs.is_empty() {
         return Err(HostError::Usage("the model returned no output".into()));
     }
@@ -342,6 +361,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
                 json!({"name": n, "shape": t.size(), "mean": mean, "std": std})
             }).collect::<Vec<_>>(),
             "output_file": a.output.as_ref().map(|p| p.display().to_string()),
+            "profile_file": a.profile.as_ref().map(|p| p.display().to_string()),
             "unused_config_keys": cfg.unused.iter().map(|u| json!({"key": u.key, "why": u.why})).collect::<Vec<_>>(),
             "build_ms": build_ms,
             "load_ms": load_ms,
@@ -389,6 +409,13 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         }
         if let Some(p) = &a.output {
             writeln!(out, "written: {}", p.display())?;
+        }
+        if let Some(p) = &a.profile {
+            writeln!(
+                out,
+                "profile: {} (a Chrome trace of libtorch's operators)",
+                p.display()
+            )?;
         }
         out.flush()
     };
