@@ -59,12 +59,34 @@ impl<T> Derived<T> {
         derive: impl FnOnce() -> Option<T>,
         read: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        let key = key_of(sources)?;
+        self.get_keyed(key_of(sources)?, derive, read)
+    }
+
+    fn get_keyed<R>(
+        &self,
+        key: Key,
+        derive: impl FnOnce() -> Option<T>,
+        read: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if !matches!(&*slot, Some((k, _)) if *k == key) {
             *slot = Some((key, derive()?));
         }
         slot.as_ref().map(|(_, value)| read(value))
+    }
+
+    /// As [`Self::get`], for a value that also depends on a plain number (the row count
+    /// MKL packs a weight for): a different `param` derives the value again.
+    pub fn get_for<R>(
+        &self,
+        param: i64,
+        sources: &[Option<&Tensor>],
+        derive: impl FnOnce() -> Option<T>,
+        read: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        let mut key = key_of(sources)?;
+        key.push((param, usize::MAX));
+        self.get_keyed(key, derive, read)
     }
 
     /// Whether a derived value is cached (for tests).

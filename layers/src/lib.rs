@@ -22,8 +22,8 @@
 //!   inside is interpreted, never executed).
 //! * Initialisation and inference: [`init`] (parallel initialisation of big layers),
 //!   [`inference`] (libtorch's inference mode).
-//! * Fused inference kernels: [`packed_linear`] (oneDNN's pre-packed linear, with GELU
-//!   fused; opt-in), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
+//! * Fused inference kernels: [`packed_linear`] (a linear on a weight packed once: MKL's,
+//!   or oneDNN's with GELU fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
 //!   [`stage_times`] times the stages of a forward for benchmarks, when asked;

@@ -1,6 +1,6 @@
 //! `nn.Linear` and timm's `Mlp` (`timm/layers/mlp.py`), with the initialisations
 //! PyTorch and timm give them. Without autograd a linear layer can run on oneDNN's
-//! packed weight ([`PackedLinear`], opt-in: `TERRAHOST_PACKED_LINEAR=1`).
+//! packed weight ([`PackedLinear`]: MKL's by default, `TERRAHOST_PACKED_LINEAR`).
 use crate::drop::dropout;
 use crate::packed_linear::PackedLinear;
 use tch::nn::{self, Init};
@@ -36,8 +36,8 @@ pub fn xavier_uniform(c_in: i64, c_out: i64) -> Init {
     }
 }
 
-/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it can run on
-/// oneDNN's packed weight ([`PackedLinear`]).
+/// `nn.Linear` (weight `[out, in]`, optional bias); without autograd it can run on a
+/// packed weight ([`PackedLinear`]).
 #[derive(Debug)]
 pub struct Linear {
     inner: PackedLinear,
@@ -91,7 +91,7 @@ impl Linear {
         Ok(self.inner.forward(x))
     }
 
-    /// `gelu(linear(x))`, exact GELU, fused into the matmul on the packed path.
+    /// `gelu(linear(x))`, exact GELU (fused into the matmul on oneDNN's packed path).
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.inner.forward_gelu(x))
     }
@@ -100,7 +100,7 @@ impl Linear {
 /// The activation between the two layers of an [`Mlp`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Act {
-    /// `nn.GELU` (exact erf form); fused into the first matmul on the packed path.
+    /// `nn.GELU` (exact erf form); fused into the first matmul on oneDNN's packed path.
     #[default]
     Gelu,
     /// `nn.SiLU`.

@@ -1,21 +1,31 @@
-//! `nn.Linear` for inference on CPU with oneDNN's pre-packed weights, opt-in
-//! (`TERRAHOST_PACKED_LINEAR=1`). libtorch's default linear hands the weight to MKL's
-//! GEMM on every call; [`PackedLinear`] can instead pack it once into oneDNN's blocked
-//! layout (and again whenever it changes: a checkpoint load, a device move) and keep the
-//! packed copy next to the parameter, which stays the `state_dict` entry. The packed
-//! path runs only when switched on, without autograd (`no_grad` or inference mode), for
-//! float32 CPU tensors on a libtorch built with oneDNN; anything else takes the plain
-//! path, with the same numbers to float rounding.
+//! `nn.Linear` for inference on CPU on a weight packed once. libtorch's default linear
+//! hands the weight to MKL's GEMM on every call, which lays it out anew each time; for
+//! the few rows of a ViT-B at a batch of 1 or 2 that is a noticeable part of the work.
+//! [`PackedLinear`] packs the weight once (and again whenever it changes: a checkpoint
+//! load, a device move) and keeps the packed copy next to the parameter, which stays the
+//! `state_dict` entry. `TERRAHOST_PACKED_LINEAR` picks the packing, for calls of at most
+//! [`max_rows`] rows:
 //!
-//! Why it is off by default: it was faster than libtorch's plain linear for a ViT-B's
-//! batches of 1 and 2 while MKL ran its generic code on AMD CPUs. Since the engine fixes
-//! MKL's kernel choice (`host/src/mkl_dispatch.rs`), MKL's GEMM wins at every row count
-//! measured on this project's 2-core AVX2 machine (`scripts/bench/forward_pairs.py`,
-//! interleaved rounds, the catalog model, plain time over packed time, median):
-//! 0.914 at batch 1 (197 rows per linear, 15 rounds), 0.862 at batch 2 (11 rounds),
-//! 0.932 at batch 8 (15 rounds); and the packed copies cost a second copy of every
-//! linear weight. It stays for CPUs where oneDNN's kernels win (with MKL's own vendor
-//! check, `TERRAHOST_MKL_VENDOR_CHECK=1`, for one) and as the fused GELU's kernel.
+//! * `onednn` (the default): oneDNN's packed linear (`mkldnn::_linear_pointwise`), GELU
+//!   fused.
+//! * `mkl`: MKL's packed GEMM (`mkl::_mkl_linear`, what PyTorch's compiler uses for float32
+//!   CPU inference), whose numbers are MKL's plain GEMM's bit for bit.
+//! * `0`: none; every call is libtorch's plain linear (MKL's GEMM).
+//!
+//! Measured on this project's 2-core AVX2 machine, where the engine fixes MKL's kernel
+//! choice on AMD (`host/src/mkl_dispatch.rs`), on the catalog model
+//! (`scripts/bench/forward_pairs.py`, interleaved rounds, median of the pair ratios), MKL is
+//! the faster: plain over oneDNN-packed 0.914 at batch 1 (15 rounds) and 0.862 at batch 2
+//! (11 rounds); MKL-packed over plain 0.957 at batch 1 (31 rounds), and 5–10 % per ViT-B
+//! linear at 197 rows (`scripts/bench/linear_packing.py`). oneDNN stays the default for
+//! accuracy: on the corpus' `object_detection_aed_elephants_small` (TerraMind + Faster
+//! R-CNN, whose box regression magnifies the backbone's float32 rounding), MKL's AVX2 kernel
+//! put a box 0.041 px from the float64 reference, three times PyTorch's own float32 error
+//! there (0.0136, beyond the corpus test's tolerance of twice that), where oneDNN's packed
+//! linear stayed at 0.012 (and MKL's generic kernel, `TERRAHOST_MKL_VENDOR_CHECK=1`, at
+//! 0.010). Either packing keeps a second copy of each packed weight. The packed paths run
+//! only without autograd (`no_grad` or inference mode), for float32 CPU tensors on a
+//! libtorch with oneDNN (MKL); anything else takes the plain path.
 use crate::derived::Derived;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -23,6 +33,18 @@ extern "C" {
     fn terrahost_last_error() -> *const std::os::raw::c_char;
     fn terrahost_grad_enabled() -> bool;
     fn terrahost_mkldnn_linear_available() -> bool;
+    fn terrahost_mkl_linear_available() -> bool;
+    fn terrahost_mkl_pack_linear_weight(
+        weight: *const torch_sys::C_tensor,
+        rows: i64,
+    ) -> *mut torch_sys::C_tensor;
+    fn terrahost_mkl_linear(
+        x: *const torch_sys::C_tensor,
+        packed: *const torch_sys::C_tensor,
+        weight: *const torch_sys::C_tensor,
+        bias: *const torch_sys::C_tensor,
+        rows: i64,
+    ) -> *mut torch_sys::C_tensor;
     fn terrahost_mkldnn_pack_linear_weight(
         weight: *const torch_sys::C_tensor,
     ) -> *mut torch_sys::C_tensor;
@@ -40,18 +62,17 @@ pub fn grad_enabled() -> bool {
     unsafe { terrahost_grad_enabled() }
 }
 
-/// The environment variable that turns packing on (`1`); see the module docs.
+/// The environment variable that picks the packing (`mkl`, `onednn` or `0`); see the
+/// module docs.
 pub const ENV_SWITCH: &str = "TERRAHOST_PACKED_LINEAR";
 
 /// The environment variable that sets [`max_rows`].
 pub const ENV_MAX_ROWS: &str = "TERRAHOST_PACKED_LINEAR_MAX_ROWS";
 
-/// The most rows (`x.numel() / in_features`) a call may have for the packed path to run
-/// when packing is on; larger calls take libtorch's plain linear. What packing saves is
-/// the handing over of the weight that every plain call does, which matters for few rows
-/// and vanishes for many: even against MKL's generic AMD code, oneDNN lost on every
-/// ViT-B linear shape from about 800 rows up. 512 rows (a ViT-B batch of 1 or 2) unless
-/// `TERRAHOST_PACKED_LINEAR_MAX_ROWS` says otherwise.
+/// The most rows (`x.numel() / in_features`) a call may have for a packed path to run;
+/// larger calls take libtorch's plain linear, where packing gains little (MKL's: within
+/// the noise at 1576 rows) and its copy of the weight would cost memory for nothing. 512 rows (a ViT-B
+/// batch of 1 or 2) unless `TERRAHOST_PACKED_LINEAR_MAX_ROWS` says otherwise.
 pub fn max_rows() -> i64 {
     static MAX: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
@@ -62,18 +83,49 @@ pub fn max_rows() -> i64 {
     })
 }
 
-/// Whether this libtorch has oneDNN's packed linear.
-fn supported() -> bool {
-    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    // SAFETY: looks operators up in libtorch's dispatcher; never unwinds.
-    *SUPPORTED.get_or_init(|| unsafe { terrahost_mkldnn_linear_available() })
+/// Which packed kernel [`PackedLinear`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// libtorch's plain linear only.
+    Off,
+    /// MKL's packed GEMM.
+    Mkl,
+    /// oneDNN's packed linear.
+    OneDnn,
 }
 
-/// Whether the packed path is used: `TERRAHOST_PACKED_LINEAR` is `1` and this libtorch
-/// has oneDNN's packed linear.
+/// The packing `TERRAHOST_PACKED_LINEAR` asks for, if this libtorch has its kernel
+/// (otherwise [`Packing::Off`]).
+pub fn packing() -> Packing {
+    static PACKING: std::sync::OnceLock<Packing> = std::sync::OnceLock::new();
+    *PACKING.get_or_init(|| {
+        let asked = std::env::var(ENV_SWITCH).unwrap_or_default();
+        let asked = match asked.trim() {
+            "" | "onednn" | "1" => Packing::OneDnn,
+            "mkl" => Packing::Mkl,
+            "0" | "off" => Packing::Off,
+            other => {
+                tracing::warn!("{ENV_SWITCH}={other} is not one of onednn, mkl, 0; using onednn");
+                Packing::OneDnn
+            }
+        };
+        // SAFETY: look operators up in libtorch's dispatcher; never unwind.
+        let have = match asked {
+            Packing::Off => true,
+            Packing::Mkl => unsafe { terrahost_mkl_linear_available() },
+            Packing::OneDnn => unsafe { terrahost_mkldnn_linear_available() },
+        };
+        if have {
+            asked
+        } else {
+            Packing::Off
+        }
+    })
+}
+
+/// Whether a packed path is used at all (see [`packing`]).
 pub fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "1")) && supported()
+    packing() != Packing::Off
 }
 
 fn last_error() -> String {
@@ -100,6 +152,8 @@ pub struct PackedLinear {
     bias: Option<Tensor>,
     /// oneDNN's packed copy of `weight`.
     packed: Derived<Tensor>,
+    /// MKL's packed copy of `weight`, for the row count it was packed for.
+    mkl: Derived<Tensor>,
 }
 
 impl std::fmt::Debug for PackedLinear {
@@ -123,6 +177,7 @@ impl PackedLinear {
             weight,
             bias,
             packed: Derived::new(),
+            mkl: Derived::new(),
         }
     }
 
@@ -154,20 +209,24 @@ impl PackedLinear {
             return if gelu { y.gelu("none") } else { y };
         }
         let in_features = self.weight.size().get(1).copied().unwrap_or(1).max(1);
+        let rows = x.numel() as i64 / in_features;
         let packed_ok = x.device() == Device::Cpu
             && x.kind() == Kind::Float
-            && x.numel() as i64 / in_features <= max_rows()
+            && rows <= max_rows()
             && self.weight.kind() == Kind::Float
             && self.weight.device() == Device::Cpu
-            && available()
             && !grad_enabled();
-        if packed_ok {
-            if let Some(y) = self.packed_forward(x, gelu) {
-                return y;
-            }
-        }
-        let y = x.linear(&self.weight, self.bias.as_ref());
-        match gelu {
+        let packed = match packing() {
+            _ if !packed_ok => None,
+            Packing::Off => None,
+            Packing::OneDnn => self.packed_forward(x, gelu),
+            Packing::Mkl => self.mkl_forward(x, rows).map(|y| (y, false)),
+        };
+        let (y, gelu_done) = match packed {
+            Some(y) => y,
+            None => (x.linear(&self.weight, self.bias.as_ref()), false),
+        };
+        match gelu && !gelu_done {
             false => y,
             true if grad_enabled() => y.gelu("none"),
             // Without autograd, in place: one activation-sized allocation less.
@@ -179,8 +238,44 @@ impl PackedLinear {
         }
     }
 
-    /// The packed path; `None` when oneDNN refuses (then the plain path runs).
-    fn packed_forward(&self, x: &Tensor, gelu: bool) -> Option<Tensor> {
+    /// MKL's packed GEMM over `rows` rows; `None` when MKL refuses (then the plain path
+    /// runs). The packed copy is made for one row count and made again for another.
+    fn mkl_forward(&self, x: &Tensor, rows: i64) -> Option<Tensor> {
+        let w = &self.weight;
+        let pack = || {
+            // SAFETY: `w` is a live tensor; the shim copies it into a new packed tensor.
+            match wrap(unsafe { terrahost_mkl_pack_linear_weight(w.as_ptr(), rows) }) {
+                Ok(packed) => Some(packed),
+                Err(e) => {
+                    tracing::debug!(
+                        "MKL cannot pack a linear weight ({e}); using the plain linear"
+                    );
+                    None
+                }
+            }
+        };
+        let packed = self
+            .mkl
+            .get_for(rows, &[Some(w)], pack, Tensor::shallow_clone)?;
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(std::ptr::null(), |b| b.as_ptr() as *const _);
+        // SAFETY: all pointers are live tensors for the duration of the call.
+        match wrap(unsafe {
+            terrahost_mkl_linear(x.as_ptr(), packed.as_ptr(), w.as_ptr(), bias, rows)
+        }) {
+            Ok(y) => Some(y),
+            Err(e) => {
+                tracing::debug!("MKL's packed linear failed ({e}); using the plain linear");
+                None
+            }
+        }
+    }
+
+    /// oneDNN's packed path, with whether the GELU was fused; `None` when oneDNN refuses
+    /// (then the plain path runs).
+    fn packed_forward(&self, x: &Tensor, gelu: bool) -> Option<(Tensor, bool)> {
         let w = &self.weight;
         let pack = || {
             // SAFETY: `w` is a live tensor; the shim copies it into a new packed tensor.
@@ -203,7 +298,7 @@ impl PackedLinear {
             .map_or(std::ptr::null(), |b| b.as_ptr() as *const _);
         // SAFETY: all pointers are live tensors for the duration of the call.
         match wrap(unsafe { terrahost_mkldnn_linear(x.as_ptr(), packed.as_ptr(), bias, gelu) }) {
-            Ok(y) => Some(y),
+            Ok(y) => Some((y, gelu)),
             Err(e) => {
                 tracing::debug!("oneDNN packed linear failed ({e}); using the plain linear");
                 None
@@ -229,28 +324,63 @@ mod tests {
     }
 
     #[test]
-    fn packed_and_plain_paths_agree_and_track_weight_changes() {
+    fn onednn_and_plain_paths_agree_and_track_weight_changes() {
         let (_vs, l, lin) = layer(64, 96);
         let x = Tensor::randn([2, 7, 64], (Kind::Float, Device::Cpu));
         let plain = lin.forward(&x);
-        assert!(supported(), "this libtorch has oneDNN");
+        // SAFETY: looks operators up in libtorch's dispatcher.
+        assert!(
+            unsafe { terrahost_mkldnn_linear_available() },
+            "this libtorch has oneDNN"
+        );
         // The packed path itself (the switch only decides whether `forward` takes it).
-        let packed = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
+        let (packed, _) = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
         assert!((&plain - &packed).abs().max().double_value(&[]) < 1e-4);
         assert!(l.packed.is_ready(), "the packed path ran");
-        let gelu = tch::no_grad(|| l.packed_forward(&x, true)).expect("oneDNN packs");
+        let (gelu, fused) = tch::no_grad(|| l.packed_forward(&x, true)).expect("oneDNN packs");
+        assert!(fused);
         assert!((plain.gelu("none") - &gelu).abs().max().double_value(&[]) < 1e-4);
         // a weight loaded in place afterwards is used (the packed copy is refreshed)
         tch::no_grad(|| {
             let _ = lin.ws.shallow_clone().fill_(0.5);
         });
-        let after = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
+        let (after, _) = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
         let expected = lin.forward(&x);
         assert!((&after - &expected).abs().max().double_value(&[]) < 1e-4);
-        // whichever path the switch picks, `forward` gives the plain numbers
+    }
+
+    #[test]
+    fn mkl_packing_gives_the_plain_numbers_for_every_row_count() {
+        let (_vs, l, lin) = layer(64, 96);
+        // SAFETY: looks operators up in libtorch's dispatcher.
+        assert!(
+            unsafe { terrahost_mkl_linear_available() },
+            "this libtorch has MKL"
+        );
+        for shape in [[2i64, 7, 64], [1, 7, 64], [2, 7, 64]] {
+            let x = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+            let rows = shape[0] * shape[1];
+            let packed = tch::no_grad(|| l.mkl_forward(&x, rows)).expect("MKL packs");
+            assert_eq!(packed.size(), vec![shape[0], shape[1], 96]);
+            let plain = lin.forward(&x);
+            assert!((&plain - &packed).abs().max().double_value(&[]) < 1e-5);
+        }
+        // a weight loaded in place afterwards is used (the packed copy is refreshed)
+        tch::no_grad(|| {
+            let _ = lin.ws.shallow_clone().fill_(0.25);
+        });
+        let x = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        let after = tch::no_grad(|| l.mkl_forward(&x, 3)).expect("MKL packs");
+        assert!((&after - lin.forward(&x)).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn forward_gives_the_plain_numbers_whatever_the_packing() {
+        let (_vs, l, lin) = layer(64, 96);
+        let x = Tensor::randn([2, 7, 64], (Kind::Float, Device::Cpu));
         let chosen = tch::no_grad(|| l.forward_gelu(&x));
         assert!(
-            (expected.gelu("none") - &chosen)
+            (lin.forward(&x).gelu("none") - &chosen)
                 .abs()
                 .max()
                 .double_value(&[])

@@ -14,7 +14,7 @@ Workers (the first is the reference of the ratios; the default is all of them, i
                                                                      (terratorch_reference.py, .venv-ref)
 
 A worker may be followed by `:VAR=VALUE,...` environment settings
-(`terrahost:TERRAHOST_PACKED_LINEAR=1`). Every worker builds once, loads the same weights and
+(`terrahost:TERRAHOST_PACKED_LINEAR=0`). Every worker builds once, loads the same weights and
 input, runs a warm-up forward (whose output is kept for the accuracy columns) and waits; then
 each round runs one forward on every worker, in an order that alternates (A B C, C B A, ...),
 and each worker's time is divided by the reference's time of the same round (a --pause before

@@ -58,7 +58,7 @@ LABEL = {
 # attention's two batched products, so ONNX Runtime's MatMul counts as attention here.
 FAMILIES = [
     ("GEMM (linear layers)", {
-        "aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "mkldnn::_linear_pointwise",
+        "aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "mkldnn::_linear_pointwise", "mkl::_mkl_linear",
         "Gemm", "FusedGemm", "FullyConnected",
     }),
     ("attention", {

@@ -212,10 +212,13 @@ class Side:
             self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            sys.exit(f"{self.name} stopped (exit {self.proc.wait()})")
-        return json.loads(line)
+        """The next JSON line on stdout; other lines (an exporter's progress) are skipped."""
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                sys.exit(f"{self.name} stopped (exit {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
 
     def predict(self, request: str) -> float:
         """The wall time of one scene, from the request to the reply."""

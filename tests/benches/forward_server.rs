@@ -4,7 +4,7 @@
 //! plugin libraries, runs one warm-up forward on a `[B, 6, 224, 224]` input, prints
 //! `{"ready": true}`, and then runs one forward per line read on stdin, printing
 //! `{"forward_s": ...}` after each. Settings come from the environment, so that two
-//! workers can differ only there (`TERRAHOST_PACKED_LINEAR=1`, for example):
+//! workers can differ only there (`TERRAHOST_PACKED_LINEAR=0`, for example):
 //! `TERRAHOST_BENCH_CONFIG`, `TERRAHOST_BENCH_BATCH` (default 8),
 //! `TERRAHOST_BENCH_THREADS` (default 2). `TERRAHOST_BENCH_WEIGHTS` (a `.safetensors` or
 //! `.pt` state_dict) loads those weights, strictly, instead of the initialisation;

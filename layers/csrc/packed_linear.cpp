@@ -1,6 +1,7 @@
-// oneDNN's linear with a weight packed once into its blocked layout (the kernel
-// PyTorch's compiler uses for CPU inference), which tch does not expose. Reached
-// through libtorch's dispatcher by name, boxed, so no C++ signature has to match.
+// Linear layers on a weight packed once, which tch does not expose: MKL's packed GEMM
+// (`mkl::_mkl_linear`, what PyTorch's compiler uses for float32 CPU inference where
+// libtorch has MKL) and oneDNN's (`mkldnn::_linear_pointwise`, with GELU fused).
+// Reached through libtorch's dispatcher by name, boxed, so no C++ signature has to match.
 // Errors never unwind into Rust: they are kept as a thread-local message.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -31,11 +32,29 @@ const c10::OperatorHandle* linear_op() {
   static const c10::OperatorHandle* op = find_op("mkldnn::_linear_pointwise");
   return op;
 }
+
+const c10::OperatorHandle* mkl_reorder_op() {
+  static const c10::OperatorHandle* op = find_op("mkl::_mkl_reorder_linear_weight");
+  return op;
+}
+
+const c10::OperatorHandle* mkl_linear_op() {
+  static const c10::OperatorHandle* op = find_op("mkl::_mkl_linear");
+  return op;
+}
 }  // namespace
 
 TERRAHOST_API const char* terrahost_last_error() { return last_error.c_str(); }
 
 TERRAHOST_API bool terrahost_grad_enabled() { return c10::GradMode::is_enabled(); }
+
+TERRAHOST_API bool terrahost_mkl_linear_available() {
+  try {
+    return mkl_reorder_op() != nullptr && mkl_linear_op() != nullptr;
+  } catch (...) {
+    return false;
+  }
+}
 
 TERRAHOST_API bool terrahost_mkldnn_linear_available() {
   try {
@@ -77,4 +96,23 @@ TERRAHOST_API at::Tensor* terrahost_mkldnn_linear(const at::Tensor* x, const at:
                                      c10::List<std::optional<at::Scalar>>(),
                                      gelu ? c10::IValue(std::string("none")) : c10::IValue(),
                                  });
+}
+
+// The weight [out, in] packed for MKL's GEMM of `rows` rows, or null.
+TERRAHOST_API at::Tensor* terrahost_mkl_pack_linear_weight(const at::Tensor* weight, int64_t rows) {
+  return call_boxed(mkl_reorder_op(), {*weight, rows});
+}
+
+// x @ weight^T + bias through the packed copy; x must have `rows` rows (MKL's operator
+// falls back to a plain GEMM on `weight` otherwise). Null on error.
+TERRAHOST_API at::Tensor* terrahost_mkl_linear(const at::Tensor* x, const at::Tensor* packed,
+                                               const at::Tensor* weight, const at::Tensor* bias,
+                                               int64_t rows) {
+  return call_boxed(mkl_linear_op(), {
+                                         *x,
+                                         *packed,
+                                         *weight,
+                                         bias ? c10::IValue(*bias) : c10::IValue(),
+                                         rows,
+                                     });
 }
