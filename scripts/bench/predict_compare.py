@@ -107,15 +107,9 @@ def export_dynamic_onnx(model, path: Path, bands: int, crop: int) -> None:
     scene's crops is smaller): the dynamo exporter, and the TorchScript one if that fails."""
     import torch
 
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    from runtimes import output_only  # the logits alone, as the catalog model's export
 
-        def forward(self, x):
-            return self.m(x).output
-
-    logits = Logits(model).eval()
+    logits = output_only(model)
     x = torch.randn(2, bands, crop, crop)
     tmp = path.with_suffix(".onnx.tmp")
     errors = []
