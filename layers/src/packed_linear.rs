@@ -71,8 +71,9 @@ pub const ENV_MAX_ROWS: &str = "TERRAHOST_PACKED_LINEAR_MAX_ROWS";
 
 /// The most rows (`x.numel() / in_features`) a call may have for a packed path to run;
 /// larger calls take libtorch's plain linear, where packing gains little (MKL's: within
-/// the noise at 1576 rows) and its copy of the weight would cost memory for nothing. 512 rows (a ViT-B
-/// batch of 1 or 2) unless `TERRAHOST_PACKED_LINEAR_MAX_ROWS` says otherwise.
+/// the noise at 1576 rows) and its copy of the weight would cost memory for nothing.
+/// 512 rows (a ViT-B batch of 1 or 2) unless `TERRAHOST_PACKED_LINEAR_MAX_ROWS` says
+/// otherwise.
 pub fn max_rows() -> i64 {
     static MAX: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
@@ -123,11 +124,6 @@ pub fn packing() -> Packing {
     })
 }
 
-/// Whether a packed path is used at all (see [`packing`]).
-pub fn available() -> bool {
-    packing() != Packing::Off
-}
-
 fn last_error() -> String {
     // SAFETY: a NUL-terminated thread-local string owned by the shim.
     unsafe { std::ffi::CStr::from_ptr(terrahost_last_error()) }
@@ -151,7 +147,7 @@ pub struct PackedLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     /// oneDNN's packed copy of `weight`.
-    packed: Derived<Tensor>,
+    onednn: Derived<Tensor>,
     /// MKL's packed copy of `weight`, for the row count it was packed for.
     mkl: Derived<Tensor>,
 }
@@ -176,7 +172,7 @@ impl PackedLinear {
         Self {
             weight,
             bias,
-            packed: Derived::new(),
+            onednn: Derived::new(),
             mkl: Derived::new(),
         }
     }
@@ -219,7 +215,7 @@ impl PackedLinear {
         let packed = match packing() {
             _ if !packed_ok => None,
             Packing::Off => None,
-            Packing::OneDnn => self.packed_forward(x, gelu),
+            Packing::OneDnn => self.onednn_forward(x, gelu),
             Packing::Mkl => self.mkl_forward(x, rows).map(|y| (y, false)),
         };
         let (y, gelu_done) = match packed {
@@ -275,7 +271,7 @@ impl PackedLinear {
 
     /// oneDNN's packed path, with whether the GELU was fused; `None` when oneDNN refuses
     /// (then the plain path runs).
-    fn packed_forward(&self, x: &Tensor, gelu: bool) -> Option<(Tensor, bool)> {
+    fn onednn_forward(&self, x: &Tensor, gelu: bool) -> Option<(Tensor, bool)> {
         let w = &self.weight;
         let pack = || {
             // SAFETY: `w` is a live tensor; the shim copies it into a new packed tensor.
@@ -291,7 +287,7 @@ impl PackedLinear {
         };
         // A shallow handle, so that the lock is not held during the matmul: threads
         // running the same model only wait for each other while packing.
-        let packed = self.packed.get(&[Some(w)], pack, Tensor::shallow_clone)?;
+        let packed = self.onednn.get(&[Some(w)], pack, Tensor::shallow_clone)?;
         let bias = self
             .bias
             .as_ref()
@@ -334,17 +330,17 @@ mod tests {
             "this libtorch has oneDNN"
         );
         // The packed path itself (the switch only decides whether `forward` takes it).
-        let (packed, _) = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
+        let (packed, _) = tch::no_grad(|| l.onednn_forward(&x, false)).expect("oneDNN packs");
         assert!((&plain - &packed).abs().max().double_value(&[]) < 1e-4);
-        assert!(l.packed.is_ready(), "the packed path ran");
-        let (gelu, fused) = tch::no_grad(|| l.packed_forward(&x, true)).expect("oneDNN packs");
+        assert!(l.onednn.is_ready(), "the packed path ran");
+        let (gelu, fused) = tch::no_grad(|| l.onednn_forward(&x, true)).expect("oneDNN packs");
         assert!(fused);
         assert!((plain.gelu("none") - &gelu).abs().max().double_value(&[]) < 1e-4);
         // a weight loaded in place afterwards is used (the packed copy is refreshed)
         tch::no_grad(|| {
             let _ = lin.ws.shallow_clone().fill_(0.5);
         });
-        let (after, _) = tch::no_grad(|| l.packed_forward(&x, false)).expect("oneDNN packs");
+        let (after, _) = tch::no_grad(|| l.onednn_forward(&x, false)).expect("oneDNN packs");
         let expected = lin.forward(&x);
         assert!((&after - &expected).abs().max().double_value(&[]) < 1e-4);
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """MKL's packed GEMM against its plain one on a ViT-B's four linear shapes (issue 19): the
-evidence behind `PackedLinear`'s default (`layers/src/packed_linear.rs`). For each shape and
+evidence behind `PackedLinear`'s `TERRAHOST_PACKED_LINEAR=mkl` (`layers/src/packed_linear.rs`). For each shape and
 row count (197 rows: a ViT-B at batch 1; 394: batch 2; 1576: batch 8), `F.linear` and
 `torch.ops.mkl._mkl_linear` on a weight packed once by `_mkl_reorder_linear_weight` are timed in
 alternating blocks (A B A B ...), and the ratio packed / plain is taken block by block.
