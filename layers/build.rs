@@ -1,11 +1,12 @@
 //! Compiles the few lines of C++ that reach what tch does not offer (`csrc/`: libtorch's
-//! inference mode, MKL's and oneDNN's packed linears and the operator profiler) against the headers of the libtorch that
+//! inference mode and CPU autocast, MKL's and oneDNN's packed linears and the operator profiler) against the headers of the libtorch that
 //! tch links, with the C++ ABI plugin-api detected for it.
 use std::{env, path::PathBuf};
 
 fn main() {
-    const SOURCES: [&str; 3] = [
+    const SOURCES: [&str; 4] = [
         "csrc/inference_mode.cpp",
+        "csrc/autocast.cpp",
         "csrc/packed_linear.cpp",
         "csrc/op_profile.cpp",
     ];

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod mkl_dispatch;
 pub mod output_names;
 pub mod plugins;
+pub mod precision;
 pub mod predict;
 pub mod registry;
 pub mod weights;

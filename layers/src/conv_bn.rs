@@ -45,7 +45,8 @@ pub fn fold_sources<'a>(conv: &'a nn::Conv2D, bn: &'a nn::BatchNorm) -> [Option<
 }
 
 /// The weight and bias of the one convolution that computes eval-mode `bn(conv(x))`
-/// (see the module docs); `eps` is the BatchNorm's.
+/// (see the module docs); `eps` is the BatchNorm's. A bfloat16 weight
+/// ([`crate::precision`]) is folded in float32 and stored in bfloat16 again.
 pub fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm, eps: f64) -> (Tensor, Tensor) {
     let scale = (&bn.running_var + eps).rsqrt();
     let scale = match &bn.ws {
@@ -60,7 +61,10 @@ pub fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm, eps: f64) -> (Tensor, Tensor)
         Some(beta) => shift + beta,
         None => shift,
     };
-    (&conv.ws * scale.reshape([-1, 1, 1, 1]), shift)
+    let kind = conv.ws.kind();
+    let weight =
+        conv.ws.to_kind(crate::precision::compute_kind(kind)) * scale.reshape([-1, 1, 1, 1]);
+    (weight.to_kind(kind), shift)
 }
 
 /// `bn(conv(x))` with the folding described in the module docs.

@@ -21,7 +21,8 @@
 //! * Checkpoints: [`checkpoint`] reads `.safetensors` and `torch.save` files (the pickle
 //!   inside is interpreted, never executed).
 //! * Initialisation and inference: [`init`] (parallel initialisation of big layers),
-//!   [`inference`] (libtorch's inference mode).
+//!   [`inference`] (libtorch's inference mode), [`precision`] (float32, or bfloat16
+//!   through libtorch's CPU autocast with the weights converted once).
 //! * Fused inference kernels: [`packed_linear`] (a linear on a weight packed once: MKL's,
 //!   or oneDNN's with GELU fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
 //!   upsampling + concatenation + 3x3 convolution run at low resolution), and
@@ -47,6 +48,7 @@ pub mod lora;
 pub mod norm;
 pub mod op_profile;
 pub mod packed_linear;
+pub mod precision;
 pub mod resnet;
 pub mod rope;
 pub mod smp;

@@ -66,16 +66,20 @@ fn collapse(w: &Tensor, dim: i64, phase: i64) -> Tensor {
 
 impl Kernels {
     /// Splits `weight` (`[O, C_x + C_skip, 3, 3]`) after the first `c_x` input channels.
+    /// A bfloat16 weight ([`crate::precision`]) is summed in float32 and stored in
+    /// bfloat16 again.
     fn new(weight: &Tensor, bias: Option<Tensor>, c_x: i64) -> Self {
+        let kind = weight.kind();
+        let weight = &weight.to_kind(crate::precision::compute_kind(kind));
         let c_in = weight.size()[1];
         let wx = weight.narrow(1, 0, c_x);
         let phases: Vec<Tensor> = PHASES
             .iter()
             .map(|&(a, b)| collapse(&collapse(&wx, 2, a), 3, b))
             .collect();
-        let phases = Tensor::cat(&phases, 0).contiguous();
+        let phases = Tensor::cat(&phases, 0).to_kind(kind).contiguous();
         if c_in > c_x {
-            let ws = weight.narrow(1, c_x, c_in - c_x).contiguous();
+            let ws = weight.narrow(1, c_x, c_in - c_x).to_kind(kind).contiguous();
             Self {
                 phases,
                 phase_bias: None,

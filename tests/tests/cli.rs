@@ -403,6 +403,70 @@ fn run_profile_writes_a_trace_of_the_plugins_operators() {
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 }
 
+/// `run --precision bf16`: the matrix weights are stored in bfloat16, the outputs are
+/// written as float32 and stay close to the float32 forward's without being the same
+/// numbers; an unsupported precision gets one line naming it and the choices.
+#[test]
+fn run_precision_bf16_is_close_to_fp32_and_unknown_precisions_are_refused() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = Fixture::load("factory_segmentation");
+    let work = tempfile::tempdir().unwrap();
+    let config = fx.dir.join("config.yaml");
+    let mut outputs = Vec::new();
+    for precision in ["fp32", "bf16"] {
+        let out = work.path().join(format!("{precision}.safetensors"));
+        let v = ok_json(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--input-shape",
+                "1,3,64,64",
+                "--device",
+                "cpu",
+                "--precision",
+                precision,
+                "--output",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(v["precision"], precision, "{v}");
+        outputs.push((v, tch::Tensor::read_safetensors(&out).unwrap()));
+    }
+    assert!(outputs[0].0["weights_in_bf16"].is_null());
+    assert!(
+        outputs[1].0["weights_in_bf16"].as_u64().unwrap() > 0,
+        "{}",
+        outputs[1].0
+    );
+    let (a, b) = (&outputs[0].1[0].1, &outputs[1].1[0].1);
+    assert_eq!(b.kind(), tch::Kind::Float, "written as float32");
+    let magnitude = a.abs().max().double_value(&[]).max(1.0);
+    let err = (a - b).abs().max().double_value(&[]) / magnitude;
+    assert!(err > 0.0 && err < 0.05, "bf16 against fp32: {err}");
+    for (bad, says) in [
+        ("int8", "not supported yet"),
+        ("fp64", "unknown precision `fp64`"),
+    ] {
+        let e = err_text(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--input-shape",
+                "1,3,64,64",
+                "--precision",
+                bad,
+            ],
+        );
+        assert!(e.contains(says) && e.contains("--precision"), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+}
+
 /// `--input` without a tensor `input` holds tensors named by modality: they reach the
 /// model as TerraTorch's dict, in the model's order (`input_names`), whatever order the
 /// file has; a tensor the model does not take is dropped with a warning naming it, and

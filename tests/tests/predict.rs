@@ -694,3 +694,94 @@ fn hostile_scenes_are_refused_in_one_line_each_and_the_others_are_predicted() {
     assert!(l.contains("remote or virtual path"), "{l}");
     assert!(work.path().join("out2/a_good_pred.tif").is_file());
 }
+
+/// `--precision bf16` on every predict fixture: the files keep TerraTorch's size, dtype
+/// and georeferencing, the class maps agree with TerraTorch's float32 ones on at least
+/// 99 % of the pixels, and float outputs stay within 2 % of their magnitude. The cost
+/// is printed per file (the README quotes it).
+#[test]
+fn bf16_predicts_every_fixture_close_to_terratorchs_float32() {
+    let plugins = real_plugins(&PLUGINS);
+    let work = tempfile::tempdir().unwrap();
+    let cases = [
+        "average",
+        "last_wins",
+        "blend",
+        "regression",
+        "whole",
+        "temporal",
+        "temporal_means",
+    ];
+    for case in cases {
+        let dir = fixture(case);
+        let meta = read_json(&dir.join("meta.json"));
+        let w = weights(case, work.path());
+        let out = work.path().join(case);
+        let dtype = meta["out_dtype"].as_str().unwrap();
+        let (w, out_s) = (w.display().to_string(), out.display().to_string());
+        let mut args = vec![
+            "--config",
+            "config.yaml",
+            "--weights",
+            &w,
+            "--output-dir",
+            &out_s,
+            "--json",
+            "--precision",
+            "bf16",
+        ];
+        if dtype != "int16" {
+            args.extend(["--out-dtype", dtype]);
+        }
+        let o = predict(plugins.path(), &dir, &args);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["precision"], "bf16", "{case}");
+        assert_eq!(summary["failed"], 0, "{case}");
+        for name in meta["outputs"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let (e, g) = (
+                Dataset::open(dir.join("expected").join(name)).unwrap(),
+                Dataset::open(out.join(name)).unwrap(),
+            );
+            assert_eq!(g.raster_size(), e.raster_size(), "{case} {name}");
+            let (eb, gb) = (e.rasterband(1).unwrap(), g.rasterband(1).unwrap());
+            assert_eq!(gb.band_type(), eb.band_type(), "{case} {name}: dtype");
+            assert_eq!(
+                g.geo_transform().ok(),
+                e.geo_transform().ok(),
+                "{case} {name}"
+            );
+            let (ev, gv) = (read_all(&e), read_all(&g));
+            if name.ends_with("_pred.tif") && meta["task"] != "regression" {
+                let agree = ev
+                    .eq_tensor(&gv)
+                    .to_kind(tch::Kind::Double)
+                    .mean(tch::Kind::Double);
+                let agree = agree.double_value(&[]);
+                eprintln!(
+                    "bf16 {case} {name}: {:.4} % of the class map agrees",
+                    100.0 * agree
+                );
+                assert!(
+                    agree >= 0.99,
+                    "{case} {name}: only {agree} of the class map agrees"
+                );
+            } else {
+                let magnitude = ev.abs().max().double_value(&[]).max(1.0);
+                let err = (&ev - &gv).abs().max().double_value(&[]) / magnitude;
+                eprintln!(
+                    "bf16 {case} {name}: max error {err:.2e} of the magnitude {magnitude:.3}"
+                );
+                assert!(
+                    err > 0.0,
+                    "{case} {name}: bf16 gave float32's numbers exactly"
+                );
+                assert!(
+                    err <= 0.02,
+                    "{case} {name}: max error {err} of the magnitude"
+                );
+            }
+        }
+    }
+}

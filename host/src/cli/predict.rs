@@ -72,6 +72,11 @@ pub struct PredictArgs {
     /// cpu, cuda or auto (cuda when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// fp32 (the default), or bf16: weights stored in bfloat16 once after loading and
+    /// the forward under libtorch's CPU autocast (see `run --help`). Outputs keep their
+    /// dtypes.
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
+    pub precision: String,
     /// No progress on stderr (it is shown only when stderr is a terminal anyway).
     #[arg(long, short)]
     pub quiet: bool,
@@ -201,6 +206,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
         std::env::set_var(terrahost::predict::raster_policy::ALLOW_REMOTE_VAR, "1");
     }
     let device = parse_device(&a.device)?;
+    let precision = terrahost::precision::parse(&a.precision)?;
     let text = config_text(&a.config, &a.sets)?;
     let config_dir = a.config.parent().unwrap_or(Path::new("."));
     let pcfg = PredictConfig::from_yaml(&text, config_dir)
@@ -305,6 +311,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
     if device != Device::Cpu {
         model.to_device(device)?;
     }
+    terrahost::precision::prepare(&model, precision, device)?;
     let build_ms = t_build.elapsed().as_secs_f64() * 1e3;
 
     let show = !a.quiet && std::io::stderr().is_terminal();
@@ -368,6 +375,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             model: &model,
             config: &pcfg,
             device,
+            precision,
             outputs,
             progress: &progress,
         };
@@ -382,6 +390,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                         config: &pcfg,
                         settings,
                         device,
+                        precision,
                         output: output.clone(),
                         format: vector_format,
                         progress: &progress,
@@ -465,6 +474,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "skipped": n_skipped,
             "failed": n_failed,
             "model_build_ms": build_ms,
+            "precision": precision.name(),
             "seconds": t_start.elapsed().as_secs_f64(),
             "peak_rss_mib": peak_rss_mib(),
             "scenes": results,

@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// one-time costs (oneDNN's kernel set-up) are in it.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// fp32 (the default: PyTorch's float32 numbers), or bf16: the matrix weights are
+    /// stored in bfloat16 once after loading and the forward runs under libtorch's CPU
+    /// autocast, as `torch.autocast("cpu", dtype=torch.bfloat16)`; fast on CPUs with
+    /// AVX512_BF16 or AMX, emulated (slower) elsewhere. Outputs are written as float32.
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
+    pub precision: String,
     /// Print JSON only.
     #[arg(long)]
     pub json: bool,
@@ -228,6 +234,7 @@ fn check_parent_dir(flag: &str, path: Option<&PathBuf>) -> Result<(), HostError>
 
 pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     let device = parse_device(&a.device)?;
+    let precision = terrahost::precision::parse(&a.precision)?;
     check_parent_dir("--output", a.output.as_ref())?;
     check_parent_dir("--profile", a.profile.as_ref())?;
     let mut cfg = ModelConfig::from_file(&a.config)?;
@@ -274,6 +281,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     if device != Device::Cpu {
         model.to_device(device)?;
     }
+    let lowered = terrahost::precision::prepare(&model, precision, device)?;
 
     let inputs = match inputs {
         Inputs::Named(named) => Inputs::Named(order_named(named, &model.meta())?),
@@ -298,7 +306,9 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     let outputs = match &inputs {
         Inputs::Positional(xs) => {
             let on_device: Vec<Tensor> = xs.iter().map(|t| t.to_device(device)).collect();
-            terrahost_layers::inference::inference_mode(|| model.forward(&on_device))?
+            terrahost_layers::inference::inference_mode(|| {
+                precision.run(|| model.forward(&on_device))
+            })?
         }
         Inputs::Named(xs) => {
             let on_device: Vec<(String, Tensor)> = xs
@@ -306,7 +316,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
                 .map(|(n, t)| (n.clone(), t.to_device(device)))
                 .collect();
             terrahost_layers::inference::inference_mode(|| {
-                model.forward_named(&on_device, &serde_json::Map::new())
+                precision.run(|| model.forward_named(&on_device, &serde_json::Map::new()))
             })?
         }
     };
@@ -318,7 +328,14 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     if outputs.is_empty() {
         return Err(HostError::Usage("the model returned no output".into()));
     }
-    let outputs: Vec<Tensor> = outputs.iter().map(|t| t.to_device(Device::Cpu)).collect();
+    // bfloat16 results are written as float32, the kind TerraTorch's outputs have.
+    let outputs: Vec<Tensor> = outputs
+        .iter()
+        .map(|t| match t.kind() {
+            Kind::BFloat16 => t.to_device(Device::Cpu).to_kind(Kind::Float),
+            _ => t.to_device(Device::Cpu),
+        })
+        .collect();
     let names = output_names(&model.meta(), outputs.len());
     let input = inputs.first();
     let output = &outputs[0];
@@ -346,6 +363,8 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "model_factory": cfg.model_factory,
             "model": model.label(),
             "device": format!("{device:?}"),
+            "precision": precision.name(),
+            "weights_in_bf16": lowered.map(|l| l.tensors),
             "input_shape": input.size(),
             "inputs": match &inputs {
                 Inputs::Positional(_) => json!(null),
@@ -390,6 +409,13 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             None => writeln!(out, "weights: none (random initialisation)"),
         }?;
         writeln!(out, "forward: {forward_ms:.1} ms on {device:?}")?;
+        if let Some(l) = lowered {
+            writeln!(
+                out,
+                "precision: bf16 ({} weights stored in bfloat16, CPU autocast)",
+                l.tensors
+            )?;
+        }
         match &inputs {
             Inputs::Positional(_) => writeln!(out, "input:   {:?}", input.size())?,
             Inputs::Named(v) => {

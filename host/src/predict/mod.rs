@@ -30,6 +30,7 @@ use gdal::raster::GdalDataType;
 use reader::SceneReader;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+use terrahost_layers::precision::Precision;
 use terrahost_plugin_api::sdk::DynModule;
 use tiles::Plan;
 use writer::OutputFile;
@@ -39,6 +40,9 @@ pub struct Job<'a> {
     pub model: &'a DynModule,
     pub config: &'a PredictConfig,
     pub device: Device,
+    /// float32, or bfloat16 under CPU autocast (the weights already converted, see
+    /// [`crate::precision::prepare`]).
+    pub precision: Precision,
     /// One per output kind of `config.outputs`: the file and its dtype.
     pub outputs: Vec<(OutputKind, PathBuf, GdalDataType)>,
     /// Called with (chips done, chips in the scene).
@@ -61,12 +65,14 @@ pub struct SceneReport {
 
 /// The model on one batch `[B, C, h, w]` (or `[B, C, T, h, w]`, multi-temporal):
 /// `[B, K, h, w]` float32 on the CPU (a `[B, h, w]` regression output gets K = 1, as
-/// TerraTorch's tiling gives it).
-fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Tensor> {
+/// TerraTorch's tiling gives it), whatever `precision` it ran in.
+fn forward(job: &Job<'_>, batch: Tensor) -> Result<Tensor> {
     let size = batch.size();
     let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-    let x = batch.to_device(device);
-    let out = terrahost_layers::inference::inference_mode(|| model.forward(&[x]))?;
+    let x = batch.to_device(job.device);
+    let out = terrahost_layers::inference::inference_mode(|| {
+        job.precision.run(|| job.model.forward(&[x]))
+    })?;
     let y = out
         .into_iter()
         .next()
@@ -258,7 +264,7 @@ fn whole(job: &Job<'_>, scene: &SceneReader, pre: &Preprocess) -> Result<(usize,
     (job.progress)(0, 1);
     let raw = scene.read_rows(0, scene.height)?;
     let x = pre.model_input(pre.apply(&raw).unsqueeze(0));
-    let y = forward(job.model, x, job.device)?;
+    let y = forward(job, x)?;
     let mut sinks = Sinks::open(job, scene, y.size()[1])?;
     sinks.write(0, &y.get(0), &scene.nodata_mask(&raw))?;
     (job.progress)(1, 1);
@@ -304,7 +310,7 @@ fn tiled(
                 .collect::<Vec<_>>(),
             0,
         ));
-        let y = forward(job.model, x, job.device)?;
+        let y = forward(job, x)?;
         let k = y.size()[1];
         if strip.is_none() {
             *strip = Some(Strip::new(k, plan.frame_w, t.average_patches));

@@ -35,6 +35,7 @@ use tch::{Device, Kind, Tensor};
 use terrahost_layers::detection::nms::batched_nms;
 use terrahost_layers::detection::object_detection_task::apply_nms_sample;
 use terrahost_layers::detection::roi_heads::Detections;
+use terrahost_layers::precision::Precision;
 use terrahost_plugin_api::sdk::DynModule;
 use vector::VectorFormat;
 
@@ -44,6 +45,8 @@ pub struct DetectJob<'a> {
     pub config: &'a PredictConfig,
     pub settings: &'a DetectionArgs,
     pub device: Device,
+    /// float32, or bfloat16 under CPU autocast (see [`crate::precision::prepare`]).
+    pub precision: Precision,
     /// The output file and its format.
     pub output: PathBuf,
     pub format: VectorFormat,
@@ -80,7 +83,8 @@ struct Found {
 }
 
 /// The model's detections of each image of a batch, by `output_names_per_image`.
-fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Vec<Detections>> {
+fn forward(job: &DetectJob<'_>, batch: Tensor) -> Result<Vec<Detections>> {
+    let (model, device) = (job.model, job.device);
     let n = batch.size()[0] as usize;
     let names = crate::output_names::per_image(&model.meta());
     let pos = |k: &str| names.iter().position(|n| n == k);
@@ -93,7 +97,8 @@ fn forward(model: &DynModule, batch: Tensor, device: Device) -> Result<Vec<Detec
     };
     let m = pos("masks");
     let x = batch.to_device(device);
-    let out = terrahost_layers::inference::inference_mode(|| model.forward(&[x]))?;
+    let out =
+        terrahost_layers::inference::inference_mode(|| job.precision.run(|| model.forward(&[x])))?;
     if out.len() != n * names.len() {
         return Err(HostError::Usage(format!(
             "the model gave {} outputs for {n} images of {} each ({})",
@@ -158,7 +163,7 @@ pub fn predict_scene(job: &DetectJob<'_>, input: &Path) -> Result<SceneReport> {
                 .collect::<Vec<_>>(),
             0,
         ));
-        let dets = forward(job.model, x, job.device)?;
+        let dets = forward(job, x)?;
         for ((ti, _), det) in batch.iter().zip(dets) {
             let tile = &tiles[*ti];
             let kept = apply_nms_sample(&det, d.iou_threshold, d.score_threshold)?;
@@ -408,6 +413,7 @@ mod tests {
             config: &config,
             settings: &settings,
             device: Device::Cpu,
+            precision: Precision::Fp32,
             output: output.clone(),
             format: VectorFormat::Gpkg,
             progress: &|_, _| {},

@@ -1,0 +1,51 @@
+//! `--precision`: puts a loaded model into the precision it runs in
+//! ([`terrahost_layers::precision`] says what bfloat16 means here).
+use crate::error::HostError;
+use tch::Device;
+use terrahost_layers::precision::{self, Lowered, Precision};
+use terrahost_plugin_api::sdk::DynModule;
+
+/// Parses `--precision`, in one line when the name is not one terrahost runs.
+pub fn parse(text: &str) -> Result<Precision, HostError> {
+    text.parse()
+        .map_err(|e: String| HostError::Usage(format!("--precision: {e}")))
+}
+
+/// Prepares `model`, with its weights loaded, for `precision` on `device`: for bfloat16
+/// its matrix weights are converted once, here, and the forward is to run inside
+/// [`Precision::run`]. bfloat16 is refused off the CPU (it is libtorch's CPU autocast),
+/// and a CPU without native bfloat16 gets a warning, since there it is slower than
+/// float32. `None` for float32, which changes nothing.
+pub fn prepare(
+    model: &DynModule,
+    precision: Precision,
+    device: Device,
+) -> Result<Option<Lowered>, HostError> {
+    if precision == Precision::Fp32 {
+        return Ok(None);
+    }
+    if device != Device::Cpu {
+        return Err(HostError::Usage(format!(
+            "--precision {precision} runs on the CPU (libtorch's CPU autocast); use --device cpu, or fp32 on {device:?}"
+        )));
+    }
+    if !precision::native_bf16() {
+        tracing::warn!(
+            "--precision bf16: this CPU has no native bfloat16 (AVX512_BF16, AMX or ARM BF16), so bfloat16 is \
+             emulated and slower than fp32 here"
+        );
+    }
+    let mut params: Vec<(String, tch::Tensor)> = model
+        .module()
+        .named_parameters()
+        .into_iter()
+        .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
+        .collect();
+    let lowered = precision::lower_weights(&mut params);
+    tracing::info!(
+        "--precision bf16: {} weights ({:.1} M values) stored in bfloat16; the forward runs under CPU autocast",
+        lowered.tensors,
+        lowered.elements as f64 / 1e6
+    );
+    Ok(Some(lowered))
+}

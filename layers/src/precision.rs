@@ -1,0 +1,271 @@
+//! The numeric precision a model runs in: float32 (the default) or bfloat16, as
+//! `torch.autocast("cpu", dtype=torch.bfloat16)` runs it.
+//!
+//! bfloat16 is PyTorch's CPU autocast, entered through the C++ shim ([`autocast_bf16`]):
+//! inside it libtorch runs the operators of its lower-precision list (convolutions,
+//! linears, matrix products, attention) in bfloat16 and keeps the rest (normalisation,
+//! softmax, reductions, additions with float32 tensors) in float32, whichever plugin
+//! calls them. What autocast alone would do on every call, cast each weight to
+//! bfloat16, [`lower_weights`] does once after loading: the weights those operators
+//! read (the parameters named `…weight` with two or more dimensions, see
+//! [`is_lowered`]) are stored in bfloat16, so the casts inside the forward find them
+//! converted and cost nothing. Other parameters and every buffer stay float32.
+//!
+//! bfloat16 is fast only on CPUs that compute it natively (AVX512_BF16 or AMX on x86,
+//! the `bf16` extension on ARM, see [`native_bf16`]); elsewhere oneDNN emulates it and it
+//! is slower than float32.
+use std::fmt;
+use std::str::FromStr;
+use tch::{Kind, Tensor};
+
+extern "C" {
+    fn terrahost_autocast_bf16_enter() -> *mut std::ffi::c_void;
+    fn terrahost_autocast_exit(guard: *mut std::ffi::c_void);
+    fn terrahost_autocast_cpu_enabled() -> bool;
+}
+
+/// The precision of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// float32 throughout: the same numbers as PyTorch's float32 forward.
+    #[default]
+    Fp32,
+    /// Weights stored in bfloat16 and PyTorch's CPU autocast (bfloat16) around the forward.
+    Bf16,
+}
+
+impl Precision {
+    /// The name `--precision` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Runs `f` in this precision: as it is for float32, inside CPU autocast (bfloat16)
+    /// for bfloat16. Tensors `f` returns may be bfloat16; callers convert what they keep.
+    pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        match self {
+            Precision::Fp32 => f(),
+            Precision::Bf16 => autocast_bf16(f),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "int8" | "qint8" => Err(
+                "precision `int8` is not supported yet (no int8 path keeps TerraTorch's numbers close enough); \
+                 use fp32 or bf16"
+                    .into(),
+            ),
+            "fp16" | "f16" | "float16" | "half" => Err(format!(
+                "precision `{s}` is not supported on the CPU (libtorch computes float16 there slowly); use bf16"
+            )),
+            _ => Err(format!("unknown precision `{s}`; use fp32 or bf16")),
+        }
+    }
+}
+
+/// The autocast guard: CPU autocast (bfloat16) is on, on this thread, while it lives.
+struct Guard(*mut std::ffi::c_void);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from terrahost_autocast_bf16_enter and is
+            // released once; guards nest and are dropped in reverse order.
+            unsafe { terrahost_autocast_exit(self.0) }
+        }
+    }
+}
+
+/// Runs `f` inside libtorch's CPU autocast with bfloat16 (left again when `f` unwinds).
+pub fn autocast_bf16<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: no arguments; returns an owned guard, or null when it could not enter.
+    let _guard = Guard(unsafe { terrahost_autocast_bf16_enter() });
+    f()
+}
+
+/// Whether CPU autocast is on, on this thread.
+pub fn autocast_enabled() -> bool {
+    // SAFETY: reads libtorch's thread-local state.
+    unsafe { terrahost_autocast_cpu_enabled() }
+}
+
+/// Whether [`lower_weights`] stores the parameter `name` (with `tensor`'s shape and
+/// kind) in bfloat16: a float32 `…weight` of two or more dimensions, which is what
+/// linears, convolutions and embeddings read. Positional embeddings, class tokens,
+/// relative-position tables, norms and biases keep float32 (autocast casts a bias when
+/// its operator runs).
+pub fn is_lowered(name: &str, tensor: &Tensor) -> bool {
+    name.ends_with("weight") && tensor.dim() >= 2 && tensor.kind() == Kind::Float
+}
+
+/// What [`lower_weights`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lowered {
+    /// Parameters now stored in bfloat16.
+    pub tensors: usize,
+    /// Their elements.
+    pub elements: i64,
+}
+
+/// Stores the parameters [`is_lowered`] picks in bfloat16, in place (the module keeps
+/// the same tensors, now holding bfloat16 data), once, after the weights are loaded.
+/// `params` are the module's `(state_dict key, tensor)` pairs, shallow clones of its
+/// own. Inference caches derived from them ([`crate::derived`]) see the new storage and
+/// derive again.
+pub fn lower_weights(params: &mut [(String, Tensor)]) -> Lowered {
+    let mut done = Lowered::default();
+    tch::no_grad(|| {
+        for (name, t) in params.iter_mut() {
+            if is_lowered(name, t) {
+                let lowered = t.to_kind(Kind::BFloat16);
+                t.set_data(&lowered);
+                done.tensors += 1;
+                done.elements += t.numel() as i64;
+            }
+        }
+    });
+    done
+}
+
+/// The kind to derive inference copies in (folded or decomposed weights) from weights
+/// of `kind`: float32 for bfloat16 and float16 weights, whose sums and products would
+/// lose bits in their own precision; the weight's own kind otherwise.
+pub fn compute_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::BFloat16 | Kind::Half => Kind::Float,
+        k => k,
+    }
+}
+
+/// Whether this CPU computes bfloat16 natively: AVX512_BF16 or AMX-BF16 on x86-64, the
+/// BF16 extension on AArch64 (the flags of `/proc/cpuinfo`). Elsewhere bfloat16 is
+/// emulated and slower than float32.
+pub fn native_bf16() -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .flat_map(|l| l.split_whitespace())
+        .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn names_parse_and_unsupported_ones_say_why() {
+        assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
+        assert_eq!("BF16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
+        let int8 = "int8".parse::<Precision>().unwrap_err();
+        assert!(
+            int8.contains("not supported") && int8.contains("bf16"),
+            "{int8}"
+        );
+        let other = "fp64".parse::<Precision>().unwrap_err();
+        assert!(other.contains("unknown precision `fp64`"), "{other}");
+        assert_eq!(Precision::default(), Precision::Fp32);
+    }
+
+    #[test]
+    fn autocast_runs_matmuls_in_bf16_and_is_left_again() {
+        let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
+        assert!(!autocast_enabled());
+        let (y, inner) = Precision::Bf16.run(|| {
+            let inner = autocast_bf16(|| (a.matmul(&b).kind(), autocast_enabled()));
+            // still on after the inner guard ends
+            assert!(autocast_enabled());
+            (a.matmul(&b), inner)
+        });
+        assert_eq!(inner, (Kind::BFloat16, true));
+        assert_eq!(y.kind(), Kind::BFloat16);
+        assert!(!autocast_enabled());
+        // float32 leaves everything as it is
+        assert_eq!(Precision::Fp32.run(|| a.matmul(&b)).kind(), Kind::Float);
+        let exact = a.matmul(&b);
+        let err = (y.to_kind(Kind::Float) - &exact)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            err > 0.0 && err < 0.1 * exact.abs().max().double_value(&[]),
+            "{err}"
+        );
+        // and left when the closure panics
+        let r = std::panic::catch_unwind(|| autocast_bf16(|| panic!("boom")));
+        assert!(r.is_err());
+        assert!(!autocast_enabled());
+    }
+
+    #[test]
+    fn only_matrix_weights_are_lowered_in_place() {
+        let w = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+        let shared = w.shallow_clone();
+        let mut params = vec![
+            ("fc.weight".to_owned(), w),
+            (
+                "fc.bias".to_owned(),
+                Tensor::randn([3], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "norm.weight".to_owned(),
+                Tensor::ones([3], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "pos_embed".to_owned(),
+                Tensor::zeros([1, 5, 4], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "conv.weight".to_owned(),
+                Tensor::randn([2, 3, 3, 3], (Kind::Float, Device::Cpu)),
+            ),
+        ];
+        let before = shared.copy();
+        let done = lower_weights(&mut params);
+        assert_eq!(
+            done,
+            Lowered {
+                tensors: 2,
+                elements: 12 + 54
+            }
+        );
+        // the module's own tensor (another handle to it) now holds bfloat16
+        assert_eq!(shared.kind(), Kind::BFloat16);
+        let err = (shared.to_kind(Kind::Float) - before)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(err < 0.02, "{err}");
+        let kinds: Vec<Kind> = params.iter().map(|(_, t)| t.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::BFloat16,
+                Kind::Float,
+                Kind::Float,
+                Kind::Float,
+                Kind::BFloat16
+            ]
+        );
+    }
+}
