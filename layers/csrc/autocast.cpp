@@ -43,3 +43,86 @@ TERRAHOST_API void terrahost_autocast_exit(void* guard) {
 TERRAHOST_API bool terrahost_autocast_cpu_enabled() {
   return at::autocast::is_autocast_enabled(at::kCPU);
 }
+
+// ---------------------------------------------------------------------------------------
+// bfloat16 products on a CPU without native bfloat16.
+//
+// There libtorch has no fast bfloat16 convolution or GEMM: oneDNN's bfloat16 kernels
+// need AVX512 (or AMX), so a bfloat16 convolution falls to `slow_conv2d` (one thread,
+// 10-50 times slower than float32). Native bfloat16 kernels read bfloat16 operands,
+// accumulate in float32 and round the result to bfloat16; the kernel below computes the
+// same thing with float32 kernels: the operands rounded to bfloat16 (as autocast would)
+// and widened back exactly, the product in float32, the result rounded to bfloat16. The
+// numbers are those of a native bfloat16 kernel up to summation order, so a bfloat16
+// run here measures bfloat16's accuracy at about float32's speed. It is registered for
+// CPU autocast only, once per process, and only when the host asks (on CPUs without
+// native bfloat16).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <mutex>
+
+namespace {
+
+bool lowered_operand(const c10::IValue& v) {
+  return v.isTensor() && v.toTensor().defined() && v.toTensor().is_floating_point() &&
+         v.toTensor().device().is_cpu();
+}
+
+void emulated_bf16_product(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto n_args = op.schema().arguments().size();
+  for (auto it = stack->end() - n_args; it != stack->end(); ++it) {
+    if (lowered_operand(*it)) {
+      *it = it->toTensor().to(at::kBFloat16).to(at::kFloat);
+    }
+  }
+  {
+    // Below autocast: the CPU kernel, in float32.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+    op.callBoxed(stack);
+  }
+  const auto n_out = op.schema().returns().size();
+  for (auto it = stack->end() - n_out; it != stack->end(); ++it) {
+    if (lowered_operand(*it)) {
+      *it = it->toTensor().to(at::kBFloat16);
+    }
+  }
+}
+
+// The operators of CPU autocast's lower-precision list that compute products (the rest
+// of the list, such as attention, keeps libtorch's own autocast kernel).
+const char* const EMULATED[] = {
+    "conv1d",          "conv2d",          "conv3d",           "conv1d.padding",
+    "conv2d.padding",  "conv3d.padding",  "conv_transpose1d", "conv_transpose2d.input",
+    "conv_transpose3d.input", "linear",   "addmm",            "mm",
+    "bmm",             "baddbmm",         "addbmm",           "matmul",
+};
+
+}  // namespace
+
+// Registers the kernel above for CPU autocast (once; later calls do nothing). False when
+// libtorch refused a registration (the message is then libtorch's warning).
+TERRAHOST_API bool terrahost_autocast_emulate_bf16_products() {
+  static std::once_flag once;
+  static bool ok = true;
+  std::call_once(once, [] {
+    // libtorch warns that the autocast kernels are overridden, which is the point.
+    struct Quiet : c10::WarningHandler {
+      void process(const c10::Warning&) override {}
+    } quiet;
+    c10::WarningUtils::WarningHandlerGuard guard(&quiet);
+    try {
+      // Lives as long as the process: the kernels stay registered.
+      auto* lib = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutocastCPU,
+                                     __FILE__, __LINE__);
+      for (const char* name : EMULATED) {
+        lib->impl(name, torch::CppFunction::makeFromBoxedFunction<&emulated_bf16_product>());
+      }
+    } catch (...) {
+      ok = false;
+    }
+  });
+  return ok;
+}

@@ -12,8 +12,12 @@
 //! converted and cost nothing. Other parameters and every buffer stay float32.
 //!
 //! bfloat16 is fast only on CPUs that compute it natively (AVX512_BF16 or AMX on x86,
-//! the `bf16` extension on ARM, see [`native_bf16`]); elsewhere oneDNN emulates it and it
-//! is slower than float32.
+//! the `bf16` extension on ARM, see [`native_bf16`]). Elsewhere libtorch has no fast
+//! bfloat16 convolution (it falls to a one-thread reference kernel, 10-50 times slower
+//! than float32), so [`emulate_products`] computes autocast's convolutions and matrix
+//! products as a native kernel would, in float32 on operands rounded to bfloat16 with
+//! the result rounded to bfloat16: bfloat16's numbers at about float32's speed (never
+//! faster), which is what measures its accuracy on such a machine.
 use std::fmt;
 use std::str::FromStr;
 use tch::{Kind, Tensor};
@@ -22,6 +26,7 @@ extern "C" {
     fn terrahost_autocast_bf16_enter() -> *mut std::ffi::c_void;
     fn terrahost_autocast_exit(guard: *mut std::ffi::c_void);
     fn terrahost_autocast_cpu_enabled() -> bool;
+    fn terrahost_autocast_emulate_bf16_products() -> bool;
 }
 
 /// The precision of a forward.
@@ -97,6 +102,15 @@ pub fn autocast_bf16<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: no arguments; returns an owned guard, or null when it could not enter.
     let _guard = Guard(unsafe { terrahost_autocast_bf16_enter() });
     f()
+}
+
+/// On a CPU without native bfloat16: registers, for CPU autocast and once per process,
+/// the emulated bfloat16 convolutions and matrix products described in the module docs
+/// (`csrc/autocast.cpp`). False when libtorch refused it (autocast then runs libtorch's
+/// own, slow, bfloat16 kernels).
+pub fn emulate_products() -> bool {
+    // SAFETY: no arguments; registers kernels with libtorch's dispatcher once.
+    unsafe { terrahost_autocast_emulate_bf16_products() }
 }
 
 /// Whether CPU autocast is on, on this thread.
@@ -215,6 +229,35 @@ mod tests {
         let r = std::panic::catch_unwind(|| autocast_bf16(|| panic!("boom")));
         assert!(r.is_err());
         assert!(!autocast_enabled());
+    }
+
+    #[test]
+    fn emulated_products_are_float32_products_of_bf16_operands_rounded_to_bf16() {
+        assert!(emulate_products());
+        assert!(emulate_products(), "a second call changes nothing");
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 5, 9, 9], opts);
+        let w = Tensor::randn([4, 5, 3, 3], opts);
+        let b = Tensor::randn([4], opts);
+        let bf = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let got = autocast_bf16(|| x.conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1));
+        let want = bf(&x)
+            .conv2d(&bf(&w), Some(&bf(&b)), [1, 1], [1, 1], [1, 1], 1)
+            .to_kind(Kind::BFloat16);
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert!(
+            got.equal(&want),
+            "the conv is the float32 conv of bf16 operands"
+        );
+        let m = Tensor::randn([7, 5], opts);
+        let wl = Tensor::randn([3, 5], opts);
+        let got = autocast_bf16(|| m.linear(&wl, Some(&b.narrow(0, 0, 3))));
+        let want = bf(&m)
+            .linear(&bf(&wl), Some(&bf(&b.narrow(0, 0, 3))))
+            .to_kind(Kind::BFloat16);
+        assert!(got.equal(&want), "and so is the linear");
+        // outside autocast nothing changes
+        assert_eq!(m.linear(&wl, None::<&Tensor>).kind(), Kind::Float);
     }
 
     #[test]

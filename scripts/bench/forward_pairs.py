@@ -10,6 +10,7 @@ Workers (the first is the reference of the ratios; the default is all of them, i
     openvino        OpenVINO fp32 (INFERENCE_PRECISION_HINT f32)     (runtimes.py, .venv-bench)
     openvino-bf16   OpenVINO bf16 (INFERENCE_PRECISION_HINT bf16)    (runtimes.py, .venv-bench)
     terrahost       terrahost's persistent worker                    (`cargo bench --bench forward_server`)
+    terrahost-bf16  the same with `--precision bf16` (TERRAHOST_BENCH_PRECISION=bf16)
     terratorch      TerraTorch 1.2.13 on PyTorch 2.13, the reference of the parity fixtures
                                                                      (terratorch_reference.py, .venv-ref)
 
@@ -48,7 +49,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terratorch"]
+DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terrahost-bf16",
+                   "terratorch"]
 RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "ort": "ort", "openvino": "openvino",
               "openvino-bf16": "openvino-bf16"}
 PLUGIN_CRATES = ["terrahost-plugin-terratorch", "terrahost-plugin-timm", "terrahost-plugin-smp", "terrahost-plugin-mmseg"]
@@ -59,6 +61,7 @@ LABEL = {
     "openvino": "OpenVINO fp32",
     "openvino-bf16": "OpenVINO bf16",
     "terrahost": "terrahost fp32",
+    "terrahost-bf16": "terrahost --precision bf16",
     "terratorch": "TerraTorch on PyTorch 2.13 fp32",
 }
 
@@ -109,6 +112,9 @@ class Worker:
         for kv in filter(None, env_text.split(",")):
             k, _, v = kv.partition("=")
             env[k] = v
+        if kind == "terrahost-bf16":
+            env["TERRAHOST_BENCH_PRECISION"] = "bf16"
+            kind = "terrahost"
         env["TERRAHOST_BENCH_BATCH"] = str(a.batch)
         env["TERRAHOST_BENCH_THREADS"] = str(a.threads)
         self.name = spec

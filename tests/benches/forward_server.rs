@@ -13,6 +13,8 @@
 //! warm-up forward's output there (`.safetensors`, tensor `y`; the detections of an
 //! object-detection model as `boxes.{i}`, `scores.{i}`, ...), so that the same
 //! weights and input can be compared across runtimes (`forward_pairs.py --accuracy`).
+//! `TERRAHOST_BENCH_PRECISION` (`fp32`, the default, or `bf16`) runs the forwards as
+//! `--precision` does (the output is written as float32).
 //! `TERRAHOST_BENCH_PROFILE` records libtorch's operators over the timed forwards (not the
 //! warm-up) and writes them there as a Chrome trace when stdin closes
 //! (`scripts/bench/op_profile.py`).
@@ -74,6 +76,12 @@ fn main() {
         terrahost::weights::load_state_dict(&model, state).expect("the weights fit the model");
     }
     model.set_train(false);
+    let precision = terrahost::precision::parse(
+        &std::env::var("TERRAHOST_BENCH_PRECISION").unwrap_or_else(|_| "fp32".into()),
+    )
+    .expect("TERRAHOST_BENCH_PRECISION is fp32 or bf16");
+    terrahost::precision::prepare(&model, precision, tch::Device::Cpu)
+        .expect("the precision applies");
     let x = match std::env::var("TERRAHOST_BENCH_INPUT") {
         Ok(p) => tch::Tensor::read_safetensors(&p)
             .expect("TERRAHOST_BENCH_INPUT reads")
@@ -90,8 +98,16 @@ fn main() {
     };
     let batch = x.size()[0];
     terrahost_layers::inference::inference_mode(|| {
-        let y = model.forward(std::slice::from_ref(&x)).expect("forward"); // warm-up
+        let forward = || precision.run(|| model.forward(std::slice::from_ref(&x)));
+        let y = forward().expect("forward"); // warm-up
         if let Ok(p) = std::env::var("TERRAHOST_BENCH_OUTPUT") {
+            let y: Vec<tch::Tensor> = y
+                .iter()
+                .map(|t| match t.kind() {
+                    tch::Kind::BFloat16 => t.to_kind(tch::Kind::Float),
+                    _ => t.shallow_clone(),
+                })
+                .collect();
             let names = output_names(&model.meta(), y.len());
             let named: Vec<(&str, &tch::Tensor)> =
                 names.iter().map(String::as_str).zip(&y).collect();
@@ -101,7 +117,7 @@ fn main() {
         drop(y);
         println!(
             "{}",
-            json!({"ready": true, "threads": threads, "batch": batch})
+            json!({"ready": true, "threads": threads, "batch": batch, "precision": precision.name()})
         );
         let profile = std::env::var("TERRAHOST_BENCH_PROFILE").ok().map(|p| {
             terrahost_layers::op_profile::OpProfile::start(std::path::Path::new(&p))
@@ -112,7 +128,7 @@ fn main() {
                 break;
             }
             let t = Instant::now();
-            let y = model.forward(std::slice::from_ref(&x)).expect("forward");
+            let y = forward().expect("forward");
             let s = t.elapsed().as_secs_f64();
             drop(y);
             println!("{}", json!({"forward_s": s}));
