@@ -49,7 +49,15 @@ pub fn prepare(
         .into_iter()
         .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
         .collect();
-    let lowered = precision::lower_weights(&mut params);
+    // A model that keeps its heads in float32 (detectors) names the parts to lower.
+    let prefixes: Option<Vec<String>> = model.meta().get("bf16_prefixes").and_then(|v| {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+    });
+    let lowered = precision::lower_weights(&mut params, prefixes.as_deref());
     tracing::info!(
         "--precision bf16: {} weights ({:.1} M values) stored in bfloat16; the forward runs under CPU autocast",
         lowered.tensors,

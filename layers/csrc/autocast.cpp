@@ -29,6 +29,19 @@ TERRAHOST_API void* terrahost_autocast_bf16_enter() {
   }
 }
 
+// Turns CPU autocast off (a region that must run in the operands' own precision).
+TERRAHOST_API void* terrahost_autocast_off_enter() {
+  try {
+    auto* g = new AutocastGuard{at::autocast::is_autocast_enabled(at::kCPU),
+                                at::autocast::get_autocast_dtype(at::kCPU)};
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::increment_nesting();
+    return g;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 TERRAHOST_API void terrahost_autocast_exit(void* guard) {
   auto* g = static_cast<AutocastGuard*>(guard);
   // Python's autocast clears its cast cache when the outermost region ends.

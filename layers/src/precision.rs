@@ -24,6 +24,7 @@ use tch::{Kind, Tensor};
 
 extern "C" {
     fn terrahost_autocast_bf16_enter() -> *mut std::ffi::c_void;
+    fn terrahost_autocast_off_enter() -> *mut std::ffi::c_void;
     fn terrahost_autocast_exit(guard: *mut std::ffi::c_void);
     fn terrahost_autocast_cpu_enabled() -> bool;
     fn terrahost_autocast_emulate_bf16_products() -> bool;
@@ -113,10 +114,69 @@ pub fn emulate_products() -> bool {
     unsafe { terrahost_autocast_emulate_bf16_products() }
 }
 
+/// Runs `f` with CPU autocast off (left on again afterwards if it was).
+pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: no arguments; returns an owned guard, or null when it could not enter.
+    let _guard = Guard(unsafe { terrahost_autocast_off_enter() });
+    f()
+}
+
+thread_local! {
+    /// Inside [`float32_heads`]: whether its caller ran under bfloat16 autocast.
+    static BODY_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Mixed precision for a model whose body is where the time goes and whose heads turn
+/// numbers into geometry (detectors: a box regression magnifies bfloat16's rounding into
+/// pixels). Runs `heads` with autocast off, so that they compute in float32; inside it,
+/// [`body`] runs the backbone under bfloat16 autocast when the caller of
+/// `float32_heads` was under it. The model's `meta` names the body's parameters
+/// (`bf16_prefixes`), so that only those are stored in bfloat16.
+pub fn float32_heads<T>(heads: impl FnOnce() -> T) -> T {
+    let outer = BODY_BF16.with(|b| b.replace(autocast_enabled()));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BODY_BF16.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    without_autocast(heads)
+}
+
+/// The body of a [`float32_heads`] model: `f` under bfloat16 autocast when the model's
+/// caller was under it, as it is otherwise. Pass what it returns through [`widen`].
+pub fn body<T>(f: impl FnOnce() -> T) -> T {
+    if BODY_BF16.with(|b| b.get()) {
+        autocast_bf16(f)
+    } else {
+        f()
+    }
+}
+
+/// A bfloat16 or float16 tensor as float32 (what a float32 head takes); others as they are.
+pub fn widen(t: Tensor) -> Tensor {
+    match t.kind() {
+        Kind::BFloat16 | Kind::Half => t.to_kind(Kind::Float),
+        _ => t,
+    }
+}
+
 /// Whether CPU autocast is on, on this thread.
 pub fn autocast_enabled() -> bool {
     // SAFETY: reads libtorch's thread-local state.
     unsafe { terrahost_autocast_cpu_enabled() }
+}
+
+/// What autocast does to the operands of an operator it runs in float32 (torchvision's
+/// `nms` and `roi_align`): inside CPU autocast, a bfloat16 or float16 tensor becomes
+/// float32; anything else, and everything outside autocast, stays as it is.
+pub fn autocast_to_float(t: &Tensor) -> Result<Tensor, tch::TchError> {
+    if matches!(t.kind(), Kind::BFloat16 | Kind::Half) && autocast_enabled() {
+        t.f_to_kind(Kind::Float)
+    } else {
+        Ok(t.shallow_clone())
+    }
 }
 
 /// Whether [`lower_weights`] stores the parameter `name` (with `tensor`'s shape and
@@ -140,13 +200,16 @@ pub struct Lowered {
 /// Stores the parameters [`is_lowered`] picks in bfloat16, in place (the module keeps
 /// the same tensors, now holding bfloat16 data), once, after the weights are loaded.
 /// `params` are the module's `(state_dict key, tensor)` pairs, shallow clones of its
-/// own. Inference caches derived from them ([`crate::derived`]) see the new storage and
-/// derive again.
-pub fn lower_weights(params: &mut [(String, Tensor)]) -> Lowered {
+/// own; with `prefixes` (a model's `bf16_prefixes`, see [`float32_heads`]) only those
+/// under one of them. Inference caches derived from them ([`crate::derived`]) see the
+/// new storage and derive again.
+pub fn lower_weights(params: &mut [(String, Tensor)], prefixes: Option<&[String]>) -> Lowered {
     let mut done = Lowered::default();
+    let in_scope =
+        |name: &str| prefixes.is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str())));
     tch::no_grad(|| {
         for (name, t) in params.iter_mut() {
-            if is_lowered(name, t) {
+            if in_scope(name) && is_lowered(name, t) {
                 let lowered = t.to_kind(Kind::BFloat16);
                 t.set_data(&lowered);
                 done.tensors += 1;
@@ -284,7 +347,7 @@ mod tests {
             ),
         ];
         let before = shared.copy();
-        let done = lower_weights(&mut params);
+        let done = lower_weights(&mut params, None);
         assert_eq!(
             done,
             Lowered {

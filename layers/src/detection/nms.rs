@@ -87,9 +87,14 @@ fn greedy<T: Coord>(dets: &Tensor, order: &[i64], iou_threshold: f64) -> Result<
 /// greedy non-maximum suppression, in decreasing order of `scores [N]`. A box is dropped
 /// when its IoU with a kept, higher-scoring box is strictly greater than `iou_threshold`.
 /// Boxes and scores are float32 or float64 (of one kind), as torchvision's CPU kernel
-/// requires; the computation runs on the CPU and the indices come back on the boxes'
-/// device. Empty input gives an empty index tensor.
+/// requires; under CPU autocast ([`crate::precision`]) they are first cast to float32,
+/// as torchvision's autocast kernel does. The computation runs on the CPU and the
+/// indices come back on the boxes' device. Empty input gives an empty index tensor.
 pub fn nms(boxes: &Tensor, scores: &Tensor, iou_threshold: f64) -> Result<Tensor> {
+    let (boxes, scores) = &(
+        crate::precision::autocast_to_float(boxes)?,
+        crate::precision::autocast_to_float(scores)?,
+    );
     check_boxes(boxes, "nms")?;
     if boxes.dim() != 2 || scores.dim() != 1 || scores.size()[0] != boxes.size()[0] {
         return Err(PluginError::invalid_argument(format!(

@@ -75,6 +75,23 @@ pub fn roi_align(
     sampling_ratio: i64,
     aligned: bool,
 ) -> Result<Tensor> {
+    let kind = input.kind();
+    let (wide_input, wide_rois) = (
+        crate::precision::autocast_to_float(input)?,
+        crate::precision::autocast_to_float(rois)?,
+    );
+    if wide_input.kind() != kind || wide_rois.kind() != rois.kind() {
+        // torchvision's autocast kernel: float32 operands, the result in the input's kind.
+        return Ok(roi_align(
+            &wide_input,
+            &wide_rois,
+            output_size,
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+        )?
+        .f_to_kind(kind)?);
+    }
     let (ph_n, pw_n) = output_size;
     if input.dim() != 4 || rois.dim() != 2 || rois.size()[1] != 5 {
         return Err(PluginError::invalid_argument(format!(

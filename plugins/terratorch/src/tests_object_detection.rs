@@ -350,3 +350,54 @@ fn object_detection_framework_arguments_reach_the_heads() {
     assert_eq!(out[0].size(), vec![2, 4]);
     assert!(max_abs_diff(&out[0], &want["boxes.0"].narrow(0, 0, 2)) <= 1e-3);
 }
+
+/// `--precision bf16` on a detector: only the backbone's and necks' weights are stored in
+/// bfloat16 (the `bf16_prefixes` of its meta), the heads run in float32, so the boxes
+/// come out as float32 values that bfloat16 could not hold (bfloat16 coordinates would
+/// be multiples of 1 px from 128 px and of 4 px from 512 px); and autocast is on again
+/// for whatever follows.
+#[test]
+fn object_detection_under_bf16_keeps_its_heads_in_float32() {
+    use terrahost_layers::precision::{self, Precision};
+    let (meta, want) = fixture("faster_rcnn_prithvi");
+    let module = build(meta["args"].as_object().unwrap()).unwrap();
+    set_weights(&module);
+    let prefixes: Vec<String> = module.meta()["bf16_prefixes"]
+        .as_array()
+        .expect("a detector names its bf16 part")
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(prefixes, ["torchvision_model.backbone."]);
+    let mut params: Vec<(String, Tensor)> = module
+        .module()
+        .named_parameters()
+        .into_iter()
+        .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
+        .collect();
+    let lowered = precision::lower_weights(&mut params, Some(&prefixes));
+    assert!(lowered.tensors > 0);
+    for (name, t) in &params {
+        if !name.starts_with("torchvision_model.backbone.") {
+            assert_eq!(t.kind(), Kind::Float, "{name} stays float32");
+        }
+    }
+    let out = terrahost_layers::inference::inference_mode(|| {
+        Precision::Bf16.run(|| {
+            let out = module.forward(&[want["input"].shallow_clone()]).unwrap();
+            assert!(
+                precision::autocast_enabled(),
+                "autocast is on again after the heads"
+            );
+            out
+        })
+    });
+    let boxes = &out[0];
+    assert_eq!(boxes.kind(), Kind::Float);
+    assert!(boxes.size()[0] > 0, "the fixture's image has detections");
+    let representable = boxes.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    assert!(
+        !boxes.equal(&representable),
+        "the boxes were computed in float32, not rounded to bfloat16"
+    );
+}

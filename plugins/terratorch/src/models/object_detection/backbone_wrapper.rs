@@ -9,6 +9,7 @@
 //! names the maps the same way.
 
 use tch::Tensor;
+use terrahost_layers::precision;
 use terrahost_plugin_api::{sdk::DynModule, PluginError, Result};
 
 /// The neck whose output TerraTorch's detection frameworks can take.
@@ -57,16 +58,32 @@ impl BackboneWrapper {
     }
 
     /// `forward(x)`: the backbone, then each neck in turn; the maps named `feat{i}`.
+    /// Under `--precision bf16` this is the part that runs in bfloat16
+    /// ([`precision::body`]; the detector's heads run in float32), and the maps come out
+    /// as float32.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let mut features = self.parts[0].1.forward(std::slice::from_ref(x))?;
-        for (_, neck) in &self.parts[1..] {
-            features = neck.forward(&features)?;
-        }
+        let features = precision::body(|| -> Result<Vec<Tensor>> {
+            let mut features = self.parts[0].1.forward(std::slice::from_ref(x))?;
+            for (_, neck) in &self.parts[1..] {
+                features = neck.forward(&features)?;
+            }
+            Ok(features)
+        })?;
         Ok(features
             .into_iter()
             .enumerate()
-            .map(|(i, t)| (format!("feat{i}"), t))
+            .map(|(i, t)| (format!("feat{i}"), precision::widen(t)))
             .collect())
+    }
+
+    /// The `state_dict` prefix of the backbone and necks (the `bf16_prefixes` of the
+    /// detector's `meta`).
+    pub fn prefix(&self) -> String {
+        let backbone = &self.parts[0].0;
+        format!(
+            "{}.",
+            backbone.strip_suffix(".backbone").unwrap_or(backbone)
+        )
     }
 
     /// The parts with their prefixes (for `Model::children`).

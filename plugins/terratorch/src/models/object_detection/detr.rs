@@ -378,7 +378,9 @@ impl Model for DetrModel {
         let x = self.images(xs)?;
         let s = x.size();
         let (h, w) = (s[2], s[3]);
-        let parts = self.forward_parts(x)?;
+        // Under `--precision bf16` the backbone and necks run in bfloat16, the
+        // transformer and the heads in float32 (see `BackboneWrapper::forward`).
+        let parts = terrahost_layers::precision::float32_heads(|| self.forward_parts(x))?;
         let detections: Vec<ImageDetections> = match self.head {
             Head::Detr(_) => detr_postprocess(&parts.pred_logits, &parts.pred_boxes, h, w)?,
             Head::Deformable(_) => {

@@ -70,6 +70,9 @@ fn model_meta(framework: Framework, backbone: &BackboneWrapper) -> Map<String, V
     );
     m.insert("framework".into(), json!(framework.name()));
     m.insert("channel_list".into(), json!(backbone.channel_list));
+    // `--precision bf16` stores only the backbone's and necks' weights in bfloat16; the
+    // heads run in float32 (terrahost_layers::precision::float32_heads).
+    m.insert("bf16_prefixes".into(), json!([backbone.prefix()]));
     m
 }
 

@@ -85,9 +85,10 @@ impl Model for RcnnModel {
         let images = images(xs)?;
         // TerraTorch's transform stacks the images (no normalisation, resize or padding),
         // so the detections come out in the input's pixels.
-        let detections = self
-            .rcnn
-            .forward(&images, |batch| self.backbone.forward(batch))?;
+        let detections = terrahost_layers::precision::float32_heads(|| {
+            self.rcnn
+                .forward(&images, |batch| self.backbone.forward(batch))
+        })?;
         let mut out = Vec::with_capacity(detections.len() * 4);
         for d in detections {
             out.push(d.boxes);

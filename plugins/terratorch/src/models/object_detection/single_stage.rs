@@ -247,10 +247,11 @@ impl Model for SingleStageModel {
         }
         let images = images(xs)?;
         let backbone = |batch: &Tensor| self.backbone.forward(batch);
-        let detections: Vec<Detections> = match &self.detector {
-            Detector::Fcos(m) => m.forward(&images, backbone)?,
-            Detector::RetinaNet(m) => m.forward(&images, backbone)?,
-        };
+        let detections: Vec<Detections> =
+            terrahost_layers::precision::float32_heads(|| match &self.detector {
+                Detector::Fcos(m) => m.forward(&images, backbone),
+                Detector::RetinaNet(m) => m.forward(&images, backbone),
+            })?;
         let mut out = Vec::with_capacity(detections.len() * 3);
         for d in detections {
             out.extend([d.boxes, d.scores, d.labels]);

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Markdown summary of the corpus' bf16 report (target/corpus-bf16-report.json, written by the
+ignored test `corpus::bf16_accuracy_on_the_corpus`): per task family, the largest error against
+float64 relative to the output's magnitude, the agreement of the argmax decisions with float64,
+and the detection configs' labels and boxes. Standard library only."""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    report = json.load(open(path))
+    configs = report["configs"]
+    rel, agree, total = [], 0, 0
+    worst = []
+    det_same, det_images, det_err = 0, 0, []
+    failed = []
+    for slug, c in sorted(configs.items()):
+        outs = c["outputs"]
+        if "error" in outs:
+            failed.append((slug, outs["error"]))
+            continue
+        for name, o in outs.items():
+            if "error" in o:
+                failed.append((f"{slug} {name}", o["error"]))
+                continue
+            if "same_labels" in o:
+                det_images += 1
+                det_same += bool(o["same_labels"])
+                continue
+            if "same_count" in o:
+                det_images += 0  # counted through the labels entry
+                continue
+            if "rel_err_vs_f64" not in o:
+                continue
+            if name.startswith(("boxes", "scores", "masks")):
+                if name.startswith("boxes"):
+                    det_err.append(o["max_abs_vs_f64"])
+                continue
+            rel.append(o["rel_err_vs_f64"])
+            worst.append((o["rel_err_vs_f64"], slug, name))
+            agree += o.get("argmax_agree", 0)
+            total += o.get("argmax_total", 0)
+    print(f"configs measured: {len(configs)}; outputs compared: {len(rel)}")
+    if rel:
+        print(f"| | relative error against float64 |")
+        print("|---|---|")
+        print(f"| median | {statistics.median(rel):.2e} |")
+        print(f"| 90th percentile | {sorted(rel)[int(0.9 * (len(rel) - 1))]:.2e} |")
+        print(f"| largest | {max(rel):.2e} ({max(worst)[1]} `{max(worst)[2]}`) |")
+    if total:
+        print(f"\nargmax decisions (segmentation and classification): {agree} of {total} agree with float64 "
+              f"({100 * agree / total:.4f} %)")
+    if det_images:
+        print(f"detection: the same labels in {det_same} of {det_images} images; "
+              f"boxes' largest error where the detections line up: {max(det_err) if det_err else 0:.3g} px")
+    for slug, e in failed:
+        print(f"FAILED {slug}: {e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "target/corpus-bf16-report.json")
