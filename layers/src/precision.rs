@@ -205,8 +205,10 @@ pub struct Lowered {
 /// new storage and derive again.
 pub fn lower_weights(params: &mut [(String, Tensor)], prefixes: Option<&[String]>) -> Lowered {
     let mut done = Lowered::default();
-    let in_scope =
-        |name: &str| prefixes.is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str())));
+    let in_scope = |name: &str| match prefixes {
+        Some(ps) => ps.iter().any(|p| name.starts_with(p.as_str())),
+        None => true,
+    };
     tch::no_grad(|| {
         for (name, t) in params.iter_mut() {
             if in_scope(name) && is_lowered(name, t) {
