@@ -78,7 +78,9 @@ pub trait Module: Send {
 
     /// Facts about the built module that a composer needs, as a JSON object. Known keys:
     /// `patch_size` (a backbone's patch size, TerraTorch's `module.patch_size`, which the
-    /// factory pads the input to a multiple of) and `img_size`.
+    /// factory pads the input to a multiple of), `img_size`, and `bf16_prefixes` (the
+    /// `state_dict` prefixes whose weights `--precision bf16` stores in bfloat16, for a
+    /// model that keeps the rest in float32; all of them when absent).
     fn meta(&self) -> RString;
 
     /// The backbone's `prepare_features_for_image_model` (tokens to image-like maps), or
