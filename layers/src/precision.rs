@@ -73,8 +73,8 @@ impl FromStr for Precision {
             "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             "int8" | "qint8" => Err(
-                "precision `int8` is not supported yet (no int8 path keeps TerraTorch's numbers close enough); \
-                 use fp32 or bf16"
+                "precision `int8` is not supported yet (terrahost has no int8 kernels, and int8's accuracy on the \
+                 corpus is not measured); use fp32 or bf16"
                     .into(),
             ),
             "fp16" | "f16" | "float16" | "half" => Err(format!(

@@ -158,45 +158,61 @@ fn compare(expected: &Path, got: &Path, logits: Option<&Path>) {
     }
 }
 
+/// The cases of `scripts/reference/predict_fixtures.py`.
+const CASES: [&str; 7] = [
+    "average",
+    "last_wins",
+    "blend",
+    "regression",
+    "whole",
+    "temporal",
+    "temporal_means",
+];
+
+/// Predicts fixture `case` with its synthetic weights into `work/<case>`, with `extra`
+/// arguments; its meta, the output directory and the `--json` summary.
+fn predict_fixture(
+    plugins: &Path,
+    work: &Path,
+    case: &str,
+    extra: &[&str],
+) -> (Value, PathBuf, Value) {
+    let dir = fixture(case);
+    let meta = read_json(&dir.join("meta.json"));
+    let w = weights(case, work);
+    let out = work.join(case);
+    let dtype = meta["out_dtype"].as_str().unwrap();
+    let (w, out_s) = (w.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "--config",
+        "config.yaml",
+        "--weights",
+        &w,
+        "--output-dir",
+        &out_s,
+        "--json",
+    ];
+    // The default dtype is TerraTorch's int16 for class maps; the float cases pass
+    // what the reference was written with.
+    if dtype != "int16" {
+        args.extend(["--out-dtype", dtype]);
+    }
+    args.extend(extra);
+    let o = predict(plugins, &dir, &args);
+    assert!(o.status.success(), "{case}: {}", stderr(&o));
+    let summary: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{case}: stdout is not JSON only ({e})"));
+    assert_eq!(summary["failed"], 0, "{case}");
+    (meta, out, summary)
+}
+
 #[test]
 fn every_predict_fixture_matches_terratorchs_geotiffs() {
     let plugins = real_plugins(&PLUGINS);
     let work = tempfile::tempdir().unwrap();
-    let cases = [
-        "average",
-        "last_wins",
-        "blend",
-        "regression",
-        "whole",
-        "temporal",
-        "temporal_means",
-    ];
-    for case in cases {
+    for case in CASES {
         let dir = fixture(case);
-        let meta = read_json(&dir.join("meta.json"));
-        let w = weights(case, work.path());
-        let out = work.path().join(case);
-        let dtype = meta["out_dtype"].as_str().unwrap();
-        let mut args = vec![
-            "--config".to_owned(),
-            "config.yaml".into(),
-            "--weights".into(),
-            w.display().to_string(),
-            "--output-dir".into(),
-            out.display().to_string(),
-            "--json".into(),
-        ];
-        // The default dtype is TerraTorch's int16 for class maps; the float cases pass
-        // what the reference was written with.
-        if dtype != "int16" {
-            args.extend(["--out-dtype".into(), dtype.into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = predict(plugins.path(), &dir, &args);
-        assert!(o.status.success(), "{case}: {}", stderr(&o));
-        let summary: Value = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("{case}: stdout is not JSON only ({e})"));
-        assert_eq!(summary["failed"], 0, "{case}");
+        let (meta, out, _) = predict_fixture(plugins.path(), work.path(), case, &[]);
         let outputs: Vec<String> = meta["outputs"]
             .as_array()
             .unwrap()
@@ -703,41 +719,11 @@ fn hostile_scenes_are_refused_in_one_line_each_and_the_others_are_predicted() {
 fn bf16_predicts_every_fixture_close_to_terratorchs_float32() {
     let plugins = real_plugins(&PLUGINS);
     let work = tempfile::tempdir().unwrap();
-    let cases = [
-        "average",
-        "last_wins",
-        "blend",
-        "regression",
-        "whole",
-        "temporal",
-        "temporal_means",
-    ];
-    for case in cases {
+    for case in CASES {
         let dir = fixture(case);
-        let meta = read_json(&dir.join("meta.json"));
-        let w = weights(case, work.path());
-        let out = work.path().join(case);
-        let dtype = meta["out_dtype"].as_str().unwrap();
-        let (w, out_s) = (w.display().to_string(), out.display().to_string());
-        let mut args = vec![
-            "--config",
-            "config.yaml",
-            "--weights",
-            &w,
-            "--output-dir",
-            &out_s,
-            "--json",
-            "--precision",
-            "bf16",
-        ];
-        if dtype != "int16" {
-            args.extend(["--out-dtype", dtype]);
-        }
-        let o = predict(plugins.path(), &dir, &args);
-        assert!(o.status.success(), "{case}: {}", stderr(&o));
-        let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (meta, out, summary) =
+            predict_fixture(plugins.path(), work.path(), case, &["--precision", "bf16"]);
         assert_eq!(summary["precision"], "bf16", "{case}");
-        assert_eq!(summary["failed"], 0, "{case}");
         for name in meta["outputs"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let (e, g) = (
