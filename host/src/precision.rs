@@ -13,9 +13,11 @@ pub fn parse(text: &str) -> Result<Precision, HostError> {
 
 /// Prepares `model`, with its weights loaded, for `precision` on `device`: for bfloat16
 /// its matrix weights are converted once, here, and the forward is to run inside
-/// [`Precision::run`]. bfloat16 is refused off the CPU (it is libtorch's CPU autocast),
-/// and a CPU without native bfloat16 gets a warning, since there it is slower than
-/// float32. `None` for float32, which changes nothing.
+/// [`Precision::run`]. bfloat16 is refused off the CPU (it is libtorch's CPU autocast).
+/// On a CPU without native bfloat16 the emulated products are registered
+/// ([`precision::emulate_products`], unless `TERRAHOST_BF16_EMULATION=0`) and a warning
+/// says that bfloat16 is no faster than float32 there. `None` for float32, which changes
+/// nothing.
 pub fn prepare(
     model: &DynModule,
     precision: Precision,
