@@ -58,6 +58,13 @@ pub fn uniform_(t: &mut Tensor, lo: f64, up: f64) {
     }
     // One draw from libtorch's generator seeds everything, so manual_seed applies.
     let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    fill_uniform(t, lo, up, seed);
+}
+
+/// The parallel fill of [`uniform_`] from `seed`: block `k` of 2^16 values comes from its
+/// own generator seeded by `seed` and `k`, so the values do not depend on the threads.
+fn fill_uniform(t: &mut Tensor, lo: f64, up: f64, seed: u64) {
+    let n = t.numel();
     // SAFETY: `t` is a contiguous CPU float tensor of `n` elements that we borrow
     // mutably, so nothing else reads or writes it while the slice lives.
     let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) };
@@ -104,11 +111,13 @@ pub fn xavier_linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
 mod tests {
     use super::*;
 
+    /// Reproducibility is checked with an explicit seed: the tests of this crate run in
+    /// parallel and draw from libtorch's one generator, so a `manual_seed` here could be
+    /// followed by another test's draw before `uniform_`'s.
     #[test]
     fn uniform_fill_is_in_range_uniform_and_reproducible() {
         let n = 1 << 20;
         let mut a = Tensor::zeros([n], (Kind::Float, Device::Cpu));
-        tch::manual_seed(7);
         uniform_(&mut a, -0.5, 1.5);
         let (min, max) = (a.min().double_value(&[]), a.max().double_value(&[]));
         assert!(min >= -0.5 && max < 1.5, "{min} {max}");
@@ -117,16 +126,15 @@ mod tests {
         assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
         assert!((var - 4.0 / 12.0).abs() < 0.01, "variance {var}");
         // same seed, same values; whatever the thread count
+        fill_uniform(&mut a, -0.5, 1.5, 7);
         let mut b = Tensor::zeros([n], (Kind::Float, Device::Cpu));
-        tch::manual_seed(7);
         let threads = tch::get_num_threads();
         tch::set_num_threads(1);
-        uniform_(&mut b, -0.5, 1.5);
+        fill_uniform(&mut b, -0.5, 1.5, 7);
         tch::set_num_threads(threads);
         assert!(a.equal(&b));
         // another seed, other values
-        tch::manual_seed(8);
-        uniform_(&mut b, -0.5, 1.5);
+        fill_uniform(&mut b, -0.5, 1.5, 8);
         assert!(!a.equal(&b));
     }
 
