@@ -103,10 +103,7 @@ fn main() {
         if let Ok(p) = std::env::var("TERRAHOST_BENCH_OUTPUT") {
             let y: Vec<tch::Tensor> = y
                 .iter()
-                .map(|t| match t.kind() {
-                    tch::Kind::BFloat16 => t.to_kind(tch::Kind::Float),
-                    _ => t.shallow_clone(),
-                })
+                .map(|t| terrahost_layers::precision::widen(t.shallow_clone()))
                 .collect();
             let names = output_names(&model.meta(), y.len());
             let named: Vec<(&str, &tch::Tensor)> =

@@ -331,10 +331,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
     // bfloat16 results are written as float32, the kind TerraTorch's outputs have.
     let outputs: Vec<Tensor> = outputs
         .iter()
-        .map(|t| match t.kind() {
-            Kind::BFloat16 => t.to_device(Device::Cpu).to_kind(Kind::Float),
-            _ => t.to_device(Device::Cpu),
-        })
+        .map(|t| terrahost_layers::precision::widen(t.to_device(Device::Cpu)))
         .collect();
     let names = output_names(&model.meta(), outputs.len());
     let input = inputs.first();
