@@ -45,20 +45,8 @@ pub fn prepare(
             }
         );
     }
-    let mut params: Vec<(String, tch::Tensor)> = model
-        .module()
-        .named_parameters()
-        .into_iter()
-        .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
-        .collect();
     // A model that keeps its heads in float32 (detectors) names the parts to lower.
-    let prefixes: Option<Vec<String>> = model.meta().get("bf16_prefixes").and_then(|v| {
-        v.as_array().map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(str::to_owned))
-                .collect()
-        })
-    });
+    let prefixes = precision::bf16_prefixes(model);
     if prefixes.is_some() {
         // Measured on TerraTorch's detection configs (scripts/bench/bf16_accuracy.sh): the
         // backbone's rounding moves the detections of their synthetic models a lot.
@@ -68,7 +56,7 @@ pub fn prepare(
              again, so check bf16 against fp32 on your own scenes before relying on it"
         );
     }
-    let lowered = precision::lower_weights(&mut params, prefixes.as_deref());
+    let lowered = precision::lower_module(model, prefixes.as_deref());
     tracing::info!(
         "--precision bf16: {} weights ({:.1} M values) stored in bfloat16; the forward runs under CPU autocast",
         lowered.tensors,

@@ -21,6 +21,7 @@
 use std::fmt;
 use std::str::FromStr;
 use tch::{Kind, Tensor};
+use terrahost_plugin_api::sdk::DynModule;
 
 extern "C" {
     fn terrahost_autocast_bf16_enter() -> *mut std::ffi::c_void;
@@ -220,6 +221,30 @@ pub fn lower_weights(params: &mut [(String, Tensor)], prefixes: Option<&[String]
         }
     });
     done
+}
+
+/// The `state_dict` prefixes a model lowers under bfloat16, from its `meta`
+/// (`bf16_prefixes`, see [`float32_heads`]); `None` when it names none (then every
+/// parameter [`is_lowered`] picks is).
+pub fn bf16_prefixes(model: &DynModule) -> Option<Vec<String>> {
+    let meta = model.meta();
+    let list = meta.get("bf16_prefixes")?.as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// [`lower_weights`] on `model`'s parameters, within `prefixes` ([`bf16_prefixes`]).
+pub fn lower_module(model: &DynModule, prefixes: Option<&[String]>) -> Lowered {
+    let mut params: Vec<(String, Tensor)> = model
+        .module()
+        .named_parameters()
+        .into_iter()
+        .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
+        .collect();
+    lower_weights(&mut params, prefixes)
 }
 
 /// The kind to derive inference copies in (folded or decomposed weights) from weights

@@ -362,22 +362,12 @@ fn object_detection_under_bf16_keeps_its_heads_in_float32() {
     let (meta, want) = fixture("faster_rcnn_prithvi");
     let module = build(meta["args"].as_object().unwrap()).unwrap();
     set_weights(&module);
-    let prefixes: Vec<String> = module.meta()["bf16_prefixes"]
-        .as_array()
-        .expect("a detector names its bf16 part")
-        .iter()
-        .map(|p| p.as_str().unwrap().to_owned())
-        .collect();
+    let prefixes = precision::bf16_prefixes(&module).expect("a detector names its bf16 part");
     assert_eq!(prefixes, ["torchvision_model.backbone."]);
-    let mut params: Vec<(String, Tensor)> = module
-        .module()
-        .named_parameters()
-        .into_iter()
-        .map(|nt| (nt.name.into_string(), nt.tensor.shallow_clone()))
-        .collect();
-    let lowered = precision::lower_weights(&mut params, Some(&prefixes));
+    let lowered = precision::lower_module(&module, Some(&prefixes));
     assert!(lowered.tensors > 0);
-    for (name, t) in &params {
+    for nt in module.module().named_parameters() {
+        let (name, t) = (nt.name.as_str(), nt.tensor.shallow_clone());
         if !name.starts_with("torchvision_model.backbone.") {
             assert_eq!(t.kind(), Kind::Float, "{name} stays float32");
         }
