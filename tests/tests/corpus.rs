@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
-use terrahost_testkit::detection::hashed;
+use terrahost_testkit::detection::{hashed, max_abs_diff};
 use terrahost_testkit::{build_dir, kind_of, real_plugins, synth, workspace_root, PLUGINS};
 
 /// The relative tolerance against the float64 reference.
@@ -305,20 +305,10 @@ fn compare_detections(
             per_output.insert(name.into(), json!({"same": same}));
             continue;
         }
-        let max_abs = |a: &Tensor, b: &Tensor| {
-            if a.numel() == 0 {
-                0.0
-            } else {
-                (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
-                    .abs()
-                    .max()
-                    .double_value(&[])
-            }
-        };
         let tol = if kind == "boxes" { 1e-3 } else { 1e-4 };
-        let err32 = max_abs(&out, &ref32);
-        let err64 = max_abs(&out, &ref64);
-        let pytorch_err = max_abs(&ref32, &ref64);
+        let err32 = max_abs_diff(&out, &ref32);
+        let err64 = max_abs_diff(&out, &ref64);
+        let pytorch_err = max_abs_diff(&ref32, &ref64);
         let magnitude = if ref64.numel() == 0 {
             0.0
         } else {
@@ -336,6 +326,13 @@ fn compare_detections(
         passed,
         detail: Value::Object(per_output),
     }
+}
+
+/// Writes a run's table to `target/NAME`; its path.
+fn write_report(name: &str, summary: &Value) -> PathBuf {
+    let path = build_dir().join("..").join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(summary).unwrap()).unwrap();
+    path
 }
 
 fn count_yamls(dir: &Path) -> usize {
@@ -410,12 +407,7 @@ fn terratorchs_own_configs_run_unchanged() {
         );
     }
     let summary = json!({"configs": results.len(), "terratorch_builds": built, "terrahost_runs": ran, "configs_detail": report});
-    let report_path = build_dir().join("../corpus-report.json");
-    std::fs::write(
-        &report_path,
-        serde_json::to_string_pretty(&summary).unwrap(),
-    )
-    .unwrap();
+    let report_path = write_report("corpus-report.json", &summary);
     eprintln!(
         "corpus: {ran} of {built} configs TerraTorch builds run through terrahost ({} in the corpus); report: {}",
         results.len(),
@@ -437,17 +429,6 @@ fn terratorchs_own_configs_run_unchanged() {
         unexpected_passes.is_empty(),
         "configs in known_gaps.json that now run; remove them from the list: {unexpected_passes:?}"
     );
-}
-
-/// The largest absolute difference of two tensors, in float64 (0 for empty ones).
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    if a.numel() == 0 {
-        return 0.0;
-    }
-    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
 }
 
 /// What `--precision bf16` costs on one config: per output, the largest error against
@@ -485,7 +466,7 @@ fn bf16_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
         if out.size() != ref64.size() {
             per_output.insert(
                 name.into(),
-                json!({"detections": out.size().first(), "reference": ref64.size().first(), "same_count": false}),
+                json!({"error": format!("shape {:?}, TerraTorch's is {:?}", out.size(), ref64.size())}),
             );
             continue;
         }
@@ -622,8 +603,7 @@ fn bf16_accuracy_on_the_corpus() {
         report.insert(slug.clone(), json!({"seconds": seconds, "outputs": detail}));
     }
     let summary = json!({"argmax_agree": agree, "argmax_total": total, "configs": report});
-    let path = build_dir().join("../corpus-bf16-report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary).unwrap()).unwrap();
+    let path = write_report("corpus-bf16-report.json", &summary);
     eprintln!(
         "bf16: {} configs, argmax {agree} of {total} agree with float64; report: {}",
         report.len(),
