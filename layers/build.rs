@@ -4,9 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() {
-    const SOURCES: [&str; 4] = [
+    const SOURCES: [&str; 5] = [
         "csrc/inference_mode.cpp",
         "csrc/autocast.cpp",
+        "csrc/int8_linear.cpp",
         "csrc/packed_linear.cpp",
         "csrc/op_profile.cpp",
     ];
@@ -15,6 +16,7 @@ fn main() {
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
     }
+    println!("cargo:rerun-if-changed=csrc/int8_linear.h");
     let lib = PathBuf::from(env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default());
     // plugin-api's build script decided the flag (its `links` metadata), so both crates
     // agree with the manifest the host checks.

@@ -1,5 +1,5 @@
 //! `--precision`: puts a loaded model into the precision it runs in
-//! ([`terrahost_layers::precision`] says what bfloat16 means here).
+//! ([`terrahost_layers::precision`] says what bfloat16 and int8 mean here).
 use crate::error::HostError;
 use tch::Device;
 use terrahost_layers::precision::{self, Lowered, Precision};
@@ -17,7 +17,8 @@ pub fn parse(text: &str) -> Result<Precision, HostError> {
 /// On a CPU without native bfloat16 the emulated products are registered
 /// ([`precision::emulate_products`], unless `TERRAHOST_BF16_EMULATION=0`) and a warning
 /// says that bfloat16 is no faster than float32 there. `None` for float32, which changes
-/// nothing.
+/// nothing, and for int8, whose linear weights are quantized at the first forward that
+/// uses them (count them with [`precision::int8_packed`] afterwards).
 pub fn prepare(
     model: &DynModule,
     precision: Precision,
@@ -30,6 +31,9 @@ pub fn prepare(
         return Err(HostError::Usage(format!(
             "--precision {precision} runs on the CPU (libtorch's CPU autocast); use --device cpu, or fp32 on {device:?}"
         )));
+    }
+    if precision == Precision::Int8 {
+        return prepare_int8(model).map(|()| None);
     }
     if !precision::native_bf16() {
         // libtorch's own bfloat16 convolution is 10-50 times slower than float32 here;
@@ -63,4 +67,30 @@ pub fn prepare(
         lowered.elements as f64 / 1e6
     );
     Ok(Some(lowered))
+}
+
+/// int8: registers the int8 linear kernel and says what it costs. Measured
+/// (`scripts/reference/int8_corpus.py`, `scripts/bench/forward_pairs.py`): on the
+/// catalog model with its own random initialisation, PyTorch's and terrahost's int8
+/// change 0.3-0.4 % of the class decisions (bfloat16: 0.12 %); on the corpus' synthetic
+/// weights none.
+fn prepare_int8(model: &DynModule) -> Result<(), HostError> {
+    if !precision::int8_linears() {
+        return Err(HostError::Usage(
+            "--precision int8: this libtorch has no int8 operators (FBGEMM or another quantized engine); use fp32 or bf16"
+                .into(),
+        ));
+    }
+    let detector = precision::bf16_prefixes(model).is_some();
+    tracing::warn!(
+        "--precision int8: linear layers run in int8 (dynamic quantization, weights per channel); convolutions, \
+         attention and norms stay float32. It changed 0.3-0.4 % of the class decisions of a randomly initialised \
+         Prithvi + UNet against float32{}: check int8 against fp32 on your own scenes before relying on it",
+        if detector {
+            "; a detector's heads stay float32, its backbone and necks run int8"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

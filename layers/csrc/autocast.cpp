@@ -29,6 +29,22 @@ TERRAHOST_API void* terrahost_autocast_bf16_enter() {
   }
 }
 
+// Turns CPU autocast on with float32 as its "lower" precision: every cast autocast makes
+// is then a no-op, and the region only routes `linear` through the kernel below, which runs
+// it in int8 (`--precision int8`). Null when it could not.
+TERRAHOST_API void* terrahost_autocast_int8_enter() {
+  try {
+    auto* g = new AutocastGuard{at::autocast::is_autocast_enabled(at::kCPU),
+                                at::autocast::get_autocast_dtype(at::kCPU)};
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kFloat);
+    at::autocast::increment_nesting();
+    return g;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 // Turns CPU autocast off (a region that must run in the operands' own precision).
 TERRAHOST_API void* terrahost_autocast_off_enter() {
   try {
@@ -57,6 +73,20 @@ TERRAHOST_API bool terrahost_autocast_cpu_enabled() {
   return at::autocast::is_autocast_enabled(at::kCPU);
 }
 
+// The mode CPU autocast is in on this thread: 0 off, 1 bfloat16, 2 int8 (float32 as its
+// lower precision, see terrahost_autocast_int8_enter), 3 another (float16).
+TERRAHOST_API int terrahost_autocast_cpu_mode() {
+  if (!at::autocast::is_autocast_enabled(at::kCPU)) return 0;
+  switch (at::autocast::get_autocast_dtype(at::kCPU)) {
+    case at::kBFloat16:
+      return 1;
+    case at::kFloat:
+      return 2;
+    default:
+      return 3;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // bfloat16 products on a CPU without native bfloat16.
 //
@@ -75,9 +105,17 @@ TERRAHOST_API bool terrahost_autocast_cpu_enabled() {
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <mutex>
 
+#include "int8_linear.h"
+
+TERRAHOST_API bool terrahost_int8_available();
+
 namespace {
+
+// Whether the bfloat16 products are emulated (set once they are registered).
+std::atomic<bool> emulating{false};
 
 bool lowered_operand(const c10::IValue& v) {
   return v.isTensor() && v.toTensor().defined() && v.toTensor().is_floating_point() &&
@@ -109,33 +147,97 @@ void emulated_bf16_product(const c10::OperatorHandle& op, torch::jit::Stack* sta
 const char* const EMULATED[] = {
     "conv1d",          "conv2d",          "conv3d",           "conv1d.padding",
     "conv2d.padding",  "conv3d.padding",  "conv_transpose1d", "conv_transpose2d.input",
-    "conv_transpose3d.input", "linear",   "addmm",            "mm",
+    "conv_transpose3d.input", "addmm",    "mm",
     "bmm",             "baddbmm",         "addbmm",           "matmul",
 };
 
-}  // namespace
+// CPU autocast's kernel for `linear`, which both modes that replace libtorch's need:
+// under int8 (float32 as autocast's dtype) the int8 linear of int8_linear.cpp; under
+// bfloat16 the emulated product when it is registered, otherwise what libtorch's own
+// autocast kernel does (floating operands other than float64 cast to bfloat16).
+void autocast_linear(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  if (dtype == at::kFloat) {
+    const auto n = stack->size();
+    const auto& bias = (*stack)[n - 1];
+    at::Tensor out;
+    if (terrahost::int8_linear((*stack)[n - 3].toTensor(), (*stack)[n - 2].toTensor(),
+                               bias.isTensor() ? bias.toTensor() : at::Tensor(), &out)) {
+      torch::jit::drop(*stack, 3);
+      torch::jit::push(*stack, std::move(out));
+      return;
+    }
+  } else if (dtype == at::kBFloat16 && emulating.load()) {
+    emulated_bf16_product(op, stack);
+    return;
+  } else {
+    const auto n_args = op.schema().arguments().size();
+    for (auto it = stack->end() - n_args; it != stack->end(); ++it) {
+      if (lowered_operand(*it) && it->toTensor().scalar_type() != at::kDouble) {
+        *it = it->toTensor().to(dtype);
+      }
+    }
+  }
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  op.callBoxed(stack);
+}
 
-// Registers the kernel above for CPU autocast (once; later calls do nothing). False when
-// libtorch refused a registration (the message is then libtorch's warning).
-TERRAHOST_API bool terrahost_autocast_emulate_bf16_products() {
+// The autocast kernels live as long as the process.
+torch::Library* autocast_library() {
+  static torch::Library* lib = new torch::Library(torch::Library::IMPL, "aten",
+                                                  c10::DispatchKey::AutocastCPU, __FILE__,
+                                                  __LINE__);
+  return lib;
+}
+
+// libtorch warns that its autocast kernels are overridden, which is the point.
+struct Quiet : c10::WarningHandler {
+  void process(const c10::Warning&) override {}
+};
+
+// Registers autocast_linear (once; later calls do nothing). False when libtorch refused.
+bool register_linear() {
   static std::once_flag once;
   static bool ok = true;
   std::call_once(once, [] {
-    // libtorch warns that the autocast kernels are overridden, which is the point.
-    struct Quiet : c10::WarningHandler {
-      void process(const c10::Warning&) override {}
-    } quiet;
+    Quiet quiet;
     c10::WarningUtils::WarningHandlerGuard guard(&quiet);
     try {
-      // Lives as long as the process: the kernels stay registered.
-      auto* lib = new torch::Library(torch::Library::IMPL, "aten", c10::DispatchKey::AutocastCPU,
-                                     __FILE__, __LINE__);
-      for (const char* name : EMULATED) {
-        lib->impl(name, torch::CppFunction::makeFromBoxedFunction<&emulated_bf16_product>());
-      }
+      autocast_library()->impl("linear",
+                               torch::CppFunction::makeFromBoxedFunction<&autocast_linear>());
     } catch (...) {
       ok = false;
     }
   });
   return ok;
+}
+
+}  // namespace
+
+// Registers the emulated products above for CPU autocast (once; later calls do nothing).
+// False when libtorch refused a registration.
+TERRAHOST_API bool terrahost_autocast_emulate_bf16_products() {
+  static std::once_flag once;
+  static bool ok = true;
+  std::call_once(once, [] {
+    Quiet quiet;
+    c10::WarningUtils::WarningHandlerGuard guard(&quiet);
+    try {
+      for (const char* name : EMULATED) {
+        autocast_library()->impl(
+            name, torch::CppFunction::makeFromBoxedFunction<&emulated_bf16_product>());
+      }
+    } catch (...) {
+      ok = false;
+    }
+  });
+  ok = ok && register_linear();
+  if (ok) emulating.store(true);
+  return ok;
+}
+
+// Registers the int8 linear for CPU autocast's int8 mode (once). False when libtorch
+// refused it or has no int8 operators.
+TERRAHOST_API bool terrahost_autocast_int8_linears() {
+  return terrahost_int8_available() && register_linear();
 }

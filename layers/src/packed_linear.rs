@@ -211,7 +211,10 @@ impl PackedLinear {
             && rows <= max_rows()
             && self.weight.kind() == Kind::Float
             && self.weight.device() == Device::Cpu
-            && !grad_enabled();
+            && !grad_enabled()
+            // Under CPU autocast (`--precision bf16` or `int8`) `linear` must reach
+            // autocast's kernel, which a packed call would bypass.
+            && !crate::precision::autocast_enabled();
         let packed = match packing() {
             _ if !packed_ok => None,
             Packing::Off => None,

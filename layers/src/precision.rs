@@ -1,5 +1,6 @@
-//! The numeric precision a model runs in: float32 (the default) or bfloat16, as
-//! `torch.autocast("cpu", dtype=torch.bfloat16)` runs it.
+//! The numeric precision a model runs in: float32 (the default), bfloat16, as
+//! `torch.autocast("cpu", dtype=torch.bfloat16)` runs it, or int8 linear layers, as
+//! `torch.ao.quantization.quantize_dynamic` makes them.
 //!
 //! bfloat16 is PyTorch's CPU autocast, entered through the C++ shim ([`autocast_bf16`]):
 //! inside it libtorch runs the operators of its lower-precision list (convolutions,
@@ -18,6 +19,15 @@
 //! products as a native kernel would, in float32 on operands rounded to bfloat16 with
 //! the result rounded to bfloat16: bfloat16's numbers at about float32's speed (never
 //! faster), which is what measures its accuracy on such a machine.
+//!
+//! int8 is PyTorch's dynamic quantization of the linear layers (`quantize_dynamic` with
+//! `per_channel_dynamic_qconfig`, run by libtorch's own FBGEMM operators, `csrc/int8_linear.cpp`):
+//! each linear weight is quantized once, per output channel, and packed, the activations are
+//! quantized per call; convolutions, attention and the rest stay float32. It is entered as
+//! CPU autocast with float32 as its lower precision ([`autocast_int8`]), which casts nothing
+//! and routes every `linear` call, from whichever plugin, through the int8 kernel
+//! ([`int8_linears`]). A weight is quantized at the first forward that uses it and again
+//! only when it changes, so loading a checkpoint first and quantizing after is automatic.
 use std::fmt;
 use std::str::FromStr;
 use tch::{Kind, Tensor};
@@ -25,6 +35,10 @@ use terrahost_plugin_api::sdk::DynModule;
 
 extern "C" {
     fn terrahost_autocast_bf16_enter() -> *mut std::ffi::c_void;
+    fn terrahost_autocast_int8_enter() -> *mut std::ffi::c_void;
+    fn terrahost_autocast_cpu_mode() -> std::os::raw::c_int;
+    fn terrahost_autocast_int8_linears() -> bool;
+    fn terrahost_int8_packed_count() -> i64;
     fn terrahost_autocast_off_enter() -> *mut std::ffi::c_void;
     fn terrahost_autocast_exit(guard: *mut std::ffi::c_void);
     fn terrahost_autocast_cpu_enabled() -> bool;
@@ -39,6 +53,8 @@ pub enum Precision {
     Fp32,
     /// Weights stored in bfloat16 and PyTorch's CPU autocast (bfloat16) around the forward.
     Bf16,
+    /// Linear layers in int8 (PyTorch's dynamic quantization); the rest float32.
+    Int8,
 }
 
 impl Precision {
@@ -47,15 +63,18 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
     /// Runs `f` in this precision: as it is for float32, inside CPU autocast (bfloat16)
-    /// for bfloat16. Tensors `f` returns may be bfloat16; callers convert what they keep.
+    /// for bfloat16, with int8 linears for int8. Tensors `f` returns may be bfloat16;
+    /// callers convert what they keep.
     pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
         match self {
             Precision::Fp32 => f(),
             Precision::Bf16 => autocast_bf16(f),
+            Precision::Int8 => autocast_int8(f),
         }
     }
 }
@@ -73,20 +92,17 @@ impl FromStr for Precision {
         match s.to_ascii_lowercase().as_str() {
             "fp32" | "f32" | "float32" | "float" => Ok(Precision::Fp32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            "int8" | "qint8" => Err(
-                "precision `int8` is not supported yet (terrahost has no int8 kernels, and int8's accuracy on the \
-                 corpus is not measured); use fp32 or bf16"
-                    .into(),
-            ),
+            "int8" | "qint8" => Ok(Precision::Int8),
             "fp16" | "f16" | "float16" | "half" => Err(format!(
                 "precision `{s}` is not supported on the CPU (libtorch computes float16 there slowly); use bf16"
             )),
-            _ => Err(format!("unknown precision `{s}`; use fp32 or bf16")),
+            _ => Err(format!("unknown precision `{s}`; use fp32, bf16 or int8")),
         }
     }
 }
 
-/// The autocast guard: CPU autocast (bfloat16) is on, on this thread, while it lives.
+/// The autocast guard: CPU autocast (bfloat16, int8 or off) holds on this thread while it
+/// lives.
 struct Guard(*mut std::ffi::c_void);
 
 impl Drop for Guard {
@@ -106,6 +122,29 @@ pub fn autocast_bf16<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` with int8 linear layers: inside CPU autocast with float32 as its lower
+/// precision (it casts nothing), where `linear` runs in int8 once [`int8_linears`] has
+/// registered the kernel (left again when `f` unwinds).
+pub fn autocast_int8<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: no arguments; returns an owned guard, or null when it could not enter.
+    let _guard = Guard(unsafe { terrahost_autocast_int8_enter() });
+    f()
+}
+
+/// Registers, once per process, the CPU-autocast kernel that runs `linear` in int8 inside
+/// [`autocast_int8`]. False when this libtorch has no int8 operators or refused it.
+pub fn int8_linears() -> bool {
+    // SAFETY: no arguments; registers a kernel with libtorch's dispatcher once.
+    unsafe { terrahost_autocast_int8_linears() }
+}
+
+/// How many linear weights this process has quantized to int8 so far (one quantized
+/// again after it changed counts again).
+pub fn int8_packed() -> i64 {
+    // SAFETY: reads a counter.
+    unsafe { terrahost_int8_packed_count() }
+}
+
 /// On a CPU without native bfloat16: registers, for CPU autocast and once per process,
 /// the emulated bfloat16 convolutions and matrix products described in the module docs
 /// (`csrc/autocast.cpp`). False when libtorch refused it (autocast then runs libtorch's
@@ -122,36 +161,61 @@ pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// What CPU autocast does on this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutocastMode {
+    /// Off: every operator in its operands' precision.
+    Off,
+    /// bfloat16 ([`autocast_bf16`]).
+    Bf16,
+    /// int8 linear layers ([`autocast_int8`]).
+    Int8,
+    /// Another lower precision (float16), entered by someone else.
+    Other,
+}
+
+/// The CPU autocast mode of this thread.
+pub fn autocast_mode() -> AutocastMode {
+    // SAFETY: reads libtorch's thread-local state.
+    match unsafe { terrahost_autocast_cpu_mode() } {
+        0 => AutocastMode::Off,
+        1 => AutocastMode::Bf16,
+        2 => AutocastMode::Int8,
+        _ => AutocastMode::Other,
+    }
+}
+
 thread_local! {
-    /// Inside [`float32_heads`]: whether its caller ran under bfloat16 autocast.
-    static BODY_BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Inside [`float32_heads`]: the autocast mode its caller ran under.
+    static BODY_MODE: std::cell::Cell<AutocastMode> = const { std::cell::Cell::new(AutocastMode::Off) };
 }
 
 /// Mixed precision for a model whose body is where the time goes and whose heads turn
 /// numbers into geometry (detectors: a box regression magnifies bfloat16's rounding into
 /// pixels). Runs `heads` with autocast off, so that they compute in float32; inside it,
-/// [`body`] runs the backbone under bfloat16 autocast when the caller of
-/// `float32_heads` was under it. The model's `meta` names the body's parameters
+/// [`body`] runs the backbone in the autocast mode (bfloat16 or int8) the caller of
+/// `float32_heads` was under. The model's `meta` names the body's parameters
 /// (`bf16_prefixes`), so that only those are stored in bfloat16.
 pub fn float32_heads<T>(heads: impl FnOnce() -> T) -> T {
-    let outer = BODY_BF16.with(|b| b.replace(autocast_enabled()));
-    struct Restore(bool);
+    let outer = BODY_MODE.with(|b| b.replace(autocast_mode()));
+    struct Restore(AutocastMode);
     impl Drop for Restore {
         fn drop(&mut self) {
-            BODY_BF16.with(|b| b.set(self.0));
+            BODY_MODE.with(|b| b.set(self.0));
         }
     }
     let _restore = Restore(outer);
     without_autocast(heads)
 }
 
-/// The body of a [`float32_heads`] model: `f` under bfloat16 autocast when the model's
-/// caller was under it, as it is otherwise. Pass what it returns through [`widen`].
+/// The body of a [`float32_heads`] model: `f` under the autocast mode (bfloat16 or int8)
+/// the model's caller was under, as it is otherwise. Pass what it returns through
+/// [`widen`].
 pub fn body<T>(f: impl FnOnce() -> T) -> T {
-    if BODY_BF16.with(|b| b.get()) {
-        autocast_bf16(f)
-    } else {
-        f()
+    match BODY_MODE.with(|b| b.get()) {
+        AutocastMode::Bf16 => autocast_bf16(f),
+        AutocastMode::Int8 => autocast_int8(f),
+        AutocastMode::Off | AutocastMode::Other => f(),
     }
 }
 
@@ -280,10 +344,11 @@ mod tests {
         assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
         assert_eq!("BF16".parse::<Precision>(), Ok(Precision::Bf16));
         assert_eq!("bfloat16".parse::<Precision>(), Ok(Precision::Bf16));
-        let int8 = "int8".parse::<Precision>().unwrap_err();
+        assert_eq!("INT8".parse::<Precision>(), Ok(Precision::Int8));
+        let fp16 = "fp16".parse::<Precision>().unwrap_err();
         assert!(
-            int8.contains("not supported") && int8.contains("bf16"),
-            "{int8}"
+            fp16.contains("not supported") && fp16.contains("bf16"),
+            "{fp16}"
         );
         let other = "fp64".parse::<Precision>().unwrap_err();
         assert!(other.contains("unknown precision `fp64`"), "{other}");
@@ -348,6 +413,76 @@ mod tests {
         assert!(got.equal(&want), "and so is the linear");
         // outside autocast nothing changes
         assert_eq!(m.linear(&wl, None::<&Tensor>).kind(), Kind::Float);
+    }
+
+    /// PyTorch's dynamic quantization written out in float32: the weight per output
+    /// channel, symmetric int8 (scale max|w| / 127.5); the input per tensor, unsigned over
+    /// its range and zero, 7 bits (PyTorch's x86 engine: `reduce_range`).
+    fn dynamic_quantization(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let w_scale = w
+            .abs()
+            .amax([1], true)
+            .divide_scalar(127.5)
+            .clamp_min(f32::EPSILON as f64);
+        let wq = (w / &w_scale).round().clamp(-128.0, 127.0) * &w_scale;
+        let lo = x.min().double_value(&[]).min(0.0);
+        let hi = x.max().double_value(&[]).max(0.0);
+        let x_scale = (hi - lo) / 127.0;
+        let zero = (-lo / x_scale).round().clamp(0.0, 127.0);
+        let xq = ((x / x_scale).round() + zero).clamp(0.0, 127.0);
+        let xq = (xq - zero) * x_scale;
+        xq.linear(&wq, b)
+    }
+
+    #[test]
+    fn int8_linears_are_dynamic_quantization_and_follow_weight_changes() {
+        assert!(int8_linears(), "this libtorch has FBGEMM's int8 operators");
+        assert!(int8_linears(), "a second call changes nothing");
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 7, 64], opts);
+        let w = Tensor::randn([48, 64], opts) * 0.1;
+        let b = Tensor::randn([48], opts);
+        let exact = x.linear(&w, Some(&b));
+        let before = int8_packed();
+        let (got, mode) =
+            tch::no_grad(|| autocast_int8(|| (x.linear(&w, Some(&b)), autocast_mode())));
+        assert_eq!(mode, AutocastMode::Int8);
+        assert_eq!(autocast_mode(), AutocastMode::Off);
+        assert_eq!(got.kind(), Kind::Float);
+        assert_eq!(int8_packed(), before + 1, "the weight was quantized once");
+        let scale = exact.abs().max().double_value(&[]);
+        let vs_formula = (&got - dynamic_quantization(&x, &w, Some(&b)))
+            .abs()
+            .max()
+            .double_value(&[]);
+        let vs_fp32 = (&got - &exact).abs().max().double_value(&[]);
+        assert!(
+            vs_formula < 2e-3 * scale && vs_fp32 > 5.0 * vs_formula,
+            "int8 is dynamic quantization: {vs_formula} from its formula, {vs_fp32} from float32 (scale {scale})"
+        );
+        // a second call reuses the packed weight; a vector is one row
+        let v = x.get(0).get(0);
+        let row = tch::no_grad(|| autocast_int8(|| v.linear(&w, Some(&b))));
+        assert_eq!(int8_packed(), before + 1);
+        assert_eq!(row.size(), [48]);
+        let want = dynamic_quantization(&v.unsqueeze(0), &w, Some(&b)).squeeze_dim(0);
+        assert!((&row - want).abs().max().double_value(&[]) < 2e-3 * scale);
+        // a weight changed in place (a checkpoint loaded afterwards) is quantized again
+        tch::no_grad(|| {
+            let _ = w.shallow_clone().g_mul_scalar_(-2.0);
+        });
+        let after = tch::no_grad(|| autocast_int8(|| x.linear(&w, None::<&Tensor>)));
+        assert_eq!(int8_packed(), before + 2);
+        let want = dynamic_quantization(&x, &w, None);
+        assert!((&after - want).abs().max().double_value(&[]) < 4e-3 * scale);
+        // outside the region, float32
+        assert!(x.linear(&w, Some(&b)).equal(&x.linear(&w, Some(&b))));
+        assert_eq!(int8_packed(), before + 2);
+        // a float32 head inside an int8 model runs without it, its body with it
+        let (head, body_mode) = tch::no_grad(|| {
+            autocast_int8(|| float32_heads(|| (autocast_mode(), body(autocast_mode))))
+        });
+        assert_eq!((head, body_mode), (AutocastMode::Off, AutocastMode::Int8));
     }
 
     #[test]

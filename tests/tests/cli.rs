@@ -3,7 +3,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use terrahost_testkit::{build_dir, real_plugins, Fixture, PLUGINS};
+use terrahost_testkit::{build_dir, real_plugins, workspace_root, Fixture, PLUGINS};
 
 fn terrahost() -> PathBuf {
     let exe = build_dir().join("terrahost");
@@ -321,6 +321,20 @@ fn run_reproduces_every_model_fixture() {
 /// detections.
 #[test]
 fn bf16_runs_every_model_fixture() {
+    runs_every_model_fixture("bf16");
+}
+
+/// Every whole-model fixture under `--precision int8`, held to the same bounds: no model
+/// calls a linear layer int8 cannot run (a vector, a batch of matrices) or fails with it.
+/// The synthetic weights' rank-2 matrices make int8's rounding smaller here than on
+/// trained or randomly initialised weights
+/// (`run_precision_int8_is_pytorchs_dynamic_quantization` measures that).
+#[test]
+fn int8_runs_every_model_fixture() {
+    runs_every_model_fixture("int8");
+}
+
+fn runs_every_model_fixture(precision: &str) {
     let dir = real_plugins(&PLUGINS);
     let mut worst = (0.0f64, String::new());
     let mut errors = Vec::new();
@@ -333,9 +347,9 @@ fn bf16_runs_every_model_fixture() {
             &fx,
             "config.yaml",
             &weights,
-            &["--precision", "bf16"],
+            &["--precision", precision],
         );
-        assert_eq!(v["precision"], "bf16", "{case}");
+        assert_eq!(v["precision"], precision, "{case}");
         let names = terrahost_testkit::output_names(&fx);
         if names.iter().any(|n| n.starts_with("boxes")) {
             continue;
@@ -363,19 +377,22 @@ fn bf16_runs_every_model_fixture() {
             errors.push(err);
             assert!(
                 err < 0.5,
-                "{case} {name}: bf16 is {err} of the magnitude from float32"
+                "{case} {name}: {precision} is {err} of the magnitude from float32"
             );
         }
     }
     errors.sort_by(f64::total_cmp);
     let median = errors[errors.len() / 2];
     eprintln!(
-        "bf16 over {} outputs of the model fixtures: median relative error {median:.2e}, largest {:.2e} ({})",
+        "{precision} over {} outputs of the model fixtures: median relative error {median:.2e}, largest {:.2e} ({})",
         errors.len(),
         worst.0,
         worst.1
     );
-    assert!(median <= 0.01, "bf16's median relative error is {median}");
+    assert!(
+        median <= 0.01,
+        "{precision}'s median relative error is {median}"
+    );
 }
 
 #[test]
@@ -527,7 +544,7 @@ fn run_precision_bf16_is_close_to_fp32_and_unknown_precisions_are_refused() {
     let err = (a - b).abs().max().double_value(&[]) / magnitude;
     assert!(err > 0.0 && err < 0.05, "bf16 against fp32: {err}");
     for (bad, says) in [
-        ("int8", "not supported yet"),
+        ("fp16", "not supported on the CPU"),
         ("fp64", "unknown precision `fp64`"),
     ] {
         let e = err_text(
@@ -545,6 +562,71 @@ fn run_precision_bf16_is_close_to_fp32_and_unknown_precisions_are_refused() {
         assert!(e.contains(says) && e.contains("--precision"), "{e}");
         assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
     }
+}
+
+/// `--precision int8` computes what PyTorch's dynamic quantization computes: on a small
+/// model of the catalog's shape with full-rank weights (its own random initialisation,
+/// `scripts/reference/int8_fixtures.py`), terrahost's int8 output is PyTorch's
+/// `quantize_dynamic` output (per-channel weights, FBGEMM) up to float32 rounding, ten
+/// times closer to it than to float32's, with every linear layer quantized once.
+#[test]
+fn run_precision_int8_is_pytorchs_dynamic_quantization() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = workspace_root().join("tests/fixtures/int8/prithvi_unet_small");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("meta.json")).unwrap()).unwrap();
+    let io: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(fx.join("io.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let work = tempfile::tempdir().unwrap();
+    let mut got = Vec::new();
+    for precision in ["fp32", "int8"] {
+        let out = work.path().join(format!("{precision}.safetensors"));
+        let v = ok_json(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                fx.join("config.yaml").to_str().unwrap(),
+                "--weights",
+                fx.join("weights.safetensors").to_str().unwrap(),
+                "--input",
+                fx.join("io.safetensors").to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--precision",
+                precision,
+                "--output",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(v["precision"], precision, "{v}");
+        got.push((v, tch::Tensor::read_safetensors(&out).unwrap().remove(0).1));
+    }
+    assert!(got[0].0["linears_in_int8"].is_null());
+    assert_eq!(
+        got[1].0["linears_in_int8"], meta["linear_layers_quantized"],
+        "every linear layer quantized, once"
+    );
+    let diff = |a: &tch::Tensor, b: &tch::Tensor| (a - b).abs().max().double_value(&[]);
+    let (fp32, int8) = (&got[0].1, &got[1].1);
+    assert!(diff(fp32, &io["output"]) < 1e-4, "float32 is PyTorch's");
+    let vs_pytorch = diff(int8, &io["int8.output"]);
+    let vs_fp32 = diff(int8, &io["output"]);
+    assert!(
+        vs_pytorch < 2e-3 && vs_fp32 > 10.0 * vs_pytorch,
+        "int8: {vs_pytorch} from PyTorch's int8, {vs_fp32} from float32"
+    );
+    let same = int8
+        .argmax(1, false)
+        .eq_tensor(&io["int8.output"].argmax(1, false))
+        .to_kind(tch::Kind::Double)
+        .mean(tch::Kind::Double)
+        .double_value(&[]);
+    assert!(same >= 0.999, "argmax agrees with PyTorch's int8 on {same}");
 }
 
 /// `--input` without a tensor `input` holds tensors named by modality: they reach the

@@ -72,10 +72,10 @@ pub struct PredictArgs {
     /// cpu, cuda or auto (cuda when available).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// fp32 (the default), or bf16: weights stored in bfloat16 once after loading and
-    /// the forward under libtorch's CPU autocast (see `run --help`). Outputs keep their
-    /// dtypes.
-    #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
+    /// fp32 (the default), bf16 (weights stored in bfloat16 once after loading, the
+    /// forward under libtorch's CPU autocast) or int8 (linear layers in int8, PyTorch's
+    /// dynamic quantization); see `run --help`. Outputs keep their dtypes.
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16|int8")]
     pub precision: String,
     /// No progress on stderr (it is shown only when stderr is a terminal anyway).
     #[arg(long, short)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use terrahost::{config::ModelConfig, weights, Host, HostError};
+use terrahost_layers::precision::Precision;
 
 /// Arguments of `terrahost run`.
 #[derive(Args, Debug)]
@@ -48,8 +49,10 @@ pub struct RunArgs {
     /// fp32 (the default: PyTorch's float32 numbers), or bf16: the matrix weights are
     /// stored in bfloat16 once after loading and the forward runs under libtorch's CPU
     /// autocast, as `torch.autocast("cpu", dtype=torch.bfloat16)`; fast on CPUs with
-    /// AVX512_BF16 or AMX, emulated (slower) elsewhere. Outputs are written as float32.
-    #[arg(long, default_value = "fp32", value_name = "fp32|bf16")]
+    /// AVX512_BF16 or AMX, emulated (slower) elsewhere. Or int8: the linear layers run in
+    /// int8 (PyTorch's dynamic quantization: weights per channel, quantized once; inputs
+    /// per call), the rest in float32. Outputs are written as float32.
+    #[arg(long, default_value = "fp32", value_name = "fp32|bf16|int8")]
     pub precision: String,
     /// Print JSON only.
     #[arg(long)]
@@ -362,6 +365,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "device": format!("{device:?}"),
             "precision": precision.name(),
             "weights_in_bf16": lowered.map(|l| l.tensors),
+            "linears_in_int8": (precision == Precision::Int8).then(terrahost_layers::precision::int8_packed),
             "input_shape": input.size(),
             "inputs": match &inputs {
                 Inputs::Positional(_) => json!(null),
@@ -411,6 +415,13 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
                 out,
                 "precision: bf16 ({} weights stored in bfloat16, CPU autocast)",
                 l.tensors
+            )?;
+        }
+        if precision == Precision::Int8 {
+            writeln!(
+                out,
+                "precision: int8 ({} linear weights quantized to int8)",
+                terrahost_layers::precision::int8_packed()
             )?;
         }
         match &inputs {
