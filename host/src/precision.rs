@@ -52,7 +52,7 @@ pub fn prepare(
     // A model that keeps its heads in float32 (detectors) names the parts to lower.
     let prefixes = precision::bf16_prefixes(model);
     if prefixes.is_some() {
-        // Measured on TerraTorch's detection configs (scripts/bench/bf16_accuracy.sh): the
+        // Measured on TerraTorch's detection configs (scripts/bench/precision_accuracy.sh bf16): the
         // backbone's rounding moves the detections of their synthetic models a lot.
         tracing::warn!(
             "--precision bf16 on a detector: its backbone runs in bfloat16 and its heads in float32; on \
@@ -70,10 +70,10 @@ pub fn prepare(
 }
 
 /// int8: registers the int8 linear kernel and says what it costs. Measured
-/// (`scripts/reference/int8_corpus.py`, `scripts/bench/forward_pairs.py`): on the
-/// catalog model with its own random initialisation, PyTorch's and terrahost's int8
-/// change 0.3-0.4 % of the class decisions (bfloat16: 0.12 %); on the corpus' synthetic
-/// weights none.
+/// (`scripts/bench/precision_accuracy.sh int8`, `scripts/bench/forward_pairs.py`): on the
+/// corpus' synthetic weights every argmax decision is kept; on the catalog model with its
+/// own random initialisation, terrahost's (and PyTorch's) int8 flips about 0.4 % of
+/// float64's class decisions (bfloat16: 0.12-0.15 %).
 fn prepare_int8(model: &DynModule) -> Result<(), HostError> {
     if !precision::int8_linears() {
         return Err(HostError::Usage(
@@ -84,8 +84,8 @@ fn prepare_int8(model: &DynModule) -> Result<(), HostError> {
     let detector = precision::bf16_prefixes(model).is_some();
     tracing::warn!(
         "--precision int8: linear layers run in int8 (dynamic quantization, weights per channel); convolutions, \
-         attention and norms stay float32. It changed 0.3-0.4 % of the class decisions of a randomly initialised \
-         Prithvi + UNet against float32{}: check int8 against fp32 on your own scenes before relying on it",
+         attention and norms stay float32. It flipped 0.4 % of the class decisions of a randomly initialised \
+         Prithvi + UNet (bf16: 0.15 %){}: check int8 against fp32 on your own scenes before relying on it",
         if detector {
             "; a detector's heads stay float32, its backbone and necks run int8"
         } else {

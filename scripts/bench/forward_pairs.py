@@ -6,11 +6,13 @@ Workers (the first is the reference of the ratios; the default is all of them, i
 
     torch215        PyTorch 2.15 eager fp32, inference_mode          (runtimes.py, .venv-bench)
     torch215-bf16   PyTorch 2.15 eager under CPU autocast bf16       (runtimes.py, .venv-bench)
+    torch215-int8   PyTorch 2.15 eager, linears by quantize_dynamic  (runtimes.py, .venv-bench)
     ort             ONNX Runtime fp32 of torch.onnx.export's graph   (runtimes.py, .venv-bench)
     openvino        OpenVINO fp32 (INFERENCE_PRECISION_HINT f32)     (runtimes.py, .venv-bench)
     openvino-bf16   OpenVINO bf16 (INFERENCE_PRECISION_HINT bf16)    (runtimes.py, .venv-bench)
     terrahost       terrahost's persistent worker                    (`cargo bench --bench forward_server`)
     terrahost-bf16  the same with `--precision bf16` (TERRAHOST_BENCH_PRECISION=bf16)
+    terrahost-int8  the same with `--precision int8` (TERRAHOST_BENCH_PRECISION=int8)
     terratorch      TerraTorch 1.2.13 on PyTorch 2.13, the reference of the parity fixtures
                                                                      (terratorch_reference.py, .venv-ref)
 
@@ -51,17 +53,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terrahost-bf16",
                    "terratorch"]
-RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "ort": "ort", "openvino": "openvino",
+RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "torch215-int8": "torch-int8", "ort": "ort",
+              "openvino": "openvino",
               "openvino-bf16": "openvino-bf16"}
 PLUGIN_CRATES = ["terrahost-plugin-terratorch", "terrahost-plugin-timm", "terrahost-plugin-smp", "terrahost-plugin-mmseg"]
 LABEL = {
     "torch215": "PyTorch 2.15 eager fp32",
     "torch215-bf16": "PyTorch 2.15 autocast bf16",
+    "torch215-int8": "PyTorch 2.15 quantize_dynamic int8",
     "ort": "ONNX Runtime fp32",
     "openvino": "OpenVINO fp32",
     "openvino-bf16": "OpenVINO bf16",
     "terrahost": "terrahost fp32",
     "terrahost-bf16": "terrahost --precision bf16",
+    "terrahost-int8": "terrahost --precision int8",
     "terratorch": "TerraTorch on PyTorch 2.13 fp32",
 }
 
@@ -112,8 +117,8 @@ class Worker:
         for kv in filter(None, env_text.split(",")):
             k, _, v = kv.partition("=")
             env[k] = v
-        if kind == "terrahost-bf16":
-            env["TERRAHOST_BENCH_PRECISION"] = "bf16"
+        if kind in ("terrahost-bf16", "terrahost-int8"):
+            env["TERRAHOST_BENCH_PRECISION"] = kind.rpartition("-")[2]
             kind = "terrahost"
         env["TERRAHOST_BENCH_BATCH"] = str(a.batch)
         env["TERRAHOST_BENCH_THREADS"] = str(a.threads)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-RUNTIMES = ["torch", "torch-bf16", "ort", "openvino", "openvino-bf16"]
+RUNTIMES = ["torch", "torch-bf16", "torch-int8", "ort", "openvino", "openvino-bf16"]
 
 
 def build_terratorch_model():
@@ -137,13 +137,20 @@ class Unavailable(Exception):
 
 def make_runner(a, d: Path, x_np):
     """(forward(), describe) for the runtime: forward() runs once and returns a float32 numpy array."""
-    if a.runtime in ("torch", "torch-bf16"):
+    if a.runtime in ("torch", "torch-bf16", "torch-int8"):
         import torch
 
         torch.set_num_threads(a.threads)
         model = load_model(d)
         x = torch.from_numpy(x_np)
         bf16 = a.runtime == "torch-bf16"
+        if a.runtime == "torch-int8":
+            # PyTorch's dynamic quantization of the linear layers, per-channel weights (what
+            # `terrahost --precision int8` computes); in place, because TerraTorch's Prithvi
+            # keeps a closure over its own model that a copy would still call.
+            torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, inplace=True
+            )
 
         def forward():
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

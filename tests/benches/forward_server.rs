@@ -13,7 +13,7 @@
 //! warm-up forward's output there (`.safetensors`, tensor `y`; the detections of an
 //! object-detection model as `boxes.{i}`, `scores.{i}`, ...), so that the same
 //! weights and input can be compared across runtimes (`forward_pairs.py --accuracy`).
-//! `TERRAHOST_BENCH_PRECISION` (`fp32`, the default, or `bf16`) runs the forwards as
+//! `TERRAHOST_BENCH_PRECISION` (`fp32`, the default, `bf16` or `int8`) runs the forwards as
 //! `--precision` does (the output is written as float32).
 //! `TERRAHOST_BENCH_PROFILE` records libtorch's operators over the timed forwards (not the
 //! warm-up) and writes them there as a Chrome trace when stdin closes
@@ -79,7 +79,7 @@ fn main() {
     let precision = terrahost::precision::parse(
         &std::env::var("TERRAHOST_BENCH_PRECISION").unwrap_or_else(|_| "fp32".into()),
     )
-    .expect("TERRAHOST_BENCH_PRECISION is fp32 or bf16");
+    .expect("TERRAHOST_BENCH_PRECISION is fp32, bf16 or int8");
     terrahost::precision::prepare(&model, precision, tch::Device::Cpu)
         .expect("the precision applies");
     let x = match std::env::var("TERRAHOST_BENCH_INPUT") {

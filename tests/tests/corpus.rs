@@ -431,15 +431,15 @@ fn terratorchs_own_configs_run_unchanged() {
     );
 }
 
-/// What `--precision bf16` costs on one config: per output, the largest error against
+/// What `--precision bf16` or `int8` costs on one config: per output, the largest error against
 /// float64 relative to the output's magnitude (as [`RTOL`] measures it: absolute below
 /// magnitude 1), beside PyTorch's own float32 error; and for the class scores of
 /// segmentation and classification tasks, how many argmax decisions agree with float64's.
 /// Detection outputs: whether the labels are the same, and the boxes' largest error when
 /// the detections line up.
-fn bf16_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
+fn precision_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
     if meta.get("task").and_then(Value::as_str) == Some("object_detection") {
-        return bf16_detection_cost(meta, ran);
+        return detection_cost(meta, ran);
     }
     let task = meta
         .get("task_class")
@@ -504,13 +504,13 @@ fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     inter / (area(a) + area(b) - inter).max(f64::MIN_POSITIVE)
 }
 
-/// [`bf16_cost`] for detection: per image, each of float64's leading detections (the
+/// [`precision_cost`] for detection: per image, each of float64's leading detections (the
 /// `compared_detections` on which PyTorch's float32 and float64 agree) is matched, in
 /// score order, to the unmatched bf16 detection of the same label that overlaps it
 /// most; it is found when that IoU is at least 0.5. Reported: found of compared, the
 /// mean IoU of the found and their largest coordinate error. (Detections are not
 /// compared row by row: rounding reorders near-ties of the synthetic models' scores.)
-fn bf16_detection_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
+fn detection_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
     let compared: Vec<i64> = meta["compared_detections"]
         .as_array()
         .unwrap()
@@ -558,15 +558,33 @@ fn bf16_detection_cost(meta: &Map<String, Value>, ran: &Ran) -> Value {
 }
 
 /// `--precision bf16` on every config terrahost runs: the accuracy cost against float64,
-/// written to `target/corpus-bf16-report.json` (`scripts/bench/bf16_accuracy.sh` runs it
-/// and prints the summary the README quotes). Every config that runs in float32 must run
-/// in bfloat16 and write float32 outputs; the numbers themselves are measured, not
+/// written to `target/corpus-bf16-report.json` (`scripts/bench/precision_accuracy.sh bf16`
+/// runs it and prints the summary the README quotes). Every config that runs in float32
+/// must run in bfloat16 and write float32 outputs; the numbers themselves are measured, not
 /// asserted here, except that segmentation and classification keep at least 99 % of
 /// float64's argmax decisions over the corpus. Not in the default run: on a CPU without
 /// native bfloat16 it takes long (`cargo test ... -- --ignored bf16`).
 #[test]
 #[ignore]
 fn bf16_accuracy_on_the_corpus() {
+    precision_accuracy_on_the_corpus("bf16", 0.99);
+}
+
+/// `--precision int8` on every config terrahost runs, written to
+/// `target/corpus-int8-report.json` (`scripts/bench/precision_accuracy.sh int8`), held to
+/// issue 19's bar for offering int8: at least 99.9 % of float64's argmax decisions over the
+/// corpus. The corpus' synthetic weights are rank-2 matrices, which hide much of int8's
+/// rounding (`cli::run_precision_int8_is_pytorchs_dynamic_quantization` and the catalog
+/// benchmark measure it on full-rank weights). Not in the default run.
+#[test]
+#[ignore]
+fn int8_accuracy_on_the_corpus() {
+    precision_accuracy_on_the_corpus("int8", 0.999);
+}
+
+/// Runs the corpus under `--precision precision` and writes its report; every config must
+/// run, and at least `min_agree` of the argmax decisions must agree with float64's.
+fn precision_accuracy_on_the_corpus(precision: &str, min_agree: f64) {
     let results = read_json(&corpus_dir().join("results.json"));
     let gaps = read_json(&corpus_dir().join("known_gaps.json"));
     let plugins = real_plugins(&PLUGINS);
@@ -584,8 +602,8 @@ fn bf16_accuracy_on_the_corpus() {
         let meta = read_json(&corpus_dir().join("fixtures").join(slug).join("meta.json"));
         let meta = meta.as_object().unwrap();
         let started = std::time::Instant::now();
-        let detail = match run_binary(plugins.path(), meta, &["--precision", "bf16"]) {
-            Ok(ran) => bf16_cost(meta, &ran),
+        let detail = match run_binary(plugins.path(), meta, &["--precision", precision]) {
+            Ok(ran) => precision_cost(meta, &ran),
             Err(reason) => json!({"error": reason}),
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -602,20 +620,20 @@ fn bf16_accuracy_on_the_corpus() {
         }
         report.insert(slug.clone(), json!({"seconds": seconds, "outputs": detail}));
     }
-    let summary = json!({"argmax_agree": agree, "argmax_total": total, "configs": report});
-    let path = write_report("corpus-bf16-report.json", &summary);
+    let summary = json!({"precision": precision, "argmax_agree": agree, "argmax_total": total, "configs": report});
+    let path = write_report(&format!("corpus-{precision}-report.json"), &summary);
     eprintln!(
-        "bf16: {} configs, argmax {agree} of {total} agree with float64; report: {}",
+        "{precision}: {} configs, argmax {agree} of {total} agree with float64; report: {}",
         report.len(),
         path.display()
     );
     assert!(
         failures.is_empty(),
-        "configs that fail in bf16:\n{}",
+        "configs that fail in {precision}:\n{}",
         failures.join("\n")
     );
     assert!(
-        total == 0 || agree as f64 >= 0.99 * total as f64,
-        "bf16 keeps only {agree} of {total} argmax decisions"
+        total == 0 || agree as f64 >= min_agree * total as f64,
+        "{precision} keeps only {agree} of {total} argmax decisions"
     );
 }

@@ -391,3 +391,45 @@ fn object_detection_under_bf16_keeps_its_heads_in_float32() {
         "the boxes were computed in float32, not rounded to bfloat16"
     );
 }
+
+/// `--precision int8` on a detector: the backbone's and necks' linear layers run in int8,
+/// the heads' (the RoI box head's and predictor's) stay float32, as under bf16; and the
+/// detections still come out.
+#[test]
+fn object_detection_under_int8_quantizes_only_its_backbone() {
+    use terrahost_layers::precision::{self, Precision};
+    assert!(precision::int8_linears());
+    let (meta, want) = fixture("faster_rcnn_prithvi");
+    let module = build(meta["args"].as_object().unwrap()).unwrap();
+    set_weights(&module);
+    let params = module.module().named_parameters();
+    let matrices = |prefix: &str| {
+        params
+            .iter()
+            .filter(|nt| {
+                nt.name.starts_with(prefix)
+                    && nt.name.ends_with("weight")
+                    && nt.tensor.shallow_clone().dim() == 2
+            })
+            .count() as i64
+    };
+    let (body, heads) = (
+        matrices("torchvision_model.backbone."),
+        matrices("torchvision_model.roi_heads."),
+    );
+    assert!(
+        body > 0 && heads > 0,
+        "{body} backbone and {heads} head matrices"
+    );
+    let before = precision::int8_packed();
+    let out = terrahost_layers::inference::inference_mode(|| {
+        Precision::Int8.run(|| module.forward(&[want["input"].shallow_clone()]).unwrap())
+    });
+    assert_eq!(
+        precision::int8_packed() - before,
+        body,
+        "every backbone linear quantized, no head linear"
+    );
+    assert_eq!(out[0].kind(), Kind::Float);
+    assert!(out[0].size()[0] > 0, "the fixture's image has detections");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Markdown summary of the corpus' bf16 report (target/corpus-bf16-report.json, written by the
-ignored test `corpus::bf16_accuracy_on_the_corpus`): per task family, the largest error against
+"""Markdown summary of a corpus precision report (target/corpus-bf16-report.json or
+target/corpus-int8-report.json, written by the ignored tests `corpus::bf16_accuracy_on_the_corpus`
+and `corpus::int8_accuracy_on_the_corpus`): per task family, the largest error against
 float64 relative to the output's magnitude, the agreement of the argmax decisions with float64,
 and how many of float64's detections the detection configs find. Standard library only."""
 
