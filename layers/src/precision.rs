@@ -185,6 +185,18 @@ pub fn autocast_mode() -> AutocastMode {
     }
 }
 
+/// Runs `f` in float32 when the caller runs int8 linears, as it is otherwise: for the
+/// projections of `torch.nn.MultiheadAttention`, which PyTorch's dynamic quantization
+/// leaves float32 (its input projection is a bare parameter and its output projection a
+/// `NonDynamicallyQuantizableLinear`), so that terrahost's int8 stays PyTorch's.
+pub fn float32_under_int8<T>(f: impl FnOnce() -> T) -> T {
+    if autocast_mode() == AutocastMode::Int8 {
+        without_autocast(f)
+    } else {
+        f()
+    }
+}
+
 thread_local! {
     /// Inside [`float32_heads`]: the autocast mode its caller ran under.
     static BODY_MODE: std::cell::Cell<AutocastMode> = const { std::cell::Cell::new(AutocastMode::Off) };
@@ -483,6 +495,15 @@ mod tests {
             autocast_int8(|| float32_heads(|| (autocast_mode(), body(autocast_mode))))
         });
         assert_eq!((head, body_mode), (AutocastMode::Off, AutocastMode::Int8));
+        // multi-head attention's projections stay float32 under int8, not under bf16
+        let before = int8_packed();
+        let mha = tch::no_grad(|| autocast_int8(|| float32_under_int8(|| x.linear(&w, Some(&b)))));
+        assert!(mha.equal(&x.linear(&w, Some(&b))));
+        assert_eq!(int8_packed(), before);
+        assert_eq!(
+            autocast_bf16(|| float32_under_int8(autocast_mode)),
+            AutocastMode::Bf16
+        );
     }
 
     #[test]

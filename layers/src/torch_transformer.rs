@@ -78,8 +78,13 @@ impl TransformerEncoderLayer {
     }
 
     /// Multi-head self-attention (`F.multi_head_attention_forward` with one packed input
-    /// projection and `need_weights=False`): `[L, E] -> [L, E]`.
+    /// projection and `need_weights=False`): `[L, E] -> [L, E]`. Its projections stay
+    /// float32 under `--precision int8`, as PyTorch's dynamic quantization leaves them.
     fn self_attn(&self, x: &Tensor) -> Result<Tensor> {
+        crate::precision::float32_under_int8(|| self.self_attn_inner(x))
+    }
+
+    fn self_attn_inner(&self, x: &Tensor) -> Result<Tensor> {
         let (l, e) = x.size2()?;
         let (h, hd) = (self.nhead, e / self.nhead);
         // [L, 3E] -> [3, 1, heads, L, head_dim]

@@ -57,8 +57,14 @@ impl SelfAttention {
         }
     }
 
-    /// `identity + proj_drop(attn(x))` for `x` `[B, N, E]`, `identity` `[B, N, E]`.
+    /// `identity + proj_drop(attn(x))` for `x` `[B, N, E]`, `identity` `[B, N, E]`. The
+    /// projections stay float32 under `--precision int8`, as PyTorch's dynamic
+    /// quantization leaves `nn.MultiheadAttention`'s.
     fn forward(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
+        terrahost_layers::precision::float32_under_int8(|| self.forward_inner(x, identity, train))
+    }
+
+    fn forward_inner(&self, x: &Tensor, identity: &Tensor, train: bool) -> Result<Tensor> {
         let s = x.size();
         let (b, n, e) = (s[0], s[1], s[2]);
         let h = self.num_heads;
