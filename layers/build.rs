@@ -16,7 +16,9 @@ fn main() {
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
     }
-    println!("cargo:rerun-if-changed=csrc/int8_linear.h");
+    for header in ["csrc/int8_linear.h", "csrc/find_op.h"] {
+        println!("cargo:rerun-if-changed={header}");
+    }
     let lib = PathBuf::from(env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default());
     // plugin-api's build script decided the flag (its `links` metadata), so both crates
     // agree with the manifest the host checks.

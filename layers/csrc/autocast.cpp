@@ -13,50 +13,33 @@ struct AutocastGuard {
   bool was_enabled;
   at::ScalarType was_dtype;
 };
-}  // namespace
 
-// Turns CPU autocast on with bfloat16 as its lower precision. Null when it could not.
-TERRAHOST_API void* terrahost_autocast_bf16_enter() {
+// Sets CPU autocast on (with `dtype` as its lower precision) or off, and returns the guard
+// that puts the previous state back; null when it could not.
+void* enter(bool enabled, at::ScalarType dtype) {
   try {
     auto* g = new AutocastGuard{at::autocast::is_autocast_enabled(at::kCPU),
                                 at::autocast::get_autocast_dtype(at::kCPU)};
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, enabled);
+    if (enabled) at::autocast::set_autocast_dtype(at::kCPU, dtype);
     at::autocast::increment_nesting();
     return g;
   } catch (...) {
     return nullptr;
   }
 }
+}  // namespace
+
+// Turns CPU autocast on with bfloat16 as its lower precision. Null when it could not.
+TERRAHOST_API void* terrahost_autocast_bf16_enter() { return enter(true, at::kBFloat16); }
 
 // Turns CPU autocast on with float32 as its "lower" precision: every cast autocast makes
 // is then a no-op, and the region only routes `linear` through the kernel below, which runs
 // it in int8 (`--precision int8`). Null when it could not.
-TERRAHOST_API void* terrahost_autocast_int8_enter() {
-  try {
-    auto* g = new AutocastGuard{at::autocast::is_autocast_enabled(at::kCPU),
-                                at::autocast::get_autocast_dtype(at::kCPU)};
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-    at::autocast::set_autocast_dtype(at::kCPU, at::kFloat);
-    at::autocast::increment_nesting();
-    return g;
-  } catch (...) {
-    return nullptr;
-  }
-}
+TERRAHOST_API void* terrahost_autocast_int8_enter() { return enter(true, at::kFloat); }
 
 // Turns CPU autocast off (a region that must run in the operands' own precision).
-TERRAHOST_API void* terrahost_autocast_off_enter() {
-  try {
-    auto* g = new AutocastGuard{at::autocast::is_autocast_enabled(at::kCPU),
-                                at::autocast::get_autocast_dtype(at::kCPU)};
-    at::autocast::set_autocast_enabled(at::kCPU, false);
-    at::autocast::increment_nesting();
-    return g;
-  } catch (...) {
-    return nullptr;
-  }
-}
+TERRAHOST_API void* terrahost_autocast_off_enter() { return enter(false, at::kFloat); }
 
 TERRAHOST_API void terrahost_autocast_exit(void* guard) {
   auto* g = static_cast<AutocastGuard*>(guard);

@@ -20,15 +20,13 @@
 #include <optional>
 #include <utility>
 
+#include "find_op.h"
+
 #define TERRAHOST_API extern "C" __attribute__((visibility("hidden")))
 
 namespace {
 
-const c10::OperatorHandle* find_op(const char* name) {
-  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
-  if (!op.has_value()) return nullptr;
-  return new c10::OperatorHandle(*op);  // kept for the process, as the dispatcher's own
-}
+using terrahost::find_op;
 
 const c10::OperatorHandle* prepack_op() {
   static const c10::OperatorHandle* op = find_op("quantized::linear_prepack");

@@ -10,18 +10,14 @@
 
 #include <string>
 
+#include "find_op.h"
+
 #define TERRAHOST_API extern "C" __attribute__((visibility("hidden")))
 
 namespace {
 thread_local std::string last_error;
 
-// The operator registered under `name`, or null when this libtorch has none (built
-// without oneDNN). Kept for the life of the process, as the dispatcher's own handles.
-const c10::OperatorHandle* find_op(const char* name) {
-  auto op = c10::Dispatcher::singleton().findSchema({name, ""});
-  if (!op.has_value()) return nullptr;
-  return new c10::OperatorHandle(*op);
-}
+using terrahost::find_op;
 
 const c10::OperatorHandle* reorder_op() {
   static const c10::OperatorHandle* op = find_op("mkldnn::_reorder_linear_weight");

@@ -17,6 +17,9 @@ stride 192, batch_size 8) and weights, with the same libtorch thread count.
    the same model and weights, with a dynamic batch (made once, `model_dynamic.onnx`). That is
    what a user who serves with one of them and keeps TerraTorch's reading, tiling and writing
    runs. Each side's time is divided by terrahost's of the same round.
+   With `--terrahost-precision int8` (or bf16) a second terrahost process, run with that
+   `--precision`, joins the same rounds; its class map is compared with terrahost's fp32 one
+   and with TerraTorch's.
 2. **Time to the first output file and peak RSS, cold.** Fresh processes, interleaved:
    `terrahost predict` against `terratorch predict -c ... --ckpt_path ...`, each under
    /usr/bin/time (peak RSS), the first output file watched for in its output directory.
@@ -276,6 +279,8 @@ def main() -> None:
                     help="also TerraTorch's predict with the forward in this runtime (repeatable)")
     ap.add_argument("--forward", choices=["torch", "ort", "openvino"], default="torch", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="where to write the results (default WORK/compare.json)")
+    ap.add_argument("--terrahost-precision", choices=["bf16", "int8"], action="append", default=[],
+                    help="also run terrahost with this --precision in the warm rounds (repeatable)")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     a.terrahost = str(Path(a.terrahost).resolve())
@@ -290,7 +295,8 @@ def main() -> None:
     if not scene.exists():
         print(f"==> writing {scene}", file=sys.stderr)
         write_scene(scene, a.size)
-    out = {s: work / f"out-{s}" for s in ("terrahost", "terratorch", *a.runtime)}
+    lowered = [f"terrahost-{p}" for p in a.terrahost_precision]
+    out = {s: work / f"out-{s}" for s in ("terrahost", "terratorch", *a.runtime, *lowered)}
     for d in out.values():
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
@@ -298,18 +304,24 @@ def main() -> None:
     print("==> starting both sides (TerraTorch builds the model and exports its weights)", file=sys.stderr)
     tt = Side("TerraTorch", [sys.executable, __file__, "--worker", "--threads", str(a.threads), "--work", str(work)],
               ready_line=True)
-    th = Side("terrahost", [a.terrahost, "--threads", str(a.threads), "--plugin-dir", a.plugin_dir, "predict",
-                            "--config", str(CONFIG), "--weights", str(work / "weights.safetensors"), "--input", "-",
-                            "--json-lines", "--overwrite", "--quiet", "--output-dir", str(out["terrahost"])],
-              ready_line=False)
+    def terrahost_side(name: str, extra: list[str]) -> Side:
+        return Side(name, [a.terrahost, "--threads", str(a.threads), "--plugin-dir", a.plugin_dir, "predict",
+                           "--config", str(CONFIG), "--weights", str(work / "weights.safetensors"), "--input", "-",
+                           "--json-lines", "--overwrite", "--quiet", "--output-dir", str(out[name]), *extra],
+                    ready_line=False)
+
+    th = terrahost_side("terrahost", [])
     others = {}
     for rt in a.runtime:
         print(f"==> starting TerraTorch with the forward in {rt} (exports the ONNX graph once)", file=sys.stderr)
         others[rt] = Side(rt, [sys.executable, __file__, "--worker", "--threads", str(a.threads), "--work", str(work),
                                "--forward", rt], ready_line=True)
+    for name, p in zip(lowered, a.terrahost_precision):
+        others[name] = terrahost_side(name, ["--precision", p])
     req_th = str(scene)
     req_tt = f"{scene}\t{out['terratorch']}"
-    sides = [("th", th, req_th), ("tt", tt, req_tt)] + [(rt, side, f"{scene}\t{out[rt]}") for rt, side in others.items()]
+    sides = [("th", th, req_th), ("tt", tt, req_tt)] + [
+        (k, side, str(scene) if k in lowered else f"{scene}\t{out[k]}") for k, side in others.items()]
     print("==> warm-up: one scene each", file=sys.stderr)
     for _, side, req in sides:
         side.predict(req)
@@ -339,6 +351,16 @@ def main() -> None:
         runtimes[rt] = {"seconds": times[rt], "terrahost_over_it": r, "median_ratio": statistics.median(r),
                         "ratio_spread": [min(r), max(r)], "class_map_pixels_differing_from_terrahost":
                         int((m_rt != m_th).sum())}
+    precisions = {}
+    for name in lowered:
+        m_p = class_map(out[name] / f"{stem}_pred.tif")[0]
+        r = [x / y for x, y in zip(times[name], t_th)]
+        r_tt = [x / y for x, y in zip(times[name], t_tt)]
+        precisions[name] = {"seconds": times[name], "over_terrahost_fp32": r, "median_over_terrahost_fp32":
+                            statistics.median(r), "over_terratorch": r_tt, "median_over_terratorch":
+                            statistics.median(r_tt), "class_map_pixels_differing_from_terrahost_fp32":
+                            int((m_p != m_th).sum()), "class_map_pixels_differing_from_terratorch":
+                            int((m_p != m_tt).sum())}
 
     cold = {"terrahost": [], "terratorch": []}
     if a.cold_pairs:
@@ -380,6 +402,7 @@ def main() -> None:
                  "median_ratio": med(ratios), "ratio_spread": [min(ratios), max(ratios)]},
         "class_maps": {"pixels": int(m_th.size), "differ": differ, "same_georeferencing_and_dtype": same_geo},
         "terratorch_with_forward_in": runtimes,
+        "terrahost_precisions": precisions,
         "cold": cold,
         "torch": __import__("torch").__version__,
     }
@@ -393,6 +416,12 @@ def main() -> None:
         print(f"TerraTorch with the forward in {rt}: median {med(r['seconds']):.2f} s; terrahost / it: median "
               f"{r['median_ratio']:.3f} (spread {spread(r['terrahost_over_it'])}); class map: "
               f"{r['class_map_pixels_differing_from_terrahost']} pixels differ from terrahost's")
+    for name, r in precisions.items():
+        print(f"{name}: median {med(r['seconds']):.2f} s; over terrahost fp32 median "
+              f"{r['median_over_terrahost_fp32']:.3f} (spread {spread(r['over_terrahost_fp32'])}), over TerraTorch "
+              f"{r['median_over_terratorch']:.3f}; class map: {r['class_map_pixels_differing_from_terrahost_fp32']} "
+              f"pixels differ from terrahost fp32's, {r['class_map_pixels_differing_from_terratorch']} from "
+              f"TerraTorch's")
     for name, runs in cold.items():
         if runs:
             print(f"cold {name}: first output {spread([r['first_output_s'] for r in runs])} s, "
