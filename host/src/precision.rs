@@ -94,3 +94,18 @@ fn prepare_int8(model: &DynModule) -> Result<(), HostError> {
     );
     Ok(())
 }
+
+/// After a forward under `precision`: warns, once per process, when int8 quantized no
+/// linear layer (a convolutional model, a ResNet or a UNet, where `--precision int8`
+/// changes nothing and gains nothing).
+pub fn note_forward(precision: Precision) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if precision == Precision::Int8 && precision::int8_packed() == 0 {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "--precision int8 changed nothing: this model has no linear layers (int8 quantizes only those; \
+                 its convolutions stay float32), so it runs as fp32 would"
+            )
+        });
+    }
+}

@@ -629,6 +629,42 @@ fn run_precision_int8_is_pytorchs_dynamic_quantization() {
     assert!(same >= 0.999, "argmax agrees with PyTorch's int8 on {same}");
 }
 
+/// `--precision int8` on a model without linear layers (a ResNet with a U-Net decoder)
+/// runs as fp32 would, and says so: `linears_in_int8` is 0 and a warning names why.
+#[test]
+fn run_precision_int8_says_when_it_changes_nothing() {
+    let dir = real_plugins(&PLUGINS);
+    let fx = Fixture::load("factory_segmentation");
+    let config = fx.dir.join("config.yaml");
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--input-shape",
+            "1,3,64,64",
+            "--device",
+            "cpu",
+            "--precision",
+            "int8",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["linears_in_int8"], 0, "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("int8 changed nothing") && stderr.contains("no linear layers"),
+        "{stderr}"
+    );
+}
+
 /// `--input` without a tensor `input` holds tensors named by modality: they reach the
 /// model as TerraTorch's dict, in the model's order (`input_names`), whatever order the
 /// file has; a tensor the model does not take is dropped with a warning naming it, and

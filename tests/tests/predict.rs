@@ -739,6 +739,11 @@ fn predicts_every_fixture_close_to_terratorchs_float32(precision: &str) {
             &["--precision", precision],
         );
         assert_eq!(summary["precision"], precision, "{case}");
+        assert_eq!(
+            summary["linears_in_int8"].is_u64(),
+            precision == "int8",
+            "{case}: {summary}"
+        );
         for name in meta["outputs"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let (e, g) = (

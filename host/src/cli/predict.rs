@@ -420,6 +420,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
                 for w in &r.warnings {
                     tracing::warn!("{w}");
                 }
+                terrahost::precision::note_forward(precision);
                 n_written += 1;
                 let mut result = json!({"input": label, "status": "written",
                     "outputs": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -475,6 +476,8 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "failed": n_failed,
             "model_build_ms": build_ms,
             "precision": precision.name(),
+            "linears_in_int8": (precision == terrahost_layers::precision::Precision::Int8)
+                .then(terrahost_layers::precision::int8_packed),
             "seconds": t_start.elapsed().as_secs_f64(),
             "peak_rss_mib": peak_rss_mib(),
             "scenes": results,

@@ -324,6 +324,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
         }
     };
     let forward_ms = t2.elapsed().as_secs_f64() * 1e3;
+    terrahost::precision::note_forward(precision);
     if let Some(p) = profile {
         p.finish()
             .map_err(|e| HostError::Usage(format!("--profile: {e}")))?;
