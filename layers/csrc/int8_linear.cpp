@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include "find_op.h"
@@ -128,22 +129,34 @@ bool int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
   if (prepack_op() == nullptr || dynamic_op() == nullptr) return false;
   if (!x.defined() || !weight.defined() || x.scalar_type() != at::kFloat ||
       weight.scalar_type() != at::kFloat || !x.device().is_cpu() || !weight.device().is_cpu() ||
-      weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1) || (c10::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad()))) {
+      weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1)) {
     return false;
+  }
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
+    return false;  // int8 has no gradient: training keeps float32
   }
   if (bias.defined() && (bias.scalar_type() != at::kFloat || bias.dim() != 1 ||
                          bias.size(0) != weight.size(0) || !bias.device().is_cpu())) {
     return false;
   }
   if (x.numel() == 0) return false;
-  auto params = packed_for(weight, bias);
-  // linear_dynamic takes a matrix or more; a single vector is one row.
-  const bool vector = x.dim() == 1;
-  torch::jit::Stack stack{vector ? x.unsqueeze(0) : x, params, /*reduce_range=*/true};
-  dynamic_op()->callBoxed(&stack);
-  auto y = stack.at(0).toTensor();
-  *out = vector ? y.squeeze(0) : y;
-  return true;
+  try {
+    auto params = packed_for(weight, bias);
+    // linear_dynamic takes a matrix or more; a single vector is one row.
+    const bool vector = x.dim() == 1;
+    torch::jit::Stack stack{vector ? x.unsqueeze(0) : x, params, /*reduce_range=*/true};
+    dynamic_op()->callBoxed(&stack);
+    auto y = stack.at(0).toTensor();
+    *out = vector ? y.squeeze(0) : y;
+    return true;
+  } catch (const std::exception& e) {
+    // A layer FBGEMM refuses runs in float32; said once, not on every call.
+    const std::string what = e.what();
+    TORCH_WARN_ONCE("--precision int8: a linear layer of weight ", weight.sizes(),
+                    " runs in float32: libtorch's int8 refused it (",
+                    what.substr(0, what.find('\n')), ")");
+    return false;
+  }
 }
 
 }  // namespace terrahost
