@@ -8,6 +8,7 @@ Workers (the first is the reference of the ratios; the default is all of them, i
     torch215-bf16   PyTorch 2.15 eager under CPU autocast bf16       (runtimes.py, .venv-bench)
     torch215-int8   PyTorch 2.15 eager, linears by quantize_dynamic  (runtimes.py, .venv-bench)
     ort             ONNX Runtime fp32 of torch.onnx.export's graph   (runtimes.py, .venv-bench)
+    ort-int8        the same graph, MatMul/Gemm by ORT's quantize_dynamic (runtimes.py, .venv-bench)
     openvino        OpenVINO fp32 (INFERENCE_PRECISION_HINT f32)     (runtimes.py, .venv-bench)
     openvino-bf16   OpenVINO bf16 (INFERENCE_PRECISION_HINT bf16)    (runtimes.py, .venv-bench)
     terrahost       terrahost's persistent worker                    (`cargo bench --bench forward_server`)
@@ -54,6 +55,7 @@ REPO = HERE.parent.parent
 DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf16", "terrahost", "terrahost-bf16",
                    "terratorch"]
 RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "torch215-int8": "torch-int8", "ort": "ort",
+              "ort-int8": "ort-int8",
               "openvino": "openvino",
               "openvino-bf16": "openvino-bf16"}
 PLUGIN_CRATES = ["terrahost-plugin-terratorch", "terrahost-plugin-timm", "terrahost-plugin-smp", "terrahost-plugin-mmseg"]
@@ -62,6 +64,7 @@ LABEL = {
     "torch215-bf16": "PyTorch 2.15 autocast bf16",
     "torch215-int8": "PyTorch 2.15 quantize_dynamic int8",
     "ort": "ONNX Runtime fp32",
+    "ort-int8": "ONNX Runtime quantize_dynamic int8",
     "openvino": "OpenVINO fp32",
     "openvino-bf16": "OpenVINO bf16",
     "terrahost": "terrahost fp32",
@@ -287,7 +290,8 @@ def main() -> None:
     fixture = None
     if not a.no_fixture:
         fixture = Path(a.dir) if a.dir else REPO / "target" / "bench-forward" / f"seed{a.seed}"
-        prepare(a, fixture, onnx=any(s.partition(":")[0] in ("ort", "openvino", "openvino-bf16") for s in specs))
+        prepare(a, fixture, onnx=any(s.partition(":")[0] in ("ort", "ort-int8", "openvino", "openvino-bf16")
+                                     for s in specs))
 
     workers, unavailable = [], []
     for s in specs:
