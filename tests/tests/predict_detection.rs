@@ -336,6 +336,43 @@ fn detections_of_a_scene_that_fits_one_tile_are_terratorchs() {
     }
 }
 
+/// `predict --precision int8` on a detector: the backbone's linear layers (a Prithvi ViT)
+/// are quantized, the heads stay float32, and the scenes get their detection files.
+#[test]
+fn int8_predicts_detections() {
+    let plugins = real_plugins(&PLUGINS);
+    let case = "faster_rcnn_prithvi";
+    let work = tempfile::tempdir().unwrap();
+    let (config, weights) = model_files(case, work.path(), json!({}));
+    let scenes = scenes(case, work.path());
+    let out = work.path().join("out");
+    let o = predict(
+        plugins.path(),
+        &config,
+        &weights,
+        &[
+            "--input",
+            scenes.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--precision",
+            "int8",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["precision"], "int8");
+    assert!(
+        summary["linears_in_int8"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    for i in 0..2 {
+        assert_eq!(summary["scenes"][i]["status"], "written", "{summary}");
+        assert!(out.join(format!("img{i}_pred.gpkg")).exists());
+    }
+}
+
 /// `--vector-format geojson` writes `<stem>_pred.geojson` with the same features, fields
 /// and CRS.
 #[test]
