@@ -16,7 +16,7 @@ fn main() {
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
     }
-    for header in ["csrc/int8_linear.h", "csrc/find_op.h"] {
+    for header in ["csrc/int8_linear.h", "csrc/dispatcher.h"] {
         println!("cargo:rerun-if-changed={header}");
     }
     let lib = PathBuf::from(env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default());

@@ -52,10 +52,6 @@ TERRAHOST_API void terrahost_autocast_exit(void* guard) {
   delete g;
 }
 
-TERRAHOST_API bool terrahost_autocast_cpu_enabled() {
-  return at::autocast::is_autocast_enabled(at::kCPU);
-}
-
 // The mode CPU autocast is in on this thread: 0 off, 1 bfloat16, 2 int8 (float32 as its
 // lower precision, see terrahost_autocast_int8_enter), 3 another (float16).
 TERRAHOST_API int terrahost_autocast_cpu_mode() {
@@ -88,12 +84,11 @@ TERRAHOST_API int terrahost_autocast_cpu_mode() {
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <array>
 #include <atomic>
-#include <mutex>
 
+#include "dispatcher.h"
 #include "int8_linear.h"
-
-TERRAHOST_API bool terrahost_int8_available();
 
 namespace {
 
@@ -173,25 +168,26 @@ torch::Library* autocast_library() {
   return lib;
 }
 
-// libtorch warns that its autocast kernels are overridden, which is the point.
-struct Quiet : c10::WarningHandler {
-  void process(const c10::Warning&) override {}
-};
-
-// Registers autocast_linear (once; later calls do nothing). False when libtorch refused.
-bool register_linear() {
-  static std::once_flag once;
-  static bool ok = true;
-  std::call_once(once, [] {
-    Quiet quiet;
-    c10::WarningUtils::WarningHandlerGuard guard(&quiet);
-    try {
-      autocast_library()->impl("linear",
-                               torch::CppFunction::makeFromBoxedFunction<&autocast_linear>());
-    } catch (...) {
-      ok = false;
+// Registers `Kernel` for CPU autocast under each of `names` (libtorch's warning that its
+// autocast kernels are overridden is silenced: that is the point). False when libtorch
+// refused one.
+template <void (*Kernel)(const c10::OperatorHandle&, torch::jit::Stack*), typename Names>
+bool register_kernels(const Names& names) {
+  terrahost::QuietWarnings quiet;
+  c10::WarningUtils::WarningHandlerGuard guard(&quiet);
+  try {
+    for (const char* name : names) {
+      autocast_library()->impl(name, torch::CppFunction::makeFromBoxedFunction<Kernel>());
     }
-  });
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+// Registers autocast_linear (once: a function-local static; later calls only read it).
+bool register_linear() {
+  static const bool ok = register_kernels<&autocast_linear>(std::array<const char*, 1>{"linear"});
   return ok;
 }
 
@@ -200,21 +196,7 @@ bool register_linear() {
 // Registers the emulated products above for CPU autocast (once; later calls do nothing).
 // False when libtorch refused a registration.
 TERRAHOST_API bool terrahost_autocast_emulate_bf16_products() {
-  static std::once_flag once;
-  static bool ok = true;
-  std::call_once(once, [] {
-    Quiet quiet;
-    c10::WarningUtils::WarningHandlerGuard guard(&quiet);
-    try {
-      for (const char* name : EMULATED) {
-        autocast_library()->impl(
-            name, torch::CppFunction::makeFromBoxedFunction<&emulated_bf16_product>());
-      }
-    } catch (...) {
-      ok = false;
-    }
-  });
-  ok = ok && register_linear();
+  static const bool ok = register_kernels<&emulated_bf16_product>(EMULATED) && register_linear();
   if (ok) emulating.store(true);
   return ok;
 }
@@ -222,5 +204,5 @@ TERRAHOST_API bool terrahost_autocast_emulate_bf16_products() {
 // Registers the int8 linear for CPU autocast's int8 mode (once). False when libtorch
 // refused it or has no int8 operators.
 TERRAHOST_API bool terrahost_autocast_int8_linears() {
-  return terrahost_int8_available() && register_linear();
+  return terrahost::int8_available() && register_linear();
 }

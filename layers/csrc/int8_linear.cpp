@@ -21,7 +21,7 @@
 #include <string>
 #include <utility>
 
-#include "find_op.h"
+#include "dispatcher.h"
 
 #define TERRAHOST_API extern "C" __attribute__((visibility("hidden")))
 
@@ -72,9 +72,7 @@ std::atomic<int64_t> packed_count{0};
 c10::IValue pack(const at::Tensor& w, const at::Tensor& b) {
   // libtorch 2.13 warns that quantized tensors are deprecated (to be removed in a later
   // PyTorch); terrahost pins its libtorch, so the warning would only be noise here.
-  struct Quiet : c10::WarningHandler {
-    void process(const c10::Warning&) override {}
-  } quiet;
+  terrahost::QuietWarnings quiet;
   c10::WarningUtils::WarningHandlerGuard guard(&quiet);
   auto wf = w.detach().contiguous();
   auto lo = std::get<0>(wf.min(1)).clamp_max(0);
@@ -126,7 +124,7 @@ namespace terrahost {
 
 bool int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                  at::Tensor* out) {
-  if (prepack_op() == nullptr || dynamic_op() == nullptr) return false;
+  if (!int8_available()) return false;
   if (!x.defined() || !weight.defined() || x.scalar_type() != at::kFloat ||
       weight.scalar_type() != at::kFloat || !x.device().is_cpu() || !weight.device().is_cpu() ||
       weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1)) {
@@ -159,17 +157,15 @@ bool int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
   }
 }
 
-}  // namespace terrahost
-
-// Whether this libtorch has the int8 operators (built with FBGEMM or another quantized
-// engine).
-TERRAHOST_API bool terrahost_int8_available() {
+bool int8_available() {
   try {
     return prepack_op() != nullptr && dynamic_op() != nullptr;
   } catch (...) {
     return false;
   }
 }
+
+}  // namespace terrahost
 
 // How many weights have been packed for int8 in this process (a weight packed again after
 // it changed counts again).

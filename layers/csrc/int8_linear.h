@@ -12,4 +12,8 @@ namespace terrahost {
 bool int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                  at::Tensor* out);
 
+// Whether this libtorch has the int8 operators (built with FBGEMM or another quantized
+// engine).
+bool int8_available();
+
 }  // namespace terrahost

@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "find_op.h"
+#include "dispatcher.h"
 
 #define TERRAHOST_API extern "C" __attribute__((visibility("hidden")))
 

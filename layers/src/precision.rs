@@ -41,7 +41,6 @@ extern "C" {
     fn terrahost_int8_packed_count() -> i64;
     fn terrahost_autocast_off_enter() -> *mut std::ffi::c_void;
     fn terrahost_autocast_exit(guard: *mut std::ffi::c_void);
-    fn terrahost_autocast_cpu_enabled() -> bool;
     fn terrahost_autocast_emulate_bf16_products() -> bool;
 }
 
@@ -241,8 +240,7 @@ pub fn widen(t: Tensor) -> Tensor {
 
 /// Whether CPU autocast is on, on this thread.
 pub fn autocast_enabled() -> bool {
-    // SAFETY: reads libtorch's thread-local state.
-    unsafe { terrahost_autocast_cpu_enabled() }
+    autocast_mode() != AutocastMode::Off
 }
 
 /// What autocast does to the operands of an operator it runs in float32 (torchvision's
