@@ -485,9 +485,17 @@ mod tests {
         assert_eq!(int8_packed(), before + 2);
         let want = dynamic_quantization(&x, &w, None);
         assert!((&after - want).abs().max().double_value(&[]) < 4e-3 * scale);
-        // outside the region, float32
-        assert!(x.linear(&w, Some(&b)).equal(&x.linear(&w, Some(&b))));
-        assert_eq!(int8_packed(), before + 2);
+        // outside the region, float32: the plain product, not the int8 one, and nothing packed
+        let outside = x.linear(&w, Some(&b));
+        let inside = tch::no_grad(|| autocast_int8(|| x.linear(&w, Some(&b))));
+        let plain = x.matmul(&w.tr()) + &b;
+        assert!((&outside - plain).abs().max().double_value(&[]) < 1e-5 * scale.max(1.0));
+        assert!((&outside - inside).abs().max().double_value(&[]) > 10.0 * 1e-5 * scale.max(1.0));
+        assert_eq!(
+            int8_packed(),
+            before + 3,
+            "only the call inside the region packed"
+        );
         // a float32 head inside an int8 model runs without it, its body with it
         let (head, body_mode) = tch::no_grad(|| {
             autocast_int8(|| float32_heads(|| (autocast_mode(), body(autocast_mode))))
