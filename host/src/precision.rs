@@ -95,12 +95,18 @@ fn prepare_int8(model: &DynModule) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Under int8, the linear weights quantized so far (`linears_in_int8` of `run --json` and
+/// `predict --json`); `None` in another precision.
+pub fn linears_in_int8(precision: Precision) -> Option<i64> {
+    (precision == Precision::Int8).then(precision::int8_packed)
+}
+
 /// After a forward under `precision`: warns, once per process, when int8 quantized no
 /// linear layer (a convolutional model, a ResNet or a UNet, where `--precision int8`
 /// changes nothing and gains nothing).
 pub fn note_forward(precision: Precision) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    if precision == Precision::Int8 && precision::int8_packed() == 0 {
+    if linears_in_int8(precision) == Some(0) {
         WARNED.call_once(|| {
             tracing::warn!(
                 "--precision int8 changed nothing: this model has no linear layers (int8 quantizes only those; \

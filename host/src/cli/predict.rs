@@ -476,8 +476,7 @@ pub fn run(host: &Host, a: &PredictArgs) -> Result<(), HostError> {
             "failed": n_failed,
             "model_build_ms": build_ms,
             "precision": precision.name(),
-            "linears_in_int8": (precision == terrahost_layers::precision::Precision::Int8)
-                .then(terrahost_layers::precision::int8_packed),
+            "linears_in_int8": terrahost::precision::linears_in_int8(precision),
             "seconds": t_start.elapsed().as_secs_f64(),
             "peak_rss_mib": peak_rss_mib(),
             "scenes": results,

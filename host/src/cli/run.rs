@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use terrahost::{config::ModelConfig, weights, Host, HostError};
-use terrahost_layers::precision::Precision;
 
 /// Arguments of `terrahost run`.
 #[derive(Args, Debug)]
@@ -366,7 +365,7 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
             "device": format!("{device:?}"),
             "precision": precision.name(),
             "weights_in_bf16": lowered.map(|l| l.tensors),
-            "linears_in_int8": (precision == Precision::Int8).then(terrahost_layers::precision::int8_packed),
+            "linears_in_int8": terrahost::precision::linears_in_int8(precision),
             "input_shape": input.size(),
             "inputs": match &inputs {
                 Inputs::Positional(_) => json!(null),
@@ -418,11 +417,10 @@ pub fn run(host: &Host, a: &RunArgs) -> Result<(), HostError> {
                 l.tensors
             )?;
         }
-        if precision == Precision::Int8 {
+        if let Some(n) = terrahost::precision::linears_in_int8(precision) {
             writeln!(
                 out,
-                "precision: int8 ({} linear weights quantized to int8)",
-                terrahost_layers::precision::int8_packed()
+                "precision: int8 ({n} linear weights quantized to int8)"
             )?;
         }
         match &inputs {
