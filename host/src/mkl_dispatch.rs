@@ -1,8 +1,8 @@
 //! MKL's kernel choice on non-Intel x86 CPUs.
 //!
-//! libtorch's matrix products (every `nn.Linear` that oneDNN's packed linear, the default
-//! for calls of few rows, does not take, [`terrahost_layers::packed_linear`]; most of a
-//! ViT's time) run in the oneMKL that libtorch links statically. MKL picks its kernels by CPU features only
+//! libtorch's matrix products (every `nn.Linear`, plain or on MKL's packed weight,
+//! [`terrahost_layers::packed_linear`]; most of a ViT's time) run in the oneMKL that
+//! libtorch links statically. MKL picks its kernels by CPU features only
 //! when `mkl_serv_intel_cpu_true()` says the CPU is an Intel one; on an AMD CPU with the
 //! same AVX2 and FMA units it takes a slower generic path. libtorch calls that function
 //! through its procedure linkage table, so a definition in the executable takes

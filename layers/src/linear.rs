@@ -1,6 +1,6 @@
 //! `nn.Linear` and timm's `Mlp` (`timm/layers/mlp.py`), with the initialisations
 //! PyTorch and timm give them. Without autograd a linear layer can run on a packed
-//! weight ([`PackedLinear`]: oneDNN's by default, MKL's with `TERRAHOST_PACKED_LINEAR=mkl`).
+//! weight ([`PackedLinear`]: MKL's by default, oneDNN's with `TERRAHOST_PACKED_LINEAR=onednn`).
 use crate::drop::dropout;
 use crate::packed_linear::PackedLinear;
 use tch::nn::{self, Init};

@@ -320,6 +320,80 @@ def decided(d32: dict, d64: dict) -> int:
     return n
 
 
+# How far PyTorch's own float32 detections fall from float64 when float32's rounding falls
+# differently. A detector's box regression magnifies its backbone's rounding: one float32 run is
+# one draw, and another summation order in the backbone (another GEMM kernel, another CPU) draws
+# again. Each of SPREAD_RUNS float32 runs scales every map the backbone (with its neck) returns by
+# (1 + e * N(0, 1)), elementwise, where e is that map's own float32 error (root-mean-square,
+# relative to float64's map); the largest error of each compared output over the runs that keep
+# the compared detections is the fixture's `float32_spread`, which the Rust test accepts.
+SPREAD_RUNS = 16
+
+
+def _maps(out) -> dict:
+    """A backbone's output maps by name (a dict, a list or one tensor)."""
+    if isinstance(out, dict):
+        return dict(out)
+    if isinstance(out, (list, tuple)):
+        return {str(i): t for i, t in enumerate(out)}
+    return {"0": out}
+
+
+def _with_maps(out, maps: dict):
+    """`out` with its maps replaced (the inverse of `_maps`)."""
+    if isinstance(out, dict):
+        return type(out)((k, maps[k]) for k in out)
+    if isinstance(out, (list, tuple)):
+        return type(out)(maps[str(i)] for i in range(len(out)))
+    return maps["0"]
+
+
+def float32_spread(model: torch.nn.Module, x: torch.Tensor, out64: list, agree: list[int]) -> tuple[dict, dict]:
+    """The largest error against float64 of each compared output (`boxes.{i}`, `scores.{i}`,
+    `masks.{i}`) over SPREAD_RUNS float32 runs with the backbone's rounding redrawn (see above),
+    and how the runs were made."""
+    backbone = model.torchvision_model.backbone
+    seen: dict = {}
+    hook = backbone.register_forward_hook(lambda _m, _i, o: seen.__setitem__(next(iter(_maps(o).values())).dtype, _maps(o)))
+    with torch.no_grad():
+        model(x)
+        model.double()(x.double())
+    model.float()
+    hook.remove()
+    m32, m64 = seen[torch.float32], seen[torch.float64]
+    noise = {k: float((m32[k].double() - m64[k]).pow(2).mean().sqrt() / m64[k].pow(2).mean().sqrt()) for k in m64}
+    state: dict = {}
+
+    def redraw(_m, _i, o):
+        maps = _maps(o)
+        g = torch.Generator().manual_seed(state["seed"])
+        return _with_maps(o, {k: t * (1 + noise[k] * torch.randn(t.shape, generator=g)) for k, t in maps.items()})
+
+    hook = backbone.register_forward_hook(redraw)
+    spread: dict = {}
+    kept = [0] * len(agree)
+    try:
+        for seed in range(SPREAD_RUNS):
+            state["seed"] = seed
+            with torch.no_grad():
+                out = model(x).output
+            for i, (d, d64) in enumerate(zip(out, out64)):
+                n = agree[i]
+                if decided({k: v[:n] for k, v in d.items()}, {k: v[:n] for k, v in d64.items()}) < n:
+                    continue  # the rounding changed which detections are compared: not a spread
+                kept[i] += 1
+                for k, t in d.items():
+                    if k == "labels":
+                        continue
+                    m = min(n, MASKS_KEPT) if k == "masks" else n
+                    if m:
+                        err = float((t[:m].double() - d64[k][:m].double()).abs().max())
+                        spread[f"{k}.{i}"] = max(spread.get(f"{k}.{i}", 0.0), err)
+    finally:
+        hook.remove()
+    return spread, {"runs": SPREAD_RUNS, "kept_per_image": kept, "relative_noise": noise}
+
+
 def run_detection(model: torch.nn.Module, cfg: dict, rec: dict) -> dict:
     """An ObjectDetectionTask config: its model on a batch of two images, float32 and float64,
     stored per image as `terrahost run` names the detections (`boxes.{i}`, `scores.{i}`,
@@ -390,6 +464,7 @@ def run_detection(model: torch.nn.Module, cfg: dict, rec: dict) -> dict:
                     "max_abs_f64": float(t64.abs().max()),
                 }
     save_file(io, str(out_dir / "io.safetensors"))
+    spread, spread_runs = float32_spread(model, x, out64, agree)
     meta = {
         **rec,
         "status": "built",
@@ -409,6 +484,8 @@ def run_detection(model: torch.nn.Module, cfg: dict, rec: dict) -> dict:
         "n_params": n_params(model),
         "n_state_dict_entries": len(keys),
         "reference_errors": errors,
+        "float32_spread": spread,
+        "float32_spread_runs": spread_runs,
         "float64_error": None,
         "forward_seed": FORWARD_SEED,
         "draws_random": False,

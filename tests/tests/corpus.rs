@@ -236,9 +236,12 @@ fn run_config(plugins: &Path, meta: &Map<String, Value>) -> Outcome {
 /// the same order, boxes within 1e-3 px and scores and masks within 1e-4 of TerraTorch's
 /// float32 output. PyTorch's own float32 boxes are often farther than that from its float64
 /// ones (float32 rounding in a ViT backbone moves the synthetic model's box regression by up to
-/// 0.014 px at 224 x 224, and another summation order moves it as much again), so terrahost also
-/// passes when it is no farther from float64 than twice PyTorch's float32 error or than the
-/// rest of the corpus allows (1e-4 of the output's magnitude: 0.022 px for boxes in 224 px).
+/// 0.014 px at 224 x 224), and that error is one draw: another summation order in the backbone
+/// draws again. So terrahost also passes when it is no farther from float64 than twice
+/// PyTorch's float32 error, than the rest of the corpus allows (1e-4 of the output's magnitude:
+/// 0.022 px for boxes in 224 px), or than PyTorch's own float32 runs fall with the backbone's
+/// rounding redrawn at its measured size (`float32_spread`, `corpus.py`'s `float32_spread`:
+/// 0.069 px on `aed_elephants_small`).
 /// Only the leading detections of an image on which PyTorch's float32 and float64 runs agree
 /// are compared (`compared_detections`; all of them for most configs): past a near tie of the
 /// synthetic model, float32 rounding decides which detections follow (`corpus.py`). The same
@@ -314,12 +317,17 @@ fn compare_detections(
         } else {
             ref64.abs().max().double_value(&[])
         };
-        let ok = err32 <= tol || err64 <= (2.0 * pytorch_err).max(RTOL * magnitude);
+        let spread = meta
+            .get("float32_spread")
+            .and_then(|s| s.get(name))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let ok = err32 <= tol || err64 <= (2.0 * pytorch_err).max(RTOL * magnitude).max(spread);
         passed &= ok;
         per_output.insert(
             name.into(),
             json!({"max_abs_vs_f32": err32, "max_abs_vs_f64": err64, "pytorch_f32_vs_f64": pytorch_err,
-                   "magnitude": magnitude, "ok": ok}),
+                   "pytorch_f32_spread": spread, "magnitude": magnitude, "ok": ok}),
         );
     }
     Outcome {
