@@ -11,6 +11,7 @@ Workers (the first is the reference of the ratios; the default is all of them, i
     ort-int8        the same graph, MatMul/Gemm by ORT's quantize_dynamic (runtimes.py, .venv-bench)
     openvino        OpenVINO fp32 (INFERENCE_PRECISION_HINT f32)     (runtimes.py, .venv-bench)
     openvino-bf16   OpenVINO bf16 (INFERENCE_PRECISION_HINT bf16)    (runtimes.py, .venv-bench)
+    openvino-int8   the same graph quantized by NNCF (static int8)   (runtimes.py, .venv-bench, nncf)
     terrahost       terrahost's persistent worker                    (`cargo bench --bench forward_server`)
     terrahost-bf16  the same with `--precision bf16` (TERRAHOST_BENCH_PRECISION=bf16)
     terrahost-int8  the same with `--precision int8` (TERRAHOST_BENCH_PRECISION=int8)
@@ -57,7 +58,7 @@ DEFAULT_WORKERS = ["torch215", "torch215-bf16", "ort", "openvino", "openvino-bf1
 RUNTIME_OF = {"torch215": "torch", "torch215-bf16": "torch-bf16", "torch215-int8": "torch-int8", "ort": "ort",
               "ort-int8": "ort-int8",
               "openvino": "openvino",
-              "openvino-bf16": "openvino-bf16"}
+              "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8"}
 PLUGIN_CRATES = ["terrahost-plugin-terratorch", "terrahost-plugin-timm", "terrahost-plugin-smp", "terrahost-plugin-mmseg"]
 LABEL = {
     "torch215": "PyTorch 2.15 eager fp32",
@@ -67,6 +68,7 @@ LABEL = {
     "ort-int8": "ONNX Runtime quantize_dynamic int8",
     "openvino": "OpenVINO fp32",
     "openvino-bf16": "OpenVINO bf16",
+    "openvino-int8": "OpenVINO NNCF int8",
     "terrahost": "terrahost fp32",
     "terrahost-bf16": "terrahost --precision bf16",
     "terrahost-int8": "terrahost --precision int8",
@@ -290,7 +292,8 @@ def main() -> None:
     fixture = None
     if not a.no_fixture:
         fixture = Path(a.dir) if a.dir else REPO / "target" / "bench-forward" / f"seed{a.seed}"
-        prepare(a, fixture, onnx=any(s.partition(":")[0] in ("ort", "ort-int8", "openvino", "openvino-bf16")
+        prepare(a, fixture, onnx=any(s.partition(":")[0] in ("ort", "ort-int8", "openvino", "openvino-bf16",
+                                                                  "openvino-int8")
                                      for s in specs))
 
     workers, unavailable = [], []

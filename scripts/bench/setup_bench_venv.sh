@@ -47,6 +47,7 @@ onnx
 onnxscript
 onnxruntime
 openvino
+nncf
 EOF
 py -m pip install --quiet -r "$tmp/reqs.txt" -c "$tmp/lock.txt"
 py -m pip install --quiet --no-deps "terratorch==$terratorch_ref"
@@ -60,7 +61,7 @@ fi
 
 py - <<'PY'
 import importlib.metadata as md
-for d in ["torch", "torchvision", "terratorch", "timm", "onnx", "onnxscript", "onnxruntime", "openvino"]:
+for d in ["torch", "torchvision", "terratorch", "timm", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf"]:
     try:
         print(f"{d}=={md.version(d)}")
     except md.PackageNotFoundError:
