@@ -353,8 +353,13 @@ def float32_spread(model: torch.nn.Module, x: torch.Tensor, out64: list, agree: 
     `masks.{i}`) over SPREAD_RUNS float32 runs with the backbone's rounding redrawn (see above),
     and how the runs were made."""
     backbone = model.torchvision_model.backbone
-    seen: dict = {}
-    hook = backbone.register_forward_hook(lambda _m, _i, o: seen.__setitem__(next(iter(_maps(o).values())).dtype, _maps(o)))
+    seen: dict = {}  # the backbone's maps, by the dtype they were computed in
+
+    def keep(_m, _i, o):
+        maps = _maps(o)
+        seen[next(iter(maps.values())).dtype] = maps
+
+    hook = backbone.register_forward_hook(keep)
     with torch.no_grad():
         model(x)
         model.double()(x.double())
