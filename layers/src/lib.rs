@@ -25,7 +25,8 @@
 //!   through libtorch's CPU autocast with the weights converted once).
 //! * Fused inference kernels: [`packed_linear`] (a linear on a weight packed once: MKL's,
 //!   or oneDNN's with GELU fused), [`conv_bn`] (Conv2d + BatchNorm2d folded), [`upsample_conv`] (a nearest 2x
-//!   upsampling + concatenation + 3x3 convolution run at low resolution), and
+//!   upsampling + concatenation + 3x3 convolution run at low resolution), [`gemm_conv`]
+//!   (a convolution over few pixels as one GEMM per image), and
 //!   [`derived`] (keeps such inference copies in step with the parameters).
 //!   [`stage_times`] times the stages of a forward for benchmarks, when asked;
 //!   [`op_profile`] records libtorch's operators as a Chrome trace.
@@ -41,6 +42,7 @@ pub mod conv_bn;
 pub mod derived;
 pub mod detection;
 pub mod drop;
+pub mod gemm_conv;
 pub mod inference;
 pub mod init;
 pub mod linear;

@@ -178,16 +178,11 @@ impl UpsampleConcatConv {
             return None;
         }
         // [B, 4 * O, H + 1, W + 1]: phase (a, b) at offset (a, b).
-        let phases = x
-            .f_conv2d(
-                &kernels.phases,
-                kernels.phase_bias.as_ref(),
-                [1, 1],
-                [1, 1],
-                [1, 1],
-                1,
-            )
-            .ok()?;
+        // A GEMM where the low-resolution map is small (the first block's 7x7): the phase
+        // kernels are the block's largest weight, which oneDNN would lay out on every call.
+        let phases =
+            crate::gemm_conv::conv2d_small(x, &kernels.phases, kernels.phase_bias.as_ref(), [1, 1])
+                .ok()?;
         let (out, add) = match (skip, &kernels.skip) {
             (Some(s), Some((ws, bs))) => (
                 s.f_conv2d(ws, bs.as_ref(), [1, 1], [1, 1], [1, 1], 1)
