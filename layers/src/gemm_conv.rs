@@ -15,7 +15,7 @@
 //! channels at 28x28 5.7 and 6.0 ms at batch 1: oneDNN wins on larger maps, hence the limit.
 //! The numbers are the convolution's up to float rounding (another summation order).
 //! `TERRAHOST_GEMM_CONV=0` turns the path off, to compare.
-use crate::packed_linear::grad_enabled;
+use crate::packed_linear::float32_inference;
 use tch::{Device, Kind, TchError, Tensor};
 
 /// The environment variable that turns the GEMM path off (`0`).
@@ -31,18 +31,11 @@ pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var(ENV_SWITCH).map_or(true, |v| v.trim() != "0"))
 }
 
-/// Whether the GEMM path may run: inference (no autograd), float32 on the CPU, a 4-D
-/// input and a 4-D weight.
+/// Whether the GEMM path may run: switched on, and a float32 CPU inference call
+/// ([`float32_inference`]).
 fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-    let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
-    enabled()
-        && !grad_enabled()
-        && x.dim() == 4
-        && weight.dim() == 4
-        && cpu_f32(x)
-        && cpu_f32(weight)
-        && bias.map_or(true, cpu_f32)
-        && !crate::precision::autocast_enabled()
+    let tensors: Vec<&Tensor> = [x, weight].into_iter().chain(bias).collect();
+    enabled() && float32_inference(&tensors)
 }
 
 /// `w2d [M, K] x cols[i] [K, N] + bias[:, None]` for each image `i` of `cols [B, K, N]`,
@@ -75,13 +68,12 @@ pub fn conv2d_small(
     padding: [i64; 2],
 ) -> Result<Tensor, TchError> {
     let plain = || x.f_conv2d(weight, bias, [1, 1], padding, [1, 1], 1);
+    let (&[c_out, c_in, kh, kw], Ok((b, c, h, w))) = (weight.size().as_slice(), x.size4()) else {
+        return plain(); // not 4-D: libtorch's error message
+    };
     if !applies(x, weight, bias) {
         return plain();
     }
-    let &[c_out, c_in, kh, kw] = weight.size().as_slice() else {
-        return plain();
-    };
-    let (b, c, h, w) = x.size4()?;
     let (oh, ow) = (h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1);
     if c != c_in || b == 0 || oh <= 0 || ow <= 0 || b * oh * ow > SMALL_CONV_MAX_PIXELS {
         return plain();

@@ -68,6 +68,18 @@ pub fn grad_enabled() -> bool {
     unsafe { terrahost_grad_enabled() }
 }
 
+/// Whether a float32 CPU inference kernel (a packed linear, [`crate::gemm_conv`]) may
+/// stand in for libtorch's operator on these tensors: all float32 on the CPU, autograd off,
+/// and CPU autocast off (under `--precision bf16` or `int8` the operator must reach
+/// autocast's kernel, which a direct call would bypass).
+pub fn float32_inference(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float)
+        && !grad_enabled()
+        && !crate::precision::autocast_enabled()
+}
+
 /// The environment variable that picks the packing (`mkl`, `onednn` or `0`); see the
 /// module docs.
 pub const ENV_SWITCH: &str = "TERRAHOST_PACKED_LINEAR";
@@ -216,15 +228,7 @@ impl PackedLinear {
         }
         let in_features = self.weight.size().get(1).copied().unwrap_or(1).max(1);
         let rows = x.numel() as i64 / in_features;
-        let packed_ok = x.device() == Device::Cpu
-            && x.kind() == Kind::Float
-            && rows <= max_rows()
-            && self.weight.kind() == Kind::Float
-            && self.weight.device() == Device::Cpu
-            && !grad_enabled()
-            // Under CPU autocast (`--precision bf16` or `int8`) `linear` must reach
-            // autocast's kernel, which a packed call would bypass.
-            && !crate::precision::autocast_enabled();
+        let packed_ok = rows <= max_rows() && float32_inference(&[x, &self.weight]);
         let packed = match packing() {
             _ if !packed_ok => None,
             Packing::Off => None,

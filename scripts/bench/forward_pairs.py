@@ -292,8 +292,8 @@ def main() -> None:
     fixture = None
     if not a.no_fixture:
         fixture = Path(a.dir) if a.dir else REPO / "target" / "bench-forward" / f"seed{a.seed}"
-        prepare(a, fixture, onnx=any(s.partition(":")[0] in ("ort", "ort-int8", "openvino", "openvino-bf16",
-                                                                  "openvino-int8")
+        # every ONNX Runtime and OpenVINO worker runs the exported graph
+        prepare(a, fixture, onnx=any(RUNTIME_OF.get(s.partition(":")[0], "").startswith(("ort", "openvino"))
                                      for s in specs))
 
     workers, unavailable = [], []

@@ -190,10 +190,8 @@ def make_runner(a, d: Path, x_np):
             raise Unavailable(f"openvino: {e}") from e
         core = ov.Core()
         precision = "bf16" if a.runtime == "openvino-bf16" else "f32"
-        model = core.read_model(str(onnx_path))
-        if a.runtime == "openvino-int8":
-            model = core.read_model(str(openvino_int8(core, onnx_path, x_np)))
-        compiled = core.compile_model(model, "CPU", {
+        graph = openvino_int8(core, onnx_path, x_np) if a.runtime == "openvino-int8" else onnx_path
+        compiled = core.compile_model(core.read_model(str(graph)), "CPU", {
             "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": a.threads,
             "NUM_STREAMS": 1,
